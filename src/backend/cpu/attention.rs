@@ -1,0 +1,201 @@
+//! Multi-head softmax attention on token-major `(n, l, heads·d)` queries, keys and values.
+//!
+//! `out_h = softmax(q_h k_hᵀ · scale) v_h` for each head `h` (columns `h·d..(h+1)·d`), the
+//! softmax taken in f32 over keys with the row maximum subtracted (diffusers' `upcast_softmax`
+//! is f32 anyway). Forward works on blocks of query rows so the score block stays in cache and
+//! every thread has work; no `l × l` matrix is ever held whole. Reference:
+//! [`super::reference::attention`]. Bench: `cargo bench --bench ops -- attention`.
+
+use super::matmul::{gemm1, Mat, SendPtr};
+use super::simd::{exp, simd_fn};
+use crate::backend::AttnGeom;
+use rayon::prelude::*;
+
+simd_fn! {
+    /// Row-wise softmax of a `(rows, cols)` block in place.
+    fn softmax_rows(s: &mut [f32], cols: usize) {
+        for row in s.chunks_mut(cols) {
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sum = 0.0f32;
+            for v in row.iter_mut() {
+                *v = exp(*v - m);
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+/// Query rows per task.
+fn row_block(g: &AttnGeom) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let tasks_per_head = (2 * threads).div_ceil(g.n * g.heads);
+    let by_threads = g.l.div_ceil(tasks_per_head.max(1));
+    let by_cache = ((1usize << 17) / g.l.max(1)).max(16);
+    by_threads.min(by_cache).max(1)
+}
+
+/// Scores `s (rows × l) = scale · q[r0..r0+rows] k_hᵀ` of head `h` of sample `n`.
+fn scores(
+    q: &[f32],
+    k: &[f32],
+    g: &AttnGeom,
+    n: usize,
+    h: usize,
+    r0: usize,
+    rows: usize,
+    s: &mut [f32],
+) {
+    let c = g.heads * g.d;
+    let qn = &q[n * g.l * c..][..g.l * c];
+    let kn = &k[n * g.l * c..][..g.l * c];
+    // SAFETY: q rows r0.. of head h: (rows × d) with row stride c; k_hᵀ: (d × l), element
+    // (i, j) = k[j·c + h·d + i]; s is rows × l.
+    unsafe {
+        gemm1(
+            rows,
+            g.l,
+            g.d,
+            s.as_mut_ptr(),
+            g.l as isize,
+            1,
+            false,
+            Mat::new(&qn[r0 * c + h * g.d..], c, 1),
+            Mat::new(&kn[h * g.d..], 1, c),
+            g.scale,
+        )
+    };
+}
+
+/// Forward attention.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], g: &AttnGeom) -> Vec<f32> {
+    let c = g.heads * g.d;
+    let mut out = vec![0.0f32; g.n * g.l * c];
+    let rb = row_block(g);
+    let blocks = g.l.div_ceil(rb);
+    let op = SendPtr(out.as_mut_ptr());
+    (0..g.n * g.heads * blocks)
+        .into_par_iter()
+        .for_each_init(Vec::new, |s, item| {
+            let (nh, b) = (item / blocks, item % blocks);
+            let (n, h) = (nh / g.heads, nh % g.heads);
+            let r0 = b * rb;
+            let rows = rb.min(g.l - r0);
+            s.resize(rows * g.l, 0.0);
+            scores(q, k, g, n, h, r0, rows, s);
+            softmax_rows(s, g.l);
+            let vn = &v[n * g.l * c..][..g.l * c];
+            let op = op;
+            // SAFETY: this task owns rows r0..r0+rows, columns h·d..(h+1)·d of sample n.
+            unsafe {
+                gemm1(
+                    rows,
+                    g.d,
+                    g.l,
+                    op.0.add(n * g.l * c + r0 * c + h * g.d),
+                    c as isize,
+                    1,
+                    false,
+                    Mat::new(s, g.l, 1),
+                    Mat::new(&vn[h * g.d..], c, 1),
+                    1.0,
+                )
+            };
+        });
+    out
+}
+
+/// Backward: with `P = softmax(S)`, `dP = dO vᵀ`, `dv = Pᵀ dO`, `dS = P ∘ (dP − rowsum(P ∘ dP))`,
+/// `dq = scale · dS k`, `dk = scale · dSᵀ q`, per sample and head.
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    g: &AttnGeom,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = g.heads * g.d;
+    let l = g.l;
+    let mut dq = vec![0.0f32; q.len()];
+    let mut dk = vec![0.0f32; k.len()];
+    let mut dv = vec![0.0f32; v.len()];
+    let (pq, pk, pv) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dv.as_mut_ptr()),
+    );
+    (0..g.n * g.heads).into_par_iter().for_each(|nh| {
+        let (n, h) = (nh / g.heads, nh % g.heads);
+        let base = n * l * c;
+        let off = base + h * g.d;
+        let mut p = vec![0.0f32; l * l];
+        scores(q, k, g, n, h, 0, l, &mut p);
+        softmax_rows(&mut p, l);
+        let mut dp = vec![0.0f32; l * l];
+        let head = |t: &[f32]| Mat::new(&t[off..], c, 1);
+        let head_t = |t: &[f32]| Mat::new(&t[off..], 1, c);
+        let (pq, pk, pv) = (pq, pk, pv);
+        // SAFETY (all four products): head h of sample n is (l × d) with row stride c and is
+        // written by this task only; p and dp are l × l row-major.
+        unsafe {
+            gemm1(
+                l,
+                l,
+                g.d,
+                dp.as_mut_ptr(),
+                l as isize,
+                1,
+                false,
+                head(dout),
+                head_t(v),
+                1.0,
+            );
+            gemm1(
+                l,
+                g.d,
+                l,
+                pv.0.add(off),
+                c as isize,
+                1,
+                false,
+                Mat::new(&p, 1, l),
+                head(dout),
+                1.0,
+            );
+        }
+        for (pr, dr) in p.chunks(l).zip(dp.chunks_mut(l)) {
+            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+            dr.iter_mut()
+                .zip(pr)
+                .for_each(|(d, &pv)| *d = pv * (*d - dot));
+        }
+        unsafe {
+            gemm1(
+                l,
+                g.d,
+                l,
+                pq.0.add(off),
+                c as isize,
+                1,
+                false,
+                Mat::new(&dp, l, 1),
+                head(k),
+                g.scale,
+            );
+            gemm1(
+                l,
+                g.d,
+                l,
+                pk.0.add(off),
+                c as isize,
+                1,
+                false,
+                Mat::new(&dp, 1, l),
+                head(q),
+                g.scale,
+            );
+        }
+    });
+    (dq, dk, dv)
+}

@@ -1,0 +1,143 @@
+//! The CUDA backend's place in the dispatch. Its kernels (`kernels/*.cu`, launched through
+//! cudarc) come in a later issue; until then this stand-in keeps the type in the [`Storage`]
+//! enum so that nothing above the backend needs a `cfg`. The storage type is uninhabited: no
+//! value of it can exist, so every method is statically unreachable, and asking for a CUDA device
+//! returns a clear error instead.
+//!
+//! [`Storage`]: super::Storage
+
+use super::{AttnGeom, BackendStorage, BinaryOp, ConvGeom, MatmulGeom, NormGeom};
+use crate::error::{Error, Result};
+
+/// Device memory on one GPU. Uninhabited until the CUDA backend lands.
+#[derive(Clone, Debug)]
+pub enum CudaStorage {}
+
+fn unavailable() -> Error {
+    if cfg!(feature = "cuda") {
+        Error::Backend(
+            "the CUDA backend has no kernels in this version of dydiff; use --device cpu".into(),
+        )
+    } else {
+        Error::Backend(
+            "dydiff was built without CUDA (rebuild with --features cuda); use --device cpu".into(),
+        )
+    }
+}
+
+/// Checks that GPU `ordinal` can be used.
+pub fn check_device(_ordinal: usize) -> Result<()> {
+    Err(unavailable())
+}
+
+impl CudaStorage {
+    pub fn from_vec(_ordinal: usize, _data: Vec<f32>) -> Result<Self> {
+        Err(unavailable())
+    }
+    pub fn ordinal(&self) -> usize {
+        match *self {}
+    }
+}
+
+impl BackendStorage for CudaStorage {
+    fn len(&self) -> usize {
+        match *self {}
+    }
+    fn to_vec(&self) -> Result<Vec<f32>> {
+        match *self {}
+    }
+    fn conv2d(&self, _: &Self, _: Option<&Self>, _: &ConvGeom) -> Result<Self> {
+        match *self {}
+    }
+    fn conv2d_backward(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &ConvGeom,
+        _: bool,
+    ) -> Result<(Option<Self>, Self, Self)> {
+        match *self {}
+    }
+    fn matmul(&self, _: &Self, _: &MatmulGeom) -> Result<Self> {
+        match *self {}
+    }
+    fn linear(&self, _: &Self, _: Option<&Self>, _: usize, _: usize, _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn sum_rows(&self, _: usize, _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn group_norm(&self, _: &Self, _: &Self, _: &NormGeom) -> Result<(Self, Self)> {
+        match *self {}
+    }
+    fn group_norm_backward(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &NormGeom,
+    ) -> Result<(Self, Self, Self)> {
+        match *self {}
+    }
+    fn silu(&self) -> Result<Self> {
+        match *self {}
+    }
+    fn silu_backward(&self, _: &Self) -> Result<Self> {
+        match *self {}
+    }
+    fn attention(&self, _: &Self, _: &Self, _: &AttnGeom) -> Result<Self> {
+        match *self {}
+    }
+    fn attention_backward(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &AttnGeom,
+    ) -> Result<(Self, Self, Self)> {
+        match *self {}
+    }
+    fn upsample_nearest2x(&self, _: usize, _: usize, _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn upsample_nearest2x_backward(&self, _: usize, _: usize, _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn binary(&self, _: &Self, _: BinaryOp) -> Result<Self> {
+        match *self {}
+    }
+    fn affine(&self, _: f32, _: f32) -> Result<Self> {
+        match *self {}
+    }
+    fn add_channel_bias(&self, _: &Self, _: usize, _: usize, _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn transpose12(&self, _: usize, _: usize, _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn concat_channels(parts: &[&Self], _: usize, _: &[usize], _: usize) -> Result<Self> {
+        match parts.first() {
+            Some(p) => match **p {},
+            None => Err(unavailable()),
+        }
+    }
+    fn slice_channels(&self, _: usize, _: usize, _: usize, _: usize, _: usize) -> Result<Self> {
+        match *self {}
+    }
+    fn slice_channels_backward(
+        &self,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) -> Result<Self> {
+        match *self {}
+    }
+    fn sum_all(&self) -> Result<f32> {
+        match *self {}
+    }
+    fn timestep_embedding(&self, _: usize, _: bool, _: f32) -> Result<Self> {
+        match *self {}
+    }
+}

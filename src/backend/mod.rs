@@ -1,0 +1,454 @@
+//! The closed set of primitive operations, and the storages that implement them.
+//!
+//! Everything above this module (tensors, autograd, layers, pipelines) calls [`Storage`], which
+//! dispatches to the backend holding the data: [`cpu::CpuStorage`] (the reference, and fast) or
+//! [`cuda::CudaStorage`]. Both implement [`BackendStorage`]; a new backend implements that trait
+//! and adds a variant here. Without the `cuda` feature the CUDA storage type is uninhabited, so no
+//! `cfg` leaks upward: creating a CUDA device returns a "built without CUDA" error.
+//!
+//! Layout: all image tensors are NCHW, row-major (see [`cpu::conv`] for why).
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::error::{Error, Result};
+
+/// Where a tensor lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl Device {
+    /// A device by name: `cpu` or `cuda[:N]`.
+    pub fn parse(name: &str) -> Result<Device> {
+        match name {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => cuda::check_device(0).map(|_| Device::Cuda(0)),
+            s if s.starts_with("cuda:") => {
+                let n = s[5..].parse().map_err(|_| {
+                    Error::Invalid(format!("--device: expected cpu or cuda:N, found {s}"))
+                })?;
+                cuda::check_device(n).map(|_| Device::Cuda(n))
+            }
+            s => Err(Error::Invalid(format!(
+                "--device: expected cpu or cuda:N, found {s}"
+            ))),
+        }
+    }
+
+    /// A storage holding `data` on this device.
+    pub fn storage_from_vec(self, data: Vec<f32>) -> Result<Storage> {
+        match self {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::from_vec(data))),
+            Device::Cuda(n) => cuda::CudaStorage::from_vec(n, data).map(Storage::Cuda),
+        }
+    }
+
+    /// A zero-filled storage of `len` elements on this device.
+    pub fn zeros(self, len: usize) -> Result<Storage> {
+        self.storage_from_vec(vec![0.0; len])
+    }
+}
+
+/// Geometry of a 2-D convolution on NCHW input `(n, ci, h, w)` with an OIHW `(co, ci, k, k)`
+/// kernel. Padding is given per side so that diffusers' `Downsample2D(padding=0)`, which pads
+/// only bottom and right, is one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub ci: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub k: usize,
+    pub stride: usize,
+    /// Zero padding: top, bottom, left, right.
+    pub pad: [usize; 4],
+}
+
+impl ConvGeom {
+    pub fn ho(&self) -> usize {
+        (self.h + self.pad[0] + self.pad[1] - self.k) / self.stride + 1
+    }
+    pub fn wo(&self) -> usize {
+        (self.w + self.pad[2] + self.pad[3] - self.k) / self.stride + 1
+    }
+    /// Multiply-add count times two: `2·N·Co·Ho·Wo·Ci·k²`.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.co * self.ho() * self.wo() * self.ci * self.k * self.k) as f64
+    }
+}
+
+/// Geometry of group normalisation of `(n, c, hw)` in `groups` groups of `c / groups` channels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormGeom {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+/// Geometry of multi-head attention on token-major `(n, l, heads·d)` queries, keys and values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnGeom {
+    pub n: usize,
+    pub l: usize,
+    pub heads: usize,
+    pub d: usize,
+    pub scale: f32,
+}
+
+/// A batched matrix product `C[b] = op(A[b]) · op(B[b])` with row-major contiguous operands:
+/// `A` is `(m, k)` (or `(k, m)` if `a_trans`), `B` is `(k, n)` (or `(n, k)` if `b_trans`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulGeom {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_trans: bool,
+    pub b_trans: bool,
+}
+
+/// Element-wise binary operations on equal-length operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// The primitive operations every backend implements. Shapes are passed explicitly; storages are
+/// flat. Operations never mutate their inputs.
+pub trait BackendStorage: Sized {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies the data to host memory.
+    fn to_vec(&self) -> Result<Vec<f32>>;
+
+    /// `y = conv(x, w) + b` (cross-correlation, as PyTorch).
+    fn conv2d(&self, w: &Self, b: Option<&Self>, g: &ConvGeom) -> Result<Self>;
+    /// Gradients of [`BackendStorage::conv2d`]: `(dx if need_dx, dw, db)`.
+    fn conv2d_backward(
+        &self,
+        w: &Self,
+        dy: &Self,
+        g: &ConvGeom,
+        need_dx: bool,
+    ) -> Result<(Option<Self>, Self, Self)>;
+    /// Batched matrix product, see [`MatmulGeom`].
+    fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self>;
+    /// `y = x · wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`: PyTorch's `Linear`.
+    fn linear(&self, w: &Self, b: Option<&Self>, m: usize, k: usize, n: usize) -> Result<Self>;
+    /// Column sums of a `(rows, cols)` matrix.
+    fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self>;
+    /// Group normalisation with affine `gamma`, `beta` per channel. Returns the output and the
+    /// per-(sample, group) statistics `[mean…, 1/σ…]` for the backward pass.
+    fn group_norm(&self, gamma: &Self, beta: &Self, g: &NormGeom) -> Result<(Self, Self)>;
+    /// Gradients of [`BackendStorage::group_norm`]: `(dx, dgamma, dbeta)`.
+    fn group_norm_backward(
+        &self,
+        gamma: &Self,
+        stats: &Self,
+        dy: &Self,
+        g: &NormGeom,
+    ) -> Result<(Self, Self, Self)>;
+    /// `x·σ(x)`.
+    fn silu(&self) -> Result<Self>;
+    /// `dy·σ(x)·(1 + x·(1 − σ(x)))`.
+    fn silu_backward(&self, dy: &Self) -> Result<Self>;
+    /// Softmax attention per head: `softmax(q kᵀ·scale) v`, token-major `(n, l, heads·d)`.
+    fn attention(&self, k: &Self, v: &Self, g: &AttnGeom) -> Result<Self>;
+    /// Gradients of [`BackendStorage::attention`]: `(dq, dk, dv)`.
+    fn attention_backward(
+        &self,
+        k: &Self,
+        v: &Self,
+        dout: &Self,
+        g: &AttnGeom,
+    ) -> Result<(Self, Self, Self)>;
+    /// Nearest-neighbour 2× upsampling of `(nc, h, w)` planes.
+    fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Self>;
+    /// Its adjoint: sums of 2×2 blocks of `(nc, 2h, 2w)` planes into `(nc, h, w)`.
+    fn upsample_nearest2x_backward(&self, nc: usize, h: usize, w: usize) -> Result<Self>;
+    /// Element-wise `self ∘ rhs`.
+    fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self>;
+    /// `self·mul + add`.
+    fn affine(&self, mul: f32, add: f32) -> Result<Self>;
+    /// `y[n, c, p] = x[n, c, p] + b[n, c]`.
+    fn add_channel_bias(&self, b: &Self, n: usize, c: usize, hw: usize) -> Result<Self>;
+    /// `(n, a, b) → (n, b, a)`.
+    fn transpose12(&self, n: usize, a: usize, b: usize) -> Result<Self>;
+    /// Concatenation of `(n, cᵢ, hw)` parts along channels.
+    fn concat_channels(parts: &[&Self], n: usize, cs: &[usize], hw: usize) -> Result<Self>;
+    /// Channels `start..end` of `(n, c, hw)`.
+    fn slice_channels(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        start: usize,
+        end: usize,
+    ) -> Result<Self>;
+    /// Its adjoint: `(n, end − start, hw)` placed at channels `start..end` of zeros `(n, c, hw)`.
+    fn slice_channels_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        start: usize,
+        end: usize,
+    ) -> Result<Self>;
+    /// `Σ self`.
+    fn sum_all(&self) -> Result<f32>;
+    /// Sinusoidal timestep embedding `(len(t), dim)` as diffusers' `get_timestep_embedding`.
+    fn timestep_embedding(
+        &self,
+        dim: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+    ) -> Result<Self>;
+}
+
+/// A tensor's data on one of the backends.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Cpu(cpu::CpuStorage),
+    Cuda(cuda::CudaStorage),
+}
+
+fn device_mismatch() -> Error {
+    Error::Backend("operands live on different devices".into())
+}
+
+/// Dispatches a method to the backend of `self`; every other storage argument must be on the
+/// same backend. `$s` names the receiver's inner storage; the listed arguments are unwrapped
+/// the same way (`opt` for `Option<&Storage>`).
+macro_rules! dispatch {
+    ($self:ident, |$s:ident $(, $a:ident)* $(; opt $o:ident)?| $body:expr, $wrap:expr) => {
+        match $self {
+            Storage::Cpu($s) => {
+                $(let $a = match $a { Storage::Cpu(x) => x, _ => return Err(device_mismatch()) };)*
+                $(let $o = match $o { None => None, Some(Storage::Cpu(x)) => Some(x), _ => return Err(device_mismatch()) };)?
+                #[allow(clippy::redundant_closure_call)]
+                $wrap($body?, Storage::Cpu)
+            }
+            Storage::Cuda($s) => {
+                $(let $a = match $a { Storage::Cuda(x) => x, _ => return Err(device_mismatch()) };)*
+                $(let $o = match $o { None => None, Some(Storage::Cuda(x)) => Some(x), _ => return Err(device_mismatch()) };)?
+                #[allow(clippy::redundant_closure_call)]
+                $wrap($body?, Storage::Cuda)
+            }
+        }
+    };
+}
+
+fn one<T, S>(x: T, f: impl Fn(T) -> S) -> Result<S> {
+    Ok(f(x))
+}
+fn two<T, S>(x: (T, T), f: impl Fn(T) -> S) -> Result<(S, S)> {
+    Ok((f(x.0), f(x.1)))
+}
+fn three<T, S>(x: (T, T, T), f: impl Fn(T) -> S) -> Result<(S, S, S)> {
+    Ok((f(x.0), f(x.1), f(x.2)))
+}
+fn plain<T, S>(x: T, _f: impl Fn(S) -> Storage) -> Result<T> {
+    Ok(x)
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.ordinal()),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        match self {
+            Storage::Cpu(s) => s.to_vec(),
+            Storage::Cuda(s) => s.to_vec(),
+        }
+    }
+    pub fn conv2d(&self, w: &Storage, b: Option<&Storage>, g: &ConvGeom) -> Result<Storage> {
+        dispatch!(self, |s, w; opt b| s.conv2d(w, b, g), one)
+    }
+    pub fn conv2d_backward(
+        &self,
+        w: &Storage,
+        dy: &Storage,
+        g: &ConvGeom,
+        need_dx: bool,
+    ) -> Result<(Option<Storage>, Storage, Storage)> {
+        match (self, w, dy) {
+            (Storage::Cpu(x), Storage::Cpu(w), Storage::Cpu(dy)) => {
+                let (dx, dw, db) = x.conv2d_backward(w, dy, g, need_dx)?;
+                Ok((dx.map(Storage::Cpu), Storage::Cpu(dw), Storage::Cpu(db)))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Storage::Cuda(dy)) => {
+                let (dx, dw, db) = x.conv2d_backward(w, dy, g, need_dx)?;
+                Ok((dx.map(Storage::Cuda), Storage::Cuda(dw), Storage::Cuda(db)))
+            }
+            _ => Err(device_mismatch()),
+        }
+    }
+    pub fn matmul(&self, b: &Storage, g: &MatmulGeom) -> Result<Storage> {
+        dispatch!(self, |s, b| s.matmul(b, g), one)
+    }
+    pub fn linear(
+        &self,
+        w: &Storage,
+        b: Option<&Storage>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<Storage> {
+        dispatch!(self, |s, w; opt b| s.linear(w, b, m, k, n), one)
+    }
+    pub fn sum_rows(&self, rows: usize, cols: usize) -> Result<Storage> {
+        dispatch!(self, |s| s.sum_rows(rows, cols), one)
+    }
+    pub fn group_norm(
+        &self,
+        gamma: &Storage,
+        beta: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage)> {
+        dispatch!(self, |s, gamma, beta| s.group_norm(gamma, beta, g), two)
+    }
+    pub fn group_norm_backward(
+        &self,
+        gamma: &Storage,
+        stats: &Storage,
+        dy: &Storage,
+        g: &NormGeom,
+    ) -> Result<(Storage, Storage, Storage)> {
+        dispatch!(
+            self,
+            |s, gamma, stats, dy| s.group_norm_backward(gamma, stats, dy, g),
+            three
+        )
+    }
+    pub fn silu(&self) -> Result<Storage> {
+        dispatch!(self, |s| s.silu(), one)
+    }
+    pub fn silu_backward(&self, dy: &Storage) -> Result<Storage> {
+        dispatch!(self, |s, dy| s.silu_backward(dy), one)
+    }
+    pub fn attention(&self, k: &Storage, v: &Storage, g: &AttnGeom) -> Result<Storage> {
+        dispatch!(self, |s, k, v| s.attention(k, v, g), one)
+    }
+    pub fn attention_backward(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        dout: &Storage,
+        g: &AttnGeom,
+    ) -> Result<(Storage, Storage, Storage)> {
+        dispatch!(
+            self,
+            |s, k, v, dout| s.attention_backward(k, v, dout, g),
+            three
+        )
+    }
+    pub fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Storage> {
+        dispatch!(self, |s| s.upsample_nearest2x(nc, h, w), one)
+    }
+    pub fn upsample_nearest2x_backward(&self, nc: usize, h: usize, w: usize) -> Result<Storage> {
+        dispatch!(self, |s| s.upsample_nearest2x_backward(nc, h, w), one)
+    }
+    pub fn binary(&self, rhs: &Storage, op: BinaryOp) -> Result<Storage> {
+        dispatch!(self, |s, rhs| s.binary(rhs, op), one)
+    }
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Storage> {
+        dispatch!(self, |s| s.affine(mul, add), one)
+    }
+    pub fn add_channel_bias(&self, b: &Storage, n: usize, c: usize, hw: usize) -> Result<Storage> {
+        dispatch!(self, |s, b| s.add_channel_bias(b, n, c, hw), one)
+    }
+    pub fn transpose12(&self, n: usize, a: usize, b: usize) -> Result<Storage> {
+        dispatch!(self, |s| s.transpose12(n, a, b), one)
+    }
+    pub fn concat_channels(
+        parts: &[&Storage],
+        n: usize,
+        cs: &[usize],
+        hw: usize,
+    ) -> Result<Storage> {
+        match parts.first() {
+            Some(Storage::Cpu(_)) => {
+                let ps = parts
+                    .iter()
+                    .map(|p| match p {
+                        Storage::Cpu(x) => Ok(x),
+                        _ => Err(device_mismatch()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                cpu::CpuStorage::concat_channels(&ps, n, cs, hw).map(Storage::Cpu)
+            }
+            Some(Storage::Cuda(_)) => {
+                let ps = parts
+                    .iter()
+                    .map(|p| match p {
+                        Storage::Cuda(x) => Ok(x),
+                        _ => Err(device_mismatch()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                cuda::CudaStorage::concat_channels(&ps, n, cs, hw).map(Storage::Cuda)
+            }
+            None => Err(Error::shape("concat", "nothing to concatenate")),
+        }
+    }
+    pub fn slice_channels(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        start: usize,
+        end: usize,
+    ) -> Result<Storage> {
+        dispatch!(self, |s| s.slice_channels(n, c, hw, start, end), one)
+    }
+    pub fn slice_channels_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        start: usize,
+        end: usize,
+    ) -> Result<Storage> {
+        dispatch!(
+            self,
+            |s| s.slice_channels_backward(n, c, hw, start, end),
+            one
+        )
+    }
+    pub fn sum_all(&self) -> Result<f32> {
+        dispatch!(self, |s| s.sum_all(), plain)
+    }
+    pub fn timestep_embedding(
+        &self,
+        dim: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+    ) -> Result<Storage> {
+        dispatch!(
+            self,
+            |s| s.timestep_embedding(dim, flip_sin_to_cos, freq_shift),
+            one
+        )
+    }
+}

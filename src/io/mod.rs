@@ -1,0 +1,5 @@
+//! Files: NumPy arrays, safetensors weights, and atomic writes.
+
+pub mod atomic;
+pub mod npy;
+pub mod safetensors;

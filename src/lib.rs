@@ -1,0 +1,19 @@
+//! dydiff: probabilistic spatiotemporal forecasting with diffusion models.
+//!
+//! Layers, from the bottom: [`backend`] (the primitive op set; CPU now, CUDA later),
+//! [`tensor`] (shape-checked tensors on a device), [`autograd`] (a tape for training),
+//! [`nn`] (diffusers-compatible `UNet2DModel`), [`io`] (NumPy and model files), and
+//! [`pipelines`] (what the `dydiff` binary runs). See `SPEC.md` for the math and formats.
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod io;
+pub mod nn;
+pub mod pipelines;
+pub mod profile;
+pub mod tensor;
+
+pub use backend::Device;
+pub use error::{Error, Result};
+pub use tensor::Tensor;

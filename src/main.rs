@@ -1,0 +1,136 @@
+//! The `dydiff` command line (SPEC §9). This file only parses flags into the options structs of
+//! [`dydiff::pipelines`] and reports errors as one line on stderr with a non-zero exit.
+
+use clap::{Args, Parser, Subcommand};
+use dydiff::pipelines::{bench, denoise};
+use dydiff::{Device, Error, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "dydiff",
+    version,
+    about = "Fast probabilistic spatiotemporal forecasting with diffusion models"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Compute device: cpu or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One evaluation of a diffusers UNet2DModel: reads an (N, in_channels, H, W) float32 .npy,
+    /// writes the network output (N, out_channels, H, W).
+    Denoise {
+        /// Model folder with config.json and diffusion_pytorch_model.safetensors (as written by
+        /// diffusers' save_pretrained).
+        #[arg(long)]
+        unet: PathBuf,
+        /// Network input, float32 .npy of shape (N, in_channels, H, W).
+        #[arg(long)]
+        input: PathBuf,
+        /// Diffusion timestep given to the network's timestep embedding (e.g. 0–999).
+        #[arg(long)]
+        timestep: f32,
+        /// Output .npy, written atomically.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Times the UNet forward pass on random input; prints a JSON report with GFLOP/s and a
+    /// per-operation breakdown.
+    Unet {
+        /// Model folder (config.json + diffusion_pytorch_model.safetensors).
+        #[arg(long)]
+        unet: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Spatial size (square).
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Untimed repetitions first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.common.threads {
+        if n == 0 {
+            return Err(Error::Invalid(
+                "--threads: expected at least 1, found 0".into(),
+            ));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::Invalid(format!("--threads: {e}")))?;
+    }
+    let device = Device::parse(&cli.common.device)?;
+    match cli.command {
+        Command::Denoise {
+            unet,
+            input,
+            timestep,
+            out,
+        } => denoise::run(&denoise::DenoiseOptions {
+            unet,
+            input,
+            timestep,
+            out,
+            device,
+        }),
+        Command::Bench(BenchCommand::Unet {
+            unet,
+            batch,
+            size,
+            reps,
+            warmup,
+        }) => {
+            let report = bench::run(&bench::BenchOptions {
+                unet,
+                batch,
+                height: size,
+                width: size,
+                reps,
+                warmup,
+                device,
+            })?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = e.to_string().replace('\n', " ");
+            eprintln!("dydiff: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The building blocks of `UNet2DModel`, each matching its diffusers class and state-dict names:
+//! `ResnetBlock2D`, `Attention` (the spatial self-attention block), `Downsample2D`,
+//! `Upsample2D`, and the down, up and middle blocks that group them.
+
+use super::{Conv2d, GroupNorm, Linear, ParamBuilder};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// diffusers `ResnetBlock2D` (`time_embedding_norm = "default"`, pre-norm):
+/// `h = conv1(silu(norm1(x))) + proj(silu(temb))`, `h = conv2(silu(norm2(h)))`,
+/// `out = (shortcut(x) + h) / output_scale_factor`, the shortcut a 1×1 convolution when the
+/// channel count changes.
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f32,
+}
+
+/// Settings shared by the blocks of one network.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockSettings {
+    pub temb: usize,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+impl ResnetBlock2D {
+    pub fn new(
+        b: &mut ParamBuilder,
+        p: &str,
+        ci: usize,
+        co: usize,
+        s: &BlockSettings,
+        output_scale_factor: f32,
+    ) -> Result<Self> {
+        Ok(ResnetBlock2D {
+            norm1: GroupNorm::new(
+                b,
+                &format!("{p}.norm1"),
+                ci,
+                s.groups,
+                s.eps,
+                "norm_num_groups",
+            )?,
+            conv1: Conv2d::new(b, &format!("{p}.conv1"), ci, co, 3, 1, [1; 4])?,
+            time_emb_proj: Linear::new(b, &format!("{p}.time_emb_proj"), s.temb, co)?,
+            norm2: GroupNorm::new(
+                b,
+                &format!("{p}.norm2"),
+                co,
+                s.groups,
+                s.eps,
+                "norm_num_groups",
+            )?,
+            conv2: Conv2d::new(b, &format!("{p}.conv2"), co, co, 3, 1, [1; 4])?,
+            conv_shortcut: if ci != co {
+                Some(Conv2d::new(
+                    b,
+                    &format!("{p}.conv_shortcut"),
+                    ci,
+                    co,
+                    1,
+                    1,
+                    [0; 4],
+                )?)
+            } else {
+                None
+            },
+            output_scale_factor,
+        })
+    }
+
+    /// `temb_act` is `silu(temb)`, computed once per network evaluation.
+    pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = h.add_channel_bias(&self.time_emb_proj.forward(temb_act)?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let out = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?.add(&h)?,
+            None => x.add(&h)?,
+        };
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out.scale(1.0 / self.output_scale_factor)
+        }
+    }
+}
+
+/// diffusers `Attention` as built by the 2-D UNet blocks (`_from_deprecated_attn_block`):
+/// group norm, `to_q`/`to_k`/`to_v` projections, `heads` heads of `dim_head` with scale
+/// `dim_head^−½`, `to_out.0`, the residual added, the sum divided by `rescale_output_factor`.
+pub struct AttentionBlock {
+    group_norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    rescale_output_factor: f32,
+}
+
+impl AttentionBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        b: &mut ParamBuilder,
+        p: &str,
+        channels: usize,
+        head_dim: usize,
+        groups: usize,
+        groups_key: &str,
+        eps: f32,
+        rescale_output_factor: f32,
+    ) -> Result<Self> {
+        let heads = channels / head_dim;
+        let inner = heads * head_dim;
+        if heads == 0 {
+            return Err(crate::Error::Config(format!(
+                "config key attention_head_dim = {head_dim} exceeds the {channels} channels of {p}"
+            )));
+        }
+        Ok(AttentionBlock {
+            group_norm: GroupNorm::new(
+                b,
+                &format!("{p}.group_norm"),
+                channels,
+                groups,
+                eps,
+                groups_key,
+            )?,
+            to_q: Linear::new(b, &format!("{p}.to_q"), channels, inner)?,
+            to_k: Linear::new(b, &format!("{p}.to_k"), channels, inner)?,
+            to_v: Linear::new(b, &format!("{p}.to_v"), channels, inner)?,
+            to_out: Linear::new(b, &format!("{p}.to_out.0"), inner, channels)?,
+            heads,
+            rescale_output_factor,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = match *x.shape() {
+            [n, c, h, w] => (n, c, h, w),
+            _ => unreachable!("blocks only see NCHW tensors"),
+        };
+        let tokens = self
+            .group_norm
+            .forward(x)?
+            .reshape(&[n, c, h * w])?
+            .transpose12()?;
+        let q = self.to_q.forward(&tokens)?;
+        let k = self.to_k.forward(&tokens)?;
+        let v = self.to_v.forward(&tokens)?;
+        drop(tokens);
+        let o = Tensor::attention(&q, &k, &v, self.heads)?;
+        drop((q, k, v));
+        let o = self
+            .to_out
+            .forward(&o)?
+            .transpose12()?
+            .reshape(&[n, c, h, w])?;
+        let out = o.add(x)?;
+        if self.rescale_output_factor == 1.0 {
+            Ok(out)
+        } else {
+            out.scale(1.0 / self.rescale_output_factor)
+        }
+    }
+}
+
+/// `DownBlock2D` / `AttnDownBlock2D`: resnets (each followed by attention in the `Attn` kind),
+/// then a stride-2 3×3 convolution unless it is the last level.
+pub struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<AttentionBlock>,
+    downsample: Option<Conv2d>,
+}
+
+impl DownBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        b: &mut ParamBuilder,
+        p: &str,
+        ci: usize,
+        co: usize,
+        layers: usize,
+        attention_head_dim: Option<usize>,
+        add_downsample: bool,
+        downsample_padding: usize,
+        s: &BlockSettings,
+    ) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..layers {
+            let cin = if i == 0 { ci } else { co };
+            resnets.push(ResnetBlock2D::new(
+                b,
+                &format!("{p}.resnets.{i}"),
+                cin,
+                co,
+                s,
+                1.0,
+            )?);
+            if let Some(hd) = attention_head_dim {
+                attentions.push(AttentionBlock::new(
+                    b,
+                    &format!("{p}.attentions.{i}"),
+                    co,
+                    hd,
+                    s.groups,
+                    "norm_num_groups",
+                    s.eps,
+                    1.0,
+                )?);
+            }
+        }
+        // Downsample2D(padding=0) pads bottom and right by one before its convolution.
+        let pad = if downsample_padding == 0 {
+            [0, 1, 0, 1]
+        } else {
+            [downsample_padding; 4]
+        };
+        let downsample = if add_downsample {
+            Some(Conv2d::new(
+                b,
+                &format!("{p}.downsamplers.0.conv"),
+                co,
+                co,
+                3,
+                2,
+                pad,
+            )?)
+        } else {
+            None
+        };
+        Ok(DownBlock {
+            resnets,
+            attentions,
+            downsample,
+        })
+    }
+
+    /// Runs the block, pushing each output that the up path will concatenate onto `skips`.
+    pub fn forward(
+        &self,
+        mut h: Tensor,
+        temb_act: &Tensor,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        for (i, r) in self.resnets.iter().enumerate() {
+            h = r.forward(&h, temb_act)?;
+            if let Some(a) = self.attentions.get(i) {
+                h = a.forward(&h)?;
+            }
+            skips.push(h.clone());
+        }
+        if let Some(d) = &self.downsample {
+            h = d.forward(&h)?;
+            skips.push(h.clone());
+        }
+        Ok(h)
+    }
+}
+
+/// `UpBlock2D` / `AttnUpBlock2D`: each resnet takes the previous output concatenated with one
+/// skip connection; then nearest 2× upsampling and a 3×3 convolution unless it is the last level.
+pub struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<AttentionBlock>,
+    upsample: Option<Conv2d>,
+}
+
+impl UpBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        b: &mut ParamBuilder,
+        p: &str,
+        ci: usize,
+        co: usize,
+        prev: usize,
+        layers: usize,
+        attention_head_dim: Option<usize>,
+        add_upsample: bool,
+        s: &BlockSettings,
+    ) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..layers {
+            let skip = if i == layers - 1 { ci } else { co };
+            let cin = if i == 0 { prev } else { co };
+            resnets.push(ResnetBlock2D::new(
+                b,
+                &format!("{p}.resnets.{i}"),
+                cin + skip,
+                co,
+                s,
+                1.0,
+            )?);
+            if let Some(hd) = attention_head_dim {
+                attentions.push(AttentionBlock::new(
+                    b,
+                    &format!("{p}.attentions.{i}"),
+                    co,
+                    hd,
+                    s.groups,
+                    "norm_num_groups",
+                    s.eps,
+                    1.0,
+                )?);
+            }
+        }
+        let upsample = if add_upsample {
+            Some(Conv2d::new(
+                b,
+                &format!("{p}.upsamplers.0.conv"),
+                co,
+                co,
+                3,
+                1,
+                [1; 4],
+            )?)
+        } else {
+            None
+        };
+        Ok(UpBlock {
+            resnets,
+            attentions,
+            upsample,
+        })
+    }
+
+    pub fn num_skips(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// Runs the block, consuming its skip connections from the end of `skips`.
+    pub fn forward(
+        &self,
+        mut h: Tensor,
+        temb_act: &Tensor,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        for (i, r) in self.resnets.iter().enumerate() {
+            let skip = skips
+                .pop()
+                .expect("the down path pushes one skip per up-block resnet");
+            let cat = Tensor::cat_channels(&[&h, &skip])?;
+            drop(skip);
+            h = r.forward(&cat, temb_act)?;
+            if let Some(a) = self.attentions.get(i) {
+                h = a.forward(&h)?;
+            }
+        }
+        if let Some(u) = &self.upsample {
+            h = u.forward(&h.upsample_nearest2x()?)?;
+        }
+        Ok(h)
+    }
+}
+
+/// `UNetMidBlock2D`: resnet, attention (unless `add_attention` is false), resnet, all with
+/// `output_scale_factor = mid_block_scale_factor`.
+pub struct MidBlock {
+    resnets: [ResnetBlock2D; 2],
+    attention: Option<AttentionBlock>,
+}
+
+impl MidBlock {
+    pub fn new(
+        b: &mut ParamBuilder,
+        channels: usize,
+        head_dim: usize,
+        attn_groups: Option<usize>,
+        add_attention: bool,
+        scale: f32,
+        s: &BlockSettings,
+    ) -> Result<Self> {
+        let r0 = ResnetBlock2D::new(b, "mid_block.resnets.0", channels, channels, s, scale)?;
+        let attention = if add_attention {
+            let (groups, key) = match attn_groups {
+                Some(g) => (g, "attn_norm_num_groups"),
+                None => (s.groups, "norm_num_groups"),
+            };
+            Some(AttentionBlock::new(
+                b,
+                "mid_block.attentions.0",
+                channels,
+                head_dim,
+                groups,
+                key,
+                s.eps,
+                scale,
+            )?)
+        } else {
+            None
+        };
+        let r1 = ResnetBlock2D::new(b, "mid_block.resnets.1", channels, channels, s, scale)?;
+        Ok(MidBlock {
+            resnets: [r0, r1],
+            attention,
+        })
+    }
+
+    pub fn forward(&self, h: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let mut h = self.resnets[0].forward(h, temb_act)?;
+        if let Some(a) = &self.attention {
+            h = a.forward(&h)?;
+        }
+        self.resnets[1].forward(&h, temb_act)
+    }
+}

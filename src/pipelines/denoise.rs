@@ -1,0 +1,56 @@
+//! `dydiff denoise` (SPEC §9): one evaluation of a diffusers `UNet2DModel` on an
+//! `(N, in_channels, H, W)` float32 array at one timestep, for interop and debugging.
+
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::io::npy;
+use crate::nn::UNet2D;
+use crate::tensor::Tensor;
+use std::path::PathBuf;
+
+/// Options of `dydiff denoise`.
+#[derive(Clone, Debug)]
+pub struct DenoiseOptions {
+    /// A diffusers `UNet2DModel` folder.
+    pub unet: PathBuf,
+    pub input: PathBuf,
+    pub timestep: f32,
+    pub out: PathBuf,
+    pub device: Device,
+}
+
+/// Reads an `(N, C, H, W)` network input and checks it against the model.
+pub fn read_input(path: &std::path::Path, model: &UNet2D) -> Result<npy::Array> {
+    let a = npy::read(path)?;
+    let c = &model.config;
+    let m = c.size_multiple();
+    let ok = matches!(*a.shape, [n, ch, h, w] if n > 0 && ch == c.in_channels && h > 0 && w > 0 && h % m == 0 && w % m == 0);
+    if !ok {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected shape (N, {}, H, W) with N ≥ 1 and H, W positive multiples of {m}, found {:?}",
+                c.in_channels, a.shape
+            ),
+        ));
+    }
+    npy::check_finite(path, &a)?;
+    Ok(a)
+}
+
+/// Runs the network once and writes its output atomically.
+pub fn run(o: &DenoiseOptions) -> Result<()> {
+    if !o.timestep.is_finite() {
+        return Err(Error::Invalid(format!(
+            "--timestep: expected a finite number, found {}",
+            o.timestep
+        )));
+    }
+    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
+    let a = read_input(&o.input, &model)?;
+    let n = a.shape[0];
+    let x = Tensor::from_vec(a.data, &a.shape, o.device)?;
+    let t = Tensor::from_vec(vec![o.timestep; n], &[n], o.device)?;
+    let y = model.forward(&x, &t)?;
+    npy::write(&o.out, y.shape(), &y.to_vec()?)
+}

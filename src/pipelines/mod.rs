@@ -1,0 +1,5 @@
+//! What the `dydiff` binary runs: one module per subcommand, each with one public entry taking
+//! a typed options struct.
+
+pub mod bench;
+pub mod denoise;

@@ -1,0 +1,533 @@
+//! `Tensor`: an immutable, reference-counted f32 array on a [`Device`], with the op set.
+//!
+//! Operations check shapes, call the backend through [`Storage`], and, while an
+//! [`autograd::Tape`] records on this thread and an input takes part in a gradient, append one
+//! node to the tape. Code here never asks which backend it is on.
+
+use crate::autograd::{self, Op};
+use crate::backend::{AttnGeom, BinaryOp, ConvGeom, Device, NormGeom, Storage};
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+struct Inner {
+    id: u64,
+    storage: Arc<Storage>,
+    shape: Vec<usize>,
+    /// A gradient flows to this tensor (a parameter, or computed from one under a tape).
+    tracked: bool,
+    /// For parameters: the accumulated gradient.
+    grad: Option<Mutex<Option<Storage>>>,
+}
+
+/// An f32 array. Cloning is cheap (shared data).
+#[derive(Clone)]
+pub struct Tensor(Arc<Inner>);
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}@{:?}", self.0.shape, self.device())
+    }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    fn make(storage: Storage, shape: Vec<usize>, tracked: bool, param: bool) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            storage: Arc::new(storage),
+            shape,
+            tracked,
+            grad: param.then(|| Mutex::new(None)),
+        }))
+    }
+
+    /// A constant tensor from `data` (row-major) of `shape` on `device`.
+    pub fn from_vec(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
+        if data.len() != numel(shape) {
+            return Err(Error::shape(
+                "from_vec",
+                format!("{} values for shape {shape:?}", data.len()),
+            ));
+        }
+        Ok(Tensor::make(
+            device.storage_from_vec(data)?,
+            shape.to_vec(),
+            false,
+            false,
+        ))
+    }
+
+    /// A trainable parameter: gradients flow to it and accumulate in [`Tensor::grad`].
+    pub fn param(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
+        let t = Tensor::from_vec(data, shape, device)?;
+        Ok(Tensor::make(
+            (*t.0.storage).clone(),
+            t.0.shape.clone(),
+            true,
+            true,
+        ))
+    }
+
+    pub fn zeros(shape: &[usize], device: Device) -> Result<Tensor> {
+        Tensor::from_vec(vec![0.0; numel(shape)], shape, device)
+    }
+
+    /// The result of an operation on `inputs`: recorded on the tape when one of them is tracked.
+    fn result(
+        storage: Storage,
+        shape: Vec<usize>,
+        inputs: &[&Tensor],
+        op: impl FnOnce() -> Op,
+    ) -> Tensor {
+        let tracked = autograd::is_recording() && inputs.iter().any(|t| t.0.tracked);
+        let out = Tensor::make(storage, shape, tracked, false);
+        if tracked {
+            autograd::record(&out, inputs.iter().map(|t| (*t).clone()).collect(), op());
+        }
+        out
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id
+    }
+    pub(crate) fn is_tracked(&self) -> bool {
+        self.0.tracked
+    }
+    pub fn is_param(&self) -> bool {
+        self.0.grad.is_some()
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+    pub fn elem_count(&self) -> usize {
+        numel(&self.0.shape)
+    }
+    pub fn device(&self) -> Device {
+        self.0.storage.device()
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.0.storage
+    }
+    /// The data, copied to host memory.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.0.storage.to_vec()
+    }
+    /// The single value of a one-element tensor.
+    pub fn scalar(&self) -> Result<f32> {
+        match self.to_vec()?.as_slice() {
+            [v] => Ok(*v),
+            _ => Err(Error::shape(
+                "scalar",
+                format!("shape {:?} has more than one element", self.shape()),
+            )),
+        }
+    }
+
+    /// The accumulated gradient of a parameter, if any backward pass reached it.
+    pub fn grad(&self) -> Option<Tensor> {
+        let cell = self.0.grad.as_ref()?;
+        let g = cell.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .map(|s| Tensor::make(s.clone(), self.0.shape.clone(), false, false))
+    }
+    /// Forgets the accumulated gradient.
+    pub fn zero_grad(&self) {
+        if let Some(cell) = &self.0.grad {
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+    /// `grad += g` (parameters only).
+    pub(crate) fn accumulate_grad(&self, g: Storage) -> Result<()> {
+        if let Some(cell) = &self.0.grad {
+            let mut slot = cell.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(match slot.take() {
+                None => g,
+                Some(old) => old.binary(&g, BinaryOp::Add)?,
+            });
+        }
+        Ok(())
+    }
+
+    fn dims4(&self, op: &'static str) -> Result<(usize, usize, usize, usize)> {
+        match *self.shape() {
+            [n, c, h, w] => Ok((n, c, h, w)),
+            ref s => Err(Error::shape(
+                op,
+                format!("expected a 4-d (N, C, H, W) tensor, found shape {s:?}"),
+            )),
+        }
+    }
+
+    fn same_shape(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        if self.shape() != other.shape() {
+            return Err(Error::shape(
+                op,
+                format!("{:?} vs {:?}", self.shape(), other.shape()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The same data seen with another shape of equal size.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.elem_count() {
+            return Err(Error::shape(
+                "reshape",
+                format!("{:?} to {shape:?}", self.shape()),
+            ));
+        }
+        let tracked = autograd::is_recording() && self.0.tracked;
+        let out = Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            storage: self.0.storage.clone(),
+            shape: shape.to_vec(),
+            tracked,
+            grad: None,
+        }));
+        if tracked {
+            autograd::record(&out, vec![self.clone()], Op::Reshape);
+        }
+        Ok(out)
+    }
+
+    /// 2-D convolution (cross-correlation) of NCHW `self` with an OIHW square kernel `w`,
+    /// optional bias, `stride`, and zero padding `[top, bottom, left, right]`.
+    pub fn conv2d(
+        &self,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        stride: usize,
+        pad: [usize; 4],
+    ) -> Result<Tensor> {
+        let (n, ci, h, wd) = self.dims4("conv2d")?;
+        let (co, wci, k, k2) = w.dims4("conv2d weight")?;
+        if wci != ci || k != k2 || stride == 0 {
+            return Err(Error::shape(
+                "conv2d",
+                format!("input {:?} with weight {:?}", self.shape(), w.shape()),
+            ));
+        }
+        if let Some(b) = b {
+            if b.shape() != [co] {
+                return Err(Error::shape(
+                    "conv2d",
+                    format!("bias {:?} for {co} output channels", b.shape()),
+                ));
+            }
+        }
+        if h + pad[0] + pad[1] < k || wd + pad[2] + pad[3] < k {
+            return Err(Error::shape(
+                "conv2d",
+                format!("input {h}×{wd} smaller than kernel {k}"),
+            ));
+        }
+        let g = ConvGeom {
+            n,
+            ci,
+            h,
+            w: wd,
+            co,
+            k,
+            stride,
+            pad,
+        };
+        let y = self
+            .storage()
+            .conv2d(w.storage(), b.map(|b| b.storage()), &g)?;
+        let mut inputs = vec![self, w];
+        inputs.extend(b);
+        Ok(Tensor::result(
+            y,
+            vec![n, co, g.ho(), g.wo()],
+            &inputs,
+            || Op::Conv2d { g },
+        ))
+    }
+
+    /// `self · wᵀ + b` over the last dimension: PyTorch's `Linear` with `w (out, in)`.
+    pub fn linear(&self, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let k = *self.shape().last().unwrap_or(&0);
+        let (nout, wk) = match *w.shape() {
+            [a, b] => (a, b),
+            ref s => {
+                return Err(Error::shape(
+                    "linear",
+                    format!("weight shape {s:?} is not 2-d"),
+                ))
+            }
+        };
+        if wk != k || b.is_some_and(|b| b.shape() != [nout]) {
+            return Err(Error::shape(
+                "linear",
+                format!("input {:?} with weight {:?}", self.shape(), w.shape()),
+            ));
+        }
+        let m = self.elem_count() / k.max(1);
+        let y = self
+            .storage()
+            .linear(w.storage(), b.map(|b| b.storage()), m, k, nout)?;
+        let mut shape = self.shape().to_vec();
+        *shape.last_mut().expect("linear input has a last dimension") = nout;
+        let mut inputs = vec![self, w];
+        inputs.extend(b);
+        Ok(Tensor::result(y, shape, &inputs, || Op::Linear {
+            m,
+            k,
+            n: nout,
+        }))
+    }
+
+    /// `torch.nn.GroupNorm(groups, C, eps)` with affine `gamma`, `beta` on `(N, C, …)`.
+    pub fn group_norm(
+        &self,
+        groups: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let (n, c) = match *self.shape() {
+            [n, c, ..] => (n, c),
+            ref s => return Err(Error::shape("group_norm", format!("input shape {s:?}"))),
+        };
+        if groups == 0 || c % groups != 0 || gamma.shape() != [c] || beta.shape() != [c] {
+            return Err(Error::shape(
+                "group_norm",
+                format!(
+                    "{c} channels in {groups} groups, γ {:?}, β {:?}",
+                    gamma.shape(),
+                    beta.shape()
+                ),
+            ));
+        }
+        let g = NormGeom {
+            n,
+            c,
+            hw: self.elem_count() / (n * c).max(1),
+            groups,
+            eps,
+        };
+        let (y, stats) = self
+            .storage()
+            .group_norm(gamma.storage(), beta.storage(), &g)?;
+        Ok(Tensor::result(
+            y,
+            self.shape().to_vec(),
+            &[self, gamma, beta],
+            || Op::GroupNorm { g, stats },
+        ))
+    }
+
+    /// `x·σ(x)`.
+    pub fn silu(&self) -> Result<Tensor> {
+        let y = self.storage().silu()?;
+        Ok(Tensor::result(y, self.shape().to_vec(), &[self], || {
+            Op::Silu
+        }))
+    }
+
+    /// Multi-head softmax attention of token-major `(N, L, heads·d)` queries, keys and values,
+    /// scale `1/√d`.
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        let (n, l, c) = match *q.shape() {
+            [n, l, c] => (n, l, c),
+            ref s => {
+                return Err(Error::shape(
+                    "attention",
+                    format!("queries {s:?} are not (N, L, C)"),
+                ))
+            }
+        };
+        q.same_shape(k, "attention")?;
+        q.same_shape(v, "attention")?;
+        if heads == 0 || c % heads != 0 {
+            return Err(Error::shape(
+                "attention",
+                format!("{c} channels in {heads} heads"),
+            ));
+        }
+        let d = c / heads;
+        let g = AttnGeom {
+            n,
+            l,
+            heads,
+            d,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let y = q.storage().attention(k.storage(), v.storage(), &g)?;
+        Ok(Tensor::result(y, q.shape().to_vec(), &[q, k, v], || {
+            Op::Attention { g }
+        }))
+    }
+
+    /// Nearest-neighbour 2× upsampling of NCHW.
+    pub fn upsample_nearest2x(&self) -> Result<Tensor> {
+        let (n, c, h, w) = self.dims4("upsample")?;
+        let y = self.storage().upsample_nearest2x(n * c, h, w)?;
+        Ok(Tensor::result(y, vec![n, c, 2 * h, 2 * w], &[self], || {
+            Op::Upsample { nc: n * c, h, w }
+        }))
+    }
+
+    fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        self.same_shape(rhs, "binary")?;
+        let y = self.storage().binary(rhs.storage(), op)?;
+        Ok(Tensor::result(
+            y,
+            self.shape().to_vec(),
+            &[self, rhs],
+            || Op::Binary(op),
+        ))
+    }
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Add)
+    }
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Sub)
+    }
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Mul)
+    }
+
+    /// `self · s`.
+    pub fn scale(&self, s: f32) -> Result<Tensor> {
+        let y = self.storage().affine(s, 0.0)?;
+        Ok(Tensor::result(y, self.shape().to_vec(), &[self], || {
+            Op::Scale(s)
+        }))
+    }
+
+    /// `self[n, c, …] + b[n, c]`: broadcasting a per-sample, per-channel value over pixels.
+    pub fn add_channel_bias(&self, b: &Tensor) -> Result<Tensor> {
+        let (n, c) = match *self.shape() {
+            [n, c, ..] => (n, c),
+            ref s => {
+                return Err(Error::shape(
+                    "add_channel_bias",
+                    format!("input shape {s:?}"),
+                ))
+            }
+        };
+        if b.shape() != [n, c] {
+            return Err(Error::shape(
+                "add_channel_bias",
+                format!("{:?} onto {:?}", b.shape(), self.shape()),
+            ));
+        }
+        let hw = self.elem_count() / (n * c).max(1);
+        let y = self.storage().add_channel_bias(b.storage(), n, c, hw)?;
+        Ok(Tensor::result(y, self.shape().to_vec(), &[self, b], || {
+            Op::AddChannelBias { n, c, hw }
+        }))
+    }
+
+    /// `(N, A, B) → (N, B, A)`.
+    pub fn transpose12(&self) -> Result<Tensor> {
+        let (n, a, b) = match *self.shape() {
+            [n, a, b] => (n, a, b),
+            ref s => {
+                return Err(Error::shape(
+                    "transpose12",
+                    format!("input shape {s:?} is not 3-d"),
+                ))
+            }
+        };
+        let y = self.storage().transpose12(n, a, b)?;
+        Ok(Tensor::result(y, vec![n, b, a], &[self], || {
+            Op::Transpose12 { n, a, b }
+        }))
+    }
+
+    /// Concatenation along dimension 1 (channels) of tensors equal in every other dimension.
+    pub fn cat_channels(parts: &[&Tensor]) -> Result<Tensor> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::shape("cat", "nothing to concatenate"))?;
+        let (n, rest) = match first.shape() {
+            [n, _, rest @ ..] => (*n, rest.to_vec()),
+            s => return Err(Error::shape("cat", format!("shape {s:?}"))),
+        };
+        let mut cs = Vec::with_capacity(parts.len());
+        for p in parts {
+            match p.shape() {
+                [pn, c, r @ ..] if *pn == n && r == rest.as_slice() => cs.push(*c),
+                s => {
+                    return Err(Error::shape(
+                        "cat",
+                        format!("{s:?} with {:?}", first.shape()),
+                    ))
+                }
+            }
+        }
+        let hw = numel(&rest);
+        let storages: Vec<&Storage> = parts.iter().map(|p| p.storage()).collect();
+        let y = Storage::concat_channels(&storages, n, &cs, hw)?;
+        let mut shape = vec![n, cs.iter().sum()];
+        shape.extend(rest);
+        Ok(Tensor::result(y, shape, parts, || Op::Concat {
+            n,
+            cs: cs.clone(),
+            hw,
+        }))
+    }
+
+    /// Channels `start..end` (dimension 1).
+    pub fn slice_channels(&self, start: usize, end: usize) -> Result<Tensor> {
+        let (n, c) = match *self.shape() {
+            [n, c, ..] => (n, c),
+            ref s => return Err(Error::shape("slice", format!("input shape {s:?}"))),
+        };
+        if start > end || end > c {
+            return Err(Error::shape(
+                "slice",
+                format!("channels {start}..{end} of {c}"),
+            ));
+        }
+        let hw = self.elem_count() / (n * c).max(1);
+        let y = self.storage().slice_channels(n, c, hw, start, end)?;
+        let mut shape = self.shape().to_vec();
+        shape[1] = end - start;
+        Ok(Tensor::result(y, shape, &[self], || Op::Slice {
+            n,
+            c,
+            hw,
+            start,
+            end,
+        }))
+    }
+
+    /// Mean squared error `mean((self − target)²)`, a one-element tensor.
+    pub fn mse(&self, target: &Tensor) -> Result<Tensor> {
+        self.same_shape(target, "mse")?;
+        let d = self.storage().binary(target.storage(), BinaryOp::Sub)?;
+        let sq = d.binary(&d, BinaryOp::Mul)?;
+        let v = sq.sum_all()? / self.elem_count().max(1) as f32;
+        let y = self.device().storage_from_vec(vec![v])?;
+        Ok(Tensor::result(y, vec![], &[self, target], || Op::Mse))
+    }
+
+    /// Sinusoidal embedding `(len(t), dim)` of timesteps `t` (a 1-d tensor), as diffusers'
+    /// `get_timestep_embedding`.
+    pub fn timestep_embedding(
+        &self,
+        dim: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+    ) -> Result<Tensor> {
+        if self.shape().len() != 1 {
+            return Err(Error::shape(
+                "timestep_embedding",
+                format!("timesteps of shape {:?}", self.shape()),
+            ));
+        }
+        let y = self
+            .storage()
+            .timestep_embedding(dim, flip_sin_to_cos, freq_shift)?;
+        Ok(Tensor::make(y, vec![self.shape()[0], dim], false, false))
+    }
+}
