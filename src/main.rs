@@ -74,6 +74,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         warmup: usize,
     },
+    /// Measures the machine's fp32 fused multiply-add peak (GFLOP/s on one thread and on all).
+    Peak,
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -119,6 +121,10 @@ fn run(cli: Cli) -> Result<()> {
                 device,
             })?;
             println!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Peak) => {
+            println!("{}", bench::peak()?);
             Ok(())
         }
     }

@@ -246,7 +246,10 @@ impl UNet2DConfig {
         if self.block_out_channels[0] < 2 {
             return Err(Error::Config("config key block_out_channels: the first level needs at least 2 channels for the timestep embedding".into()));
         }
-        if !(self.norm_eps > 0.0) || !self.mid_block_scale_factor.is_normal() {
+        if self.norm_eps.is_nan()
+            || self.norm_eps <= 0.0
+            || !self.mid_block_scale_factor.is_normal()
+        {
             return Err(Error::Config(
                 "config: norm_eps must be positive and mid_block_scale_factor non-zero".into(),
             ));

@@ -203,7 +203,7 @@ impl GroupNorm {
         eps: f32,
         key: &str,
     ) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(Error::Config(format!(
                 "{key} = {groups} does not divide the {channels} channels of {prefix}"
             )));

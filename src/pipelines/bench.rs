@@ -70,3 +70,87 @@ pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
         "ops": breakdown,
     }))
 }
+
+/// Measures the machine's fp32 fused multiply-add peak: twelve independent FMA chains in the
+/// widest vectors the CPU has, on one thread and on every thread of the pool at once.
+pub fn peak() -> Result<serde_json::Value> {
+    let (isa, per_call) = fma_kernel_name();
+    let iters = 20_000_000usize;
+    let flops = |calls: usize| (calls * iters) as f64 * per_call;
+    let one = {
+        let start = Instant::now();
+        std::hint::black_box(fma_chains(iters));
+        flops(1) / start.elapsed().as_secs_f64() / 1e9
+    };
+    let threads = rayon::current_num_threads();
+    let start = Instant::now();
+    rayon::broadcast(|_| std::hint::black_box(fma_chains(iters)));
+    let all = flops(threads) / start.elapsed().as_secs_f64() / 1e9;
+    Ok(
+        json!({"isa": isa, "gflops_per_s_one_thread": one, "threads": threads, "gflops_per_s_all_threads": all}),
+    )
+}
+
+/// The instruction set used by [`fma_chains`] and the FLOPs of one of its iterations.
+fn fma_kernel_name() -> (&'static str, f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return ("avx512f", 12.0 * 16.0 * 2.0);
+        }
+        if std::is_x86_feature_detected!("fma") {
+            return ("avx2+fma", 12.0 * 8.0 * 2.0);
+        }
+    }
+    ("scalar", 12.0 * 2.0)
+}
+
+fn fma_chains(iters: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn v512(iters: usize) -> f32 {
+            let mut acc = [_mm512_set1_ps(0.0); 12];
+            let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(0.001));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm512_fmadd_ps(*x, a, b);
+                }
+            }
+            acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v256(iters: usize) -> f32 {
+            let mut acc = [_mm256_set1_ps(0.0); 12];
+            let (a, b) = (_mm256_set1_ps(0.999), _mm256_set1_ps(0.001));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, a, b);
+                }
+            }
+            let mut out = [0.0f32; 8];
+            acc.iter()
+                .map(|&x| {
+                    _mm256_storeu_ps(out.as_mut_ptr(), x);
+                    out.iter().sum::<f32>()
+                })
+                .sum()
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { v512(iters) };
+        }
+        if std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { v256(iters) };
+        }
+    }
+    let mut acc = [0.0f32; 12];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = x.mul_add(0.999, 0.001);
+        }
+    }
+    acc.iter().sum()
+}

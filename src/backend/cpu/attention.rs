@@ -36,6 +36,7 @@ fn row_block(g: &AttnGeom) -> usize {
     by_threads.min(by_cache).max(1)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Scores `s (rows × l) = scale · q[r0..r0+rows] k_hᵀ` of head `h` of sample `n`.
 fn scores(
     q: &[f32],
@@ -86,14 +87,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], g: &AttnGeom) -> Vec<f32> {
             scores(q, k, g, n, h, r0, rows, s);
             softmax_rows(s, g.l);
             let vn = &v[n * g.l * c..][..g.l * c];
-            let op = op;
             // SAFETY: this task owns rows r0..r0+rows, columns h·d..(h+1)·d of sample n.
             unsafe {
                 gemm1(
                     rows,
                     g.d,
                     g.l,
-                    op.0.add(n * g.l * c + r0 * c + h * g.d),
+                    op.get().add(n * g.l * c + r0 * c + h * g.d),
                     c as isize,
                     1,
                     false,
@@ -135,7 +135,6 @@ pub fn attention_backward(
         let mut dp = vec![0.0f32; l * l];
         let head = |t: &[f32]| Mat::new(&t[off..], c, 1);
         let head_t = |t: &[f32]| Mat::new(&t[off..], 1, c);
-        let (pq, pk, pv) = (pq, pk, pv);
         // SAFETY (all four products): head h of sample n is (l × d) with row stride c and is
         // written by this task only; p and dp are l × l row-major.
         unsafe {
@@ -155,7 +154,7 @@ pub fn attention_backward(
                 l,
                 g.d,
                 l,
-                pv.0.add(off),
+                pv.get().add(off),
                 c as isize,
                 1,
                 false,
@@ -175,7 +174,7 @@ pub fn attention_backward(
                 l,
                 g.d,
                 l,
-                pq.0.add(off),
+                pq.get().add(off),
                 c as isize,
                 1,
                 false,
@@ -187,7 +186,7 @@ pub fn attention_backward(
                 l,
                 g.d,
                 l,
-                pk.0.add(off),
+                pk.get().add(off),
                 c as isize,
                 1,
                 false,

@@ -141,9 +141,8 @@ pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
         let (n, p0) = (item / tiles, (item % tiles) * tile);
         let p1 = (p0 + tile).min(p);
         let xn = &x[n * plane_in..][..plane_in];
-        let yp = yp;
         // SAFETY: this task owns columns p0..p1 of image n's output planes.
-        let dst = unsafe { yp.0.add(n * g.co * p + p0) };
+        let dst = unsafe { yp.get().add(n * g.co * p + p0) };
         if pointwise {
             // SAFETY: x[n] is Ci × P row-major; columns p0..p1 of it.
             unsafe {

@@ -15,6 +15,13 @@ pub(crate) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A strided matrix operand: element `(i, j)` at `ptr[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat {

@@ -1,0 +1,101 @@
+//! Criterion benches of the hot CPU ops on the shapes of the benchmark UNet (block channels
+//! 64/128/256, head dim 32, batch 8). Throughput is reported in FLOP/s ("elem/s" = FLOP/s).
+//!
+//!     cargo bench --bench ops [-- conv]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use dydiff::backend::ConvGeom;
+use dydiff::{Device, Tensor};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = dydiff::nn::InitRng::new(seed);
+    let n = shape.iter().product();
+    Tensor::from_vec(
+        (0..n).map(|_| (2.0 * rng.uniform() - 1.0) as f32).collect(),
+        shape,
+        Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn conv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv2d");
+    g.sample_size(10);
+    // (label, n, ci, hw, co, k, stride)
+    for (label, n, ci, hw, co, k, stride) in [
+        ("64x64_64to64_3x3", 8, 64, 64, 64, 3, 1),
+        ("64x64_192to64_3x3", 8, 192, 64, 64, 3, 1),
+        ("32x32_128to128_3x3", 8, 128, 32, 128, 3, 1),
+        ("16x16_256to256_3x3", 8, 256, 16, 256, 3, 1),
+        ("16x16_512to256_1x1", 8, 512, 16, 256, 1, 1),
+        ("64x64_64to64_3x3_s2", 8, 64, 64, 64, 3, 2),
+    ] {
+        let pad = if k == 3 { [1; 4] } else { [0; 4] };
+        let geom = ConvGeom {
+            n,
+            ci,
+            h: hw,
+            w: hw,
+            co,
+            k,
+            stride,
+            pad,
+        };
+        let x = rand(&[n, ci, hw, hw], 1);
+        let w = rand(&[co, ci, k, k], 2);
+        let b = rand(&[co], 3);
+        g.throughput(Throughput::Elements(geom.flops() as u64));
+        g.bench_function(BenchmarkId::from_parameter(label), |bench| {
+            bench.iter(|| x.conv2d(&w, Some(&b), stride, pad).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(10);
+    for (label, n, l, ch, heads) in [
+        ("1024tok_128ch_4h", 8, 1024, 128, 4),
+        ("256tok_256ch_8h", 8, 256, 256, 8),
+    ] {
+        let (q, k, v) = (
+            rand(&[n, l, ch], 1),
+            rand(&[n, l, ch], 2),
+            rand(&[n, l, ch], 3),
+        );
+        g.throughput(Throughput::Elements(4 * (n * l * l * ch) as u64));
+        g.bench_function(BenchmarkId::from_parameter(label), |bench| {
+            bench.iter(|| Tensor::attention(&q, &k, &v, heads).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn group_norm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group_norm");
+    g.sample_size(20);
+    let x = rand(&[8, 64, 64, 64], 1);
+    let (gamma, beta) = (rand(&[64], 2), rand(&[64], 3));
+    g.throughput(Throughput::Bytes(2 * 4 * x.elem_count() as u64));
+    g.bench_function("8x64x64x64_32groups", |bench| {
+        bench.iter(|| x.group_norm(32, &gamma, &beta, 1e-5).unwrap())
+    });
+    g.bench_function("8x64x64x64_silu", |bench| bench.iter(|| x.silu().unwrap()));
+    g.finish();
+}
+
+fn linear(c: &mut Criterion) {
+    let mut g = c.benchmark_group("linear");
+    g.sample_size(10);
+    let x = rand(&[8, 1024, 128], 1);
+    let (w, b) = (rand(&[128, 128], 2), rand(&[128], 3));
+    g.throughput(Throughput::Elements(2 * 8 * 1024 * 128 * 128));
+    g.bench_function("8x1024tok_128to128", |bench| {
+        bench.iter(|| x.linear(&w, Some(&b)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, conv, attention, group_norm, linear);
+criterion_main!(benches);

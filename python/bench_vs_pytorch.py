@@ -1,0 +1,124 @@
+"""Side-by-side benchmark: dydiff against PyTorch + diffusers on the same UNet2DModel.
+
+The model (engine-core issue): block_out_channels (64, 128, 256), layers_per_block 2, attention
+at the two lower-resolution levels, 32 norm groups, head dim 32, 20 input / 12 output channels,
+batch 8, at 32x32 and 64x64, both engines on the same number of threads, same weights.
+
+Reports the median forward time, GFLOP/s (FLOPs counted by dydiff's per-op profile), the
+speed-up, dydiff's convolution GFLOP/s, and peak resident memory of one forward at each size
+(each engine in a fresh process, measured with wait4's ru_maxrss).
+
+    PY=$(../shared/tools/pyref-env.sh | tail -1)
+    cargo build --release && $PY python/bench_vs_pytorch.py [--threads 2] [--reps 5]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from diffusers import UNet2DModel
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = dict(
+    in_channels=20, out_channels=12, block_out_channels=(64, 128, 256), layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    norm_num_groups=32, attention_head_dim=32,
+)
+
+
+def torch_forward_once(model_dir: str, input_path: str) -> None:
+    """Child-process entry for the memory measurement: one forward in PyTorch."""
+    model = UNet2DModel.from_pretrained(model_dir).eval()
+    x = torch.from_numpy(np.load(input_path))
+    with torch.no_grad():
+        model(x, 500).sample
+
+
+def peak_rss_mb(cmd, env) -> float:
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{cmd[0]} failed with status {status}")
+    return usage.ru_maxrss / 1024.0
+
+
+def time_torch(model, x, reps: int) -> float:
+    times = []
+    with torch.no_grad():
+        model(x, 500)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model(x, 500)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--torch-once":
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        torch_forward_once(sys.argv[2], sys.argv[3])
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--dydiff", default=str(ROOT / "target" / "release" / "dydiff"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    env = dict(os.environ, BENCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="dydiff-bench-"))
+    torch.manual_seed(0)
+    model = UNet2DModel(**CONFIG).eval()
+    model.save_pretrained(tmp / "unet")
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {params / 1e6:.1f} M parameters, batch {args.batch}, {args.threads} threads,"
+          f" torch {torch.__version__}")
+    rows = []
+    for size in args.sizes:
+        x = torch.randn(args.batch, CONFIG["in_channels"], size, size)
+        t_torch = time_torch(model, x, args.reps)
+        out = subprocess.run(
+            [args.dydiff, "--threads", str(args.threads), "bench", "unet", "--unet", str(tmp / "unet"),
+             "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps)],
+            check=True, capture_output=True, text=True, env=env,
+        )
+        rep = json.loads(out.stdout)
+        conv = rep["ops"]["conv2d"]
+        xin = tmp / f"x{size}.npy"
+        np.save(xin, x.numpy())
+        mem_torch = peak_rss_mb([sys.executable, __file__, "--torch-once", str(tmp / "unet"), str(xin)], env)
+        mem_ours = peak_rss_mb(
+            [args.dydiff, "--threads", str(args.threads), "denoise", "--unet", str(tmp / "unet"),
+             "--input", str(xin), "--timestep", "500", "--out", str(tmp / "y.npy")], env)
+        rows.append(dict(
+            size=size, gflop=rep["gflop"], torch_s=t_torch, dydiff_s=rep["median_s"],
+            torch_gflops=rep["gflop"] / t_torch, dydiff_gflops=rep["gflops_per_s"],
+            speedup=t_torch / rep["median_s"], conv_gflops=conv["gflops_per_s"],
+            conv_share=conv["seconds"] / sum(o["seconds"] for o in rep["ops"].values()),
+            mem_torch_mb=mem_torch, mem_dydiff_mb=mem_ours, ops=rep["ops"],
+        ))
+    print("| size | GFLOP | PyTorch s (GFLOP/s) | dydiff s (GFLOP/s) | speed-up | dydiff conv GFLOP/s |"
+          " peak RSS PyTorch / dydiff (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']}x{r['size']} | {r['gflop']:.1f} | {r['torch_s']:.3f} ({r['torch_gflops']:.0f}) |"
+              f" {r['dydiff_s']:.3f} ({r['dydiff_gflops']:.0f}) | {r['speedup']:.2f}x | {r['conv_gflops']:.0f} |"
+              f" {r['mem_torch_mb']:.0f} / {r['mem_dydiff_mb']:.0f} |")
+    for r in rows:
+        print(f"\ndydiff per-op at {r['size']}x{r['size']} (one profiled forward):")
+        for name, o in sorted(r["ops"].items(), key=lambda kv: -kv[1]["seconds"]):
+            print(f"  {name:22s} {o['calls']:4d} calls {o['seconds'] * 1e3:8.1f} ms {o['gflops_per_s']:7.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
