@@ -9,41 +9,78 @@ pub mod matmul;
 pub mod norm;
 pub mod reference;
 pub(crate) mod simd;
+pub mod winograd;
 
 use crate::backend::{AttnGeom, BackendStorage, BinaryOp, ConvGeom, MatmulGeom, NormGeom};
 use crate::error::Result;
 use crate::profile::scope;
+use std::sync::{Arc, Mutex};
 
-/// Host memory.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CpuStorage(Vec<f32>);
+/// Host memory. Storages are never mutated after creation, so data derived from one (the
+/// Winograd transform of a convolution kernel) is computed once and kept beside it.
+#[derive(Debug, Default)]
+pub struct CpuStorage {
+    data: Vec<f32>,
+    winograd: Mutex<Option<Arc<winograd::Filter>>>,
+}
+
+impl Clone for CpuStorage {
+    fn clone(&self) -> Self {
+        CpuStorage::from_vec(self.data.clone())
+    }
+}
 
 impl CpuStorage {
-    pub fn from_vec(v: Vec<f32>) -> Self {
-        CpuStorage(v)
+    pub fn from_vec(data: Vec<f32>) -> Self {
+        CpuStorage {
+            data,
+            winograd: Mutex::new(None),
+        }
     }
     pub fn as_slice(&self) -> &[f32] {
-        &self.0
+        &self.data
     }
     pub fn into_vec(self) -> Vec<f32> {
-        self.0
+        self.data
+    }
+    /// This storage, read as a `(co, ci, 3, 3)` kernel, in the Winograd domain (cached).
+    fn winograd_filter(&self, co: usize, ci: usize) -> Arc<winograd::Filter> {
+        let mut slot = self.winograd.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(f) if f.co == co && f.ci == ci => f.clone(),
+            _ => {
+                let f = Arc::new(winograd::Filter::new(&self.data, co, ci));
+                *slot = Some(f.clone());
+                f
+            }
+        }
     }
 }
 
 fn wrap(v: Vec<f32>) -> Result<CpuStorage> {
-    Ok(CpuStorage(v))
+    Ok(CpuStorage::from_vec(v))
 }
 
 impl BackendStorage for CpuStorage {
     fn len(&self) -> usize {
-        self.0.len()
+        self.data.len()
     }
     fn to_vec(&self) -> Result<Vec<f32>> {
-        Ok(self.0.clone())
+        Ok(self.data.clone())
     }
     fn conv2d(&self, w: &Self, b: Option<&Self>, g: &ConvGeom) -> Result<Self> {
         let _s = scope("conv2d", g.flops());
-        wrap(conv::conv2d(&self.0, &w.0, b.map(|b| b.as_slice()), g))
+        let b = b.map(|b| b.as_slice());
+        if winograd::applicable(g) {
+            wrap(winograd::conv2d(
+                &self.data,
+                &w.winograd_filter(g.co, g.ci),
+                b,
+                g,
+            ))
+        } else {
+            wrap(conv::conv2d(&self.data, &w.data, b, g))
+        }
     }
     fn conv2d_backward(
         &self,
@@ -56,18 +93,22 @@ impl BackendStorage for CpuStorage {
             "conv2d_backward",
             g.flops() * if need_dx { 2.0 } else { 1.0 },
         );
-        let (dx, dw, db) = conv::conv2d_backward(&self.0, &w.0, &dy.0, g, need_dx);
-        Ok((dx.map(CpuStorage), CpuStorage(dw), CpuStorage(db)))
+        let (dx, dw, db) = conv::conv2d_backward(&self.data, &w.data, &dy.data, g, need_dx);
+        Ok((
+            dx.map(CpuStorage::from_vec),
+            CpuStorage::from_vec(dw),
+            CpuStorage::from_vec(db),
+        ))
     }
     fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self> {
         let _s = scope("matmul", 2.0 * (g.batch * g.m * g.n * g.k) as f64);
-        wrap(matmul::matmul(&self.0, &b.0, g))
+        wrap(matmul::matmul(&self.data, &b.data, g))
     }
     fn linear(&self, w: &Self, b: Option<&Self>, m: usize, k: usize, n: usize) -> Result<Self> {
         let _s = scope("linear", 2.0 * (m * n * k) as f64);
         wrap(matmul::linear(
-            &self.0,
-            &w.0,
+            &self.data,
+            &w.data,
             b.map(|b| b.as_slice()),
             m,
             k,
@@ -75,12 +116,12 @@ impl BackendStorage for CpuStorage {
         ))
     }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
-        wrap(elementwise::sum_rows(&self.0, rows, cols))
+        wrap(elementwise::sum_rows(&self.data, rows, cols))
     }
     fn group_norm(&self, gamma: &Self, beta: &Self, g: &NormGeom) -> Result<(Self, Self)> {
         let _s = scope("group_norm", 0.0);
-        let (y, stats) = norm::group_norm(&self.0, &gamma.0, &beta.0, g);
-        Ok((CpuStorage(y), CpuStorage(stats)))
+        let (y, stats) = norm::group_norm(&self.data, &gamma.data, &beta.data, g);
+        Ok((CpuStorage::from_vec(y), CpuStorage::from_vec(stats)))
     }
     fn group_norm_backward(
         &self,
@@ -90,19 +131,24 @@ impl BackendStorage for CpuStorage {
         g: &NormGeom,
     ) -> Result<(Self, Self, Self)> {
         let _s = scope("group_norm_backward", 0.0);
-        let (dx, dg, db) = norm::group_norm_backward(&self.0, &gamma.0, &stats.0, &dy.0, g);
-        Ok((CpuStorage(dx), CpuStorage(dg), CpuStorage(db)))
+        let (dx, dg, db) =
+            norm::group_norm_backward(&self.data, &gamma.data, &stats.data, &dy.data, g);
+        Ok((
+            CpuStorage::from_vec(dx),
+            CpuStorage::from_vec(dg),
+            CpuStorage::from_vec(db),
+        ))
     }
     fn silu(&self) -> Result<Self> {
         let _s = scope("silu", 0.0);
-        wrap(elementwise::silu(&self.0))
+        wrap(elementwise::silu(&self.data))
     }
     fn silu_backward(&self, dy: &Self) -> Result<Self> {
-        wrap(elementwise::silu_backward(&self.0, &dy.0))
+        wrap(elementwise::silu_backward(&self.data, &dy.data))
     }
     fn attention(&self, k: &Self, v: &Self, g: &AttnGeom) -> Result<Self> {
         let _s = scope("attention", 4.0 * (g.n * g.heads * g.l * g.l * g.d) as f64);
-        wrap(attention::attention(&self.0, &k.0, &v.0, g))
+        wrap(attention::attention(&self.data, &k.data, &v.data, g))
     }
     fn attention_backward(
         &self,
@@ -115,31 +161,38 @@ impl BackendStorage for CpuStorage {
             "attention_backward",
             10.0 * (g.n * g.heads * g.l * g.l * g.d) as f64,
         );
-        let (dq, dk, dv) = attention::attention_backward(&self.0, &k.0, &v.0, &dout.0, g);
-        Ok((CpuStorage(dq), CpuStorage(dk), CpuStorage(dv)))
+        let (dq, dk, dv) =
+            attention::attention_backward(&self.data, &k.data, &v.data, &dout.data, g);
+        Ok((
+            CpuStorage::from_vec(dq),
+            CpuStorage::from_vec(dk),
+            CpuStorage::from_vec(dv),
+        ))
     }
     fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
         let _s = scope("upsample", 0.0);
-        wrap(elementwise::upsample_nearest2x(&self.0, nc, h, w))
+        wrap(elementwise::upsample_nearest2x(&self.data, nc, h, w))
     }
     fn upsample_nearest2x_backward(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
-        wrap(elementwise::upsample_nearest2x_backward(&self.0, nc, h, w))
+        wrap(elementwise::upsample_nearest2x_backward(
+            &self.data, nc, h, w,
+        ))
     }
     fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self> {
         let _s = scope("elementwise", 0.0);
-        wrap(elementwise::binary(&self.0, &rhs.0, op))
+        wrap(elementwise::binary(&self.data, &rhs.data, op))
     }
     fn affine(&self, mul: f32, add: f32) -> Result<Self> {
         let _s = scope("elementwise", 0.0);
-        wrap(elementwise::affine(&self.0, mul, add))
+        wrap(elementwise::affine(&self.data, mul, add))
     }
     fn add_channel_bias(&self, b: &Self, _n: usize, _c: usize, hw: usize) -> Result<Self> {
         let _s = scope("elementwise", 0.0);
-        wrap(elementwise::add_channel_bias(&self.0, &b.0, hw))
+        wrap(elementwise::add_channel_bias(&self.data, &b.data, hw))
     }
     fn transpose12(&self, n: usize, a: usize, b: usize) -> Result<Self> {
         let _s = scope("transpose", 0.0);
-        wrap(elementwise::transpose12(&self.0, n, a, b))
+        wrap(elementwise::transpose12(&self.data, n, a, b))
     }
     fn concat_channels(parts: &[&Self], n: usize, cs: &[usize], hw: usize) -> Result<Self> {
         let _s = scope("concat", 0.0);
@@ -154,7 +207,9 @@ impl BackendStorage for CpuStorage {
         start: usize,
         end: usize,
     ) -> Result<Self> {
-        wrap(elementwise::slice_channels(&self.0, n, c, hw, start, end))
+        wrap(elementwise::slice_channels(
+            &self.data, n, c, hw, start, end,
+        ))
     }
     fn slice_channels_backward(
         &self,
@@ -165,11 +220,11 @@ impl BackendStorage for CpuStorage {
         end: usize,
     ) -> Result<Self> {
         wrap(elementwise::slice_channels_backward(
-            &self.0, n, c, hw, start, end,
+            &self.data, n, c, hw, start, end,
         ))
     }
     fn sum_all(&self) -> Result<f32> {
-        Ok(elementwise::sum_all(&self.0))
+        Ok(elementwise::sum_all(&self.data))
     }
     fn timestep_embedding(
         &self,
@@ -178,7 +233,7 @@ impl BackendStorage for CpuStorage {
         freq_shift: f32,
     ) -> Result<Self> {
         wrap(elementwise::timestep_embedding(
-            &self.0,
+            &self.data,
             dim,
             flip_sin_to_cos,
             freq_shift,
