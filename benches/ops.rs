@@ -19,6 +19,7 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn conv(c: &mut Criterion) {
+    dydiff::backend::cpu::tune_allocator();
     let mut g = c.benchmark_group("conv2d");
     g.sample_size(10);
     // (label, n, ci, hw, co, k, stride)

@@ -9,6 +9,7 @@ use dydiff::nn::{UNet2D, UNet2DConfig};
 use dydiff::{Device, Tensor};
 
 fn unet(c: &mut Criterion) {
+    dydiff::backend::cpu::tune_allocator();
     let cfg = UNet2DConfig {
         in_channels: 20,
         out_channels: 12,

@@ -291,27 +291,7 @@ impl Tensor {
         beta: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
-        let (n, c) = match *self.shape() {
-            [n, c, ..] => (n, c),
-            ref s => return Err(Error::shape("group_norm", format!("input shape {s:?}"))),
-        };
-        if groups == 0 || c % groups != 0 || gamma.shape() != [c] || beta.shape() != [c] {
-            return Err(Error::shape(
-                "group_norm",
-                format!(
-                    "{c} channels in {groups} groups, γ {:?}, β {:?}",
-                    gamma.shape(),
-                    beta.shape()
-                ),
-            ));
-        }
-        let g = NormGeom {
-            n,
-            c,
-            hw: self.elem_count() / (n * c).max(1),
-            groups,
-            eps,
-        };
+        let g = self.norm_geom(groups, gamma, beta, eps, false)?;
         let (y, stats) = self
             .storage()
             .group_norm(gamma.storage(), beta.storage(), &g)?;
@@ -321,6 +301,58 @@ impl Tensor {
             &[self, gamma, beta],
             || Op::GroupNorm { g, stats },
         ))
+    }
+
+    /// `silu(group_norm(…))`: one pass over memory when no gradient is recorded, the two
+    /// recorded ops otherwise.
+    pub fn group_norm_silu(
+        &self,
+        groups: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor> {
+        let recorded = autograd::is_recording() && [self, gamma, beta].iter().any(|t| t.0.tracked);
+        if recorded {
+            return self.group_norm(groups, gamma, beta, eps)?.silu();
+        }
+        let g = self.norm_geom(groups, gamma, beta, eps, true)?;
+        let (y, _) = self
+            .storage()
+            .group_norm(gamma.storage(), beta.storage(), &g)?;
+        Ok(Tensor::make(y, self.shape().to_vec(), false, false))
+    }
+
+    fn norm_geom(
+        &self,
+        groups: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        silu: bool,
+    ) -> Result<NormGeom> {
+        let (n, c) = match *self.shape() {
+            [n, c, ..] => (n, c),
+            ref s => return Err(Error::shape("group_norm", format!("input shape {s:?}"))),
+        };
+        if groups == 0 || !c.is_multiple_of(groups) || gamma.shape() != [c] || beta.shape() != [c] {
+            return Err(Error::shape(
+                "group_norm",
+                format!(
+                    "{c} channels in {groups} groups, γ {:?}, β {:?}",
+                    gamma.shape(),
+                    beta.shape()
+                ),
+            ));
+        }
+        Ok(NormGeom {
+            n,
+            c,
+            hw: self.elem_count() / (n * c).max(1),
+            groups,
+            eps,
+            silu,
+        })
     }
 
     /// `x·σ(x)`.

@@ -134,21 +134,34 @@ fn group_norm_matches_reference() {
         let x = rand_tensor(&[n, c, h, w], 9).scale(3.0).unwrap();
         let gamma = rand_tensor(&[c], 10);
         let beta = rand_tensor(&[c], 11);
-        let y = x.group_norm(groups, &gamma, &beta, 1e-5).unwrap();
-        let g = NormGeom {
-            n,
-            c,
-            hw: h * w,
-            groups,
-            eps: 1e-5,
-        };
-        let want = reference::group_norm(
-            &x.to_vec().unwrap(),
-            &gamma.to_vec().unwrap(),
-            &beta.to_vec().unwrap(),
-            &g,
-        );
-        assert_close(&y.to_vec().unwrap(), &want, 1e-5, 1e-4, "group_norm");
+        for silu in [false, true] {
+            let y = if silu {
+                x.group_norm_silu(groups, &gamma, &beta, 1e-5)
+            } else {
+                x.group_norm(groups, &gamma, &beta, 1e-5)
+            };
+            let g = NormGeom {
+                n,
+                c,
+                hw: h * w,
+                groups,
+                eps: 1e-5,
+                silu,
+            };
+            let (xv, gv, bv) = (
+                x.to_vec().unwrap(),
+                gamma.to_vec().unwrap(),
+                beta.to_vec().unwrap(),
+            );
+            let want = reference::group_norm(&xv, &gv, &bv, &g);
+            assert_close(
+                &y.unwrap().to_vec().unwrap(),
+                &want,
+                1e-5,
+                1e-4,
+                "group_norm",
+            );
+        }
     }
 }
 

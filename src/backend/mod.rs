@@ -89,6 +89,9 @@ pub struct NormGeom {
     pub hw: usize,
     pub groups: usize,
     pub eps: f32,
+    /// Apply SiLU to the normalised output in the same pass (inference only: a fused call is
+    /// never recorded for backward).
+    pub silu: bool,
 }
 
 /// Geometry of multi-head attention on token-major `(n, l, heads·d)` queries, keys and values.

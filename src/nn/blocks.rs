@@ -76,9 +76,9 @@ impl ResnetBlock2D {
 
     /// `temb_act` is `silu(temb)`, computed once per network evaluation.
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = h.add_channel_bias(&self.time_emb_proj.forward(temb_act)?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let out = match &self.conv_shortcut {
             Some(c) => c.forward(x)?.add(&h)?,
             None => x.add(&h)?,

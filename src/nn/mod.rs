@@ -218,4 +218,8 @@ impl GroupNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.group_norm(self.groups, &self.weight, &self.bias, self.eps)
     }
+    /// `silu(self.forward(x))`, fused when no gradient is recorded.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        x.group_norm_silu(self.groups, &self.weight, &self.bias, self.eps)
+    }
 }

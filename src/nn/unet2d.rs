@@ -216,7 +216,7 @@ impl UNet2D {
             debug_assert!(skips.len() >= u.num_skips());
             h = u.forward(h, &temb_act, &mut skips)?;
         }
-        let h = self.norm_out.forward(&h)?.silu()?;
+        let h = self.norm_out.forward_silu(&h)?;
         self.conv_out.forward(&h)
     }
 }

@@ -38,7 +38,7 @@ fn row_block(g: &AttnGeom) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let tasks_per_head = (2 * threads).div_ceil(g.n * g.heads);
     let by_threads = g.l.div_ceil(tasks_per_head.max(1));
-    let by_cache = ((1usize << 17) / g.l.max(1)).max(16);
+    let by_cache = ((1usize << 16) / g.l.max(1)).max(16);
     by_threads.min(by_cache).max(1)
 }
 

@@ -1,10 +1,11 @@
 //! Group normalisation over contiguous `(C/G)·HW` runs of an NCHW tensor.
 //!
 //! `y = (x − μ)/√(σ² + ε)·γ_c + β_c`, `μ`, `σ²` (biased) over the channels of a group and all
-//! pixels of one sample, as `torch.nn.GroupNorm`. Sums are accumulated in f64 in one pass.
+//! pixels of one sample, as `torch.nn.GroupNorm`, optionally followed by SiLU in the same pass.
+//! Sums are accumulated in f64 in one pass.
 //! Reference: [`super::reference::group_norm`]. Bench: `cargo bench --bench ops -- group_norm`.
 
-use super::simd::simd_fn;
+use super::simd::{sigmoid, simd_fn};
 use crate::backend::NormGeom;
 use rayon::prelude::*;
 
@@ -39,6 +40,16 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// `silu(x·a + b)`.
+    fn scale_shift_silu(x: &[f32], y: &mut [f32], a: f32, b: f32) {
+        for (y, x) in y.iter_mut().zip(x) {
+            let v = x * a + b;
+            *y = v * sigmoid(v);
+        }
+    }
+}
+
 /// Forward; returns `y` and the statistics `[μ for each (n, g)…, 1/σ for each (n, g)…]`.
 pub fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<f32>) {
     let cg = g.c / g.groups;
@@ -57,7 +68,11 @@ pub fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (Vec<
             for (j, (yp, xp)) in yc.chunks_mut(g.hw).zip(xc.chunks(g.hw)).enumerate() {
                 let a = rstd * gamma[c0 + j] as f64;
                 let b = beta[c0 + j] as f64 - mean * a;
-                scale_shift(xp, yp, a as f32, b as f32);
+                if g.silu {
+                    scale_shift_silu(xp, yp, a as f32, b as f32);
+                } else {
+                    scale_shift(xp, yp, a as f32, b as f32);
+                }
             }
             (mean as f32, rstd as f32)
         })

@@ -64,7 +64,7 @@ pub fn matmul(a: &[f32], b: &[f32], g: &MatmulGeom) -> Vec<f32> {
     out
 }
 
-/// Two-pass group normalisation, see [`super::norm`].
+/// Two-pass group normalisation (then SiLU if `g.silu`), see [`super::norm`].
 pub fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> Vec<f32> {
     let cg = g.c / g.groups;
     let len = cg * g.hw;
@@ -74,8 +74,9 @@ pub fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> Vec<f
         let var = xc.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
         for (j, (yv, &xv)) in yc.iter_mut().zip(xc).enumerate() {
             let c = (i % g.groups) * cg + j / g.hw;
-            *yv = ((xv as f64 - mean) / (var + g.eps as f64).sqrt() * gamma[c] as f64
-                + beta[c] as f64) as f32;
+            let v =
+                (xv as f64 - mean) / (var + g.eps as f64).sqrt() * gamma[c] as f64 + beta[c] as f64;
+            *yv = if g.silu { v / (1.0 + (-v).exp()) } else { v } as f32;
         }
     }
     y
