@@ -98,5 +98,86 @@ fn linear(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, attention, group_norm, linear);
+/// The layout decision of `backend::cpu::conv`: the same 3×3 convolutions as NCHW im2col+gemm
+/// (dydiff's direct path), as NHWC nine accumulated per-tap products over a padded input (the
+/// usual channels-last scheme), and as NCHW Winograd (dydiff's path for 3×3 stride 1). Two
+/// threads, split by image for NHWC.
+fn conv_layout(c: &mut Criterion) {
+    use dydiff::backend::cpu::{conv, winograd};
+    use rayon::prelude::*;
+    let mut g = c.benchmark_group("conv_layout");
+    g.sample_size(10);
+    for (n, ci, hw, co) in [
+        (8usize, 64usize, 64usize, 64usize),
+        (8, 128, 32, 128),
+        (8, 256, 16, 256),
+    ] {
+        let geom = ConvGeom {
+            n,
+            ci,
+            h: hw,
+            w: hw,
+            co,
+            k: 3,
+            stride: 1,
+            pad: [1; 4],
+        };
+        g.throughput(Throughput::Elements(geom.flops() as u64));
+        let x = rand(&[n, ci, hw, hw], 1).to_vec().unwrap();
+        let w = rand(&[co, ci, 3, 3], 2).to_vec().unwrap();
+        let label = format!("{n}x{ci}x{hw}x{hw}_to_{co}");
+        g.bench_function(BenchmarkId::new("nchw_im2col", &label), |b| {
+            b.iter(|| conv::conv2d(&x, &w, None, &geom))
+        });
+        let f = winograd::Filter::new(&w, co, ci);
+        g.bench_function(BenchmarkId::new("nchw_winograd", &label), |b| {
+            b.iter(|| winograd::conv2d(&x, &f, None, &geom))
+        });
+        // NHWC: padded (H+2)×(W+2)×Ci input; output rows W+2 wide (two junk columns per row)
+        let pw = hw + 2;
+        let plane = (hw + 2) * pw * ci + 2 * ci;
+        let xp = vec![0.5f32; n * plane];
+        let wt = rand(&[9, ci, co], 3).to_vec().unwrap();
+        let mut y = vec![0.0f32; n * hw * pw * co];
+        g.bench_function(BenchmarkId::new("nhwc_9tap", &label), |b| {
+            b.iter(|| {
+                y.par_chunks_mut(hw * pw * co)
+                    .enumerate()
+                    .for_each(|(img, yi)| {
+                        for tap in 0..9 {
+                            let (ky, kx) = (tap / 3, tap % 3);
+                            let src = &xp[img * plane + (ky * pw + kx) * ci..];
+                            // SAFETY: rows·Ci inputs from src (padded by 2·Ci), Ci×Co weights, rows×Co out.
+                            unsafe {
+                                gemm::gemm(
+                                    hw * pw,
+                                    co,
+                                    ci,
+                                    yi.as_mut_ptr(),
+                                    1,
+                                    co as isize,
+                                    tap > 0,
+                                    src.as_ptr(),
+                                    1,
+                                    ci as isize,
+                                    wt[tap * ci * co..].as_ptr(),
+                                    1,
+                                    co as isize,
+                                    1.0,
+                                    1.0,
+                                    false,
+                                    false,
+                                    false,
+                                    gemm::Parallelism::None,
+                                )
+                            }
+                        }
+                    })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, conv, conv_layout, attention, group_norm, linear);
 criterion_main!(benches);

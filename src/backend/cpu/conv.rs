@@ -3,14 +3,23 @@
 //! `y[n, co, p] = b[co] + Σ_{ci,ky,kx} w[co, ci, ky, kx] · x[n, ci, oy·s + ky − pt, ox·s + kx − pl]`
 //! for output pixel `p = oy·Wo + ox` (zero outside the input).
 //!
-//! Layout. NCHW makes each (image, output-pixel tile) one product `W (Co × Ci·k²) · col
-//! (Ci·k² × tile)` written straight into the output planes, with `col` built by contiguous row
-//! copies of the input (stride 1) and 1×1 convolutions needing no copy at all; group norm then
-//! reduces over contiguous runs of memory. NHWC would turn the 3×3 convolution into nine
-//! accumulated products with `k = Ci` (a read-modify-write of the output per tap) and needs a
-//! transpose at every diffusers boundary. Measured on the 64×64 benchmark UNet (2 threads,
-//! `cargo bench --bench ops -- conv`), the tiled im2col path reaches the figures in BENCHMARKS.md;
-//! the tiles keep `col` within the L2 cache and give every thread work even at batch 1.
+//! Layout: NCHW, chosen by measurement (`cargo bench --bench ops -- conv_layout`, 2 threads,
+//! batch 8, 3×3 convolutions of the benchmark UNet; GFLOP/s of the direct method's FLOPs):
+//!
+//! | shape (Ci, H×W, Co) | NCHW im2col+gemm | NHWC 9-tap gemm | NCHW Winograd |
+//! |---|---|---|---|
+//! | 64, 64×64, 64   | 151–161 | 161–181 | 239–250 |
+//! | 128, 32×32, 128 | 160–165 | 171–177 | 225–231 |
+//! | 256, 16×16, 256 | 179–190 | 108–167 | 264–332 |
+//!
+//! For direct convolution neither layout wins by more than about 10% (NHWC's nine accumulated
+//! products with `k = Ci` re-read the output per tap; NCHW pays for im2col). What decides is
+//! the rest: the fastest path, Winograd ([`super::winograd`]), transforms contiguous NCHW
+//! planes; group norm reduces over contiguous `(C/G)·H·W` runs; 1×1 convolutions need no copy;
+//! and NCHW is diffusers' layout, so no transpose is needed at any boundary. Here each
+//! (image, output-pixel tile) is one product `W (Co × Ci·k²) · col (Ci·k² × tile)` written
+//! straight into the output planes, `col` built by contiguous row copies (stride 1); the tiles
+//! keep `col` near the L2 cache and give every thread work even at batch 1.
 //!
 //! Reference: [`super::reference::conv2d`]. Bench: `cargo bench --bench ops -- conv`.
 
