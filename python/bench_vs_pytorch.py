@@ -34,6 +34,13 @@ CONFIG = dict(
 )
 
 
+def torch_time(model_dir: str, input_path: str, reps: int) -> None:
+    """Child-process entry: times `reps` PyTorch forwards after one warm-up, prints JSON."""
+    model = UNet2DModel.from_pretrained(model_dir).eval()
+    x = torch.from_numpy(np.load(input_path))
+    print(json.dumps(time_torch(model, x, reps)))
+
+
 def torch_forward_once(model_dir: str, input_path: str) -> None:
     """Child-process entry for the memory measurement: one forward in PyTorch."""
     model = UNet2DModel.from_pretrained(model_dir).eval()
@@ -50,7 +57,7 @@ def peak_rss_mb(cmd, env) -> float:
     return usage.ru_maxrss / 1024.0
 
 
-def time_torch(model, x, reps: int) -> float:
+def time_torch(model, x, reps: int) -> list:
     times = []
     with torch.no_grad():
         model(x, 500)
@@ -58,7 +65,7 @@ def time_torch(model, x, reps: int) -> float:
             t0 = time.perf_counter()
             model(x, 500)
             times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return times
 
 
 def main() -> None:
@@ -66,9 +73,14 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
         torch_forward_once(sys.argv[2], sys.argv[3])
         return
+    if len(sys.argv) == 5 and sys.argv[1] == "--torch-time":
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        torch_time(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3, help="timed forwards per round and engine")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds, alternating the engines")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--dydiff", default=str(ROOT / "target" / "release" / "dydiff"))
@@ -86,34 +98,45 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         x = torch.randn(args.batch, CONFIG["in_channels"], size, size)
-        t_torch = time_torch(model, x, args.reps)
-        out = subprocess.run(
-            [args.dydiff, "--threads", str(args.threads), "bench", "unet", "--unet", str(tmp / "unet"),
-             "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps)],
-            check=True, capture_output=True, text=True, env=env,
-        )
-        rep = json.loads(out.stdout)
-        conv = rep["ops"]["conv2d"]
         xin = tmp / f"x{size}.npy"
         np.save(xin, x.numpy())
+        # Each engine runs in its own process (PyTorch's OpenMP workers spin after a parallel
+        # region and would steal the cores), and the engines alternate round by round so that
+        # machine noise hits both alike.
+        torch_times, ours_times, rep = [], [], None
+        for _ in range(args.rounds):
+            out = subprocess.run([sys.executable, __file__, "--torch-time", str(tmp / "unet"), str(xin), str(args.reps)],
+                                 check=True, capture_output=True, text=True, env=env)
+            torch_times += json.loads(out.stdout.strip().splitlines()[-1])
+            out = subprocess.run(
+                [args.dydiff, "--threads", str(args.threads), "bench", "unet", "--unet", str(tmp / "unet"),
+                 "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps)],
+                check=True, capture_output=True, text=True, env=env,
+            )
+            rep = json.loads(out.stdout)
+            ours_times += rep["times_s"]
+        t_torch, t_ours = float(np.median(torch_times)), float(np.median(ours_times))
+        conv = rep["ops"]["conv2d"]
         mem_torch = peak_rss_mb([sys.executable, __file__, "--torch-once", str(tmp / "unet"), str(xin)], env)
         mem_ours = peak_rss_mb(
             [args.dydiff, "--threads", str(args.threads), "denoise", "--unet", str(tmp / "unet"),
              "--input", str(xin), "--timestep", "500", "--out", str(tmp / "y.npy")], env)
         rows.append(dict(
-            size=size, gflop=rep["gflop"], torch_s=t_torch, dydiff_s=rep["median_s"],
-            torch_gflops=rep["gflop"] / t_torch, dydiff_gflops=rep["gflops_per_s"],
-            speedup=t_torch / rep["median_s"], conv_gflops=conv["gflops_per_s"],
+            size=size, gflop=rep["gflop"], torch_s=t_torch, dydiff_s=t_ours,
+            torch_min=min(torch_times), dydiff_min=min(ours_times),
+            torch_gflops=rep["gflop"] / t_torch, dydiff_gflops=rep["gflop"] / t_ours,
+            speedup=t_torch / t_ours, conv_gflops=conv["gflops_per_s"],
             conv_share=conv["seconds"] / sum(o["seconds"] for o in rep["ops"].values()),
             mem_torch_mb=mem_torch, mem_dydiff_mb=mem_ours, ops=rep["ops"],
         ))
+    print(f"median of {args.rounds} rounds x {args.reps} forwards per engine (min in brackets)")
     print("| size | GFLOP | PyTorch s (GFLOP/s) | dydiff s (GFLOP/s) | speed-up | dydiff conv GFLOP/s |"
           " peak RSS PyTorch / dydiff (MB) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']}x{r['size']} | {r['gflop']:.1f} | {r['torch_s']:.3f} ({r['torch_gflops']:.0f}) |"
-              f" {r['dydiff_s']:.3f} ({r['dydiff_gflops']:.0f}) | {r['speedup']:.2f}x | {r['conv_gflops']:.0f} |"
-              f" {r['mem_torch_mb']:.0f} / {r['mem_dydiff_mb']:.0f} |")
+        print(f"| {r['size']}x{r['size']} | {r['gflop']:.1f} | {r['torch_s']:.3f} [{r['torch_min']:.3f}]"
+              f" ({r['torch_gflops']:.0f}) | {r['dydiff_s']:.3f} [{r['dydiff_min']:.3f}] ({r['dydiff_gflops']:.0f}) |"
+              f" {r['speedup']:.2f}x | {r['conv_gflops']:.0f} | {r['mem_torch_mb']:.0f} / {r['mem_dydiff_mb']:.0f} |")
     for r in rows:
         print(f"\ndydiff per-op at {r['size']}x{r['size']} (one profiled forward):")
         for name, o in sorted(r["ops"].items(), key=lambda kv: -kv[1]["seconds"]):

@@ -51,6 +51,7 @@ pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
         model.forward(&x, &t)?;
         times.push(start.elapsed().as_secs_f64());
     }
+    let in_order = times.clone();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops: f64 = ops.values().map(|o| o.flops).sum();
@@ -65,7 +66,7 @@ pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
         "batch": o.batch, "height": o.height, "width": o.width,
         "threads": rayon::current_num_threads(),
         "params": model.num_params(),
-        "median_s": median, "min_s": times[0],
+        "median_s": median, "min_s": times[0], "times_s": in_order,
         "gflop": flops / 1e9, "gflops_per_s": flops / median / 1e9,
         "ops": breakdown,
     }))
