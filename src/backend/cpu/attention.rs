@@ -7,6 +7,7 @@
 //! [`super::reference::attention`]. Bench: `cargo bench --bench ops -- attention`.
 
 use super::matmul::{gemm1, Mat, SendPtr};
+use super::scratch;
 use super::simd::{self, simd_fn};
 use crate::backend::AttnGeom;
 use rayon::prelude::*;
@@ -82,43 +83,42 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], g: &AttnGeom) -> Vec<f32> {
     let rb = row_block(g);
     let blocks = g.l.div_ceil(rb);
     let op = SendPtr(out.as_mut_ptr());
-    (0..g.n * g.heads * blocks).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(s, inv), item| {
+    (0..g.n * g.heads * blocks)
+        .into_par_iter()
+        .for_each(|item| {
             let (nh, b) = (item / blocks, item % blocks);
             let (n, h) = (nh / g.heads, nh % g.heads);
             let r0 = b * rb;
             let rows = rb.min(g.l - r0);
-            s.resize(rows * g.l, 0.0);
-            inv.resize(rows, 0.0);
-            scores(q, k, g, n, h, r0, rows, s);
-            softmax_rows_unnormalised(s, g.l, inv);
-            let vn = &v[n * g.l * c..][..g.l * c];
-            let dst = n * g.l * c + r0 * c + h * g.d;
-            // SAFETY: this task owns rows r0..r0+rows, columns h·d..(h+1)·d of sample n.
-            unsafe {
-                let o = op.get().add(dst);
-                gemm1(
-                    rows,
-                    g.d,
-                    g.l,
-                    o,
-                    c as isize,
-                    1,
-                    false,
-                    Mat::new(s, g.l, 1),
-                    Mat::new(&vn[h * g.d..], c, 1),
-                    1.0,
-                );
-                // normalise the (narrow) output rows rather than the score rows
-                for (r, &iv) in inv.iter().enumerate() {
-                    std::slice::from_raw_parts_mut(o.add(r * c), g.d)
-                        .iter_mut()
-                        .for_each(|v| *v *= iv);
+            scratch::with2(rows * g.l, rows, |s, inv| {
+                scores(q, k, g, n, h, r0, rows, s);
+                softmax_rows_unnormalised(s, g.l, inv);
+                let vn = &v[n * g.l * c..][..g.l * c];
+                let dst = n * g.l * c + r0 * c + h * g.d;
+                // SAFETY: this task owns rows r0..r0+rows, columns h·d..(h+1)·d of sample n.
+                unsafe {
+                    let o = op.get().add(dst);
+                    gemm1(
+                        rows,
+                        g.d,
+                        g.l,
+                        o,
+                        c as isize,
+                        1,
+                        false,
+                        Mat::new(s, g.l, 1),
+                        Mat::new(&vn[h * g.d..], c, 1),
+                        1.0,
+                    );
+                    // normalise the (narrow) output rows rather than the score rows
+                    for (r, &iv) in inv.iter().enumerate() {
+                        std::slice::from_raw_parts_mut(o.add(r * c), g.d)
+                            .iter_mut()
+                            .for_each(|v| *v *= iv);
+                    }
                 }
-            }
-        },
-    );
+            });
+        });
     out
 }
 

@@ -24,13 +24,9 @@
 //! Reference: [`super::reference::conv2d`]. Bench: `cargo bench --bench ops -- conv`.
 
 use super::matmul::{gemm1, Mat, SendPtr};
+use super::scratch;
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
-use std::cell::RefCell;
-
-thread_local! {
-    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 fn is_pointwise(g: &ConvGeom) -> bool {
     g.k == 1 && g.stride == 1 && g.pad == [0; 4]
@@ -126,16 +122,6 @@ fn col2im(col: &[f32], g: &ConvGeom, dxn: &mut [f32]) {
     }
 }
 
-fn with_col<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    COL.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() < len {
-            c.resize(len, 0.0);
-        }
-        f(&mut c[..len])
-    })
-}
-
 /// Forward convolution, see the module documentation.
 pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let p = g.ho() * g.wo();
@@ -169,7 +155,7 @@ pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
                 )
             };
         } else {
-            with_col(kk * (p1 - p0), |col| {
+            scratch::with1(kk * (p1 - p0), |col| {
                 im2col(xn, g, p0, p1, col);
                 // SAFETY: w is Co × kk, col is kk × (p1 − p0), both row-major.
                 unsafe {
@@ -248,7 +234,7 @@ pub fn conv2d_backward(
                         )
                     };
                 } else {
-                    with_col(kk * p, |col| {
+                    scratch::with1(kk * p, |col| {
                         im2col(xn, g, 0, p, col);
                         // SAFETY: colᵀ is P × kk with element (p, r) = col[r·P + p].
                         unsafe {

@@ -8,6 +8,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod reference;
+pub(crate) mod scratch;
 pub(crate) mod simd;
 pub mod winograd;
 

@@ -14,6 +14,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::matmul::{gemm1, Mat, SendPtr};
+use super::scratch;
 use super::simd::simd_fn;
 use crate::backend::ConvGeom;
 use rayon::prelude::*;
@@ -24,14 +25,6 @@ const T: usize = 6;
 /// Tiles per vector group.
 const L: usize = 16;
 
-const BT: [[f32; T]; T] = [
-    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
-    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
-    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
-    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
-    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
-    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
-];
 const G: [[f32; 3]; T] = [
     [0.25, 0.0, 0.0],
     [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
@@ -39,12 +32,6 @@ const G: [[f32; 3]; T] = [
     [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
     [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
     [0.0, 0.0, 1.0],
-];
-const AT: [[f32; T]; M] = [
-    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
-    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
-    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
 ];
 
 /// Whether [`conv2d`] computes this convolution.
@@ -94,62 +81,92 @@ fn tile_origin(t: usize, tiles_h: usize, tiles_w: usize) -> (usize, usize, usize
     (n, (r / tiles_w) * M, (r % tiles_w) * M)
 }
 
+/// Values of one tile position across the `L` tiles of a vector group.
+type Lanes = [f32; L];
+
+/// `Bᵀ x` for a 6-vector of lanes (the rows of `BT`, written out; assignment only).
+#[inline(always)]
+fn bt(x: [&Lanes; T], o: &mut [Lanes; T]) {
+    for l in 0..L {
+        let [d0, d1, d2, d3, d4, d5] = [x[0][l], x[1][l], x[2][l], x[3][l], x[4][l], x[5][l]];
+        o[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        o[1][l] = -4.0 * (d1 + d2) + d3 + d4;
+        o[2][l] = 4.0 * (d1 - d2) - d3 + d4;
+        o[3][l] = -2.0 * (d1 - d3) - d2 + d4;
+        o[4][l] = 2.0 * (d1 - d3) - d2 + d4;
+        o[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+}
+
+/// `Aᵀ x` for a 6-vector of lanes (the rows of `AT`, written out; assignment only).
+#[inline(always)]
+fn at(x: [&Lanes; T], o: &mut [Lanes; M]) {
+    for l in 0..L {
+        let [m0, m1, m2, m3, m4, m5] = [x[0][l], x[1][l], x[2][l], x[3][l], x[4][l], x[5][l]];
+        let (p12, m12, p34, m34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+        o[0][l] = m0 + p12 + p34;
+        o[1][l] = m12 + 2.0 * m34;
+        o[2][l] = p12 + 4.0 * p34;
+        o[3][l] = m12 + 8.0 * m34 + m5;
+    }
+}
+
+/// The input with a zero border (one row and column before, enough after for whole tiles),
+/// plus one zero plane at the end that dead lanes read from.
+fn pad_input(x: &[f32], g: &ConvGeom) -> (Vec<f32>, usize, usize) {
+    let (ph, pw) = (g.h.div_ceil(M) * M + 2, g.w.div_ceil(M) * M + 2);
+    let mut p = vec![0.0f32; (g.n * g.ci + 1) * ph * pw];
+    p.par_chunks_mut(ph * pw)
+        .zip(x.par_chunks(g.h * g.w))
+        .for_each(|(dst, src)| {
+            for (r, row) in src.chunks(g.w).enumerate() {
+                dst[(r + 1) * pw + 1..][..g.w].copy_from_slice(row);
+            }
+        });
+    (p, ph, pw)
+}
+
 simd_fn! {
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for tiles `t0 .. t0 + nt` (`ntp` columns, padded to `L`).
-    fn input_transform(x: &[f32], g: &ConvGeom, t0: usize, nt: usize, ntp: usize, v: &mut [f32]) {
-        let (h, w, ci) = (g.h, g.w, g.ci);
-        let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for tiles `t0 .. t0 + nt` (`ntp` columns, padded to `L`), from
+    /// the zero-bordered input `xp` (planes `ph × pw`, see [`pad_input`]).
+    #[allow(clippy::too_many_arguments)]
+    fn input_transform(xp: &[f32], ph: usize, pw: usize, g: &ConvGeom, t0: usize, nt: usize, ntp: usize, v: &mut [f32]) {
+        let ci = g.ci;
+        let (th, tw) = (g.h.div_ceil(M), g.w.div_ceil(M));
+        let zero_plane = g.n * ci * ph * pw;
+        let mut d = [[[0.0f32; L]; T]; T];
+        let mut tmp = [[[0.0f32; L]; T]; T];
+        let mut col = [[0.0f32; L]; T];
         for grp in 0..ntp / L {
             let lanes = L.min(nt.saturating_sub(grp * L));
-            let origins: [(usize, usize, usize); L] =
-                std::array::from_fn(|l| if l < lanes { tile_origin(t0 + grp * L + l, th, tw) } else { (usize::MAX, 0, 0) });
+            // where each lane's 6×6 window starts in channel 0 (dead lanes: the zero plane)
+            let base: [usize; L] = std::array::from_fn(|l| {
+                if l < lanes {
+                    let (n, y0, x0) = tile_origin(t0 + grp * L + l, th, tw);
+                    n * ci * ph * pw + y0 * pw + x0
+                } else {
+                    zero_plane
+                }
+            });
             for c in 0..ci {
-                let mut d = [[[0.0f32; L]; T]; T];
-                for (l, &(n, y0, x0)) in origins.iter().enumerate() {
-                    if n == usize::MAX {
-                        continue;
-                    }
-                    let plane = &x[(n * ci + c) * h * w..][..h * w];
+                for (l, &b) in base.iter().enumerate() {
+                    let off = if b == zero_plane { b } else { b + c * ph * pw };
                     for (r, dr) in d.iter_mut().enumerate() {
-                        let iy = (y0 + r) as isize - 1;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let row = &plane[iy as usize * w..][..w];
+                        let row = &xp[off + r * pw..][..T];
                         for (s, ds) in dr.iter_mut().enumerate() {
-                            let ix = (x0 + s) as isize - 1;
-                            if ix >= 0 && ix < w as isize {
-                                ds[l] = row[ix as usize];
-                            }
+                            ds[l] = row[s];
                         }
                     }
                 }
-                // tmp = Bᵀ d, then V = tmp B, lane by lane
-                let mut tmp = [[[0.0f32; L]; T]; T];
-                for i in 0..T {
-                    for k in 0..T {
-                        let b = BT[i][k];
-                        if b != 0.0 {
-                            for j in 0..T {
-                                for l in 0..L {
-                                    tmp[i][j][l] += b * d[k][j][l];
-                                }
-                            }
-                        }
-                    }
+                // columns: tmp[s] = Bᵀ d[·][s]; rows: V[i][·] = Bᵀ tmp[·][i]
+                for s in 0..T {
+                    bt(std::array::from_fn(|r| &d[r][s]), &mut col);
+                    tmp[s] = col;
                 }
                 for i in 0..T {
-                    for j in 0..T {
-                        let mut acc = [0.0f32; L];
-                        for k in 0..T {
-                            let b = BT[j][k];
-                            if b != 0.0 {
-                                for l in 0..L {
-                                    acc[l] += tmp[i][k][l] * b;
-                                }
-                            }
-                        }
-                        v[((i * T + j) * ci + c) * ntp + grp * L..][..L].copy_from_slice(&acc);
+                    bt(std::array::from_fn(|s| &tmp[s][i]), &mut col);
+                    for (j, vals) in col.iter().enumerate() {
+                        v[((i * T + j) * ci + c) * ntp + grp * L..][..L].copy_from_slice(vals);
                     }
                 }
             }
@@ -159,47 +176,34 @@ simd_fn! {
 
 simd_fn! {
     /// `y = Aᵀ M A + b` for the tiles of this block, written into the output planes.
+    #[allow(clippy::too_many_arguments)]
     fn output_transform(m: &[f32], b: Option<&[f32]>, g: &ConvGeom, t0: usize, nt: usize, ntp: usize, y: SendPtr) {
         let (h, w, co) = (g.h, g.w, g.co);
         let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+        let mut tmp = [[[0.0f32; L]; M]; T];
+        let mut out = [[0.0f32; L]; M];
         for grp in 0..ntp / L {
             let lanes = L.min(nt.saturating_sub(grp * L));
+            let origins: [(usize, usize, usize); L] = std::array::from_fn(|l| tile_origin(t0 + grp * L + l, th, tw));
             for o in 0..co {
                 let bias = b.map_or(0.0, |b| b[o]);
-                let mut tmp = [[[0.0f32; L]; T]; M];
-                for k in 0..T {
-                    for j in 0..T {
-                        let src = &m[((k * T + j) * co + o) * ntp + grp * L..][..L];
-                        for i in 0..M {
-                            let a = AT[i][k];
-                            if a != 0.0 {
-                                for l in 0..L {
-                                    tmp[i][j][l] += a * src[l];
-                                }
-                            }
-                        }
-                    }
+                let src = |xi: usize| -> &Lanes {
+                    (&m[(xi * co + o) * ntp + grp * L..][..L]).try_into().expect("L lanes")
+                };
+                // columns: tmp[j] = Aᵀ M[·][j]; rows: out[·] = Aᵀ tmp[·][i] for each output row i
+                for j in 0..T {
+                    at(std::array::from_fn(|k| src(k * T + j)), &mut tmp[j]);
                 }
-                let mut out = [[[bias; L]; M]; M];
                 for i in 0..M {
-                    for j in 0..M {
-                        for k in 0..T {
-                            let a = AT[j][k];
-                            if a != 0.0 {
-                                for l in 0..L {
-                                    out[i][j][l] += tmp[i][k][l] * a;
-                                }
-                            }
+                    at(std::array::from_fn(|j| &tmp[j][i]), &mut out);
+                    for (l, &(n, y0, x0)) in origins.iter().enumerate().take(lanes) {
+                        if y0 + i >= h {
+                            continue;
                         }
-                    }
-                }
-                for l in 0..lanes {
-                    let (n, y0, x0) = tile_origin(t0 + grp * L + l, th, tw);
-                    for (i, oi) in out.iter().enumerate().take(h - y0.min(h)).take(M) {
-                        let row = ((n * co + o) * h + y0 + i) * w + x0;
-                        for (j, oj) in oi.iter().enumerate().take((w - x0).min(M)) {
+                        let start = ((n * co + o) * h + y0 + i) * w + x0;
+                        for (j, vals) in out.iter().enumerate().take((w - x0).min(M)) {
                             // SAFETY: tile t0+grp·L+l belongs to this task alone.
-                            unsafe { *y.get().add(row + j) = oj[l] };
+                            unsafe { *y.get().add(start + j) = vals[l] + bias };
                         }
                     }
                 }
@@ -223,19 +227,17 @@ pub fn conv2d(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
     let total = g.n * g.h.div_ceil(M) * g.w.div_ceil(M);
     debug_assert!(f.co == co && f.ci == ci);
     let u = &f.u;
+    let (xp, ph, pw) = pad_input(x, g);
     let mut y = vec![0.0f32; g.n * co * g.h * g.w];
     let yp = SendPtr(y.as_mut_ptr());
     let bt = block_tiles(total, ci);
     let blocks = total.div_ceil(bt);
-    (0..blocks).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(v, m), blk| {
-            let t0 = blk * bt;
-            let nt = bt.min(total - t0);
-            let ntp = nt.div_ceil(L) * L;
-            v.resize(T * T * ci * ntp, 0.0);
-            m.resize(T * T * co * ntp, 0.0);
-            input_transform(x, g, t0, nt, ntp, v);
+    (0..blocks).into_par_iter().for_each(|blk| {
+        let t0 = blk * bt;
+        let nt = bt.min(total - t0);
+        let ntp = nt.div_ceil(L) * L;
+        scratch::with2(T * T * ci * ntp, T * T * co * ntp, |v, m| {
+            input_transform(&xp, ph, pw, g, t0, nt, ntp, v);
             for xi in 0..T * T {
                 let ux = &u[xi * co * ci..][..co * ci];
                 let vx = &v[xi * ci * ntp..][..ci * ntp];
@@ -257,7 +259,7 @@ pub fn conv2d(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                 };
             }
             output_transform(m, b, g, t0, nt, ntp, yp);
-        },
-    );
+        });
+    });
     y
 }
