@@ -79,7 +79,7 @@ fn scores(
 /// Forward attention.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], g: &AttnGeom) -> Vec<f32> {
     let c = g.heads * g.d;
-    let mut out = vec![0.0f32; g.n * g.l * c];
+    let mut out = scratch::zeroed(g.n * g.l * c);
     let rb = row_block(g);
     let blocks = g.l.div_ceil(rb);
     let op = SendPtr(out.as_mut_ptr());
@@ -133,9 +133,9 @@ pub fn attention_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let c = g.heads * g.d;
     let l = g.l;
-    let mut dq = vec![0.0f32; q.len()];
-    let mut dk = vec![0.0f32; k.len()];
-    let mut dv = vec![0.0f32; v.len()];
+    let mut dq = scratch::zeroed(q.len());
+    let mut dk = scratch::zeroed(k.len());
+    let mut dv = scratch::zeroed(v.len());
     let (pq, pk, pv) = (
         SendPtr(dq.as_mut_ptr()),
         SendPtr(dk.as_mut_ptr()),
@@ -145,7 +145,7 @@ pub fn attention_backward(
         let (n, h) = (nh / g.heads, nh % g.heads);
         let base = n * l * c;
         let off = base + h * g.d;
-        let mut p = vec![0.0f32; l * l];
+        let mut p = scratch::zeroed(l * l);
         scores(q, k, g, n, h, 0, l, &mut p);
         softmax_rows(&mut p, l);
         let mut dp = vec![0.0f32; l * l];

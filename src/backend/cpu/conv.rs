@@ -127,7 +127,7 @@ pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     let p = g.ho() * g.wo();
     let kk = g.ci * g.k * g.k;
     let plane_in = g.ci * g.h * g.w;
-    let mut y = vec![0.0f32; g.n * g.co * p];
+    let mut y = scratch::zeroed(g.n * g.co * p);
     let tile = tile_pixels(g);
     let tiles = p.div_ceil(tile);
     let yp = SendPtr(y.as_mut_ptr());
@@ -261,7 +261,7 @@ pub fn conv2d_backward(
             |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect(),
         );
     let dx = need_dx.then(|| {
-        let mut dx = vec![0.0f32; g.n * plane_in];
+        let mut dx = scratch::zeroed(g.n * plane_in);
         dx.par_chunks_mut(plane_in)
             .enumerate()
             .for_each(|(n, dxn)| {

@@ -3,6 +3,7 @@
 //! the sinusoidal timestep embedding. Each is one pass over memory, split across threads in
 //! chunks of [`CHUNK`] elements. The math of each is in [`crate::backend::BackendStorage`].
 
+use super::scratch;
 use super::simd::{sigmoid, simd_fn};
 use crate::backend::BinaryOp;
 use rayon::prelude::*;
@@ -44,7 +45,7 @@ simd_fn! {
 }
 
 pub fn silu(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
+    let mut y = scratch::zeroed(x.len());
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| silu_chunk(x, y));
@@ -52,7 +53,7 @@ pub fn silu(x: &[f32]) -> Vec<f32> {
 }
 
 pub fn silu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; x.len()];
+    let mut dx = scratch::zeroed(x.len());
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
         .for_each(|(d, (x, g))| silu_backward_chunk(x, g, d));
@@ -60,7 +61,7 @@ pub fn silu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 pub fn binary(a: &[f32], b: &[f32], op: BinaryOp) -> Vec<f32> {
-    let mut y = vec![0.0; a.len()];
+    let mut y = scratch::zeroed(a.len());
     y.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(y, (a, b))| binary_chunk(a, b, y, op));
@@ -68,7 +69,7 @@ pub fn binary(a: &[f32], b: &[f32], op: BinaryOp) -> Vec<f32> {
 }
 
 pub fn affine(x: &[f32], mul: f32, add: f32) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
+    let mut y = scratch::zeroed(x.len());
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| affine_chunk(x, y, mul, add));
@@ -76,7 +77,7 @@ pub fn affine(x: &[f32], mul: f32, add: f32) -> Vec<f32> {
 }
 
 pub fn add_channel_bias(x: &[f32], b: &[f32], hw: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
+    let mut y = scratch::zeroed(x.len());
     y.par_chunks_mut(hw.max(1))
         .zip(x.par_chunks(hw.max(1)))
         .enumerate()
@@ -103,7 +104,7 @@ pub fn sum_all(x: &[f32]) -> f32 {
 /// `(n, a, b) → (n, b, a)`, in 32 × 32 tiles.
 pub fn transpose12(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
     const T: usize = 32;
-    let mut y = vec![0.0; x.len()];
+    let mut y = scratch::zeroed(x.len());
     let plane = a * b;
     if plane == 0 {
         return y;
@@ -127,7 +128,7 @@ pub fn transpose12(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
 
 pub fn concat_channels(parts: &[&[f32]], n: usize, cs: &[usize], hw: usize) -> Vec<f32> {
     let c: usize = cs.iter().sum();
-    let mut y = vec![0.0; n * c * hw];
+    let mut y = scratch::zeroed(n * c * hw);
     y.par_chunks_mut((c * hw).max(1))
         .enumerate()
         .for_each(|(i, yn)| {
@@ -149,7 +150,7 @@ pub fn slice_channels(
     end: usize,
 ) -> Vec<f32> {
     let w = (end - start) * hw;
-    let mut y = vec![0.0; n * w];
+    let mut y = scratch::zeroed(n * w);
     if w == 0 {
         return y;
     }
@@ -168,7 +169,7 @@ pub fn slice_channels_backward(
     end: usize,
 ) -> Vec<f32> {
     let w = (end - start) * hw;
-    let mut dx = vec![0.0; n * c * hw];
+    let mut dx = scratch::zeroed(n * c * hw);
     if w == 0 {
         return dx;
     }
@@ -180,7 +181,7 @@ pub fn slice_channels_backward(
 
 /// Nearest 2× upsampling of `(nc, h, w)` planes.
 pub fn upsample_nearest2x(x: &[f32], nc: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut y = vec![0.0; nc * 4 * h * w];
+    let mut y = scratch::zeroed(nc * 4 * h * w);
     if h * w == 0 {
         return y;
     }
@@ -201,7 +202,7 @@ pub fn upsample_nearest2x(x: &[f32], nc: usize, h: usize, w: usize) -> Vec<f32> 
 
 /// Sums of 2 × 2 blocks: `(nc, 2h, 2w) → (nc, h, w)`.
 pub fn upsample_nearest2x_backward(dy: &[f32], nc: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut dx = vec![0.0; nc * h * w];
+    let mut dx = scratch::zeroed(nc * h * w);
     if h * w == 0 {
         return dx;
     }
@@ -233,7 +234,7 @@ pub fn timestep_embedding(
     let freqs: Vec<f32> = (0..half)
         .map(|i| (neg_log * i as f32 / denom).exp())
         .collect();
-    let mut out = vec![0.0f32; t.len() * dim];
+    let mut out = scratch::zeroed(t.len() * dim);
     for (row, &tv) in out.chunks_mut(dim.max(1)).zip(t) {
         for (i, &f) in freqs.iter().enumerate() {
             let a = tv * f;

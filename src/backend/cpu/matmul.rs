@@ -5,6 +5,7 @@
 //! the destination and rayon spreads the blocks. Reference: [`super::reference::matmul`].
 //! Bench: `cargo bench --bench ops -- linear`.
 
+use super::scratch;
 use crate::backend::MatmulGeom;
 use rayon::prelude::*;
 
@@ -159,7 +160,7 @@ pub fn matmul(a: &[f32], b: &[f32], g: &MatmulGeom) -> Vec<f32> {
         a_trans,
         b_trans,
     } = *g;
-    let mut out = vec![0.0; batch * m * n];
+    let mut out = scratch::zeroed(batch * m * n);
     let dst = SendPtr(out.as_mut_ptr());
     let rb = row_block(m, n * k);
     let blocks = m.div_ceil(rb).max(1);
@@ -200,7 +201,7 @@ pub fn matmul(a: &[f32], b: &[f32], g: &MatmulGeom) -> Vec<f32> {
 
 /// `y = x · wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`.
 pub fn linear(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut y = vec![0.0; m * n];
+    let mut y = scratch::zeroed(m * n);
     if let Some(b) = b {
         y.par_chunks_mut(n.max(1))
             .for_each(|row| row.copy_from_slice(b));

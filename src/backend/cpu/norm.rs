@@ -5,6 +5,7 @@
 //! Sums are accumulated in f64 in one pass.
 //! Reference: [`super::reference::group_norm`]. Bench: `cargo bench --bench ops -- group_norm`.
 
+use super::scratch;
 use super::simd::{sigmoid, simd_fn};
 use crate::backend::NormGeom;
 use rayon::prelude::*;
@@ -54,7 +55,7 @@ simd_fn! {
 pub fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], g: &NormGeom) -> (Vec<f32>, Vec<f32>) {
     let cg = g.c / g.groups;
     let len = cg * g.hw;
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = scratch::zeroed(x.len());
     let stats: Vec<(f32, f32)> = y
         .par_chunks_mut(len)
         .zip(x.par_chunks(len))
@@ -95,7 +96,7 @@ pub fn group_norm_backward(
     let cg = g.c / g.groups;
     let len = cg * g.hw;
     let ng = g.n * g.groups;
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = scratch::zeroed(x.len());
     let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
         .par_chunks_mut(len)
         .zip(x.par_chunks(len).zip(dy.par_chunks(len)))

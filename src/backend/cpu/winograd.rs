@@ -49,7 +49,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(w: &[f32], co: usize, ci: usize) -> Filter {
-        let mut u = vec![0.0f32; T * T * co * ci];
+        let mut u = scratch::zeroed(T * T * co * ci);
         let up = SendPtr(u.as_mut_ptr());
         (0..co).into_par_iter().for_each(|o| {
             for c in 0..ci {
@@ -115,7 +115,7 @@ fn at(x: [&Lanes; T], o: &mut [Lanes; M]) {
 /// plus one zero plane at the end that dead lanes read from.
 fn pad_input(x: &[f32], g: &ConvGeom) -> (Vec<f32>, usize, usize) {
     let (ph, pw) = (g.h.div_ceil(M) * M + 2, g.w.div_ceil(M) * M + 2);
-    let mut p = vec![0.0f32; (g.n * g.ci + 1) * ph * pw];
+    let mut p = scratch::zeroed((g.n * g.ci + 1) * ph * pw);
     p.par_chunks_mut(ph * pw)
         .zip(x.par_chunks(g.h * g.w))
         .for_each(|(dst, src)| {
@@ -228,7 +228,7 @@ pub fn conv2d(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
     debug_assert!(f.co == co && f.ci == ci);
     let u = &f.u;
     let (xp, ph, pw) = pad_input(x, g);
-    let mut y = vec![0.0f32; g.n * co * g.h * g.w];
+    let mut y = scratch::zeroed(g.n * co * g.h * g.w);
     let yp = SendPtr(y.as_mut_ptr());
     let bt = block_tiles(total, ci);
     let blocks = total.div_ceil(bt);
