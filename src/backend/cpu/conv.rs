@@ -4,22 +4,24 @@
 //! for output pixel `p = oy·Wo + ox` (zero outside the input).
 //!
 //! Layout: NCHW, chosen by measurement (`cargo bench --bench ops -- conv_layout`, 2 threads,
-//! batch 8, 3×3 convolutions of the benchmark UNet; GFLOP/s of the direct method's FLOPs):
+//! batch 8, 3×3 convolutions of the benchmark UNet; median GFLOP/s counting the direct method's
+//! FLOPs; see BENCHMARKS.md):
 //!
-//! | shape (Ci, H×W, Co) | NCHW im2col+gemm | NHWC 9-tap gemm | NCHW Winograd |
+//! | shape (Ci, H×W, Co) | NCHW im2col+gemm | NHWC 9-tap gemm | NCHW Winograd F(3×3) |
 //! |---|---|---|---|
-//! | 64, 64×64, 64   | 151–161 | 161–181 | 239–250 |
-//! | 128, 32×32, 128 | 160–165 | 171–177 | 225–231 |
-//! | 256, 16×16, 256 | 179–190 | 108–167 | 264–332 |
+//! | 64, 64×64, 64   | 151 | 182 | 200 |
+//! | 128, 32×32, 128 | 168 | 187 | 238 |
+//! | 256, 16×16, 256 | 190 | 179 | 299 |
 //!
-//! For direct convolution neither layout wins by more than about 10% (NHWC's nine accumulated
-//! products with `k = Ci` re-read the output per tap; NCHW pays for im2col). What decides is
-//! the rest: the fastest path, Winograd ([`super::winograd`]), transforms contiguous NCHW
-//! planes; group norm reduces over contiguous `(C/G)·H·W` runs; 1×1 convolutions need no copy;
-//! and NCHW is diffusers' layout, so no transpose is needed at any boundary. Here each
-//! (image, output-pixel tile) is one product `W (Co × Ci·k²) · col (Ci·k² × tile)` written
-//! straight into the output planes, `col` built by contiguous row copies (stride 1); the tiles
-//! keep `col` near the L2 cache and give every thread work even at batch 1.
+//! For direct convolution NHWC's nine accumulated products (`k = Ci`, the output re-read per
+//! tap) beat NCHW im2col by up to 20% at the top level and lose at the bottom; but every 3×3
+//! stride-1 convolution takes the Winograd path ([`super::winograd`]), which beats both and
+//! transforms contiguous NCHW planes. Group norm reduces over contiguous `(C/G)·H·W` runs, 1×1
+//! convolutions need no copy, and NCHW is diffusers' layout, so no transpose is needed at any
+//! boundary. This file is the direct path (strided and 1×1 convolutions, and all backward
+//! passes): each (image, output-pixel tile) is one product `W (Co × Ci·k²) · col (Ci·k² ×
+//! tile)` written straight into the output planes, `col` built by contiguous row copies
+//! (stride 1); the tiles keep `col` near the L2 cache and give every thread work at batch 1.
 //!
 //! Reference: [`super::reference::conv2d`]. Bench: `cargo bench --bench ops -- conv`.
 
