@@ -6,7 +6,7 @@ batch 8, at 32x32 and 64x64, both engines on the same number of threads, same we
 
 Reports the median forward time, GFLOP/s (FLOPs counted by dydiff's per-op profile), the
 speed-up, dydiff's convolution GFLOP/s, and peak resident memory of one forward at each size
-(each engine in a fresh process, measured with wait4's ru_maxrss).
+(each engine in a fresh process, `/usr/bin/time -v`).
 
     PY=$(../shared/tools/pyref-env.sh | tail -1)
     cargo build --release && $PY python/bench_vs_pytorch.py [--threads 2] [--reps 5]
@@ -50,11 +50,11 @@ def torch_forward_once(model_dir: str, input_path: str) -> None:
 
 
 def peak_rss_mb(cmd, env) -> float:
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(p.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{cmd[0]} failed with status {status}")
-    return usage.ru_maxrss / 1024.0
+    """Maximum resident set size of `cmd`, from GNU time's `-v` report."""
+    out = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, check=True)
+    kb = next(line for line in out.stderr.splitlines() if "Maximum resident set size" in line)
+    return int(kb.split(":")[1]) / 1024.0
 
 
 def time_torch(model, x, reps: int) -> list:
