@@ -391,25 +391,35 @@ impl Storage {
         cs: &[usize],
         hw: usize,
     ) -> Result<Storage> {
+        /// The inner storages of `parts`, all of which must be on the backend `pick` accepts.
+        fn all<'a, S>(
+            parts: &[&'a Storage],
+            pick: fn(&'a Storage) -> Option<&'a S>,
+        ) -> Result<Vec<&'a S>> {
+            parts
+                .iter()
+                .map(|p| pick(p).ok_or_else(device_mismatch))
+                .collect()
+        }
         match parts.first() {
             Some(Storage::Cpu(_)) => {
-                let ps = parts
-                    .iter()
-                    .map(|p| match p {
-                        Storage::Cpu(x) => Ok(x),
-                        _ => Err(device_mismatch()),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let ps = all(parts, |p| {
+                    if let Storage::Cpu(x) = p {
+                        Some(x)
+                    } else {
+                        None
+                    }
+                })?;
                 cpu::CpuStorage::concat_channels(&ps, n, cs, hw).map(Storage::Cpu)
             }
             Some(Storage::Cuda(_)) => {
-                let ps = parts
-                    .iter()
-                    .map(|p| match p {
-                        Storage::Cuda(x) => Ok(x),
-                        _ => Err(device_mismatch()),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let ps = all(parts, |p| {
+                    if let Storage::Cuda(x) = p {
+                        Some(x)
+                    } else {
+                        None
+                    }
+                })?;
                 cuda::CudaStorage::concat_channels(&ps, n, cs, hw).map(Storage::Cuda)
             }
             None => Err(Error::shape("concat", "nothing to concatenate")),

@@ -141,6 +141,28 @@ impl AttentionBlock {
         })
     }
 
+    /// The attention after resnet `i` of a down or up block `p`.
+    fn in_block(
+        b: &mut ParamBuilder,
+        p: &str,
+        i: usize,
+        channels: usize,
+        head_dim: usize,
+        s: &BlockSettings,
+    ) -> Result<Self> {
+        let name = format!("{p}.attentions.{i}");
+        AttentionBlock::new(
+            b,
+            &name,
+            channels,
+            head_dim,
+            s.groups,
+            "norm_num_groups",
+            s.eps,
+            1.0,
+        )
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = match *x.shape() {
             [n, c, h, w] => (n, c, h, w),
@@ -205,16 +227,7 @@ impl DownBlock {
                 1.0,
             )?);
             if let Some(hd) = attention_head_dim {
-                attentions.push(AttentionBlock::new(
-                    b,
-                    &format!("{p}.attentions.{i}"),
-                    co,
-                    hd,
-                    s.groups,
-                    "norm_num_groups",
-                    s.eps,
-                    1.0,
-                )?);
+                attentions.push(AttentionBlock::in_block(b, p, i, co, hd, s)?);
             }
         }
         // Downsample2D(padding=0) pads bottom and right by one before its convolution.
@@ -300,16 +313,7 @@ impl UpBlock {
                 1.0,
             )?);
             if let Some(hd) = attention_head_dim {
-                attentions.push(AttentionBlock::new(
-                    b,
-                    &format!("{p}.attentions.{i}"),
-                    co,
-                    hd,
-                    s.groups,
-                    "norm_num_groups",
-                    s.eps,
-                    1.0,
-                )?);
+                attentions.push(AttentionBlock::in_block(b, p, i, co, hd, s)?);
             }
         }
         let upsample = if add_upsample {

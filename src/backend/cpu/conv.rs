@@ -219,8 +219,10 @@ pub fn conv2d_backward(
             |mut acc, n| {
                 let xn = &x[n * plane_in..][..plane_in];
                 let dyn_ = Mat::new(&dy[n * g.co * p..][..g.co * p], p, 1);
-                if pointwise {
-                    // SAFETY: acc is Co × Ci; x[n]ᵀ is P × Ci with element (p, ci) = x[ci·P + p].
+                // acc (Co × Ci·k²) += dy[n] (Co × P) · rhs, rhs = colᵀ (P × Ci·k²) with element
+                // (p, r) = col[r·P + p]; for 1×1 convolutions col is x[n] itself.
+                let mut accumulate = |col: &[f32]| {
+                    // SAFETY: acc is Co × kk; col holds kk rows of P.
                     unsafe {
                         gemm1(
                             g.co,
@@ -231,28 +233,17 @@ pub fn conv2d_backward(
                             1,
                             true,
                             dyn_,
-                            Mat::new(xn, 1, p),
+                            Mat::new(col, 1, p),
                             1.0,
                         )
                     };
+                };
+                if pointwise {
+                    accumulate(xn);
                 } else {
                     scratch::with1(kk * p, |col| {
                         im2col(xn, g, 0, p, col);
-                        // SAFETY: colᵀ is P × kk with element (p, r) = col[r·P + p].
-                        unsafe {
-                            gemm1(
-                                g.co,
-                                kk,
-                                p,
-                                acc.as_mut_ptr(),
-                                kk as isize,
-                                1,
-                                true,
-                                dyn_,
-                                Mat::new(col, 1, p),
-                                1.0,
-                            )
-                        };
+                        accumulate(col);
                     });
                 }
                 acc
