@@ -96,6 +96,29 @@ fn denoise_matches_diffusers() {
 }
 
 #[test]
+fn output_does_not_depend_on_thread_count() {
+    let s = Scratch::new("threads");
+    let dir = fixture("unet_d");
+    let mut outputs = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = s.path(&format!("y{threads}.npy"));
+        let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
+            .args(["--threads", threads, "denoise", "--unet"])
+            .arg(&dir)
+            .arg("--input")
+            .arg(dir.join("x.npy"))
+            .args(["--timestep", "500", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1], "1 and 2 threads differ");
+    assert_eq!(outputs[0], outputs[2], "1 and 3 threads differ");
+}
+
+#[test]
 fn bad_inputs_are_one_line_errors() {
     let s = Scratch::new("bad-input");
     let unet = fixture("unet_a");

@@ -55,7 +55,7 @@ type ConvCase = (usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
 
 #[test]
 fn conv2d_matches_reference() {
-    let cases: [ConvCase; 8] = [
+    let cases: [ConvCase; 12] = [
         (2, 3, 7, 9, 5, 3, 1, [1; 4]),
         (1, 16, 16, 16, 8, 3, 1, [1; 4]),
         (3, 4, 8, 6, 6, 3, 2, [1; 4]),
@@ -64,6 +64,11 @@ fn conv2d_matches_reference() {
         (1, 2, 5, 5, 3, 3, 1, [0; 4]),
         (4, 64, 32, 32, 64, 3, 1, [1; 4]),
         (2, 40, 9, 33, 24, 3, 2, [1; 4]),
+        // Winograd edge cases: images smaller than a tile, sides not multiples of the tile
+        (1, 3, 1, 1, 2, 3, 1, [1; 4]),
+        (2, 5, 2, 3, 4, 3, 1, [1; 4]),
+        (1, 4, 3, 17, 5, 3, 1, [1; 4]),
+        (3, 7, 10, 4, 3, 3, 1, [1; 4]),
     ];
     for (n, ci, h, w, co, k, stride, pad) in cases {
         conv_case(ConvGeom {
