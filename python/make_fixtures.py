@@ -4,11 +4,12 @@ For each configuration: random non-trivial weights (every tensor perturbed, none
 initialisation), saved with save_pretrained into tests/fixtures/unet_<name>/, an input x.npy, and
 for several timestep vectors t<k>.npy the diffusers output out<k>.npy (float32, CPU).
 
-    PY=$(../shared/tools/pyref-env.sh | tail -1); $PY python/make_fixtures.py
+    PY=$(../shared/tools/pyref-env.sh | tail -1); $PY python/make_fixtures.py [names...]
 """
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -62,6 +63,17 @@ CONFIGS = {
         ),
         shape=(2, 20, 16, 16),
     ),
+    # no middle block; a head size that does not divide the channels (24 channels, head dim 16:
+    # one head of 16, projections 24 -> 16 -> 24); 8 groups; odd spatial multiple of 2
+    "e": dict(
+        model=dict(
+            in_channels=2, out_channels=2, block_out_channels=(24, 48), layers_per_block=1,
+            down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
+            norm_num_groups=8, attention_head_dim=16, mid_block_type=None,
+        ),
+        shape=(2, 2, 6, 10),
+    ),
 }
 
 TIMESTEPS = [[0, 0], [1, 1], [500, 500], [999, 999], [999, 3]]
@@ -84,7 +96,10 @@ def randomise(model: UNet2DModel, gen: torch.Generator) -> None:
 
 def main() -> None:
     torch.set_num_threads(2)
+    only = set(sys.argv[1:])
     for name, spec in CONFIGS.items():
+        if only and name not in only:
+            continue
         gen = torch.Generator().manual_seed(1234 + ord(name))
         model = UNet2DModel(**spec["model"]).eval()
         randomise(model, gen)

@@ -81,3 +81,8 @@ fn save_then_load_roundtrips() {
     }
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn parity_e_no_mid_block_head_dim_not_dividing_channels() {
+    check("unet_e");
+}
