@@ -175,6 +175,8 @@ fn fan_out_and_accumulation() {
         backward(&p.mse(&t).unwrap()).unwrap();
     }
     assert_eq!(p.grad().unwrap().to_vec().unwrap(), vec![2.0, 4.0]); // 2 × (2x/2)
+    p.zero_grad();
+    assert!(p.grad().is_none());
 }
 
 #[test]

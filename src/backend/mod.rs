@@ -45,11 +45,6 @@ impl Device {
             Device::Cuda(n) => cuda::CudaStorage::from_vec(n, data).map(Storage::Cuda),
         }
     }
-
-    /// A zero-filled storage of `len` elements on this device.
-    pub fn zeros(self, len: usize) -> Result<Storage> {
-        self.storage_from_vec(vec![0.0; len])
-    }
 }
 
 /// Geometry of a 2-D convolution on NCHW input `(n, ci, h, w)` with an OIHW `(co, ci, k, k)`

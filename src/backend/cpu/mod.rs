@@ -41,9 +41,6 @@ impl CpuStorage {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
-    pub fn into_vec(self) -> Vec<f32> {
-        self.data
-    }
     /// This storage, read as a `(co, ci, 3, 3)` kernel, in the Winograd domain (cached).
     fn winograd_filter(&self, co: usize, ci: usize) -> Arc<winograd::Filter> {
         let mut slot = self.winograd.lock().unwrap_or_else(|e| e.into_inner());
