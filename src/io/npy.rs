@@ -79,7 +79,10 @@ pub fn read(path: &Path) -> Result<Array> {
             "array is in Fortran order; expected C order (save with np.ascontiguousarray)",
         ));
     }
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::bad_file(path, format!("shape {shape:?} is too large")))?;
     let (width, convert): (usize, fn(&[u8]) -> f32) = match descr.as_str() {
         "<f4" => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         "<f8" => (8, |b| {
@@ -94,7 +97,7 @@ pub fn read(path: &Path) -> Result<Array> {
         }
     };
     let body = &bytes[hstart + hlen..];
-    if body.len() != count * width {
+    if Some(body.len()) != count.checked_mul(width) {
         return Err(Error::bad_file(
             path,
             format!(
