@@ -252,7 +252,9 @@ impl Tensor {
 
     /// `self · wᵀ + b` over the last dimension: PyTorch's `Linear` with `w (out, in)`.
     pub fn linear(&self, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        let k = *self.shape().last().unwrap_or(&0);
+        let Some(&k) = self.shape().last() else {
+            return Err(Error::shape("linear", "input is a scalar"));
+        };
         let (nout, wk) = match *w.shape() {
             [a, b] => (a, b),
             ref s => {
