@@ -86,3 +86,35 @@ fn save_then_load_roundtrips() {
 fn parity_e_no_mid_block_head_dim_not_dividing_channels() {
     check("unet_e");
 }
+
+/// A sample's output does not depend on how many samples share the call or where it sits in
+/// the batch (bit for bit): the sampler relies on this for forecasts independent of `--batch`.
+#[test]
+fn output_does_not_depend_on_batch_composition() {
+    let dir = fixture("unet_d");
+    let model = UNet2D::from_pretrained(&dir, Device::Cpu).unwrap();
+    let x = npy::read(&dir.join("x.npy")).unwrap();
+    let per = x.data.len() / x.shape[0];
+    let sample = &x.data[..per];
+    let run = |n: usize, at: usize| -> Vec<f32> {
+        let mut rng = dydiff::nn::InitRng::new(n as u64);
+        let mut data: Vec<f32> = (0..n * per)
+            .map(|_| (2.0 * rng.uniform() - 1.0) as f32)
+            .collect();
+        data[at * per..(at + 1) * per].copy_from_slice(sample);
+        let mut shape = x.shape.clone();
+        shape[0] = n;
+        let xt = Tensor::from_vec(data, &shape, Device::Cpu).unwrap();
+        let t = Tensor::from_vec(vec![500.0; n], &[n], Device::Cpu).unwrap();
+        let y = model.forward(&xt, &t).unwrap().to_vec().unwrap();
+        let out = y.len() / n;
+        y[at * out..(at + 1) * out].to_vec()
+    };
+    let alone = run(1, 0);
+    for (n, at) in [(2, 1), (3, 0), (5, 4), (16, 7), (17, 16)] {
+        assert!(
+            run(n, at) == alone,
+            "batch {n}, position {at}: output differs from batch 1"
+        );
+    }
+}

@@ -106,12 +106,19 @@ pub(crate) unsafe fn gemm1(
     )
 }
 
-/// Rows per task: enough tasks for every thread, each large enough to amortise packing.
+/// Rows per task: enough tasks for every thread, each large enough to amortise packing, and
+/// never fewer than [`SMALL_M`].
 fn row_block(m: usize, work_per_row: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let min_rows = (1 << 16) / work_per_row.max(1) + 1;
-    m.div_ceil(threads * 2).max(min_rows.min(m)).max(1)
+    m.div_ceil(threads * 2).max(min_rows.min(m)).max(SMALL_M)
 }
+
+/// `gemm` computes a row differently when the product has very few rows (other kernels), so a
+/// sample's result would depend on how many samples share the call (the timestep MLP has one
+/// row per sample). Products with fewer rows are padded with zero rows to this many; from
+/// here up, a row's result does not depend on the row count (tested in tests/unet_parity.rs).
+const SMALL_M: usize = 16;
 
 /// `dst (m×n, row-major) = [dst +] alpha · lhs · rhs`, rows spread across threads.
 ///
@@ -129,25 +136,51 @@ pub(crate) unsafe fn gemm_par(
     alpha: f32,
 ) {
     debug_assert!(dst.len() >= m * n);
-    let rb = row_block(m, n * k);
-    dst[..m * n]
-        .par_chunks_mut(rb * n.max(1))
-        .enumerate()
-        .for_each(|(i, block)| {
-            let rows = block.len() / n.max(1);
-            gemm1(
-                rows,
-                n,
-                k,
-                block.as_mut_ptr(),
-                n as isize,
-                1,
-                accumulate,
-                lhs.offset_rows(i * rb),
-                rhs,
-                alpha,
-            );
-        });
+    if m < SMALL_M && m > 0 {
+        let mut a = vec![0.0f32; SMALL_M * k];
+        for (i, row) in a.chunks_mut(k.max(1)).take(m).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = *lhs.ptr.offset(i as isize * lhs.rs + j as isize * lhs.cs);
+            }
+        }
+        let mut d = vec![0.0f32; SMALL_M * n];
+        if accumulate {
+            d[..m * n].copy_from_slice(&dst[..m * n]);
+        }
+        gemm1(
+            SMALL_M,
+            n,
+            k,
+            d.as_mut_ptr(),
+            n as isize,
+            1,
+            accumulate,
+            Mat::new(&a, k, 1),
+            rhs,
+            alpha,
+        );
+        dst[..m * n].copy_from_slice(&d[..m * n]);
+        return;
+    }
+    // floor(m / rb) blocks of near-equal size: none smaller than rb ≥ SMALL_M rows
+    let blocks = (m / row_block(m, n * k)).max(1);
+    let dp = SendPtr(dst.as_mut_ptr());
+    (0..blocks).into_par_iter().for_each(|i| {
+        let (r0, r1) = (i * m / blocks, (i + 1) * m / blocks);
+        // SAFETY: rows r0..r1 of dst belong to this task alone.
+        gemm1(
+            r1 - r0,
+            n,
+            k,
+            dp.get().add(r0 * n),
+            n as isize,
+            1,
+            accumulate,
+            lhs.offset_rows(r0),
+            rhs,
+            alpha,
+        );
+    });
 }
 
 /// Batched product with transposes, see [`MatmulGeom`].
