@@ -78,6 +78,11 @@ impl Tensor {
         Tensor::from_vec(vec![0.0; numel(shape)], shape, device)
     }
 
+    /// Whether an operation on `inputs` goes on the tape: a tape records and one input is tracked.
+    fn recorded(inputs: &[&Tensor]) -> bool {
+        autograd::is_recording() && inputs.iter().any(|t| t.0.tracked)
+    }
+
     /// The result of an operation on `inputs`: recorded on the tape when one of them is tracked.
     fn result(
         storage: Storage,
@@ -85,7 +90,7 @@ impl Tensor {
         inputs: &[&Tensor],
         op: impl FnOnce() -> Op,
     ) -> Tensor {
-        let tracked = autograd::is_recording() && inputs.iter().any(|t| t.0.tracked);
+        let tracked = Tensor::recorded(inputs);
         let out = Tensor::make(storage, shape, tracked, false);
         if tracked {
             autograd::record(&out, inputs.iter().map(|t| (*t).clone()).collect(), op());
@@ -182,7 +187,7 @@ impl Tensor {
                 format!("{:?} to {shape:?}", self.shape()),
             ));
         }
-        let tracked = autograd::is_recording() && self.0.tracked;
+        let tracked = Tensor::recorded(&[self]);
         let out = Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             storage: self.0.storage.clone(),
@@ -314,8 +319,7 @@ impl Tensor {
         beta: &Tensor,
         eps: f32,
     ) -> Result<Tensor> {
-        let recorded = autograd::is_recording() && [self, gamma, beta].iter().any(|t| t.0.tracked);
-        if recorded {
+        if Tensor::recorded(&[self, gamma, beta]) {
             return self.group_norm(groups, gamma, beta, eps)?.silu();
         }
         let g = self.norm_geom(groups, gamma, beta, eps, true)?;
