@@ -7,11 +7,13 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod diffusion;
 pub mod error;
 pub mod io;
 pub mod nn;
 pub mod pipelines;
 pub mod profile;
+pub mod rng;
 pub mod tensor;
 
 pub use backend::Device;

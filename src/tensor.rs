@@ -7,6 +7,7 @@
 use crate::autograd::{self, Op};
 use crate::backend::{AttnGeom, BinaryOp, ConvGeom, Device, NormGeom, Storage};
 use crate::error::{Error, Result};
+use crate::rng::{NoiseKey, NoiseRow};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -74,12 +75,42 @@ impl Tensor {
         ))
     }
 
+    /// A constant tensor of `shape` on an existing storage (the result of an operation that no
+    /// gradient flows through).
+    pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
+        if storage.len() != numel(shape) {
+            return Err(Error::shape(
+                "from_storage",
+                format!("{} values for shape {shape:?}", storage.len()),
+            ));
+        }
+        Ok(Tensor::make(storage, shape.to_vec(), false, false))
+    }
+
+    /// Standard normal noise of `shape = (rows.len(), …)`, a pure function of the key, the row
+    /// and the element index (SPEC §7).
+    pub fn randn(
+        key: NoiseKey,
+        rows: &[NoiseRow],
+        shape: &[usize],
+        device: Device,
+    ) -> Result<Tensor> {
+        if shape.first() != Some(&rows.len()) {
+            return Err(Error::shape(
+                "randn",
+                format!("{} noise rows for shape {shape:?}", rows.len()),
+            ));
+        }
+        let row_len = numel(&shape[1..]);
+        Tensor::from_storage(device.randn(key, rows, row_len)?, shape)
+    }
+
     pub fn zeros(shape: &[usize], device: Device) -> Result<Tensor> {
         Tensor::from_vec(vec![0.0; numel(shape)], shape, device)
     }
 
     /// Whether an operation on `inputs` goes on the tape: a tape records and one input is tracked.
-    fn recorded(inputs: &[&Tensor]) -> bool {
+    pub(crate) fn recorded(inputs: &[&Tensor]) -> bool {
         autograd::is_recording() && inputs.iter().any(|t| t.0.tracked)
     }
 

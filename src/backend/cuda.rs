@@ -6,8 +6,12 @@
 //!
 //! [`Storage`]: super::Storage
 
-use super::{AttnGeom, BackendStorage, BinaryOp, ConvGeom, MatmulGeom, NormGeom};
+use super::{
+    AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom, NormGeom,
+    ProcessGeom, QSampleCoef, SeqGeom,
+};
 use crate::error::{Error, Result};
+use crate::rng::{NoiseKey, NoiseRow};
 
 /// Device memory on one GPU. Uninhabited until the CUDA backend lands.
 #[derive(Clone, Debug)]
@@ -32,6 +36,9 @@ pub fn check_device(_ordinal: usize) -> Result<()> {
 
 impl CudaStorage {
     pub fn from_vec(_ordinal: usize, _data: Vec<f32>) -> Result<Self> {
+        Err(unavailable())
+    }
+    pub fn randn(_ordinal: usize, _: NoiseKey, _: &[NoiseRow], _: usize) -> Result<Self> {
         Err(unavailable())
     }
     pub fn ordinal(&self) -> usize {
@@ -132,6 +139,15 @@ impl BackendStorage for CudaStorage {
         _: usize,
         _: usize,
     ) -> Result<Self> {
+        match *self {}
+    }
+    fn dynamics(&self, _: &SeqGeom, _: &[DynCoef], _: bool) -> Result<Self> {
+        match *self {}
+    }
+    fn q_sample(&self, _: &Self, _: &ProcessGeom, _: &[QSampleCoef]) -> Result<(Self, Self)> {
+        match *self {}
+    }
+    fn ddim_step(&self, _: &Self, _: Option<&Self>, _: &ProcessGeom, _: &DdimCoef) -> Result<Self> {
         match *self {}
     }
     fn sum_all(&self) -> Result<f32> {

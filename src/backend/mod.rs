@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::{Error, Result};
+use crate::rng::{NoiseKey, NoiseRow};
 
 /// Where a tensor lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +36,15 @@ impl Device {
             s => Err(Error::Invalid(format!(
                 "--device: expected cpu or cuda:N, found {s}"
             ))),
+        }
+    }
+
+    /// Standard normal noise for `rows` (sample, member) pairs of `row_len` values each, a pure
+    /// function of the key, the row and the element index (SPEC §7), `(rows, row_len)`.
+    pub fn randn(self, key: NoiseKey, rows: &[NoiseRow], row_len: usize) -> Result<Storage> {
+        match self {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::randn(key, rows, row_len))),
+            Device::Cuda(n) => cuda::CudaStorage::randn(n, key, rows, row_len).map(Storage::Cuda),
         }
     }
 
@@ -119,6 +129,72 @@ pub enum BinaryOp {
     Mul,
 }
 
+/// A batch of frame sequences `(batch, frames, elems)`, frame-major: element `e` of frame `f` of
+/// sequence `b` at `(b·frames + f)·elems + e`. With `elems = C·H·W` this is the `(N, L, C, H, W)`
+/// layout of SPEC §1, which is also the network's frame-major channel order (SPEC §4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqGeom {
+    pub batch: usize,
+    pub frames: usize,
+    pub elems: usize,
+}
+
+/// Sequences of `history` known frames (`P + 1`) followed by `future` frames (`S`), each of
+/// `elems` values, `(batch, history + future, elems)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessGeom {
+    pub batch: usize,
+    pub history: usize,
+    pub future: usize,
+    pub elems: usize,
+}
+
+impl ProcessGeom {
+    pub fn frames(&self) -> usize {
+        self.history + self.future
+    }
+}
+
+/// The two coefficients of `Dyn_γ` (SPEC §3): `√γ` and `√(1 − γ)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DynCoef {
+    pub sqrt_g: f32,
+    pub sqrt_1mg: f32,
+}
+
+impl DynCoef {
+    /// The coefficients of `Dyn_γ`, rounded to f32 from f64.
+    pub fn new(gamma: f64) -> DynCoef {
+        DynCoef {
+            sqrt_g: gamma.sqrt() as f32,
+            sqrt_1mg: (1.0 - gamma).max(0.0).sqrt() as f32,
+        }
+    }
+}
+
+/// Per-sequence coefficients of the forward process (SPEC §4) at that sequence's `t`:
+/// `Dyn_{γ̄_t}` and `√ᾱ_t`, `√(1 − ᾱ_t)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QSampleCoef {
+    pub dynamics: DynCoef,
+    pub sqrt_ab: f32,
+    pub sqrt_1mab: f32,
+}
+
+/// Coefficients of one DDIM step from `t` to `p` (SPEC §5), shared by the whole batch:
+/// the dynamics at `γ̄_t` and `γ̄_p`, `√ᾱ_t`, `√(1 − ᾱ_t)`, `√ᾱ_p`, the weight
+/// `√(1 − ᾱ_p − σ²)` of the predicted noise and `σ`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DdimCoef {
+    pub dyn_t: DynCoef,
+    pub dyn_p: DynCoef,
+    pub sqrt_ab_t: f32,
+    pub sqrt_1mab_t: f32,
+    pub sqrt_ab_p: f32,
+    pub eps_weight: f32,
+    pub sigma: f32,
+}
+
 /// The primitive operations every backend implements. Shapes are passed explicitly; storages are
 /// flat. Operations never mutate their inputs.
 pub trait BackendStorage: Sized {
@@ -201,6 +277,24 @@ pub trait BackendStorage: Sized {
         hw: usize,
         start: usize,
         end: usize,
+    ) -> Result<Self>;
+    /// `Dyn_γ` (or, if `inverse`, `InvDyn_γ`) along the frame axis of every sequence, with
+    /// the coefficients `coefs[b]` of sequence `b` (SPEC §3). One pass over memory.
+    fn dynamics(&self, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Self>;
+    /// The forward process of SPEC §4 on clean sequences `self` `(batch, P+1+S, elems)` with
+    /// i.i.d. noise `eps` `(batch, S, elems)`, at per-sequence coefficients: returns the network
+    /// input (clean history, `x_t` for the future) and the target `ε̃ = Dyn_{γ̄_t}(ε)`
+    /// `(batch, S, elems)`. One pass over memory.
+    fn q_sample(&self, eps: &Self, g: &ProcessGeom, coefs: &[QSampleCoef]) -> Result<(Self, Self)>;
+    /// One DDIM step of SPEC §5 on the sampler state `self` `(batch, P+1+S, elems)` (clean
+    /// history, then `x_t`), given the network's `ε̂` and, when `σ > 0`, fresh noise `z`, both
+    /// `(batch, S, elems)`: returns the next state (history, then `x_p`). One pass over memory.
+    fn ddim_step(
+        &self,
+        eps_hat: &Self,
+        z: Option<&Self>,
+        g: &ProcessGeom,
+        c: &DdimCoef,
     ) -> Result<Self>;
     /// `Σ self`.
     fn sum_all(&self) -> Result<f32>;
@@ -443,6 +537,26 @@ impl Storage {
             |s| s.slice_channels_backward(n, c, hw, start, end),
             one
         )
+    }
+    pub fn dynamics(&self, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Storage> {
+        dispatch!(self, |s| s.dynamics(g, coefs, inverse), one)
+    }
+    pub fn q_sample(
+        &self,
+        eps: &Storage,
+        g: &ProcessGeom,
+        coefs: &[QSampleCoef],
+    ) -> Result<(Storage, Storage)> {
+        dispatch!(self, |s, eps| s.q_sample(eps, g, coefs), two)
+    }
+    pub fn ddim_step(
+        &self,
+        eps_hat: &Storage,
+        z: Option<&Storage>,
+        g: &ProcessGeom,
+        c: &DdimCoef,
+    ) -> Result<Storage> {
+        dispatch!(self, |s, eps_hat; opt z| s.ddim_step(eps_hat, z, g, c), one)
     }
     pub fn sum_all(&self) -> Result<f32> {
         dispatch!(self, |s| s.sum_all(), plain)

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod dynamics;
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
@@ -12,9 +13,14 @@ pub(crate) mod scratch;
 pub(crate) mod simd;
 pub mod winograd;
 
-use crate::backend::{AttnGeom, BackendStorage, BinaryOp, ConvGeom, MatmulGeom, NormGeom};
+use crate::backend::{
+    AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom, NormGeom,
+    ProcessGeom, QSampleCoef, SeqGeom,
+};
 use crate::error::Result;
 use crate::profile::scope;
+use crate::rng::{self, NoiseKey, NoiseRow};
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// Host memory. Storages are never mutated after creation, so data derived from one (the
@@ -40,6 +46,21 @@ impl CpuStorage {
     }
     pub fn as_slice(&self) -> &[f32] {
         &self.data
+    }
+    /// Standard normals for `rows` of `row_len` values (SPEC §7), see [`crate::Device::randn`].
+    pub fn randn(key: NoiseKey, rows: &[NoiseRow], row_len: usize) -> Self {
+        let _s = scope("noise", 0.0);
+        let mut data = vec![0.0f32; rows.len() * row_len];
+        if row_len > 0 {
+            data.par_chunks_mut(row_len)
+                .zip(rows)
+                .for_each(|(out, &row)| {
+                    out.par_chunks_mut(elementwise::CHUNK)
+                        .enumerate()
+                        .for_each(|(i, o)| rng::fill_normals(key, row, i * elementwise::CHUNK, o));
+                });
+        }
+        CpuStorage::from_vec(data)
     }
     /// This storage, read as a `(co, ci, 3, 3)` kernel, in the Winograd domain (cached).
     fn winograd_filter(&self, co: usize, ci: usize) -> Arc<winograd::Filter> {
@@ -219,6 +240,31 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Self> {
         wrap(elementwise::slice_channels_backward(
             &self.data, n, c, hw, start, end,
+        ))
+    }
+    fn dynamics(&self, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Self> {
+        let _s = scope("dynamics", 0.0);
+        wrap(dynamics::dynamics(&self.data, g, coefs, inverse))
+    }
+    fn q_sample(&self, eps: &Self, g: &ProcessGeom, coefs: &[QSampleCoef]) -> Result<(Self, Self)> {
+        let _s = scope("q_sample", 0.0);
+        let (input, target) = dynamics::q_sample(&self.data, &eps.data, g, coefs);
+        Ok((CpuStorage::from_vec(input), CpuStorage::from_vec(target)))
+    }
+    fn ddim_step(
+        &self,
+        eps_hat: &Self,
+        z: Option<&Self>,
+        g: &ProcessGeom,
+        c: &DdimCoef,
+    ) -> Result<Self> {
+        let _s = scope("ddim_step", 0.0);
+        wrap(dynamics::ddim_step(
+            &self.data,
+            &eps_hat.data,
+            z.map(|z| z.as_slice()),
+            g,
+            c,
         ))
     }
     fn sum_all(&self) -> Result<f32> {

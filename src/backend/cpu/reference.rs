@@ -2,7 +2,7 @@
 //! formulas with f64 accumulation. Tests compare every fast path against these; they are never
 //! used for real work.
 
-use crate::backend::{AttnGeom, ConvGeom, MatmulGeom, NormGeom};
+use crate::backend::{AttnGeom, ConvGeom, MatmulGeom, NormGeom, ProcessGeom, SeqGeom};
 
 /// Direct convolution, see [`super::conv`].
 pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
@@ -106,4 +106,134 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], g: &AttnGeom) -> Vec<f32> {
         }
     }
     out
+}
+
+/// `Dyn_γ` / `InvDyn_γ` of SPEC §3 on one sequence of frames (each a vector), in f64.
+pub fn dyn_frames(x: &[Vec<f64>], gamma: f64, inverse: bool) -> Vec<Vec<f64>> {
+    let (a, b) = (gamma.sqrt(), (1.0 - gamma).sqrt());
+    let mut y: Vec<Vec<f64>> = Vec::with_capacity(x.len());
+    for i in 0..x.len() {
+        let v = if i == 0 {
+            x[0].clone()
+        } else if inverse {
+            (0..x[i].len())
+                .map(|e| (x[i][e] - b * x[i - 1][e]) / a)
+                .collect()
+        } else {
+            (0..x[i].len())
+                .map(|e| a * x[i][e] + b * y[i - 1][e])
+                .collect()
+        };
+        y.push(v);
+    }
+    y
+}
+
+/// Frame `f` of sequence `b` of a `(batch, frames, elems)` array, in f64.
+fn frame(x: &[f32], frames: usize, elems: usize, b: usize, f: usize) -> Vec<f64> {
+    x[(b * frames + f) * elems..][..elems]
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect()
+}
+
+/// The frames of sequence `b`.
+fn frames_of(x: &[f32], frames: usize, elems: usize, b: usize) -> Vec<Vec<f64>> {
+    (0..frames).map(|f| frame(x, frames, elems, b, f)).collect()
+}
+
+/// `Dyn`/`InvDyn` over every sequence, with `γ_b` per sequence.
+pub fn dynamics(x: &[f32], g: &SeqGeom, gammas: &[f64], inverse: bool) -> Vec<f32> {
+    (0..g.batch)
+        .flat_map(|b| dyn_frames(&frames_of(x, g.frames, g.elems, b), gammas[b], inverse))
+        .flatten()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// The forward process of SPEC §4, steps 2–5, with per-sequence `(ᾱ_t, γ̄_t)`: returns the
+/// network input and `ε̃`.
+pub fn q_sample(
+    x0: &[f32],
+    eps: &[f32],
+    g: &ProcessGeom,
+    ab_gb: &[(f64, f64)],
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut input, mut target) = (Vec::new(), Vec::new());
+    for (b, &(ab, gb)) in ab_gb.iter().enumerate() {
+        let x = frames_of(x0, g.frames(), g.elems, b);
+        let et = dyn_frames(&frames_of(eps, g.future, g.elems, b), gb, false);
+        let d = dyn_frames(&x, gb, false);
+        for f in 0..g.frames() {
+            if f < g.history {
+                input.extend(x[f].iter().map(|&v| v as f32));
+            } else {
+                let s = f - g.history;
+                input.extend(
+                    (0..g.elems)
+                        .map(|e| (ab.sqrt() * d[f][e] + (1.0 - ab).sqrt() * et[s][e]) as f32),
+                );
+            }
+        }
+        target.extend(et.iter().flatten().map(|&v| v as f32));
+    }
+    (input, target)
+}
+
+/// Schedule values of one DDIM step from `t` to `p` (SPEC §5).
+#[derive(Clone, Copy, Debug)]
+pub struct DdimValues {
+    pub ab_t: f64,
+    pub gb_t: f64,
+    pub ab_p: f64,
+    pub gb_p: f64,
+    pub sigma: f64,
+}
+
+/// One DDIM step of SPEC §5, steps 2–5, written term by term from the formulas.
+pub fn ddim_step(
+    state: &[f32],
+    eps_hat: &[f32],
+    z: Option<&[f32]>,
+    g: &ProcessGeom,
+    v: &DdimValues,
+) -> Vec<f32> {
+    let (p1, s) = (g.history, g.future);
+    let mut next = Vec::new();
+    for b in 0..g.batch {
+        let seq = frames_of(state, g.frames(), g.elems, b);
+        let (hist, xt) = seq.split_at(p1);
+        let eh = frames_of(eps_hat, s, g.elems, b);
+        let zero = vec![0.0f32; s * g.elems * g.batch];
+        let zf = frames_of(z.unwrap_or(&zero), s, g.elems, b);
+        // 2. y = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t
+        let y: Vec<Vec<f64>> = (0..s)
+            .map(|i| {
+                (0..g.elems)
+                    .map(|e| (xt[i][e] - (1.0 - v.ab_t).sqrt() * eh[i][e]) / v.ab_t.sqrt())
+                    .collect()
+            })
+            .collect();
+        // 3. x̂_0 = InvDyn over frames P … P+S of [Dyn(history)^P, y], keeping P+1 …
+        let dh = dyn_frames(hist, v.gb_t, false);
+        let mut run = vec![dh[p1 - 1].clone()];
+        run.extend(y);
+        let x0 = dyn_frames(&run, v.gb_t, true)[1..].to_vec();
+        // 4. ε_w = InvDyn(ε̂)
+        let ew = dyn_frames(&eh, v.gb_t, true);
+        // 5. x_p = √ᾱ_p·Dyn_p([h, x̂_0])^fut + √(1−ᾱ_p−σ²)·Dyn_p(ε_w) + σ·Dyn_p(z)
+        let mut whole = hist.to_vec();
+        whole.extend(x0);
+        let dx = dyn_frames(&whole, v.gb_p, false);
+        let dw = dyn_frames(&ew, v.gb_p, false);
+        let dz = dyn_frames(&zf, v.gb_p, false);
+        let ce = (1.0 - v.ab_p - v.sigma * v.sigma).max(0.0).sqrt();
+        next.extend(hist.iter().flatten().map(|&v| v as f32));
+        for i in 0..s {
+            next.extend((0..g.elems).map(|e| {
+                (v.ab_p.sqrt() * dx[p1 + i][e] + ce * dw[i][e] + v.sigma * dz[i][e]) as f32
+            }));
+        }
+    }
+    next
 }
