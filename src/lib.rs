@@ -10,6 +10,7 @@ pub mod backend;
 pub mod diffusion;
 pub mod error;
 pub mod io;
+pub mod model;
 pub mod nn;
 pub mod pipelines;
 pub mod profile;

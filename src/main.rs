@@ -2,7 +2,7 @@
 //! [`dydiff::pipelines`] and reports errors as one line on stderr with a non-zero exit.
 
 use clap::{Args, Parser, Subcommand};
-use dydiff::pipelines::{bench, denoise};
+use dydiff::pipelines::{bench, denoise, sample};
 use dydiff::{Device, Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +32,45 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Forecasts an ensemble for each observed sequence with a trained model (DDIM sampling of
+    /// Dynamical Diffusion, or of the standard diffusion model when the model's dyn_eta is 0).
+    ///
+    /// Reads observations (N, L, C, H, W) float32 .npy in data space (the first P+1 frames are
+    /// the history; if the file also holds the S future frames, pictures show them as the truth)
+    /// and writes the forecast (N, M, S, C, H, W) float32 .npy, atomically. The same --seed gives
+    /// the same forecast for any --batch, --threads and device.
+    Sample {
+        /// Model folder: dydiff.json, scheduler/scheduler_config.json, unet/ (diffusers).
+        #[arg(long)]
+        model: PathBuf,
+        /// Observations, float32 .npy of shape (N, L, C, H, W) with L ≥ P+1.
+        #[arg(long)]
+        input: PathBuf,
+        /// Forecast .npy to write, shape (N, M, S, C, H, W).
+        #[arg(long)]
+        out: PathBuf,
+        /// Ensemble members M per sample.
+        #[arg(long, default_value_t = 8)]
+        members: usize,
+        /// DDIM steps K (timesteps (k−1)·⌊T/K⌋ + steps_offset).
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Seed of the noise; each value depends only on (seed, sample, member, step, element).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// DDIM stochasticity: 0 deterministic given the initial noise, 1 DDPM-like.
+        #[arg(long, default_value_t = 0.0)]
+        ddim_eta: f64,
+        /// Initial noise ε (N, M, S, C, H, W) in model space, instead of the seeded generator.
+        #[arg(long)]
+        init_noise: Option<PathBuf>,
+        /// (sample, member) pairs per network call; bounds memory, never changes the result.
+        #[arg(long, default_value_t = sample::DEFAULT_BATCH)]
+        batch: usize,
+        /// Directory for one PNG per sample: history, truth, members, ensemble mean and spread.
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
     /// One evaluation of a diffusers UNet2DModel: reads an (N, in_channels, H, W) float32 .npy,
     /// writes the network output (N, out_channels, H, W).
     Denoise {
@@ -104,6 +143,32 @@ fn run(cli: Cli) -> Result<()> {
             out,
             device,
         }),
+        Command::Sample {
+            model,
+            input,
+            out,
+            members,
+            steps,
+            seed,
+            ddim_eta,
+            init_noise,
+            batch,
+            png,
+        } => sample::run(&sample::SampleOptions {
+            model,
+            input,
+            out,
+            members,
+            steps,
+            seed,
+            ddim_eta,
+            init_noise,
+            batch,
+            png,
+            device,
+            progress: true,
+        })
+        .map(|_| ()),
         Command::Bench(BenchCommand::Unet {
             unet,
             batch,

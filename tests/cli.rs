@@ -2,44 +2,11 @@
 //! bad input gives one line on stderr naming the problem, a non-zero exit, no panic and no
 //! output file.
 
+mod common;
+use common::{fixture, Scratch};
 use dydiff::io::npy;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("dydiff-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    /// A copy of a fixture model folder that a test may damage.
-    fn model_copy(&self, name: &str) -> PathBuf {
-        let dst = self.path(name);
-        std::fs::create_dir_all(&dst).unwrap();
-        for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
-            std::fs::copy(fixture(name).join(f), dst.join(f)).unwrap();
-        }
-        dst
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn denoise(unet: &Path, input: &Path, t: &str, out: &Path) -> (bool, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))

@@ -2,4 +2,5 @@
 
 pub mod atomic;
 pub mod npy;
+pub mod picture;
 pub mod safetensors;

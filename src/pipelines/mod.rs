@@ -3,3 +3,4 @@
 
 pub mod bench;
 pub mod denoise;
+pub mod sample;

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use dydiff::{Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Deterministic pseudo-random values in [-1, 1) (SplitMix64).
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -22,4 +24,81 @@ pub fn assert_close(a: &[f32], b: &[f32], atol: f32, rtol: f32, what: &str) {
             "{what}[{i}]: {x} vs reference {y}"
         );
     }
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A temporary directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("dydiff-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// A copy of a fixture folder (recursively) that a test may damage.
+    pub fn model_copy(&self, name: &str) -> PathBuf {
+        let dst = self.path(name.rsplit('/').next().unwrap());
+        copy_dir(&fixture(name), &dst);
+        dst
+    }
+    /// Temporary files left in the scratch directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.0.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else if name.contains(".tmp") {
+                    found.push(name);
+                }
+            }
+        }
+        found
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the `dydiff` binary: (success, stderr).
+pub fn dydiff<I, S>(args: I) -> (bool, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }

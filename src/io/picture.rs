@@ -1,0 +1,360 @@
+//! PNG pictures of forecasts: for one sample, per channel, a grid with the history, the truth
+//! (when known), the ensemble members (up to [`MAX_MEMBERS_SHOWN`]), the ensemble mean and the
+//! ensemble spread (standard deviation over members), each a row of frames. Fields share one
+//! colour scale per channel (viridis) and the spread has its own (inferno, from 0); both scales
+//! are drawn as colour bars with their end values; forecast columns are labelled with their
+//! lead time. Text uses a built-in 3×5 pixel font.
+
+use crate::error::{Error, Result};
+
+/// Members drawn per picture; the forecast file holds all of them.
+pub const MAX_MEMBERS_SHOWN: usize = 8;
+
+/// What one picture shows; every frame is `(C, H, W)`, data space.
+pub struct Forecast<'a> {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// `(P+1, C, H, W)`.
+    pub history: &'a [f32],
+    /// `(S, C, H, W)`, when the input held the future.
+    pub truth: Option<&'a [f32]>,
+    /// `(M, S, C, H, W)`.
+    pub members: &'a [f32],
+    pub n_members: usize,
+    pub future: usize,
+}
+
+/// Control points of matplotlib's viridis and inferno, evenly spaced.
+const VIRIDIS: [[u8; 3]; 9] = [
+    [68, 1, 84],
+    [71, 44, 122],
+    [59, 81, 139],
+    [44, 113, 142],
+    [33, 144, 141],
+    [39, 173, 129],
+    [92, 200, 99],
+    [170, 220, 50],
+    [253, 231, 37],
+];
+const INFERNO: [[u8; 3]; 9] = [
+    [0, 0, 4],
+    [31, 12, 72],
+    [85, 15, 109],
+    [136, 34, 106],
+    [186, 54, 85],
+    [227, 89, 51],
+    [249, 140, 10],
+    [249, 201, 50],
+    [252, 255, 164],
+];
+
+/// The colour of `u ∈ [0, 1]` on a map (linear between control points).
+fn colour(map: &[[u8; 3]; 9], u: f32) -> [u8; 3] {
+    let u = if u.is_finite() {
+        u.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let x = u * 8.0;
+    let i = (x.floor() as usize).min(7);
+    let f = x - i as f32;
+    let mut c = [0u8; 3];
+    for k in 0..3 {
+        c[k] = (f32::from(map[i][k]) * (1.0 - f) + f32::from(map[i + 1][k]) * f).round() as u8;
+    }
+    c
+}
+
+/// A colour map stretched over `[lo, hi]`.
+struct Scale {
+    map: &'static [[u8; 3]; 9],
+    lo: f32,
+    hi: f32,
+}
+
+impl Scale {
+    fn colour(&self, v: f32) -> [u8; 3] {
+        let span = if self.hi > self.lo {
+            self.hi - self.lo
+        } else {
+            1.0
+        };
+        colour(self.map, (v - self.lo) / span)
+    }
+}
+
+/// 3×5 glyphs, one row per byte (bit 2 = left column).
+fn glyph(ch: char) -> [u8; 5] {
+    match ch {
+        '0' => [7, 5, 5, 5, 7],
+        '1' => [2, 6, 2, 2, 7],
+        '2' => [7, 1, 7, 4, 7],
+        '3' => [7, 1, 7, 1, 7],
+        '4' => [5, 5, 7, 1, 1],
+        '5' => [7, 4, 7, 1, 7],
+        '6' => [7, 4, 7, 5, 7],
+        '7' => [7, 1, 1, 1, 1],
+        '8' => [7, 5, 7, 5, 7],
+        '9' => [7, 5, 7, 1, 7],
+        '.' => [0, 0, 0, 0, 2],
+        '-' => [0, 0, 7, 0, 0],
+        '+' => [0, 2, 7, 2, 0],
+        'A' => [2, 5, 7, 5, 5],
+        'C' => [3, 4, 4, 4, 3],
+        'D' => [6, 5, 5, 5, 6],
+        'E' => [7, 4, 6, 4, 7],
+        'H' => [5, 5, 7, 5, 5],
+        'I' => [7, 2, 2, 2, 7],
+        'L' => [4, 4, 4, 4, 7],
+        'M' => [5, 7, 7, 5, 5],
+        'N' => [6, 5, 5, 5, 5],
+        'P' => [6, 5, 6, 4, 4],
+        'R' => [6, 5, 6, 5, 5],
+        'S' => [3, 4, 2, 1, 6],
+        'T' => [7, 2, 2, 2, 2],
+        'U' => [5, 5, 5, 5, 7],
+        _ => [0; 5],
+    }
+}
+
+/// Text scale: each font pixel is 2×2 image pixels; a character advances 8 pixels.
+const PX: usize = 2;
+const ADVANCE: usize = 4 * PX;
+const TEXT_H: usize = 5 * PX;
+
+/// An RGB image on a white background.
+struct Canvas {
+    w: usize,
+    h: usize,
+    rgb: Vec<u8>,
+}
+
+impl Canvas {
+    fn new(w: usize, h: usize) -> Canvas {
+        Canvas {
+            w,
+            h,
+            rgb: vec![255; w * h * 3],
+        }
+    }
+    fn put(&mut self, x: usize, y: usize, c: [u8; 3]) {
+        if x < self.w && y < self.h {
+            self.rgb[(y * self.w + x) * 3..][..3].copy_from_slice(&c);
+        }
+    }
+    fn text(&mut self, x: usize, y: usize, s: &str) {
+        for (i, ch) in s.chars().enumerate() {
+            let g = glyph(ch.to_ascii_uppercase());
+            for (r, bits) in g.iter().enumerate() {
+                for col in 0..3 {
+                    if bits & (4 >> col) != 0 {
+                        for dy in 0..PX {
+                            for dx in 0..PX {
+                                self.put(x + i * ADVANCE + col * PX + dx, y + r * PX + dy, [0; 3]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /// One `(H, W)` field at `(x, y)`, each value a `zoom × zoom` block.
+    fn field(
+        &mut self,
+        x: usize,
+        y: usize,
+        f: &[f32],
+        hw: (usize, usize),
+        zoom: usize,
+        sc: &Scale,
+    ) {
+        for i in 0..hw.0 * zoom {
+            for j in 0..hw.1 * zoom {
+                let v = f[(i / zoom) * hw.1 + j / zoom];
+                self.put(x + j, y + i, sc.colour(v));
+            }
+        }
+    }
+    /// A vertical colour bar with its top and bottom values.
+    fn bar(&mut self, x: usize, y: usize, h: usize, sc: &Scale) {
+        for i in 0..h {
+            let c = colour(sc.map, 1.0 - i as f32 / (h.max(2) - 1) as f32);
+            for j in 0..12 {
+                self.put(x + j, y + i, c);
+            }
+        }
+        self.text(x + 16, y, &label(sc.hi));
+        self.text(x + 16, y + h.saturating_sub(TEXT_H), &label(sc.lo));
+    }
+}
+
+/// A number with three significant digits, in the font's characters.
+fn label(v: f32) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if (0.01..10_000.0).contains(&a) {
+        let prec = (2 - a.log10().floor() as i32).max(0) as usize;
+        format!("{v:.prec$}")
+    } else {
+        format!("{v:.2e}").to_uppercase()
+    }
+}
+
+fn min_max(parts: &[&[f32]]) -> (f32, f32) {
+    parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// Renders the picture as PNG bytes.
+pub fn render(p: &Forecast) -> Result<Vec<u8>> {
+    let (c, h, w, s, m) = (p.channels, p.height, p.width, p.future, p.n_members);
+    let hw = h * w;
+    let e = c * hw;
+    let p1 = p.history.len() / e;
+    let shown = m.min(MAX_MEMBERS_SHOWN);
+    let zoom = 48usize.div_ceil(h.max(w)).max(1);
+    let (cw, ch) = (w * zoom, h * zoom);
+    let gap = 3;
+    let cols = p1.max(s);
+    let label_w = 7 * ADVANCE + 6;
+    let rows = 1 + usize::from(p.truth.is_some()) + shown + 2;
+    let row_h = ch.max(TEXT_H) + gap;
+    let block_h = TEXT_H + 6 + rows * row_h + 8;
+    let bar_w = 16 + 9 * ADVANCE;
+    let width = label_w + cols * (cw + gap) + 8 + bar_w;
+    let height = c * block_h + 4;
+    let mut cv = Canvas::new(width, height);
+    // Mean and spread over members, per (frame, channel, pixel), ddof 0.
+    let mut mean = vec![0.0f32; s * e];
+    let mut spread = vec![0.0f32; s * e];
+    for i in 0..s * e {
+        let mu = (0..m)
+            .map(|k| f64::from(p.members[k * s * e + i]))
+            .sum::<f64>()
+            / m as f64;
+        let var = (0..m)
+            .map(|k| (f64::from(p.members[k * s * e + i]) - mu).powi(2))
+            .sum::<f64>()
+            / m as f64;
+        mean[i] = mu as f32;
+        spread[i] = var.sqrt() as f32;
+    }
+    let frame =
+        |d: &[f32], f: usize, ch: usize| -> Vec<f32> { d[f * e + ch * hw..][..hw].to_vec() };
+    for chn in 0..c {
+        let y0 = chn * block_h + 4;
+        cv.text(4, y0, &format!("C{chn}"));
+        // Lead times over the forecast columns (the history row runs oldest to newest).
+        for k in 0..s {
+            cv.text(label_w + k * (cw + gap), y0, &format!("+{}", k + 1));
+        }
+        // The field scale of this channel: history, truth, members.
+        let mut parts: Vec<Vec<f32>> = (0..p1).map(|f| frame(p.history, f, chn)).collect();
+        if let Some(t) = p.truth {
+            parts.extend((0..s).map(|f| frame(t, f, chn)));
+        }
+        parts.extend((0..m * s).map(|f| frame(p.members, f, chn)));
+        let refs: Vec<&[f32]> = parts.iter().map(|v| v.as_slice()).collect();
+        let (lo, hi) = min_max(&refs);
+        let spread_parts: Vec<Vec<f32>> = (0..s).map(|f| frame(&spread, f, chn)).collect();
+        let srefs: Vec<&[f32]> = spread_parts.iter().map(|v| v.as_slice()).collect();
+        let (_, smax) = min_max(&srefs);
+        let fields = Scale {
+            map: &VIRIDIS,
+            lo,
+            hi,
+        };
+        let spreads = Scale {
+            map: &INFERNO,
+            lo: 0.0,
+            hi: smax,
+        };
+        let mut y = y0 + TEXT_H + 6;
+        let row =
+            |cv: &mut Canvas, name: &str, frames: Vec<Vec<f32>>, sc: &Scale, y: &mut usize| {
+                cv.text(4, *y + ch.saturating_sub(TEXT_H) / 2, name);
+                for (k, f) in frames.iter().enumerate() {
+                    cv.field(label_w + k * (cw + gap), *y, f, (h, w), zoom, sc);
+                }
+                *y += row_h;
+            };
+        row(
+            &mut cv,
+            "HIST",
+            (0..p1).map(|f| frame(p.history, f, chn)).collect(),
+            &fields,
+            &mut y,
+        );
+        if let Some(t) = p.truth {
+            row(
+                &mut cv,
+                "TRUTH",
+                (0..s).map(|f| frame(t, f, chn)).collect(),
+                &fields,
+                &mut y,
+            );
+        }
+        for k in 0..shown {
+            let frames = (0..s).map(|f| frame(p.members, k * s + f, chn)).collect();
+            row(&mut cv, &format!("M{}", k + 1), frames, &fields, &mut y);
+        }
+        row(
+            &mut cv,
+            "MEAN",
+            (0..s).map(|f| frame(&mean, f, chn)).collect(),
+            &fields,
+            &mut y,
+        );
+        let spread_y = y;
+        row(&mut cv, "SPREAD", spread_parts, &spreads, &mut y);
+        let bx = label_w + cols * (cw + gap) + 8;
+        let field_top = y0 + TEXT_H + 6;
+        cv.bar(bx, field_top, spread_y - gap - field_top, &fields);
+        cv.bar(bx, spread_y, ch, &spreads);
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc
+            .write_header()
+            .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+        writer
+            .write_image_data(&cv.rgb)
+            .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_use_three_significant_digits() {
+        assert_eq!(label(0.0), "0");
+        assert_eq!(label(1.23456), "1.23");
+        assert_eq!(label(-42.42), "-42.4");
+        assert_eq!(label(123.4), "123");
+        assert_eq!(label(0.0123), "0.0123");
+        assert_eq!(label(1.5e-4), "1.50E-4");
+        for ch in "0123456789.-E".chars() {
+            assert_ne!(glyph(ch), [0; 5], "{ch} has a glyph");
+        }
+    }
+
+    #[test]
+    fn colour_maps_end_at_their_control_points() {
+        assert_eq!(colour(&VIRIDIS, 0.0), VIRIDIS[0]);
+        assert_eq!(colour(&VIRIDIS, 1.0), VIRIDIS[8]);
+        assert_eq!(colour(&INFERNO, 2.0), INFERNO[8]);
+        assert_eq!(colour(&INFERNO, f32::NAN), INFERNO[0]);
+    }
+}

@@ -1,0 +1,319 @@
+//! `dydiff sample` (SPEC §9): forecasts an ensemble for every observed sequence with the DDIM
+//! sampler of SPEC §5, reproducibly.
+//!
+//! The `N × M` (sample, member) pairs are processed in network batches of `--batch` pairs. Each
+//! pair's noise is drawn from its own Philox stream (SPEC §7) and every operation acts on a pair
+//! independently, so the forecast is the same for any batch size and thread count.
+//!
+//! Per batch: the history in model space, `x_{τ_K} = Dyn_{γ̄_{τ_K}}(ε)`; then for `k = K … 1`
+//! one network call and one fused DDIM step ([`Tensor::ddim_step`]); the final state's future
+//! frames are `x̂_0`, mapped back to data space.
+
+use crate::backend::Device;
+use crate::diffusion::ddim::{timesteps, StepValues};
+use crate::diffusion::schedule::gamma_bar;
+use crate::error::{Error, Result};
+use crate::io::{npy, picture};
+use crate::model::Model;
+use crate::rng::{NoiseKey, NoiseRow, Purpose, MAX_MEMBERS};
+use crate::tensor::Tensor;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Default number of (sample, member) pairs per network call.
+pub const DEFAULT_BATCH: usize = 8;
+
+/// Options of `dydiff sample`.
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    pub model: PathBuf,
+    pub input: PathBuf,
+    pub out: PathBuf,
+    pub members: usize,
+    pub steps: usize,
+    pub seed: u64,
+    pub ddim_eta: f64,
+    pub init_noise: Option<PathBuf>,
+    pub batch: usize,
+    pub png: Option<PathBuf>,
+    pub device: Device,
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// How the sampler runs, independent of files.
+#[derive(Clone, Copy, Debug)]
+pub struct SamplerSettings {
+    pub members: usize,
+    pub steps: usize,
+    pub seed: u64,
+    pub ddim_eta: f64,
+    pub batch: usize,
+    pub device: Device,
+}
+
+impl SamplerSettings {
+    fn validate(&self) -> Result<()> {
+        if self.members == 0 || self.members > MAX_MEMBERS as usize {
+            return Err(Error::Invalid(format!(
+                "--members: expected 1 to {MAX_MEMBERS}, found {}",
+                self.members
+            )));
+        }
+        if self.steps == 0 {
+            return Err(Error::Invalid(
+                "--steps: expected at least 1, found 0".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.ddim_eta) {
+            return Err(Error::Invalid(format!(
+                "--ddim-eta: expected a value in [0, 1], found {}",
+                self.ddim_eta
+            )));
+        }
+        if self.batch == 0 {
+            return Err(Error::Invalid(
+                "--batch: expected at least 1, found 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Time spent, for the benchmark report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleTimes {
+    /// Seconds in network evaluations.
+    pub network: f64,
+    /// Seconds in everything else of the sampling loop (noise, dynamics, DDIM updates, copies).
+    pub other: f64,
+}
+
+/// Samples `members` forecasts for each of the `n` observed histories `obs (n, P+1, C·H·W)` (data
+/// space). `init_noise`, if given, is `ε` of SPEC §5 `(n, M, S, C·H·W)` in model space.
+/// `tick(steps)` is called after each network call with the number of (pair, step) units done.
+/// Returns the forecasts `(n, M, S, C·H·W)` in data space.
+pub fn forecast(
+    model: &Model,
+    s: &SamplerSettings,
+    obs: &[f32],
+    n: usize,
+    init_noise: Option<&[f32]>,
+    mut tick: impl FnMut(usize),
+) -> Result<(Vec<f32>, SampleTimes)> {
+    s.validate()?;
+    let p = &model.process;
+    let (hist, fut, e) = (p.history, p.future, p.frame_len());
+    let (c, h, w) = (p.channels, p.height, p.width);
+    let (scale, shift) = (p.data_scale, p.data_shift);
+    let ts = timesteps(&model.scheduler, s.steps)?;
+    let members = s.members;
+    let pairs = n * members;
+    let mut out = vec![0.0f32; pairs * fut * e];
+    let mut times = SampleTimes::default();
+    for first in (0..pairs).step_by(s.batch) {
+        let b = s.batch.min(pairs - first);
+        let rows: Vec<NoiseRow> = (first..first + b)
+            .map(|i| NoiseRow {
+                sample: (i / members) as u32,
+                member: (i % members) as u32,
+            })
+            .collect();
+        let clock = Instant::now();
+        let mut h_data = Vec::with_capacity(b * hist * e);
+        for r in &rows {
+            let src = &obs[r.sample as usize * hist * e..][..hist * e];
+            h_data.extend(src.iter().map(|&v| ((f64::from(v) - shift) / scale) as f32));
+        }
+        let history = Tensor::from_vec(h_data, &[b, hist * c, h, w], s.device)?;
+        let eps = match init_noise {
+            Some(all) => Tensor::from_vec(
+                all[first * fut * e..(first + b) * fut * e].to_vec(),
+                &[b, fut * c, h, w],
+                s.device,
+            )?,
+            None => Tensor::randn(
+                NoiseKey {
+                    seed: s.seed,
+                    purpose: Purpose::InitNoise,
+                    step: 0,
+                },
+                &rows,
+                &[b, fut * c, h, w],
+                s.device,
+            )?,
+        };
+        let gb_start = gamma_bar(p.dyn_eta, model.schedule.alphas_cumprod[ts[0]]);
+        let x_start = eps.dynamics(fut, &vec![gb_start; b], false)?;
+        let mut state = Tensor::cat_channels(&[&history, &x_start])?;
+        times.other += clock.elapsed().as_secs_f64();
+        for (i, &t) in ts.iter().enumerate() {
+            let clock = Instant::now();
+            let tt = Tensor::from_vec(vec![t as f32; b], &[b], s.device)?;
+            let eps_hat = model.unet.forward(&state, &tt)?;
+            let mid = Instant::now();
+            times.network += (mid - clock).as_secs_f64();
+            let k = ts.len() - i;
+            let v = StepValues::new(
+                &model.schedule,
+                p.dyn_eta,
+                s.ddim_eta,
+                t,
+                ts.get(i + 1).copied(),
+            );
+            let z = if v.sigma > 0.0 {
+                Some(Tensor::randn(
+                    NoiseKey {
+                        seed: s.seed,
+                        purpose: Purpose::StepNoise,
+                        step: k as u32,
+                    },
+                    &rows,
+                    &[b, fut * c, h, w],
+                    s.device,
+                )?)
+            } else {
+                None
+            };
+            state = state.ddim_step(&eps_hat, z.as_ref(), hist, fut, &v.coef())?;
+            times.other += mid.elapsed().as_secs_f64();
+            tick(b);
+        }
+        let clock = Instant::now();
+        let x0 = state.slice_channels(hist * c, (hist + fut) * c)?.to_vec()?;
+        for (o, v) in out[first * fut * e..][..b * fut * e].iter_mut().zip(x0) {
+            *o = (f64::from(v) * scale + shift) as f32;
+        }
+        times.other += clock.elapsed().as_secs_f64();
+    }
+    Ok((out, times))
+}
+
+/// Reads the observations and checks them against the model: `(N, L, C, H, W)` with
+/// `L ≥ P + 1`, finite.
+fn read_observations(path: &Path, model: &Model) -> Result<npy::Array> {
+    let p = &model.process;
+    let a = npy::read(path)?;
+    let ok = matches!(*a.shape, [n, l, c, h, w] if n > 0 && l >= p.history && c == p.channels && h == p.height && w == p.width);
+    if !ok {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected observations of shape (N, L, C, H, W) = (N ≥ 1, L ≥ {}, {}, {}, {}) for this model, found {:?}",
+                p.history, p.channels, p.height, p.width, a.shape
+            ),
+        ));
+    }
+    npy::check_finite(path, &a)?;
+    Ok(a)
+}
+
+/// Reads `--init-noise`: `(N, M, S, C, H, W)` in model space, finite.
+fn read_init_noise(path: &Path, model: &Model, n: usize, members: usize) -> Result<npy::Array> {
+    let p = &model.process;
+    let want = [n, members, p.future, p.channels, p.height, p.width];
+    let a = npy::read(path)?;
+    if a.shape != want {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected initial noise of shape (N, M, S, C, H, W) = {want:?}, found {:?}",
+                a.shape
+            ),
+        ));
+    }
+    npy::check_finite(path, &a)?;
+    Ok(a)
+}
+
+/// A progress bar over (pair, step) units with ETA and forecasts per second, on stderr; hidden
+/// when stderr is not a terminal.
+fn progress_bar(total: usize, steps: usize, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "sampling {bar:30} {percent:>3}%  {msg}  elapsed {elapsed_precise}, ETA {eta_precise}",
+    )
+    .expect("valid template")
+    .with_key(
+        "msg",
+        move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let per_s = st.per_sec() / steps as f64;
+            let _ = write!(w, "{:.2} forecasts/s", per_s);
+        },
+    );
+    bar.set_style(style);
+    bar
+}
+
+/// Runs `dydiff sample`: reads the model and observations, samples, writes the forecast
+/// `(N, M, S, C, H, W)` atomically and, with `--png`, one picture per sample.
+pub fn run(o: &SampleOptions) -> Result<SampleTimes> {
+    let settings = SamplerSettings {
+        members: o.members,
+        steps: o.steps,
+        seed: o.seed,
+        ddim_eta: o.ddim_eta,
+        batch: o.batch,
+        device: o.device,
+    };
+    settings.validate()?;
+    let model = Model::load(&o.model, o.device)?;
+    timesteps(&model.scheduler, o.steps)?;
+    let obs = read_observations(&o.input, &model)?;
+    let p = &model.process;
+    let (n, l, e) = (obs.shape[0], obs.shape[1], p.frame_len());
+    let noise = match &o.init_noise {
+        Some(path) => Some(read_init_noise(path, &model, n, o.members)?),
+        None => None,
+    };
+    if let Some(dir) = &o.png {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::bad_file(
+                dir,
+                "--png: expected a directory, found a file",
+            ));
+        }
+    }
+    // The history: the first P+1 frames of each sequence.
+    let mut history = Vec::with_capacity(n * p.history * e);
+    for i in 0..n {
+        history.extend_from_slice(&obs.data[i * l * e..][..p.history * e]);
+    }
+    let bar = progress_bar(n * o.members * o.steps, o.steps, o.progress);
+    let (fc, times) = forecast(
+        &model,
+        &settings,
+        &history,
+        n,
+        noise.as_ref().map(|a| a.data.as_slice()),
+        |b| bar.inc(b as u64),
+    )?;
+    bar.finish_and_clear();
+    let shape = [n, o.members, p.future, p.channels, p.height, p.width];
+    npy::write(&o.out, &shape, &fc)?;
+    if let Some(dir) = &o.png {
+        std::fs::create_dir_all(dir).map_err(|err| Error::io(dir, err))?;
+        for i in 0..n {
+            let truth =
+                (l >= p.frames()).then(|| &obs.data[i * l * e + p.history * e..][..p.future * e]);
+            let pic = picture::Forecast {
+                channels: p.channels,
+                height: p.height,
+                width: p.width,
+                history: &obs.data[i * l * e..][..p.history * e],
+                truth,
+                members: &fc[i * o.members * p.future * e..][..o.members * p.future * e],
+                n_members: o.members,
+                future: p.future,
+            };
+            crate::io::atomic::write(
+                &dir.join(format!("sample_{i:04}.png")),
+                &picture::render(&pic)?,
+            )?;
+        }
+    }
+    Ok(times)
+}

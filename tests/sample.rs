@@ -1,0 +1,389 @@
+//! `dydiff sample` end to end (SPEC §5, §7–§9), against fixtures from
+//! `python/make_sampler_fixtures.py`: with `dyn_eta = 0` a loop over diffusers' own
+//! `DDIMScheduler.step`, with `dyn_eta = 0.5` an independent float64 implementation of SPEC §5;
+//! both must agree to 1e-3 of the forecast's largest magnitude. Then reproducibility (batch,
+//! threads), seeds and members, pictures, and every kind of bad input.
+
+mod common;
+use common::{dydiff, fixture, Scratch};
+use dydiff::io::npy;
+use std::path::{Path, PathBuf};
+
+fn sampler(name: &str) -> PathBuf {
+    fixture("sampler").join(name)
+}
+
+/// `dydiff sample` arguments for a fixture model and the fixture observations.
+fn args(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec!["sample".into(), "--model".into(), model.into()];
+    a.extend(["--input".into(), input.into(), "--out".into(), out.into()]);
+    a.extend(extra.iter().map(|s| s.into()));
+    a
+}
+
+fn run_ok(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> npy::Array {
+    let (ok, err) = dydiff(args(model, input, out, extra));
+    assert!(ok, "sample failed: {err}");
+    npy::read(out).unwrap()
+}
+
+#[test]
+fn forecasts_match_diffusers_and_the_spec_reference() {
+    let s = Scratch::new("sample-parity");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sampler("cases.json")).unwrap()).unwrap();
+    for (name, c) in cases.as_object().unwrap() {
+        let model = sampler(c["model"].as_str().unwrap());
+        let steps = c["steps"].to_string();
+        let seed = c["seed"].to_string();
+        let eta = c["ddim_eta"].to_string();
+        let eps = sampler("eps.npy");
+        let mut extra = vec![
+            "--members",
+            "3",
+            "--steps",
+            &steps,
+            "--seed",
+            &seed,
+            "--ddim-eta",
+            &eta,
+        ];
+        if c["init_noise"].as_bool().unwrap() {
+            extra.extend(["--init-noise", eps.to_str().unwrap()]);
+        }
+        let out = s.path(&format!("{name}.npy"));
+        let got = run_ok(&model, &sampler("obs.npy"), &out, &extra);
+        let want = npy::read(&sampler(&format!("{name}.npy"))).unwrap();
+        assert_eq!(got.shape, want.shape, "{name}");
+        assert_eq!(got.shape, [2, 3, 3, 2, 16, 16]);
+        let max = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "{name}: max |dydiff − reference| = {err:.3e}, {:.2e} of max {max:.1}",
+            err / max
+        );
+        assert!(err <= 1e-3 * max, "{name}: error {err} > 1e-3 × {max}");
+    }
+}
+
+#[test]
+fn same_seed_same_forecast_for_any_batch_and_threads() {
+    let s = Scratch::new("sample-repro");
+    let model = sampler("model_dyn");
+    let obs = sampler("obs.npy");
+    let base = [
+        "--members",
+        "3",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--ddim-eta",
+        "0.7",
+    ];
+    let reference = run_ok(&model, &obs, &s.path("a.npy"), &base);
+    for (batch, threads) in [("1", "1"), ("4", "2"), ("5", "3"), ("64", "2")] {
+        let mut extra = base.to_vec();
+        extra.extend(["--batch", batch, "--threads", threads]);
+        let got = run_ok(&model, &obs, &s.path("b.npy"), &extra);
+        assert_eq!(got, reference, "--batch {batch} --threads {threads}");
+    }
+    // More members: the first three are the same forecasts.
+    let mut extra = base.to_vec();
+    extra[1] = "5";
+    let more = run_ok(&model, &obs, &s.path("c.npy"), &extra);
+    let per = 3 * 2 * 16 * 16;
+    for n in 0..2 {
+        assert_eq!(
+            more.data[n * 5 * per..][..3 * per],
+            reference.data[n * 3 * per..][..3 * per],
+            "sample {n}: members do not depend on how many are drawn"
+        );
+    }
+    // Members differ from each other; another seed differs.
+    assert_ne!(reference.data[..per], reference.data[per..2 * per]);
+    let mut extra = base.to_vec();
+    extra[5] = "12";
+    let other = run_ok(&model, &obs, &s.path("d.npy"), &extra);
+    let diff = other
+        .data
+        .iter()
+        .zip(&reference.data)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        diff > other.data.len() * 9 / 10,
+        "seed 12 vs 11: only {diff} values differ"
+    );
+}
+
+#[test]
+fn pictures_one_per_sample() {
+    let s = Scratch::new("sample-png");
+    let dir = s.path("pics");
+    let (ok, err) = dydiff(args(
+        &sampler("model_dyn"),
+        &sampler("obs.npy"),
+        &s.path("f.npy"),
+        &[
+            "--members",
+            "2",
+            "--steps",
+            "2",
+            "--png",
+            dir.to_str().unwrap(),
+        ],
+    ));
+    assert!(ok, "{err}");
+    for i in 0..2 {
+        let bytes = std::fs::read(dir.join(format!("sample_{i:04}.png"))).unwrap();
+        let decoder = png::Decoder::new(bytes.as_slice());
+        let reader = decoder.read_info().unwrap();
+        let info = reader.info();
+        // 2 channel blocks of rows HIST, TRUTH, M1, M2, MEAN, SPREAD; 48-pixel cells.
+        assert!(
+            info.width > 3 * 48 && info.height > 2 * 6 * 48,
+            "{}×{}",
+            info.width,
+            info.height
+        );
+    }
+    assert!(!dir.join("sample_0002.png").exists());
+}
+
+/// A failing run: non-zero exit, one line naming `needles`, no panic, no output or temp file.
+fn fails(s: &Scratch, model: &Path, input: &Path, extra: &[&str], needles: &[&str]) {
+    let out = s.path("forecast.npy");
+    let (ok, err) = dydiff(args(model, input, &out, extra));
+    assert!(!ok, "expected failure, stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} does not mention {n:?}");
+    }
+    assert!(!out.exists(), "output file left behind");
+    assert!(s.leftovers().is_empty(), "temporary files left behind");
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let s = Scratch::new("sample-bad");
+    let model = sampler("model_dyn");
+    let obs = npy::read(&sampler("obs.npy")).unwrap();
+    let write = |name: &str, shape: &[usize], data: &[f32]| {
+        let p = s.path(name);
+        npy::write(&p, shape, data).unwrap();
+        p
+    };
+    let good = write("obs.npy", &obs.shape, &obs.data);
+    let quick = ["--steps", "2", "--members", "2"];
+    // Missing, not NumPy, truncated, unreadable.
+    fails(&s, &model, &s.path("nope.npy"), &quick, &["nope.npy"]);
+    let junk = s.path("junk.npy");
+    std::fs::write(&junk, b"hello, world").unwrap();
+    fails(&s, &model, &junk, &quick, &["junk.npy", "not a NumPy"]);
+    let bytes = std::fs::read(&good).unwrap();
+    let trunc = s.path("trunc.npy");
+    std::fs::write(&trunc, &bytes[..bytes.len() - 10]).unwrap();
+    fails(&s, &model, &trunc, &quick, &["trunc.npy", "truncated"]);
+    fails(&s, &model, &s.0, &quick, &[s.0.to_str().unwrap()]);
+    // Wrong shapes and channel counts, naming expected and found.
+    let hist_only = write("short.npy", &[2, 1, 2, 16, 16], &obs.data[..2 * 512]);
+    fails(
+        &s,
+        &model,
+        &hist_only,
+        &quick,
+        &["short.npy", "L ≥ 2", "[2, 1, 2, 16, 16]"],
+    );
+    let chans = write("chans.npy", &[2, 5, 1, 32, 16], &obs.data);
+    fails(
+        &s,
+        &model,
+        &chans,
+        &quick,
+        &[
+            "chans.npy",
+            "(N ≥ 1, L ≥ 2, 2, 16, 16)",
+            "[2, 5, 1, 32, 16]",
+        ],
+    );
+    let flat = write("flat.npy", &[obs.data.len()], &obs.data);
+    fails(&s, &model, &flat, &quick, &["flat.npy", "(N, L, C, H, W)"]);
+    // Non-finite values: count and first index.
+    let mut bad = obs.data.clone();
+    bad[700] = f32::NAN;
+    bad[900] = f32::INFINITY;
+    let nan = write("nan.npy", &obs.shape, &bad);
+    fails(
+        &s,
+        &model,
+        &nan,
+        &quick,
+        &["nan.npy", "2 NaN or infinite", "[0, 1, 0, 11, 12]"],
+    );
+    // Flags.
+    fails(
+        &s,
+        &model,
+        &good,
+        &["--members", "0"],
+        &["--members", "found 0"],
+    );
+    fails(
+        &s,
+        &model,
+        &good,
+        &["--steps", "0"],
+        &["--steps", "found 0"],
+    );
+    fails(
+        &s,
+        &model,
+        &good,
+        &["--steps", "1000"],
+        &["--steps", "found 1000"],
+    );
+    fails(
+        &s,
+        &model,
+        &good,
+        &["--ddim-eta", "1.5"],
+        &["--ddim-eta", "1.5"],
+    );
+    fails(
+        &s,
+        &model,
+        &good,
+        &["--batch", "0"],
+        &["--batch", "found 0"],
+    );
+    // Initial noise of the wrong shape, or not finite.
+    let eps = write(
+        "eps.npy",
+        &[2, 2, 3, 2, 16, 16],
+        &vec![0.5; 2 * 2 * 3 * 512],
+    );
+    fails(
+        &s,
+        &model,
+        &good,
+        &[
+            "--steps",
+            "2",
+            "--members",
+            "3",
+            "--init-noise",
+            eps.to_str().unwrap(),
+        ],
+        &["eps.npy", "[2, 3, 3, 2, 16, 16]", "[2, 2, 3, 2, 16, 16]"],
+    );
+    let mut e = vec![0.5; 2 * 2 * 3 * 512];
+    e[3] = f32::NAN;
+    let eps_nan = write("eps_nan.npy", &[2, 2, 3, 2, 16, 16], &e);
+    fails(
+        &s,
+        &model,
+        &good,
+        &[
+            "--steps",
+            "2",
+            "--members",
+            "2",
+            "--init-noise",
+            eps_nan.to_str().unwrap(),
+        ],
+        &["eps_nan.npy", "1 NaN"],
+    );
+}
+
+#[test]
+fn float64_observations_are_converted() {
+    let s = Scratch::new("sample-f64");
+    let obs = npy::read(&sampler("obs.npy")).unwrap();
+    // A float64 .npy with the same values.
+    let mut bytes = npy::encode(&obs.shape, &obs.data);
+    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let at = bytes.windows(3).position(|w| w == b"<f4").unwrap();
+    bytes[at + 2] = b'8';
+    bytes.truncate(header_end);
+    for v in &obs.data {
+        bytes.extend(f64::from(*v).to_le_bytes());
+    }
+    let p64 = s.path("obs64.npy");
+    std::fs::write(&p64, bytes).unwrap();
+    let model = sampler("model_dpm");
+    let quick = ["--steps", "3", "--members", "2"];
+    let a = run_ok(&model, &sampler("obs.npy"), &s.path("a.npy"), &quick);
+    let b = run_ok(&model, &p64, &s.path("b.npy"), &quick);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_model_folders_are_one_clear_line() {
+    let s = Scratch::new("sample-model");
+    let obs = sampler("obs.npy");
+    let quick = ["--steps", "2", "--members", "2"];
+    fails(
+        &s,
+        &s.path("missing"),
+        &obs,
+        &quick,
+        &["missing", "model folder not found"],
+    );
+    let edit = |file: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let m = s.model_copy("sampler/model_dyn");
+        let p = m.join(file);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+        m
+    };
+    let m = edit("dydiff.json", &|v| v["dyn_eta"] = 1.5.into());
+    fails(&s, &m, &obs, &quick, &["dydiff.json", "dyn_eta = 1.5"]);
+    let m = edit("dydiff.json", &|v| v["future"] = 4.into());
+    fails(&s, &m, &obs, &quick, &["in_channels = 10", "future 4"]);
+    let m = edit("dydiff.json", &|v| v["colour"] = "red".into());
+    fails(&s, &m, &obs, &quick, &["dydiff.json", "colour"]);
+    let m = edit("dydiff.json", &|v| v["method"] = "dyffusion".into());
+    fails(&s, &m, &obs, &quick, &["dydiff.json", "dyffusion"]);
+    let m = edit("scheduler/scheduler_config.json", &|v| {
+        v["clip_sample"] = true.into()
+    });
+    fails(
+        &s,
+        &m,
+        &obs,
+        &quick,
+        &["scheduler_config.json", "clip_sample"],
+    );
+    let m = edit("unet/config.json", &|v| v["act_fn"] = "gelu".into());
+    fails(&s, &m, &obs, &quick, &["config.json", "act_fn"]);
+    let m = s.model_copy("sampler/model_dyn");
+    std::fs::remove_file(m.join("scheduler/scheduler_config.json")).unwrap();
+    fails(&s, &m, &obs, &quick, &["scheduler_config.json"]);
+    let m = s.model_copy("sampler/model_dyn");
+    let w = m.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    fails(
+        &s,
+        &m,
+        &obs,
+        &quick,
+        &["diffusion_pytorch_model.safetensors"],
+    );
+    std::fs::remove_file(&w).unwrap();
+    fails(
+        &s,
+        &m,
+        &obs,
+        &quick,
+        &["diffusion_pytorch_model.safetensors"],
+    );
+}
