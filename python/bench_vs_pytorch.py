@@ -8,8 +8,16 @@ Reports the median forward time, GFLOP/s (FLOPs counted by dydiff's per-op profi
 speed-up, dydiff's convolution GFLOP/s, and peak resident memory of one forward at each size
 (each engine in a fresh process, `/usr/bin/time -v`).
 
+With --sampler: the sampler benchmark (Dynamical Diffusion, dyn_eta 0.5) on the same network as a
+model folder with 4 history and 6 future frames of 2 channels at 32x32, 2 samples x 4 members in
+one batch of 8, 10 DDIM steps. dydiff's whole process (start, load, sample, write; wall time
+measured here) against the PyTorch + diffusers sampling loop alone (timed inside its process,
+after loading): UNet2DModel for the network, DDIMScheduler for the schedule, the SPEC §5 step in
+torch ops. Also reports dydiff's own split (network vs everything else) and both peak RSS.
+
     PY=$(../shared/tools/pyref-env.sh | tail -1)
     cargo build --release && $PY python/bench_vs_pytorch.py [--threads 2] [--reps 5]
+    cargo build --release && $PY python/bench_vs_pytorch.py --sampler [--rounds 5]
 """
 
 import argparse
@@ -23,7 +31,7 @@ import time
 
 import numpy as np
 import torch
-from diffusers import UNet2DModel
+from diffusers import DDIMScheduler, UNet2DModel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = dict(
@@ -47,6 +55,98 @@ def torch_forward_once(model_dir: str, input_path: str) -> None:
     x = torch.from_numpy(np.load(input_path))
     with torch.no_grad():
         model(x, 500).sample
+
+
+# ---- sampler benchmark ----------------------------------------------------------------------
+HIST, FUT, CH, SIZE, SAMPLES, MEMBERS, STEPS, DYN_ETA = 4, 6, 2, 32, 2, 4, 10, 0.5
+
+
+def torch_sample(model_dir: str, obs_path: str) -> None:
+    """Child-process entry: the PyTorch + diffusers sampling loop (SPEC §5) timed alone."""
+    net = UNet2DModel.from_pretrained(pathlib.Path(model_dir) / "unet").eval()
+    sched = DDIMScheduler.from_pretrained(pathlib.Path(model_dir) / "scheduler")
+    obs = torch.from_numpy(np.load(obs_path))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        sched.set_timesteps(STEPS)
+        ab = sched.alphas_cumprod.double()
+        gb = lambda a: DYN_ETA * a + (1 - DYN_ETA)  # noqa: E731
+        b = SAMPLES * MEMBERS
+        hist = (obs[:, :HIST] / 4.0).repeat_interleave(MEMBERS, 0)  # (B, P+1, C, H, W)
+
+        def dyn(x, g):  # over dim 1
+            g = float(g)
+            out = [x[:, 0]]
+            for i in range(1, x.shape[1]):
+                out.append(g ** 0.5 * x[:, i] + (1 - g) ** 0.5 * out[-1])
+            return torch.stack(out, 1)
+
+        def inv_dyn(y, g):
+            g = float(g)
+            return torch.cat([y[:, :1], (y[:, 1:] - (1 - g) ** 0.5 * y[:, :-1]) / g ** 0.5], 1)
+
+        ts = sched.timesteps.tolist()
+        x = dyn(torch.randn(b, FUT, CH, SIZE, SIZE), gb(ab[ts[0]]))
+        for i, t in enumerate(ts):
+            a_t = float(ab[t])
+            a_p = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+            g_t, g_p = gb(a_t), gb(a_p)
+            inp = torch.cat([hist, x], 1).reshape(b, -1, SIZE, SIZE)
+            e = net(inp, t).sample.reshape(b, FUT, CH, SIZE, SIZE)
+            y = (x - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
+            x0 = inv_dyn(torch.cat([dyn(hist, g_t)[:, -1:], y], 1), g_t)[:, 1:]
+            ew = inv_dyn(e, g_t)
+            d = dyn(torch.cat([hist, x0], 1), g_p)[:, HIST:]
+            x = a_p ** 0.5 * d + (1 - a_p) ** 0.5 * dyn(ew, g_p)
+        forecast = (x * 4.0).reshape(SAMPLES, MEMBERS, FUT, CH, SIZE, SIZE).numpy()
+    print(json.dumps({"loop_s": time.perf_counter() - t0, "shape": list(forecast.shape)}))
+
+
+def sampler_bench(args, env, tmp: pathlib.Path) -> None:
+    torch.manual_seed(0)
+    model = UNet2DModel(**CONFIG).eval()
+    mdir = tmp / "model"
+    model.save_pretrained(mdir / "unet")
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                  set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
+                  prediction_type="epsilon").save_config(mdir / "scheduler")
+    (mdir / "dydiff.json").write_text(json.dumps(dict(
+        method="dydiff", dyn_eta=DYN_ETA, history=HIST, future=FUT, channels=CH, height=SIZE,
+        width=SIZE, data_scale=4.0, data_shift=0.0)))
+    obs = tmp / "obs.npy"
+    np.save(obs, np.random.default_rng(0).standard_normal((SAMPLES, HIST, CH, SIZE, SIZE)).astype(np.float32))
+    ours_cmd = [args.dydiff, "--threads", str(args.threads), "sample", "--model", str(mdir), "--input", str(obs),
+                "--out", str(tmp / "forecast.npy"), "--members", str(MEMBERS), "--steps", str(STEPS),
+                "--batch", str(SAMPLES * MEMBERS)]
+    torch_cmd = [sys.executable, __file__, "--torch-sample", str(mdir), str(obs)]
+    t_torch, t_ours, splits = [], [], []
+    for _ in range(args.rounds):
+        out = subprocess.run(torch_cmd, check=True, capture_output=True, text=True, env=env)
+        t_torch.append(json.loads(out.stdout.strip().splitlines()[-1])["loop_s"])
+        t0 = time.perf_counter()
+        out = subprocess.run(ours_cmd, check=True, capture_output=True, text=True, env=env)
+        t_ours.append(time.perf_counter() - t0)
+        line = out.stderr.strip().splitlines()[-1]
+        part = lambda key: float(line.split(key + " ")[1].split(" s")[0])  # noqa: E731
+        splits.append(dict(network=part("network"), other=part("sampler other"), load=part("load"),
+                           write=part("write")))
+    mem_torch = peak_rss_mb(torch_cmd, env)
+    mem_ours = peak_rss_mb(ours_cmd, env)
+    i = int(np.argmin(t_ours))
+    wall, sp = t_ours[i], splits[i]
+    print(f"sampler: {SAMPLES} samples x {MEMBERS} members, {HIST}+{FUT} frames of {CH}x{SIZE}x{SIZE},"
+          f" {STEPS} steps, batch {SAMPLES * MEMBERS}, {args.threads} threads, {args.rounds} alternating rounds")
+    print(f"PyTorch loop alone  median {np.median(t_torch):.3f} s  min {min(t_torch):.3f} s  (all: "
+          + ", ".join(f"{t:.3f}" for t in t_torch) + ")")
+    print(f"dydiff whole process median {np.median(t_ours):.3f} s  min {min(t_ours):.3f} s  (all: "
+          + ", ".join(f"{t:.3f}" for t in t_ours) + ")")
+    print(f"speed-up: median {np.median(t_torch) / np.median(t_ours):.2f}x, min/min {min(t_torch) / min(t_ours):.2f}x")
+    outside = wall - sp["network"]
+    print(f"dydiff fastest run: wall {wall:.3f} s = network {sp['network']:.3f} s + load {sp['load']:.4f} s"
+          f" + sampler other {sp['other']:.4f} s + write {sp['write']:.4f} s + process start/exit"
+          f" {wall - sp['network'] - sp['load'] - sp['other'] - sp['write']:.4f} s;"
+          f" outside the network {outside:.4f} s = {100 * outside / wall:.2f}%")
+    print(f"peak RSS: PyTorch {mem_torch:.0f} MB, dydiff {mem_ours:.0f} MB")
 
 
 def peak_rss_mb(cmd, env) -> float:
@@ -73,6 +173,10 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
         torch_forward_once(sys.argv[2], sys.argv[3])
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--torch-sample":
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        torch_sample(sys.argv[2], sys.argv[3])
+        return
     if len(sys.argv) == 5 and sys.argv[1] == "--torch-time":
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
         torch_time(sys.argv[2], sys.argv[3], int(sys.argv[4]))
@@ -84,11 +188,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--dydiff", default=str(ROOT / "target" / "release" / "dydiff"))
+    ap.add_argument("--sampler", action="store_true", help="the sampler benchmark instead of the forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     env = dict(os.environ, BENCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="dydiff-bench-"))
+    if args.sampler:
+        sampler_bench(args, env, tmp)
+        return
     torch.manual_seed(0)
     model = UNet2DModel(**CONFIG).eval()
     model.save_pretrained(tmp / "unet")

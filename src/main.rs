@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             progress: true,
         })
-        .map(|_| ()),
+        .map(|report| eprintln!("dydiff: {report}")),
         Command::Bench(BenchCommand::Unet {
             unet,
             batch,

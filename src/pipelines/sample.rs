@@ -248,9 +248,43 @@ fn progress_bar(total: usize, steps: usize, enabled: bool) -> indicatif::Progres
     bar
 }
 
+/// What a run did and where its time went.
+#[derive(Clone, Debug)]
+pub struct SampleReport {
+    pub out: PathBuf,
+    pub samples: usize,
+    pub members: usize,
+    pub future: usize,
+    /// Reading the model folder and the input files.
+    pub load_s: f64,
+    pub times: SampleTimes,
+    /// Writing the forecast and the pictures.
+    pub write_s: f64,
+}
+
+impl std::fmt::Display for SampleReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = &self.times;
+        write!(
+            f,
+            "wrote {} ({} samples × {} members × {} frames) in {:.3} s: load {:.3} s, network {:.3} s, sampler other {:.3} s, write {:.3} s",
+            self.out.display(),
+            self.samples,
+            self.members,
+            self.future,
+            self.load_s + t.network + t.other + self.write_s,
+            self.load_s,
+            t.network,
+            t.other,
+            self.write_s
+        )
+    }
+}
+
 /// Runs `dydiff sample`: reads the model and observations, samples, writes the forecast
 /// `(N, M, S, C, H, W)` atomically and, with `--png`, one picture per sample.
-pub fn run(o: &SampleOptions) -> Result<SampleTimes> {
+pub fn run(o: &SampleOptions) -> Result<SampleReport> {
+    let clock = Instant::now();
     let settings = SamplerSettings {
         members: o.members,
         steps: o.steps,
@@ -277,6 +311,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleTimes> {
             ));
         }
     }
+    let load_s = clock.elapsed().as_secs_f64();
     // The history: the first P+1 frames of each sequence.
     let mut history = Vec::with_capacity(n * p.history * e);
     for i in 0..n {
@@ -292,6 +327,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleTimes> {
         |b| bar.inc(b as u64),
     )?;
     bar.finish_and_clear();
+    let clock = Instant::now();
     let shape = [n, o.members, p.future, p.channels, p.height, p.width];
     npy::write(&o.out, &shape, &fc)?;
     if let Some(dir) = &o.png {
@@ -315,5 +351,13 @@ pub fn run(o: &SampleOptions) -> Result<SampleTimes> {
             )?;
         }
     }
-    Ok(times)
+    Ok(SampleReport {
+        out: o.out.clone(),
+        samples: n,
+        members: o.members,
+        future: p.future,
+        load_s,
+        times,
+        write_s: clock.elapsed().as_secs_f64(),
+    })
 }
