@@ -55,7 +55,7 @@ type ConvCase = (usize, usize, usize, usize, usize, usize, usize, [usize; 4]);
 
 #[test]
 fn conv2d_matches_reference() {
-    let cases: [ConvCase; 12] = [
+    let cases: [ConvCase; 14] = [
         (2, 3, 7, 9, 5, 3, 1, [1; 4]),
         (1, 16, 16, 16, 8, 3, 1, [1; 4]),
         (3, 4, 8, 6, 6, 3, 2, [1; 4]),
@@ -69,6 +69,10 @@ fn conv2d_matches_reference() {
         (2, 5, 2, 3, 4, 3, 1, [1; 4]),
         (1, 4, 3, 17, 5, 3, 1, [1; 4]),
         (3, 7, 10, 4, 3, 3, 1, [1; 4]),
+        // Winograd over more than 512 tiles (blocks of tiles rather than all at once), with
+        // partial channel vectors on both sides
+        (2, 20, 50, 47, 36, 3, 1, [1; 4]),
+        (1, 33, 70, 64, 17, 3, 1, [1; 4]),
     ];
     for (n, ci, h, w, co, k, stride, pad) in cases {
         conv_case(ConvGeom {

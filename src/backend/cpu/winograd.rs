@@ -13,11 +13,18 @@
 //! 1.0e-5 / 2.5e-5 / 7.7e-5 — the last too close to the 1e-4 parity bound to ship, although
 //! about 15% faster on the 64×64 benchmark UNet.
 //!
-//! Tiles are numbered across the whole batch so that small images still fill the products;
-//! every task transforms a block of tiles, 16 at a time in vector lanes, runs the 25 products
-//! with `gemm` on one thread, and writes its own output tiles. Reference:
-//! [`super::reference::conv2d`] (tests compare at `1e-6·Ci·9 + 1e-4·|ref|`). Bench:
-//! `cargo bench --bench ops -- conv`.
+//! Layout: the products run tile-major, `M[ξ] (tiles × Co) = V[ξ] (tiles × Ci) · U[ξ] (Ci × Co)`,
+//! with `U` stored transposed once per kernel. The input is first copied into a channel-blocked,
+//! zero-bordered layout (`[n][c/16][y][x][16]`), so the input transform loads each 5×5 window of
+//! 16 channels as 25 whole vectors and stores 16-channel vectors into `V`; the output transform
+//! likewise works on 16 output channels at a time. (A first version gathered 16 tiles per vector
+//! with scalar loads; the channel-vector transforms took the convolutions of the benchmark UNet
+//! from about 130 to about 112 ms per 32×32 forward.) Tiles are numbered across the whole batch.
+//! Up to [`PHASED_MAX_TILES`] tiles (the low-resolution levels), all tiles are transformed first
+//! and the 25 products run in parallel over `ξ`, each over all tiles, so `U[ξ]` is read once;
+//! above, each task transforms a block of tiles, runs the 25 products on one thread and writes
+//! its own output tiles, keeping `V` and `M` in cache. Reference: [`super::reference::conv2d`]
+//! (tests compare at `1e-6·Ci·9 + 1e-4·|ref|`). Bench: `cargo bench --bench ops -- conv`.
 
 // Index loops mirror the matrix formulas of the transforms.
 #![allow(clippy::needless_range_loop)]
@@ -48,7 +55,8 @@ pub fn applicable(g: &ConvGeom) -> bool {
     g.k == 3 && g.stride == 1 && g.pad == [1; 4]
 }
 
-/// A `(co, ci, 3, 3)` kernel in the Winograd domain: `U[ξ][co][ci] = (G w[co, ci] Gᵀ)[ξ]`.
+/// A `(co, ci, 3, 3)` kernel in the Winograd domain, stored transposed for the products:
+/// `U[ξ][ci][co] = (G w[co, ci] Gᵀ)[ξ]`.
 #[derive(Debug)]
 pub struct Filter {
     pub co: usize,
@@ -72,8 +80,8 @@ impl Filter {
                 for i in 0..T {
                     for j in 0..T {
                         let v: f64 = (0..3).map(|r| tmp[i][r] * G[j][r]).sum();
-                        // SAFETY: this task owns every (ξ, o, ·) entry.
-                        unsafe { *up.get().add(((i * T + j) * co + o) * ci + c) = v as f32 };
+                        // SAFETY: this task owns every (ξ, ·, o) entry.
+                        unsafe { *up.get().add(((i * T + j) * ci + c) * co + o) = v as f32 };
                     }
                 }
             }
@@ -117,62 +125,69 @@ fn at(x: [&Lanes; T], o: &mut [Lanes; M]) {
     }
 }
 
-/// The input with a zero border (one row and column before, enough after for whole tiles),
-/// plus one zero plane at the end that dead lanes read from.
+/// The input in a channel-blocked layout with a zero border: `[n][c / L][ph][pw][L]` (channel
+/// `c` in lane `c mod L`; missing channels of the last block are zero), one row and column of
+/// zeros before the image and enough after for whole tiles. A tile's `T × T` window of `L`
+/// channels is then `T²` contiguous vectors.
 fn pad_input(x: &[f32], g: &ConvGeom) -> (Vec<f32>, usize, usize) {
     let (ph, pw) = (g.h.div_ceil(M) * M + 2, g.w.div_ceil(M) * M + 2);
-    let mut p = scratch::zeroed((g.n * g.ci + 1) * ph * pw);
-    p.par_chunks_mut(ph * pw)
-        .zip(x.par_chunks(g.h * g.w))
-        .for_each(|(dst, src)| {
-            for (r, row) in src.chunks(g.w).enumerate() {
-                dst[(r + 1) * pw + 1..][..g.w].copy_from_slice(row);
+    let cb = g.ci.div_ceil(L);
+    let mut p = scratch::zeroed(g.n * cb * ph * pw * L);
+    p.par_chunks_mut(ph * pw * L)
+        .enumerate()
+        .for_each(|(nb, dst)| {
+            let (n, b) = (nb / cb, nb % cb);
+            let lanes = L.min(g.ci - b * L);
+            let plane = |l: usize| &x[(n * g.ci + b * L + l) * g.h * g.w..][..g.h * g.w];
+            let planes: [&[f32]; L] = std::array::from_fn(|l| plane(l.min(lanes - 1)));
+            // Row by row, one whole vector of channels per pixel.
+            for r in 0..g.h {
+                let d = &mut dst[((r + 1) * pw + 1) * L..][..g.w * L];
+                for (j, px) in d.chunks_exact_mut(L).enumerate() {
+                    for (l, v) in px.iter_mut().enumerate().take(lanes) {
+                        *v = planes[l][r * g.w + j];
+                    }
+                }
             }
         });
     (p, ph, pw)
 }
 
 simd_fn! {
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for tiles `t0 .. t0 + nt` (`ntp` columns, padded to `L`), from
-    /// the zero-bordered input `xp` (planes `ph × pw`, see [`pad_input`]).
+    /// `V[ξ][t][c] = (Bᵀ d B)[ξ]` for tiles `t0 .. t0 + nt`, from the channel-blocked input `xp`
+    /// (see [`pad_input`]): tile `t0 + i` goes to column `col0 + i` of `V`, whose `ξ` planes are
+    /// `ntp` columns of `cp = ⌈ci/L⌉·L` values. Vector lanes run over channels, so every load and
+    /// store is a whole vector.
     #[allow(clippy::too_many_arguments)]
-    fn input_transform(xp: &[f32], ph: usize, pw: usize, g: &ConvGeom, t0: usize, nt: usize, ntp: usize, v: &mut [f32]) {
-        let ci = g.ci;
+    fn input_transform(xp: &[f32], ph: usize, pw: usize, g: &ConvGeom, t0: usize, nt: usize, v: SendPtr, ntp: usize, col0: usize) {
+        let cb = g.ci.div_ceil(L);
+        let cp = cb * L;
         let (th, tw) = (g.h.div_ceil(M), g.w.div_ceil(M));
-        let zero_plane = g.n * ci * ph * pw;
-        let mut d = [[[0.0f32; L]; T]; T];
         let mut tmp = [[[0.0f32; L]; T]; T];
         let mut col = [[0.0f32; L]; T];
-        for grp in 0..ntp / L {
-            let lanes = L.min(nt.saturating_sub(grp * L));
-            // where each lane's T×T window starts in channel 0 (dead lanes: the zero plane)
-            let base: [usize; L] = std::array::from_fn(|l| {
-                if l < lanes {
-                    let (n, y0, x0) = tile_origin(t0 + grp * L + l, th, tw);
-                    n * ci * ph * pw + y0 * pw + x0
-                } else {
-                    zero_plane
-                }
-            });
-            for c in 0..ci {
-                for (l, &b) in base.iter().enumerate() {
-                    let off = if b == zero_plane { b } else { b + c * ph * pw };
-                    for (r, dr) in d.iter_mut().enumerate() {
-                        let row = &xp[off + r * pw..][..T];
-                        for (s, ds) in dr.iter_mut().enumerate() {
-                            ds[l] = row[s];
-                        }
-                    }
-                }
-                // columns: tmp[s] = Bᵀ d[·][s]; rows: V[i][·] = Bᵀ tmp[·][i]
+        for i in 0..nt {
+            let (n, y0, x0) = tile_origin(t0 + i, th, tw);
+            for b in 0..cb {
+                let base = (((n * cb + b) * ph + y0) * pw + x0) * L;
+                let d = |r: usize, s: usize| -> &Lanes {
+                    (&xp[base + (r * pw + s) * L..][..L]).try_into().expect("L lanes")
+                };
+                // columns: tmp[s] = Bᵀ d[·][s]; rows: V[k][·] = Bᵀ tmp[·][k]
                 for s in 0..T {
-                    bt(std::array::from_fn(|r| &d[r][s]), &mut col);
+                    bt(std::array::from_fn(|r| d(r, s)), &mut col);
                     tmp[s] = col;
                 }
-                for i in 0..T {
-                    bt(std::array::from_fn(|s| &tmp[s][i]), &mut col);
+                for k in 0..T {
+                    bt(std::array::from_fn(|s| &tmp[s][k]), &mut col);
                     for (j, vals) in col.iter().enumerate() {
-                        v[((i * T + j) * ci + c) * ntp + grp * L..][..L].copy_from_slice(vals);
+                        // SAFETY: column col0 + i of every ξ plane belongs to the caller.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                vals.as_ptr(),
+                                v.get().add(((k * T + j) * ntp + col0 + i) * cp + b * L),
+                                L,
+                            )
+                        };
                     }
                 }
             }
@@ -181,35 +196,39 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// `y = Aᵀ M A + b` for the tiles of this block, written into the output planes.
+    /// `y = Aᵀ M A + b` for tiles `t0 .. t0 + nt`, written into the NCHW output planes. `M` holds
+    /// tile `t0 + i` at row `col0 + i` of each `ξ` plane (`ntp` rows of `cop = ⌈co/L⌉·L` values);
+    /// vector lanes run over output channels.
     #[allow(clippy::too_many_arguments)]
-    fn output_transform(m: &[f32], b: Option<&[f32]>, g: &ConvGeom, t0: usize, nt: usize, ntp: usize, y: SendPtr) {
+    fn output_transform(m: &[f32], b: Option<&[f32]>, g: &ConvGeom, t0: usize, nt: usize, ntp: usize, col0: usize, y: SendPtr) {
         let (h, w, co) = (g.h, g.w, g.co);
         let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+        let ob = co.div_ceil(L);
+        let cop = ob * L;
         let mut tmp = [[[0.0f32; L]; M]; T];
         let mut out = [[0.0f32; L]; M];
-        for grp in 0..ntp / L {
-            let lanes = L.min(nt.saturating_sub(grp * L));
-            let origins: [(usize, usize, usize); L] = std::array::from_fn(|l| tile_origin(t0 + grp * L + l, th, tw));
-            for o in 0..co {
-                let bias = b.map_or(0.0, |b| b[o]);
+        for i in 0..nt {
+            let (n, y0, x0) = tile_origin(t0 + i, th, tw);
+            for blk in 0..ob {
+                let lanes = L.min(co - blk * L);
+                let bias: Lanes = std::array::from_fn(|l| match b {
+                    Some(b) if l < lanes => b[blk * L + l],
+                    _ => 0.0,
+                });
                 let src = |xi: usize| -> &Lanes {
-                    (&m[(xi * co + o) * ntp + grp * L..][..L]).try_into().expect("L lanes")
+                    (&m[(xi * ntp + col0 + i) * cop + blk * L..][..L]).try_into().expect("L lanes")
                 };
-                // columns: tmp[j] = Aᵀ M[·][j]; rows: out[·] = Aᵀ tmp[·][i] for each output row i
+                // columns: tmp[j] = Aᵀ M[·][j]; rows: out[·] = Aᵀ tmp[·][r] for each output row r
                 for j in 0..T {
                     at(std::array::from_fn(|k| src(k * T + j)), &mut tmp[j]);
                 }
-                for i in 0..M {
-                    at(std::array::from_fn(|j| &tmp[j][i]), &mut out);
-                    for (l, &(n, y0, x0)) in origins.iter().enumerate().take(lanes) {
-                        if y0 + i >= h {
-                            continue;
-                        }
-                        let start = ((n * co + o) * h + y0 + i) * w + x0;
-                        for (j, vals) in out.iter().enumerate().take((w - x0).min(M)) {
-                            // SAFETY: tile t0+grp·L+l belongs to this task alone.
-                            unsafe { *y.get().add(start + j) = vals[l] + bias };
+                for r in 0..M.min(h - y0) {
+                    at(std::array::from_fn(|j| &tmp[j][r]), &mut out);
+                    for (j, vals) in out.iter().enumerate().take((w - x0).min(M)) {
+                        for l in 0..lanes {
+                            let at = ((n * co + blk * L + l) * h + y0 + r) * w + x0 + j;
+                            // SAFETY: tile t0 + i belongs to this task alone.
+                            unsafe { *y.get().add(at) = vals[l] + bias[l] };
                         }
                     }
                 }
@@ -226,14 +245,74 @@ fn block_tiles(total: usize, ci: usize) -> usize {
     by_cache.min(by_threads.div_ceil(L) * L).max(L)
 }
 
+/// Tile counts up to which [`conv2d`] transforms all tiles first and parallelises the products
+/// over `ξ` (see [`conv2d_phased`]).
+const PHASED_MAX_TILES: usize = 512;
+
+/// Small images (the low-resolution levels of a UNet): few tiles, so blocks of tiles would be
+/// small and every block would repack all of `U`. Instead: transform all tiles (parallel over
+/// tile groups), run the 25 products `M[ξ] = U[ξ] V[ξ]` over all tiles at once (parallel over
+/// `ξ` and output-channel halves), then the output transform (parallel over tile groups).
+fn conv2d_phased(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom, total: usize) -> Vec<f32> {
+    let (ci, co) = (g.ci, g.co);
+    let ntp = total;
+    let (xp, ph, pw) = pad_input(x, g);
+    let cp = ci.div_ceil(L) * L;
+    let mut v = scratch::zeroed(T * T * cp * ntp);
+    let vp = SendPtr(v.as_mut_ptr());
+    let per = total
+        .div_ceil(2 * rayon::current_num_threads().max(1))
+        .max(1);
+    (0..total.div_ceil(per)).into_par_iter().for_each(|task| {
+        let t0 = task * per;
+        input_transform(&xp, ph, pw, g, t0, per.min(total - t0), vp, ntp, t0);
+    });
+    let cop = co.div_ceil(L) * L;
+    let mut m = scratch::zeroed(T * T * ntp * cop);
+    let halves = if co >= 128 { 2 } else { 1 };
+    let mp = SendPtr(m.as_mut_ptr());
+    (0..T * T * halves).into_par_iter().for_each(|task| {
+        let (xi, half) = (task / halves, task % halves);
+        let (o0, o1) = (half * co / halves, (half + 1) * co / halves);
+        let ux = &f.u[xi * ci * co + o0..(xi + 1) * ci * co];
+        let vx = &v[xi * ntp * cp..][..ntp * cp];
+        // SAFETY: columns o0..o1 of M[ξ] belong to this task; V[ξ] (ntp × ci) and U[ξ]
+        // (ci × co) are row-major with row strides cp and co.
+        unsafe {
+            gemm1(
+                ntp,
+                o1 - o0,
+                ci,
+                mp.get().add(xi * ntp * cop + o0),
+                cop as isize,
+                1,
+                false,
+                Mat::new(vx, cp, 1),
+                Mat::new(ux, co, 1),
+                1.0,
+            )
+        };
+    });
+    let mut y = scratch::zeroed(g.n * co * g.h * g.w);
+    let yp = SendPtr(y.as_mut_ptr());
+    (0..total.div_ceil(per)).into_par_iter().for_each(|task| {
+        let t0 = task * per;
+        output_transform(&m, b, g, t0, per.min(total - t0), ntp, t0, yp);
+    });
+    y
+}
+
 /// 3×3, stride-1, padding-1 convolution by `F(3×3, 3×3)`; see the module documentation.
 pub fn conv2d(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     debug_assert!(applicable(g));
     let (ci, co) = (g.ci, g.co);
     let total = g.n * g.h.div_ceil(M) * g.w.div_ceil(M);
     debug_assert!(f.co == co && f.ci == ci);
-    let u = &f.u;
+    if total <= PHASED_MAX_TILES {
+        return conv2d_phased(x, f, b, g, total);
+    }
     let (xp, ph, pw) = pad_input(x, g);
+    let (cp, cop) = (ci.div_ceil(L) * L, co.div_ceil(L) * L);
     let mut y = scratch::zeroed(g.n * co * g.h * g.w);
     let yp = SendPtr(y.as_mut_ptr());
     let bt = block_tiles(total, ci);
@@ -241,30 +320,30 @@ pub fn conv2d(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
     (0..blocks).into_par_iter().for_each(|blk| {
         let t0 = blk * bt;
         let nt = bt.min(total - t0);
-        let ntp = nt.div_ceil(L) * L;
-        scratch::with2(T * T * ci * ntp, T * T * co * ntp, |v, m| {
-            input_transform(&xp, ph, pw, g, t0, nt, ntp, v);
+        scratch::with2(T * T * nt * cp, T * T * nt * cop, |v, m| {
+            input_transform(&xp, ph, pw, g, t0, nt, SendPtr(v.as_mut_ptr()), nt, 0);
             for xi in 0..T * T {
-                let ux = &u[xi * co * ci..][..co * ci];
-                let vx = &v[xi * ci * ntp..][..ci * ntp];
-                let mx = &mut m[xi * co * ntp..][..co * ntp];
-                // SAFETY: U[ξ] is Co × Ci, V[ξ] is Ci × ntp, M[ξ] is Co × ntp, all row-major.
+                let ux = &f.u[xi * ci * co..][..ci * co];
+                let vx = &v[xi * nt * cp..][..nt * cp];
+                let mx = &mut m[xi * nt * cop..][..nt * cop];
+                // SAFETY: V[ξ] (nt × ci), U[ξ] (ci × co) and M[ξ] (nt × co) are row-major with
+                // row strides cp, co and cop.
                 unsafe {
                     gemm1(
+                        nt,
                         co,
-                        ntp,
                         ci,
                         mx.as_mut_ptr(),
-                        ntp as isize,
+                        cop as isize,
                         1,
                         false,
-                        Mat::new(ux, ci, 1),
-                        Mat::new(vx, ntp, 1),
+                        Mat::new(vx, cp, 1),
+                        Mat::new(ux, co, 1),
                         1.0,
                     )
                 };
             }
-            output_transform(m, b, g, t0, nt, ntp, yp);
+            output_transform(m, b, g, t0, nt, nt, 0, yp);
         });
     });
     y
