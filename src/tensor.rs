@@ -66,10 +66,15 @@ impl Tensor {
 
     /// A trainable parameter: gradients flow to it and accumulate in [`Tensor::grad`].
     pub fn param(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
-        let t = Tensor::from_vec(data, shape, device)?;
+        if data.len() != numel(shape) {
+            return Err(Error::shape(
+                "param",
+                format!("{} values for shape {shape:?}", data.len()),
+            ));
+        }
         Ok(Tensor::make(
-            (*t.0.storage).clone(),
-            t.0.shape.clone(),
+            device.storage_from_vec(data)?,
+            shape.to_vec(),
             true,
             true,
         ))

@@ -66,22 +66,49 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(w: &[f32], co: usize, ci: usize) -> Filter {
-        let mut u = scratch::zeroed(T * T * co * ci);
+        /// Output channels transformed together (the inner loops vectorise over them).
+        const OB: usize = 8;
+        let mut u = scratch::zeroed(T * T * ci * co);
         let up = SendPtr(u.as_mut_ptr());
-        (0..co).into_par_iter().for_each(|o| {
-            for c in 0..ci {
-                let k = &w[(o * ci + c) * 9..][..9];
-                let mut tmp = [[0.0f64; 3]; T];
-                for (i, row) in tmp.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|r| G[i][r] * k[r * 3 + j] as f64).sum();
+        (0..ci).into_par_iter().for_each(|c| {
+            for o0 in (0..co).step_by(OB) {
+                let lanes = OB.min(co - o0);
+                // k[r][j][l] = w[o0 + l, c, r, j]
+                let mut k = [[[0.0f64; OB]; 3]; 3];
+                for l in 0..lanes {
+                    let src = &w[((o0 + l) * ci + c) * 9..][..9];
+                    for r in 0..3 {
+                        for j in 0..3 {
+                            k[r][j][l] = f64::from(src[r * 3 + j]);
+                        }
+                    }
+                }
+                // tmp = G k (5×3), then G tmp Gᵀ entries (5×5), over the lanes
+                let mut tmp = [[[0.0f64; OB]; 3]; T];
+                for i in 0..T {
+                    for j in 0..3 {
+                        for l in 0..OB {
+                            tmp[i][j][l] =
+                                G[i][0] * k[0][j][l] + G[i][1] * k[1][j][l] + G[i][2] * k[2][j][l];
+                        }
                     }
                 }
                 for i in 0..T {
                     for j in 0..T {
-                        let v: f64 = (0..3).map(|r| tmp[i][r] * G[j][r]).sum();
-                        // SAFETY: this task owns every (ξ, ·, o) entry.
-                        unsafe { *up.get().add(((i * T + j) * ci + c) * co + o) = v as f32 };
+                        let mut v = [0.0f32; OB];
+                        for l in 0..OB {
+                            v[l] = (tmp[i][0][l] * G[j][0]
+                                + tmp[i][1][l] * G[j][1]
+                                + tmp[i][2][l] * G[j][2]) as f32;
+                        }
+                        // SAFETY: this task owns every (ξ, c, ·) entry.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                v.as_ptr(),
+                                up.get().add(((i * T + j) * ci + c) * co + o0),
+                                lanes,
+                            )
+                        };
                     }
                 }
             }
