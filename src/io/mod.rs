@@ -2,5 +2,6 @@
 
 pub mod atomic;
 pub mod npy;
+pub mod npz;
 pub mod picture;
 pub mod safetensors;

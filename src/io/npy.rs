@@ -1,5 +1,6 @@
 //! NumPy `.npy` files (format versions 1–3), the data format of SPEC §1: read little-endian
-//! float32 (float64 and float16 are converted) in C order; write float32 atomically.
+//! float32 (float64 and float16 are converted) in C order, also from a one-array `.npz`
+//! ([`super::npz`]); write float32 atomically.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -44,13 +45,16 @@ fn parse_header(header: &str) -> std::result::Result<(String, bool, Vec<usize>),
     Ok((descr.to_string(), fortran, shape))
 }
 
-/// Reads an `.npy` file as float32.
+/// Reads an `.npy` file, or an `.npz` archive holding one array, as float32.
 pub fn read(path: &Path) -> Result<Array> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if super::npz::is_zip(&bytes) {
+        bytes = super::npz::single_member(path, &bytes)?;
+    }
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(Error::bad_file(
             path,
-            "not a NumPy .npy file (missing the \\x93NUMPY magic)",
+            "not a NumPy .npy or .npz file (missing the \\x93NUMPY magic)",
         ));
     }
     let (hlen, hstart) = match bytes[6] {
