@@ -68,6 +68,7 @@ impl CpuStorage {
         match slot.as_ref() {
             Some(f) if f.co == co && f.ci == ci => f.clone(),
             _ => {
+                let _s = scope("winograd_filter", 0.0);
                 let f = Arc::new(winograd::Filter::new(&self.data, co, ci));
                 *slot = Some(f.clone());
                 f
