@@ -253,13 +253,16 @@ simd_fn! {
                 for j in 0..T {
                     at(std::array::from_fn(|k| src(k * T + j)), &mut tmp[j]);
                 }
+                let cols = (w - x0).min(M);
+                // SAFETY: pixels of tile t0 + i belong to this task alone.
+                let corner = unsafe { y.get().add(((n * co + blk * L) * h + y0) * w + x0) };
                 for r in 0..M.min(h - y0) {
                     at(std::array::from_fn(|j| &tmp[j][r]), &mut out);
-                    for (j, vals) in out.iter().enumerate().take((w - x0).min(M)) {
-                        for l in 0..lanes {
-                            let at = ((n * co + blk * L + l) * h + y0 + r) * w + x0 + j;
-                            // SAFETY: tile t0 + i belongs to this task alone.
-                            unsafe { *y.get().add(at) = vals[l] + bias[l] };
+                    for l in 0..lanes {
+                        // SAFETY: as above: row y0 + r of plane blk·L + l, columns x0 .. x0 + cols.
+                        let dst = unsafe { corner.add((l * h + r) * w) };
+                        for j in 0..cols {
+                            unsafe { *dst.add(j) = out[j][l] + bias[l] };
                         }
                     }
                 }
