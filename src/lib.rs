@@ -7,6 +7,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod io;

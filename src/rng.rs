@@ -48,6 +48,8 @@ pub enum Purpose {
     InitNoise = 0,
     /// The fresh noise `z` of a DDIM step with `ddim_eta > 0`; `step` is the step index `k`.
     StepNoise = 1,
+    /// The white noise behind a generated flow's initial vorticity (`dydiff data`).
+    FlowInit = 2,
 }
 
 /// Where a stream of noise lives: seed, purpose and step (SPEC §7).

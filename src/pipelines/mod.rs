@@ -2,5 +2,6 @@
 //! a typed options struct.
 
 pub mod bench;
+pub mod data;
 pub mod denoise;
 pub mod sample;
