@@ -11,6 +11,7 @@ pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod io;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod pipelines;

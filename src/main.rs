@@ -2,7 +2,7 @@
 //! [`dydiff::pipelines`] and reports errors as one line on stderr with a non-zero exit.
 
 use clap::{Args, Parser, Subcommand};
-use dydiff::pipelines::{bench, data, denoise, sample};
+use dydiff::pipelines::{bench, data, denoise, eval, sample};
 use dydiff::{Device, Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +87,27 @@ enum Command {
         /// Output .npy, written atomically.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Scores an ensemble forecast against the truth (SPEC §10): fair and standard CRPS, pooled
+    /// CRPS, CSI and FSS at thresholds and windows 1, 3, 5, RMSE and MAE of the ensemble mean,
+    /// spread, spread-skill ratio, PSNR and SSIM; overall and per lead time.
+    Eval {
+        /// Forecast (N, M, S, C, H, W), data space (as written by dydiff sample).
+        #[arg(long)]
+        forecast: PathBuf,
+        /// Truth (N, S, C, H, W), or (N, L, C, H, W) of which the last S frames are used.
+        #[arg(long)]
+        truth: PathBuf,
+        /// Event thresholds of CSI and FSS, comma-separated (default: the truth's 75th and
+        /// 95th percentiles).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        thresholds: Vec<f64>,
+        /// Also write the report as JSON: {"overall": {...}, "per_lead": [{...}, ...]}.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Directory for crps.png and spread_skill.png (against lead time).
+        #[arg(long)]
+        png: Option<PathBuf>,
     },
     /// Data generators.
     #[command(subcommand)]
@@ -223,6 +244,20 @@ fn run(cli: Cli) -> Result<()> {
             progress: true,
         })
         .map(|report| eprintln!("dydiff: {report}")),
+        Command::Eval {
+            forecast,
+            truth,
+            thresholds,
+            json,
+            png,
+        } => eval::run(&eval::EvalOptions {
+            forecast,
+            truth,
+            thresholds,
+            json,
+            png,
+        })
+        .map(|_| ()),
         Command::Data(DataCommand::NavierStokes {
             out,
             samples,
@@ -279,9 +314,41 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A command-line parsing error as one line: clap's message without its usage block.
+fn one_line(e: &clap::Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 fn main() -> ExitCode {
+    use clap::error::ErrorKind;
     dydiff::backend::cpu::tune_allocator();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("dydiff: error: {} (see dydiff --help)", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");

@@ -3,7 +3,7 @@
 //! ensemble spread (standard deviation over members), each a row of frames. Fields share one
 //! colour scale per channel (viridis) and the spread has its own (inferno, from 0); both scales
 //! are drawn as colour bars with their end values; forecast columns are labelled with their
-//! lead time. Text uses a built-in 3×5 pixel font.
+//! lead time. [`line_plot`] draws scores against lead time (`dydiff eval --png`). Text uses a built-in 3×5 pixel font.
 
 use crate::error::{Error, Result};
 
@@ -176,6 +176,18 @@ impl Canvas {
             }
         }
     }
+    /// A line two pixels wide from `a` to `b`.
+    fn line(&mut self, a: (usize, usize), b: (usize, usize), c: [u8; 3]) {
+        let steps = a.0.abs_diff(b.0).max(a.1.abs_diff(b.1)).max(1);
+        for t in 0..=steps {
+            let f = t as f64 / steps as f64;
+            let x = (a.0 as f64 + (b.0 as f64 - a.0 as f64) * f).round() as usize;
+            let y = (a.1 as f64 + (b.1 as f64 - a.1 as f64) * f).round() as usize;
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                self.put(x + dx, y + dy, c);
+            }
+        }
+    }
     /// A vertical colour bar with its top and bottom values.
     fn bar(&mut self, x: usize, y: usize, h: usize, sc: &Scale) {
         for i in 0..h {
@@ -187,6 +199,104 @@ impl Canvas {
         self.text(x + 16, y, &label(sc.hi));
         self.text(x + 16, y + h.saturating_sub(TEXT_H), &label(sc.lo));
     }
+}
+
+/// The canvas as PNG bytes.
+fn encode(cv: &Canvas) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, cv.w as u32, cv.h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc
+            .write_header()
+            .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+        writer
+            .write_image_data(&cv.rgb)
+            .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
+    }
+    Ok(bytes)
+}
+
+/// One line of a [`line_plot`]: a name, a colour and one value per lead time.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub colour: [u8; 3],
+    pub values: &'a [f64],
+}
+
+/// A line plot of values against lead time `1 … S`, with the y range and the lead times
+/// labelled and a legend, as PNG bytes.
+pub fn line_plot(title: &str, series: &[Series]) -> Result<Vec<u8>> {
+    let (w, h) = (520usize, 340usize);
+    let (left, right, top, bottom) = (80usize, 20usize, 40usize, 40usize);
+    let mut cv = Canvas::new(w, h);
+    cv.text(left, 12, title);
+    let n = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
+    let finite = series
+        .iter()
+        .flat_map(|s| s.values.iter())
+        .filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+        (a.min(v), b.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() {
+        let pad = ((hi - lo) * 0.05).max(hi.abs() * 1e-3).max(1e-12);
+        (lo - pad, hi + pad)
+    } else {
+        (0.0, 1.0)
+    };
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    for x in left..=left + pw {
+        cv.put(x, top + ph, [0; 3]);
+    }
+    for y in top..=top + ph {
+        cv.put(left, y, [0; 3]);
+    }
+    cv.text(4, top, &label(hi as f32));
+    cv.text(4, top + ph - TEXT_H, &label(lo as f32));
+    let px = |i: usize| left + if n > 1 { i * pw / (n - 1) } else { pw / 2 };
+    let py = |v: f64| {
+        top + ((hi - v) / (hi - lo) * ph as f64)
+            .round()
+            .clamp(0.0, ph as f64) as usize
+    };
+    let every = n.div_ceil(12).max(1);
+    for i in (0..n).step_by(every) {
+        for y in top + ph..top + ph + 4 {
+            cv.put(px(i), y, [0; 3]);
+        }
+        cv.text(px(i).saturating_sub(4), top + ph + 8, &(i + 1).to_string());
+    }
+    cv.text(left + pw / 2 - 2 * ADVANCE, h - TEXT_H - 4, "LEAD");
+    for (k, s) in series.iter().enumerate() {
+        let pts: Vec<(usize, usize)> = s
+            .values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(i, &v)| (px(i), py(v)))
+            .collect();
+        for pair in pts.windows(2) {
+            cv.line(pair[0], pair[1], s.colour);
+        }
+        for &(x, y) in &pts {
+            for dy in 0..5 {
+                for dx in 0..5 {
+                    cv.put(x + dx - 2, y + dy - 2, s.colour);
+                }
+            }
+        }
+        let ly = 12 + k * (TEXT_H + 4);
+        let lx = w - right - 10 * ADVANCE;
+        for dy in 0..TEXT_H {
+            for dx in 0..12 {
+                cv.put(lx + dx, ly + dy, s.colour);
+            }
+        }
+        cv.text(lx + 16, ly, s.name);
+    }
+    encode(&cv)
 }
 
 /// A number with three significant digits, in the font's characters.
@@ -318,19 +428,7 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
         cv.bar(bx, field_top, spread_y - gap - field_top, &fields);
         cv.bar(bx, spread_y, ch, &spreads);
     }
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc
-            .write_header()
-            .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
-        writer
-            .write_image_data(&cv.rgb)
-            .map_err(|e| Error::Invalid(format!("PNG encoding failed: {e}")))?;
-    }
-    Ok(bytes)
+    encode(&cv)
 }
 
 #[cfg(test)]

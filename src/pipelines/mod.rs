@@ -4,4 +4,5 @@
 pub mod bench;
 pub mod data;
 pub mod denoise;
+pub mod eval;
 pub mod sample;

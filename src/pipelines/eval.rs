@@ -1,0 +1,199 @@
+//! `dydiff eval` (SPEC §10): scores an ensemble forecast `(N, M, S, C, H, W)` against the truth
+//! `(N, S, C, H, W)` (or `(N, L, C, H, W)`, of which the last `S` frames are used), overall and
+//! per lead time; prints a table, and writes JSON and pictures on request.
+
+use crate::error::{Error, Result};
+use crate::io::{atomic, npy, picture};
+use crate::metrics::{self, Dims, EvalSettings};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Options of `dydiff eval`.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub forecast: PathBuf,
+    pub truth: PathBuf,
+    /// Event thresholds; empty: the truth's 75th and 95th percentiles.
+    pub thresholds: Vec<f64>,
+    pub json: Option<PathBuf>,
+    pub png: Option<PathBuf>,
+}
+
+/// The `q`-quantile of `v` (linear interpolation between order statistics, as numpy's default).
+fn quantile(v: &[f32], q: f64) -> f64 {
+    let mut s: Vec<f32> = v.to_vec();
+    s.sort_unstable_by(|a, b| a.total_cmp(b));
+    let pos = q * (s.len() - 1) as f64;
+    let (i, f) = (pos.floor() as usize, pos.fract());
+    let next = s[(i + 1).min(s.len() - 1)];
+    f64::from(s[i]) * (1.0 - f) + f64::from(next) * f
+}
+
+fn read_forecast(path: &Path) -> Result<(npy::Array, Dims)> {
+    let a = npy::read(path)?;
+    let Some(&[n, m, s, c, h, w]) = a.shape.get(..).filter(|s| s.len() == 6) else {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected a forecast of shape (N, M, S, C, H, W), found {:?}",
+                a.shape
+            ),
+        ));
+    };
+    if [n, m, s, c, h, w].contains(&0) {
+        return Err(Error::bad_file(
+            path,
+            format!("empty forecast of shape {:?}", a.shape),
+        ));
+    }
+    npy::check_finite(path, &a)?;
+    Ok((a, Dims { n, m, s, c, h, w }))
+}
+
+/// The truth's last `S` frames, `(N, S, C, H, W)`.
+fn read_truth(path: &Path, d: &Dims) -> Result<Vec<f32>> {
+    let a = npy::read(path)?;
+    let ok = matches!(*a.shape, [n, l, c, h, w] if n == d.n && l >= d.s && c == d.c && h == d.h && w == d.w);
+    if !ok {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "expected the truth of shape (N, S, C, H, W) = ({}, {}, {}, {}, {}) or (N, L ≥ S, C, H, W) to match the forecast, found {:?}",
+                d.n, d.s, d.c, d.h, d.w, a.shape
+            ),
+        ));
+    }
+    npy::check_finite(path, &a)?;
+    let (l, frame) = (a.shape[1], d.c * d.h * d.w);
+    Ok((0..d.n)
+        .flat_map(|i| {
+            a.data[(i * l + l - d.s) * frame..(i + 1) * l * frame]
+                .iter()
+                .copied()
+        })
+        .collect())
+}
+
+fn num(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "—".to_string(), |x| format!("{x:.4}"))
+}
+
+/// A table of the main metrics, overall and per lead time.
+fn table(r: &Value) -> String {
+    let keys = [
+        "crps",
+        "crps_standard",
+        "rmse",
+        "mae",
+        "spread",
+        "ssr",
+        "psnr",
+        "ssim",
+    ];
+    let mut out = format!("{:>8}", "lead");
+    for k in keys {
+        out += &format!(" {k:>13}");
+    }
+    out.push('\n');
+    let mut row = |name: String, o: &Value| {
+        out += &format!("{name:>8}");
+        for k in keys {
+            out += &format!(" {:>13}", num(&o[k]));
+        }
+        out.push('\n');
+    };
+    for o in r["per_lead"].as_array().into_iter().flatten() {
+        row(o["lead"].to_string(), o);
+    }
+    row("all".into(), &r["overall"]);
+    let extra: Vec<String> = r["overall"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !keys.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k} {}", num(v)))
+        .collect();
+    out + &format!("overall: {}\n", extra.join(", "))
+}
+
+/// Runs `dydiff eval`; returns the JSON report.
+pub fn run(o: &EvalOptions) -> Result<Value> {
+    if let Some(q) = o.thresholds.iter().find(|q| !q.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "--thresholds: expected finite numbers, found {q}"
+        )));
+    }
+    let (x, d) = read_forecast(&o.forecast)?;
+    let y = read_truth(&o.truth, &d)?;
+    let thresholds = if o.thresholds.is_empty() {
+        vec![quantile(&y, 0.75), quantile(&y, 0.95)]
+    } else {
+        o.thresholds.clone()
+    };
+    let (lo, hi) = y
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let cfg = EvalSettings {
+        thresholds,
+        data_range: f64::from(hi) - f64::from(lo),
+    };
+    let report = metrics::evaluate(&x.data, &y, &d, &cfg);
+    print!("{}", table(&report));
+    if let Some(path) = &o.json {
+        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        atomic::write(path, text.as_bytes())?;
+    }
+    if let Some(dir) = &o.png {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lead = |k: &str| -> Vec<f64> {
+            report["per_lead"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| o[k].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        };
+        let (crps, crps_std, rmse, spread) = (
+            lead("crps"),
+            lead("crps_standard"),
+            lead("rmse"),
+            lead("spread"),
+        );
+        let crps_png = picture::line_plot(
+            "CRPS",
+            &[
+                picture::Series {
+                    name: "CRPS",
+                    colour: [31, 119, 180],
+                    values: &crps,
+                },
+                picture::Series {
+                    name: "STANDARD",
+                    colour: [255, 127, 14],
+                    values: &crps_std,
+                },
+            ],
+        )?;
+        atomic::write(&dir.join("crps.png"), &crps_png)?;
+        let ss_png = picture::line_plot(
+            "SPREAD AND RMSE",
+            &[
+                picture::Series {
+                    name: "RMSE",
+                    colour: [214, 39, 40],
+                    values: &rmse,
+                },
+                picture::Series {
+                    name: "SPREAD",
+                    colour: [44, 160, 44],
+                    values: &spread,
+                },
+            ],
+        )?;
+        atomic::write(&dir.join("spread_skill.png"), &ss_png)?;
+    }
+    Ok(report)
+}
