@@ -50,6 +50,14 @@ pub enum Purpose {
     StepNoise = 1,
     /// The white noise behind a generated flow's initial vorticity (`dydiff data`).
     FlowInit = 2,
+    /// A training step's draws of (sequence, window start, timestep) per batch row.
+    TrainBatch = 3,
+    /// A training step's noise `ε` per batch row.
+    TrainNoise = 4,
+    /// The fixed validation windows and timesteps.
+    ValBatch = 5,
+    /// The fixed validation noise.
+    ValNoise = 6,
 }
 
 /// Where a stream of noise lives: seed, purpose and step (SPEC §7).
@@ -69,6 +77,18 @@ pub struct NoiseRow {
 
 /// Largest member index the counter layout holds (24 bits).
 pub const MAX_MEMBERS: u32 = 1 << 24;
+
+/// The four uniform 32-bit words of block 0 of a row: for draws of integers.
+pub fn words(key: NoiseKey, row: NoiseRow) -> [u32; 4] {
+    let k = [key.seed as u32, (key.seed >> 32) as u32];
+    let c3 = ((key.purpose as u32) << 24) | (row.member & (MAX_MEMBERS - 1));
+    philox4x32_10([0, key.step, row.sample, c3], k)
+}
+
+/// An integer in `0 … n−1` from a uniform word (`⌊w·n / 2³²⌋`).
+pub fn below(word: u32, n: usize) -> usize {
+    ((u64::from(word) * n as u64) >> 32) as usize
+}
 
 /// Box–Muller: two standard normals from two uniform words.
 #[inline]

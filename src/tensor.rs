@@ -80,6 +80,17 @@ impl Tensor {
         ))
     }
 
+    /// A trainable parameter on an existing storage.
+    pub fn param_from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
+        if storage.len() != numel(shape) {
+            return Err(Error::shape(
+                "param",
+                format!("{} values for shape {shape:?}", storage.len()),
+            ));
+        }
+        Ok(Tensor::make(storage, shape.to_vec(), true, true))
+    }
+
     /// A constant tensor of `shape` on an existing storage (the result of an operation that no
     /// gradient flows through).
     pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {

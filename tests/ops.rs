@@ -292,3 +292,54 @@ fn shape_errors_are_errors() {
     assert!(x.slice_channels(2, 4).is_err());
     assert!(x.reshape(&[5]).is_err());
 }
+
+/// The fused AdamW + EMA update against its formula in f64 (`backend::AdamStep`).
+#[test]
+fn adamw_matches_the_formula() {
+    use dydiff::backend::{AdamStep, Device};
+    let n = 70_001;
+    let (p, g, m, e) = (
+        rand_vec(n, 1),
+        rand_vec(n, 2),
+        rand_vec(n, 3),
+        rand_vec(n, 5),
+    );
+    let v: Vec<f32> = rand_vec(n, 4).iter().map(|x| x.abs()).collect();
+    let h = AdamStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        bc1: 0.19,
+        bc2: 0.002,
+        grad_scale: 0.5,
+        ema_decay: 0.99,
+    };
+    let st = |x: &Vec<f32>| Device::Cpu.storage_from_vec(x.clone()).unwrap();
+    let (po, mo, vo, eo) = st(&p)
+        .adamw(&st(&g), &st(&m), &st(&v), &st(&e), &h)
+        .unwrap();
+    let f = |x: f32| f64::from(x);
+    let (mut wp, mut wm, mut wv, mut we) = (vec![], vec![], vec![], vec![]);
+    for i in 0..n {
+        let gi = f(g[i]) * f(h.grad_scale);
+        let mi = f(h.beta1) * f(m[i]) + (1.0 - f(h.beta1)) * gi;
+        let vi = f(h.beta2) * f(v[i]) + (1.0 - f(h.beta2)) * gi * gi;
+        let pi = f(p[i])
+            - f(h.lr)
+                * ((mi / f(h.bc1)) / ((vi / f(h.bc2)).sqrt() + f(h.eps))
+                    + f(h.weight_decay) * f(p[i]));
+        wp.push(pi as f32);
+        wm.push(mi as f32);
+        wv.push(vi as f32);
+        we.push((f(h.ema_decay) * f(e[i]) + (1.0 - f(h.ema_decay)) * pi) as f32);
+    }
+    assert_close(&po.to_vec().unwrap(), &wp, 1e-6, 1e-5, "p");
+    assert_close(&mo.to_vec().unwrap(), &wm, 1e-7, 1e-5, "m");
+    assert_close(&vo.to_vec().unwrap(), &wv, 1e-7, 1e-5, "v");
+    assert_close(&eo.to_vec().unwrap(), &we, 1e-6, 1e-5, "ema");
+    let ss = st(&g).sum_squares().unwrap();
+    let want: f64 = g.iter().map(|&x| f(x) * f(x)).sum();
+    assert!((ss - want).abs() < 1e-9 * want);
+}

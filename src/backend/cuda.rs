@@ -7,8 +7,8 @@
 //! [`Storage`]: super::Storage
 
 use super::{
-    AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom, NormGeom,
-    ProcessGeom, QSampleCoef, SeqGeom,
+    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,
+    NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -148,6 +148,19 @@ impl BackendStorage for CudaStorage {
         match *self {}
     }
     fn ddim_step(&self, _: &Self, _: Option<&Self>, _: &ProcessGeom, _: &DdimCoef) -> Result<Self> {
+        match *self {}
+    }
+    fn adamw(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &AdamStep,
+    ) -> Result<(Self, Self, Self, Self)> {
+        match *self {}
+    }
+    fn sum_squares(&self) -> Result<f64> {
         match *self {}
     }
     fn sum_all(&self) -> Result<f32> {

@@ -195,6 +195,29 @@ pub struct DdimCoef {
     pub sigma: f32,
 }
 
+/// One AdamW step with an exponential moving average of the weights (Loshchilov & Hutter,
+/// 2019), for every element:
+///
+/// ```text
+/// g  = grad · grad_scale                       (gradient clipping)
+/// m' = β₁·m + (1 − β₁)·g,   v' = β₂·v + (1 − β₂)·g²
+/// p' = p − lr·( (m'/bc1) / (√(v'/bc2) + ε) + weight_decay·p )
+/// e' = ema_decay·e + (1 − ema_decay)·p'
+/// ```
+/// with the bias corrections `bc1 = 1 − β₁^step`, `bc2 = 1 − β₂^step`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+    pub grad_scale: f32,
+    pub ema_decay: f32,
+}
+
 /// The primitive operations every backend implements. Shapes are passed explicitly; storages are
 /// flat. Operations never mutate their inputs.
 pub trait BackendStorage: Sized {
@@ -296,6 +319,18 @@ pub trait BackendStorage: Sized {
         g: &ProcessGeom,
         c: &DdimCoef,
     ) -> Result<Self>;
+    /// One fused AdamW + EMA update of the parameter `self` (see [`AdamStep`]): returns
+    /// `(p', m', v', e')`.
+    fn adamw(
+        &self,
+        grad: &Self,
+        m: &Self,
+        v: &Self,
+        ema: &Self,
+        h: &AdamStep,
+    ) -> Result<(Self, Self, Self, Self)>;
+    /// `Σ self²`, accumulated in f64.
+    fn sum_squares(&self) -> Result<f64>;
     /// `Σ self`.
     fn sum_all(&self) -> Result<f32>;
     /// Sinusoidal timestep embedding `(len(t), dim)` as diffusers' `get_timestep_embedding`.
@@ -560,6 +595,22 @@ impl Storage {
     }
     pub fn sum_all(&self) -> Result<f32> {
         dispatch!(self, |s| s.sum_all(), plain)
+    }
+    pub fn sum_squares(&self) -> Result<f64> {
+        dispatch!(self, |s| s.sum_squares(), plain)
+    }
+    pub fn adamw(
+        &self,
+        grad: &Storage,
+        m: &Storage,
+        v: &Storage,
+        ema: &Storage,
+        h: &AdamStep,
+    ) -> Result<(Storage, Storage, Storage, Storage)> {
+        fn four<T, S>(x: (T, T, T, T), f: impl Fn(T) -> S) -> Result<(S, S, S, S)> {
+            Ok((f(x.0), f(x.1), f(x.2), f(x.3)))
+        }
+        dispatch!(self, |s, grad, m, v, ema| s.adamw(grad, m, v, ema, h), four)
     }
     pub fn timestep_embedding(
         &self,

@@ -63,6 +63,18 @@ impl Drop for FileBytes {
     }
 }
 
+/// The metadata of a safetensors file (empty if it has none).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let file = FileBytes::open(path)?;
+    let (_, meta) = SafeTensors::read_metadata(file.bytes()).map_err(|e| {
+        Error::bad_file(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e:?}"),
+        )
+    })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
 /// Reads every tensor of a safetensors file.
 pub fn read(path: &Path) -> Result<NamedArrays> {
     let file = FileBytes::open(path)?;
@@ -111,6 +123,15 @@ pub fn read(path: &Path) -> Result<NamedArrays> {
 
 /// Writes F32 tensors atomically, with diffusers' metadata.
 pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    write_with_metadata(path, tensors, &[("format", "pt")])
+}
+
+/// Writes F32 tensors atomically with the given metadata.
+pub fn write_with_metadata(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &[(&str, &str)],
+) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, d)| bytemuck::cast_slice::<f32, u8>(d).to_vec())
@@ -124,7 +145,12 @@ pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<
                 .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e:?}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let meta = Some(
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+    );
     let out = safetensors::serialize(views, &meta)
         .map_err(|e| Error::bad_file(path, format!("{e:?}")))?;
     super::atomic::write(path, &out)

@@ -11,10 +11,11 @@ pub mod unet2d;
 pub use config::UNet2DConfig;
 pub use unet2d::UNet2D;
 
-use crate::backend::Device;
+use crate::backend::{Device, Storage};
 use crate::error::{Error, Result};
 use crate::io::safetensors::NamedArrays;
 use crate::tensor::Tensor;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// How a fresh parameter is initialised (PyTorch's defaults for the layer).
@@ -47,8 +48,13 @@ impl InitRng {
 }
 
 enum Source {
-    File { path: PathBuf, arrays: NamedArrays },
+    File {
+        path: PathBuf,
+        arrays: NamedArrays,
+    },
     Init(InitRng),
+    /// Storages already on the device, by name (the optimizer's updated parameters).
+    Storages(HashMap<String, Storage>),
 }
 
 /// Creates the parameters of a network, from a weight file or freshly initialised.
@@ -68,6 +74,15 @@ impl ParamBuilder {
         }
     }
 
+    /// Parameters on existing storages, by name (every one must be used, shapes are checked).
+    pub fn from_storages(storages: HashMap<String, Storage>, device: Device) -> Self {
+        ParamBuilder {
+            source: Source::Storages(storages),
+            device,
+            created: Vec::new(),
+        }
+    }
+
     /// Freshly initialised parameters, reproducible from `seed`.
     pub fn init(seed: u64, device: Device) -> Self {
         ParamBuilder {
@@ -79,6 +94,16 @@ impl ParamBuilder {
 
     /// The parameter `name` of `shape`.
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        if let Source::Storages(map) = &mut self.source {
+            let s = map.remove(name).ok_or_else(|| {
+                Error::Config(format!(
+                    "parameter {name} is missing (expected shape {shape:?})"
+                ))
+            })?;
+            let t = Tensor::param_from_storage(s, shape)?;
+            self.created.push((name.to_string(), t.clone()));
+            return Ok(t);
+        }
         let data = match &mut self.source {
             Source::File { path, arrays } => {
                 let (found, data) = arrays.remove(name).ok_or_else(|| {
@@ -108,6 +133,7 @@ impl ParamBuilder {
                     }
                 }
             }
+            Source::Storages(_) => unreachable!("handled above"),
         };
         let t = Tensor::param(data, shape, self.device)?;
         self.created.push((name.to_string(), t.clone()));
@@ -116,6 +142,11 @@ impl ParamBuilder {
 
     /// Ends construction: every tensor of the file must have been used.
     pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
+        if let Source::Storages(map) = &self.source {
+            if let Some(name) = map.keys().min() {
+                return Err(Error::Config(format!("unexpected parameter {name}")));
+            }
+        }
         if let Source::File { path, arrays } = &self.source {
             if let Some(name) = arrays.keys().min() {
                 return Err(Error::bad_file(

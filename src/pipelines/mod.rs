@@ -6,3 +6,4 @@ pub mod data;
 pub mod denoise;
 pub mod eval;
 pub mod sample;
+pub mod train;

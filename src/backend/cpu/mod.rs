@@ -8,14 +8,15 @@ pub mod dynamics;
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reference;
 pub(crate) mod scratch;
 pub(crate) mod simd;
 pub mod winograd;
 
 use crate::backend::{
-    AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom, NormGeom,
-    ProcessGeom, QSampleCoef, SeqGeom,
+    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,
+    NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::Result;
 use crate::profile::scope;
@@ -267,6 +268,26 @@ impl BackendStorage for CpuStorage {
             g,
             c,
         ))
+    }
+    fn adamw(
+        &self,
+        grad: &Self,
+        m: &Self,
+        v: &Self,
+        ema: &Self,
+        h: &AdamStep,
+    ) -> Result<(Self, Self, Self, Self)> {
+        let _s = scope("adamw", 0.0);
+        let (p, m, v, e) = optim::adamw(&self.data, &grad.data, &m.data, &v.data, &ema.data, h);
+        Ok((
+            CpuStorage::from_vec(p),
+            CpuStorage::from_vec(m),
+            CpuStorage::from_vec(v),
+            CpuStorage::from_vec(e),
+        ))
+    }
+    fn sum_squares(&self) -> Result<f64> {
+        Ok(optim::sum_squares(&self.data))
     }
     fn sum_all(&self) -> Result<f32> {
         Ok(elementwise::sum_all(&self.data))

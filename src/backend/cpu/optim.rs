@@ -1,0 +1,54 @@
+//! The optimizer's element-wise update (AdamW with a weight EMA, see
+//! [`crate::backend::AdamStep`]) in one pass over the five arrays, and the squared norm used for
+//! gradient clipping. Reference: the formula, evaluated in f64 in `tests/ops.rs`.
+
+use super::elementwise::CHUNK;
+use crate::backend::AdamStep;
+use rayon::prelude::*;
+
+/// `(p', m', v', e')`, see [`AdamStep`].
+pub fn adamw(
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    e: &[f32],
+    h: &AdamStep,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = p.len();
+    let (mut po, mut mo, mut vo, mut eo) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    po.par_chunks_mut(CHUNK)
+        .zip(mo.par_chunks_mut(CHUNK))
+        .zip(vo.par_chunks_mut(CHUNK))
+        .zip(eo.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, (((po, mo), vo), eo))| {
+            let r = c * CHUNK..c * CHUNK + po.len();
+            let (p, g, m, v, e) = (
+                &p[r.clone()],
+                &g[r.clone()],
+                &m[r.clone()],
+                &v[r.clone()],
+                &e[r],
+            );
+            for i in 0..po.len() {
+                let gi = g[i] * h.grad_scale;
+                let mi = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
+                let vi = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
+                let step = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps) + h.weight_decay * p[i];
+                let pi = p[i] - h.lr * step;
+                po[i] = pi;
+                mo[i] = mi;
+                vo[i] = vi;
+                eo[i] = h.ema_decay * e[i] + (1.0 - h.ema_decay) * pi;
+            }
+        });
+    (po, mo, vo, eo)
+}
+
+/// `Σ x²` in f64.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    x.par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
+        .sum()
+}

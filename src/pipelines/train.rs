@@ -1,0 +1,633 @@
+//! `dydiff train`: fits the denoiser of SPEC §4 (Dynamical Diffusion, or with `dyn_eta = 0` the
+//! standard diffusion model) to sequences `(N, L, C, H, W)`.
+//!
+//! Each step draws, per batch row, a sequence, a window of `P+1+S` frames and a timestep `t`
+//! (uniform), and the noise `ε`, all from counter-based streams keyed by (seed, step, row) (SPEC
+//! §7) — so a run resumed from a checkpoint continues exactly as an uninterrupted run would.
+//! The loss is the mean squared error between `ε̂` and `ε̃` (SPEC §4.6); AdamW with linear
+//! warm-up and optional cosine decay, gradient clipping by global norm, and an exponential
+//! moving average of the weights, which is what the model folder receives.
+//!
+//! Files in `MODEL/`: the model folder of SPEC §8 (EMA weights), `train_state.safetensors`
+//! (weights, Adam moments, EMA and the step, one atomic file) and `train_log.jsonl`.
+
+use crate::autograd::{backward, Tape};
+use crate::backend::{AdamStep, Device, Storage};
+use crate::diffusion::schedule::{Schedule, SchedulerConfig};
+use crate::error::{Error, Result};
+use crate::io::{atomic, npy, safetensors};
+use crate::model::{Model, ProcessConfig, UNET_DIR};
+use crate::nn::{ParamBuilder, UNet2D, UNet2DConfig};
+use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
+use crate::tensor::Tensor;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const STATE_FILE: &str = "train_state.safetensors";
+pub const LOG_FILE: &str = "train_log.jsonl";
+/// The metadata key of `train_state.safetensors` holding the step.
+pub const STEP_KEY: &str = "dydiff_train_step";
+
+/// Options of `dydiff train`.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// `P + 1`.
+    pub history: usize,
+    /// `S`.
+    pub future: usize,
+    pub dyn_eta: f64,
+    pub unet_config: Option<PathBuf>,
+    /// Total optimizer steps (a resumed run continues up to this many).
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub cosine: bool,
+    pub weight_decay: f64,
+    /// Maximum global gradient norm.
+    pub clip: f64,
+    pub ema_decay: f64,
+    pub seed: u64,
+    pub val_data: Option<PathBuf>,
+    pub resume: bool,
+    pub data_scale: Option<f64>,
+    pub data_shift: Option<f64>,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    pub device: Device,
+    pub progress: bool,
+}
+
+/// The recipe stored in `dydiff.json`; a resumed run must match it.
+fn recipe(o: &TrainOptions) -> Value {
+    json!({
+        "batch": o.batch, "lr": o.lr, "warmup_steps": o.warmup_steps, "cosine": o.cosine,
+        "weight_decay": o.weight_decay, "clip": o.clip, "ema_decay": o.ema_decay, "seed": o.seed,
+        "steps": o.steps, "data": o.data.display().to_string(), "loss": "mse(eps_hat, eps_tilde)",
+        "optimizer": "adamw(0.9, 0.999, 1e-8)",
+    })
+}
+
+/// The learning rate at `step` (1-based): linear warm-up, then constant or cosine to 0.
+pub fn learning_rate(o: &TrainOptions, step: usize) -> f64 {
+    if step <= o.warmup_steps {
+        return o.lr * step as f64 / o.warmup_steps.max(1) as f64;
+    }
+    if !o.cosine {
+        return o.lr;
+    }
+    let span = (o.steps - o.warmup_steps).max(1) as f64;
+    let f = ((step - o.warmup_steps) as f64 / span).min(1.0);
+    o.lr * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
+}
+
+/// The network used when no `--unet-config` is given: three levels (32, 64, 64 channels), one
+/// resnet per level, attention at the two lower levels — small enough to train on a CPU.
+fn default_unet(in_ch: usize, out_ch: usize, size: usize) -> Value {
+    json!({
+        "_class_name": "UNet2DModel", "sample_size": size, "in_channels": in_ch,
+        "out_channels": out_ch, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 8, "attention_head_dim": 32,
+    })
+}
+
+/// The `--unet-config` file with the channel counts filled in or checked.
+fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UNet2DConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| Error::bad_file(path, "expected a JSON object"))?;
+    for (key, want) in [("in_channels", in_ch), ("out_channels", out_ch)] {
+        match obj.get(key).and_then(Value::as_u64) {
+            None => {
+                obj.insert(key.into(), json!(want));
+            }
+            Some(found) if found as usize != want => {
+                return Err(Error::bad_file(
+                    path,
+                    format!("{key} = {found}, but the data and --history/--future need {want}"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    UNet2DConfig::from_json(&v).map_err(|e| Error::bad_file(path, e.to_string()))
+}
+
+/// Reads a data file `(N, L, C, H, W)` with `L ≥ frames`.
+fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::Array> {
+    let a = npy::read(path)?;
+    let ok = match *a.shape {
+        [n, l, c, h, w] => {
+            n > 0 && l >= frames && c > 0 && like.is_none_or(|s| s[2..] == [c, h, w])
+        }
+        _ => false,
+    };
+    if !ok {
+        let want = like.map_or("(N, L, C, H, W)".to_string(), |s| {
+            format!("(N, L, {}, {}, {})", s[2], s[3], s[4])
+        });
+        return Err(Error::bad_file(
+            path,
+            format!("expected sequences of shape {want} with L ≥ {frames} (history + future), found {:?}", a.shape),
+        ));
+    }
+    npy::check_finite(path, &a)?;
+    Ok(a)
+}
+
+/// Everything the optimizer carries between steps, in parameter order.
+struct State {
+    step: usize,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    params: Vec<Storage>,
+    m: Vec<Storage>,
+    v: Vec<Storage>,
+    ema: Vec<Storage>,
+}
+
+impl State {
+    fn fresh(unet: &UNet2D, device: Device) -> Result<State> {
+        let mut s = State {
+            step: 0,
+            names: vec![],
+            shapes: vec![],
+            params: vec![],
+            m: vec![],
+            v: vec![],
+            ema: vec![],
+        };
+        for (name, t) in unet.params() {
+            s.names.push(name.clone());
+            s.shapes.push(t.shape().to_vec());
+            s.params.push(t.storage().clone());
+            s.ema.push(t.storage().clone());
+            s.m.push(device.storage_from_vec(vec![0.0; t.elem_count()])?);
+            s.v.push(device.storage_from_vec(vec![0.0; t.elem_count()])?);
+        }
+        Ok(s)
+    }
+
+    fn network(&self, config: &UNet2DConfig, device: Device, which: &[Storage]) -> Result<UNet2D> {
+        let map: HashMap<String, Storage> = self
+            .names
+            .iter()
+            .cloned()
+            .zip(which.iter().cloned())
+            .collect();
+        UNet2D::new(config.clone(), ParamBuilder::from_storages(map, device))
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::with_capacity(4 * self.names.len());
+        for (kind, list) in [
+            ("param", &self.params),
+            ("m", &self.m),
+            ("v", &self.v),
+            ("ema", &self.ema),
+        ] {
+            for ((name, shape), s) in self.names.iter().zip(&self.shapes).zip(list) {
+                tensors.push((format!("{kind}/{name}"), shape.clone(), s.to_vec()?));
+            }
+        }
+        let step = self.step.to_string();
+        // One metadata key: the header is then the same bytes in every process (a map's order
+        // is not).
+        safetensors::write_with_metadata(path, &tensors, &[(STEP_KEY, &step)])
+    }
+
+    fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
+        let meta = safetensors::read_metadata(path)?;
+        let step: usize = meta
+            .get(STEP_KEY)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                Error::bad_file(
+                    path,
+                    "not a dydiff training state (no step in its metadata)",
+                )
+            })?;
+        let mut arrays = safetensors::read(path)?;
+        let mut s = State::fresh(unet, device)?;
+        s.step = step;
+        for (i, (name, shape)) in s.names.iter().zip(&s.shapes).enumerate() {
+            for (kind, list) in [
+                ("param", &mut s.params),
+                ("m", &mut s.m),
+                ("v", &mut s.v),
+                ("ema", &mut s.ema),
+            ] {
+                let key = format!("{kind}/{name}");
+                let (found, data) = arrays
+                    .remove(&key)
+                    .ok_or_else(|| Error::bad_file(path, format!("tensor {key} is missing")))?;
+                if &found != shape {
+                    return Err(Error::bad_file(
+                        path,
+                        format!("tensor {key}: expected shape {shape:?}, found {found:?}"),
+                    ));
+                }
+                list[i] = device.storage_from_vec(data)?;
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// One batch: network input, target and timesteps, from windows of `data` (model space).
+#[allow(clippy::too_many_arguments)]
+fn batch(
+    data: &npy::Array,
+    p: &ProcessConfig,
+    schedule: &Schedule,
+    rows: usize,
+    key_batch: NoiseKey,
+    key_noise: NoiseKey,
+    device: Device,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, l) = (data.shape[0], data.shape[1]);
+    let (frames, e) = (p.frames(), p.frame_len());
+    let mut x0 = Vec::with_capacity(rows * frames * e);
+    let mut ts = Vec::with_capacity(rows);
+    let noise_rows: Vec<NoiseRow> = (0..rows as u32)
+        .map(|b| NoiseRow {
+            sample: b,
+            member: 0,
+        })
+        .collect();
+    for row in &noise_rows {
+        let w = words(key_batch, *row);
+        let (seq, start, t) = (
+            below(w[0], n),
+            below(w[1], l - frames + 1),
+            below(w[2], schedule.len()),
+        );
+        let src = &data.data[(seq * l + start) * e..][..frames * e];
+        x0.extend(
+            src.iter()
+                .map(|&v| ((f64::from(v) - p.data_shift) / p.data_scale) as f32),
+        );
+        ts.push(t);
+    }
+    let x0 = Tensor::from_vec(x0, &[rows, frames * e], device)?;
+    let eps = Tensor::randn(key_noise, &noise_rows, &[rows, p.future * e], device)?;
+    let (inp, target) = Tensor::q_sample(&x0, &eps, p.history, p.future, schedule, p.dyn_eta, &ts)?;
+    let (c, h, w) = (p.channels, p.height, p.width);
+    let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), &[rows], device)?;
+    Ok((
+        inp.reshape(&[rows, frames * c, h, w])?,
+        target.reshape(&[rows, p.future * c, h, w])?,
+        t,
+    ))
+}
+
+/// The mean loss of `unet` over fixed validation batches (4 batches of `rows`).
+fn validation_loss(
+    unet: &UNet2D,
+    val: &npy::Array,
+    p: &ProcessConfig,
+    schedule: &Schedule,
+    rows: usize,
+    seed: u64,
+    device: Device,
+) -> Result<f64> {
+    let mut total = 0.0;
+    for k in 0..4u32 {
+        let kb = NoiseKey {
+            seed,
+            purpose: Purpose::ValBatch,
+            step: k,
+        };
+        let kn = NoiseKey {
+            seed,
+            purpose: Purpose::ValNoise,
+            step: k,
+        };
+        let (inp, target, t) = batch(val, p, schedule, rows, kb, kn, device)?;
+        total += f64::from(unet.forward(&inp, &t)?.mse(&target)?.scalar()?);
+    }
+    Ok(total / 4.0)
+}
+
+fn validate(o: &TrainOptions) -> Result<()> {
+    for (flag, v) in [
+        ("--history", o.history),
+        ("--future", o.future),
+        ("--steps", o.steps),
+        ("--batch", o.batch),
+        ("--log-every", o.log_every),
+        ("--checkpoint-every", o.checkpoint_every),
+    ] {
+        if v == 0 {
+            return Err(Error::Invalid(format!(
+                "{flag}: expected at least 1, found 0"
+            )));
+        }
+    }
+    if !(0.0..=1.0).contains(&o.dyn_eta) {
+        return Err(Error::Invalid(format!(
+            "--dyn-eta: expected a value in [0, 1], found {}",
+            o.dyn_eta
+        )));
+    }
+    for (flag, v) in [("--lr", o.lr), ("--clip", o.clip)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(Error::Invalid(format!(
+                "{flag}: expected a positive number, found {v}"
+            )));
+        }
+    }
+    if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "--weight-decay: expected a number ≥ 0, found {}",
+            o.weight_decay
+        )));
+    }
+    if !(0.0..1.0).contains(&o.ema_decay) {
+        return Err(Error::Invalid(format!(
+            "--ema-decay: expected a value in [0, 1), found {}",
+            o.ema_decay
+        )));
+    }
+    if let Some(s) = o.data_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(Error::Invalid(format!(
+            "--data-scale: expected a positive number, found {s}"
+        )));
+    }
+    Ok(())
+}
+
+/// Appends one JSON line to the training log.
+fn log_line(path: &Path, v: &Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+}
+
+/// Keeps the log lines of steps up to `step` (a resumed run rewrites what follows).
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    atomic::write(path, kept.as_bytes())
+}
+
+/// Runs `dydiff train`.
+pub fn run(o: &TrainOptions) -> Result<()> {
+    validate(o)?;
+    let device = o.device;
+    let frames = o.history + o.future;
+    let data = read_data(&o.data, frames, None)?;
+    let [_, _, c, h, w] = data.shape[..] else {
+        unreachable!("checked 5-d")
+    };
+    let val = match &o.val_data {
+        Some(p) => Some(read_data(p, frames, Some(&data.shape))?),
+        None => None,
+    };
+    let (in_ch, out_ch) = (frames * c, o.future * c);
+    let state_path = o.out.join(STATE_FILE);
+    let log_path = o.out.join(LOG_FILE);
+    let (mut model, mut state) = if o.resume {
+        let m = Model::load(&o.out, device)?;
+        let stored = m.process.training.clone().unwrap_or(Value::Null);
+        let mut want = recipe(o);
+        if !o.cosine {
+            // The schedule does not depend on the total, so a run may be extended.
+            want["steps"] = stored["steps"].clone();
+        }
+        let same = m.process.history == o.history
+            && m.process.future == o.future
+            && m.process.dyn_eta == o.dyn_eta;
+        if !same
+            || stored.get("seed").is_none()
+            || [
+                "batch",
+                "lr",
+                "warmup_steps",
+                "cosine",
+                "weight_decay",
+                "clip",
+                "ema_decay",
+                "seed",
+                "steps",
+            ]
+            .iter()
+            .any(|k| stored[k] != want[k])
+        {
+            return Err(Error::Invalid(format!(
+                "--resume: the flags differ from the run in {} (its recipe: history {}, future {}, dyn_eta {}, {}); resume with the same flags",
+                o.out.display(), m.process.history, m.process.future, m.process.dyn_eta, stored
+            )));
+        }
+        let s = State::load(&state_path, &m.unet, device)?;
+        if s.step >= o.steps {
+            return Err(Error::Invalid(format!(
+                "--steps {}: the checkpoint in {} is already at step {}",
+                o.steps,
+                o.out.display(),
+                s.step
+            )));
+        }
+        truncate_log(&log_path, s.step)?;
+        (m, s)
+    } else {
+        if state_path.exists() {
+            return Err(Error::bad_file(&o.out, "holds a training run already; pass --resume to continue it, or choose another --out"));
+        }
+        let config = match &o.unet_config {
+            Some(p) => unet_config(p, in_ch, out_ch)?,
+            None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, h))?,
+        };
+        let multiple = config.size_multiple();
+        if h % multiple != 0 || w % multiple != 0 {
+            return Err(Error::bad_file(
+                &o.data,
+                format!("frames of {h}×{w}: the network needs multiples of {multiple}"),
+            ));
+        }
+        if config.dropout != 0.0 {
+            return Err(Error::Config(format!(
+                "config key dropout = {}: training with dropout is not supported; use 0",
+                config.dropout
+            )));
+        }
+        let (mean, var) = {
+            let n = data.data.len() as f64;
+            let mean = data.data.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            (
+                mean,
+                data.data
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n,
+            )
+        };
+        let process = ProcessConfig {
+            method: "dydiff".into(),
+            dyn_eta: o.dyn_eta,
+            history: o.history,
+            future: o.future,
+            channels: c,
+            height: h,
+            width: w,
+            data_scale: o.data_scale.unwrap_or(var.sqrt().max(1e-12)),
+            data_shift: o.data_shift.unwrap_or(mean),
+            training: Some(recipe(o)),
+        };
+        let scheduler = SchedulerConfig::default();
+        let unet = UNet2D::init(config, o.seed, device)?;
+        let state = State::fresh(&unet, device)?;
+        let _ = std::fs::remove_file(&log_path);
+        (
+            Model {
+                schedule: Schedule::new(&scheduler),
+                process,
+                scheduler,
+                unet,
+            },
+            state,
+        )
+    };
+    model.process.training = Some(recipe(o));
+    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
+    let config = model.unet.config.clone();
+    let p = model.process.clone();
+    let bar = if o.progress {
+        let b = indicatif::ProgressBar::new(o.steps as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "training {bar:30} {pos}/{len} steps  {msg}  ETA {eta_precise}",
+            )
+            .expect("valid template"),
+        );
+        b.set_position(state.step as u64);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut unet = state.network(&config, device, &state.params)?;
+    let (mut loss_sum, mut loss_n, mut clock) = (0.0f64, 0usize, Instant::now());
+    let mut last_saved = state.step;
+    while state.step < o.steps {
+        let step = state.step + 1;
+        let kb = NoiseKey {
+            seed: o.seed,
+            purpose: Purpose::TrainBatch,
+            step: step as u32,
+        };
+        let kn = NoiseKey {
+            seed: o.seed,
+            purpose: Purpose::TrainNoise,
+            step: step as u32,
+        };
+        let (inp, target, t) = batch(&data, &p, &model.schedule, o.batch, kb, kn, device)?;
+        let loss = {
+            let _tape = Tape::start();
+            let loss = unet.forward(&inp, &t)?.mse(&target)?;
+            backward(&loss)?;
+            loss.scalar()?
+        };
+        if !loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "step {step}: the loss is {loss}; stopped (the last good checkpoint, step {last_saved}, is in {}); try a smaller --lr",
+                o.out.display()
+            )));
+        }
+        let grads: Vec<Storage> = unet
+            .params()
+            .iter()
+            .map(|(_, t)| match t.grad() {
+                Some(g) => Ok(g.storage().clone()),
+                None => device.storage_from_vec(vec![0.0; t.elem_count()]),
+            })
+            .collect::<Result<_>>()?;
+        let norm = grads
+            .iter()
+            .map(|g| g.sum_squares())
+            .sum::<Result<f64>>()?
+            .sqrt();
+        let lr = learning_rate(o, step);
+        let h = AdamStep {
+            lr: lr as f32,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: o.weight_decay as f32,
+            bc1: (1.0 - 0.9f64.powi(step as i32)) as f32,
+            bc2: (1.0 - 0.999f64.powi(step as i32)) as f32,
+            grad_scale: (o.clip / (norm + 1e-6)).min(1.0) as f32,
+            ema_decay: o.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32,
+        };
+        for (i, g) in grads.iter().enumerate() {
+            let (np, nm, nv, ne) =
+                state.params[i].adamw(g, &state.m[i], &state.v[i], &state.ema[i], &h)?;
+            (state.params[i], state.m[i], state.v[i], state.ema[i]) = (np, nm, nv, ne);
+        }
+        state.step = step;
+        unet = state.network(&config, device, &state.params)?;
+        loss_sum += f64::from(loss);
+        loss_n += 1;
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {loss:.4}"));
+        let checkpoint = step % o.checkpoint_every == 0 || step == o.steps;
+        if step % o.log_every == 0 || checkpoint {
+            let secs = clock.elapsed().as_secs_f64();
+            let mut line = json!({
+                "step": step, "loss": loss_sum / loss_n as f64, "lr": lr, "grad_norm": norm,
+                "steps_per_s": loss_n as f64 / secs.max(1e-9),
+            });
+            if checkpoint {
+                model.unet = state.network(&config, device, &state.ema)?;
+                if let Some(v) = &val {
+                    line["val_loss"] = json!(validation_loss(
+                        &model.unet,
+                        v,
+                        &p,
+                        &model.schedule,
+                        o.batch,
+                        o.seed,
+                        device
+                    )?);
+                }
+                model.save(&o.out)?;
+                state.save(&state_path)?;
+                last_saved = step;
+            }
+            log_line(&log_path, &line)?;
+            (loss_sum, loss_n, clock) = (0.0, 0, Instant::now());
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "dydiff: trained {} to step {} (EMA weights in {})",
+        o.out.display(),
+        state.step,
+        o.out.join(UNET_DIR).display()
+    );
+    Ok(())
+}
