@@ -18,6 +18,13 @@ torch ops. Also reports dydiff's own split (network vs everything else) and both
     PY=$(../shared/tools/pyref-env.sh | tail -1)
     cargo build --release && $PY python/bench_vs_pytorch.py [--threads 2] [--reps 5]
     cargo build --release && $PY python/bench_vs_pytorch.py --sampler [--rounds 5]
+
+With --train: one training step of the same network at batch 8, 32x32 (--sizes), 2 threads: forward,
+MSE loss, backward, gradient clipping to norm 1, AdamW and a weight EMA (decay 0.999), in
+PyTorch + diffusers (torch.optim.AdamW, torch.nn.utils.clip_grad_norm_) and with
+`dydiff bench train`; median step time and peak RSS, each engine in its own process.
+
+    cargo build --release && $PY python/bench_vs_pytorch.py --train [--rounds 3 --reps 3]
 """
 
 import argparse
@@ -149,6 +156,61 @@ def sampler_bench(args, env, tmp: pathlib.Path) -> None:
     print(f"peak RSS: PyTorch {mem_torch:.0f} MB, dydiff {mem_ours:.0f} MB")
 
 
+def torch_train(model_dir: str, size: int, batch: int, reps: int) -> None:
+    """Child-process entry: times `reps` PyTorch training steps after one warm-up, prints JSON."""
+    model = UNet2DModel.from_pretrained(model_dir).train()
+    cfg = model.config
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, cfg.in_channels, size, size, generator=gen) * 2 - 1
+    y = torch.rand(batch, cfg.out_channels, size, size, generator=gen) * 2 - 1
+    t = torch.tensor([i * 997 % 1000 for i in range(batch)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    ema = [p.detach().clone() for p in model.parameters()]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x, t).sample, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - 0.999)
+
+    step()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps(times))
+
+
+def train_bench(args, env, tmp: pathlib.Path) -> None:
+    torch.manual_seed(0)
+    model = UNet2DModel(**CONFIG)
+    model.save_pretrained(tmp / "unet")
+    for size in args.sizes:
+        torch_cmd = [sys.executable, __file__, "--torch-train", str(tmp / "unet"), str(size), str(args.batch), str(args.reps)]
+        ours_cmd = [args.dydiff, "--threads", str(args.threads), "bench", "train", "--unet", str(tmp / "unet"),
+                    "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps)]
+        t_torch, t_ours, rep = [], [], None
+        for _ in range(args.rounds):
+            out = subprocess.run(torch_cmd, check=True, capture_output=True, text=True, env=env)
+            t_torch += json.loads(out.stdout.strip().splitlines()[-1])
+            out = subprocess.run(ours_cmd, check=True, capture_output=True, text=True, env=env)
+            rep = json.loads(out.stdout)
+            t_ours += rep["times_s"]
+        mem_torch = peak_rss_mb(torch_cmd, env)
+        mem_ours = peak_rss_mb(ours_cmd, env)
+        mt, mo = float(np.median(t_torch)), float(np.median(t_ours))
+        print(f"training step, {size}x{size}, batch {args.batch}, {args.threads} threads, {args.rounds} rounds x {args.reps} steps")
+        print(f"  PyTorch median {mt:.3f} s [min {min(t_torch):.3f}]   dydiff median {mo:.3f} s [min {min(t_ours):.3f}]"
+              f" ({rep['gflop'] / mo:.0f} GFLOP/s of {rep['gflop']:.1f} GFLOP)   speed-up {mt / mo:.2f}x (min/min {min(t_torch) / min(t_ours):.2f}x)")
+        print(f"  peak RSS (warm-up + {args.reps} steps): PyTorch {mem_torch:.0f} MB, dydiff {mem_ours:.0f} MB")
+        for name, o in sorted(rep["ops"].items(), key=lambda kv: -kv[1]["seconds"])[:10]:
+            print(f"    {name:22s} {o['calls']:4d} calls {o['seconds'] * 1e3:8.1f} ms {o['gflops_per_s']:7.1f} GFLOP/s")
+
+
 def peak_rss_mb(cmd, env) -> float:
     """Maximum resident set size of `cmd`, from GNU time's `-v` report."""
     out = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.DEVNULL,
@@ -173,6 +235,10 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
         torch_forward_once(sys.argv[2], sys.argv[3])
         return
+    if len(sys.argv) == 6 and sys.argv[1] == "--torch-train":
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        torch_train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        return
     if len(sys.argv) == 4 and sys.argv[1] == "--torch-sample":
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
         torch_sample(sys.argv[2], sys.argv[3])
@@ -189,6 +255,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--dydiff", default=str(ROOT / "target" / "release" / "dydiff"))
     ap.add_argument("--sampler", action="store_true", help="the sampler benchmark instead of the forward")
+    ap.add_argument("--train", action="store_true", help="the training-step benchmark instead of the forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     env = dict(os.environ, BENCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
@@ -196,6 +263,9 @@ def main() -> None:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="dydiff-bench-"))
     if args.sampler:
         sampler_bench(args, env, tmp)
+        return
+    if args.train:
+        train_bench(args, env, tmp)
         return
     torch.manual_seed(0)
     model = UNet2DModel(**CONFIG).eval()

@@ -8,6 +8,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod data;
+pub mod default_model;
 pub mod diffusion;
 pub mod error;
 pub mod io;

@@ -41,13 +41,15 @@ enum Command {
     /// the same forecast for any --batch, --threads and device.
     Sample {
         /// Model folder: dydiff.json, scheduler/scheduler_config.json, unet/ (diffusers).
+        /// Default: the built-in demo model (trained on generated turbulence) and, without
+        /// --input, its demo observations.
         #[arg(long)]
-        model: PathBuf,
-        /// Observations, float32 .npy of shape (N, L, C, H, W) with L ≥ P+1.
+        model: Option<PathBuf>,
+        /// Observations, float32 .npy/.npz of shape (N, L, C, H, W) with L ≥ P+1.
         #[arg(long)]
-        input: PathBuf,
+        input: Option<PathBuf>,
         /// Forecast .npy to write, shape (N, M, S, C, H, W).
-        #[arg(long)]
+        #[arg(long, default_value = "forecast.npy")]
         out: PathBuf,
         /// Ensemble members M per sample.
         #[arg(long, default_value_t = 8)]
@@ -257,6 +259,24 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         warmup: usize,
     },
+    /// Times one training step (forward, MSE loss, backward, clipping, AdamW + EMA) on random
+    /// data; prints a JSON report with GFLOP/s and a per-operation breakdown.
+    Train {
+        /// Model folder (config.json + diffusion_pytorch_model.safetensors).
+        #[arg(long)]
+        unet: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Spatial size (square).
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Untimed repetitions first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
     /// Measures the machine's fp32 fused multiply-add peak (GFLOP/s on one thread and on all).
     Peak,
 }
@@ -298,21 +318,37 @@ fn run(cli: Cli) -> Result<()> {
             init_noise,
             batch,
             png,
-        } => sample::run(&sample::SampleOptions {
-            model,
-            input,
-            out,
-            members,
-            steps,
-            seed,
-            ddim_eta,
-            init_noise,
-            batch,
-            png,
-            device,
-            progress: true,
-        })
-        .map(|report| eprintln!("dydiff: {report}")),
+        } => {
+            let demo = model.is_none();
+            let (model, input) = match (model, input) {
+                (Some(m), Some(i)) => (m, i),
+                (Some(_), None) => {
+                    return Err(Error::Invalid(
+                        "--input: required with --model (the demo observations go with the built-in model only)".into(),
+                    ))
+                }
+                (None, input) => {
+                    let (m, d) = dydiff::default_model::materialize()?;
+                    (m, input.unwrap_or(d))
+                }
+            };
+            let png = png.or_else(|| demo.then(|| PathBuf::from("forecast_png")));
+            sample::run(&sample::SampleOptions {
+                model,
+                input,
+                out,
+                members,
+                steps,
+                seed,
+                ddim_eta,
+                init_noise,
+                batch,
+                png,
+                device,
+                progress: true,
+            })
+            .map(|report| eprintln!("dydiff: {report}"))
+        }
         Command::Train {
             data,
             out,
@@ -412,6 +448,25 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
         }) => {
             let report = bench::run(&bench::BenchOptions {
+                unet,
+                batch,
+                height: size,
+                width: size,
+                reps,
+                warmup,
+                device,
+            })?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Train {
+            unet,
+            batch,
+            size,
+            reps,
+            warmup,
+        }) => {
+            let report = bench::run_train(&bench::BenchOptions {
                 unet,
                 batch,
                 height: size,

@@ -416,3 +416,28 @@ fn model_folder_roundtrip() {
     assert_eq!(a, b);
     assert!(s.leftovers().is_empty());
 }
+
+/// `dydiff sample` with no model or input forecasts the built-in demo with the built-in model
+/// and draws its pictures.
+#[test]
+fn built_in_default_forecasts_the_demo() {
+    let s = Scratch::new("sample-default");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dydiff"))
+        .current_dir(&s.0)
+        .args(["sample", "--steps", "3", "--members", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fc = npy::read(&s.path("forecast.npy")).unwrap();
+    assert_eq!(fc.shape, [4, 2, 6, 2, 32, 32]);
+    assert!(fc.data.iter().all(|v| v.is_finite()));
+    for i in 0..4 {
+        assert!(s
+            .path("forecast_png")
+            .join(format!("sample_{i:04}.png"))
+            .exists());
+    }
+    // With a model, the input must be given.
+    let (ok, err) = dydiff(["sample", "--model", sampler("model_dyn").to_str().unwrap()]);
+    assert!(!ok && err.contains("--input"), "{err}");
+}

@@ -1,7 +1,8 @@
 //! PNG pictures of forecasts: for one sample, per channel, a grid with the history, the truth
 //! (when known), the ensemble members (up to [`MAX_MEMBERS_SHOWN`]), the ensemble mean and the
 //! ensemble spread (standard deviation over members), each a row of frames. Fields share one
-//! colour scale per channel (viridis) and the spread has its own (inferno, from 0); both scales
+//! colour scale per channel (viridis: the observations' range widened to the members' 1st–99th
+//! percentiles) and the spread has its own (inferno, from 0 to its 99th percentile); both scales
 //! are drawn as colour bars with their end values; forecast columns are labelled with their
 //! lead time. [`line_plot`] draws scores against lead time (`dydiff eval --png`). Text uses a built-in 3×5 pixel font.
 
@@ -312,6 +313,17 @@ fn label(v: f32) -> String {
     }
 }
 
+/// The `a` and `b` quantiles of `v` (nearest rank; `(+∞, −∞)` when empty).
+fn percentiles(v: &[f32], a: f64, b: f64) -> (f32, f32) {
+    if v.is_empty() {
+        return (f32::INFINITY, f32::NEG_INFINITY);
+    }
+    let mut s = v.to_vec();
+    s.sort_unstable_by(|x, y| x.total_cmp(y));
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+    (at(a), at(b))
+}
+
 fn min_max(parts: &[&[f32]]) -> (f32, f32) {
     parts
         .iter()
@@ -364,17 +376,21 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
         for k in 0..s {
             cv.text(label_w + k * (cw + gap), y0, &format!("+{}", k + 1));
         }
-        // The field scale of this channel: history, truth, members.
-        let mut parts: Vec<Vec<f32>> = (0..p1).map(|f| frame(p.history, f, chn)).collect();
+        // The field scale of this channel: the range of the observations (history and truth)
+        // widened to the members' 1st–99th percentiles, so that a few extreme forecast values
+        // do not wash out the picture (values beyond the scale show in its end colours).
+        let mut observed: Vec<Vec<f32>> = (0..p1).map(|f| frame(p.history, f, chn)).collect();
         if let Some(t) = p.truth {
-            parts.extend((0..s).map(|f| frame(t, f, chn)));
+            observed.extend((0..s).map(|f| frame(t, f, chn)));
         }
-        parts.extend((0..m * s).map(|f| frame(p.members, f, chn)));
-        let refs: Vec<&[f32]> = parts.iter().map(|v| v.as_slice()).collect();
-        let (lo, hi) = min_max(&refs);
+        let refs: Vec<&[f32]> = observed.iter().map(|v| v.as_slice()).collect();
+        let (olo, ohi) = min_max(&refs);
+        let members: Vec<f32> = (0..m * s).flat_map(|f| frame(p.members, f, chn)).collect();
+        let (mlo, mhi) = percentiles(&members, 0.01, 0.99);
+        let (lo, hi) = (olo.min(mlo), ohi.max(mhi));
         let spread_parts: Vec<Vec<f32>> = (0..s).map(|f| frame(&spread, f, chn)).collect();
-        let srefs: Vec<&[f32]> = spread_parts.iter().map(|v| v.as_slice()).collect();
-        let (_, smax) = min_max(&srefs);
+        let all_spread: Vec<f32> = spread_parts.concat();
+        let (_, smax) = percentiles(&all_spread, 0.0, 0.99);
         let fields = Scale {
             map: &VIRIDIS,
             lo,

@@ -1,6 +1,8 @@
-//! `dydiff bench unet`: times the network forward on a model folder at a given batch and size,
-//! and reports seconds, GFLOP/s, and a per-operation breakdown (see [`crate::profile`]).
+//! `dydiff bench unet` and `dydiff bench train`: time the network forward, or a whole training
+//! step, on a model folder at a given batch and size, and report seconds, GFLOP/s, and a
+//! per-operation breakdown (see [`crate::profile`]).
 
+use super::train;
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::nn::{InitRng, UNet2D};
@@ -22,33 +24,38 @@ pub struct BenchOptions {
     pub device: Device,
 }
 
-/// Runs the benchmark and returns its report as JSON.
-pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
+/// Random values in [-1, 1) of `shape` (deterministic).
+fn random(shape: &[usize], seed: u64, device: Device) -> Result<Tensor> {
+    let mut rng = InitRng::new(seed);
+    let data = (0..shape.iter().product::<usize>())
+        .map(|_| (2.0 * rng.uniform() - 1.0) as f32)
+        .collect();
+    Tensor::from_vec(data, shape, device)
+}
+
+/// Runs `work` `warmup` times, once profiled, then `reps` times timed; builds the report.
+fn measure(
+    o: &BenchOptions,
+    params: usize,
+    mut work: impl FnMut() -> Result<()>,
+) -> Result<serde_json::Value> {
     if o.reps == 0 || o.batch == 0 {
         return Err(Error::Invalid(
             "--reps and --batch must be at least 1".into(),
         ));
     }
-    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
-    let shape = [o.batch, model.config.in_channels, o.height, o.width];
-    let mut rng = InitRng::new(0);
-    let data = (0..shape.iter().product::<usize>())
-        .map(|_| (2.0 * rng.uniform() - 1.0) as f32)
-        .collect();
-    let x = Tensor::from_vec(data, &shape, o.device)?;
-    let t = Tensor::from_vec(vec![500.0; o.batch], &[o.batch], o.device)?;
     for _ in 0..o.warmup {
-        model.forward(&x, &t)?;
+        work()?;
     }
     // one profiled pass for the per-operation breakdown
     profile::enable(true);
-    model.forward(&x, &t)?;
+    work()?;
     let ops = profile::totals();
     profile::enable(false);
     let mut times = Vec::with_capacity(o.reps);
     for _ in 0..o.reps {
         let start = Instant::now();
-        model.forward(&x, &t)?;
+        work()?;
         times.push(start.elapsed().as_secs_f64());
     }
     let in_order = times.clone();
@@ -65,11 +72,48 @@ pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
     Ok(json!({
         "batch": o.batch, "height": o.height, "width": o.width,
         "threads": rayon::current_num_threads(),
-        "params": model.num_params(),
+        "params": params,
         "median_s": median, "min_s": times[0], "times_s": in_order,
         "gflop": flops / 1e9, "gflops_per_s": flops / median / 1e9,
         "ops": breakdown,
     }))
+}
+
+/// `dydiff bench unet`: the forward pass on random input at timestep 500.
+pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
+    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
+    let x = random(
+        &[o.batch, model.config.in_channels, o.height, o.width],
+        0,
+        o.device,
+    )?;
+    let t = Tensor::from_vec(vec![500.0; o.batch], &[o.batch], o.device)?;
+    measure(o, model.num_params(), || model.forward(&x, &t).map(|_| ()))
+}
+
+/// `dydiff bench train`: one training step of `dydiff train` — forward, MSE loss against a
+/// random target, backward, gradient clipping, AdamW with the weight EMA — on random input at
+/// mixed timesteps, the network rebuilt on the new weights as in training.
+pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
+    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
+    let c = model.config.clone();
+    let x = random(&[o.batch, c.in_channels, o.height, o.width], 0, o.device)?;
+    let y = random(&[o.batch, c.out_channels, o.height, o.width], 1, o.device)?;
+    let ts: Vec<f32> = (0..o.batch).map(|i| (i * 997 % 1000) as f32).collect();
+    let t = Tensor::from_vec(ts, &[o.batch], o.device)?;
+    let mut state = train::State::fresh(&model, o.device)?;
+    let mut unet = model;
+    let settings = train::OptimizerSettings {
+        weight_decay: 0.0,
+        clip: 1.0,
+        ema_decay: 0.999,
+    };
+    let params = unet.num_params();
+    measure(o, params, || {
+        state.train_step(&unet, (&x, &y, &t), 1e-4, &settings, o.device)?;
+        unet = state.network(&c, o.device, &state.params)?;
+        Ok(())
+    })
 }
 
 /// Measures the machine's fp32 fused multiply-add peak: twelve independent FMA chains in the

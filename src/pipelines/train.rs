@@ -145,19 +145,30 @@ fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::
     Ok(a)
 }
 
-/// Everything the optimizer carries between steps, in parameter order.
-struct State {
-    step: usize,
+/// Everything the optimizer carries between steps, in parameter order: the weights, Adam's
+/// moments and the weight EMA.
+pub struct State {
+    pub step: usize,
     names: Vec<String>,
     shapes: Vec<Vec<usize>>,
-    params: Vec<Storage>,
+    pub params: Vec<Storage>,
     m: Vec<Storage>,
     v: Vec<Storage>,
-    ema: Vec<Storage>,
+    pub ema: Vec<Storage>,
+}
+
+/// The optimizer settings of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct OptimizerSettings {
+    pub weight_decay: f64,
+    /// Maximum global gradient norm.
+    pub clip: f64,
+    pub ema_decay: f64,
 }
 
 impl State {
-    fn fresh(unet: &UNet2D, device: Device) -> Result<State> {
+    /// The state of a fresh run on `unet`'s weights.
+    pub fn fresh(unet: &UNet2D, device: Device) -> Result<State> {
         let mut s = State {
             step: 0,
             names: vec![],
@@ -178,7 +189,68 @@ impl State {
         Ok(s)
     }
 
-    fn network(&self, config: &UNet2DConfig, device: Device, which: &[Storage]) -> Result<UNet2D> {
+    /// One training step of `unet` (built from [`State::params`]): the loss on the batch, its
+    /// gradients, clipping to the global norm and the fused AdamW + EMA update at learning rate
+    /// `lr`. Returns the loss and the gradient norm; a non-finite loss leaves the state as it was.
+    pub fn train_step(
+        &mut self,
+        unet: &UNet2D,
+        batch: (&Tensor, &Tensor, &Tensor),
+        lr: f64,
+        o: &OptimizerSettings,
+        device: Device,
+    ) -> Result<(f32, f64)> {
+        let (inp, target, t) = batch;
+        let loss = {
+            let _tape = Tape::start();
+            let loss = unet.forward(inp, t)?.mse(target)?;
+            backward(&loss)?;
+            loss.scalar()?
+        };
+        if !loss.is_finite() {
+            return Ok((loss, f64::NAN));
+        }
+        let grads: Vec<Storage> = unet
+            .params()
+            .iter()
+            .map(|(_, t)| match t.grad() {
+                Some(g) => Ok(g.storage().clone()),
+                None => device.storage_from_vec(vec![0.0; t.elem_count()]),
+            })
+            .collect::<Result<_>>()?;
+        let norm = grads
+            .iter()
+            .map(|g| g.sum_squares())
+            .sum::<Result<f64>>()?
+            .sqrt();
+        let step = self.step + 1;
+        let h = AdamStep {
+            lr: lr as f32,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: o.weight_decay as f32,
+            bc1: (1.0 - 0.9f64.powi(step as i32)) as f32,
+            bc2: (1.0 - 0.999f64.powi(step as i32)) as f32,
+            grad_scale: (o.clip / (norm + 1e-6)).min(1.0) as f32,
+            ema_decay: o.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32,
+        };
+        for (i, g) in grads.iter().enumerate() {
+            let (np, nm, nv, ne) =
+                self.params[i].adamw(g, &self.m[i], &self.v[i], &self.ema[i], &h)?;
+            (self.params[i], self.m[i], self.v[i], self.ema[i]) = (np, nm, nv, ne);
+        }
+        self.step = step;
+        Ok((loss, norm))
+    }
+
+    /// The network on the current weights (`which = &state.params`) or their EMA.
+    pub fn network(
+        &self,
+        config: &UNet2DConfig,
+        device: Device,
+        which: &[Storage],
+    ) -> Result<UNet2D> {
         let map: HashMap<String, Storage> = self
             .names
             .iter()
@@ -546,49 +618,19 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             step: step as u32,
         };
         let (inp, target, t) = batch(&data, &p, &model.schedule, o.batch, kb, kn, device)?;
-        let loss = {
-            let _tape = Tape::start();
-            let loss = unet.forward(&inp, &t)?.mse(&target)?;
-            backward(&loss)?;
-            loss.scalar()?
+        let lr = learning_rate(o, step);
+        let settings = OptimizerSettings {
+            weight_decay: o.weight_decay,
+            clip: o.clip,
+            ema_decay: o.ema_decay,
         };
+        let (loss, norm) = state.train_step(&unet, (&inp, &target, &t), lr, &settings, device)?;
         if !loss.is_finite() {
             return Err(Error::Invalid(format!(
                 "step {step}: the loss is {loss}; stopped (the last good checkpoint, step {last_saved}, is in {}); try a smaller --lr",
                 o.out.display()
             )));
         }
-        let grads: Vec<Storage> = unet
-            .params()
-            .iter()
-            .map(|(_, t)| match t.grad() {
-                Some(g) => Ok(g.storage().clone()),
-                None => device.storage_from_vec(vec![0.0; t.elem_count()]),
-            })
-            .collect::<Result<_>>()?;
-        let norm = grads
-            .iter()
-            .map(|g| g.sum_squares())
-            .sum::<Result<f64>>()?
-            .sqrt();
-        let lr = learning_rate(o, step);
-        let h = AdamStep {
-            lr: lr as f32,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: o.weight_decay as f32,
-            bc1: (1.0 - 0.9f64.powi(step as i32)) as f32,
-            bc2: (1.0 - 0.999f64.powi(step as i32)) as f32,
-            grad_scale: (o.clip / (norm + 1e-6)).min(1.0) as f32,
-            ema_decay: o.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32,
-        };
-        for (i, g) in grads.iter().enumerate() {
-            let (np, nm, nv, ne) =
-                state.params[i].adamw(g, &state.m[i], &state.v[i], &state.ema[i], &h)?;
-            (state.params[i], state.m[i], state.v[i], state.ema[i]) = (np, nm, nv, ne);
-        }
-        state.step = step;
         unet = state.network(&config, device, &state.params)?;
         loss_sum += f64::from(loss);
         loss_n += 1;
