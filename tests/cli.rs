@@ -3,7 +3,7 @@
 //! output file.
 
 mod common;
-use common::{fixture, Scratch};
+use common::{assert_clean_failure, fixture, Scratch};
 use dydiff::io::npy;
 use std::path::Path;
 use std::process::Command;
@@ -28,19 +28,7 @@ fn denoise(unet: &Path, input: &Path, t: &str, out: &Path) -> (bool, String) {
 fn fails(unet: &Path, input: &Path, t: &str, s: &Scratch, needles: &[&str]) {
     let out = s.path("y.npy");
     let (ok, err) = denoise(unet, input, t, &out);
-    assert!(!ok, "expected failure, stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "{err:?} does not mention {n:?}");
-    }
-    assert!(!out.exists(), "output file left behind");
-    let leftovers: Vec<_> = std::fs::read_dir(&s.0)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left behind");
+    assert_clean_failure(ok, &err, needles, &out, s);
 }
 
 #[test]

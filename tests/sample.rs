@@ -5,7 +5,7 @@
 //! threads), seeds and members, pictures, and every kind of bad input.
 
 mod common;
-use common::{dydiff, fixture, Scratch};
+use common::{assert_clean_failure, dydiff, fixture, Scratch};
 use dydiff::io::npy;
 use std::path::{Path, PathBuf};
 
@@ -159,14 +159,7 @@ fn pictures_one_per_sample() {
 fn fails(s: &Scratch, model: &Path, input: &Path, extra: &[&str], needles: &[&str]) {
     let out = s.path("forecast.npy");
     let (ok, err) = dydiff(args(model, input, &out, extra));
-    assert!(!ok, "expected failure, stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "{err:?} does not mention {n:?}");
-    }
-    assert!(!out.exists(), "output file left behind");
-    assert!(s.leftovers().is_empty(), "temporary files left behind");
+    assert_clean_failure(ok, &err, needles, &out, s);
 }
 
 #[test]

@@ -102,3 +102,16 @@ where
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// Checks a failed run: non-zero exit, one line on stderr naming every needle, no panic, no
+/// `out` file and no temporary file left in the scratch directory.
+pub fn assert_clean_failure(ok: bool, err: &str, needles: &[&str], out: &Path, s: &Scratch) {
+    assert!(!ok, "expected failure, stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{err:?} does not mention {n:?}");
+    }
+    assert!(!out.exists(), "output file left behind");
+    assert!(s.leftovers().is_empty(), "temporary files left behind");
+}
