@@ -48,59 +48,42 @@ impl Tensor {
         }))
     }
 
-    /// A constant tensor from `data` (row-major) of `shape` on `device`.
-    pub fn from_vec(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
-        if data.len() != numel(shape) {
+    /// A tensor of `shape` on `storage`, checking that the sizes agree (`op` names the caller
+    /// in the error); a parameter if `param`.
+    fn on_storage(
+        storage: Storage,
+        shape: &[usize],
+        param: bool,
+        op: &'static str,
+    ) -> Result<Tensor> {
+        if storage.len() != numel(shape) {
             return Err(Error::shape(
-                "from_vec",
-                format!("{} values for shape {shape:?}", data.len()),
+                op,
+                format!("{} values for shape {shape:?}", storage.len()),
             ));
         }
-        Ok(Tensor::make(
-            device.storage_from_vec(data)?,
-            shape.to_vec(),
-            false,
-            false,
-        ))
+        Ok(Tensor::make(storage, shape.to_vec(), param, param))
+    }
+
+    /// A constant tensor from `data` (row-major) of `shape` on `device`.
+    pub fn from_vec(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
+        Tensor::on_storage(device.storage_from_vec(data)?, shape, false, "from_vec")
     }
 
     /// A trainable parameter: gradients flow to it and accumulate in [`Tensor::grad`].
     pub fn param(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
-        if data.len() != numel(shape) {
-            return Err(Error::shape(
-                "param",
-                format!("{} values for shape {shape:?}", data.len()),
-            ));
-        }
-        Ok(Tensor::make(
-            device.storage_from_vec(data)?,
-            shape.to_vec(),
-            true,
-            true,
-        ))
+        Tensor::on_storage(device.storage_from_vec(data)?, shape, true, "param")
     }
 
     /// A trainable parameter on an existing storage.
     pub fn param_from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
-        if storage.len() != numel(shape) {
-            return Err(Error::shape(
-                "param",
-                format!("{} values for shape {shape:?}", storage.len()),
-            ));
-        }
-        Ok(Tensor::make(storage, shape.to_vec(), true, true))
+        Tensor::on_storage(storage, shape, true, "param")
     }
 
     /// A constant tensor of `shape` on an existing storage (the result of an operation that no
     /// gradient flows through).
     pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Result<Tensor> {
-        if storage.len() != numel(shape) {
-            return Err(Error::shape(
-                "from_storage",
-                format!("{} values for shape {shape:?}", storage.len()),
-            ));
-        }
-        Ok(Tensor::make(storage, shape.to_vec(), false, false))
+        Tensor::on_storage(storage, shape, false, "from_storage")
     }
 
     /// Standard normal noise of `shape = (rows.len(), …)`, a pure function of the key, the row
