@@ -156,44 +156,38 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
                 .map(|o| o[k].as_f64().unwrap_or(f64::NAN))
                 .collect()
         };
-        let (crps, crps_std, rmse, spread) = (
-            lead("crps"),
-            lead("crps_standard"),
-            lead("rmse"),
-            lead("spread"),
-        );
-        let crps_png = picture::line_plot(
-            "CRPS",
-            &[
-                picture::Series {
-                    name: "CRPS",
-                    colour: [31, 119, 180],
-                    values: &crps,
-                },
-                picture::Series {
-                    name: "STANDARD",
-                    colour: [255, 127, 14],
-                    values: &crps_std,
-                },
-            ],
-        )?;
-        atomic::write(&dir.join("crps.png"), &crps_png)?;
-        let ss_png = picture::line_plot(
-            "SPREAD AND RMSE",
-            &[
-                picture::Series {
-                    name: "RMSE",
-                    colour: [214, 39, 40],
-                    values: &rmse,
-                },
-                picture::Series {
-                    name: "SPREAD",
-                    colour: [44, 160, 44],
-                    values: &spread,
-                },
-            ],
-        )?;
-        atomic::write(&dir.join("spread_skill.png"), &ss_png)?;
+        // (file, title, [(legend, colour, metric)]) of each plot against lead time.
+        let plots = [
+            (
+                "crps.png",
+                "CRPS",
+                [
+                    ("CRPS", [31, 119, 180], "crps"),
+                    ("STANDARD", [255, 127, 14], "crps_standard"),
+                ],
+            ),
+            (
+                "spread_skill.png",
+                "SPREAD AND RMSE",
+                [
+                    ("RMSE", [214, 39, 40], "rmse"),
+                    ("SPREAD", [44, 160, 44], "spread"),
+                ],
+            ),
+        ];
+        for (file, title, lines) in plots {
+            let values: Vec<Vec<f64>> = lines.iter().map(|(_, _, k)| lead(k)).collect();
+            let series: Vec<picture::Series> = lines
+                .iter()
+                .zip(&values)
+                .map(|(&(name, colour, _), values)| picture::Series {
+                    name,
+                    colour,
+                    values,
+                })
+                .collect();
+            atomic::write(&dir.join(file), &picture::line_plot(title, &series)?)?;
+        }
     }
     Ok(report)
 }
