@@ -48,6 +48,32 @@ fn conv_case(g: ConvGeom) {
         1e-4,
         &format!("conv {g:?}"),
     );
+    conv_backward_case(&g, &x.to_vec().unwrap(), &wt.to_vec().unwrap());
+}
+
+/// The backward pass for the same geometry against [`reference::conv2d_backward`]: `dx`
+/// reduces over `co·k²` products, `dw` and `db` over `n·ho·wo`; tolerance
+/// `1e-6·reduction + 1e-4·|ref|` for each.
+fn conv_backward_case(g: &ConvGeom, x: &[f32], w: &[f32]) {
+    let dy = rand_vec(g.n * g.co * g.ho() * g.wo(), 4);
+    let store = |v: &[f32]| Device::Cpu.storage_from_vec(v.to_vec()).unwrap();
+    let (want_dx, want_dw, want_db) = reference::conv2d_backward(x, w, &dy, g);
+    for need_dx in [true, false] {
+        let (dx, dw, db) = store(x)
+            .conv2d_backward(&store(w), &store(&dy), g, need_dx)
+            .unwrap();
+        assert_eq!(dx.is_some(), need_dx, "conv backward {g:?}: dx");
+        let pixels = (g.n * g.ho() * g.wo()) as f32;
+        if let Some(dx) = dx {
+            let tol = 1e-6 * (g.co * g.k * g.k) as f32;
+            let what = format!("conv backward dx {g:?}");
+            assert_close(&dx.to_vec().unwrap(), &want_dx, tol, 1e-4, &what);
+        }
+        let what = format!("conv backward dw {g:?}");
+        assert_close(&dw.to_vec().unwrap(), &want_dw, 1e-6 * pixels, 1e-4, &what);
+        let what = format!("conv backward db {g:?}");
+        assert_close(&db.to_vec().unwrap(), &want_db, 1e-6 * pixels, 1e-4, &what);
+    }
 }
 
 /// (n, ci, h, w, co, k, stride, pad)

@@ -187,6 +187,21 @@ pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     y
 }
 
+/// `db[o] = Σ_{n,p} dy[n, o, p]`, the bias gradient of any convolution.
+pub fn bias_grad(dy: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let p = g.ho() * g.wo();
+    dy.par_chunks(g.co * p)
+        .map(|dyn_| {
+            dyn_.chunks(p)
+                .map(|r| r.iter().sum::<f32>())
+                .collect::<Vec<f32>>()
+        })
+        .reduce(
+            || vec![0.0; g.co],
+            |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect(),
+        )
+}
+
 /// Gradients of [`conv2d`]: `(dx if need_dx, dw, db)`.
 ///
 /// `dw = Σ_n dy[n] · col[n]ᵀ`, `db = Σ_{n,p} dy`, `dx[n] = col2im(wᵀ · dy[n])`.
@@ -201,17 +216,7 @@ pub fn conv2d_backward(
     let kk = g.ci * g.k * g.k;
     let plane_in = g.ci * g.h * g.w;
     let pointwise = is_pointwise(g);
-    let db = dy
-        .par_chunks(g.co * p)
-        .map(|dyn_| {
-            dyn_.chunks(p)
-                .map(|r| r.iter().sum::<f32>())
-                .collect::<Vec<f32>>()
-        })
-        .reduce(
-            || vec![0.0; g.co],
-            |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect(),
-        );
+    let db = bias_grad(dy, g);
     let dw = (0..g.n)
         .into_par_iter()
         .fold(

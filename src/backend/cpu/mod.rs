@@ -114,36 +114,15 @@ impl BackendStorage for CpuStorage {
             "conv2d_backward",
             g.flops() * if need_dx { 2.0 } else { 1.0 },
         );
-        // For 3×3 stride-1 padding-1 convolutions, dx is itself such a convolution — of dy with
-        // the kernel transposed over channels and flipped in space — so it goes through Winograd
-        // (the benchmark UNet's training step at 32×32, batch 8: convolution backward 601 →
-        // 562–573 ms); dw and db stay with the im2col path, which is most of what remains.
-        let winograd_dx = need_dx && winograd::applicable(g);
-        let (dx, dw, db) =
-            conv::conv2d_backward(&self.data, &w.data, &dy.data, g, need_dx && !winograd_dx);
-        let dx = if winograd_dx {
-            let (ci, co) = (g.ci, g.co);
-            let mut wt = vec![0.0f32; w.data.len()];
-            for o in 0..co {
-                for i in 0..ci {
-                    for k in 0..9 {
-                        wt[(i * co + o) * 9 + 8 - k] = w.data[(o * ci + i) * 9 + k];
-                    }
-                }
-            }
-            let gt = ConvGeom {
-                ci: co,
-                co: ci,
-                ..*g
-            };
-            Some(winograd::conv2d(
-                &dy.data,
-                &winograd::Filter::new(&wt, ci, co),
-                None,
-                &gt,
-            ))
+        // 3×3 stride-1 padding-1 convolutions by the adjoint of their Winograd forward (the
+        // benchmark UNet's training step at 32×32, batch 8: convolution backward 562–573 ms
+        // with im2col for dw and a second Winograd convolution for dx, 250–270 ms now).
+        let (dx, dw, db) = if winograd::applicable(g) {
+            let f = w.winograd_filter(g.co, g.ci);
+            let (dx, dw) = winograd::conv2d_backward(&self.data, &f, &dy.data, g, need_dx);
+            (dx, dw, conv::bias_grad(&dy.data, g))
         } else {
-            dx
+            conv::conv2d_backward(&self.data, &w.data, &dy.data, g, need_dx)
         };
         Ok((
             dx.map(CpuStorage::from_vec),

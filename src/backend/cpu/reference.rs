@@ -36,6 +36,49 @@ pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     y
 }
 
+/// Gradients of [`conv2d`] for the output gradient `dy`: `(dx, dw, db)` with
+/// `dx[n,c,iy,ix] = Σ dy[n,o,oy,ox]·w[o,c,ky,kx]` and `dw[o,c,ky,kx] = Σ dy[n,o,oy,ox]·x[n,c,iy,ix]`
+/// over the output pixels whose window puts `(ky, kx)` on `(iy, ix)`, and `db[o] = Σ dy[n,o,·,·]`.
+pub fn conv2d_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    let mut db = vec![0.0f64; g.co];
+    for n in 0..g.n {
+        for co in 0..g.co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let d = dy[((n * g.co + co) * ho + oy) * wo + ox] as f64;
+                    db[co] += d;
+                    for ci in 0..g.ci {
+                        for ky in 0..g.k {
+                            for kx in 0..g.k {
+                                let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
+                                let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
+                                {
+                                    let xi =
+                                        ((n * g.ci + ci) * g.h + iy as usize) * g.w + ix as usize;
+                                    let wi = ((co * g.ci + ci) * g.k + ky) * g.k + kx;
+                                    dx[xi] += d * w[wi] as f64;
+                                    dw[wi] += d * x[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    (f32s(dx), f32s(dw), f32s(db))
+}
+
 /// Batched matrix product, see [`MatmulGeom`].
 pub fn matmul(a: &[f32], b: &[f32], g: &MatmulGeom) -> Vec<f32> {
     let mut out = vec![0.0f32; g.batch * g.m * g.n];
