@@ -6,12 +6,13 @@
 //!
 //! Accuracy decides the tile size. The interpolation points are 0, 1, −1, ½, ∞ (Barabasz et al.,
 //! 2020: points near the unit circle keep the transforms well conditioned), so `Bᵀ` and `Aᵀ`
-//! hold only multiples of ¼, exact in binary; `G` (with thirds) is applied in f64 when the kernel
-//! is transformed. Measured against diffusers on the parity fixtures (worst `max|Δ|/max|ref|`
-//! over timesteps; python/make_fixtures.py): direct convolution 3.4e-6 / 1.1e-5 / 2.1e-5
-//! (fixtures a / c / d), `F(2×2)` the same, `F(3×3)` 7.1e-6 / 1.9e-5 / 4.3e-5, `F(4×4)`
-//! 1.0e-5 / 2.5e-5 / 7.7e-5 — the last too close to the 1e-4 parity bound to ship, although
-//! about 15% faster on the 64×64 benchmark UNet.
+//! hold only multiples of ¼, exact in binary; `G` (with thirds) is applied in f32 when the kernel
+//! is transformed (in f64 it measured no more accurate, and took twice as long — the transform
+//! runs once per training step). Measured against diffusers on the parity fixtures (worst
+//! `max|Δ|/max|ref|` over timesteps; python/make_fixtures.py): direct convolution 3.4e-6 /
+//! 1.1e-5 / 2.1e-5 (fixtures a / c / d), `F(2×2)` the same, `F(3×3)` 6.1e-6 / 1.8e-5 / 4.1e-5,
+//! `F(4×4)` 1.0e-5 / 2.5e-5 / 7.7e-5 — the last too close to the 1e-4 parity bound to ship,
+//! although about 15% faster on the 64×64 benchmark UNet.
 //!
 //! Layout: the products run tile-major, `M[ξ] (tiles × Co) = V[ξ] (tiles × Ci) · U[ξ] (Ci × Co)`,
 //! with `U` stored transposed once per kernel. The input is first copied into a channel-blocked,
@@ -70,58 +71,64 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(w: &[f32], co: usize, ci: usize) -> Filter {
-        /// Output channels transformed together (the inner loops vectorise over them).
-        const OB: usize = 8;
         // Every entry is written below, so the memory is not zero-filled first (the kernels of
         // the benchmark UNet take 178 MB).
         let mut u: Vec<f32> = Vec::with_capacity(T * T * ci * co);
         let up = SendPtr(u.as_mut_ptr());
-        (0..ci).into_par_iter().for_each(|c| {
-            for o0 in (0..co).step_by(OB) {
-                let lanes = OB.min(co - o0);
-                // k[r][j][l] = w[o0 + l, c, r, j]
-                let mut k = [[[0.0f64; OB]; 3]; 3];
-                for l in 0..lanes {
-                    let src = &w[((o0 + l) * ci + c) * 9..][..9];
-                    for r in 0..3 {
-                        for j in 0..3 {
-                            k[r][j][l] = f64::from(src[r * 3 + j]);
-                        }
-                    }
-                }
-                // tmp = G k (5×3), then G tmp Gᵀ entries (5×5), over the lanes
-                let mut tmp = [[[0.0f64; OB]; 3]; T];
-                for i in 0..T {
-                    for j in 0..3 {
-                        for l in 0..OB {
-                            tmp[i][j][l] =
-                                G[i][0] * k[0][j][l] + G[i][1] * k[1][j][l] + G[i][2] * k[2][j][l];
-                        }
-                    }
-                }
-                for i in 0..T {
-                    for j in 0..T {
-                        let mut v = [0.0f32; OB];
-                        for l in 0..OB {
-                            v[l] = (tmp[i][0][l] * G[j][0]
-                                + tmp[i][1][l] * G[j][1]
-                                + tmp[i][2][l] * G[j][2]) as f32;
-                        }
-                        // SAFETY: this task owns every (ξ, c, ·) entry.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                v.as_ptr(),
-                                up.get().add(((i * T + j) * ci + c) * co + o0),
-                                lanes,
-                            )
-                        };
-                    }
-                }
-            }
-        });
+        (0..ci)
+            .into_par_iter()
+            .for_each(|c| transform_kernels(w, co, ci, c, up));
         // SAFETY: the tasks above wrote all T²·ci·co entries (every (ξ, c, o)).
         unsafe { u.set_len(T * T * ci * co) };
         Filter { co, ci, u }
+    }
+}
+
+simd_fn! {
+    /// `U[ξ][c][o] = (G w[o, c] Gᵀ)[ξ]` for input channel `c` and every output channel, `L`
+    /// output channels at a time (the vector lanes).
+    fn transform_kernels(w: &[f32], co: usize, ci: usize, c: usize, u: SendPtr) {
+        let gf: [[f32; 3]; T] = G.map(|r| r.map(|v| v as f32));
+        for o0 in (0..co).step_by(L) {
+            let lanes = L.min(co - o0);
+            // k[r][j][l] = w[o0 + l, c, r, j]
+            let mut k = [[[0.0f32; L]; 3]; 3];
+            for l in 0..lanes {
+                let src: &[f32; 9] = w[((o0 + l) * ci + c) * 9..][..9].try_into().expect("3×3");
+                for r in 0..3 {
+                    for j in 0..3 {
+                        k[r][j][l] = src[r * 3 + j];
+                    }
+                }
+            }
+            // tmp = G k (5 × 3), then G tmp Gᵀ (5 × 5), over the lanes
+            let mut tmp = [[[0.0f32; L]; 3]; T];
+            for i in 0..T {
+                for j in 0..3 {
+                    for l in 0..L {
+                        tmp[i][j][l] =
+                            gf[i][0] * k[0][j][l] + gf[i][1] * k[1][j][l] + gf[i][2] * k[2][j][l];
+                    }
+                }
+            }
+            for i in 0..T {
+                for j in 0..T {
+                    let mut v = [0.0f32; L];
+                    for l in 0..L {
+                        v[l] = tmp[i][0][l] * gf[j][0] + tmp[i][1][l] * gf[j][1] + tmp[i][2][l] * gf[j][2];
+                    }
+                    // SAFETY: the caller's task owns every (ξ, c, ·) entry.
+                    let dst = unsafe { u.get().add(((i * T + j) * ci + c) * co + o0) };
+                    if lanes == L {
+                        // SAFETY: as above; a whole vector (a fixed-size copy, not a call).
+                        unsafe { dst.cast::<Lanes>().write_unaligned(v) };
+                    } else {
+                        // SAFETY: as above, the last `lanes` output channels.
+                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst, lanes) };
+                    }
+                }
+            }
+        }
     }
 }
 
