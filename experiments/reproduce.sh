@@ -6,7 +6,8 @@
 #   experiments/reproduce.sh                 # the README's budget (about an hour on 2 cores)
 #   STEPS=20000 SEEDS="0 1 2" experiments/reproduce.sh
 #
-# Settings (environment): OUT, STEPS, BATCH, LR, SEEDS, RES, TRAIN_SEQ, TEST_SEQ.
+# Settings (environment): OUT, STEPS, BATCH, LR, SEEDS, RES, TRAIN_SEQ, TEST_SEQ, and BIN (a
+# dydiff binary to use instead of building one, e.g. a copy that later rebuilds cannot change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out}
@@ -20,8 +21,10 @@ TEST_SEQ=${TEST_SEQ:-16}
 HISTORY=4
 FUTURE=6
 
-cargo build --release --quiet
-BIN=target/release/dydiff
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/dydiff
+fi
 mkdir -p "$OUT"
 
 # Training sequences (16 frames, so every window of 10 frames has 7 starts) and held-out test
