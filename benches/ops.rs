@@ -1,7 +1,7 @@
 //! Criterion benches of the hot CPU ops on the shapes of the benchmark UNet (block channels
 //! 64/128/256, head dim 32, batch 8). Throughput is reported in FLOP/s ("elem/s" = FLOP/s).
 //!
-//!     cargo bench --bench ops [-- conv]
+//!     cargo bench --bench ops [-- conv2d_backward]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dydiff::backend::ConvGeom;
@@ -48,6 +48,50 @@ fn conv(c: &mut Criterion) {
         g.throughput(Throughput::Elements(geom.flops() as u64));
         g.bench_function(BenchmarkId::from_parameter(label), |bench| {
             bench.iter(|| x.conv2d(&w, Some(&b), stride, pad).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// The backward of 3×3 stride-1 convolutions (dx and dw; throughput counts both, twice the
+/// forward's FLOP): the Winograd adjoint against im2col + gemm, and the per-step kernel
+/// transform that training pays because the weights change.
+fn conv_backward(c: &mut Criterion) {
+    use dydiff::backend::cpu::{conv, winograd};
+    dydiff::backend::cpu::tune_allocator();
+    let mut g = c.benchmark_group("conv2d_backward");
+    g.sample_size(10);
+    for (n, ci, hw, co) in [
+        (8usize, 64usize, 32usize, 64usize),
+        (8, 128, 16, 128),
+        (8, 256, 8, 256),
+        (8, 64, 64, 64),
+    ] {
+        let geom = ConvGeom {
+            n,
+            ci,
+            h: hw,
+            w: hw,
+            co,
+            k: 3,
+            stride: 1,
+            pad: [1; 4],
+        };
+        let x = rand(&[n, ci, hw, hw], 1).to_vec().unwrap();
+        let w = rand(&[co, ci, 3, 3], 2).to_vec().unwrap();
+        let dy = rand(&[n, co, hw, hw], 3).to_vec().unwrap();
+        let label = format!("{n}x{ci}x{hw}x{hw}_to_{co}");
+        g.throughput(Throughput::Elements(2 * geom.flops() as u64));
+        let f = winograd::Filter::new(&w, co, ci);
+        g.bench_function(BenchmarkId::new("winograd", &label), |b| {
+            b.iter(|| winograd::conv2d_backward(&x, &f, &dy, &geom, true))
+        });
+        g.bench_function(BenchmarkId::new("im2col", &label), |b| {
+            b.iter(|| conv::conv2d_backward(&x, &w, &dy, &geom, true))
+        });
+        g.throughput(Throughput::Elements((co * ci * 9) as u64));
+        g.bench_function(BenchmarkId::new("kernel_transform", &label), |b| {
+            b.iter(|| winograd::Filter::new(&w, co, ci))
         });
     }
     g.finish();
@@ -179,5 +223,13 @@ fn conv_layout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, conv_layout, attention, group_norm, linear);
+criterion_group!(
+    benches,
+    conv,
+    conv_backward,
+    conv_layout,
+    attention,
+    group_norm,
+    linear
+);
 criterion_main!(benches);
