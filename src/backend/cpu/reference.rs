@@ -4,6 +4,23 @@
 
 use crate::backend::{AttnGeom, ConvGeom, MatmulGeom, NormGeom, ProcessGeom, SeqGeom};
 
+/// Calls `f(xi, wi)` for every input element `x[xi]` and kernel weight `w[wi]` that output pixel
+/// `(oy, ox)` of image `n`, channel `co` multiplies (taps falling in the zero padding skipped).
+fn taps(g: &ConvGeom, n: usize, co: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+    for ci in 0..g.ci {
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
+                let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
+                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                    let xi = ((n * g.ci + ci) * g.h + iy as usize) * g.w + ix as usize;
+                    f(xi, ((co * g.ci + ci) * g.k + ky) * g.k + kx);
+                }
+            }
+        }
+    }
+}
+
 /// Direct convolution, see [`super::conv`].
 pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (ho, wo) = (g.ho(), g.wo());
@@ -13,21 +30,9 @@ pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
             for oy in 0..ho {
                 for ox in 0..wo {
                     let mut acc = b.map_or(0.0, |b| b[co] as f64);
-                    for ci in 0..g.ci {
-                        for ky in 0..g.k {
-                            for kx in 0..g.k {
-                                let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
-                                let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
-                                {
-                                    let xv = x
-                                        [((n * g.ci + ci) * g.h + iy as usize) * g.w + ix as usize];
-                                    let wv = w[((co * g.ci + ci) * g.k + ky) * g.k + kx];
-                                    acc += xv as f64 * wv as f64;
-                                }
-                            }
-                        }
-                    }
+                    taps(g, n, co, oy, ox, |xi, wi| {
+                        acc += x[xi] as f64 * w[wi] as f64
+                    });
                     y[((n * g.co + co) * ho + oy) * wo + ox] = acc as f32;
                 }
             }
@@ -55,22 +60,10 @@ pub fn conv2d_backward(
                 for ox in 0..wo {
                     let d = dy[((n * g.co + co) * ho + oy) * wo + ox] as f64;
                     db[co] += d;
-                    for ci in 0..g.ci {
-                        for ky in 0..g.k {
-                            for kx in 0..g.k {
-                                let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
-                                let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
-                                {
-                                    let xi =
-                                        ((n * g.ci + ci) * g.h + iy as usize) * g.w + ix as usize;
-                                    let wi = ((co * g.ci + ci) * g.k + ky) * g.k + kx;
-                                    dx[xi] += d * w[wi] as f64;
-                                    dw[wi] += d * x[xi] as f64;
-                                }
-                            }
-                        }
-                    }
+                    taps(g, n, co, oy, ox, |xi, wi| {
+                        dx[xi] += d * w[wi] as f64;
+                        dw[wi] += d * x[xi] as f64;
+                    });
                 }
             }
         }
