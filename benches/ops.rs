@@ -53,6 +53,20 @@ fn conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// A 3×3, stride-1, padding-1 convolution of `n` square `hw × hw` images, `ci → co` channels.
+fn same_3x3(n: usize, ci: usize, hw: usize, co: usize) -> ConvGeom {
+    ConvGeom {
+        n,
+        ci,
+        h: hw,
+        w: hw,
+        co,
+        k: 3,
+        stride: 1,
+        pad: [1; 4],
+    }
+}
+
 /// The backward of 3×3 stride-1 convolutions (dx and dw; throughput counts both, twice the
 /// forward's FLOP): the Winograd adjoint against im2col + gemm, and the per-step kernel
 /// transform that training pays because the weights change.
@@ -67,16 +81,7 @@ fn conv_backward(c: &mut Criterion) {
         (8, 256, 8, 256),
         (8, 64, 64, 64),
     ] {
-        let geom = ConvGeom {
-            n,
-            ci,
-            h: hw,
-            w: hw,
-            co,
-            k: 3,
-            stride: 1,
-            pad: [1; 4],
-        };
+        let geom = same_3x3(n, ci, hw, co);
         let x = rand(&[n, ci, hw, hw], 1).to_vec().unwrap();
         let w = rand(&[co, ci, 3, 3], 2).to_vec().unwrap();
         let dy = rand(&[n, co, hw, hw], 3).to_vec().unwrap();
@@ -156,16 +161,7 @@ fn conv_layout(c: &mut Criterion) {
         (8, 128, 32, 128),
         (8, 256, 16, 256),
     ] {
-        let geom = ConvGeom {
-            n,
-            ci,
-            h: hw,
-            w: hw,
-            co,
-            k: 3,
-            stride: 1,
-            pad: [1; 4],
-        };
+        let geom = same_3x3(n, ci, hw, co);
         g.throughput(Throughput::Elements(geom.flops() as u64));
         let x = rand(&[n, ci, hw, hw], 1).to_vec().unwrap();
         let w = rand(&[co, ci, 3, 3], 2).to_vec().unwrap();
