@@ -187,19 +187,31 @@ pub fn conv2d(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32>
     y
 }
 
-/// `db[o] = Σ_{n,p} dy[n, o, p]`, the bias gradient of any convolution.
+/// Adds `parts` in order: a sum over images whose rounding does not depend on the threads.
+fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    parts.into_iter().fold(vec![0.0; len], |mut acc, p| {
+        acc.iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+        acc
+    })
+}
+
+/// Images per partial sum of the kernel gradient in [`conv2d_backward`]: a constant, so that
+/// the gradient's rounding depends on the batch alone, never on the thread count.
+const IMAGES_PER_PARTIAL: usize = 4;
+
+/// `db[o] = Σ_{n,p} dy[n, o, p]`, the bias gradient of any convolution (per image in
+/// parallel, the images added in order).
 pub fn bias_grad(dy: &[f32], g: &ConvGeom) -> Vec<f32> {
     let p = g.ho() * g.wo();
-    dy.par_chunks(g.co * p)
+    let parts = dy
+        .par_chunks(g.co * p)
         .map(|dyn_| {
             dyn_.chunks(p)
                 .map(|r| r.iter().sum::<f32>())
                 .collect::<Vec<f32>>()
         })
-        .reduce(
-            || vec![0.0; g.co],
-            |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect(),
-        )
+        .collect();
+    sum_in_order(parts, g.co)
 }
 
 /// Gradients of [`conv2d`]: `(dx if need_dx, dw, db)`.
@@ -217,11 +229,12 @@ pub fn conv2d_backward(
     let plane_in = g.ci * g.h * g.w;
     let pointwise = is_pointwise(g);
     let db = bias_grad(dy, g);
-    let dw = (0..g.n)
+    let groups = g.n.div_ceil(IMAGES_PER_PARTIAL);
+    let parts = (0..groups)
         .into_par_iter()
-        .fold(
-            || vec![0.0f32; g.co * kk],
-            |mut acc, n| {
+        .map(|grp| {
+            let mut acc = vec![0.0f32; g.co * kk];
+            for n in grp * IMAGES_PER_PARTIAL..((grp + 1) * IMAGES_PER_PARTIAL).min(g.n) {
                 let xn = &x[n * plane_in..][..plane_in];
                 let dyn_ = Mat::new(&dy[n * g.co * p..][..g.co * p], p, 1);
                 // acc (Co × Ci·k²) += dy[n] (Co × P) · rhs, rhs = colᵀ (P × Ci·k²) with element
@@ -251,13 +264,11 @@ pub fn conv2d_backward(
                         accumulate(col);
                     });
                 }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0; g.co * kk],
-            |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect(),
-        );
+            }
+            acc
+        })
+        .collect();
+    let dw = sum_in_order(parts, g.co * kk);
     let dx = need_dx.then(|| {
         let mut dx = scratch::zeroed(g.n * plane_in);
         dx.par_chunks_mut(plane_in)

@@ -46,12 +46,35 @@ impl Mat {
             ..self
         }
     }
+    fn offset_cols(self, c: usize) -> Self {
+        // SAFETY: callers only offset within the operand they described.
+        Mat {
+            ptr: unsafe { self.ptr.offset(c as isize * self.cs) },
+            ..self
+        }
+    }
 }
 // SAFETY: read-only views shared across rayon tasks.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
-/// `dst (m×n) = [dst +] alpha · lhs (m×k) · rhs (k×n)` on one thread.
+/// The longest run of the `k` sum that one `gemm` call takes: longer sums are split into
+/// equal runs of at most this many terms, added into the destination in order.
+const KC: usize = 512;
+
+/// `dst (m×n) = [dst +] alpha · lhs (m×k) · rhs (k×n)` on one thread, with every element's
+/// arithmetic fixed by `k` alone: the same bits whatever `m`, `n`, the strides, or the element's
+/// position. Every product of the CPU backend goes through here, so a sample's result never
+/// depends on what shares its product, nor on how rows and columns are split across threads.
+///
+/// `gemm`'s general kernel computes each element as one chain of fused multiply-adds over the
+/// `k` terms of each run of its `k` sum, whatever the block it lies in; but the crate chooses
+/// that run length from the shape when `k > 512`, and leaves the general kernel for small or
+/// thin products (a dot-product kernel when `m·n ≤ 256` and both operands are contiguous along
+/// `k`, matrix–vector kernels when `m` or `n` is 1). So here the `k` sum is split into runs of
+/// at most [`KC`] terms, and a product that would leave the general kernel is computed on a
+/// copy that keeps it there (an operand re-laid out, a second zero row or column). Only `k ≤ 2`
+/// takes another kernel, for every shape alike. Tested in `tests/ops.rs`.
 ///
 /// # Safety
 /// Every operand must be valid for the index ranges its strides describe, and `dst` must not
@@ -82,6 +105,126 @@ pub(crate) unsafe fn gemm1(
         }
         return;
     }
+    let runs = k.div_ceil(KC);
+    let run = k.div_ceil(runs);
+    for r in 0..runs {
+        let (k0, kr) = (r * run, run.min(k - r * run));
+        general_kernel(
+            m,
+            n,
+            kr,
+            dst,
+            dst_rs,
+            dst_cs,
+            accumulate || r > 0,
+            lhs.offset_cols(k0),
+            rhs.offset_rows(k0),
+            alpha,
+        );
+    }
+}
+
+/// Whether `gemm` takes its dot-product kernel for this product (see [`gemm1`]).
+fn dot_product_kernel(m: usize, n: usize, lhs: Mat, rhs: Mat) -> bool {
+    lhs.cs == 1 && rhs.rs == 1 && m * n <= 256
+}
+
+/// Whether `gemm` computes this product with its general kernel, or (`k ≤ 2`) with the one
+/// kernel it uses for every shape of so short a sum (see [`gemm1`]).
+fn takes_general_kernel(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) -> bool {
+    k <= 2 || (m >= 2 && n >= 2 && !dot_product_kernel(m, n, lhs, rhs))
+}
+
+/// One `gemm` call with `k ≤` [`KC`], on copies that keep it in the general kernel where the
+/// shape would not (see [`gemm1`]): a thin or small operand is copied column-major (`lhs`) or
+/// row-major (`rhs`), padded with a zero row or column to at least two, so that it is neither
+/// contiguous along `k` nor a vector. Safety as [`gemm1`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn general_kernel(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    alpha: f32,
+) {
+    if takes_general_kernel(m, n, k, lhs, rhs) {
+        return call_gemm(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha);
+    }
+    let dot = m >= 2 && n >= 2 && dot_product_kernel(m, n, lhs, rhs);
+    let copy_lhs = m < 2 || (dot && m <= n);
+    let copy_rhs = n < 2 || (dot && !copy_lhs);
+    let (mp, np) = (m.max(2), n.max(2));
+    let mut a = Vec::new();
+    if copy_lhs {
+        a = vec![0.0f32; mp * k];
+        for j in 0..k {
+            for i in 0..m {
+                a[j * mp + i] = *lhs.ptr.offset(i as isize * lhs.rs + j as isize * lhs.cs);
+            }
+        }
+    }
+    let mut b = Vec::new();
+    if copy_rhs {
+        b = vec![0.0f32; k * np];
+        for j in 0..k {
+            for c in 0..n {
+                b[j * np + c] = *rhs.ptr.offset(j as isize * rhs.rs + c as isize * rhs.cs);
+            }
+        }
+    }
+    let lhs = if copy_lhs { Mat::new(&a, 1, mp) } else { lhs };
+    let rhs = if copy_rhs { Mat::new(&b, np, 1) } else { rhs };
+    debug_assert!(takes_general_kernel(mp, np, k, lhs, rhs));
+    if (mp, np) == (m, n) {
+        return call_gemm(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha);
+    }
+    // A padding row or column: the product goes to a row-major copy of dst.
+    let mut d = vec![0.0f32; mp * np];
+    if accumulate {
+        for i in 0..m {
+            for c in 0..n {
+                d[i * np + c] = *dst.offset(i as isize * dst_rs + c as isize * dst_cs);
+            }
+        }
+    }
+    call_gemm(
+        mp,
+        np,
+        k,
+        d.as_mut_ptr(),
+        np as isize,
+        1,
+        accumulate,
+        lhs,
+        rhs,
+        alpha,
+    );
+    for i in 0..m {
+        for c in 0..n {
+            *dst.offset(i as isize * dst_rs + c as isize * dst_cs) = d[i * np + c];
+        }
+    }
+}
+
+/// `gemm::gemm` single-threaded: `dst := [dst +] alpha · lhs · rhs`. Safety as [`gemm1`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn call_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    alpha: f32,
+) {
     // gemm computes dst := a·dst + b·lhs·rhs and takes (column stride, row stride) pairs.
     gemm::gemm(
         m,
@@ -106,19 +249,13 @@ pub(crate) unsafe fn gemm1(
     )
 }
 
-/// Rows per task: enough tasks for every thread, each large enough to amortise packing, and
-/// never fewer than [`SMALL_M`].
+/// Rows per task: enough tasks for every thread, each large enough to amortise packing. (How
+/// rows are split never changes a result: see [`gemm1`].)
 fn row_block(m: usize, work_per_row: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let min_rows = (1 << 16) / work_per_row.max(1) + 1;
-    m.div_ceil(threads * 2).max(min_rows.min(m)).max(SMALL_M)
+    m.div_ceil(threads * 2).max(min_rows.min(m)).max(1)
 }
-
-/// `gemm` computes a row differently when the product has very few rows (other kernels), so a
-/// sample's result would depend on how many samples share the call (the timestep MLP has one
-/// row per sample). Products with fewer rows are padded with zero rows to this many; from
-/// here up, a row's result does not depend on the row count (tested in tests/unet_parity.rs).
-const SMALL_M: usize = 16;
 
 /// `dst (m×n, row-major) = [dst +] alpha · lhs · rhs`, rows spread across threads.
 ///
@@ -136,37 +273,10 @@ pub(crate) unsafe fn gemm_par(
     alpha: f32,
 ) {
     debug_assert!(dst.len() >= m * n);
-    if m < SMALL_M && m > 0 {
-        let mut a = vec![0.0f32; SMALL_M * k];
-        for (i, row) in a.chunks_mut(k.max(1)).take(m).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = *lhs.ptr.offset(i as isize * lhs.rs + j as isize * lhs.cs);
-            }
-        }
-        let mut d = vec![0.0f32; SMALL_M * n];
-        if accumulate {
-            d[..m * n].copy_from_slice(&dst[..m * n]);
-        }
-        gemm1(
-            SMALL_M,
-            n,
-            k,
-            d.as_mut_ptr(),
-            n as isize,
-            1,
-            accumulate,
-            Mat::new(&a, k, 1),
-            rhs,
-            alpha,
-        );
-        dst[..m * n].copy_from_slice(&d[..m * n]);
-        return;
-    }
-    // floor(m / rb) blocks of near-equal size: none smaller than rb ≥ SMALL_M rows
-    let blocks = (m / row_block(m, n * k)).max(1);
+    let rb = row_block(m, n * k);
     let dp = SendPtr(dst.as_mut_ptr());
-    (0..blocks).into_par_iter().for_each(|i| {
-        let (r0, r1) = (i * m / blocks, (i + 1) * m / blocks);
+    (0..m.div_ceil(rb)).into_par_iter().for_each(|i| {
+        let (r0, r1) = (i * rb, ((i + 1) * rb).min(m));
         // SAFETY: rows r0..r1 of dst belong to this task alone.
         gemm1(
             r1 - r0,
@@ -253,4 +363,133 @@ pub fn linear(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: us
         )
     };
     y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0) - 1.0)
+            .collect()
+    }
+
+    /// Every element of a product is the same bits whatever block of the product it is
+    /// computed in — a single element, a thin row or column, a small block or the whole — for
+    /// both layouts of each operand, short and long sums, with and without accumulation; and
+    /// it agrees with a float64 product.
+    #[test]
+    fn an_element_does_not_depend_on_the_block() {
+        let (m, n) = (37, 29);
+        for k in [1, 2, 3, 16, 300, 513, 1100] {
+            let (a, b) = (vals(m * k, k), vals(k * n, k + 1));
+            let c0 = vals(m * n, k + 2);
+            for (a_rowmajor, b_rowmajor, accumulate) in [
+                (true, true, false),
+                (true, false, false),
+                (false, true, true),
+                (false, false, true),
+            ] {
+                let lhs = |r0: usize, c0: usize| {
+                    let (rs, cs) = if a_rowmajor { (k, 1) } else { (1, m) };
+                    Mat::new(&a[r0 * rs + c0 * cs..], rs, cs)
+                };
+                let rhs = |r0: usize, c0: usize| {
+                    let (rs, cs) = if b_rowmajor { (n, 1) } else { (1, k) };
+                    Mat::new(&b[r0 * rs + c0 * cs..], rs, cs)
+                };
+                let mut whole = c0.clone();
+                // SAFETY: all operands are in bounds for the shapes given.
+                unsafe {
+                    gemm1(
+                        m,
+                        n,
+                        k,
+                        whole.as_mut_ptr(),
+                        n as isize,
+                        1,
+                        accumulate,
+                        lhs(0, 0),
+                        rhs(0, 0),
+                        0.5,
+                    )
+                };
+                for i in 0..m {
+                    for j in 0..n {
+                        let exact: f64 = (0..k)
+                            .map(|t| {
+                                let x = if a_rowmajor {
+                                    a[i * k + t]
+                                } else {
+                                    a[t * m + i]
+                                };
+                                let y = if b_rowmajor {
+                                    b[t * n + j]
+                                } else {
+                                    b[j * k + t]
+                                };
+                                x as f64 * y as f64
+                            })
+                            .sum::<f64>()
+                            * 0.5
+                            + if accumulate {
+                                c0[i * n + j] as f64
+                            } else {
+                                0.0
+                            };
+                        let got = whole[i * n + j] as f64;
+                        assert!(
+                            (got - exact).abs() <= 1e-5 * (k as f64).sqrt() + 1e-5 * exact.abs()
+                        );
+                    }
+                }
+                for (r0, r1, c0_, c1) in [
+                    (0, 1, 0, 1),
+                    (5, 6, 0, n),
+                    (0, m, 7, 8),
+                    (3, 5, 4, 6),
+                    (10, 26, 3, 19),
+                    (1, 17, 0, 16),
+                    (0, 33, 2, 29),
+                    (36, 37, 28, 29),
+                ] {
+                    let (bm, bn) = (r1 - r0, c1 - c0_);
+                    // the block, written into a column-major destination
+                    let mut d = vec![0.0f32; bm * bn];
+                    for i in 0..bm {
+                        for j in 0..bn {
+                            d[j * bm + i] = c0[(r0 + i) * n + c0_ + j];
+                        }
+                    }
+                    // SAFETY: as above.
+                    unsafe {
+                        gemm1(
+                            bm,
+                            bn,
+                            k,
+                            d.as_mut_ptr(),
+                            1,
+                            bm as isize,
+                            accumulate,
+                            lhs(r0, 0),
+                            rhs(0, c0_),
+                            0.5,
+                        )
+                    };
+                    for i in 0..bm {
+                        for j in 0..bn {
+                            assert_eq!(
+                                d[j * bm + i].to_bits(),
+                                whole[(r0 + i) * n + c0_ + j].to_bits(),
+                                "k {k}, layouts {a_rowmajor}/{b_rowmajor}: element ({}, {}) of block {bm}×{bn}",
+                                r0 + i,
+                                c0_ + j
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -46,9 +46,11 @@ pub fn adamw(
     (po, mo, vo, eo)
 }
 
-/// `Σ x²` in f64.
+/// `Σ x²` in f64, by fixed chunks added in order (the same bits on any thread count).
 pub fn sum_squares(x: &[f32]) -> f64 {
-    x.par_chunks(CHUNK)
+    let partial: Vec<f64> = x
+        .par_chunks(CHUNK)
         .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
-        .sum()
+        .collect();
+    partial.iter().sum()
 }
