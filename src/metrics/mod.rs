@@ -1,9 +1,16 @@
-//! Ensemble forecast metrics (SPEC §10), for `dydiff eval`.
+//! Ensemble forecast metrics (docs/metrics.md), for `dydiff eval`.
 //!
 //! Forecast `x (N, M, S, C, H, W)` against truth `y (N, S, C, H, W)`, both in data space. Each
 //! module computes one family on one `(sample, lead)` slice as sums; [`evaluate`] adds the sums
 //! up per lead time and overall, so every figure is an exact pixel (or event) average, not an
 //! average of averages.
+//!
+//! The scores keep their precision on data with large offsets (a geopotential of 5e4 with a
+//! spread of 0.5): values are taken relative to a reference value of their field before
+//! anything is summed or pooled, every sum is in `f64`, variances are formed about their means,
+//! and the thresholds of events compare with the values themselves. Adding one constant to
+//! forecast and truth (and to the thresholds) leaves every score but SSIM unchanged; SSIM's
+//! luminance term depends on the means themselves.
 
 pub mod categorical;
 pub mod crps;
@@ -83,11 +90,13 @@ fn resize_like<T: Default + Clone>(a: &mut Vec<T>, b: &[T]) {
     }
 }
 
-/// Python's `%g`: six significant digits, trailing zeros dropped (`0.5`, `1e-05`, `250`).
-pub fn fmt_g(v: f64) -> String {
+/// Python's `%.{digits}g`: `digits` significant digits, trailing zeros dropped (with six:
+/// `0.5`, `1e-05`, `250`).
+pub fn fmt_g(v: f64, digits: usize) -> String {
     if v == 0.0 || !v.is_finite() {
         return format!("{v}");
     }
+    let digits = digits.max(1);
     let strip = |s: String| -> String {
         if s.contains('.') {
             s.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -95,12 +104,12 @@ pub fn fmt_g(v: f64) -> String {
             s
         }
     };
-    // Rounding to six digits can carry into the next power of ten (999999.5 → 1e+06).
-    let sci = format!("{v:.5e}");
+    // Rounding can carry into the next power of ten (999999.5 → 1e+06 with six digits).
+    let sci = format!("{v:.prec$e}", prec = digits - 1);
     let (mant, e) = sci.split_once('e').expect("scientific format");
     let e: i32 = e.parse().expect("exponent");
-    if (-4..6).contains(&e) {
-        let decimals = (5 - e).max(0) as usize;
+    if (-4..digits as i32).contains(&e) {
+        let decimals = (digits as i32 - 1 - e).max(0) as usize;
         strip(format!("{v:.decimals$}"))
     } else {
         format!(
@@ -110,6 +119,22 @@ pub fn fmt_g(v: f64) -> String {
             e.abs()
         )
     }
+}
+
+/// The thresholds as they appear in the report's keys (`csi_q{label}_w{w}`): `%g` with six
+/// significant digits, or with the fewest more (up to 17, which tell any two `f64`s apart)
+/// that give distinct thresholds distinct labels — `1000000.25` and `1000000.5` are
+/// `1000000.2` and `1000000.5`, not both `1e+06`.
+pub fn threshold_labels(thresholds: &[f64]) -> Vec<String> {
+    let labels =
+        |digits: usize| -> Vec<String> { thresholds.iter().map(|&q| fmt_g(q, digits)).collect() };
+    let distinct = |l: &[String]| {
+        (0..l.len()).all(|i| (0..i).all(|j| l[i] != l[j] || thresholds[i] == thresholds[j]))
+    };
+    (6..17)
+        .map(labels)
+        .find(|l| distinct(l))
+        .unwrap_or_else(|| labels(17))
 }
 
 /// What `evaluate` needs besides the arrays.
@@ -122,6 +147,13 @@ pub struct EvalSettings {
 }
 
 /// Sums over one `(sample n, lead s)` slice.
+///
+/// Every score except the events (values compared with absolute thresholds) and SSIM's
+/// luminance term depends only on differences of values, so each `(H, W)` plane is taken
+/// relative to one of its truth values `r`: the differences of `f32` values are exact in `f64`,
+/// and means, variances and pooled averages are formed from numbers of the size of the field's
+/// variation, whatever offset the data carry. Events are binarised from the values themselves;
+/// SSIM gets `r` back for its luminance term.
 fn slice_sums(x: &[f32], y: &[f32], d: &Dims, n: usize, s: usize, cfg: &EvalSettings) -> Sums {
     let hw = d.h * d.w;
     let field = d.c * hw;
@@ -130,39 +162,38 @@ fn slice_sums(x: &[f32], y: &[f32], d: &Dims, n: usize, s: usize, cfg: &EvalSett
     let truth = &y[(n * d.s + s) * field..][..field];
     let mut out = Sums {
         pixels: field as f64,
+        pooled: vec![[0.0; 3]; POOL_WINDOWS.len()],
         ..Sums::default()
     };
-    let mut vals = vec![0.0f32; d.m];
-    let mut mean = vec![0.0f32; field];
-    for p in 0..field {
-        for (m, v) in vals.iter_mut().enumerate() {
-            *v = member(m)[p];
-        }
-        let yv = f64::from(truth[p]);
-        let (fair, standard) = crps::crps_both(&mut vals, yv);
-        out.crps_fair += fair;
-        out.crps_standard += standard;
-        let mu = vals.iter().map(|&v| f64::from(v)).sum::<f64>() / d.m as f64;
-        out.abs_err += (mu - yv).abs();
-        out.sq_err += (mu - yv).powi(2);
-        out.var += vals
-            .iter()
-            .map(|&v| (f64::from(v) - mu).powi(2))
-            .sum::<f64>()
-            / d.m as f64;
-        mean[p] = mu as f32;
-    }
+    let mut vals = vec![0.0; d.m];
+    let mut mean = vec![0.0; hw];
     for c in 0..d.c {
-        let plane = |a: &[f32]| a[c * hw..(c + 1) * hw].to_vec();
-        let members: Vec<Vec<f32>> = (0..d.m).map(|m| plane(member(m))).collect();
-        let t = plane(truth);
-        out.pooled.resize(POOL_WINDOWS.len(), [0.0; 3]);
+        let plane = c * hw..(c + 1) * hw;
+        let r = f64::from(truth[c * hw]);
+        let relative = |a: &[f32]| -> Vec<f64> { a.iter().map(|&v| f64::from(v) - r).collect() };
+        let members: Vec<Vec<f64>> = (0..d.m)
+            .map(|m| relative(&member(m)[plane.clone()]))
+            .collect();
+        let t = relative(&truth[plane.clone()]);
+        for (p, (&tv, mu)) in t.iter().zip(mean.iter_mut()).enumerate() {
+            for (v, m) in vals.iter_mut().zip(&members) {
+                *v = m[p];
+            }
+            let (fair, standard) = crps::crps_both(&mut vals, tv);
+            out.crps_fair += fair;
+            out.crps_standard += standard;
+            *mu = vals.iter().sum::<f64>() / d.m as f64;
+            out.abs_err += (*mu - tv).abs();
+            out.sq_err += (*mu - tv).powi(2);
+            out.var += vals.iter().map(|&v| (v - *mu).powi(2)).sum::<f64>() / d.m as f64;
+        }
         for (i, &w) in POOL_WINDOWS.iter().enumerate() {
-            if let Some(r) = crps::pooled(&members, &t, d.h, d.w, w) {
-                add_into(&mut out.pooled[i], &r);
+            if let Some(sums) = crps::pooled(&members, &t, d.h, d.w, w) {
+                add_into(&mut out.pooled[i], &sums);
             }
         }
-        let events = categorical::events(&members, &t, d.h, d.w, &cfg.thresholds);
+        let raw: Vec<&[f32]> = (0..d.m).map(|m| &member(m)[plane.clone()]).collect();
+        let events = categorical::events(&raw, &truth[plane], d.h, d.w, &cfg.thresholds);
         if out.csi.is_empty() {
             out.csi = vec![[0.0; 3]; events.csi.len()];
             out.fss = vec![[0.0; 2]; events.fss.len()];
@@ -173,7 +204,7 @@ fn slice_sums(x: &[f32], y: &[f32], d: &Dims, n: usize, s: usize, cfg: &EvalSett
         for (a, b) in out.fss.iter_mut().zip(&events.fss) {
             add_into(a, b);
         }
-        if let Some(v) = fields::ssim(&mean[c * hw..(c + 1) * hw], &t, d.h, d.w, cfg.data_range) {
+        if let Some(v) = fields::ssim(&mean, &t, r, d.h, d.w, cfg.data_range) {
             out.ssim[0] += v;
             out.ssim[1] += 1.0;
         }
@@ -189,7 +220,7 @@ fn ratio(a: f64, b: f64) -> Value {
     }
 }
 
-/// The metrics of one set of sums, with SPEC §10's keys.
+/// The metrics of one set of sums, with the keys of docs/metrics.md.
 fn report(t: &Sums, d: &Dims, cfg: &EvalSettings) -> Map<String, Value> {
     let mut r = Map::new();
     let fair = if d.m >= 2 {
@@ -212,18 +243,18 @@ fn report(t: &Sums, d: &Dims, cfg: &EvalSettings) -> Map<String, Value> {
         r.insert(format!("crps_pool{w}_avg"), avg);
         r.insert(format!("crps_pool{w}_max"), max);
     }
-    for (qi, &q) in cfg.thresholds.iter().enumerate() {
+    for (qi, label) in threshold_labels(&cfg.thresholds).iter().enumerate() {
         for (wi, &w) in EVENT_WINDOWS.iter().enumerate() {
             let k = qi * EVENT_WINDOWS.len() + wi;
             let [tp, fp, fn_] = t.csi[k];
-            r.insert(format!("csi_q{}_w{w}", fmt_g(q)), ratio(tp, tp + fp + fn_));
+            r.insert(format!("csi_q{label}_w{w}"), ratio(tp, tp + fp + fn_));
             let [num, den] = t.fss[k];
             let fss = if den > 0.0 {
                 json!(1.0 - num / den)
             } else {
                 Value::Null
             };
-            r.insert(format!("fss_q{}_w{w}", fmt_g(q)), fss);
+            r.insert(format!("fss_q{label}_w{w}"), fss);
         }
     }
     let mse = t.sq_err / t.pixels;
@@ -245,15 +276,19 @@ fn report(t: &Sums, d: &Dims, cfg: &EvalSettings) -> Map<String, Value> {
     r
 }
 
-/// All metrics of SPEC §10: `{"overall": {...}, "per_lead": [{...}, ...]}`.
+/// All metrics of docs/metrics.md: `{"overall": {...}, "per_lead": [{...}, ...]}`. The slices are
+/// scored in parallel and their sums added in a fixed order, so the report does not depend on
+/// the thread count.
 pub fn evaluate(x: &[f32], y: &[f32], d: &Dims, cfg: &EvalSettings) -> Value {
-    let per: Vec<Sums> = (0..d.s)
+    let slices: Vec<Sums> = (0..d.s * d.n)
         .into_par_iter()
+        .map(|i| slice_sums(x, y, d, i % d.n, i / d.n, cfg))
+        .collect();
+    let per: Vec<Sums> = (0..d.s)
         .map(|s| {
-            (0..d.n)
-                .into_par_iter()
-                .map(|n| slice_sums(x, y, d, n, s, cfg))
-                .reduce(Sums::default, |a, b| a.add(&b))
+            slices[s * d.n..(s + 1) * d.n]
+                .iter()
+                .fold(Sums::default(), |a, b| a.add(b))
         })
         .collect();
     let total = per.iter().fold(Sums::default(), |a, b| a.add(b));
@@ -271,7 +306,7 @@ pub fn evaluate(x: &[f32], y: &[f32], d: &Dims, cfg: &EvalSettings) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::fmt_g;
+    use super::{fmt_g, threshold_labels};
 
     #[test]
     fn percent_g_like_python() {
@@ -287,7 +322,22 @@ mod tests {
             (0.1234567, "0.123457"),
             (999999.5, "1e+06"),
         ] {
-            assert_eq!(fmt_g(v), want, "{v}");
+            assert_eq!(fmt_g(v, 6), want, "{v}");
         }
+    }
+
+    #[test]
+    fn more_digits_only_where_six_do_not_tell_thresholds_apart() {
+        assert_eq!(fmt_g(1000000.25, 8), "1000000.2");
+        assert_eq!(fmt_g(0.1, 17), "0.10000000000000001");
+        assert_eq!(threshold_labels(&[0.3, 1.1]), ["0.3", "1.1"]);
+        assert_eq!(
+            threshold_labels(&[1e6 + 0.25, 1e6 + 0.5]),
+            ["1000000.2", "1000000.5"]
+        );
+        assert_eq!(threshold_labels(&[2.5, 2.5]), ["2.5", "2.5"]);
+        let close = [0.1, 0.1 + f64::EPSILON / 8.0];
+        let l = threshold_labels(&close);
+        assert!(l[0] != l[1], "{l:?}");
     }
 }
