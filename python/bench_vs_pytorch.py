@@ -12,10 +12,11 @@ With --sampler: the sampler benchmark (Dynamical Diffusion, dyn_eta 0.5) on the 
 model folder with 4 history and 6 future frames of 2 channels at 32x32, 2 samples x 4 members in
 one batch of 8, 10 DDIM steps. dydiff's whole process (start, load, sample, write; wall time
 measured here) against the PyTorch + diffusers sampling loop alone (timed inside its process,
-after loading): UNet2DModel for the network, DDIMScheduler for the schedule, the SPEC §5 step in
-torch ops. Also reports dydiff's own split (network vs everything else) and both peak RSS.
+after loading): UNet2DModel for the network, DDIMScheduler for the schedule, the sampler step of
+docs/process.md, “One step”, in torch ops. Also reports dydiff's own split (network vs everything
+else) and both peak RSS.
 
-    PY=$(../shared/tools/pyref-env.sh | tail -1)
+    PY=$(python/env.sh | tail -1)
     cargo build --release && $PY python/bench_vs_pytorch.py [--threads 2] [--reps 5]
     cargo build --release && $PY python/bench_vs_pytorch.py --sampler [--rounds 5]
 
@@ -69,7 +70,7 @@ HIST, FUT, CH, SIZE, SAMPLES, MEMBERS, STEPS, DYN_ETA = 4, 6, 2, 32, 2, 4, 10, 0
 
 
 def torch_sample(model_dir: str, obs_path: str) -> None:
-    """Child-process entry: the PyTorch + diffusers sampling loop (SPEC §5) timed alone."""
+    """Child-process entry: the PyTorch + diffusers sampling loop (docs/process.md) timed alone."""
     net = UNet2DModel.from_pretrained(pathlib.Path(model_dir) / "unet").eval()
     sched = DDIMScheduler.from_pretrained(pathlib.Path(model_dir) / "scheduler")
     obs = torch.from_numpy(np.load(obs_path))

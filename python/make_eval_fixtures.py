@@ -1,4 +1,4 @@
-"""Generates the `dydiff eval` fixtures of tests/eval.rs (SPEC §10).
+"""Generates the `dydiff eval` fixtures of tests/eval.rs (docs/metrics.md).
 
 A forecast (N=3, M=5, S=4, C=2, 20x24) and a truth (N, L=6, ...) of which the last S frames are
 scored, with thresholds 0.3 and 1.1; the expected report is computed here independently:
@@ -7,7 +7,7 @@ max_pool2d / avg_pool2d, SSIM by a torch convolution with the 11x11 Gaussian win
 with numpy. Also a second case with one member (fair scores undefined) and no thresholds
 (defaults: the truth's 75th and 95th percentiles).
 
-    PY=$(../shared/tools/pyref-env.sh | tail -1); $PY python/make_eval_fixtures.py
+    PY=$(python/env.sh | tail -1); $PY python/make_eval_fixtures.py
 """
 
 import json

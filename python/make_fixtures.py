@@ -4,7 +4,7 @@ For each configuration: random non-trivial weights (every tensor perturbed, none
 initialisation), saved with save_pretrained into tests/fixtures/unet_<name>/, an input x.npy, and
 for several timestep vectors t<k>.npy the diffusers output out<k>.npy (float32, CPU).
 
-    PY=$(../shared/tools/pyref-env.sh | tail -1); $PY python/make_fixtures.py [names...]
+    PY=$(python/env.sh | tail -1); $PY python/make_fixtures.py [names...]
 """
 
 import json

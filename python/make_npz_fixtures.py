@@ -1,10 +1,11 @@
-"""Generates the .npz reading fixtures of tests/npz.rs (SPEC §1: .npz with one array).
+"""Generates the .npz reading fixtures of tests/npz.rs (docs/data.md, “NumPy archives”:
+.npz with one array).
 
 tests/fixtures/npz/: one (2, 3, 2, 4, 5) float32 array saved as array.npy and as
 stored.npz (np.savez), compressed.npz (np.savez_compressed), f64.npz (float64, compressed), and
 two.npz holding two arrays (must be refused).
 
-    PY=$(../shared/tools/pyref-env.sh | tail -1); $PY python/make_npz_fixtures.py
+    PY=$(python/env.sh | tail -1); $PY python/make_npz_fixtures.py
 """
 
 import pathlib

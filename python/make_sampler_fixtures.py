@@ -1,4 +1,5 @@
-"""Generates the sampler fixtures of tests/sample_parity.rs (SPEC §5, §7, §8).
+"""Generates the sampler fixtures of tests/sample.rs (docs/process.md, docs/random.md,
+docs/model-folder.md).
 
 Writes two model folders sharing one small random UNet2DModel (2 history and 3 future frames of
 2 channels at 16x16; data_scale 2, data_shift 0.5):
@@ -12,15 +13,15 @@ plus observations obs.npy (N=2, L=5: history and truth), and for each case the e
   dpm_eta0   dyn_eta 0,   ddim_eta 0,   25 steps, --init-noise eps.npy  -> diffusers DDIMScheduler.step
   dpm_eta1   dyn_eta 0,   ddim_eta 1,   20 steps, seed 3               -> DDIMScheduler.step with
                                                                            variance_noise = our z
-  dyn_eta0   dyn_eta 0.5, ddim_eta 0,   25 steps, seed 5               -> the SPEC §5 implementation below
-  dyn_eta05  dyn_eta 0.5, ddim_eta 0.5, 21 steps, seed 7               -> the SPEC §5 implementation below
+  dyn_eta0   dyn_eta 0.5, ddim_eta 0,   25 steps, seed 5               -> the sampler implementation below
+  dyn_eta05  dyn_eta 0.5, ddim_eta 0.5, 21 steps, seed 7               -> the sampler implementation below
 
-The dyn_eta 0.5 reference is written here from SPEC §2, §3 and §5 in float64 numpy (only the
-network runs in torch float32); it shares no code with dydiff. The seeded noise is SPEC §7's
-Philox4x32-10 and Box-Muller, reimplemented here in numpy and checked against the Random123
-known answers.
+The dyn_eta 0.5 reference is written here from docs/schedules.md and docs/process.md in float64
+numpy (only the network runs in torch float32); it shares no code with dydiff. The seeded noise
+is the Philox4x32-10 and Box-Muller of docs/random.md, reimplemented here in numpy and checked
+against the Random123 known answers.
 
-    PY=$(../shared/tools/pyref-env.sh | tail -1); $PY python/make_sampler_fixtures.py
+    PY=$(python/env.sh | tail -1); $PY python/make_sampler_fixtures.py
 """
 
 import json
@@ -42,7 +43,7 @@ N, M = 2, 3
 SCALE, SHIFT = 2.0, 0.5
 T = 1000
 
-# ---- SPEC §7: Philox4x32-10 and Box-Muller -------------------------------------------------
+# ---- docs/random.md: Philox4x32-10 and Box-Muller -----------------------------------------------
 M32 = np.uint64(0xFFFFFFFF)
 
 
@@ -73,7 +74,7 @@ def check_philox():
 
 
 def normals(seed, purpose, step, sample, member, count):
-    """SPEC §7 counter layout: c0 = element // 4, c1 = step, c2 = sample, c3 = purpose<<24 | member."""
+    """The counter layout of docs/random.md: c0 = element // 4, c1 = step, c2 = sample, c3 = purpose<<24 | member."""
     blocks = (count + 3) // 4
     c0 = np.arange(blocks, dtype=np.uint64)
     full = lambda v: np.full(blocks, v, dtype=np.uint64)  # noqa: E731
@@ -94,7 +95,7 @@ def noise(seed, purpose, step):
     return out
 
 
-# ---- SPEC §2, §3, §5 written from the formulas (float64) ------------------------------------
+# ---- docs/schedules.md and docs/process.md written from the formulas (float64) ------------------
 def alphas_cumprod():
     f = lambda u: math.cos(((u / T + 0.008) / 1.008) * math.pi / 2) ** 2  # noqa: E731
     betas = np.array([min(1 - f(t + 1) / f(t), 0.999) for t in range(T)])

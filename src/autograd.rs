@@ -2,7 +2,7 @@
 //!
 //! A [`Tape`] guard switches recording on for the current thread. Each operation on a tracked
 //! tensor appends a [`Node`]; [`backward`] walks the nodes in reverse, applying each op's rule
-//! from the one table in [`Op::backward`]. Parameter gradients accumulate (`+=`) in the
+//! from the one table in `Op::backward`. Parameter gradients accumulate (`+=`) in the
 //! parameters, so micro-batch accumulation is free; activation gradients live only during the
 //! walk.
 

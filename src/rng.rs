@@ -1,5 +1,5 @@
-//! Counter-based random numbers (SPEC §7): Philox4x32-10 (Salmon et al., SC'11; the Random123 and
-//! cuRAND algorithm) and Box–Muller normals.
+//! Counter-based random numbers (docs/random.md): Philox4x32-10 (Salmon et al., SC'11; the
+//! Random123 and cuRAND algorithm) and Box–Muller normals.
 //!
 //! Every noise value is a pure function of `(seed, purpose, sample n, member m, step, element e)`:
 //! the 64-bit seed is the Philox key, and the counter is
@@ -44,7 +44,7 @@ pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Purpose {
-    /// The initial noise `ε` of sampling (SPEC §5, "Start").
+    /// The initial noise `ε` of sampling (docs/process.md, “Initial state”).
     InitNoise = 0,
     /// The fresh noise `z` of a DDIM step with `ddim_eta > 0`; `step` is the step index `k`.
     StepNoise = 1,
@@ -60,7 +60,7 @@ pub enum Purpose {
     ValNoise = 6,
 }
 
-/// Where a stream of noise lives: seed, purpose and step (SPEC §7).
+/// Where a stream of noise lives: seed, purpose and step (docs/random.md, “Counter layout”).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoiseKey {
     pub seed: u64,
@@ -125,7 +125,7 @@ pub fn fill_normals(key: NoiseKey, row: NoiseRow, first: usize, out: &mut [f32])
 mod tests {
     use super::*;
 
-    /// Random123 `kat_vectors` for philox4x32_10, as quoted in SPEC §7.
+    /// Random123 `kat_vectors` for philox4x32_10 (docs/random.md, “Known answers”).
     #[test]
     fn philox_known_answers() {
         let cases: [([u32; 4], [u32; 2], [u32; 4]); 3] = [

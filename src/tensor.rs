@@ -87,7 +87,7 @@ impl Tensor {
     }
 
     /// Standard normal noise of `shape = (rows.len(), …)`, a pure function of the key, the row
-    /// and the element index (SPEC §7).
+    /// and the element index (docs/random.md).
     pub fn randn(
         key: NoiseKey,
         rows: &[NoiseRow],

@@ -1,4 +1,4 @@
-//! `dydiff eval` (SPEC §10) against `python/make_eval_fixtures.py`: CRPS from properscoring
+//! `dydiff eval` (docs/metrics.md) against `python/make_eval_fixtures.py`: CRPS from properscoring
 //! (standard) and scoringrules (fair), the other metrics from an independent Python
 //! implementation (torch pooling, numpy, a torch-convolution SSIM). Every key, overall and per
 //! lead, to 1e-6 relative.

@@ -1,4 +1,4 @@
-//! `.npz` archives with one array (SPEC §1), as numpy writes them
+//! `.npz` archives with one array (docs/data.md, “NumPy archives”), as numpy writes them
 //! (`python/make_npz_fixtures.py`): stored, deflated, float64; and the refusals.
 
 mod common;

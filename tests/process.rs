@@ -1,5 +1,6 @@
-//! The Dynamical Diffusion process operations (SPEC §3–§5) against the plain references written
-//! from the formulas (`backend::cpu::reference`), and the statistical properties SPEC states.
+//! The Dynamical Diffusion process operations (docs/process.md) against the plain references
+//! written from the formulas (`backend::cpu::reference`), and the statistical properties the
+//! reference states.
 //! Tolerances (f32 fast path vs f64 reference): 2e-6 absolute + 2e-5 relative.
 
 mod common;
@@ -112,7 +113,8 @@ fn forward_process_matches_the_reference() {
     }
 }
 
-/// `ε̃` is standard normal per frame with lag-k correlation `(1 − γ̄_t)^{k/2}` (SPEC §4.2).
+/// `ε̃` is standard normal per frame with lag-k correlation `(1 − γ̄_t)^{k/2}` (docs/process.md,
+/// “Forward process”).
 #[test]
 fn correlated_noise_has_the_stated_statistics() {
     let s = schedule();

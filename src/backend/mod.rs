@@ -40,7 +40,7 @@ impl Device {
     }
 
     /// Standard normal noise for `rows` (sample, member) pairs of `row_len` values each, a pure
-    /// function of the key, the row and the element index (SPEC §7), `(rows, row_len)`.
+    /// function of the key, the row and the element index (docs/random.md), `(rows, row_len)`.
     pub fn randn(self, key: NoiseKey, rows: &[NoiseRow], row_len: usize) -> Result<Storage> {
         match self {
             Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::randn(key, rows, row_len))),
@@ -131,7 +131,8 @@ pub enum BinaryOp {
 
 /// A batch of frame sequences `(batch, frames, elems)`, frame-major: element `e` of frame `f` of
 /// sequence `b` at `(b·frames + f)·elems + e`. With `elems = C·H·W` this is the `(N, L, C, H, W)`
-/// layout of SPEC §1, which is also the network's frame-major channel order (SPEC §4.5).
+/// layout of docs/data.md, “Array shapes”, which is also the network's frame-major channel order
+/// (docs/process.md, “Network input and output”).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SeqGeom {
     pub batch: usize,
@@ -155,7 +156,7 @@ impl ProcessGeom {
     }
 }
 
-/// The two coefficients of `Dyn_γ` (SPEC §3): `√γ` and `√(1 − γ)`.
+/// The two coefficients of `Dyn_γ` (docs/process.md, “Dynamics”): `√γ` and `√(1 − γ)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DynCoef {
     pub sqrt_g: f32,
@@ -172,7 +173,8 @@ impl DynCoef {
     }
 }
 
-/// Per-sequence coefficients of the forward process (SPEC §4) at that sequence's `t`:
+/// Per-sequence coefficients of the forward process (docs/process.md, “Forward process”) at that
+/// sequence's `t`:
 /// `Dyn_{γ̄_t}` and `√ᾱ_t`, `√(1 − ᾱ_t)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QSampleCoef {
@@ -181,7 +183,8 @@ pub struct QSampleCoef {
     pub sqrt_1mab: f32,
 }
 
-/// Coefficients of one DDIM step from `t` to `p` (SPEC §5), shared by the whole batch:
+/// Coefficients of one DDIM step from `t` to `p` (docs/process.md, “One step”), shared by the
+/// whole batch:
 /// the dynamics at `γ̄_t` and `γ̄_p`, `√ᾱ_t`, `√(1 − ᾱ_t)`, `√ᾱ_p`, the weight
 /// `√(1 − ᾱ_p − σ²)` of the predicted noise and `σ`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -302,16 +305,18 @@ pub trait BackendStorage: Sized {
         end: usize,
     ) -> Result<Self>;
     /// `Dyn_γ` (or, if `inverse`, `InvDyn_γ`) along the frame axis of every sequence, with
-    /// the coefficients `coefs[b]` of sequence `b` (SPEC §3). One pass over memory.
+    /// the coefficients `coefs[b]` of sequence `b` (docs/process.md, “Dynamics”). One pass
+    /// over memory.
     fn dynamics(&self, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Self>;
-    /// The forward process of SPEC §4 on clean sequences `self` `(batch, P+1+S, elems)` with
-    /// i.i.d. noise `eps` `(batch, S, elems)`, at per-sequence coefficients: returns the network
-    /// input (clean history, `x_t` for the future) and the target `ε̃ = Dyn_{γ̄_t}(ε)`
-    /// `(batch, S, elems)`. One pass over memory.
+    /// The forward process (docs/process.md, “Forward process”) on clean sequences `self`
+    /// `(batch, P+1+S, elems)` with i.i.d. noise `eps` `(batch, S, elems)`, at per-sequence
+    /// coefficients: returns the network input (clean history, `x_t` for the future) and the
+    /// target `ε̃ = Dyn_{γ̄_t}(ε)` `(batch, S, elems)`. One pass over memory.
     fn q_sample(&self, eps: &Self, g: &ProcessGeom, coefs: &[QSampleCoef]) -> Result<(Self, Self)>;
-    /// One DDIM step of SPEC §5 on the sampler state `self` `(batch, P+1+S, elems)` (clean
-    /// history, then `x_t`), given the network's `ε̂` and, when `σ > 0`, fresh noise `z`, both
-    /// `(batch, S, elems)`: returns the next state (history, then `x_p`). One pass over memory.
+    /// One DDIM step (docs/process.md, “One step”) on the sampler state `self`
+    /// `(batch, P+1+S, elems)` (clean history, then `x_t`), given the network's `ε̂` and, when
+    /// `σ > 0`, fresh noise `z`, both `(batch, S, elems)`: returns the next state (history, then
+    /// `x_p`). One pass over memory.
     fn ddim_step(
         &self,
         eps_hat: &Self,

@@ -1,4 +1,4 @@
 //! Data generators (`dydiff data …`): physical simulations written as `(N, L, C, H, W)` float32
-//! sequences (SPEC §1).
+//! sequences (docs/data.md).
 
 pub mod navier_stokes;

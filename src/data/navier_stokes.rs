@@ -312,8 +312,8 @@ impl Flow {
 }
 
 /// The initial vorticity of sample `sample` under `seed`: white noise from the Philox stream
-/// (SPEC §7) filtered to amplitudes `(|k|² + τ²)^{−α/2}` (τ = 3, α = 2.5), zero mean, scaled to
-/// unit RMS.
+/// (docs/random.md, “Streams”) filtered to amplitudes `(|k|² + τ²)^{−α/2}` (τ = 3, α = 2.5), zero
+/// mean, scaled to unit RMS.
 pub fn initial_vorticity(r: usize, seed: u64, sample: u32) -> Vec<f64> {
     let (tau, alpha) = (3.0f64, 2.5f64);
     let mut white = vec![0.0f32; r * r];

@@ -1,5 +1,5 @@
-//! DDIM sampling for Dynamical Diffusion (SPEC §5, paper Alg. 2): the timesteps, the per-step
-//! coefficients and the fused step. The loop over steps lives in
+//! DDIM sampling for Dynamical Diffusion (docs/process.md, “Sampling”; paper Alg. 2): the
+//! timesteps, the per-step coefficients and the fused step. The loop over steps lives in
 //! [`crate::pipelines::sample`].
 //!
 //! One step from `t` to `p` (for the last step `ᾱ_p = γ̄_p = ` the final value, 1 by default):

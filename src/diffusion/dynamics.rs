@@ -1,4 +1,4 @@
-//! Dynamics and inverse dynamics along the frame axis (SPEC §3):
+//! Dynamics and inverse dynamics along the frame axis (docs/process.md, “Dynamics”):
 //!
 //! `Dyn_γ(x)`: `y^0 = x^0`, `y^i = √γ·x^i + √(1−γ)·y^{i−1}`;
 //! `InvDyn_γ(y)`: `x^0 = y^0`, `x^i = (y^i − √(1−γ)·y^{i−1}) / √γ`.

@@ -1,6 +1,7 @@
-//! The diffusion processes as pure functions of schedules and tensors, one module per SPEC section:
-//! [`schedule`] (§2), [`dynamics`] (§3), [`process`] (§4), [`ddim`] (§5). The sampling loop that
-//! puts them in order is [`crate::pipelines::sample`].
+//! The diffusion processes as pure functions of schedules and tensors, one module per part of the
+//! reference: [`schedule`] (docs/schedules.md), [`dynamics`] (docs/process.md, “Dynamics”),
+//! [`process`] (docs/process.md, “Forward process”), [`ddim`] (docs/process.md, “Sampling”). The
+//! sampling loop that puts them in order is [`crate::pipelines::sample`].
 
 pub mod ddim;
 pub mod dynamics;

@@ -1,4 +1,5 @@
-//! The Dynamical Diffusion forward process (SPEC §4, paper Alg. 1), for a training batch:
+//! The Dynamical Diffusion forward process (docs/process.md, “Forward process”; paper Alg. 1),
+//! for a training batch:
 //!
 //! `ε̃ = Dyn_{γ̄_t}(ε)` over the future frames, `D = Dyn_{γ̄_t}(x_0)` over the whole sequence,
 //! `x_t^s = √ᾱ_t·D^s + √(1−ᾱ_t)·ε̃^s`; the network sees the clean history and `x_t`, and learns
@@ -10,7 +11,8 @@ use crate::backend::{DynCoef, ProcessGeom, QSampleCoef};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// The forward-process coefficients at timestep `t` (SPEC §2, §4).
+/// The forward-process coefficients at timestep `t` (docs/schedules.md; docs/process.md,
+/// “Forward process”).
 pub fn q_sample_coef(schedule: &Schedule, dyn_eta: f64, t: usize) -> QSampleCoef {
     let ab = schedule.alphas_cumprod[t];
     QSampleCoef {

@@ -1,7 +1,7 @@
-//! The Dynamical Diffusion operations along the frame axis (SPEC §3–§5): `Dyn`/`InvDyn`, the fused
-//! forward process and the fused DDIM step. Each is a scan over frames that is independent per
-//! element, so the work is split into (sequence, run of [`RUN`] elements) tasks; a task walks the
-//! frames once, keeping its running sums for the run in registers and short arrays, so every
+//! The Dynamical Diffusion operations along the frame axis (docs/process.md): `Dyn`/`InvDyn`, the
+//! fused forward process and the fused DDIM step. Each is a scan over frames that is independent
+//! per element, so the work is split into (sequence, run of `RUN` elements) tasks; a task walks
+//! the frames once, keeping its running sums for the run in registers and short arrays, so every
 //! input is read once and every output written once. The plain versions are in
 //! [`super::reference`]; `cargo test --release --test process` compares the two.
 

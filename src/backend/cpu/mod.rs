@@ -1,6 +1,7 @@
 //! The CPU backend: the reference implementation of the op set, multithreaded with rayon and
 //! vectorised (the `gemm` crate for products, run-time dispatched AVX-512/AVX2 loops elsewhere).
-//! One file per op family; [`reference`] holds the plain versions the tests compare against.
+//! One file per op family; [`reference`](mod@reference) holds the plain versions the tests compare
+//! against.
 
 pub mod attention;
 pub mod conv;
@@ -55,7 +56,8 @@ impl CpuStorage {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
-    /// Standard normals for `rows` of `row_len` values (SPEC §7), see [`crate::Device::randn`].
+    /// Standard normals for `rows` of `row_len` values (docs/random.md), see
+    /// [`crate::Device::randn`].
     pub fn randn(key: NoiseKey, rows: &[NoiseRow], row_len: usize) -> Self {
         let _s = scope("noise", 0.0);
         let mut data = vec![0.0f32; rows.len() * row_len];

@@ -144,7 +144,8 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], g: &AttnGeom) -> Vec<f32> {
     out
 }
 
-/// `Dyn_γ` / `InvDyn_γ` of SPEC §3 on one sequence of frames (each a vector), in f64.
+/// `Dyn_γ` / `InvDyn_γ` (docs/process.md, “Dynamics”) on one sequence of frames (each a
+/// vector), in f64.
 pub fn dyn_frames(x: &[Vec<f64>], gamma: f64, inverse: bool) -> Vec<Vec<f64>> {
     let (a, b) = (gamma.sqrt(), (1.0 - gamma).sqrt());
     let mut y: Vec<Vec<f64>> = Vec::with_capacity(x.len());
@@ -187,8 +188,8 @@ pub fn dynamics(x: &[f32], g: &SeqGeom, gammas: &[f64], inverse: bool) -> Vec<f3
         .collect()
 }
 
-/// The forward process of SPEC §4, steps 2–5, with per-sequence `(ᾱ_t, γ̄_t)`: returns the
-/// network input and `ε̃`.
+/// The forward process of docs/process.md, “Forward process”, steps 2–4 and the network input, with
+/// per-sequence `(ᾱ_t, γ̄_t)`: returns the network input and `ε̃`.
 pub fn q_sample(
     x0: &[f32],
     eps: &[f32],
@@ -216,7 +217,7 @@ pub fn q_sample(
     (input, target)
 }
 
-/// Schedule values of one DDIM step from `t` to `p` (SPEC §5).
+/// Schedule values of one DDIM step from `t` to `p` (docs/process.md, “One step”).
 #[derive(Clone, Copy, Debug)]
 pub struct DdimValues {
     pub ab_t: f64,
@@ -226,7 +227,8 @@ pub struct DdimValues {
     pub sigma: f64,
 }
 
-/// One DDIM step of SPEC §5, steps 2–5, written term by term from the formulas.
+/// One DDIM step of docs/process.md, “One step”, steps 2–5, written term by term from the
+/// formulas.
 pub fn ddim_step(
     state: &[f32],
     eps_hat: &[f32],

@@ -21,7 +21,7 @@
 //! likewise works on 16 output channels at a time. (A first version gathered 16 tiles per vector
 //! with scalar loads; the channel-vector transforms took the convolutions of the benchmark UNet
 //! from about 130 to about 112 ms per 32×32 forward.) Tiles are numbered across the whole batch.
-//! Up to [`PHASED_MAX_TILES`] tiles (the low-resolution levels), all tiles are transformed first
+//! Up to `PHASED_MAX_TILES` tiles (the low-resolution levels), all tiles are transformed first
 //! and the 25 products run in parallel over `ξ`, each over all tiles, so `U[ξ]` is read once;
 //! above, each task transforms a block of tiles, runs the 25 products on one thread and writes
 //! its own output tiles, keeping `V` and `M` in cache. Reference: [`super::reference::conv2d`]
