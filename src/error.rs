@@ -1,5 +1,5 @@
 //! Error type for the whole crate. Every message is one line that names the file, array, key or
-//! flag at fault, what was expected and what was found (DEVELOPERS.md, "Errors, not panics").
+//! flag at fault, what was expected and what was found (docs/cli.md, “Errors”).
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,14 @@ pub enum Error {
     /// A user-supplied value outside its allowed range.
     #[error("{0}")]
     Invalid(String),
+    /// An output location given by a flag that cannot receive the output.
+    #[error("{flag} {}: expected {expected}, found {found}", path.display())]
+    Output {
+        flag: String,
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
 }
 
 impl Error {

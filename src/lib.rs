@@ -3,7 +3,8 @@
 //! Layers, from the bottom: [`backend`] (the primitive op set; CPU now, CUDA later),
 //! [`tensor`] (shape-checked tensors on a device), [`autograd`] (a tape for training),
 //! [`nn`] (diffusers-compatible `UNet2DModel`), [`io`] (NumPy and model files), and
-//! [`pipelines`] (what the `dydiff` binary runs). See `SPEC.md` for the math and formats.
+//! [`pipelines`] (what the `dydiff` binary runs). The math, the file formats and the command-line
+//! contracts are described in the repository's `docs/` folder, starting at docs/README.md.
 
 pub mod autograd;
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod default_model;
 pub mod diffusion;
 pub mod error;
 pub mod io;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod nn;

@@ -1,4 +1,4 @@
-//! The `dydiff` command line (SPEC §9). This file only parses flags into the options structs of
+//! The `dydiff` command line (docs/cli.md). This file only parses flags into the options structs of
 //! [`dydiff::pipelines`] and reports errors as one line on stderr with a non-zero exit.
 
 use clap::{Args, Parser, Subcommand};
@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Args)]
 struct Common {
-    /// Worker threads (default: all cores).
+    /// Worker threads, 1 to 1024 (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Compute device: cpu or cuda:N.
@@ -37,8 +37,10 @@ enum Command {
     ///
     /// Reads observations (N, L, C, H, W) float32 .npy in data space (the first P+1 frames are
     /// the history; if the file also holds the S future frames, pictures show them as the truth)
-    /// and writes the forecast (N, M, S, C, H, W) float32 .npy, atomically. The same --seed gives
-    /// the same forecast for any --batch, --threads and device.
+    /// and writes the forecast (N, M, S, C, H, W) float32 .npy. The output locations are checked
+    /// before anything is read; the forecast and the pictures are written together at the end,
+    /// or not at all. The same --seed gives the same forecast for any --batch, --threads and
+    /// device.
     Sample {
         /// Model folder: dydiff.json, scheduler/scheduler_config.json, unet/ (diffusers).
         /// Default: the built-in demo model (trained on generated turbulence) and, without
@@ -48,28 +50,31 @@ enum Command {
         /// Observations, float32 .npy/.npz of shape (N, L, C, H, W) with L ≥ P+1.
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Forecast .npy to write, shape (N, M, S, C, H, W).
+        /// Forecast .npy to write, shape (N, M, S, C, H, W), in an existing directory.
         #[arg(long, default_value = "forecast.npy")]
         out: PathBuf,
-        /// Ensemble members M per sample.
+        /// Ensemble members M per sample, 1 to 16777216 (the forecast must fit in memory).
         #[arg(long, default_value_t = 8)]
         members: usize,
-        /// DDIM steps K (timesteps (k−1)·⌊T/K⌋ + steps_offset).
+        /// DDIM steps K, from 1 to about the model's training timesteps T (timesteps
+        /// (k−1)·⌊T/K⌋ + steps_offset, all below T).
         #[arg(long, default_value_t = 50)]
         steps: usize,
         /// Seed of the noise; each value depends only on (seed, sample, member, step, element).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// DDIM stochasticity: 0 deterministic given the initial noise, 1 DDPM-like.
+        /// DDIM stochasticity in [0, 1]: 0 deterministic given the initial noise, 1 DDPM-like.
         #[arg(long, default_value_t = 0.0)]
         ddim_eta: f64,
         /// Initial noise ε (N, M, S, C, H, W) in model space, instead of the seeded generator.
         #[arg(long)]
         init_noise: Option<PathBuf>,
-        /// (sample, member) pairs per network call; bounds memory, never changes the result.
+        /// (sample, member) pairs per network call, at least 1; bounds memory, never changes the
+        /// result.
         #[arg(long, default_value_t = sample::DEFAULT_BATCH)]
         batch: usize,
-        /// Directory for one PNG per sample: history, truth, members, ensemble mean and spread.
+        /// Directory for one PNG per sample: history, truth, members, ensemble mean and spread
+        /// (an existing directory keeps its other files; a new one needs an existing parent).
         #[arg(long)]
         png: Option<PathBuf>,
     },
@@ -83,43 +88,46 @@ enum Command {
         /// Network input, float32 .npy of shape (N, in_channels, H, W).
         #[arg(long)]
         input: PathBuf,
-        /// Diffusion timestep given to the network's timestep embedding (e.g. 0–999).
+        /// Diffusion timestep given to the network's timestep embedding (e.g. 0–999); any
+        /// finite float32.
         #[arg(long)]
         timestep: f32,
-        /// Output .npy, written atomically.
+        /// Output .npy in an existing directory, written atomically.
         #[arg(long)]
         out: PathBuf,
     },
     /// Trains a model on sequences (N, L, C, H, W): Dynamical Diffusion, or the standard
     /// diffusion model with --dyn-eta 0. Writes the model folder (EMA weights), a resumable
-    /// training state and MODEL/train_log.jsonl.
+    /// training state and MODEL/train_log.jsonl, all three together at each checkpoint.
     Train {
-        /// Training sequences, float32 .npy (N, L, C, H, W), L ≥ history + future.
+        /// Training sequences, float32 .npy (N, L, C, H, W), L ≥ history + future, finite and
+        /// not constant.
         #[arg(long)]
         data: PathBuf,
-        /// Model folder to write (checkpointed atomically).
+        /// Model folder to write, in an existing directory; it always holds one whole
+        /// checkpoint.
         #[arg(long)]
         out: PathBuf,
-        /// History frames P+1 given to the network.
+        /// History frames P+1 given to the network, at least 1.
         #[arg(long)]
         history: usize,
-        /// Future frames S to forecast.
+        /// Future frames S to forecast, at least 1.
         #[arg(long)]
         future: usize,
-        /// η of the dynamics schedule; 0 trains the standard diffusion model.
+        /// η of the dynamics schedule, in [0, 1]; 0 trains the standard diffusion model.
         #[arg(long, default_value_t = 0.5)]
         dyn_eta: f64,
         /// A diffusers UNet2DModel config.json (in/out channels filled in from the data, or
         /// checked). Default: a small 3-level network.
         #[arg(long)]
         unet_config: Option<PathBuf>,
-        /// Total optimizer steps.
+        /// Total optimizer steps, 1 to 4294967295.
         #[arg(long, default_value_t = 10000)]
         steps: usize,
-        /// Windows per step.
+        /// Windows per step, 1 to 4294967295 (the batch must fit in memory).
         #[arg(long, default_value_t = 16)]
         batch: usize,
-        /// Peak learning rate (AdamW).
+        /// Peak learning rate (AdamW), positive and within float32.
         #[arg(long, default_value_t = 2e-4)]
         lr: f64,
         /// Linear warm-up steps.
@@ -128,13 +136,13 @@ enum Command {
         /// Cosine decay of the learning rate to 0 at --steps.
         #[arg(long)]
         cosine: bool,
-        /// AdamW weight decay.
+        /// AdamW weight decay, ≥ 0.
         #[arg(long, default_value_t = 0.0)]
         weight_decay: f64,
-        /// Maximum global gradient norm.
+        /// Maximum global gradient norm, positive.
         #[arg(long, default_value_t = 1.0)]
         clip: f64,
-        /// Decay of the weights' moving average (the saved weights).
+        /// Decay of the weights' moving average (the saved weights), in [0, 1).
         #[arg(long, default_value_t = 0.999)]
         ema_decay: f64,
         /// Seed of the initial weights, the windows, timesteps and noise.
@@ -146,22 +154,23 @@ enum Command {
         /// Continue the run in --out from its last checkpoint (same flags).
         #[arg(long)]
         resume: bool,
-        /// data_scale of SPEC §1 (default: the training data's standard deviation).
+        /// data_scale, x_model = (x_data − data_shift) / data_scale: positive and finite
+        /// (default: the training data's standard deviation).
         #[arg(long)]
         data_scale: Option<f64>,
-        /// data_shift of SPEC §1 (default: the training data's mean).
+        /// data_shift, see --data-scale: finite (default: the training data's mean).
         #[arg(long, allow_hyphen_values = true)]
         data_shift: Option<f64>,
-        /// Steps between log lines.
+        /// Steps between log lines, at least 1.
         #[arg(long, default_value_t = 50)]
         log_every: usize,
-        /// Steps between checkpoints.
+        /// Steps between checkpoints, at least 1.
         #[arg(long, default_value_t = 1000)]
         checkpoint_every: usize,
     },
-    /// Scores an ensemble forecast against the truth (SPEC §10): fair and standard CRPS, pooled
-    /// CRPS, CSI and FSS at thresholds and windows 1, 3, 5, RMSE and MAE of the ensemble mean,
-    /// spread, spread-skill ratio, PSNR and SSIM; overall and per lead time.
+    /// Scores an ensemble forecast against the truth (defined in docs/metrics.md): fair and
+    /// standard CRPS, pooled CRPS, CSI and FSS at thresholds and windows 1, 3, 5, RMSE and MAE of
+    /// the ensemble mean, spread, spread-skill ratio, PSNR and SSIM; overall and per lead time.
     Eval {
         /// Forecast (N, M, S, C, H, W), data space (as written by dydiff sample).
         #[arg(long)]
@@ -169,14 +178,17 @@ enum Command {
         /// Truth (N, S, C, H, W), or (N, L, C, H, W) of which the last S frames are used.
         #[arg(long)]
         truth: PathBuf,
-        /// Event thresholds of CSI and FSS, comma-separated (default: the truth's 75th and
-        /// 95th percentiles).
+        /// Event thresholds of CSI and FSS, comma-separated finite numbers (default: the
+        /// truth's 75th and 95th percentiles).
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         thresholds: Vec<f64>,
-        /// Also write the report as JSON: {"overall": {...}, "per_lead": [{...}, ...]}.
+        /// Also write the report as JSON: {"overall": {...}, "per_lead": [{...}, ...]}, in an
+        /// existing directory (written together with the --png pictures, then the table is
+        /// printed).
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Directory for crps.png and spread_skill.png (against lead time).
+        /// Directory for crps.png and spread_skill.png (against lead time); an existing one keeps
+        /// its other files, a new one needs an existing parent.
         #[arg(long)]
         png: Option<PathBuf>,
     },
@@ -196,44 +208,44 @@ enum DataCommand {
     /// vorticity. Writes the velocity (u, v) as (N, L, 2, R, R) float32 (rows y, columns x),
     /// reproducible by --seed.
     NavierStokes {
-        /// Output .npy, written atomically.
+        /// Output .npy in an existing directory, written atomically.
         #[arg(long)]
         out: PathBuf,
-        /// Sequences N.
+        /// Sequences N, 1 to 4294967296 (the file must fit in memory).
         #[arg(long)]
         samples: usize,
-        /// Frames L per sequence.
+        /// Frames L per sequence, at least 1.
         #[arg(long)]
         frames: usize,
-        /// Grid points R per side of the written frames.
+        /// Grid points R per side of the written frames, even and ≥ 8.
         #[arg(long, default_value_t = 64)]
         resolution: usize,
         /// Seed of the initial fields; sample n's field depends only on (seed, n).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Kinematic viscosity ν.
+        /// Kinematic viscosity ν, ≥ 0.
         #[arg(long, default_value_t = 1e-3)]
         viscosity: f64,
-        /// Linear drag μ.
+        /// Linear drag μ, ≥ 0.
         #[arg(long, default_value_t = 0.1)]
         drag: f64,
-        /// Forcing amplitude A.
+        /// Forcing amplitude A, finite.
         #[arg(long, default_value_t = 1.0)]
         forcing: f64,
-        /// Forcing wavenumber k_f.
+        /// Forcing wavenumber k_f, 1 to a third of the solver grid (oversample × R / 3).
         #[arg(long, default_value_t = 4)]
         forcing_wavenumber: usize,
-        /// Solver time step.
+        /// Solver time step, positive.
         #[arg(long, default_value_t = 0.01)]
         dt: f64,
-        /// Solver steps between frames.
+        /// Solver steps between frames, at least 1.
         #[arg(long, default_value_t = 20)]
         frame_stride: usize,
         /// Solver steps discarded before the first frame.
         #[arg(long, default_value_t = 4000)]
         warmup: usize,
-        /// The solver runs on oversample × R points per side; frames keep the Fourier modes an
-        /// R-point grid holds.
+        /// The solver runs on oversample × R points per side (oversample ≥ 1); frames keep the
+        /// Fourier modes an R-point grid holds.
         #[arg(long, default_value_t = 2)]
         oversample: usize,
     },
@@ -247,12 +259,13 @@ enum BenchCommand {
         /// Model folder (config.json + diffusion_pytorch_model.safetensors).
         #[arg(long)]
         unet: PathBuf,
+        /// Batch size, at least 1.
         #[arg(long, default_value_t = 8)]
         batch: usize,
-        /// Spatial size (square).
+        /// Spatial size (square), a positive multiple of the network's downsampling factor.
         #[arg(long, default_value_t = 32)]
         size: usize,
-        /// Timed repetitions (the median is reported).
+        /// Timed repetitions (the median is reported), at least 1.
         #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Untimed repetitions first.
@@ -265,12 +278,13 @@ enum BenchCommand {
         /// Model folder (config.json + diffusion_pytorch_model.safetensors).
         #[arg(long)]
         unet: PathBuf,
+        /// Batch size, at least 1.
         #[arg(long, default_value_t = 8)]
         batch: usize,
-        /// Spatial size (square).
+        /// Spatial size (square), a positive multiple of the network's downsampling factor.
         #[arg(long, default_value_t = 32)]
         size: usize,
-        /// Timed repetitions (the median is reported).
+        /// Timed repetitions (the median is reported), at least 1.
         #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Untimed repetitions first.
@@ -281,12 +295,15 @@ enum BenchCommand {
     Peak,
 }
 
+/// The most worker threads `--threads` starts.
+const MAX_THREADS: usize = 1024;
+
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.common.threads {
-        if n == 0 {
-            return Err(Error::Invalid(
-                "--threads: expected at least 1, found 0".into(),
-            ));
+        if !(1..=MAX_THREADS).contains(&n) {
+            return Err(Error::Invalid(format!(
+                "--threads: expected 1 to {MAX_THREADS}, found {n}"
+            )));
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -319,20 +336,7 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             png,
         } => {
-            let demo = model.is_none();
-            let (model, input) = match (model, input) {
-                (Some(m), Some(i)) => (m, i),
-                (Some(_), None) => {
-                    return Err(Error::Invalid(
-                        "--input: required with --model (the demo observations go with the built-in model only)".into(),
-                    ))
-                }
-                (None, input) => {
-                    let (m, d) = dydiff::default_model::materialize()?;
-                    (m, input.unwrap_or(d))
-                }
-            };
-            let png = png.or_else(|| demo.then(|| PathBuf::from("forecast_png")));
+            let png = png.or_else(|| model.is_none().then(|| PathBuf::from("forecast_png")));
             sample::run(&sample::SampleOptions {
                 model,
                 input,
@@ -519,6 +523,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // An interrupted command leaves none of its temporaries behind.
+    if let Err(e) = dydiff::io::atomic::remove_temporaries_on_signal() {
+        eprintln!("dydiff: error: cannot install the interrupt handler: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

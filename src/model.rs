@@ -1,6 +1,6 @@
-//! The model folder (SPEC §8): the process settings (`dydiff.json`), the diffusers scheduler
-//! config and the diffusers `UNet2DModel`, read and written together and checked against each
-//! other.
+//! The model folder (docs/model-folder.md): the process settings (`dydiff.json`), the diffusers
+//! scheduler config and the diffusers `UNet2DModel`, read and written together and checked against
+//! each other.
 //!
 //! ```text
 //! MODEL/dydiff.json
@@ -12,34 +12,37 @@
 use crate::backend::Device;
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::io::atomic;
+use crate::io::outputs::Outputs;
 use crate::nn::UNet2D;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 use std::path::Path;
 
 pub const PROCESS_FILE: &str = "dydiff.json";
 pub const SCHEDULER_FILE: &str = "scheduler/scheduler_config.json";
 pub const UNET_DIR: &str = "unet";
 
-fn default_method() -> String {
-    "dydiff".into()
-}
-fn default_dyn_eta() -> f64 {
-    0.5
-}
-fn default_scale() -> f64 {
-    1.0
-}
+/// The keys of `dydiff.json`.
+const PROCESS_KEYS: [&str; 10] = [
+    "method",
+    "dyn_eta",
+    "history",
+    "future",
+    "channels",
+    "height",
+    "width",
+    "data_scale",
+    "data_shift",
+    "training",
+];
 
-/// `dydiff.json`: the process a model was trained for (SPEC §8).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `dydiff.json`: the process a model was trained for (docs/model-folder.md, “Process settings”).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProcessConfig {
-    /// `"dydiff"` (Dynamical Diffusion; `dyn_eta = 0` is the standard diffusion model).
-    #[serde(default = "default_method")]
+    /// `"dydiff"` (Dynamical Diffusion; `dyn_eta = 0` is the standard diffusion model); the
+    /// default.
     pub method: String,
-    /// `η` of the dynamics schedule `γ̄_t = η·ᾱ_t + (1 − η)` (SPEC §2).
-    #[serde(default = "default_dyn_eta")]
+    /// `η` of the dynamics schedule `γ̄_t = η·ᾱ_t + (1 − η)` (docs/schedules.md); default 0.5.
     pub dyn_eta: f64,
     /// Known frames `P + 1`.
     pub history: usize,
@@ -49,14 +52,14 @@ pub struct ProcessConfig {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
-    /// `x_model = (x_data − data_shift) / data_scale` (SPEC §1).
-    #[serde(default = "default_scale")]
+    /// `x_model = (x_data − data_shift) / data_scale` (docs/data.md, “Model space and data
+    /// space”); default 1.
     pub data_scale: f64,
-    #[serde(default)]
+    /// Default 0.
     pub data_shift: f64,
     /// The training recipe that produced the weights (free-form; kept as written).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub training: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<Value>,
 }
 
 impl ProcessConfig {
@@ -67,6 +70,87 @@ impl ProcessConfig {
     /// Values per frame, `C·H·W`.
     pub fn frame_len(&self) -> usize {
         self.channels * self.height * self.width
+    }
+
+    /// Reads the object of `dydiff.json`; an error names the key, what was expected and what
+    /// was found.
+    pub fn from_json(v: &Value) -> std::result::Result<ProcessConfig, String> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("expected a JSON object, found {v}"))?;
+        if obj.is_empty() {
+            return Err(format!(
+                "an empty object {{}}; expected the process settings ({})",
+                PROCESS_KEYS.join(", ")
+            ));
+        }
+        if let Some((key, val)) = obj
+            .iter()
+            .find(|(k, _)| !PROCESS_KEYS.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "unknown key {key} = {val}; expected only {}",
+                PROCESS_KEYS.join(", ")
+            ));
+        }
+        let count = |key: &str| -> std::result::Result<usize, String> {
+            let x = obj
+                .get(key)
+                .ok_or_else(|| format!("key {key} is missing; expected a positive integer"))?;
+            x.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{key} = {x}: expected a positive integer"))
+        };
+        let number = |key: &str, default: f64| -> std::result::Result<f64, String> {
+            obj.get(key).map_or(Ok(default), |x| {
+                x.as_f64()
+                    .ok_or_else(|| format!("{key} = {x}: expected a number"))
+            })
+        };
+        let method = match obj.get("method") {
+            None => "dydiff".to_string(),
+            Some(x) => x
+                .as_str()
+                .ok_or_else(|| format!("method = {x}: expected \"dydiff\""))?
+                .to_string(),
+        };
+        let p = ProcessConfig {
+            method,
+            dyn_eta: number("dyn_eta", 0.5)?,
+            history: count("history")?,
+            future: count("future")?,
+            channels: count("channels")?,
+            height: count("height")?,
+            width: count("width")?,
+            data_scale: number("data_scale", 1.0)?,
+            data_shift: number("data_shift", 0.0)?,
+            training: obj.get("training").filter(|t| !t.is_null()).cloned(),
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Refuses data whose model-space values `(x − data_shift) / data_scale` would overflow
+    /// float32; `source` says where the scale and shift came from.
+    pub fn check_model_space(&self, path: &Path, data: &[f32], source: &str) -> Result<()> {
+        let far = data
+            .iter()
+            .map(|&v| (f64::from(v) - self.data_shift).abs())
+            .fold(0.0, f64::max);
+        let model = far / self.data_scale;
+        if model > f64::from(f32::MAX) {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "values {far:.3e} away from data_shift = {:?} become {model:.3e} in model space with data_scale = {:?} ({source}): beyond float32 (at most {:.3e}); expected a larger data_scale",
+                    self.data_shift,
+                    self.data_scale,
+                    f32::MAX
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
@@ -82,16 +166,16 @@ impl ProcessConfig {
                 self.dyn_eta
             ));
         }
-        for (key, v) in [
-            ("history", self.history),
-            ("future", self.future),
-            ("channels", self.channels),
-            ("height", self.height),
-            ("width", self.width),
-        ] {
-            if v == 0 {
-                return Err(format!("{key} = 0: expected at least 1"));
-            }
+        let values = self.history.checked_add(self.future).and_then(|f| {
+            f.checked_mul(self.channels)?
+                .checked_mul(self.height)?
+                .checked_mul(self.width)
+        });
+        if values.is_none() {
+            return Err(format!(
+                "(history {} + future {}) × channels {} × height {} × width {}: too large (more values per sequence than a 64-bit count holds)",
+                self.history, self.future, self.channels, self.height, self.width
+            ));
         }
         if !(self.data_scale.is_finite() && self.data_scale > 0.0) {
             return Err(format!(
@@ -117,7 +201,7 @@ pub struct Model {
     pub unet: UNet2D,
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))
 }
@@ -133,9 +217,8 @@ impl Model {
             ));
         }
         let ppath = dir.join(PROCESS_FILE);
-        let process: ProcessConfig = serde_json::from_value(read_json(&ppath)?)
-            .map_err(|e| Error::bad_file(&ppath, e.to_string()))?;
-        process.validate().map_err(|m| Error::bad_file(&ppath, m))?;
+        let process = ProcessConfig::from_json(&read_json(&ppath)?)
+            .map_err(|m| Error::bad_file(&ppath, m))?;
         let spath = dir.join(SCHEDULER_FILE);
         let scheduler = SchedulerConfig::from_json(&read_json(&spath)?)
             .map_err(|e| Error::bad_file(&spath, e.to_string()))?;
@@ -183,16 +266,31 @@ impl Model {
         Ok(())
     }
 
-    /// Writes the folder, each file atomically.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// The files of the model folder: each one's path inside the folder and its content.
+    pub fn files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.check().map_err(Error::Config)?;
-        std::fs::create_dir_all(dir.join("scheduler")).map_err(|e| Error::io(dir, e))?;
         let process =
             serde_json::to_string_pretty(&self.process).expect("process config serialises");
-        atomic::write(&dir.join(PROCESS_FILE), process.as_bytes())?;
         let sched = serde_json::to_string_pretty(&self.scheduler.to_json())
             .expect("scheduler config serialises");
-        atomic::write(&dir.join(SCHEDULER_FILE), sched.as_bytes())?;
-        self.unet.save_pretrained(&dir.join(UNET_DIR))
+        let mut files = vec![
+            (PROCESS_FILE.to_string(), process.into_bytes()),
+            (SCHEDULER_FILE.to_string(), sched.into_bytes()),
+        ];
+        for (name, bytes) in self.unet.pretrained_files()? {
+            files.push((format!("{UNET_DIR}/{name}"), bytes));
+        }
+        Ok(files)
+    }
+
+    /// Writes the folder at `dir`, a new path in an existing directory or an existing directory
+    /// (whose other files are kept): all its files appear together, or none.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut out = Outputs::new();
+        let folder = out.dir("model folder", dir)?;
+        for (name, bytes) in self.files()? {
+            out.write_in(folder, &name, &bytes)?;
+        }
+        out.commit()
     }
 }

@@ -1,8 +1,8 @@
-//! `dydiff sample` end to end (SPEC §5, §7–§9), against fixtures from
-//! `python/make_sampler_fixtures.py`: with `dyn_eta = 0` a loop over diffusers' own
-//! `DDIMScheduler.step`, with `dyn_eta = 0.5` an independent float64 implementation of SPEC §5;
-//! both must agree to 1e-3 of the forecast's largest magnitude. Then reproducibility (batch,
-//! threads), seeds and members, pictures, and every kind of bad input.
+//! `dydiff sample` end to end (docs/process.md, docs/random.md, docs/model-folder.md, docs/cli.md),
+//! against fixtures from `python/make_sampler_fixtures.py`: with `dyn_eta = 0` a loop over
+//! diffusers' own `DDIMScheduler.step`, with `dyn_eta = 0.5` an independent float64 implementation
+//! of docs/process.md; both must agree to 1e-3 of the forecast's largest magnitude. Then
+//! reproducibility (batch, threads), seeds and members, pictures, and every kind of bad input.
 
 mod common;
 use common::{assert_clean_failure, dydiff, fixture, Scratch};
@@ -382,7 +382,7 @@ fn bad_model_folders_are_one_clear_line() {
 }
 
 /// A model folder written by `Model::save` loads again and forecasts the same bits, and the
-/// scheduler config it writes is the SPEC §5 one.
+/// scheduler config it writes is the one of docs/model-folder.md, “Scheduler configuration”.
 #[test]
 fn model_folder_roundtrip() {
     let s = Scratch::new("sample-save");

@@ -1,4 +1,5 @@
-//! Noise schedules (SPEC §2) and the diffusers `DDIMScheduler` configuration that names them.
+//! Noise schedules (docs/schedules.md) and the diffusers `DDIMScheduler` configuration that names
+//! them (docs/model-folder.md, “Scheduler configuration”).
 //!
 //! `ᾱ_t = ∏_{i≤t}(1 − β_i)` for `t = 0 … T−1`, with `β` from
 //! - `squaredcos_cap_v2`: `f(u) = cos²(((u/T + 0.008)/1.008)·π/2)`, `β_t = min(1 − f(t+1)/f(t), 0.999)`;
@@ -37,7 +38,8 @@ impl BetaSchedule {
     }
 }
 
-/// The scheduler settings dydiff uses (SPEC §8, `scheduler/scheduler_config.json`).
+/// The scheduler settings dydiff uses (`scheduler/scheduler_config.json`; docs/model-folder.md,
+/// “Scheduler configuration”).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
     pub num_train_timesteps: usize,
@@ -51,7 +53,8 @@ pub struct SchedulerConfig {
 }
 
 impl Default for SchedulerConfig {
-    /// The SPEC defaults: `T = 1000`, cosine schedule, `leading` spacing, offset 1, `ᾱ → 1`.
+    /// What `dydiff train` writes: `T = 1000`, cosine schedule, `leading` spacing, offset 1,
+    /// `ᾱ → 1`.
     fn default() -> Self {
         SchedulerConfig {
             num_train_timesteps: 1000,
@@ -68,14 +71,23 @@ fn bad(key: &str, v: &Value, what: &str) -> Error {
     Error::Config(format!("scheduler key {key} = {v}: {what}"))
 }
 
+/// The most training timesteps a scheduler may have: every timestep must be exact as the
+/// float32 the network's timestep embedding receives.
+pub const MAX_TIMESTEPS: usize = 1 << 24;
+
 impl SchedulerConfig {
     /// Reads a diffusers `DDIMScheduler` config. Missing keys take diffusers' defaults; keys
-    /// whose value would change the sampler in a way SPEC §5 does not define (`clip_sample: true`,
-    /// thresholding, other prediction types or spacings) are refused by name.
+    /// whose value would change the sampler from the one of docs/process.md, “Sampling”
+    /// (`clip_sample: true`, thresholding, other prediction types or spacings) are refused by name.
     pub fn from_json(v: &Value) -> Result<SchedulerConfig> {
         let obj = v
             .as_object()
             .ok_or_else(|| Error::Config("scheduler config is not a JSON object".into()))?;
+        if obj.is_empty() {
+            return Err(Error::Config(
+                "scheduler config is an empty object {}; expected a DDIMScheduler configuration (num_train_timesteps, beta_schedule, clip_sample, …)".into(),
+            ));
+        }
         let num = |key: &str, default: f64| -> Result<f64> {
             match obj.get(key) {
                 None => Ok(default),
@@ -99,10 +111,15 @@ impl SchedulerConfig {
                     .ok_or_else(|| bad(key, x, "expected a string")),
             }
         };
+        // Timesteps reach the network as float32, exact only up to 2^24.
         let count = |key: &str, default: f64, min: f64| -> Result<usize> {
             let x = num(key, default)?;
-            if x.fract() != 0.0 || x < min || x > 1e9 {
-                return Err(bad(key, &json!(x), &format!("expected an integer ≥ {min}")));
+            if x.fract() != 0.0 || x < min || x > MAX_TIMESTEPS as f64 {
+                return Err(bad(
+                    key,
+                    &json!(x),
+                    &format!("expected an integer from {min} to {MAX_TIMESTEPS}"),
+                ));
             }
             Ok(x as usize)
         };
@@ -147,7 +164,7 @@ impl SchedulerConfig {
             ));
         }
         if boolean("clip_sample", true)? {
-            return Err(Error::Config("scheduler key clip_sample = true: not supported (SPEC §5 samples without clipping; set it to false)".into()));
+            return Err(Error::Config("scheduler key clip_sample = true: not supported (the sampler does not clip, see docs/process.md; set it to false)".into()));
         }
         for key in ["thresholding", "rescale_betas_zero_snr"] {
             if boolean(key, false)? {
@@ -167,7 +184,7 @@ impl SchedulerConfig {
             return Err(bad(
                 "timestep_spacing",
                 &json!(spacing),
-                "only leading is supported (SPEC §5)",
+                "only leading is supported (see docs/schedules.md)",
             ));
         }
         let c = SchedulerConfig {
@@ -285,7 +302,7 @@ impl Schedule {
     }
 }
 
-/// The dynamics schedule `γ̄ = η·ᾱ + (1 − η)` (SPEC §2).
+/// The dynamics schedule `γ̄ = η·ᾱ + (1 − η)` (docs/schedules.md, “Dynamics schedule”).
 pub fn gamma_bar(dyn_eta: f64, alpha_bar: f64) -> f64 {
     dyn_eta * alpha_bar + (1.0 - dyn_eta)
 }
@@ -298,13 +315,13 @@ mod tests {
         (a - b).abs() <= rel * b.abs()
     }
 
-    /// The check values of SPEC §2.
+    /// The check values of docs/schedules.md, “Cosine schedule”.
     #[test]
     fn cosine_schedule_matches_the_spec() {
         let s = Schedule::new(&SchedulerConfig::default());
         let ab = &s.alphas_cumprod;
         assert_eq!(ab.len(), 1000);
-        // SPEC's ᾱ_0 is diffusers' float32 value; f64 gives 0.99995872.
+        // The documented ᾱ_0 is diffusers' float32 value; f64 gives 0.99995872.
         assert!(close(ab[0], 0.999_958_69, 1e-7), "{}", ab[0]);
         assert!(close(ab[500], 0.49228, 1e-4), "{}", ab[500]);
         assert!(close(ab[981], 7.867e-4, 1e-3), "{}", ab[981]);

@@ -1,8 +1,9 @@
-//! NumPy `.npy` files (format versions 1–3), the data format of SPEC §1: read little-endian
-//! float32 (float64 and float16 are converted) in C order, also from a one-array `.npz`
-//! ([`super::npz`]); write float32 atomically.
+//! NumPy `.npy` files (format versions 1–3), the data format of docs/data.md, “NumPy files”: read
+//! little-endian float32 (float64 and float16 are converted) in C order, also from a one-array
+//! `.npz` ([`super::npz`]); write float32 atomically.
 
 use crate::error::{Error, Result};
+use crate::memory;
 use std::path::Path;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
@@ -47,9 +48,21 @@ fn parse_header(header: &str) -> std::result::Result<(String, bool, Vec<usize>),
 
 /// Reads an `.npy` file, or an `.npz` archive holding one array, as float32.
 pub fn read(path: &Path) -> Result<Array> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        memory::ensure(
+            &format!("{}: reading the file", path.display()),
+            Some(meta.len()),
+        )?;
+    }
     let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if super::npz::is_zip(&bytes) {
         bytes = super::npz::single_member(path, &bytes)?;
+    }
+    if bytes.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            "the file is empty (0 bytes); expected a NumPy .npy or .npz file",
+        ));
     }
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(Error::bad_file(
@@ -59,7 +72,10 @@ pub fn read(path: &Path) -> Result<Array> {
     }
     let (hlen, hstart) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
+        2 | 3 if bytes.len() < 12 => {
+            return Err(Error::bad_file(path, "truncated .npy header"));
+        }
+        2 | 3 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
         ),
@@ -101,16 +117,22 @@ pub fn read(path: &Path) -> Result<Array> {
         }
     };
     let body = &bytes[hstart + hlen..];
-    if Some(body.len()) != count.checked_mul(width) {
+    let need = count
+        .checked_mul(width)
+        .ok_or_else(|| Error::bad_file(path, format!("shape {shape:?} is too large")))?;
+    if body.len() != need {
         return Err(Error::bad_file(
             path,
             format!(
-                "shape {shape:?} needs {} data bytes, found {} (truncated or corrupt)",
-                count * width,
+                "shape {shape:?} needs {need} data bytes, found {} (truncated or corrupt)",
                 body.len()
             ),
         ));
     }
+    memory::ensure(
+        &format!("{}: the array {shape:?} as float32", path.display()),
+        memory::array(&shape, 4),
+    )?;
     let data = body.chunks_exact(width).map(convert).collect();
     Ok(Array { shape, data })
 }

@@ -1,7 +1,7 @@
-//! NumPy `.npz` archives holding one array (SPEC §1): a zip file (as `np.savez` or
-//! `np.savez_compressed` writes it, zip64 included) whose single member is an `.npy` file,
-//! stored or deflated. The member is found through the central directory, inflated and checked
-//! against its CRC-32, then parsed by [`super::npy`].
+//! NumPy `.npz` archives holding one array (docs/data.md, “NumPy archives”): a zip file (as
+//! `np.savez` or `np.savez_compressed` writes it, zip64 included) whose single member is an `.npy`
+//! file, stored or deflated. The member is found through the central directory, inflated and
+//! checked against its CRC-32, then parsed by [`super::npy`].
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -12,9 +12,10 @@ const ZIP64_LOCATOR: u32 = 0x0706_4b50;
 const CENTRAL: u32 = 0x0201_4b50;
 const LOCAL: u32 = 0x0403_4b50;
 
-/// Whether `bytes` start like a zip archive.
+/// Whether `bytes` start like a zip archive: a member's local header, or the end record of an
+/// archive with no members (what `np.savez` writes when given no array).
 pub fn is_zip(bytes: &[u8]) -> bool {
-    bytes.len() >= 4 && u32le(bytes, 0) == Some(LOCAL)
+    matches!(u32le(bytes, 0), Some(LOCAL | EOCD))
 }
 
 fn u16le(b: &[u8], at: usize) -> Option<u16> {
@@ -138,9 +139,15 @@ pub fn single_member(path: &Path, b: &[u8]) -> Result<Vec<u8>> {
         .ok()
         .and_then(|c| b.get(start..start.checked_add(c)?))
         .ok_or_else(|| bad("the .npz archive is truncated"))?;
+    crate::memory::ensure(
+        &format!("{}: the .npz member {}", path.display(), m.name),
+        Some(m.size),
+    )?;
+    // At most isize::MAX after the check above.
+    let size = m.size as usize;
     let out = match m.method {
         0 => data.to_vec(),
-        8 => miniz_oxide::inflate::decompress_to_vec(data)
+        8 => miniz_oxide::inflate::decompress_to_vec_with_limit(data, size)
             .map_err(|e| bad(&format!("the .npz member {} does not inflate: {e:?}", m.name)))?,
         other => {
             return Err(bad(&format!(

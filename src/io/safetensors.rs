@@ -85,8 +85,16 @@ pub fn read(path: &Path) -> Result<NamedArrays> {
             format!("not a valid safetensors file (truncated or corrupt?): {e:?}"),
         )
     })?;
+    let values = st.tensors().iter().try_fold(0u64, |a, (_, view)| {
+        a.checked_add(crate::memory::array(view.shape(), 1)?)
+    });
+    crate::memory::ensure(
+        &format!("{}: the tensors as float32", path.display()),
+        values.and_then(|v| v.checked_mul(4)),
+    )?;
     // Converted in parallel: most of the time is faulting in the new arrays' pages.
-    st.tensors()
+    let arrays: NamedArrays = st
+        .tensors()
         .into_par_iter()
         .map(|(name, view)| {
             let d = view.data();
@@ -118,12 +126,30 @@ pub fn read(path: &Path) -> Result<NamedArrays> {
             };
             Ok((name, (view.shape().to_vec(), data)))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    // Weights with NaN or infinite values (a diverged run) would poison every output.
+    let first_bad = arrays
+        .par_iter()
+        .filter_map(|(name, (_, d))| {
+            let bad = d.iter().filter(|v| !v.is_finite()).count();
+            (bad > 0).then_some((name, bad))
+        })
+        .min();
+    if let Some((name, bad)) = first_bad {
+        return Err(Error::bad_file(
+            path,
+            format!("tensor {name}: {bad} NaN or infinite values; expected finite numbers"),
+        ));
+    }
+    Ok(arrays)
 }
+
+/// The metadata diffusers writes in its weight files.
+pub const DIFFUSERS_METADATA: &[(&str, &str)] = &[("format", "pt")];
 
 /// Writes F32 tensors atomically, with diffusers' metadata.
 pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
-    write_with_metadata(path, tensors, &[("format", "pt")])
+    write_with_metadata(path, tensors, DIFFUSERS_METADATA)
 }
 
 /// Writes F32 tensors atomically with the given metadata.
@@ -132,6 +158,16 @@ pub fn write_with_metadata(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: &[(&str, &str)],
 ) -> Result<()> {
+    super::atomic::write(path, &encode(path, tensors, metadata)?)
+}
+
+/// The bytes of a safetensors file holding F32 `tensors` and `metadata`; `path`, the file they
+/// are meant for, names it in errors.
+pub fn encode(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, d)| bytemuck::cast_slice::<f32, u8>(d).to_vec())
@@ -151,7 +187,5 @@ pub fn write_with_metadata(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<HashMap<_, _>>(),
     );
-    let out = safetensors::serialize(views, &meta)
-        .map_err(|e| Error::bad_file(path, format!("{e:?}")))?;
-    super::atomic::write(path, &out)
+    safetensors::serialize(views, &meta).map_err(|e| Error::bad_file(path, format!("{e:?}")))
 }

@@ -1,6 +1,7 @@
-//! diffusers' `UNet2DModel` configuration (`config.json`), restricted to SPEC §6: the supported
-//! keys with any valid value, every other key diffusers writes only at its default value, and an
-//! error naming the key and value for anything else.
+//! diffusers' `UNet2DModel` configuration (`config.json`), restricted to what dydiff reproduces
+//! exactly (docs/network.md, “Configuration keys”): the supported keys with any valid value,
+//! every other key diffusers writes only at its default value, and an error naming the key and
+//! value for anything else.
 
 use crate::error::{Error, Result};
 use serde_json::{json, Map, Value};
@@ -123,6 +124,11 @@ impl UNet2DConfig {
         let obj = v
             .as_object()
             .ok_or_else(|| Error::Config("config is not a JSON object".into()))?;
+        if obj.is_empty() {
+            return Err(Error::Config(
+                "config is an empty object {}; expected a UNet2DModel configuration (in_channels, out_channels, block_out_channels, block types, …)".into(),
+            ));
+        }
         let mut c = UNet2DConfig::default();
         for (key, val) in obj {
             let k = key.as_str();
@@ -238,21 +244,76 @@ impl UNet2DConfig {
                 "config key {k} = 0: expected a positive integer"
             )));
         }
-        if self.block_out_channels.contains(&0) || self.attention_head_dim == Some(0) {
-            return Err(Error::Config(
-                "config: block_out_channels and attention_head_dim must be positive".into(),
-            ));
+        let ch = &self.block_out_channels;
+        if ch.contains(&0) {
+            return Err(Error::Config(format!(
+                "config key block_out_channels = {ch:?}: expected positive integers"
+            )));
         }
-        if self.block_out_channels[0] < 2 {
-            return Err(Error::Config("config key block_out_channels: the first level needs at least 2 channels for the timestep embedding".into()));
+        for (key, v) in [
+            ("attention_head_dim", self.attention_head_dim),
+            ("time_embedding_dim", self.time_embedding_dim),
+            ("attn_norm_num_groups", self.attn_norm_num_groups),
+        ] {
+            if v == Some(0) {
+                return Err(Error::Config(format!(
+                    "config key {key} = 0: expected a positive integer or null"
+                )));
+            }
         }
-        if self.norm_eps.is_nan()
-            || self.norm_eps <= 0.0
-            || !self.mid_block_scale_factor.is_normal()
+        if ch[0] < 2 {
+            return Err(Error::Config(format!("config key block_out_channels = {ch:?}: expected at least 2 channels at the first level (for the timestep embedding)")));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(Error::Config(format!(
+                "config key norm_eps = {}: expected a positive number",
+                self.norm_eps
+            )));
+        }
+        if !self.mid_block_scale_factor.is_normal() {
+            return Err(Error::Config(format!(
+                "config key mid_block_scale_factor = {}: expected a non-zero number (its output is divided by it)",
+                self.mid_block_scale_factor
+            )));
+        }
+        if self.downsample_padding > 1 {
+            return Err(Error::Config(format!(
+                "config key downsample_padding = {}: expected 0 or 1 (a larger padding changes the downsampled size, and the skip connections would not line up)",
+                self.downsample_padding
+            )));
+        }
+        if let Some(bad) = ch
+            .iter()
+            .find(|&&c| !c.is_multiple_of(self.norm_num_groups))
         {
-            return Err(Error::Config(
-                "config: norm_eps must be positive and mid_block_scale_factor non-zero".into(),
-            ));
+            return Err(Error::Config(format!(
+                "config key norm_num_groups = {}: expected a divisor of every entry of block_out_channels {ch:?}, found {bad} channels",
+                self.norm_num_groups
+            )));
+        }
+        // Channels of each attention block: down level i, up level i (widths in reverse), middle.
+        let last = ch[levels - 1];
+        let mut attention = self
+            .down_block_types
+            .iter()
+            .zip(ch)
+            .chain(self.up_block_types.iter().zip(ch.iter().rev()))
+            .filter(|(t, _)| t.starts_with("Attn"))
+            .map(|(_, &c)| c)
+            .chain((self.mid_block && self.add_attention).then_some(last));
+        if let Some(head) = self.attention_head_dim {
+            if let Some(c) = attention.find(|&c| c < head) {
+                return Err(Error::Config(format!(
+                    "config key attention_head_dim = {head}: expected at most the {c} channels of an attention block"
+                )));
+            }
+        }
+        if let Some(g) = self.attn_norm_num_groups {
+            if self.mid_block && self.add_attention && !last.is_multiple_of(g) {
+                return Err(Error::Config(format!(
+                    "config key attn_norm_num_groups = {g}: expected a divisor of the {last} channels of the middle block's attention"
+                )));
+            }
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::Config(format!(

@@ -1,5 +1,5 @@
-//! diffusers' `UNet2DModel` (SPEC §6): timestep MLP, `conv_in`, down blocks, middle block, up
-//! blocks with skip connections, `conv_norm_out` → SiLU → `conv_out`.
+//! diffusers' `UNet2DModel` (docs/network.md): timestep MLP, `conv_in`, down blocks, middle block,
+//! up blocks with skip connections, `conv_norm_out` → SiLU → `conv_out`.
 
 use super::blocks::{BlockSettings, DownBlock, MidBlock, UpBlock};
 use super::{Conv2d, GroupNorm, Linear, ParamBuilder, UNet2DConfig};
@@ -146,13 +146,26 @@ impl UNet2D {
     /// Writes the folder diffusers' `from_pretrained` reads, atomically file by file.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (name, bytes) in self.pretrained_files()? {
+            atomic::write(&dir.join(name), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The files of the folder [`UNet2D::save_pretrained`] writes, by name and content: the
+    /// weights, then `config.json`.
+    pub fn pretrained_files(&self) -> Result<[(&'static str, Vec<u8>); 2]> {
         let mut named = Vec::with_capacity(self.params.len());
         for (name, t) in &self.params {
             named.push((name.clone(), t.shape().to_vec(), t.to_vec()?));
         }
-        safetensors::write(&dir.join(WEIGHTS_FILE), &named)?;
+        let weights = safetensors::encode(
+            Path::new(WEIGHTS_FILE),
+            &named,
+            safetensors::DIFFUSERS_METADATA,
+        )?;
         let text = serde_json::to_string_pretty(&self.config.to_json()).expect("config serialises");
-        atomic::write(&dir.join(CONFIG_FILE), text.as_bytes())
+        Ok([(WEIGHTS_FILE, weights), (CONFIG_FILE, text.into_bytes())])
     }
 
     /// Every parameter with its diffusers name.

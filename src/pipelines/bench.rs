@@ -5,6 +5,7 @@
 use super::train;
 use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::nn::{InitRng, UNet2D};
 use crate::profile;
 use crate::tensor::Tensor;
@@ -33,17 +34,61 @@ fn random(shape: &[usize], seed: u64, device: Device) -> Result<Tensor> {
     Tensor::from_vec(data, shape, device)
 }
 
+/// Checks the flags before anything is loaded.
+fn validate(o: &BenchOptions) -> Result<()> {
+    for (flag, v) in [
+        ("--batch", o.batch),
+        ("--size", o.height.min(o.width)),
+        ("--reps", o.reps),
+    ] {
+        if v == 0 {
+            return Err(Error::Invalid(format!(
+                "{flag}: expected at least 1, found 0"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads the network and checks that the random batch, the activations and (for `training`)
+/// the optimizer state fit: the field size must suit the network, and the arrays memory.
+fn load(o: &BenchOptions, training: bool) -> Result<UNet2D> {
+    validate(o)?;
+    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
+    let c = &model.config;
+    let m = c.size_multiple();
+    if !o.height.is_multiple_of(m) || !o.width.is_multiple_of(m) {
+        return Err(Error::Invalid(format!(
+            "--size {}: expected a multiple of {m}, the downsampling factor of the network in {}",
+            o.height,
+            o.unet.display()
+        )));
+    }
+    let (b, h, w) = (o.batch, o.height, o.width);
+    let input = memory::array(&[b, c.in_channels, h, w], 4);
+    let output = memory::array(&[b, c.out_channels, h, w], 4);
+    // Training adds the target, the gradients, Adam's two moments and the EMA.
+    let state = memory::array(&[model.num_params(), 4], 4);
+    let need = memory::sum(&[
+        input,
+        output,
+        if training { output } else { Some(0) },
+        if training { state } else { Some(0) },
+        memory::unet_activations(c, b, h, w),
+    ]);
+    memory::ensure(
+        &format!("--batch {b} --size {h}: the inputs and activations"),
+        need,
+    )?;
+    Ok(model)
+}
+
 /// Runs `work` `warmup` times, once profiled, then `reps` times timed; builds the report.
 fn measure(
     o: &BenchOptions,
     params: usize,
     mut work: impl FnMut() -> Result<()>,
 ) -> Result<serde_json::Value> {
-    if o.reps == 0 || o.batch == 0 {
-        return Err(Error::Invalid(
-            "--reps and --batch must be at least 1".into(),
-        ));
-    }
     for _ in 0..o.warmup {
         work()?;
     }
@@ -81,7 +126,7 @@ fn measure(
 
 /// `dydiff bench unet`: the forward pass on random input at timestep 500.
 pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
-    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
+    let model = load(o, false)?;
     let x = random(
         &[o.batch, model.config.in_channels, o.height, o.width],
         0,
@@ -95,7 +140,7 @@ pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
 /// random target, backward, gradient clipping, AdamW with the weight EMA — on random input at
 /// mixed timesteps, the network rebuilt on the new weights as in training.
 pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
-    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
+    let model = load(o, true)?;
     let c = model.config.clone();
     let x = random(&[o.batch, c.in_channels, o.height, o.width], 0, o.device)?;
     let y = random(&[o.batch, c.out_channels, o.height, o.width], 1, o.device)?;

@@ -1,11 +1,13 @@
-//! `dydiff data navier-stokes`: turbulent 2-D flows as `(N, L, 2, R, R)` float32 velocity
-//! sequences (channels `u`, `v`; rows `y`, columns `x`), SPEC §1. The solver is
-//! [`crate::data::navier_stokes`]; samples run in parallel, each from its own seeded initial
-//! field, so the file does not depend on the thread count.
+//! `dydiff data navier-stokes`: turbulent 2-D flows as `(N, L, 2, R, R)` float32 velocity sequences
+//! (channels `u`, `v`; rows `y`, columns `x`; docs/data.md, “Generated turbulence”). The solver is
+//! [`crate::data::navier_stokes`]; samples run in parallel, each from its own seeded initial field,
+//! so the file does not depend on the thread count.
 
 use crate::data::navier_stokes::{initial_vorticity, Flow, FlowSettings};
 use crate::error::{Error, Result};
 use crate::io::npy;
+use crate::io::outputs::Outputs;
+use crate::memory;
 use rayon::prelude::*;
 use std::path::PathBuf;
 
@@ -72,12 +74,16 @@ impl NavierStokesOptions {
                 self.drag
             )));
         }
-        if self.forcing_wavenumber == 0
-            || 3 * self.forcing_wavenumber > self.resolution * self.oversample
-        {
+        let grid = self.resolution.checked_mul(self.oversample).ok_or_else(|| {
+            Error::Invalid(format!(
+                "--resolution {} × --oversample {}: the solver grid is too large (the product overflows)",
+                self.resolution, self.oversample
+            ))
+        })?;
+        if self.forcing_wavenumber == 0 || self.forcing_wavenumber > grid / 3 {
             return Err(Error::Invalid(format!(
                 "--forcing-wavenumber: expected 1 to {} (a third of the solver grid), found {}",
-                self.resolution * self.oversample / 3,
+                grid / 3,
                 self.forcing_wavenumber
             )));
         }
@@ -87,14 +93,39 @@ impl NavierStokesOptions {
                 self.forcing
             )));
         }
-        let values =
-            self.samples as u128 * self.frames as u128 * 2 * (self.resolution as u128).pow(2);
-        if values > (1u128 << 34) {
+        if self.samples as u64 > 1 << 32 {
             return Err(Error::Invalid(format!(
-                "--samples × --frames × 2 × --resolution²: {values} values is more than this command writes in one file (2^34)"
+                "--samples: expected 1 to 4294967296 (each sample's initial field is keyed by a 32-bit index), found {}",
+                self.samples
             )));
         }
-        Ok(())
+        let last_frame = (self.frames - 1)
+            .checked_mul(self.frame_stride)
+            .and_then(|s| s.checked_add(self.warmup));
+        if last_frame.is_none() {
+            return Err(Error::Invalid(format!(
+                "--warmup {} + (--frames {} − 1) × --frame-stride {}: too many solver steps (the count overflows)",
+                self.warmup, self.frames, self.frame_stride
+            )));
+        }
+        // The frames of every sample, their concatenation and the file's bytes; and per sample
+        // being solved, the solver's 5 real and 10 complex arrays on the grid.
+        let r = self.resolution;
+        let frames = memory::array(&[self.samples, self.frames, 2, r, r], 4);
+        let running = self.samples.min(rayon::current_num_threads());
+        let need = memory::sum(&[
+            frames,
+            frames,
+            frames,
+            memory::array(&[running, grid, grid], 5 * 8 + 10 * 16),
+        ]);
+        memory::ensure(
+            &format!(
+                "--samples {} × --frames {} × 2 × --resolution {r}² (float32) and the solver's grids of {grid}²",
+                self.samples, self.frames
+            ),
+            need,
+        )
     }
 }
 
@@ -144,8 +175,11 @@ fn simulate(o: &NavierStokesOptions, sample: usize, tick: &(dyn Fn() + Sync)) ->
     Ok(out)
 }
 
-/// Runs `dydiff data navier-stokes` and writes the file atomically.
+/// Runs `dydiff data navier-stokes`: checks `--out` before simulating, then writes the file
+/// atomically.
 pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
+    let mut outputs = Outputs::new();
+    let out = outputs.file("--out", &o.out)?;
     o.validate()?;
     let bar = if o.progress {
         let b = indicatif::ProgressBar::new((o.samples * o.frames) as u64);
@@ -166,5 +200,9 @@ pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
         .collect::<Result<_>>()?;
     bar.finish_and_clear();
     let r = o.resolution;
-    npy::write(&o.out, &[o.samples, o.frames, 2, r, r], &samples.concat())
+    outputs.write(
+        out,
+        &npy::encode(&[o.samples, o.frames, 2, r, r], &samples.concat()),
+    )?;
+    outputs.commit()
 }

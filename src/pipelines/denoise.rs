@@ -1,9 +1,11 @@
-//! `dydiff denoise` (SPEC §9): one evaluation of a diffusers `UNet2DModel` on an
+//! `dydiff denoise` (docs/cli.md, “denoise”): one evaluation of a diffusers `UNet2DModel` on an
 //! `(N, in_channels, H, W)` float32 array at one timestep, for interop and debugging.
 
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::io::npy;
+use crate::io::outputs::Outputs;
+use crate::memory;
 use crate::nn::UNet2D;
 use crate::tensor::Tensor;
 use std::path::PathBuf;
@@ -38,8 +40,10 @@ pub fn read_input(path: &std::path::Path, model: &UNet2D) -> Result<npy::Array> 
     Ok(a)
 }
 
-/// Runs the network once and writes its output atomically.
+/// Runs the network once and writes its output atomically (its location checked first).
 pub fn run(o: &DenoiseOptions) -> Result<()> {
+    let mut outputs = Outputs::new();
+    let out = outputs.file("--out", &o.out)?;
     if !o.timestep.is_finite() {
         return Err(Error::Invalid(format!(
             "--timestep: expected a finite number, found {}",
@@ -49,8 +53,23 @@ pub fn run(o: &DenoiseOptions) -> Result<()> {
     let model = UNet2D::from_pretrained(&o.unet, o.device)?;
     let a = read_input(&o.input, &model)?;
     let n = a.shape[0];
+    let (h, w) = (a.shape[2], a.shape[3]);
+    let output = memory::array(&[n, model.config.out_channels, h, w], 4);
+    memory::ensure(
+        &format!(
+            "{}: the network's output and activations for {n} fields of {h}×{w}",
+            o.input.display()
+        ),
+        // the output, the bytes of its file, and the activations
+        memory::sum(&[
+            output,
+            output,
+            memory::unet_activations(&model.config, n, h, w),
+        ]),
+    )?;
     let x = Tensor::from_vec(a.data, &a.shape, o.device)?;
     let t = Tensor::from_vec(vec![o.timestep; n], &[n], o.device)?;
     let y = model.forward(&x, &t)?;
-    npy::write(&o.out, y.shape(), &y.to_vec()?)
+    outputs.write(out, &npy::encode(y.shape(), &y.to_vec()?))?;
+    outputs.commit()
 }

@@ -1,9 +1,10 @@
-//! `dydiff eval` (SPEC §10): scores an ensemble forecast `(N, M, S, C, H, W)` against the truth
-//! `(N, S, C, H, W)` (or `(N, L, C, H, W)`, of which the last `S` frames are used), overall and
-//! per lead time; prints a table, and writes JSON and pictures on request.
+//! `dydiff eval` (docs/metrics.md): scores an ensemble forecast `(N, M, S, C, H, W)` against the
+//! truth `(N, S, C, H, W)` (or `(N, L, C, H, W)`, of which the last `S` frames are used), overall
+//! and per lead time; prints a table, and writes JSON and pictures on request.
 
 use crate::error::{Error, Result};
-use crate::io::{atomic, npy, picture};
+use crate::io::outputs::Outputs;
+use crate::io::{npy, picture};
 use crate::metrics::{self, Dims, EvalSettings};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -117,8 +118,20 @@ fn table(r: &Value) -> String {
     out + &format!("overall: {}\n", extra.join(", "))
 }
 
-/// Runs `dydiff eval`; returns the JSON report.
+/// Runs `dydiff eval`: checks the locations of `--json` and `--png` before reading anything,
+/// scores, writes the files together and then prints the table; returns the JSON report.
 pub fn run(o: &EvalOptions) -> Result<Value> {
+    let mut outputs = Outputs::new();
+    let json_out = o
+        .json
+        .as_ref()
+        .map(|p| outputs.file("--json", p))
+        .transpose()?;
+    let png_out = o
+        .png
+        .as_ref()
+        .map(|d| outputs.dir("--png", d))
+        .transpose()?;
     if let Some(q) = o.thresholds.iter().find(|q| !q.is_finite()) {
         return Err(Error::Invalid(format!(
             "--thresholds: expected finite numbers, found {q}"
@@ -141,13 +154,11 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         data_range: f64::from(hi) - f64::from(lo),
     };
     let report = metrics::evaluate(&x.data, &y, &d, &cfg);
-    print!("{}", table(&report));
-    if let Some(path) = &o.json {
+    if let Some(out) = json_out {
         let text = serde_json::to_string_pretty(&report).expect("report serialises");
-        atomic::write(path, text.as_bytes())?;
+        outputs.write(out, text.as_bytes())?;
     }
-    if let Some(dir) = &o.png {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if let Some(dir) = png_out {
         let lead = |k: &str| -> Vec<f64> {
             report["per_lead"]
                 .as_array()
@@ -186,8 +197,10 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
                     values,
                 })
                 .collect();
-            atomic::write(&dir.join(file), &picture::line_plot(title, &series)?)?;
+            outputs.write_in(dir, file, &picture::line_plot(title, &series)?)?;
         }
     }
+    outputs.commit()?;
+    print!("{}", table(&report));
     Ok(report)
 }

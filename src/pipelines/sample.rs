@@ -1,9 +1,9 @@
-//! `dydiff sample` (SPEC §9): forecasts an ensemble for every observed sequence with the DDIM
-//! sampler of SPEC §5, reproducibly.
+//! `dydiff sample` (docs/cli.md, “sample”): forecasts an ensemble for every observed sequence with
+//! the DDIM sampler of docs/process.md, “Sampling”, reproducibly.
 //!
 //! The `N × M` (sample, member) pairs are processed in network batches of `--batch` pairs. Each
-//! pair's noise is drawn from its own Philox stream (SPEC §7) and every operation acts on a pair
-//! independently, so the forecast is the same for any batch size and thread count.
+//! pair's noise is drawn from its own Philox stream (docs/random.md, “Streams”) and every operation
+//! acts on a pair independently, so the forecast is the same for any batch size and thread count.
 //!
 //! Per batch: the history in model space, `x_{τ_K} = Dyn_{γ̄_{τ_K}}(ε)`; then for `k = K … 1`
 //! one network call and one fused DDIM step ([`Tensor::ddim_step`]); the final state's future
@@ -13,7 +13,9 @@ use crate::backend::Device;
 use crate::diffusion::ddim::{timesteps, StepValues};
 use crate::diffusion::schedule::gamma_bar;
 use crate::error::{Error, Result};
+use crate::io::outputs::Outputs;
 use crate::io::{npy, picture};
+use crate::memory;
 use crate::model::Model;
 use crate::rng::{NoiseKey, NoiseRow, Purpose, MAX_MEMBERS};
 use crate::tensor::Tensor;
@@ -26,8 +28,10 @@ pub const DEFAULT_BATCH: usize = 8;
 /// Options of `dydiff sample`.
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
-    pub model: PathBuf,
-    pub input: PathBuf,
+    /// The model folder; `None`: the built-in model.
+    pub model: Option<PathBuf>,
+    /// The observations; `None`: the built-in model's demo observations (only without `model`).
+    pub input: Option<PathBuf>,
     pub out: PathBuf,
     pub members: usize,
     pub steps: usize,
@@ -90,7 +94,8 @@ pub struct SampleTimes {
 }
 
 /// Samples `members` forecasts for each of the `n` observed histories `obs (n, P+1, C·H·W)` (data
-/// space). `init_noise`, if given, is `ε` of SPEC §5 `(n, M, S, C·H·W)` in model space.
+/// space). `init_noise`, if given, is `ε` of docs/process.md, “Initial state”,
+/// `(n, M, S, C·H·W)` in model space.
 /// `tick(steps)` is called after each network call with the number of (pair, step) units done.
 /// Returns the forecasts `(n, M, S, C·H·W)` in data space.
 pub fn forecast(
@@ -102,9 +107,30 @@ pub fn forecast(
     mut tick: impl FnMut(usize),
 ) -> Result<(Vec<f32>, SampleTimes)> {
     s.validate()?;
+    check_sample_count(n)?;
     let p = &model.process;
     let (hist, fut, e) = (p.history, p.future, p.frame_len());
     let (c, h, w) = (p.channels, p.height, p.width);
+    if n.checked_mul(hist * e) != Some(obs.len()) {
+        return Err(Error::shape(
+            "forecast",
+            format!(
+                "the histories hold {} values; expected N {n} × history {hist} × C·H·W {e}",
+                obs.len()
+            ),
+        ));
+    }
+    let noise_len = memory::array(&[n, s.members, fut, e], 1);
+    if let Some(eps) = init_noise.filter(|eps| Some(eps.len() as u64) != noise_len) {
+        return Err(Error::shape(
+            "forecast",
+            format!(
+                "the initial noise holds {} values; expected N {n} × M {} × S {fut} × C·H·W {e}",
+                eps.len(),
+                s.members
+            ),
+        ));
+    }
     let (scale, shift) = (p.data_scale, p.data_shift);
     let ts = timesteps(&model.scheduler, s.steps)?;
     let members = s.members;
@@ -189,8 +215,18 @@ pub fn forecast(
     Ok((out, times))
 }
 
+/// Refuses more sequences than the noise counter's 32-bit sample index tells apart.
+fn check_sample_count(n: usize) -> Result<()> {
+    if n as u64 > 1 << 32 {
+        return Err(Error::Invalid(format!(
+            "{n} sequences: expected at most 2^32 = 4294967296 per run (the noise of each is keyed by a 32-bit sample index); split the observations"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads the observations and checks them against the model: `(N, L, C, H, W)` with
-/// `L ≥ P + 1`, finite.
+/// `L ≥ P + 1`, finite, and within float32 in model space.
 fn read_observations(path: &Path, model: &Model) -> Result<npy::Array> {
     let p = &model.process;
     let a = npy::read(path)?;
@@ -205,7 +241,40 @@ fn read_observations(path: &Path, model: &Model) -> Result<npy::Array> {
         ));
     }
     npy::check_finite(path, &a)?;
+    check_sample_count(a.shape[0]).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    p.check_model_space(path, &a.data, "from the model's dydiff.json")?;
     Ok(a)
+}
+
+/// Refuses a run whose forecast and work arrays cannot fit in memory.
+fn check_memory(model: &Model, n: usize, o: &SampleOptions) -> Result<()> {
+    let p = &model.process;
+    let (e, frames) = (p.frame_len(), p.frames());
+    let batch = n.checked_mul(o.members).map(|pairs| pairs.min(o.batch));
+    let shape = [n, o.members, p.future, p.channels, p.height, p.width];
+    let forecast = memory::array(&shape, 4);
+    let need = memory::sum(&[
+        // the forecast, the bytes of its file, and the initial noise if read from a file
+        forecast,
+        forecast,
+        if o.init_noise.is_some() {
+            forecast
+        } else {
+            Some(0)
+        },
+        // the histories in data space
+        memory::array(&[n, p.history, e], 4),
+        // per batch: the state, the noise, the network output and the step's result
+        batch.and_then(|b| memory::array(&[4, b, frames, e], 4)),
+        batch.and_then(|b| memory::unet_activations(&model.unet.config, b, p.height, p.width)),
+    ]);
+    memory::ensure(
+        &format!(
+            "--members {}: the forecast {shape:?} (float32) and the sampler's work arrays",
+            o.members
+        ),
+        need,
+    )
 }
 
 /// Reads `--init-noise`: `(N, M, S, C, H, W)` in model space, finite.
@@ -281,10 +350,18 @@ impl std::fmt::Display for SampleReport {
     }
 }
 
-/// Runs `dydiff sample`: reads the model and observations, samples, writes the forecast
-/// `(N, M, S, C, H, W)` atomically and, with `--png`, one picture per sample.
+/// Runs `dydiff sample`: checks the locations of `--out` and `--png`, reads the model and
+/// observations, samples, and writes the forecast `(N, M, S, C, H, W)` and, with `--png`, one
+/// picture per sample, all together.
 pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     let clock = Instant::now();
+    let mut outputs = Outputs::new();
+    let out = outputs.file("--out", &o.out)?;
+    let png = o
+        .png
+        .as_ref()
+        .map(|d| outputs.dir("--png", d))
+        .transpose()?;
     let settings = SamplerSettings {
         members: o.members,
         steps: o.steps,
@@ -294,23 +371,28 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         device: o.device,
     };
     settings.validate()?;
-    let model = Model::load(&o.model, o.device)?;
+    let (model_dir, input) = match (&o.model, &o.input) {
+        (Some(m), Some(i)) => (m.clone(), i.clone()),
+        (Some(_), None) => {
+            return Err(Error::Invalid(
+                "--input: required with --model (the demo observations go with the built-in model only)".into(),
+            ))
+        }
+        (None, input) => {
+            let (m, demo) = crate::default_model::materialize()?;
+            (m, input.clone().unwrap_or(demo))
+        }
+    };
+    let model = Model::load(&model_dir, o.device)?;
     timesteps(&model.scheduler, o.steps)?;
-    let obs = read_observations(&o.input, &model)?;
+    let obs = read_observations(&input, &model)?;
     let p = &model.process;
     let (n, l, e) = (obs.shape[0], obs.shape[1], p.frame_len());
+    check_memory(&model, n, o)?;
     let noise = match &o.init_noise {
         Some(path) => Some(read_init_noise(path, &model, n, o.members)?),
         None => None,
     };
-    if let Some(dir) = &o.png {
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::bad_file(
-                dir,
-                "--png: expected a directory, found a file",
-            ));
-        }
-    }
     let load_s = clock.elapsed().as_secs_f64();
     // The history: the first P+1 frames of each sequence.
     let mut history = Vec::with_capacity(n * p.history * e);
@@ -329,9 +411,8 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     bar.finish_and_clear();
     let clock = Instant::now();
     let shape = [n, o.members, p.future, p.channels, p.height, p.width];
-    npy::write(&o.out, &shape, &fc)?;
-    if let Some(dir) = &o.png {
-        std::fs::create_dir_all(dir).map_err(|err| Error::io(dir, err))?;
+    outputs.write(out, &npy::encode(&shape, &fc))?;
+    if let Some(dir) = png {
         for i in 0..n {
             let truth =
                 (l >= p.frames()).then(|| &obs.data[i * l * e + p.history * e..][..p.future * e]);
@@ -345,12 +426,10 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
                 n_members: o.members,
                 future: p.future,
             };
-            crate::io::atomic::write(
-                &dir.join(format!("sample_{i:04}.png")),
-                &picture::render(&pic)?,
-            )?;
+            outputs.write_in(dir, &format!("sample_{i:04}.png"), &picture::render(&pic)?)?;
         }
     }
+    outputs.commit()?;
     Ok(SampleReport {
         out: o.out.clone(),
         samples: n,

@@ -1,28 +1,32 @@
-//! `dydiff train`: fits the denoiser of SPEC §4 (Dynamical Diffusion, or with `dyn_eta = 0` the
-//! standard diffusion model) to sequences `(N, L, C, H, W)`.
+//! `dydiff train`: fits the denoiser of docs/process.md, “Forward process” (Dynamical Diffusion,
+//! or with `dyn_eta = 0` the standard diffusion model) to sequences `(N, L, C, H, W)`; the recipe
+//! is docs/process.md, “Training”.
 //!
 //! Each step draws, per batch row, a sequence, a window of `P+1+S` frames and a timestep `t`
-//! (uniform), and the noise `ε`, all from counter-based streams keyed by (seed, step, row) (SPEC
-//! §7) — so a run resumed from a checkpoint continues exactly as an uninterrupted run would.
-//! The loss is the mean squared error between `ε̂` and `ε̃` (SPEC §4.6); AdamW with linear
-//! warm-up and optional cosine decay, gradient clipping by global norm, and an exponential
-//! moving average of the weights, which is what the model folder receives.
+//! (uniform), and the noise `ε`, all from counter-based streams keyed by (seed, step, row)
+//! (docs/random.md, “Streams”) — so a run resumed from a checkpoint continues exactly as an
+//! uninterrupted run would. The loss is the mean squared error between `ε̂` and `ε̃`
+//! (docs/process.md, “Training loss”); AdamW with linear warm-up and optional cosine decay,
+//! gradient clipping by global norm, and an exponential moving average of the weights, which is
+//! what the model folder receives.
 //!
-//! Files in `MODEL/`: the model folder of SPEC §8 (EMA weights), `train_state.safetensors`
-//! (weights, Adam moments, EMA and the step, one atomic file) and `train_log.jsonl`.
+//! Files in `MODEL/`: the model folder of docs/model-folder.md (EMA weights),
+//! `train_state.safetensors` (weights, Adam moments, EMA and the step) and `train_log.jsonl`,
+//! written together at each checkpoint, so the folder always holds one whole checkpoint.
 
 use crate::autograd::{backward, Tape};
 use crate::backend::{AdamStep, Device, Storage};
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::io::{atomic, npy, safetensors};
+use crate::io::outputs::Outputs;
+use crate::io::{npy, safetensors};
+use crate::memory;
 use crate::model::{Model, ProcessConfig, UNET_DIR};
 use crate::nn::{ParamBuilder, UNet2D, UNet2DConfig};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -106,6 +110,12 @@ fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UNet2DConfig>
     let obj = v
         .as_object_mut()
         .ok_or_else(|| Error::bad_file(path, "expected a JSON object"))?;
+    if obj.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            "an empty object {}; expected a UNet2DModel configuration (block_out_channels, block types, …)",
+        ));
+    }
     for (key, want) in [("in_channels", in_ch), ("out_channels", out_ch)] {
         match obj.get(key).and_then(Value::as_u64) {
             None => {
@@ -120,7 +130,17 @@ fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UNet2DConfig>
             Some(_) => {}
         }
     }
-    UNet2DConfig::from_json(&v).map_err(|e| Error::bad_file(path, e.to_string()))
+    let config = UNet2DConfig::from_json(&v).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    if config.dropout != 0.0 {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "config key dropout = {}: expected 0 (training with dropout is not supported)",
+                config.dropout
+            ),
+        ));
+    }
+    Ok(config)
 }
 
 /// Reads a data file `(N, L, C, H, W)` with `L ≥ frames`.
@@ -128,7 +148,12 @@ fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::
     let a = npy::read(path)?;
     let ok = match *a.shape {
         [n, l, c, h, w] => {
-            n > 0 && l >= frames && c > 0 && like.is_none_or(|s| s[2..] == [c, h, w])
+            n > 0
+                && l >= frames
+                && c > 0
+                && h > 0
+                && w > 0
+                && like.is_none_or(|s| s[2..] == [c, h, w])
         }
         _ => false,
     };
@@ -138,7 +163,7 @@ fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::
         });
         return Err(Error::bad_file(
             path,
-            format!("expected sequences of shape {want} with L ≥ {frames} (history + future), found {:?}", a.shape),
+            format!("expected sequences of shape {want} with N, C, H, W ≥ 1 and L ≥ {frames} (history + future), found {:?}", a.shape),
         ));
     }
     npy::check_finite(path, &a)?;
@@ -260,7 +285,9 @@ impl State {
         UNet2D::new(config.clone(), ParamBuilder::from_storages(map, device))
     }
 
-    fn save(&self, path: &Path) -> Result<()> {
+    /// The bytes of `train_state.safetensors`; `path`, the file they are meant for, names it in
+    /// errors.
+    fn encode(&self, path: &Path) -> Result<Vec<u8>> {
         let mut tensors = Vec::with_capacity(4 * self.names.len());
         for (kind, list) in [
             ("param", &self.params),
@@ -275,7 +302,7 @@ impl State {
         let step = self.step.to_string();
         // One metadata key: the header is then the same bytes in every process (a map's order
         // is not).
-        safetensors::write_with_metadata(path, &tensors, &[(STEP_KEY, &step)])
+        safetensors::encode(path, &tensors, &[(STEP_KEY, &step)])
     }
 
     fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
@@ -406,22 +433,46 @@ fn validate(o: &TrainOptions) -> Result<()> {
             )));
         }
     }
+    // Steps and batch rows key the noise counter with 32 bits.
+    for (flag, v) in [("--steps", o.steps), ("--batch", o.batch)] {
+        if v > u32::MAX as usize {
+            return Err(Error::Invalid(format!(
+                "{flag}: expected 1 to {}, found {v}",
+                u32::MAX
+            )));
+        }
+    }
+    if o.history.checked_add(o.future).is_none() {
+        return Err(Error::Invalid(format!(
+            "--history {} + --future {}: too many frames (the sum overflows)",
+            o.history, o.future
+        )));
+    }
     if !(0.0..=1.0).contains(&o.dyn_eta) {
         return Err(Error::Invalid(format!(
             "--dyn-eta: expected a value in [0, 1], found {}",
             o.dyn_eta
         )));
     }
-    for (flag, v) in [("--lr", o.lr), ("--clip", o.clip)] {
-        if !(v.is_finite() && v > 0.0) {
-            return Err(Error::Invalid(format!(
-                "{flag}: expected a positive number, found {v}"
-            )));
-        }
-    }
-    if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+    // The optimizer computes in float32: --lr must stay positive and --weight-decay finite there.
+    let lr = o.lr as f32;
+    if !(lr > 0.0 && lr.is_finite()) {
         return Err(Error::Invalid(format!(
-            "--weight-decay: expected a number ≥ 0, found {}",
+            "--lr: expected a positive number within float32 ({:e} to {:e}), found {:?}",
+            f32::from_bits(1),
+            f32::MAX,
+            o.lr
+        )));
+    }
+    if !(o.clip.is_finite() && o.clip > 0.0) {
+        return Err(Error::Invalid(format!(
+            "--clip: expected a positive number, found {}",
+            o.clip
+        )));
+    }
+    if !(o.weight_decay >= 0.0 && (o.weight_decay as f32).is_finite()) {
+        return Err(Error::Invalid(format!(
+            "--weight-decay: expected a number ≥ 0 within float32, found {}",
             o.weight_decay
         )));
     }
@@ -433,29 +484,61 @@ fn validate(o: &TrainOptions) -> Result<()> {
     }
     if let Some(s) = o.data_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(Error::Invalid(format!(
-            "--data-scale: expected a positive number, found {s}"
+            "--data-scale: expected a positive finite number, found {s}"
+        )));
+    }
+    if let Some(s) = o.data_shift.filter(|s| !s.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "--data-shift: expected a finite number, found {s}"
         )));
     }
     Ok(())
 }
 
-/// Appends one JSON line to the training log.
-fn log_line(path: &Path, v: &Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+/// Refuses training data whose values are all the same: its standard deviation, the default
+/// `data_scale`, is 0, and there is nothing to learn from it.
+fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
+    let first = data.data[0];
+    if data.data.iter().all(|&v| v == first) {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "every value is {first}: constant training data (its standard deviation 0 would make data_scale vanish); expected sequences that vary"
+            ),
+        ));
+    }
+    Ok(())
 }
 
-/// Keeps the log lines of steps up to `step` (a resumed run rewrites what follows).
-fn truncate_log(path: &Path, step: usize) -> Result<()> {
+/// Refuses a run whose weights, optimizer state and batch cannot fit in memory.
+fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> Result<()> {
+    let params = memory::unet_params_lower_bound(config);
+    let (frames, e) = (p.frames(), p.frame_len());
+    let need = memory::sum(&[
+        // weights, gradients, Adam's two moments and the EMA
+        params.and_then(|n| n.checked_mul(5 * 4)),
+        // one batch: the clean windows and the network input, the noise and the target
+        memory::array(&[2, o.batch, frames, e], 4),
+        memory::array(&[2, o.batch, p.future, e], 4),
+        memory::unet_activations(config, o.batch, p.height, p.width),
+    ]);
+    let params = params.map_or("more than 2^64".to_string(), |n| n.to_string());
+    memory::ensure(
+        &format!(
+            "--batch {} of {}×{} frames with a network of at least {params} parameters: the weights, the optimizer state and one batch",
+            o.batch, p.height, p.width
+        ),
+        need,
+    )
+}
+
+/// The log lines of steps up to `step`, which a resumed run continues (it rewrites what
+/// follows).
+fn log_until(path: &Path, step: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+        return String::new();
     };
-    let kept: String = text
-        .lines()
+    text.lines()
         .filter(|l| {
             serde_json::from_str::<Value>(l)
                 .ok()
@@ -463,16 +546,37 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
                 .is_some_and(|s| s as usize <= step)
         })
         .map(|l| format!("{l}\n"))
-        .collect();
-    atomic::write(path, kept.as_bytes())
+        .collect()
 }
 
-/// Runs `dydiff train`.
+/// Runs `dydiff train`. `--out` is checked first (a new path in an existing directory or a
+/// directory without a run; with `--resume`, a directory holding one); the folder is written
+/// only at checkpoints, each one whole: the model, the training state and the log up to that
+/// step, committed together.
 pub fn run(o: &TrainOptions) -> Result<()> {
+    let mut outputs = Outputs::new();
+    let folder = outputs.dir("--out", &o.out)?;
+    let state_path = o.out.join(STATE_FILE);
+    let log_path = o.out.join(LOG_FILE);
+    if o.resume && !state_path.is_file() {
+        return Err(Error::Output {
+            flag: "--out".into(),
+            path: o.out.clone(),
+            expected: "a folder holding a training run to continue (--resume)".into(),
+            found: format!("no {STATE_FILE} in it"),
+        });
+    }
+    if !o.resume && state_path.exists() {
+        return Err(Error::bad_file(
+            &o.out,
+            "holds a training run already; pass --resume to continue it, or choose another --out",
+        ));
+    }
     validate(o)?;
     let device = o.device;
     let frames = o.history + o.future;
     let data = read_data(&o.data, frames, None)?;
+    check_varies(&o.data, &data)?;
     let [_, _, c, h, w] = data.shape[..] else {
         unreachable!("checked 5-d")
     };
@@ -481,8 +585,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         None => None,
     };
     let (in_ch, out_ch) = (frames * c, o.future * c);
-    let state_path = o.out.join(STATE_FILE);
-    let log_path = o.out.join(LOG_FILE);
+    let mut log = String::new();
     let (mut model, mut state) = if o.resume {
         let m = Model::load(&o.out, device)?;
         let stored = m.process.training.clone().unwrap_or(Value::Null);
@@ -515,6 +618,36 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 o.out.display(), m.process.history, m.process.future, m.process.dyn_eta, stored
             )));
         }
+        let found = (m.process.channels, m.process.height, m.process.width);
+        if (c, h, w) != found {
+            return Err(Error::bad_file(
+                &o.data,
+                format!(
+                    "--resume: frames of (C, H, W) = {:?}; the model in {} was trained on {found:?}",
+                    (c, h, w),
+                    o.out.display()
+                ),
+            ));
+        }
+        for (flag, given, stored) in [
+            ("--data-scale", o.data_scale, m.process.data_scale),
+            ("--data-shift", o.data_shift, m.process.data_shift),
+        ] {
+            if let Some(v) = given.filter(|&v| v != stored) {
+                return Err(Error::Invalid(format!(
+                    "{flag} {v}: the run in {} uses {stored}; resume with the same value or without the flag",
+                    o.out.display()
+                )));
+            }
+        }
+        for (path, a) in [(&o.data, &data)]
+            .into_iter()
+            .chain(o.val_data.iter().zip(&val))
+        {
+            m.process
+                .check_model_space(path, &a.data, "from the model's dydiff.json")?;
+        }
+        check_memory(o, &m.unet.config, &m.process)?;
         let s = State::load(&state_path, &m.unet, device)?;
         if s.step >= o.steps {
             return Err(Error::Invalid(format!(
@@ -524,28 +657,25 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 s.step
             )));
         }
-        truncate_log(&log_path, s.step)?;
+        log = log_until(&log_path, s.step);
         (m, s)
     } else {
-        if state_path.exists() {
-            return Err(Error::bad_file(&o.out, "holds a training run already; pass --resume to continue it, or choose another --out"));
-        }
         let config = match &o.unet_config {
             Some(p) => unet_config(p, in_ch, out_ch)?,
             None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, h))?,
         };
         let multiple = config.size_multiple();
         if h % multiple != 0 || w % multiple != 0 {
+            let net = o
+                .unet_config
+                .as_ref()
+                .map_or("the default network".to_string(), |p| {
+                    format!("the network of --unet-config {}", p.display())
+                });
             return Err(Error::bad_file(
                 &o.data,
-                format!("frames of {h}×{w}: the network needs multiples of {multiple}"),
+                format!("frames of {h}×{w}: expected height and width multiples of {multiple}, the downsampling factor of {net}"),
             ));
-        }
-        if config.dropout != 0.0 {
-            return Err(Error::Config(format!(
-                "config key dropout = {}: training with dropout is not supported; use 0",
-                config.dropout
-            )));
         }
         let (mean, var) = {
             let n = data.data.len() as f64;
@@ -567,14 +697,33 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             channels: c,
             height: h,
             width: w,
-            data_scale: o.data_scale.unwrap_or(var.sqrt().max(1e-12)),
+            data_scale: o.data_scale.unwrap_or(var.sqrt()),
             data_shift: o.data_shift.unwrap_or(mean),
             training: Some(recipe(o)),
         };
+        let source = format!(
+            "data_scale from {}, data_shift from {}",
+            if o.data_scale.is_some() {
+                "--data-scale"
+            } else {
+                "the data's standard deviation"
+            },
+            if o.data_shift.is_some() {
+                "--data-shift"
+            } else {
+                "the data's mean"
+            }
+        );
+        for (path, a) in [(&o.data, &data)]
+            .into_iter()
+            .chain(o.val_data.iter().zip(&val))
+        {
+            process.check_model_space(path, &a.data, &source)?;
+        }
+        check_memory(o, &config, &process)?;
         let scheduler = SchedulerConfig::default();
         let unet = UNet2D::init(config, o.seed, device)?;
         let state = State::fresh(&unet, device)?;
-        let _ = std::fs::remove_file(&log_path);
         (
             Model {
                 schedule: Schedule::new(&scheduler),
@@ -586,7 +735,6 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         )
     };
     model.process.training = Some(recipe(o));
-    std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let config = model.unet.config.clone();
     let p = model.process.clone();
     let bar = if o.progress {
@@ -626,9 +774,16 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         };
         let (loss, norm) = state.train_step(&unet, (&inp, &target, &t), lr, &settings, device)?;
         if !loss.is_finite() {
+            let kept = if last_saved > 0 {
+                format!(
+                    "the last good checkpoint, step {last_saved}, is in {}",
+                    o.out.display()
+                )
+            } else {
+                "before the first checkpoint, so nothing was written".to_string()
+            };
             return Err(Error::Invalid(format!(
-                "step {step}: the loss is {loss}; stopped (the last good checkpoint, step {last_saved}, is in {}); try a smaller --lr",
-                o.out.display()
+                "step {step}: the loss is {loss}; stopped ({kept}); try a smaller --lr"
             )));
         }
         unet = state.network(&config, device, &state.params)?;
@@ -656,11 +811,17 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                         device
                     )?);
                 }
-                model.save(&o.out)?;
-                state.save(&state_path)?;
+            }
+            log.push_str(&format!("{line}\n"));
+            if checkpoint {
+                for (name, bytes) in model.files()? {
+                    outputs.write_in(folder, &name, &bytes)?;
+                }
+                outputs.write_in(folder, STATE_FILE, &state.encode(&state_path)?)?;
+                outputs.write_in(folder, LOG_FILE, log.as_bytes())?;
+                outputs.commit()?;
                 last_saved = step;
             }
-            log_line(&log_path, &line)?;
             (loss_sum, loss_n, clock) = (0.0, 0, Instant::now());
         }
     }

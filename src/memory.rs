@@ -1,0 +1,147 @@
+//! Memory a command is about to need, checked before it allocates. Sizes are computed with
+//! checked arithmetic and compared with the memory the system has available (`MemAvailable` of
+//! `/proc/meminfo` on Linux; elsewhere only sizes beyond what a process can address are refused),
+//! so that a request too large to fit is a one-line error naming its cause, never an abort on a
+//! failed allocation.
+
+use crate::error::{Error, Result};
+use crate::nn::UNet2DConfig;
+
+/// Bytes of an array of `dims` values of `elem` bytes each; `None` when the product overflows.
+pub fn array(dims: &[usize], elem: usize) -> Option<u64> {
+    dims.iter()
+        .try_fold(elem as u64, |a, &d| a.checked_mul(d as u64))
+}
+
+/// The sum of `parts`; `None` when one of them is `None` or the sum overflows.
+pub fn sum(parts: &[Option<u64>]) -> Option<u64> {
+    parts.iter().try_fold(0u64, |a, p| a.checked_add((*p)?))
+}
+
+/// Bytes of memory the system can give to new allocations now (`MemAvailable`), if it says.
+pub fn available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A byte count for messages, in binary units: `3.0 TiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Refuses `need` bytes (`None`: more than 2^64) when they cannot fit: more than the system has
+/// available, or more than one process can address. `what` names the flags and arrays that need
+/// them, and starts the message.
+pub fn ensure(what: &str, need: Option<u64>) -> Result<()> {
+    let Some(need) = need else {
+        return Err(Error::Invalid(format!(
+            "{what}: needs more than 2^64 bytes of memory"
+        )));
+    };
+    if need > isize::MAX as u64 {
+        return Err(Error::Invalid(format!(
+            "{what}: needs {} of memory, more than a process can address",
+            human(need)
+        )));
+    }
+    match available() {
+        Some(avail) if need > avail => Err(Error::Invalid(format!(
+            "{what}: needs {} of memory, but {} is available",
+            human(need),
+            human(avail)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A lower bound on the activations a forward pass of `config` holds for `batch` fields of
+/// `height × width`, in bytes: at least two float32 maps of the first level's width at full
+/// size are alive together (the input convolution's output, kept for the skip connection, and
+/// the first block's output).
+pub fn unet_activations(
+    config: &UNet2DConfig,
+    batch: usize,
+    height: usize,
+    width: usize,
+) -> Option<u64> {
+    array(&[2, batch, config.block_out_channels[0], height, width], 4)
+}
+
+/// A lower bound on the parameter count of `config`: the input and output convolutions and the
+/// second 3×3 convolution of every resnet (`layers_per_block` per down level,
+/// `layers_per_block + 1` per up level), each mapping a level's width to itself.
+pub fn unet_params_lower_bound(config: &UNet2DConfig) -> Option<u64> {
+    let c = config;
+    let ch0 = c.block_out_channels[0] as u64;
+    let ends = (c.in_channels as u64)
+        .checked_add(c.out_channels as u64)?
+        .checked_mul(ch0)?
+        .checked_mul(9)?;
+    let per_level = (c.layers_per_block as u64)
+        .checked_mul(2)?
+        .checked_add(1)?
+        .checked_mul(9)?;
+    c.block_out_channels.iter().try_fold(ends, |a, &ch| {
+        let ch = ch as u64;
+        a.checked_add(ch.checked_mul(ch)?.checked_mul(per_level)?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_checked_arithmetic() {
+        assert_eq!(array(&[2, 3, 4], 4), Some(96));
+        assert_eq!(array(&[], 4), Some(4));
+        assert_eq!(array(&[usize::MAX, usize::MAX], 4), None);
+        assert_eq!(sum(&[Some(1), Some(2)]), Some(3));
+        assert_eq!(sum(&[Some(1), None]), None);
+        assert_eq!(sum(&[Some(u64::MAX), Some(1)]), None);
+    }
+
+    #[test]
+    fn too_large_is_refused_with_the_size() {
+        let e = ensure("--members 9", None).unwrap_err().to_string();
+        assert!(e.starts_with("--members 9:") && e.contains("2^64"), "{e}");
+        let e = ensure("--batch 9", Some(u64::MAX / 2))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--batch 9") && e.contains("8.0 EiB"), "{e}");
+        assert!(ensure("small", Some(1024)).is_ok());
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(10), "10 bytes");
+    }
+
+    #[test]
+    fn parameter_bound_does_not_exceed_the_network() {
+        let c = UNet2DConfig::from_json(&serde_json::json!({
+            "in_channels": 10, "out_channels": 6, "block_out_channels": [32, 64],
+            "norm_num_groups": 8, "layers_per_block": 1, "attention_head_dim": 16,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        }))
+        .unwrap();
+        let net = crate::nn::UNet2D::init(c.clone(), 0, crate::Device::Cpu).unwrap();
+        let bound = unet_params_lower_bound(&c).unwrap();
+        assert!(bound > 0 && bound <= net.num_params() as u64, "{bound}");
+        assert_eq!(
+            unet_activations(&c, 3, 16, 8),
+            Some(2 * 3 * 32 * 16 * 8 * 4)
+        );
+    }
+}
