@@ -68,13 +68,15 @@ const KC: usize = 512;
 /// depends on what shares its product, nor on how rows and columns are split across threads.
 ///
 /// `gemm`'s general kernel computes each element as one chain of fused multiply-adds over the
-/// `k` terms of each run of its `k` sum, whatever the block it lies in; but the crate chooses
-/// that run length from the shape when `k > 512`, and leaves the general kernel for small or
-/// thin products (a dot-product kernel when `m·n ≤ 256` and both operands are contiguous along
-/// `k`, matrix–vector kernels when `m` or `n` is 1). So here the `k` sum is split into runs of
-/// at most [`KC`] terms, and a product that would leave the general kernel is computed on a
-/// copy that keeps it there (an operand re-laid out, a second zero row or column). Only `k ≤ 2`
-/// takes another kernel, for every shape alike. Tested in `tests/ops.rs`.
+/// `k` terms of each run of its `k` sum, then scales it by `alpha`, whatever the block it lies
+/// in and whether or not the crate transposes the product (it does for column-oriented
+/// destinations). But the crate chooses that run length from the shape when `k > 512`, and
+/// leaves the general kernel for small or thin products: a dot-product kernel when `m·n ≤ 256`
+/// and both operands are contiguous along `k`, matrix–vector kernels when `m` or `n` is 1, an
+/// element-wise kernel when `k ≤ 2` (which applies `alpha` to one operand or the other). So here
+/// the `k` sum is split into equal runs of at most [`KC`] terms, a product that would leave the
+/// general kernel is computed on a copy that keeps it there (an operand re-laid out, a second
+/// zero row or column), and sums of one or two terms are computed directly. Tested below.
 ///
 /// # Safety
 /// Every operand must be valid for the index ranges its strides describe, and `dst` must not
@@ -105,6 +107,9 @@ pub(crate) unsafe fn gemm1(
         }
         return;
     }
+    if k <= 2 {
+        return short_sum(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha);
+    }
     let runs = k.div_ceil(KC);
     let run = k.div_ceil(runs);
     for r in 0..runs {
@@ -124,18 +129,52 @@ pub(crate) unsafe fn gemm1(
     }
 }
 
+/// A product with `k ≤ 2`, element by element: `alpha·(a₀b₀ [+ a₁b₁])` with the second term
+/// fused, then added to `dst` when accumulating. (`gemm`'s own kernel for such short sums
+/// applies `alpha` to one operand or the other depending on the destination's layout.) Safety
+/// as [`gemm1`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn short_sum(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    alpha: f32,
+) {
+    let a = |i: usize, t: usize| *lhs.ptr.offset(i as isize * lhs.rs + t as isize * lhs.cs);
+    let b = |t: usize, j: usize| *rhs.ptr.offset(t as isize * rhs.rs + j as isize * rhs.cs);
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = a(i, 0) * b(0, j);
+            if k == 2 {
+                s = a(i, 1).mul_add(b(1, j), s);
+            }
+            let d = dst.offset(i as isize * dst_rs + j as isize * dst_cs);
+            *d = if accumulate {
+                *d + alpha * s
+            } else {
+                alpha * s
+            };
+        }
+    }
+}
+
 /// Whether `gemm` takes its dot-product kernel for this product (see [`gemm1`]).
 fn dot_product_kernel(m: usize, n: usize, lhs: Mat, rhs: Mat) -> bool {
     lhs.cs == 1 && rhs.rs == 1 && m * n <= 256
 }
 
-/// Whether `gemm` computes this product with its general kernel, or (`k ≤ 2`) with the one
-/// kernel it uses for every shape of so short a sum (see [`gemm1`]).
-fn takes_general_kernel(m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) -> bool {
-    k <= 2 || (m >= 2 && n >= 2 && !dot_product_kernel(m, n, lhs, rhs))
+/// Whether `gemm` computes this product (`k ≥ 3`) with its general kernel (see [`gemm1`]).
+fn takes_general_kernel(m: usize, n: usize, lhs: Mat, rhs: Mat) -> bool {
+    m >= 2 && n >= 2 && !dot_product_kernel(m, n, lhs, rhs)
 }
 
-/// One `gemm` call with `k ≤` [`KC`], on copies that keep it in the general kernel where the
+/// One `gemm` call with `3 ≤ k ≤` [`KC`], on copies that keep it in the general kernel where the
 /// shape would not (see [`gemm1`]): a thin or small operand is copied column-major (`lhs`) or
 /// row-major (`rhs`), padded with a zero row or column to at least two, so that it is neither
 /// contiguous along `k` nor a vector. Safety as [`gemm1`].
@@ -152,10 +191,10 @@ unsafe fn general_kernel(
     rhs: Mat,
     alpha: f32,
 ) {
-    if takes_general_kernel(m, n, k, lhs, rhs) {
+    if takes_general_kernel(m, n, lhs, rhs) {
         return call_gemm(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha);
     }
-    let dot = m >= 2 && n >= 2 && dot_product_kernel(m, n, lhs, rhs);
+    let dot = dot_product_kernel(m, n, lhs, rhs);
     let copy_lhs = m < 2 || (dot && m <= n);
     let copy_rhs = n < 2 || (dot && !copy_lhs);
     let (mp, np) = (m.max(2), n.max(2));
@@ -179,7 +218,7 @@ unsafe fn general_kernel(
     }
     let lhs = if copy_lhs { Mat::new(&a, 1, mp) } else { lhs };
     let rhs = if copy_rhs { Mat::new(&b, np, 1) } else { rhs };
-    debug_assert!(takes_general_kernel(mp, np, k, lhs, rhs));
+    debug_assert!(takes_general_kernel(mp, np, lhs, rhs));
     if (mp, np) == (m, n) {
         return call_gemm(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha);
     }
@@ -412,7 +451,7 @@ mod tests {
                         accumulate,
                         lhs(0, 0),
                         rhs(0, 0),
-                        0.5,
+                        0.3,
                     )
                 };
                 for i in 0..m {
@@ -432,7 +471,7 @@ mod tests {
                                 x as f64 * y as f64
                             })
                             .sum::<f64>()
-                            * 0.5
+                            * 0.3
                             + if accumulate {
                                 c0[i * n + j] as f64
                             } else {
@@ -474,7 +513,7 @@ mod tests {
                             accumulate,
                             lhs(r0, 0),
                             rhs(0, c0_),
-                            0.5,
+                            0.3,
                         )
                     };
                     for i in 0..bm {
