@@ -22,16 +22,21 @@ pub enum Device {
 }
 
 impl Device {
-    /// A device by name: `cpu` or `cuda[:N]`.
+    /// A device by name: `cpu` or `cuda[:N]`. A refusal names the flag and the device.
     pub fn parse(name: &str) -> Result<Device> {
+        let on_flag = |e: Error| Error::Backend(format!("--device {name}: {e}"));
         match name {
             "cpu" => Ok(Device::Cpu),
-            "cuda" => cuda::check_device(0).map(|_| Device::Cuda(0)),
+            "cuda" => cuda::check_device(0)
+                .map(|_| Device::Cuda(0))
+                .map_err(on_flag),
             s if s.starts_with("cuda:") => {
                 let n = s[5..].parse().map_err(|_| {
                     Error::Invalid(format!("--device: expected cpu or cuda:N, found {s}"))
                 })?;
-                cuda::check_device(n).map(|_| Device::Cuda(n))
+                cuda::check_device(n)
+                    .map(|_| Device::Cuda(n))
+                    .map_err(on_flag)
             }
             s => Err(Error::Invalid(format!(
                 "--device: expected cpu or cuda:N, found {s}"
