@@ -183,8 +183,8 @@ enum Command {
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         thresholds: Vec<f64>,
         /// Also write the report as JSON: {"overall": {...}, "per_lead": [{...}, ...]}, in an
-        /// existing directory (written together with the --png pictures, then the table is
-        /// printed).
+        /// existing directory (the table is printed first, then this file and the --png pictures
+        /// are written together).
         #[arg(long)]
         json: Option<PathBuf>,
         /// Directory for crps.png and spread_skill.png (against lead time); an existing one keeps
@@ -460,8 +460,7 @@ fn run(cli: Cli) -> Result<()> {
                 warmup,
                 device,
             })?;
-            println!("{report}");
-            Ok(())
+            dydiff::io::print_stdout(&format!("{report}\n"))
         }
         Command::Bench(BenchCommand::Train {
             unet,
@@ -479,12 +478,10 @@ fn run(cli: Cli) -> Result<()> {
                 warmup,
                 device,
             })?;
-            println!("{report}");
-            Ok(())
+            dydiff::io::print_stdout(&format!("{report}\n"))
         }
         Command::Bench(BenchCommand::Peak) => {
-            println!("{}", bench::peak()?);
-            Ok(())
+            dydiff::io::print_stdout(&format!("{}\n", bench::peak()?))
         }
     }
 }

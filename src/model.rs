@@ -266,6 +266,15 @@ impl Model {
         Ok(())
     }
 
+    /// The paths inside the folder of the files [`Model::files`] writes.
+    pub fn folder_files() -> Vec<String> {
+        let mut names = vec![PROCESS_FILE.to_string(), SCHEDULER_FILE.to_string()];
+        for name in UNet2D::PRETRAINED_FILES {
+            names.push(format!("{UNET_DIR}/{name}"));
+        }
+        names
+    }
+
     /// The files of the model folder: each one's path inside the folder and its content.
     pub fn files(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.check().map_err(Error::Config)?;
@@ -287,7 +296,9 @@ impl Model {
     /// (whose other files are kept): all its files appear together, or none.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut out = Outputs::new();
-        let folder = out.dir("model folder", dir)?;
+        let names = Model::folder_files();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let folder = out.dir_with("model folder", dir, &names)?;
         for (name, bytes) in self.files()? {
             out.write_in(folder, &name, &bytes)?;
         }

@@ -146,6 +146,40 @@ fn sample_members_beyond_memory() {
     );
 }
 
+/// The memory check counts the address-space limit (`ulimit -v`), not only the system's
+/// available memory: a run under a small limit is refused, not aborted by a failed allocation.
+#[test]
+fn sample_members_beyond_the_address_space_limit() {
+    let s = Scratch::new("in-s-ulimit");
+    let out = s.path("forecast.npy");
+    let limit_kib = 2_000_000u64;
+    let script = format!(
+        "ulimit -v {limit_kib} && exec \"$0\" sample --model \"$1\" --input \"$2\" --out \"$3\" --members 100000 --steps 1",
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_dydiff")])
+        .arg(sampler("model_dyn"))
+        .arg(sampler("obs.npy"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    // The forecast and its file alone need 2 × 1.2 GB; the limit is 2.0 GB.
+    let needles = ["--members 100000", "needs", "is available"];
+    let system = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("MemAvailable:"))?
+            .to_string();
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    assert_clean_failure(o.status.success(), &err, &needles, &out, &s);
+    // The limit that applied is named: ulimit -v, unless the machine or its cgroup has less.
+    if system.is_some_and(|kib| kib > limit_kib) {
+        assert!(err.contains("ulimit -v") || err.contains("cgroup"), "{err}");
+    }
+}
+
 #[test]
 fn sample_ddim_eta_nan() {
     let s = Scratch::new("in-s-eta-nan");
@@ -627,6 +661,95 @@ fn forecast_refuses_inconsistent_arguments() {
     );
 }
 
+/// A sample run whose model folder's `data_scale` maps the forecast beyond float32 is refused;
+/// no partly infinite forecast is written.
+fn sample_scale_beyond_float32(tag: &str, scale: f64, needle: &str) {
+    let s = Scratch::new(tag);
+    let m = edited_model(&s, "dydiff.json", &|v| v["data_scale"] = scale.into());
+    sample_refused(
+        &s,
+        &m,
+        &sampler("obs.npy"),
+        &["--members", "2", "--steps", "2"],
+        &[
+            "the forecast holds",
+            "infinite values",
+            needle,
+            "dydiff.json",
+            "beyond float32",
+        ],
+    );
+}
+
+#[test]
+fn sample_data_scale_makes_every_value_infinite() {
+    sample_scale_beyond_float32("in-s-scale-1e300", 1e300, "data_scale 1e300");
+}
+
+#[test]
+fn sample_data_scale_makes_some_values_infinite() {
+    sample_scale_beyond_float32("in-s-scale-1e38", 1e38, "data_scale 1e38");
+}
+
+#[test]
+fn sample_init_noise_not_standard_normal() {
+    let s = Scratch::new("in-s-noise-huge");
+    let shape = [2, 2, 3, 2, 16, 16];
+    let noise = write(&s, "noise.npy", &shape, &vec![3e38; 2 * 2 * 3 * 2 * 256]);
+    sample_refused(
+        &s,
+        &sampler("model_dyn"),
+        &sampler("obs.npy"),
+        &[
+            "--members",
+            "2",
+            "--steps",
+            "2",
+            "--init-noise",
+            &st(&noise),
+        ],
+        &[
+            "noise.npy",
+            "values up to 3.000e38",
+            "standard normal",
+            "1e4",
+        ],
+    );
+}
+
+#[test]
+fn forecast_refuses_non_finite_results() {
+    use dydiff::pipelines::sample::{forecast, SamplerSettings};
+    let model = dydiff::model::Model::load(&sampler("model_dyn"), dydiff::Device::Cpu).unwrap();
+    let settings = SamplerSettings {
+        members: 1,
+        steps: 2,
+        seed: 0,
+        ddim_eta: 0.0,
+        batch: 1,
+        device: dydiff::Device::Cpu,
+    };
+    let e = 2 * 16 * 16;
+    let noise = vec![3e38f32; 3 * e];
+    let err = forecast(
+        &model,
+        &settings,
+        &vec![0.0; 2 * e],
+        1,
+        Some(&noise),
+        |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("the forecast holds")
+            && err.contains("non-finite values")
+            && err.contains("initial noise reaches 3.000e38"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------- denoise
 
 /// `dydiff denoise --unet unet_a --input INPUT --timestep T`, refused.
@@ -743,6 +866,23 @@ fn denoise_file_larger_than_memory() {
         &x,
         "5",
         &["x.npy", "reading the file", "needs 1.0 TiB of memory"],
+    );
+}
+
+#[test]
+fn denoise_input_beyond_the_network() {
+    let s = Scratch::new("in-d-huge-values");
+    let x = write(&s, "x.npy", &[2, 3, 16, 24], &vec![3.4e38; 2 * 3 * 16 * 24]);
+    denoise_refused(
+        &s,
+        &x,
+        "5",
+        &[
+            "the network output holds",
+            "non-finite values",
+            "x.npy",
+            "values up to 3.400e38",
+        ],
     );
 }
 
@@ -1320,6 +1460,52 @@ fn train_resume_with_another_scale() {
         &d,
         &["--data-scale", "7"],
         &["--data-scale 7", "uses", "the same value"],
+    );
+}
+
+#[test]
+fn train_data_scale_makes_the_data_constant() {
+    let s = Scratch::new("in-t-scale-1e300");
+    let d = train_data(&s);
+    train_refused(
+        &s,
+        &d,
+        &["--data-scale=1e300"],
+        &[
+            "data.npy",
+            "data_scale 1e300",
+            "from --data-scale",
+            "constant training data in model space",
+        ],
+    );
+}
+
+#[test]
+fn train_data_shift_makes_the_data_constant() {
+    let s = Scratch::new("in-t-shift-1e30");
+    let d = train_data(&s);
+    train_refused(
+        &s,
+        &d,
+        &["--data-shift=1e30"],
+        &[
+            "data.npy",
+            "data_shift 1e30",
+            "from --data-shift",
+            "constant training data in model space",
+        ],
+    );
+}
+
+#[test]
+fn train_weight_decay_beyond_the_step() {
+    let s = Scratch::new("in-t-wd-huge");
+    let d = train_data(&s);
+    train_refused(
+        &s,
+        &d,
+        &["--weight-decay=1e30", "--lr", "1e-4"],
+        &["--lr 0.0001", "--weight-decay 1e30", "expected less than 1"],
     );
 }
 

@@ -19,7 +19,11 @@ fn listing(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             let rel = p.strip_prefix(dir).unwrap().to_path_buf();
-            if p.is_dir() {
+            if p.is_symlink() {
+                // A link is listed by its target, not followed.
+                let to = std::fs::read_link(&p).unwrap();
+                found.insert(rel, Some(to.to_string_lossy().as_bytes().to_vec()));
+            } else if p.is_dir() {
                 stack.push(p);
                 found.insert(rel, None);
             } else {
@@ -731,5 +735,247 @@ fn an_interrupted_training_keeps_one_whole_checkpoint() {
         if k > 0 || s.path(&out).exists() {
             assert_whole_checkpoint(&s.path(&out));
         }
+    }
+}
+
+/// `dydiff args` in the scratch folder `s`, refused: see [`assert_refused`].
+fn assert_run_refused(s: &Scratch, args: &[String], needles: &[&str]) {
+    let before = listing(&s.0);
+    let (o, took) = run(&s.0, args);
+    assert_refused(&o, took, &before, s, needles);
+}
+
+fn sample_args(i: &Inputs, rest: &[&str]) -> Vec<String> {
+    let mut a = strings(&[
+        "sample",
+        "--model",
+        &i.model,
+        "--input",
+        &i.obs,
+        "--steps",
+        "1",
+        "--members",
+        "1",
+    ]);
+    a.extend(strings(rest));
+    a
+}
+
+fn eval_args(i: &Inputs, rest: &[&str]) -> Vec<String> {
+    let mut a = strings(&["eval", "--forecast", &i.forecast, "--truth", &i.truth]);
+    a.extend(strings(rest));
+    a
+}
+
+fn train_args(i: &Inputs, out: &str) -> Vec<String> {
+    strings(&[
+        "train",
+        "--data",
+        &i.obs,
+        "--out",
+        out,
+        "--history",
+        "2",
+        "--future",
+        "3",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+    ])
+}
+
+#[test]
+fn an_output_inside_a_directory_output_is_refused() {
+    let s = scratch("nested");
+    let i = inputs();
+    std::fs::create_dir(s.path("pics")).unwrap();
+    let cases: [(Vec<String>, [&str; 4]); 5] = [
+        (
+            sample_args(&i, &["--out", "pics/sample_0000.png", "--png", "pics"]),
+            ["--out", "pics/sample_0000.png", "--png", "pics"],
+        ),
+        (
+            eval_args(&i, &["--json", "adir/crps.png", "--png", "adir"]),
+            ["--json", "adir/crps.png", "--png", "adir"],
+        ),
+        (
+            eval_args(&i, &["--json", "./adir/../adir/r.json", "--png", "adir/"]),
+            ["--json", "./adir/../adir/r.json", "--png", "adir/"],
+        ),
+        (
+            eval_args(&i, &["--json", "adir/sub/r.json", "--png", "adir/."]),
+            [
+                "--json",
+                "adir/sub/r.json",
+                "found that adir/sub does not exist",
+                "",
+            ],
+        ),
+        (
+            sample_args(&i, &["--out", "fc.npy", "--png", "."]),
+            ["--out", "fc.npy", "--png", "."],
+        ),
+    ];
+    for (args, needles) in cases {
+        assert_run_refused(&s, &args, &needles);
+    }
+}
+
+#[test]
+fn a_symbolic_link_to_a_missing_target_is_refused_as_a_directory_output() {
+    let s = scratch("dangling");
+    let i = inputs();
+    std::os::unix::fs::symlink("nowhere", s.path("dl")).unwrap();
+    for args in [
+        sample_args(&i, &["--out", "fc.npy", "--png", "dl"]),
+        eval_args(&i, &["--json", "r.json", "--png", "dl"]),
+        train_args(&i, "dl"),
+    ] {
+        assert_run_refused(
+            &s,
+            &args,
+            &["dl", "found a symbolic link to a missing target"],
+        );
+    }
+    // A link to an existing directory is a directory output like any other.
+    std::os::unix::fs::symlink("adir", s.path("linked")).unwrap();
+    assert_adds(
+        &s,
+        &eval_args(&i, &["--png", "linked"]),
+        &["adir/crps.png", "adir/spread_skill.png"],
+    );
+}
+
+#[test]
+fn a_directory_in_the_way_of_a_file_of_a_directory_output_is_refused_before_any_work() {
+    let s = scratch("clash");
+    let i = inputs();
+    std::fs::create_dir_all(s.path("pics/sample_0001.png")).unwrap();
+    assert_run_refused(
+        &s,
+        &sample_args(&i, &["--out", "fc.npy", "--png", "pics"]),
+        &["--png pics", "pics/sample_0001.png is a directory"],
+    );
+    std::fs::create_dir_all(s.path("ev/crps.png")).unwrap();
+    assert_run_refused(
+        &s,
+        &eval_args(&i, &["--json", "r.json", "--png", "ev"]),
+        &["--png ev", "ev/crps.png is a directory"],
+    );
+    // A plain file where the model folder's subdirectory goes, before training.
+    std::fs::create_dir(s.path("mo")).unwrap();
+    std::fs::write(s.path("mo/unet"), b"in the way").unwrap();
+    assert_run_refused(
+        &s,
+        &train_args(&i, "mo"),
+        &["--out mo", "mo/unet is a plain file"],
+    );
+    std::fs::create_dir_all(s.path("mo2/train_log.jsonl")).unwrap();
+    assert_run_refused(
+        &s,
+        &train_args(&i, "mo2"),
+        &["--out mo2", "mo2/train_log.jsonl is a directory"],
+    );
+}
+
+#[test]
+fn a_name_too_long_for_its_temporary_is_refused() {
+    let s = scratch("long");
+    let i = inputs();
+    let long = "a".repeat(240);
+    for (flag, _, args) in output_flags(&i) {
+        assert_run_refused(&s, &with_path(&args, &long), &[flag, "too long"]);
+    }
+    // The longest name that leaves room is accepted.
+    let fits = "b".repeat(200);
+    assert_adds(&s, &eval_args(&i, &["--json", &fits]), &[&fits]);
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused() {
+    let s = scratch("input");
+    let i = inputs();
+    std::fs::copy(&i.forecast, s.path("fc.npy")).unwrap();
+    std::fs::copy(&i.obs, s.path("obs.npy")).unwrap();
+    let cases = [
+        (
+            strings(&[
+                "eval",
+                "--forecast",
+                "fc.npy",
+                "--truth",
+                &i.truth,
+                "--json",
+                "./fc.npy",
+            ]),
+            ["--json ./fc.npy", "--forecast fc.npy"],
+        ),
+        (
+            strings(&[
+                "sample", "--model", &i.model, "--input", "obs.npy", "--out", "obs.npy",
+            ]),
+            ["--out obs.npy", "--input obs.npy"],
+        ),
+        (
+            strings(&[
+                "denoise",
+                "--unet",
+                &i.unet,
+                "--input",
+                "fc.npy",
+                "--timestep",
+                "1",
+                "--out",
+                "fc.npy",
+            ]),
+            ["--out fc.npy", "--input fc.npy"],
+        ),
+    ];
+    for (args, needles) in cases {
+        assert_run_refused(&s, &args, &needles);
+    }
+}
+
+/// Checks a command whose stdout failed: status 1, one line on stderr naming stdout, no panic,
+/// and nothing under `s` changed.
+fn assert_stdout_failed(o: &Output, before: &BTreeMap<PathBuf, Option<Vec<u8>>>, s: &Scratch) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("stdout") && !err.contains("panicked"), "{err}");
+    assert!(listing(&s.0) == *before, "the folder changed: {err}");
+}
+
+#[test]
+fn a_result_that_cannot_be_printed_is_one_error_and_leaves_no_file() {
+    let s = scratch("stdout");
+    let i = inputs();
+    let commands = [
+        eval_args(&i, &["--json", "r.json", "--png", "pics"]),
+        strings(&["bench", "peak"]),
+        strings(&[
+            "bench", "unet", "--unet", &i.unet, "--batch", "1", "--size", "8", "--reps", "1",
+            "--warmup", "0",
+        ]),
+    ];
+    for args in &commands {
+        // A closed pipe: the reading end is closed before the command writes anything.
+        let before = listing(&s.0);
+        let mut child = command(&s.0, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_stdout_failed(&o, &before, &s);
+        // A full device.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = command(&s.0, args).stdout(full).output().unwrap();
+        assert_stdout_failed(&o, &before, &s);
     }
 }

@@ -11,7 +11,7 @@
 //! happen half-way through it.
 
 use crate::error::{Error, Result};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,11 +49,20 @@ fn remove(path: &Path) {
 /// A fresh temporary name in `dir` for a target named `name`: `dir/.NAME.tmpPID.N`.
 pub(crate) fn temp_name(dir: &Path, name: &OsStr) -> PathBuf {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(
-        ".{}.tmp{}.{n}",
-        name.to_string_lossy(),
-        std::process::id()
-    ))
+    let mut s = OsString::from(".");
+    s.push(name);
+    s.push(format!(".tmp{}.{n}", std::process::id()));
+    dir.join(s)
+}
+
+/// The most bytes a path component may have (NAME_MAX of Linux filesystems).
+pub(crate) const NAME_MAX: usize = 255;
+
+/// The length in bytes of the longest temporary name [`temp_name`] gives a target named `name`
+/// (counting up to 10 digits of temporaries numbered in this process).
+pub(crate) fn temp_name_len(name: &OsStr) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    format!(".tmp{}.{}", std::process::id(), u32::MAX).len() + 1 + name.as_bytes().len()
 }
 
 /// A temporary file or folder, listed in the registry while it exists and removed when dropped,

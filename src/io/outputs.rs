@@ -8,10 +8,12 @@
 //! A file output needs an existing, writable directory to go in, and must not name a directory
 //! or a special file (a device, a pipe, a socket). A directory output is either an existing,
 //! writable directory — its other files are kept, files of the same names are replaced — or a
-//! new path in an existing, writable directory, created whole at the commit. Every refusal is one
-//! line naming the flag, the path, what was expected and what was found.
+//! new path in an existing, writable directory, created whole at the commit. No output may lie
+//! inside a directory output, and the name of each output's temporary must fit in a path
+//! component. Every refusal is one line naming the flag, the path, what was expected and what was
+//! found.
 
-use super::atomic::{registry, temp_name, write_temp, Temp};
+use super::atomic::{registry, temp_name, temp_name_len, write_temp, Temp, NAME_MAX};
 use crate::error::{Error, Result};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -22,6 +24,12 @@ use std::path::{Path, PathBuf};
 const FILE_EXPECTED: &str = "a file in an existing, writable directory";
 /// What a directory output expects, as the error messages say it.
 const DIR_EXPECTED: &str = "a writable directory (or a path whose parent is a directory)";
+/// What a directory output expects of the entries its files replace, as the error messages say
+/// it.
+const ROOM_EXPECTED: &str = "a directory where each of its files can be placed";
+/// The name a directory output's temporary is made from when its path has no final name
+/// (`.`, `..`).
+const DIR_FALLBACK_NAME: &str = "out";
 
 /// A file output declared with [`Outputs::file`].
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +91,17 @@ fn found_at(path: &Path) -> std::io::Result<Found> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Found::Nothing),
         Err(e) => Err(e),
+    }
+}
+
+/// What is at a path, as [`found_at`] says, except that a symbolic link to a missing target is
+/// named as such rather than as nothing.
+fn found_entry(path: &Path) -> std::io::Result<Found> {
+    match found_at(path)? {
+        Found::Nothing if std::fs::symlink_metadata(path).is_ok() => {
+            Ok(Found::Other("a symbolic link to a missing target"))
+        }
+        found => Ok(found),
     }
 }
 
@@ -165,6 +184,20 @@ fn check_parent(path: &Path) -> std::result::Result<(), String> {
     Err(format!("that {} does not exist", parent.display()))
 }
 
+/// Checks that the temporary of a target named `name` has a name short enough for the
+/// filesystem; `Err(found)` says what is wrong.
+fn check_temp_fits(name: &std::ffi::OsStr) -> std::result::Result<(), String> {
+    let len = temp_name_len(name);
+    if len > NAME_MAX {
+        return Err(format!(
+            "a name of {} bytes, too long for its temporary (.NAME.tmpPID.N, {len} bytes; at most \
+             {NAME_MAX})",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a file output location; `Err(found)` says what is wrong.
 fn check_file(path: &Path) -> std::result::Result<(), String> {
     if path.as_os_str().is_empty() {
@@ -179,9 +212,10 @@ fn check_file(path: &Path) -> std::result::Result<(), String> {
     if path.as_os_str().as_bytes().ends_with(b"/") {
         return Err("a directory path (it ends in /)".into());
     }
-    if path.file_name().is_none() {
+    let Some(name) = path.file_name() else {
         return Err("a path without a file name".into());
-    }
+    };
+    check_temp_fits(name)?;
     check_parent(path)
 }
 
@@ -190,7 +224,9 @@ fn check_dir(path: &Path) -> std::result::Result<(), String> {
     if path.as_os_str().is_empty() {
         return Err("an empty path".into());
     }
-    match found_at(path) {
+    // Staged beside it or, for an existing directory, inside it, under a name made from its own.
+    check_temp_fits(path.file_name().unwrap_or(DIR_FALLBACK_NAME.as_ref()))?;
+    match found_entry(path) {
         Ok(Found::Dir) => {
             writable(path).map_err(|e| format!("that it is not writable ({})", reason(&e)))
         }
@@ -212,6 +248,71 @@ fn identity(path: &Path) -> PathBuf {
     match (parent.canonicalize(), path.file_name()) {
         (Ok(p), Some(name)) => p.join(name),
         _ => path.to_path_buf(),
+    }
+}
+
+/// Checks that the files `names` (relative paths) can be placed in the directory `dir`: no
+/// folder on the way to one of them is anything but a directory, and none of them is a
+/// directory. `Err(found)` says what is wrong.
+fn check_room<P: AsRef<Path>>(dir: &Path, names: &[P]) -> std::result::Result<(), String> {
+    for name in names {
+        let mut at = dir.to_path_buf();
+        let parts: Vec<_> = name.as_ref().components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            let last = i + 1 == parts.len();
+            match found_entry(&at) {
+                Ok(Found::Nothing) => break,
+                Ok(Found::Dir) if last => {
+                    return Err(format!("that {} is a directory", at.display()));
+                }
+                Ok(Found::Dir) => {}
+                Ok(_) if last => {}
+                Ok(what) => {
+                    return Err(format!(
+                        "that {} is {} where a folder goes",
+                        at.display(),
+                        what.name()
+                    ))
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "that {} cannot be examined ({})",
+                        at.display(),
+                        reason(&e)
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every file under the folder `dir`, as a path relative to it.
+fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(dir.join(&rel))? {
+            let e = e?;
+            let p = rel.join(e.file_name());
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// An output error that names the flag and the path, for an I/O failure while `doing` something.
+fn io_failure(flag: &str, path: &Path, doing: &str, e: &std::io::Error) -> Error {
+    Error::Output {
+        flag: flag.to_string(),
+        path: path.to_path_buf(),
+        expected: format!("{doing} to succeed"),
+        found: reason(e),
     }
 }
 
@@ -241,7 +342,7 @@ impl Outputs {
         Outputs::default()
     }
 
-    fn declare(&mut self, flag: &str, path: &Path, kind: Kind) -> Result<usize> {
+    fn declare(&mut self, flag: &str, path: &Path, kind: Kind, files: &[&str]) -> Result<usize> {
         let checked = match kind {
             Kind::File => check_file(path),
             Kind::Dir => check_dir(path),
@@ -257,12 +358,34 @@ impl Outputs {
             Kind::Dir => DIR_EXPECTED,
         };
         checked.map_err(|found| fail(expected, found))?;
+        if kind == Kind::Dir && path.is_dir() {
+            check_room(path, files).map_err(|found| fail(ROOM_EXPECTED, found))?;
+        }
         let me = identity(path);
-        if let Some(other) = self.entries.iter().find(|e| identity(&e.target) == me) {
-            return Err(fail(
-                "a path of its own",
-                format!("the path of {} as well", other.flag),
-            ));
+        for other in &self.entries {
+            let them = identity(&other.target);
+            if them == me {
+                return Err(fail(
+                    "a path of its own",
+                    format!("the path of {} as well", other.flag),
+                ));
+            }
+            if other.kind == Kind::Dir && me.starts_with(&them) {
+                return Err(fail(
+                    &format!("a path outside the directory output of {}", other.flag),
+                    format!(
+                        "that it lies inside {} {}",
+                        other.flag,
+                        other.target.display()
+                    ),
+                ));
+            }
+            if kind == Kind::Dir && them.starts_with(&me) {
+                return Err(fail(
+                    "a directory holding no other output",
+                    format!("that it holds {} {}", other.flag, other.target.display()),
+                ));
+            }
         }
         self.entries.push(Entry {
             flag: flag.to_string(),
@@ -276,13 +399,37 @@ impl Outputs {
     /// Declares the file output of `flag` at `path`, after checking that it can be written
     /// there; the error names the flag, the path, what was expected and what was found.
     pub fn file(&mut self, flag: &str, path: &Path) -> Result<FileOutput> {
-        self.declare(flag, path, Kind::File).map(FileOutput)
+        self.declare(flag, path, Kind::File, &[]).map(FileOutput)
     }
 
     /// Declares the directory output of `flag` at `path`, after checking that it can be written
     /// there; the error names the flag, the path, what was expected and what was found.
     pub fn dir(&mut self, flag: &str, path: &Path) -> Result<DirOutput> {
-        self.declare(flag, path, Kind::Dir).map(DirOutput)
+        self.declare(flag, path, Kind::Dir, &[]).map(DirOutput)
+    }
+
+    /// Declares the directory output of `flag` at `path`, as [`Outputs::dir`] does, knowing
+    /// the files (relative paths) it will hold: in an existing directory, none of them may be
+    /// a directory and no folder on the way to one of them anything but a directory.
+    pub fn dir_with(&mut self, flag: &str, path: &Path, files: &[&str]) -> Result<DirOutput> {
+        self.declare(flag, path, Kind::Dir, files).map(DirOutput)
+    }
+
+    /// Refuses an input of the command, the `flag` at `path`, that is one of the outputs
+    /// declared so far (the same file or directory): the output would replace it.
+    pub fn check_input(&self, flag: &str, path: &Path) -> Result<()> {
+        let Ok(input) = path.canonicalize() else {
+            return Ok(());
+        };
+        match self.entries.iter().find(|e| identity(&e.target) == input) {
+            Some(e) => Err(Error::Output {
+                flag: e.flag.clone(),
+                path: e.target.clone(),
+                expected: "a path other than the command's inputs".into(),
+                found: format!("the input of {flag} {}", path.display()),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Stages the content of a file output (replacing what was staged for it before).
@@ -291,8 +438,8 @@ impl Outputs {
         let name = e.target.file_name().expect("checked when declared");
         let dir = or_dot(e.target.parent().unwrap_or(Path::new("")));
         e.staged = None;
-        let tmp =
-            write_temp(temp_name(dir, name), bytes).map_err(|err| Error::io(&e.target, err))?;
+        let tmp = write_temp(temp_name(dir, name), bytes)
+            .map_err(|err| io_failure(&e.flag, &e.target, "writing its temporary", &err))?;
         e.staged = Some(tmp);
         Ok(())
     }
@@ -301,12 +448,13 @@ impl Outputs {
     /// output.
     pub fn write_in(&mut self, out: DirOutput, name: &str, bytes: &[u8]) -> Result<()> {
         let e = &mut self.entries[out.0];
-        let io = |err| Error::io(&e.target.join(name), err);
+        let (flag, target) = (&e.flag, &e.target);
+        let io = |err| io_failure(flag, target, &format!("writing its temporary {name}"), &err);
         if e.staged.is_none() {
             // Inside an existing directory (which may be another filesystem than its parent's),
             // else beside the new one.
             let path = if e.target.is_dir() {
-                let own = e.target.file_name().unwrap_or("out".as_ref());
+                let own = e.target.file_name().unwrap_or(DIR_FALLBACK_NAME.as_ref());
                 temp_name(&e.target, own)
             } else {
                 let name = e.target.file_name().expect("checked when declared");
@@ -341,6 +489,15 @@ impl Outputs {
                 Kind::File => check_file(&e.target).map_err(|f| fail(FILE_EXPECTED, f))?,
                 Kind::Dir => check_dir(&e.target).map_err(|f| fail(DIR_EXPECTED, f))?,
             }
+            // Each file merged into an existing directory must find room there.
+            if let (Kind::Dir, Some(tmp)) = (&e.kind, &e.staged) {
+                if e.target.is_dir() {
+                    let files = files_under(tmp.path()).map_err(|err| {
+                        io_failure(&e.flag, &e.target, "listing its temporary", &err)
+                    })?;
+                    check_room(&e.target, &files).map_err(|f| fail(ROOM_EXPECTED, f))?;
+                }
+            }
         }
         let mut reg = registry();
         for e in &mut self.entries {
@@ -355,7 +512,7 @@ impl Outputs {
                     merge(tmp.path(), &e.target).and_then(|()| std::fs::remove_dir(tmp.path()))
                 }
             };
-            moved.map_err(|err| Error::io(&e.target, err))?;
+            moved.map_err(|err| io_failure(&e.flag, &e.target, "moving it into place", &err))?;
             e.staged.take().expect("checked above").placed(&mut reg);
         }
         Ok(())
@@ -530,5 +687,94 @@ mod tests {
         drop(o);
         std::fs::remove_file(s.0.join("pics")).unwrap();
         assert_eq!(s.listing(), before);
+    }
+
+    #[test]
+    fn a_clash_inside_a_directory_output_stops_the_commit_before_any_rename() {
+        let s = Scratch::new("clash");
+        let pics = s.0.join("pics");
+        std::fs::create_dir(&pics).unwrap();
+        let before = s.listing();
+        let mut o = Outputs::new();
+        let f = o.file("--out", &s.0.join("fc.npy")).unwrap();
+        let d = o.dir("--png", &pics).unwrap();
+        o.write(f, b"fc").unwrap();
+        o.write_in(d, "a.png", b"a").unwrap();
+        o.write_in(d, "sub/b.png", b"b").unwrap();
+        // Made during the work: a folder where a file goes, a file where a folder goes.
+        for (make_dir, at, found) in [
+            (true, "a.png", "a.png is a directory"),
+            (false, "sub", "sub is a plain file where a folder goes"),
+        ] {
+            if make_dir {
+                std::fs::create_dir(pics.join(at)).unwrap();
+            } else {
+                std::fs::write(pics.join(at), b"x").unwrap();
+            }
+            let e = o.commit().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--png {}: expected ", pics.display())) && e.contains(found),
+                "{e}"
+            );
+            assert!(!s.0.join("fc.npy").exists(), "renamed before the refusal");
+            if make_dir {
+                std::fs::remove_dir(pics.join(at)).unwrap();
+            } else {
+                std::fs::remove_file(pics.join(at)).unwrap();
+            }
+        }
+        drop(o);
+        assert_eq!(s.listing(), before);
+    }
+
+    #[test]
+    fn outputs_inside_a_directory_output_are_refused_in_either_order() {
+        let s = Scratch::new("nested");
+        let pics = s.0.join("pics");
+        std::fs::create_dir(&pics).unwrap();
+        let mut o = Outputs::new();
+        o.dir("--png", &pics).unwrap();
+        let e = o
+            .file("--out", &pics.join("x.npy"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--out") && e.contains("inside --png"), "{e}");
+        let e = o.dir("--more", &pics.join("../pics/sub")).unwrap_err();
+        assert!(e.to_string().contains("inside --png"), "{e}");
+        let mut o = Outputs::new();
+        o.file("--out", &pics.join("x.npy")).unwrap();
+        let e = o
+            .dir("--png", &s.0.join("./pics/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--png") && e.contains("holds --out"), "{e}");
+        // Siblings with a common prefix are not nested.
+        let mut o = Outputs::new();
+        o.dir("--png", &pics).unwrap();
+        o.file("--out", &s.0.join("pics2.npy")).unwrap();
+    }
+
+    #[test]
+    fn names_too_long_for_their_temporaries_are_refused() {
+        let s = Scratch::new("long");
+        let mut o = Outputs::new();
+        let long = "n".repeat(NAME_MAX - 10);
+        for dir in [false, true] {
+            let path = s.0.join(&long);
+            let e = if dir {
+                o.dir("--png", &path).map(|_| ())
+            } else {
+                o.file("--out", &path).map(|_| ())
+            }
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("too long for its temporary"), "{e}");
+        }
+        // The temporary of the longest accepted name can be made.
+        let fits = "f".repeat(NAME_MAX - temp_name_len("".as_ref()));
+        let f = o.file("--out", &s.0.join(&fits)).unwrap();
+        o.write(f, b"ok").unwrap();
+        o.commit().unwrap();
+        assert_eq!(std::fs::read(s.0.join(&fits)).unwrap(), b"ok");
     }
 }

@@ -152,6 +152,9 @@ impl UNet2D {
         Ok(())
     }
 
+    /// The names of the files [`UNet2D::pretrained_files`] gives, in its order.
+    pub const PRETRAINED_FILES: [&'static str; 2] = [WEIGHTS_FILE, CONFIG_FILE];
+
     /// The files of the folder [`UNet2D::save_pretrained`] writes, by name and content: the
     /// weights, then `config.json`.
     pub fn pretrained_files(&self) -> Result<[(&'static str, Vec<u8>); 2]> {

@@ -44,6 +44,8 @@ pub fn read_input(path: &std::path::Path, model: &UNet2D) -> Result<npy::Array> 
 pub fn run(o: &DenoiseOptions) -> Result<()> {
     let mut outputs = Outputs::new();
     let out = outputs.file("--out", &o.out)?;
+    outputs.check_input("--unet", &o.unet)?;
+    outputs.check_input("--input", &o.input)?;
     if !o.timestep.is_finite() {
         return Err(Error::Invalid(format!(
             "--timestep: expected a finite number, found {}",
@@ -67,9 +69,20 @@ pub fn run(o: &DenoiseOptions) -> Result<()> {
             memory::unet_activations(&model.config, n, h, w),
         ]),
     )?;
+    let far = a.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let x = Tensor::from_vec(a.data, &a.shape, o.device)?;
     let t = Tensor::from_vec(vec![o.timestep; n], &[n], o.device)?;
     let y = model.forward(&x, &t)?;
-    outputs.write(out, &npy::encode(y.shape(), &y.to_vec()?))?;
+    let values = y.to_vec()?;
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::Invalid(format!(
+            "the network output holds {bad} non-finite values (of {}) for input {} (values up to {far:.3e}) at --timestep {}: expected inputs the network keeps within float32",
+            values.len(),
+            o.input.display(),
+            o.timestep
+        )));
+    }
+    outputs.write(out, &npy::encode(y.shape(), &values))?;
     outputs.commit()
 }

@@ -119,7 +119,7 @@ fn table(r: &Value) -> String {
 }
 
 /// Runs `dydiff eval`: checks the locations of `--json` and `--png` before reading anything,
-/// scores, writes the files together and then prints the table; returns the JSON report.
+/// scores, prints the table and then writes the files together; returns the JSON report.
 pub fn run(o: &EvalOptions) -> Result<Value> {
     let mut outputs = Outputs::new();
     let json_out = o
@@ -132,6 +132,8 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         .as_ref()
         .map(|d| outputs.dir("--png", d))
         .transpose()?;
+    outputs.check_input("--forecast", &o.forecast)?;
+    outputs.check_input("--truth", &o.truth)?;
     if let Some(q) = o.thresholds.iter().find(|q| !q.is_finite()) {
         return Err(Error::Invalid(format!(
             "--thresholds: expected finite numbers, found {q}"
@@ -200,7 +202,8 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
             outputs.write_in(dir, file, &picture::line_plot(title, &series)?)?;
         }
     }
+    // Printed first: a table that cannot be printed leaves no file.
+    crate::io::print_stdout(&table(&report))?;
     outputs.commit()?;
-    print!("{}", table(&report));
     Ok(report)
 }

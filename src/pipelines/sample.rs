@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
 use crate::io::{npy, picture};
 use crate::memory;
-use crate::model::Model;
+use crate::model::{Model, PROCESS_FILE};
 use crate::rng::{NoiseKey, NoiseRow, Purpose, MAX_MEMBERS};
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
@@ -98,8 +98,23 @@ pub struct SampleTimes {
 /// `(n, M, S, C·H·W)` in model space.
 /// `tick(steps)` is called after each network call with the number of (pair, step) units done.
 /// Returns the forecasts `(n, M, S, C·H·W)` in data space.
+/// A forecast that would hold NaN or infinite values is refused, naming the likely cause.
 pub fn forecast(
     model: &Model,
+    s: &SamplerSettings,
+    obs: &[f32],
+    n: usize,
+    init_noise: Option<&[f32]>,
+    tick: impl FnMut(usize),
+) -> Result<(Vec<f32>, SampleTimes)> {
+    let source = format!("the model's {PROCESS_FILE}");
+    forecast_from(model, &source, s, obs, n, init_noise, tick)
+}
+
+/// [`forecast`]; `source` names the file the model's `data_scale` came from, for errors.
+fn forecast_from(
+    model: &Model,
+    source: &str,
     s: &SamplerSettings,
     obs: &[f32],
     n: usize,
@@ -137,6 +152,9 @@ pub fn forecast(
     let pairs = n * members;
     let mut out = vec![0.0f32; pairs * fut * e];
     let mut times = SampleTimes::default();
+    // Non-finite values of x̂_0 in model space, and finite ones that leave float32 in data space
+    // (the largest of those in model space).
+    let (mut bad_model, mut bad_data, mut far) = (0usize, 0usize, 0.0f64);
     for first in (0..pairs).step_by(s.batch) {
         let b = s.batch.min(pairs - first);
         let rows: Vec<NoiseRow> = (first..first + b)
@@ -209,8 +227,35 @@ pub fn forecast(
         let x0 = state.slice_channels(hist * c, (hist + fut) * c)?.to_vec()?;
         for (o, v) in out[first * fut * e..][..b * fut * e].iter_mut().zip(x0) {
             *o = (f64::from(v) * scale + shift) as f32;
+            if !v.is_finite() {
+                bad_model += 1;
+            } else if !o.is_finite() {
+                bad_data += 1;
+                far = far.max(f64::from(v.abs()));
+            }
         }
         times.other += clock.elapsed().as_secs_f64();
+    }
+    if bad_model > 0 {
+        let nan = out.iter().filter(|v| v.is_nan()).count();
+        let cause = match init_noise {
+            Some(eps) => format!(
+                "the initial noise reaches {:.3e} (expected standard normal values)",
+                eps.iter().fold(0.0f32, |a, v| a.max(v.abs()))
+            ),
+            None => "weights or histories that drive the network beyond float32".to_string(),
+        };
+        return Err(Error::Invalid(format!(
+            "the forecast holds {} non-finite values ({nan} NaN, {} infinite): the sampler's model-space state left float32; likely cause: {cause}",
+            bad_model + bad_data,
+            bad_model + bad_data - nan
+        )));
+    }
+    if bad_data > 0 {
+        return Err(Error::Invalid(format!(
+            "the forecast holds {bad_data} infinite values: data_scale {scale:e} in {source} maps model-space values up to {far:.3e} beyond float32 in data space (at most {:.3e}); expected a data_scale near the data's standard deviation",
+            f32::MAX
+        )));
     }
     Ok((out, times))
 }
@@ -277,7 +322,8 @@ fn check_memory(model: &Model, n: usize, o: &SampleOptions) -> Result<()> {
     )
 }
 
-/// Reads `--init-noise`: `(N, M, S, C, H, W)` in model space, finite.
+/// Reads `--init-noise`: `(N, M, S, C, H, W)` in model space, finite and of magnitude at most
+/// [`MAX_NOISE`].
 fn read_init_noise(path: &Path, model: &Model, n: usize, members: usize) -> Result<npy::Array> {
     let p = &model.process;
     let want = [n, members, p.future, p.channels, p.height, p.width];
@@ -292,8 +338,21 @@ fn read_init_noise(path: &Path, model: &Model, n: usize, members: usize) -> Resu
         ));
     }
     npy::check_finite(path, &a)?;
+    let far = a.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if far > MAX_NOISE {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "values up to {far:.3e}: expected standard normal noise (magnitudes at most {MAX_NOISE:e})"
+            ),
+        ));
+    }
     Ok(a)
 }
+
+/// The largest magnitude `--init-noise` may hold: standard normal noise beyond it has
+/// probability 0 in float32, so such a file is not noise.
+const MAX_NOISE: f32 = 1e4;
 
 /// A progress bar over (pair, step) units with ETA and forecasts per second, on stderr; hidden
 /// when stderr is not a terminal.
@@ -362,6 +421,15 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         .as_ref()
         .map(|d| outputs.dir("--png", d))
         .transpose()?;
+    for (flag, input) in [
+        ("--model", &o.model),
+        ("--input", &o.input),
+        ("--init-noise", &o.init_noise),
+    ] {
+        if let Some(p) = input {
+            outputs.check_input(flag, p)?;
+        }
+    }
     let settings = SamplerSettings {
         members: o.members,
         steps: o.steps,
@@ -400,8 +468,10 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         history.extend_from_slice(&obs.data[i * l * e..][..p.history * e]);
     }
     let bar = progress_bar(n * o.members * o.steps, o.steps, o.progress);
-    let (fc, times) = forecast(
+    let source = model_dir.join(PROCESS_FILE).display().to_string();
+    let (fc, times) = forecast_from(
         &model,
+        &source,
         &settings,
         &history,
         n,

@@ -476,6 +476,14 @@ fn validate(o: &TrainOptions) -> Result<()> {
             o.weight_decay
         )));
     }
+    if o.lr * o.weight_decay >= 1.0 {
+        return Err(Error::Invalid(format!(
+            "--lr {:?} × --weight-decay {:?} = {:e}: expected less than 1 (the decoupled decay step p ← p − lr·weight_decay·p would flip or blow up every weight)",
+            o.lr,
+            o.weight_decay,
+            o.lr * o.weight_decay
+        )));
+    }
     if !(0.0..1.0).contains(&o.ema_decay) {
         return Err(Error::Invalid(format!(
             "--ema-decay: expected a value in [0, 1), found {}",
@@ -510,6 +518,34 @@ fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `data_scale` and `data_shift` under which the training data are constant in
+/// model space: the spread of `(x − data_shift) / data_scale`, computed in f64 and then taken to
+/// float32 as training does, must be a normal float32 number and above float32's resolution at
+/// the values' magnitude (one step, `ε · max |value|`). `source` says where the scale and shift came from.
+fn check_model_spread(path: &Path, data: &[f32], p: &ProcessConfig, source: &str) -> Result<()> {
+    let to_model = |v: f32| f64::from(((f64::from(v) - p.data_shift) / p.data_scale) as f32);
+    let n = data.len() as f64;
+    let mean = data.iter().map(|&v| to_model(v)).sum::<f64>() / n;
+    let spread = (data
+        .iter()
+        .map(|&v| (to_model(v) - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    let magnitude = data.iter().map(|&v| to_model(v).abs()).fold(0.0, f64::max);
+    let resolution = f64::from(f32::EPSILON) * magnitude;
+    if !(spread >= f64::from(f32::MIN_POSITIVE) && spread > resolution) {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "(x − data_shift {:e}) / data_scale {:e} ({source}) spreads only {spread:.3e} in float32 (values up to {magnitude:.3e}, resolution {resolution:.3e}): constant training data in model space; expected a data_scale near the data's standard deviation and a data_shift near its mean",
+                p.data_shift, p.data_scale
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a run whose weights, optimizer state and batch cannot fit in memory.
 fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> Result<()> {
     let params = memory::unet_params_lower_bound(config);
@@ -530,6 +566,34 @@ fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> R
         ),
         need,
     )
+}
+
+/// What to change when training diverges: a smaller --lr, and --weight-decay (when it is used)
+/// and --clip, with their values.
+fn remedy(o: &TrainOptions) -> String {
+    let decay = if o.weight_decay > 0.0 {
+        format!(", --weight-decay (now {:?})", o.weight_decay)
+    } else {
+        String::new()
+    };
+    format!(
+        "try a smaller --lr (now {:?}){decay} or --clip (now {:?})",
+        o.lr, o.clip
+    )
+}
+
+/// The first of the weights and the EMA weights that holds NaN or infinite values, and how many.
+fn non_finite_state(state: &State) -> Result<Option<(&'static str, usize)>> {
+    for (kind, list) in [("weights", &state.params), ("EMA weights", &state.ema)] {
+        let mut bad = 0;
+        for s in list {
+            bad += s.to_vec()?.iter().filter(|v| !v.is_finite()).count();
+        }
+        if bad > 0 {
+            return Ok(Some((kind, bad)));
+        }
+    }
+    Ok(None)
 }
 
 /// The log lines of steps up to `step`, which a resumed run continues (it rewrites what
@@ -555,7 +619,20 @@ fn log_until(path: &Path, step: usize) -> String {
 /// step, committed together.
 pub fn run(o: &TrainOptions) -> Result<()> {
     let mut outputs = Outputs::new();
-    let folder = outputs.dir("--out", &o.out)?;
+    // The files of every checkpoint, so that one that could not be placed is refused now.
+    let mut names = Model::folder_files();
+    names.extend([STATE_FILE.to_string(), LOG_FILE.to_string()]);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let folder = outputs.dir_with("--out", &o.out, &names)?;
+    outputs.check_input("--data", &o.data)?;
+    for (flag, input) in [
+        ("--val-data", &o.val_data),
+        ("--unet-config", &o.unet_config),
+    ] {
+        if let Some(p) = input {
+            outputs.check_input(flag, p)?;
+        }
+    }
     let state_path = o.out.join(STATE_FILE);
     let log_path = o.out.join(LOG_FILE);
     if o.resume && !state_path.is_file() {
@@ -647,6 +724,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             m.process
                 .check_model_space(path, &a.data, "from the model's dydiff.json")?;
         }
+        check_model_spread(
+            &o.data,
+            &data.data,
+            &m.process,
+            "from the model's dydiff.json",
+        )?;
         check_memory(o, &m.unet.config, &m.process)?;
         let s = State::load(&state_path, &m.unet, device)?;
         if s.step >= o.steps {
@@ -720,6 +803,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         {
             process.check_model_space(path, &a.data, &source)?;
         }
+        check_model_spread(&o.data, &data.data, &process, &source)?;
         check_memory(o, &config, &process)?;
         let scheduler = SchedulerConfig::default();
         let unet = UNet2D::init(config, o.seed, device)?;
@@ -773,17 +857,21 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             ema_decay: o.ema_decay,
         };
         let (loss, norm) = state.train_step(&unet, (&inp, &target, &t), lr, &settings, device)?;
-        if !loss.is_finite() {
-            let kept = if last_saved > 0 {
+        let kept = || {
+            if last_saved > 0 {
                 format!(
                     "the last good checkpoint, step {last_saved}, is in {}",
                     o.out.display()
                 )
             } else {
                 "before the first checkpoint, so nothing was written".to_string()
-            };
+            }
+        };
+        if !loss.is_finite() {
             return Err(Error::Invalid(format!(
-                "step {step}: the loss is {loss}; stopped ({kept}); try a smaller --lr"
+                "step {step}: the loss is {loss}; stopped ({}); {}",
+                kept(),
+                remedy(o)
             )));
         }
         unet = state.network(&config, device, &state.params)?;
@@ -814,6 +902,14 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             }
             log.push_str(&format!("{line}\n"));
             if checkpoint {
+                // A checkpoint is written only with finite weights.
+                if let Some((kind, bad)) = non_finite_state(&state)? {
+                    return Err(Error::Invalid(format!(
+                        "step {step}: the {kind} hold {bad} non-finite values; stopped without writing this checkpoint ({}); {}",
+                        kept(),
+                        remedy(o)
+                    )));
+                }
                 for (name, bytes) in model.files()? {
                     outputs.write_in(folder, &name, &bytes)?;
                 }
@@ -833,4 +929,30 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.out.join(UNET_DIR).display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_weights_are_found() {
+        let c = UNet2DConfig::from_json(&default_unet(4, 2, 8)).unwrap();
+        let unet = UNet2D::init(c, 0, Device::Cpu).unwrap();
+        let mut s = State::fresh(&unet, Device::Cpu).unwrap();
+        assert_eq!(non_finite_state(&s).unwrap(), None);
+        let n = s.ema[1].to_vec().unwrap().len();
+        let mut bad = vec![0.0; n];
+        bad[0] = f32::NAN;
+        bad[n - 1] = f32::INFINITY;
+        s.ema[1] = Device::Cpu.storage_from_vec(bad).unwrap();
+        assert_eq!(non_finite_state(&s).unwrap(), Some(("EMA weights", 2)));
+        s.params[0] = Device::Cpu
+            .storage_from_vec(vec![f32::NAN; s.params[0].to_vec().unwrap().len()])
+            .unwrap();
+        assert!(matches!(
+            non_finite_state(&s).unwrap(),
+            Some(("weights", _))
+        ));
+    }
 }
