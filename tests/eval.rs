@@ -142,3 +142,13 @@ fn pictures_and_bad_input() {
         &["missing.npy"],
     );
 }
+
+/// `--thresholds 0,-0` is one threshold: one key `q0`, no `q-0`.
+#[test]
+fn negative_zero_is_the_threshold_zero() {
+    let s = Scratch::new("eval-neg-zero");
+    let report = run_eval(&s, "forecast.npy", &["--thresholds=0,-0"]);
+    let keys: Vec<&String> = report["overall"].as_object().unwrap().keys().collect();
+    assert!(keys.iter().any(|k| k.starts_with("csi_q0_")), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.contains("q-0")), "{keys:?}");
+}

@@ -856,6 +856,24 @@ fn denoise_shape_beyond_64_bits() {
 }
 
 #[test]
+fn denoise_fortran_order_neither_true_nor_false() {
+    let s = Scratch::new("in-d-fortran");
+    let x = s.path("x.npy");
+    let header = "{'descr': '<f4', 'fortran_order': 1, 'shape': (1, 4, 8, 8), }\n";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(vec![0u8; 4 * 4 * 8 * 8]);
+    std::fs::write(&x, bytes).unwrap();
+    denoise_refused(
+        &s,
+        &x,
+        "5",
+        &["x.npy", "'fortran_order' is 1", "expected True or False"],
+    );
+}
+
+#[test]
 fn denoise_file_larger_than_memory() {
     let s = Scratch::new("in-d-huge");
     let x = s.path("x.npy");

@@ -26,9 +26,21 @@ fn parse_header(header: &str) -> std::result::Result<(String, bool, Vec<usize>),
         .and_then(|s| s.strip_prefix('\''))
         .and_then(|s| s.split('\'').next())
         .ok_or("header has no 'descr'")?;
-    let fortran = header_field(header, "fortran_order")
+    let fortran = match header_field(header, "fortran_order")
         .ok_or("header has no 'fortran_order'")?
-        .starts_with("True");
+        .split([',', '}'])
+        .next()
+        .map(str::trim)
+    {
+        Some("True") => true,
+        Some("False") => false,
+        found => {
+            return Err(format!(
+                "'fortran_order' is {}; expected True or False",
+                found.unwrap_or("")
+            ))
+        }
+    };
     let shape_s = header_field(header, "shape")
         .and_then(|s| s.strip_prefix('('))
         .and_then(|s| s.split(')').next())

@@ -144,7 +144,8 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
     let thresholds = if o.thresholds.is_empty() {
         vec![quantile(&y, 0.75), quantile(&y, 0.95)]
     } else {
-        o.thresholds.clone()
+        // −0 is the threshold 0 (one key, not `q0` and `q-0`)
+        o.thresholds.iter().map(|&q| q + 0.0).collect()
     };
     let (lo, hi) = y
         .iter()
