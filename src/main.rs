@@ -117,6 +117,12 @@ enum Command {
         /// η of the dynamics schedule, in [0, 1]; 0 trains the standard diffusion model.
         #[arg(long, default_value_t = 0.5)]
         dyn_eta: f64,
+        /// Diffuse the history frames too, as the reference implementation does: the noise
+        /// chain starts at the oldest frame, the network sees the clean history as a separate
+        /// condition and predicts the noise of all P+1+S frames (in (P+1+L)·C channels, out
+        /// L·C). Stored as "diffuse_history": true in dydiff.json; the sampler follows it.
+        #[arg(long)]
+        diffuse_history: bool,
         /// A diffusers UNet2DModel config.json (in/out channels filled in from the data, or
         /// checked). Default: a small 3-level network.
         #[arg(long)]
@@ -359,6 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             history,
             future,
             dyn_eta,
+            diffuse_history,
             unet_config,
             steps,
             batch,
@@ -381,6 +388,7 @@ fn run(cli: Cli) -> Result<()> {
             history,
             future,
             dyn_eta,
+            diffuse_history,
             unet_config,
             steps,
             batch,

@@ -23,9 +23,10 @@ pub const SCHEDULER_FILE: &str = "scheduler/scheduler_config.json";
 pub const UNET_DIR: &str = "unet";
 
 /// The keys of `dydiff.json`.
-const PROCESS_KEYS: [&str; 10] = [
+const PROCESS_KEYS: [&str; 11] = [
     "method",
     "dyn_eta",
+    "diffuse_history",
     "history",
     "future",
     "channels",
@@ -44,6 +45,11 @@ pub struct ProcessConfig {
     pub method: String,
     /// `η` of the dynamics schedule `γ̄_t = η·ᾱ_t + (1 − η)` (docs/schedules.md); default 0.5.
     pub dyn_eta: f64,
+    /// Whether the process diffuses the history frames too (docs/process.md, “Diffusing the
+    /// history”); default false. Written only when true, so folders of the default process read
+    /// and write as before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub diffuse_history: bool,
     /// Known frames `P + 1`.
     pub history: usize,
     /// Forecast frames `S`.
@@ -66,6 +72,18 @@ impl ProcessConfig {
     /// Frames of a whole sequence, `P + 1 + S`.
     pub fn frames(&self) -> usize {
         self.history + self.future
+    }
+    /// Frames the process diffuses: `S`, or with `diffuse_history` all `P + 1 + S`.
+    pub fn diffused(&self) -> usize {
+        if self.diffuse_history {
+            self.frames()
+        } else {
+            self.future
+        }
+    }
+    /// Frames of the network input: the clean history, then the diffused frames.
+    pub fn input_frames(&self) -> usize {
+        self.history + self.diffused()
     }
     /// Values per frame, `C·H·W`.
     pub fn frame_len(&self) -> usize {
@@ -115,9 +133,16 @@ impl ProcessConfig {
                 .ok_or_else(|| format!("method = {x}: expected \"dydiff\""))?
                 .to_string(),
         };
+        let diffuse_history = match obj.get("diffuse_history") {
+            None => false,
+            Some(x) => x
+                .as_bool()
+                .ok_or_else(|| format!("diffuse_history = {x}: expected true or false"))?,
+        };
         let p = ProcessConfig {
             method,
             dyn_eta: number("dyn_eta", 0.5)?,
+            diffuse_history,
             history: count("history")?,
             future: count("future")?,
             channels: count("channels")?,
@@ -237,23 +262,26 @@ impl Model {
 
     fn check(&self) -> std::result::Result<(), String> {
         let (p, c) = (&self.process, &self.unet.config);
-        if c.in_channels != p.frames() * p.channels {
+        let diffused = if p.diffuse_history {
+            format!("all {} frames", p.frames())
+        } else {
+            format!("future {}", p.future)
+        };
+        if c.in_channels != p.input_frames() * p.channels {
             return Err(format!(
-                "in_channels = {}: {PROCESS_FILE} needs (history {} + future {}) × channels {} = {}",
+                "in_channels = {}: {PROCESS_FILE} needs (history {} + {diffused}) × channels {} = {}",
                 c.in_channels,
                 p.history,
-                p.future,
                 p.channels,
-                p.frames() * p.channels
+                p.input_frames() * p.channels
             ));
         }
-        if c.out_channels != p.future * p.channels {
+        if c.out_channels != p.diffused() * p.channels {
             return Err(format!(
-                "out_channels = {}: {PROCESS_FILE} needs future {} × channels {} = {}",
+                "out_channels = {}: {PROCESS_FILE} needs {diffused} × channels {} = {}",
                 c.out_channels,
-                p.future,
                 p.channels,
-                p.future * p.channels
+                p.diffused() * p.channels
             ));
         }
         let m = c.size_multiple();

@@ -60,20 +60,29 @@ fn schedule() -> Schedule {
 
 #[test]
 fn forward_process_matches_the_reference() {
+    for diffuse_history in [false, true] {
+        forward_process_matches_the_reference_in(diffuse_history);
+    }
+}
+
+/// The fused forward process against the reference, diffusing the future frames or all frames.
+fn forward_process_matches_the_reference_in(diffuse_history: bool) {
     let s = schedule();
     let (batch, history, future, elems) = (4, 3, 4, 1500);
-    let x0 = rand_tensor(&[batch, (history + future) * elems], 3);
-    let eps = rand_tensor(&[batch, future * elems], 4);
-    let t = [0, 999, 500, 37];
     let g = ProcessGeom {
         batch,
         history,
         future,
         elems,
+        diffuse_history,
     };
+    let x0 = rand_tensor(&[batch, (history + future) * elems], 3);
+    let eps = rand_tensor(&[batch, g.diffused() * elems], 4);
+    let t = [0, 999, 500, 37];
     for dyn_eta in [0.0, 0.5, 1.0] {
         let (input, target) =
-            Tensor::q_sample(&x0, &eps, history, future, &s, dyn_eta, &t).unwrap();
+            Tensor::q_sample(&x0, &eps, history, future, diffuse_history, &s, dyn_eta, &t).unwrap();
+        assert_eq!(input.shape(), [batch, g.state_frames() * elems]);
         let ab_gb: Vec<(f64, f64)> = t
             .iter()
             .map(|&t| {
@@ -85,7 +94,7 @@ fn forward_process_matches_the_reference() {
             reference::q_sample(&x0.to_vec().unwrap(), &eps.to_vec().unwrap(), &g, &ab_gb);
         assert_close(&input.to_vec().unwrap(), &wi, ATOL, RTOL, "network input");
         assert_close(&target.to_vec().unwrap(), &wt, ATOL, RTOL, "target");
-        if dyn_eta == 0.0 {
+        if dyn_eta == 0.0 && !diffuse_history {
             // The standard process: x_t = √ᾱ·x + √(1−ᾱ)·ε, target ε.
             let (x, e) = (x0.to_vec().unwrap(), eps.to_vec().unwrap());
             let inp = input.to_vec().unwrap();
@@ -114,53 +123,71 @@ fn forward_process_matches_the_reference() {
 }
 
 /// `ε̃` is standard normal per frame with lag-k correlation `(1 − γ̄_t)^{k/2}` (docs/process.md,
-/// “Forward process”).
+/// “Forward process”), over the future frames, and over all frames when the history is diffused
+/// too (“Diffusing the history”).
 #[test]
 fn correlated_noise_has_the_stated_statistics() {
     let s = schedule();
     let (history, future, elems) = (2, 5, 40_000);
-    for &t in &[10usize, 500, 900] {
-        let dyn_eta = 0.5;
-        let rows = [NoiseRow {
-            sample: t as u32,
-            member: 0,
-        }];
-        let key = NoiseKey {
-            seed: 7,
-            purpose: Purpose::InitNoise,
-            step: 0,
+    for diffuse_history in [false, true] {
+        let dn = if diffuse_history {
+            history + future
+        } else {
+            future
         };
-        let eps = Tensor::randn(key, &rows, &[1, future * elems], Device::Cpu).unwrap();
-        let x0 = Tensor::zeros(&[1, (history + future) * elems], Device::Cpu).unwrap();
-        let (_, et) = Tensor::q_sample(&x0, &eps, history, future, &s, dyn_eta, &[t]).unwrap();
-        let et = et.to_vec().unwrap();
-        let frame = |i: usize| &et[i * elems..(i + 1) * elems];
-        let n = elems as f64;
-        for i in 0..future {
-            let f = frame(i);
-            let mean = f.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / n - mean * mean;
-            // Standard errors 0.005 (mean) and 0.007 (variance): bounds at 5σ.
-            assert!(mean.abs() < 0.025, "t {t} frame {i}: mean {mean}");
-            assert!((var - 1.0).abs() < 0.035, "t {t} frame {i}: variance {var}");
-        }
-        let gb = gamma_bar(dyn_eta, s.alphas_cumprod[t]);
-        for k in 1..future {
-            let want = (1.0 - gb).powf(k as f64 / 2.0);
-            let mut corr = 0.0;
-            for i in 0..future - k {
-                corr += frame(i)
-                    .iter()
-                    .zip(frame(i + k))
-                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                    .sum::<f64>()
-                    / n;
+        for &t in &[10usize, 500, 900] {
+            let dyn_eta = 0.5;
+            let rows = [NoiseRow {
+                sample: t as u32,
+                member: 0,
+            }];
+            let key = NoiseKey {
+                seed: 7,
+                purpose: Purpose::InitNoise,
+                step: 0,
+            };
+            let eps = Tensor::randn(key, &rows, &[1, dn * elems], Device::Cpu).unwrap();
+            let x0 = Tensor::zeros(&[1, (history + future) * elems], Device::Cpu).unwrap();
+            let (_, et) = Tensor::q_sample(
+                &x0,
+                &eps,
+                history,
+                future,
+                diffuse_history,
+                &s,
+                dyn_eta,
+                &[t],
+            )
+            .unwrap();
+            let et = et.to_vec().unwrap();
+            let frame = |i: usize| &et[i * elems..(i + 1) * elems];
+            let n = elems as f64;
+            for i in 0..dn {
+                let f = frame(i);
+                let mean = f.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                let var = f.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / n - mean * mean;
+                // Standard errors 0.005 (mean) and 0.007 (variance): bounds at 5σ.
+                assert!(mean.abs() < 0.025, "t {t} frame {i}: mean {mean}");
+                assert!((var - 1.0).abs() < 0.035, "t {t} frame {i}: variance {var}");
             }
-            corr /= (future - k) as f64;
-            assert!(
-                (corr - want).abs() < 0.025,
-                "t {t} lag {k}: correlation {corr}, expected {want}"
-            );
+            let gb = gamma_bar(dyn_eta, s.alphas_cumprod[t]);
+            for k in 1..dn {
+                let want = (1.0 - gb).powf(k as f64 / 2.0);
+                let mut corr = 0.0;
+                for i in 0..dn - k {
+                    corr += frame(i)
+                        .iter()
+                        .zip(frame(i + k))
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum::<f64>()
+                        / n;
+                }
+                corr /= (dn - k) as f64;
+                assert!(
+                    (corr - want).abs() < 0.025,
+                    "t {t} lag {k}, all frames {diffuse_history}: correlation {corr}, expected {want}"
+                );
+            }
         }
     }
 }
@@ -182,6 +209,13 @@ fn step_cases(s: &Schedule) -> Vec<(f64, f64, usize, Option<usize>)> {
 
 #[test]
 fn ddim_step_matches_the_reference() {
+    for diffuse_history in [false, true] {
+        ddim_step_matches_the_reference_in(diffuse_history);
+    }
+}
+
+/// The fused DDIM step against the reference, diffusing the future frames or all frames.
+fn ddim_step_matches_the_reference_in(diffuse_history: bool) {
     let s = schedule();
     let (batch, history, future, elems) = (3, 2, 4, 1100);
     let g = ProcessGeom {
@@ -189,15 +223,16 @@ fn ddim_step_matches_the_reference() {
         history,
         future,
         elems,
+        diffuse_history,
     };
-    let state = rand_tensor(&[batch, (history + future) * elems], 11);
-    let eps_hat = rand_tensor(&[batch, future * elems], 12);
-    let z = rand_tensor(&[batch, future * elems], 13);
+    let state = rand_tensor(&[batch, g.state_frames() * elems], 11);
+    let eps_hat = rand_tensor(&[batch, g.diffused() * elems], 12);
+    let z = rand_tensor(&[batch, g.diffused() * elems], 13);
     for (dyn_eta, ddim_eta, t, p) in step_cases(&s) {
         let v = StepValues::new(&s, dyn_eta, ddim_eta, t, p);
         let zopt = (v.sigma > 0.0).then_some(&z);
         let next = state
-            .ddim_step(&eps_hat, zopt, history, future, &v.coef())
+            .ddim_step(&eps_hat, zopt, history, future, diffuse_history, &v.coef())
             .unwrap();
         let want = reference::ddim_step(
             &state.to_vec().unwrap(),
@@ -219,7 +254,9 @@ fn ddim_step_matches_the_reference() {
             &want,
             2e-6 * max,
             RTOL,
-            &format!("step {t}→{p:?}, dyn_eta {dyn_eta}, ddim_eta {ddim_eta}"),
+            &format!(
+                "step {t}→{p:?}, dyn_eta {dyn_eta}, ddim_eta {ddim_eta}, all frames {diffuse_history}"
+            ),
         );
     }
 }
@@ -239,7 +276,7 @@ fn standard_ddim_when_dyn_eta_is_zero() {
     for (ddim_eta, t, p) in [(0.0, 961, Some(941)), (1.0, 401, Some(381)), (0.5, 1, None)] {
         let v = StepValues::new(&s, 0.0, ddim_eta, t, p);
         let next = state
-            .ddim_step(&eps_hat, Some(&z), history, future, &v.coef())
+            .ddim_step(&eps_hat, Some(&z), history, future, false, &v.coef())
             .unwrap()
             .to_vec()
             .unwrap();

@@ -29,15 +29,29 @@ fn run_ok(model: &Path, input: &Path, out: &Path, extra: &[&str]) -> npy::Array 
 
 #[test]
 fn forecasts_match_diffusers_and_the_spec_reference() {
-    let s = Scratch::new("sample-parity");
+    parity("sampler");
+}
+
+/// With the history diffused too (docs/process.md, “Diffusing the history”): fixtures from
+/// `python/make_history_fixtures.py` (with `dyn_eta = 0` checked there against a loop over
+/// diffusers' `DDIMScheduler.step` on all frames); the initial noise covers all frames.
+#[test]
+fn forecasts_with_the_history_diffused_match_the_reference() {
+    parity("sampler_dh");
+}
+
+/// Every case of `tests/fixtures/DIR/cases.json` to 1e-3 of the forecast's largest magnitude.
+fn parity(dir: &str) {
+    let fx = |name: &str| fixture(dir).join(name);
+    let s = Scratch::new(&format!("sample-parity-{dir}"));
     let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sampler("cases.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fx("cases.json")).unwrap()).unwrap();
     for (name, c) in cases.as_object().unwrap() {
-        let model = sampler(c["model"].as_str().unwrap());
+        let model = fx(c["model"].as_str().unwrap());
         let steps = c["steps"].to_string();
         let seed = c["seed"].to_string();
         let eta = c["ddim_eta"].to_string();
-        let eps = sampler("eps.npy");
+        let eps = fx("eps.npy");
         let mut extra = vec![
             "--members",
             "3",
@@ -52,8 +66,8 @@ fn forecasts_match_diffusers_and_the_spec_reference() {
             extra.extend(["--init-noise", eps.to_str().unwrap()]);
         }
         let out = s.path(&format!("{name}.npy"));
-        let got = run_ok(&model, &sampler("obs.npy"), &out, &extra);
-        let want = npy::read(&sampler(&format!("{name}.npy"))).unwrap();
+        let got = run_ok(&model, &fx("obs.npy"), &out, &extra);
+        let want = npy::read(&fx(&format!("{name}.npy"))).unwrap();
         assert_eq!(got.shape, want.shape, "{name}");
         assert_eq!(got.shape, [2, 3, 3, 2, 16, 16]);
         let max = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -63,7 +77,7 @@ fn forecasts_match_diffusers_and_the_spec_reference() {
             .zip(&want.data)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         eprintln!(
-            "{name}: max |dydiff − reference| = {err:.3e}, {:.2e} of max {max:.1}",
+            "{dir}/{name}: max |dydiff − reference| = {err:.3e}, {:.2e} of max {max:.1}",
             err / max
         );
         assert!(err <= 1e-3 * max, "{name}: error {err} > 1e-3 × {max}");

@@ -240,3 +240,71 @@ fn bad_training_input_is_one_clear_line() {
     );
     assert!(ok, "{err}");
 }
+
+/// `--diffuse-history` (docs/process.md, “Diffusing the history”): the network takes the clean
+/// history and all frames and predicts the noise of all frames, the folder says so, the loss
+/// falls, a resumed run is bit-identical, resuming without the flag is refused, and the folder
+/// samples (the forecast keeps the future frames).
+#[test]
+fn diffusing_the_history_trains_resumes_and_samples() {
+    let s = Scratch::new("train-dh");
+    let d = data(&s);
+    let (a, b) = (s.path("a"), s.path("b"));
+    let dh = ["--diffuse-history", "--checkpoint-every", "15"];
+    let (ok, err) = train(&d, &a, &[&dh[..], &["--steps", "30"]].concat());
+    assert!(ok, "{err}");
+    let process: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("dydiff.json")).unwrap()).unwrap();
+    assert_eq!(process["diffuse_history"], true);
+    let unet: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("unet/config.json")).unwrap())
+            .unwrap();
+    // history 2 + all 5 frames in, all 5 frames out, 2 channels each
+    assert_eq!(
+        (unet["in_channels"].as_u64(), unet["out_channels"].as_u64()),
+        (Some(14), Some(10))
+    );
+    let lines = log(&a);
+    let (first, last) = (
+        lines[0]["loss"].as_f64().unwrap(),
+        lines.last().unwrap()["loss"].as_f64().unwrap(),
+    );
+    assert!(last < 0.9 * first, "loss {first} -> {last}");
+    let (ok, err) = train(&d, &b, &[&dh[..], &["--steps", "15"]].concat());
+    assert!(ok, "{err}");
+    let (ok, err) = train(
+        &d,
+        &b,
+        &["--steps", "30", "--checkpoint-every", "15", "--resume"],
+    );
+    assert!(!ok && err.contains("diffuse_history true"), "{err}");
+    let (ok, err) = train(&d, &b, &[&dh[..], &["--steps", "30", "--resume"]].concat());
+    assert!(ok, "{err}");
+    for f in [
+        "train_state.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between the resumed and the uninterrupted run"
+        );
+    }
+    let fc = s.path("fc.npy");
+    let (ok, err) = dydiff([
+        "sample",
+        "--model",
+        a.to_str().unwrap(),
+        "--input",
+        d.to_str().unwrap(),
+        "--out",
+        fc.to_str().unwrap(),
+        "--members",
+        "2",
+        "--steps",
+        "4",
+        "--ddim-eta",
+        "0.5",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(npy::read(&fc).unwrap().shape, [8, 2, 3, 2, 16, 16]);
+}

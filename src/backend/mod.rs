@@ -146,18 +146,36 @@ pub struct SeqGeom {
 }
 
 /// Sequences of `history` known frames (`P + 1`) followed by `future` frames (`S`), each of
-/// `elems` values, `(batch, history + future, elems)`.
+/// `elems` values, `(batch, history + future, elems)`, and which of their frames the process
+/// diffuses: the future frames (docs/process.md, “Forward process”), or with
+/// `diffuse_history` all of them (docs/process.md, “Diffusing the history”). The network input
+/// and the sampler state are the clean history followed by the diffused frames,
+/// `(batch, history + diffused, elems)`; noise, targets and `ε̂` are `(batch, diffused, elems)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessGeom {
     pub batch: usize,
     pub history: usize,
     pub future: usize,
     pub elems: usize,
+    pub diffuse_history: bool,
 }
 
 impl ProcessGeom {
+    /// Frames of a whole sequence, `P + 1 + S`.
     pub fn frames(&self) -> usize {
         self.history + self.future
+    }
+    /// Frames the process diffuses: `S`, or `P + 1 + S` with `diffuse_history`.
+    pub fn diffused(&self) -> usize {
+        if self.diffuse_history {
+            self.frames()
+        } else {
+            self.future
+        }
+    }
+    /// Frames of the network input and the sampler state: the history, then the diffused frames.
+    pub fn state_frames(&self) -> usize {
+        self.history + self.diffused()
     }
 }
 
@@ -313,15 +331,16 @@ pub trait BackendStorage: Sized {
     /// the coefficients `coefs[b]` of sequence `b` (docs/process.md, “Dynamics”). One pass
     /// over memory.
     fn dynamics(&self, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Self>;
-    /// The forward process (docs/process.md, “Forward process”) on clean sequences `self`
-    /// `(batch, P+1+S, elems)` with i.i.d. noise `eps` `(batch, S, elems)`, at per-sequence
-    /// coefficients: returns the network input (clean history, `x_t` for the future) and the
-    /// target `ε̃ = Dyn_{γ̄_t}(ε)` `(batch, S, elems)`. One pass over memory.
+    /// The forward process (docs/process.md, “Forward process” and “Diffusing the history”) on
+    /// clean sequences `self` `(batch, P+1+S, elems)` with i.i.d. noise `eps`
+    /// `(batch, diffused, elems)`, at per-sequence coefficients: returns the network input
+    /// (clean history, then `x_t` of the diffused frames) and the target `ε̃ = Dyn_{γ̄_t}(ε)`
+    /// `(batch, diffused, elems)` (see [`ProcessGeom`]). One pass over memory.
     fn q_sample(&self, eps: &Self, g: &ProcessGeom, coefs: &[QSampleCoef]) -> Result<(Self, Self)>;
-    /// One DDIM step (docs/process.md, “One step”) on the sampler state `self`
-    /// `(batch, P+1+S, elems)` (clean history, then `x_t`), given the network's `ε̂` and, when
-    /// `σ > 0`, fresh noise `z`, both `(batch, S, elems)`: returns the next state (history, then
-    /// `x_p`). One pass over memory.
+    /// One DDIM step (docs/process.md, “One step” and “Diffusing the history”) on the sampler
+    /// state `self` `(batch, history + diffused, elems)` (clean history, then `x_t`), given the
+    /// network's `ε̂` and, when `σ > 0`, fresh noise `z`, both `(batch, diffused, elems)`:
+    /// returns the next state (history, then `x_p`). One pass over memory.
     fn ddim_step(
         &self,
         eps_hat: &Self,

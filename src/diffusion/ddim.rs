@@ -79,26 +79,35 @@ impl StepValues {
 }
 
 impl Tensor {
-    /// One fused DDIM step on the sampler state `self (B, (P+1+S)·…)` — clean history, then
-    /// `x_t` — with the network's prediction `eps_hat (B, S·…)` and, when `σ > 0`, fresh noise
-    /// `z` shaped like `eps_hat`. Returns the next state: the history, then `x_p` (after the last
-    /// step, `x̂_0`).
+    /// One fused DDIM step on the sampler state `self (B, (P+1+D)·…)` — clean history, then
+    /// `x_t` of the `D` diffused frames (`S`, or with `diffuse_history` all `P+1+S`) — with the
+    /// network's prediction `eps_hat (B, D·…)` and, when `σ > 0`, fresh noise `z` shaped like
+    /// `eps_hat`. Returns the next state: the history, then `x_p` (after the last step, `x̂_0`).
     pub fn ddim_step(
         &self,
         eps_hat: &Tensor,
         z: Option<&Tensor>,
         history: usize,
         future: usize,
+        diffuse_history: bool,
         c: &DdimCoef,
     ) -> Result<Tensor> {
         untracked(&[self, eps_hat], "ddim_step")?;
-        let (batch, elems) = seq_dims(self, history + future, "ddim_step")?;
+        let mut g = ProcessGeom {
+            batch: 0,
+            history,
+            future,
+            elems: 0,
+            diffuse_history,
+        };
+        let (batch, elems) = seq_dims(self, g.state_frames(), "ddim_step")?;
+        (g.batch, g.elems) = (batch, elems);
         for x in std::iter::once(eps_hat).chain(z) {
-            if seq_dims(x, future, "ddim_step")? != (batch, elems) {
+            if seq_dims(x, g.diffused(), "ddim_step")? != (batch, elems) {
                 return Err(Error::shape(
                     "ddim_step",
                     format!(
-                        "{:?} does not match the future of {:?}",
+                        "{:?} does not match the diffused frames of {:?}",
                         x.shape(),
                         self.shape()
                     ),
@@ -108,12 +117,6 @@ impl Tensor {
         if z.is_none() && c.sigma != 0.0 {
             return Err(Error::shape("ddim_step", "σ > 0 needs the noise z"));
         }
-        let g = ProcessGeom {
-            batch,
-            history,
-            future,
-            elems,
-        };
         let next = self
             .storage()
             .ddim_step(eps_hat.storage(), z.map(|z| z.storage()), &g, c)?;

@@ -24,25 +24,37 @@ pub fn q_sample_coef(schedule: &Schedule, dyn_eta: f64, t: usize) -> QSampleCoef
 
 impl Tensor {
     /// The forward process on clean sequences `x0 (B, (P+1+S)·…)` with i.i.d. standard noise
-    /// `eps (B, S·…)` at timestep `t[b]` per sequence, in one pass: returns the network input
-    /// (shaped like `x0`) and the target `ε̃` (shaped like `eps`).
+    /// `eps (B, D·…)` of the `D` diffused frames (`S`, or with `diffuse_history` all `P+1+S`;
+    /// docs/process.md, “Diffusing the history”) at timestep `t[b]` per sequence, in one pass:
+    /// returns the network input `(B, (P+1+D)·…)` — the clean history, then `x_t` — and the
+    /// target `ε̃` (shaped like `eps`).
+    #[allow(clippy::too_many_arguments)]
     pub fn q_sample(
         x0: &Tensor,
         eps: &Tensor,
         history: usize,
         future: usize,
+        diffuse_history: bool,
         schedule: &Schedule,
         dyn_eta: f64,
         t: &[usize],
     ) -> Result<(Tensor, Tensor)> {
         untracked(&[x0, eps], "q_sample")?;
         let (batch, elems) = seq_dims(x0, history + future, "q_sample")?;
-        if seq_dims(eps, future, "q_sample")? != (batch, elems) {
+        let g = ProcessGeom {
+            batch,
+            history,
+            future,
+            elems,
+            diffuse_history,
+        };
+        if seq_dims(eps, g.diffused(), "q_sample")? != (batch, elems) {
             return Err(Error::shape(
                 "q_sample",
                 format!(
-                    "noise {:?} does not match the future of {:?}",
+                    "noise {:?} does not match the {} diffused frames of {:?}",
                     eps.shape(),
+                    g.diffused(),
                     x0.shape()
                 ),
             ));
@@ -60,15 +72,15 @@ impl Tensor {
             .iter()
             .map(|&t| q_sample_coef(schedule, dyn_eta, t))
             .collect();
-        let g = ProcessGeom {
-            batch,
-            history,
-            future,
-            elems,
-        };
         let (input, target) = x0.storage().q_sample(eps.storage(), &g, &coefs)?;
+        // the input keeps the layout of x0, with the frame axis (or frame-major channels) longer
+        let mut shape = x0.shape().to_vec();
+        match shape.get_mut(1) {
+            Some(d) if *d % g.frames() == 0 => *d = *d / g.frames() * g.state_frames(),
+            _ => shape = vec![batch, g.state_frames() * elems],
+        }
         Ok((
-            Tensor::from_storage(input, x0.shape())?,
+            Tensor::from_storage(input, &shape)?,
             Tensor::from_storage(target, eps.shape())?,
         ))
     }

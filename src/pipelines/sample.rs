@@ -135,12 +135,14 @@ fn forecast_from(
             ),
         ));
     }
-    let noise_len = memory::array(&[n, s.members, fut, e], 1);
+    // the frames the process diffuses: the future, or with diffuse_history all of them
+    let dn = p.diffused();
+    let noise_len = memory::array(&[n, s.members, dn, e], 1);
     if let Some(eps) = init_noise.filter(|eps| Some(eps.len() as u64) != noise_len) {
         return Err(Error::shape(
             "forecast",
             format!(
-                "the initial noise holds {} values; expected N {n} × M {} × S {fut} × C·H·W {e}",
+                "the initial noise holds {} values; expected N {n} × M {} × {dn} diffused frames × C·H·W {e}",
                 eps.len(),
                 s.members
             ),
@@ -172,8 +174,8 @@ fn forecast_from(
         let history = Tensor::from_vec(h_data, &[b, hist * c, h, w], s.device)?;
         let eps = match init_noise {
             Some(all) => Tensor::from_vec(
-                all[first * fut * e..(first + b) * fut * e].to_vec(),
-                &[b, fut * c, h, w],
+                all[first * dn * e..(first + b) * dn * e].to_vec(),
+                &[b, dn * c, h, w],
                 s.device,
             )?,
             None => Tensor::randn(
@@ -183,12 +185,12 @@ fn forecast_from(
                     step: 0,
                 },
                 &rows,
-                &[b, fut * c, h, w],
+                &[b, dn * c, h, w],
                 s.device,
             )?,
         };
         let gb_start = gamma_bar(p.dyn_eta, model.schedule.alphas_cumprod[ts[0]]);
-        let x_start = eps.dynamics(fut, &vec![gb_start; b], false)?;
+        let x_start = eps.dynamics(dn, &vec![gb_start; b], false)?;
         let mut state = Tensor::cat_channels(&[&history, &x_start])?;
         times.other += clock.elapsed().as_secs_f64();
         for (i, &t) in ts.iter().enumerate() {
@@ -213,18 +215,28 @@ fn forecast_from(
                         step: k as u32,
                     },
                     &rows,
-                    &[b, fut * c, h, w],
+                    &[b, dn * c, h, w],
                     s.device,
                 )?)
             } else {
                 None
             };
-            state = state.ddim_step(&eps_hat, z.as_ref(), hist, fut, &v.coef())?;
+            state = state.ddim_step(
+                &eps_hat,
+                z.as_ref(),
+                hist,
+                fut,
+                p.diffuse_history,
+                &v.coef(),
+            )?;
             times.other += mid.elapsed().as_secs_f64();
             tick(b);
         }
         let clock = Instant::now();
-        let x0 = state.slice_channels(hist * c, (hist + fut) * c)?.to_vec()?;
+        // the forecast: the last S frames of the final x̂_0
+        let x0 = state
+            .slice_channels((hist + dn - fut) * c, (hist + dn) * c)?
+            .to_vec()?;
         for (o, v) in out[first * fut * e..][..b * fut * e].iter_mut().zip(x0) {
             *o = (f64::from(v) * scale + shift) as f32;
             if !v.is_finite() {
@@ -294,7 +306,7 @@ fn read_observations(path: &Path, model: &Model) -> Result<npy::Array> {
 /// Refuses a run whose forecast and work arrays cannot fit in memory.
 fn check_memory(model: &Model, n: usize, o: &SampleOptions) -> Result<()> {
     let p = &model.process;
-    let (e, frames) = (p.frame_len(), p.frames());
+    let (e, frames) = (p.frame_len(), p.input_frames());
     let batch = n.checked_mul(o.members).map(|pairs| pairs.min(o.batch));
     let shape = [n, o.members, p.future, p.channels, p.height, p.width];
     let forecast = memory::array(&shape, 4);
@@ -326,13 +338,14 @@ fn check_memory(model: &Model, n: usize, o: &SampleOptions) -> Result<()> {
 /// [`MAX_NOISE`].
 fn read_init_noise(path: &Path, model: &Model, n: usize, members: usize) -> Result<npy::Array> {
     let p = &model.process;
-    let want = [n, members, p.future, p.channels, p.height, p.width];
+    let want = [n, members, p.diffused(), p.channels, p.height, p.width];
     let a = npy::read(path)?;
     if a.shape != want {
+        let frames = if p.diffuse_history { "L" } else { "S" };
         return Err(Error::bad_file(
             path,
             format!(
-                "expected initial noise of shape (N, M, S, C, H, W) = {want:?}, found {:?}",
+                "expected initial noise of shape (N, M, {frames}, C, H, W) = {want:?}, found {:?}",
                 a.shape
             ),
         ));

@@ -45,6 +45,8 @@ pub struct TrainOptions {
     /// `S`.
     pub future: usize,
     pub dyn_eta: f64,
+    /// Diffuse the history frames too (docs/process.md, “Diffusing the history”).
+    pub diffuse_history: bool,
     pub unet_config: Option<PathBuf>,
     /// Total optimizer steps (a resumed run continues up to this many).
     pub steps: usize,
@@ -379,13 +381,22 @@ fn batch(
         ts.push(t);
     }
     let x0 = Tensor::from_vec(x0, &[rows, frames * e], device)?;
-    let eps = Tensor::randn(key_noise, &noise_rows, &[rows, p.future * e], device)?;
-    let (inp, target) = Tensor::q_sample(&x0, &eps, p.history, p.future, schedule, p.dyn_eta, &ts)?;
+    let eps = Tensor::randn(key_noise, &noise_rows, &[rows, p.diffused() * e], device)?;
+    let (inp, target) = Tensor::q_sample(
+        &x0,
+        &eps,
+        p.history,
+        p.future,
+        p.diffuse_history,
+        schedule,
+        p.dyn_eta,
+        &ts,
+    )?;
     let (c, h, w) = (p.channels, p.height, p.width);
     let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), &[rows], device)?;
     Ok((
-        inp.reshape(&[rows, frames * c, h, w])?,
-        target.reshape(&[rows, p.future * c, h, w])?,
+        inp.reshape(&[rows, p.input_frames() * c, h, w])?,
+        target.reshape(&[rows, p.diffused() * c, h, w])?,
         t,
     ))
 }
@@ -554,8 +565,8 @@ fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> R
         // weights, gradients, Adam's two moments and the EMA
         params.and_then(|n| n.checked_mul(5 * 4)),
         // one batch: the clean windows and the network input, the noise and the target
-        memory::array(&[2, o.batch, frames, e], 4),
-        memory::array(&[2, o.batch, p.future, e], 4),
+        memory::array(&[2, o.batch, frames.max(p.input_frames()), e], 4),
+        memory::array(&[2, o.batch, p.diffused(), e], 4),
         memory::unet_activations(config, o.batch, p.height, p.width),
     ]);
     let params = params.map_or("more than 2^64".to_string(), |n| n.to_string());
@@ -661,7 +672,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         Some(p) => Some(read_data(p, frames, Some(&data.shape))?),
         None => None,
     };
-    let (in_ch, out_ch) = (frames * c, o.future * c);
+    let diffused = if o.diffuse_history { frames } else { o.future };
+    let (in_ch, out_ch) = ((o.history + diffused) * c, diffused * c);
     let mut log = String::new();
     let (mut model, mut state) = if o.resume {
         let m = Model::load(&o.out, device)?;
@@ -673,7 +685,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         }
         let same = m.process.history == o.history
             && m.process.future == o.future
-            && m.process.dyn_eta == o.dyn_eta;
+            && m.process.dyn_eta == o.dyn_eta
+            && m.process.diffuse_history == o.diffuse_history;
         if !same
             || stored.get("seed").is_none()
             || [
@@ -691,8 +704,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             .any(|k| stored[k] != want[k])
         {
             return Err(Error::Invalid(format!(
-                "--resume: the flags differ from the run in {} (its recipe: history {}, future {}, dyn_eta {}, {}); resume with the same flags",
-                o.out.display(), m.process.history, m.process.future, m.process.dyn_eta, stored
+                "--resume: the flags differ from the run in {} (its recipe: history {}, future {}, dyn_eta {}, diffuse_history {}, {}); resume with the same flags",
+                o.out.display(), m.process.history, m.process.future, m.process.dyn_eta, m.process.diffuse_history, stored
             )));
         }
         let found = (m.process.channels, m.process.height, m.process.width);
@@ -775,6 +788,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         let process = ProcessConfig {
             method: "dydiff".into(),
             dyn_eta: o.dyn_eta,
+            diffuse_history: o.diffuse_history,
             history: o.history,
             future: o.future,
             channels: c,

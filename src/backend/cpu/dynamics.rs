@@ -56,29 +56,39 @@ pub fn dynamics(x: &[f32], g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Vec
     y
 }
 
-/// The fused forward process, see [`crate::backend::BackendStorage::q_sample`].
+/// The fused forward process, see [`crate::backend::BackendStorage::q_sample`]: one walk over
+/// the frames of each run of elements, keeping `D = Dyn(x_0)` and `ε̃ = Dyn(ε)` running (the
+/// noise chain starts at the first diffused frame).
 pub fn q_sample(
     x0: &[f32],
     eps: &[f32],
     g: &ProcessGeom,
     coefs: &[QSampleCoef],
 ) -> (Vec<f32>, Vec<f32>) {
-    let (l, s, e) = (g.frames(), g.future, g.elems);
-    let mut input = vec![0.0f32; x0.len()];
+    let (l, dn, e) = (g.frames(), g.diffused(), g.elems);
+    let sf = g.state_frames();
+    // the first diffused frame of the sequence, and where x_t of sequence frame f goes in the input
+    let (first, off) = if g.diffuse_history {
+        (0, g.history)
+    } else {
+        (g.history, 0)
+    };
+    let mut input = vec![0.0f32; g.batch * sf * e];
     let mut target = vec![0.0f32; eps.len()];
     let (inp, tgt) = (SendPtr(input.as_mut_ptr()), SendPtr(target.as_mut_ptr()));
     for_runs(g.batch, e, |b, e0, e1| {
         let c = coefs[b];
         let (sg, s1g) = (c.dynamics.sqrt_g, c.dynamics.sqrt_1mg);
         let n = e1 - e0;
+        // SAFETY: the task owns elements e0..e1 of every frame of sequence b.
+        let out = |frame: usize| unsafe {
+            std::slice::from_raw_parts_mut(inp.get().add((b * sf + frame) * e + e0), n)
+        };
         // Running D (dynamics of the clean sequence) and ε̃ for this run of elements.
         let mut d = [0.0f32; RUN];
         let mut et = [0.0f32; RUN];
         for f in 0..l {
             let xs = &x0[(b * l + f) * e + e0..][..n];
-            // SAFETY: the task owns elements e0..e1 of every frame of sequence b.
-            let out =
-                unsafe { std::slice::from_raw_parts_mut(inp.get().add((b * l + f) * e + e0), n) };
             if f == 0 {
                 d[..n].copy_from_slice(xs);
             } else {
@@ -87,14 +97,16 @@ pub fn q_sample(
                 }
             }
             if f < g.history {
-                out.copy_from_slice(xs);
+                out(f).copy_from_slice(xs);
+            }
+            if f < first {
                 continue;
             }
-            let fs = f - g.history;
-            let ep = &eps[(b * s + fs) * e + e0..][..n];
+            let fs = f - first;
+            let ep = &eps[(b * dn + fs) * e + e0..][..n];
             // SAFETY: as above, for the target.
             let t =
-                unsafe { std::slice::from_raw_parts_mut(tgt.get().add((b * s + fs) * e + e0), n) };
+                unsafe { std::slice::from_raw_parts_mut(tgt.get().add((b * dn + fs) * e + e0), n) };
             if fs == 0 {
                 et[..n].copy_from_slice(ep);
             } else {
@@ -103,7 +115,7 @@ pub fn q_sample(
                 }
             }
             t.copy_from_slice(&et[..n]);
-            for ((o, &d), &et) in out.iter_mut().zip(&d[..n]).zip(&et[..n]) {
+            for ((o, &d), &et) in out(off + f).iter_mut().zip(&d[..n]).zip(&et[..n]) {
                 *o = c.sqrt_ab * d + c.sqrt_1mab * et;
             }
         }
@@ -112,18 +124,21 @@ pub fn q_sample(
 }
 
 /// The fused DDIM step, see [`crate::backend::BackendStorage::ddim_step`]. Per element, with
-/// `h` the history, `x_t` the future part of the state:
+/// `h` the history, `x_t` the diffused part of the state:
 ///
 /// ```text
 /// running over the history: Dt = Dyn_{γ̄_t}(h)^P,  Dp = Dyn_{γ̄_p}(h)^P
-/// for each future frame s:
+/// for each diffused frame s:
 ///   y      = (x_t^s − √(1−ᾱ_t)·ε̂^s) / √ᾱ_t
 ///   x̂_0^s  = (y − √(1−γ̄_t)·y_prev) / √γ̄_t            (y_prev = Dt for the first frame)
 ///   ε_w^s  = (ε̂^s − √(1−γ̄_t)·ε̂^{s−1}) / √γ̄_t          (ε̂^s itself for the first frame)
 ///   Dp     = √γ̄_p·x̂_0^s + √(1−γ̄_p)·Dp
-///   W      = Dyn_{γ̄_p}(ε_w)^s,  Z = Dyn_{γ̄_p}(z)^s   (chains starting at the first future frame)
+///   W      = Dyn_{γ̄_p}(ε_w)^s,  Z = Dyn_{γ̄_p}(z)^s   (chains starting at the first diffused frame)
 ///   x_p^s  = √ᾱ_p·Dp + √(1−ᾱ_p−σ²)·W + σ·Z
 /// ```
+///
+/// With `diffuse_history` every frame is diffused and every chain starts afresh at frame 0:
+/// `x̂_0^0 = y^0`, `Dp = x̂_0^0` (the history is only the network's condition).
 pub fn ddim_step(
     state: &[f32],
     eps_hat: &[f32],
@@ -131,10 +146,11 @@ pub fn ddim_step(
     g: &ProcessGeom,
     c: &DdimCoef,
 ) -> Vec<f32> {
-    let (l, s, e) = (g.frames(), g.future, g.elems);
+    let (sf, dn, e) = (g.state_frames(), g.diffused(), g.elems);
     let mut next = vec![0.0f32; state.len()];
     let out = SendPtr(next.as_mut_ptr());
     let (t, p) = (c.dyn_t, c.dyn_p);
+    let fresh = g.diffuse_history;
     for_runs(g.batch, e, |b, e0, e1| {
         let n = e1 - e0;
         let mut dt = [0.0f32; RUN];
@@ -144,11 +160,14 @@ pub fn ddim_step(
         let mut w = [0.0f32; RUN];
         let mut zz = [0.0f32; RUN];
         for f in 0..g.history {
-            let h = &state[(b * l + f) * e + e0..][..n];
+            let h = &state[(b * sf + f) * e + e0..][..n];
             // SAFETY: the task owns elements e0..e1 of every frame of sequence b.
             let o =
-                unsafe { std::slice::from_raw_parts_mut(out.get().add((b * l + f) * e + e0), n) };
+                unsafe { std::slice::from_raw_parts_mut(out.get().add((b * sf + f) * e + e0), n) };
             o.copy_from_slice(h);
+            if fresh {
+                continue;
+            }
             if f == 0 {
                 dt[..n].copy_from_slice(h);
                 dp[..n].copy_from_slice(h);
@@ -160,20 +179,24 @@ pub fn ddim_step(
             }
         }
         y_prev[..n].copy_from_slice(&dt[..n]);
-        for fs in 0..s {
+        for fs in 0..dn {
             let f = g.history + fs;
-            let xt = &state[(b * l + f) * e + e0..][..n];
-            let eh = &eps_hat[(b * s + fs) * e + e0..][..n];
-            let zs = z.map(|z| &z[(b * s + fs) * e + e0..][..n]);
+            let xt = &state[(b * sf + f) * e + e0..][..n];
+            let eh = &eps_hat[(b * dn + fs) * e + e0..][..n];
+            let zs = z.map(|z| &z[(b * dn + fs) * e + e0..][..n]);
             // SAFETY: as above.
             let o =
-                unsafe { std::slice::from_raw_parts_mut(out.get().add((b * l + f) * e + e0), n) };
+                unsafe { std::slice::from_raw_parts_mut(out.get().add((b * sf + f) * e + e0), n) };
             for i in 0..n {
                 let y = (xt[i] - c.sqrt_1mab_t * eh[i]) / c.sqrt_ab_t;
-                let x0 = (y - t.sqrt_1mg * y_prev[i]) / t.sqrt_g;
-                y_prev[i] = y;
-                dp[i] = p.sqrt_g * x0 + p.sqrt_1mg * dp[i];
                 let zi = zs.map_or(0.0, |z| z[i]);
+                if fs == 0 && fresh {
+                    dp[i] = y;
+                } else {
+                    let x0 = (y - t.sqrt_1mg * y_prev[i]) / t.sqrt_g;
+                    dp[i] = p.sqrt_g * x0 + p.sqrt_1mg * dp[i];
+                }
+                y_prev[i] = y;
                 if fs == 0 {
                     w[i] = eh[i];
                     zz[i] = zi;

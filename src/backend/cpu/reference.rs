@@ -188,8 +188,10 @@ pub fn dynamics(x: &[f32], g: &SeqGeom, gammas: &[f64], inverse: bool) -> Vec<f3
         .collect()
 }
 
-/// The forward process of docs/process.md, “Forward process”, steps 2–4 and the network input, with
-/// per-sequence `(ᾱ_t, γ̄_t)`: returns the network input and `ε̃`.
+/// The forward process written from the formulas (docs/process.md, “Forward process” and
+/// “Diffusing the history”): `ε̃ = Dyn(ε)` over the diffused frames, `D = Dyn(x_0)` over the
+/// whole sequence, `x_t = √ᾱ·D + √(1−ᾱ)·ε̃` on the diffused frames; the input is the clean
+/// history, then `x_t` (with `diffuse_history`, of every frame).
 pub fn q_sample(
     x0: &[f32],
     eps: &[f32],
@@ -197,20 +199,19 @@ pub fn q_sample(
     ab_gb: &[(f64, f64)],
 ) -> (Vec<f32>, Vec<f32>) {
     let (mut input, mut target) = (Vec::new(), Vec::new());
+    let first = g.frames() - g.diffused();
     for (b, &(ab, gb)) in ab_gb.iter().enumerate() {
         let x = frames_of(x0, g.frames(), g.elems, b);
-        let et = dyn_frames(&frames_of(eps, g.future, g.elems, b), gb, false);
+        let et = dyn_frames(&frames_of(eps, g.diffused(), g.elems, b), gb, false);
         let d = dyn_frames(&x, gb, false);
-        for f in 0..g.frames() {
-            if f < g.history {
-                input.extend(x[f].iter().map(|&v| v as f32));
-            } else {
-                let s = f - g.history;
-                input.extend(
-                    (0..g.elems)
-                        .map(|e| (ab.sqrt() * d[f][e] + (1.0 - ab).sqrt() * et[s][e]) as f32),
-                );
-            }
+        for f in x.iter().take(g.history) {
+            input.extend(f.iter().map(|&v| v as f32));
+        }
+        for (i, et) in et.iter().enumerate() {
+            input.extend(
+                (0..g.elems)
+                    .map(|e| (ab.sqrt() * d[first + i][e] + (1.0 - ab).sqrt() * et[e]) as f32),
+            );
         }
         target.extend(et.iter().flatten().map(|&v| v as f32));
     }
@@ -227,8 +228,8 @@ pub struct DdimValues {
     pub sigma: f64,
 }
 
-/// One DDIM step of docs/process.md, “One step”, steps 2–5, written term by term from the
-/// formulas.
+/// One DDIM step of docs/process.md, “One step”, steps 2–5 (or of “Diffusing the history”),
+/// written term by term from the formulas.
 pub fn ddim_step(
     state: &[f32],
     eps_hat: &[f32],
@@ -236,41 +237,52 @@ pub fn ddim_step(
     g: &ProcessGeom,
     v: &DdimValues,
 ) -> Vec<f32> {
-    let (p1, s) = (g.history, g.future);
+    let (p1, dn) = (g.history, g.diffused());
     let mut next = Vec::new();
     for b in 0..g.batch {
-        let seq = frames_of(state, g.frames(), g.elems, b);
+        let seq = frames_of(state, g.state_frames(), g.elems, b);
         let (hist, xt) = seq.split_at(p1);
-        let eh = frames_of(eps_hat, s, g.elems, b);
-        let zero = vec![0.0f32; s * g.elems * g.batch];
-        let zf = frames_of(z.unwrap_or(&zero), s, g.elems, b);
+        let eh = frames_of(eps_hat, dn, g.elems, b);
+        let zero = vec![0.0f32; dn * g.elems * g.batch];
+        let zf = frames_of(z.unwrap_or(&zero), dn, g.elems, b);
         // 2. y = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t
-        let y: Vec<Vec<f64>> = (0..s)
+        let y: Vec<Vec<f64>> = (0..dn)
             .map(|i| {
                 (0..g.elems)
                     .map(|e| (xt[i][e] - (1.0 - v.ab_t).sqrt() * eh[i][e]) / v.ab_t.sqrt())
                     .collect()
             })
             .collect();
-        // 3. x̂_0 = InvDyn over frames P … P+S of [Dyn(history)^P, y], keeping P+1 …
-        let dh = dyn_frames(hist, v.gb_t, false);
-        let mut run = vec![dh[p1 - 1].clone()];
-        run.extend(y);
-        let x0 = dyn_frames(&run, v.gb_t, true)[1..].to_vec();
+        // 3. x̂_0 = InvDyn over frames P … P+S of [Dyn(history)^P, y], keeping P+1 …; with the
+        //    history diffused, InvDyn over all frames of y
+        let x0 = if g.diffuse_history {
+            dyn_frames(&y, v.gb_t, true)
+        } else {
+            let dh = dyn_frames(hist, v.gb_t, false);
+            let mut run = vec![dh[p1 - 1].clone()];
+            run.extend(y);
+            dyn_frames(&run, v.gb_t, true)[1..].to_vec()
+        };
         // 4. ε_w = InvDyn(ε̂)
         let ew = dyn_frames(&eh, v.gb_t, true);
-        // 5. x_p = √ᾱ_p·Dyn_p([h, x̂_0])^fut + √(1−ᾱ_p−σ²)·Dyn_p(ε_w) + σ·Dyn_p(z)
-        let mut whole = hist.to_vec();
-        whole.extend(x0);
-        let dx = dyn_frames(&whole, v.gb_p, false);
+        // 5. x_p = √ᾱ_p·Dyn_p([h, x̂_0])^fut (or Dyn_p(x̂_0)) + √(1−ᾱ_p−σ²)·Dyn_p(ε_w) + σ·Dyn_p(z)
+        let dx = if g.diffuse_history {
+            dyn_frames(&x0, v.gb_p, false)
+        } else {
+            let mut whole = hist.to_vec();
+            whole.extend(x0);
+            dyn_frames(&whole, v.gb_p, false)[p1..].to_vec()
+        };
         let dw = dyn_frames(&ew, v.gb_p, false);
         let dz = dyn_frames(&zf, v.gb_p, false);
         let ce = (1.0 - v.ab_p - v.sigma * v.sigma).max(0.0).sqrt();
         next.extend(hist.iter().flatten().map(|&v| v as f32));
-        for i in 0..s {
-            next.extend((0..g.elems).map(|e| {
-                (v.ab_p.sqrt() * dx[p1 + i][e] + ce * dw[i][e] + v.sigma * dz[i][e]) as f32
-            }));
+        for i in 0..dn {
+            next.extend(
+                (0..g.elems).map(|e| {
+                    (v.ab_p.sqrt() * dx[i][e] + ce * dw[i][e] + v.sigma * dz[i][e]) as f32
+                }),
+            );
         }
     }
     next
