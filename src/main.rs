@@ -77,6 +77,12 @@ enum Command {
         /// (an existing directory keeps its other files; a new one needs an existing parent).
         #[arg(long)]
         png: Option<PathBuf>,
+        /// Frames to forecast (default: the model's S). Beyond S the forecast rolls out in
+        /// windows of S: each next window's history is the last P+1 frames of the member's own
+        /// trajectory; the output is (N, M, LEAD, C, H, W), at most 256 windows. --init-noise
+        /// gives the first window's noise; later windows draw theirs from the seed.
+        #[arg(long)]
+        lead: Option<usize>,
     },
     /// One evaluation of a diffusers UNet2DModel: reads an (N, in_channels, H, W) float32 .npy,
     /// writes the network output (N, out_channels, H, W).
@@ -341,6 +347,7 @@ fn run(cli: Cli) -> Result<()> {
             init_noise,
             batch,
             png,
+            lead,
         } => {
             let png = png.or_else(|| model.is_none().then(|| PathBuf::from("forecast_png")));
             sample::run(&sample::SampleOptions {
@@ -354,6 +361,7 @@ fn run(cli: Cli) -> Result<()> {
                 init_noise,
                 batch,
                 png,
+                lead,
                 device,
                 progress: true,
             })

@@ -1825,3 +1825,27 @@ fn bench_beyond_memory() {
         &["--batch 1000000 --size 4096", "needs", "of memory"],
     );
 }
+
+#[test]
+fn sample_lead_zero() {
+    let s = Scratch::new("in-s-lead0");
+    sample_refused(
+        &s,
+        &sampler("model_dyn"),
+        &sampler("obs.npy"),
+        &["--lead", "0"],
+        &["--lead", "1 to 768", "found 0"],
+    );
+}
+
+#[test]
+fn sample_lead_beyond_256_windows() {
+    let s = Scratch::new("in-s-lead-big");
+    sample_refused(
+        &s,
+        &sampler("model_dyn"),
+        &sampler("obs.npy"),
+        &["--lead", "769"],
+        &["--lead", "256 windows of 3", "found 769"],
+    );
+}

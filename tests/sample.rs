@@ -448,3 +448,108 @@ fn built_in_default_forecasts_the_demo() {
     let (ok, err) = dydiff(["sample", "--model", sampler("model_dyn").to_str().unwrap()]);
     assert!(!ok && err.contains("--input"), "{err}");
 }
+
+/// `--lead` (docs/process.md, “Forecasting beyond one window”): two windows and a part of a
+/// third; the first window is the plain forecast; the second equals a second call done by hand
+/// on each member's own history (its observations, then its first window), with the noise of
+/// that member's second window (step `1 << 24`) given as `--init-noise`; and the roll-out does
+/// not depend on `--batch` or `--threads`.
+#[test]
+fn a_roll_out_is_chained_windows() {
+    use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
+    use dydiff::{Device, Tensor};
+    let s = Scratch::new("sample-lead");
+    let model = sampler("model_dyn");
+    let obs = npy::read(&sampler("obs.npy")).unwrap();
+    let (n, l, c, h, w) = (2, 5, 2, 16, 16);
+    let (hist, fut, m, e) = (2, 3, 3, c * h * w);
+    assert_eq!(obs.shape, [n, l, c, h, w]);
+    let base = ["--members", "3", "--steps", "4", "--seed", "5"];
+    let run = |name: &str, input: &Path, extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend(extra);
+        run_ok(&model, input, &s.path(name), &a)
+    };
+    let plain = run("plain.npy", &sampler("obs.npy"), &[]);
+    let lead = 2 * fut + 1;
+    let rolled = run("rolled.npy", &sampler("obs.npy"), &["--lead", "7"]);
+    assert_eq!(rolled.shape, [n, m, lead, c, h, w]);
+    for pair in 0..n * m {
+        assert_eq!(
+            rolled.data[pair * lead * e..][..fut * e],
+            plain.data[pair * fut * e..][..fut * e],
+            "pair {pair}: the first window is the plain forecast"
+        );
+    }
+    // The second window by hand: one sequence per (sample, member), member 0 of its own call.
+    let mut hist2 = Vec::new();
+    for pair in 0..n * m {
+        let traj: Vec<f32> = obs.data[(pair / m) * l * e..][..hist * e]
+            .iter()
+            .chain(&rolled.data[pair * lead * e..][..fut * e])
+            .copied()
+            .collect();
+        hist2.extend_from_slice(&traj[(hist + fut - hist) * e..][..hist * e]);
+    }
+    let obs2 = s.path("obs2.npy");
+    npy::write(&obs2, &[n * m, hist, c, h, w], &hist2).unwrap();
+    let rows: Vec<NoiseRow> = (0..n * m)
+        .map(|pair| NoiseRow {
+            sample: (pair / m) as u32,
+            member: (pair % m) as u32,
+        })
+        .collect();
+    let key = NoiseKey {
+        seed: 5,
+        purpose: Purpose::InitNoise,
+        step: 1 << 24,
+    };
+    let eps = Tensor::randn(key, &rows, &[n * m, fut * e], Device::Cpu).unwrap();
+    let eps_file = s.path("eps2.npy");
+    npy::write(&eps_file, &[n * m, 1, fut, c, h, w], &eps.to_vec().unwrap()).unwrap();
+    let second = run_ok(
+        &model,
+        &obs2,
+        &s.path("second.npy"),
+        &[
+            "--members",
+            "1",
+            "--steps",
+            "4",
+            "--init-noise",
+            eps_file.to_str().unwrap(),
+        ],
+    );
+    for pair in 0..n * m {
+        assert!(
+            rolled.data[pair * lead * e + fut * e..][..fut * e]
+                == second.data[pair * fut * e..][..fut * e],
+            "pair {pair}: the second window differs from the call by hand"
+        );
+    }
+    // Batch and threads, with step noise too.
+    let noisy = run(
+        "noisy1.npy",
+        &sampler("obs.npy"),
+        &["--lead", "7", "--ddim-eta", "0.6"],
+    );
+    let other = run(
+        "noisy2.npy",
+        &sampler("obs.npy"),
+        &[
+            "--lead",
+            "7",
+            "--ddim-eta",
+            "0.6",
+            "--batch",
+            "4",
+            "--threads",
+            "3",
+        ],
+    );
+    assert_eq!(noisy, other);
+    assert_ne!(
+        noisy.data[fut * e..][..fut * e],
+        rolled.data[fut * e..][..fut * e]
+    );
+}

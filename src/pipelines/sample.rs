@@ -40,6 +40,8 @@ pub struct SampleOptions {
     pub init_noise: Option<PathBuf>,
     pub batch: usize,
     pub png: Option<PathBuf>,
+    /// Frames to forecast, rolled out over windows of `S`; `None`: one window, `S` frames.
+    pub lead: Option<usize>,
     pub device: Device,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
@@ -108,16 +110,112 @@ pub fn forecast(
     tick: impl FnMut(usize),
 ) -> Result<(Vec<f32>, SampleTimes)> {
     let source = format!("the model's {PROCESS_FILE}");
-    forecast_from(model, &source, s, obs, n, init_noise, tick)
+    let window = Window {
+        index: 0,
+        per_pair: false,
+    };
+    forecast_from(model, &source, s, obs, n, window, init_noise, tick)
 }
 
-/// [`forecast`]; `source` names the file the model's `data_scale` came from, for errors.
+/// Rolls the forecast out over `lead` frames (docs/process.md, “Forecasting beyond one
+/// window”): `⌈lead/S⌉` windows per member, each next window's history the last `P+1` frames of
+/// that member's trajectory so far (its observations, then its own forecasts, in data space).
+/// Window `w` draws its noise from the streams of step `(w << 24) | k`, so the first window is
+/// [`forecast`] itself. `obs`, `init_noise` (the first window's) and `tick` as for [`forecast`];
+/// returns `(n, M, lead, C·H·W)` in data space.
+#[allow(clippy::too_many_arguments)]
+pub fn rollout(
+    model: &Model,
+    s: &SamplerSettings,
+    obs: &[f32],
+    n: usize,
+    lead: usize,
+    init_noise: Option<&[f32]>,
+    tick: impl FnMut(usize),
+) -> Result<(Vec<f32>, SampleTimes)> {
+    let source = format!("the model's {PROCESS_FILE}");
+    rollout_from(model, &source, s, obs, n, lead, init_noise, tick)
+}
+
+/// The most windows of a roll-out: the window index has the top 8 bits of the noise counter's
+/// step word (docs/random.md, “Streams”).
+pub const MAX_WINDOWS: usize = 1 << 8;
+
+/// [`rollout`]; `source` names the file the model's `data_scale` came from, for errors.
+#[allow(clippy::too_many_arguments)]
+fn rollout_from(
+    model: &Model,
+    source: &str,
+    s: &SamplerSettings,
+    obs: &[f32],
+    n: usize,
+    lead: usize,
+    init_noise: Option<&[f32]>,
+    mut tick: impl FnMut(usize),
+) -> Result<(Vec<f32>, SampleTimes)> {
+    let p = &model.process;
+    let (hist, fut, e) = (p.history, p.future, p.frame_len());
+    let windows = lead.div_ceil(fut);
+    if lead == 0 || windows > MAX_WINDOWS {
+        return Err(Error::Invalid(format!(
+            "--lead: expected 1 to {} frames ({MAX_WINDOWS} windows of {fut}), found {lead}",
+            MAX_WINDOWS * fut
+        )));
+    }
+    let pairs = n * s.members;
+    let mut times = SampleTimes::default();
+    // each pair's trajectory so far: its history, then its forecasts (data space)
+    let mut traj = vec![0.0f32; pairs * (hist + windows * fut) * e];
+    let per = (hist + windows * fut) * e;
+    for (i, t) in traj.chunks_mut(per).enumerate() {
+        let sample = i / s.members;
+        t[..hist * e].copy_from_slice(&obs[sample * hist * e..][..hist * e]);
+    }
+    for w in 0..windows {
+        let histories: Vec<f32> = if w == 0 {
+            obs.to_vec()
+        } else {
+            traj.chunks(per)
+                .flat_map(|t| t[w * fut * e..][..hist * e].iter().copied())
+                .collect()
+        };
+        let window = Window {
+            index: w as u32,
+            per_pair: w > 0,
+        };
+        let noise = if w == 0 { init_noise } else { None };
+        let (fc, t) = forecast_from(model, source, s, &histories, n, window, noise, &mut tick)?;
+        times.network += t.network;
+        times.other += t.other;
+        for (traj, f) in traj.chunks_mut(per).zip(fc.chunks(fut * e)) {
+            traj[(hist + w * fut) * e..][..fut * e].copy_from_slice(f);
+        }
+    }
+    let out = traj
+        .chunks(per)
+        .flat_map(|t| t[hist * e..][..lead * e].iter().copied())
+        .collect();
+    Ok((out, times))
+}
+
+/// Which window of a roll-out [`forecast_from`] samples: its index (in the noise counter) and
+/// whether the histories are given per (sample, member) pair rather than per sample.
+#[derive(Clone, Copy)]
+struct Window {
+    index: u32,
+    per_pair: bool,
+}
+
+/// [`forecast`] for one window of a roll-out; `source` names the file the model's `data_scale`
+/// came from, for errors.
+#[allow(clippy::too_many_arguments)]
 fn forecast_from(
     model: &Model,
     source: &str,
     s: &SamplerSettings,
     obs: &[f32],
     n: usize,
+    window: Window,
     init_noise: Option<&[f32]>,
     mut tick: impl FnMut(usize),
 ) -> Result<(Vec<f32>, SampleTimes)> {
@@ -126,11 +224,12 @@ fn forecast_from(
     let p = &model.process;
     let (hist, fut, e) = (p.history, p.future, p.frame_len());
     let (c, h, w) = (p.channels, p.height, p.width);
-    if n.checked_mul(hist * e) != Some(obs.len()) {
+    let per_sample = if window.per_pair { s.members } else { 1 };
+    if n.checked_mul(per_sample * hist * e) != Some(obs.len()) {
         return Err(Error::shape(
             "forecast",
             format!(
-                "the histories hold {} values; expected N {n} × history {hist} × C·H·W {e}",
+                "the histories hold {} values; expected N {n} × {per_sample} × history {hist} × C·H·W {e}",
                 obs.len()
             ),
         ));
@@ -167,8 +266,13 @@ fn forecast_from(
             .collect();
         let clock = Instant::now();
         let mut h_data = Vec::with_capacity(b * hist * e);
-        for r in &rows {
-            let src = &obs[r.sample as usize * hist * e..][..hist * e];
+        for (i, r) in (first..).zip(&rows) {
+            let row = if window.per_pair {
+                i
+            } else {
+                r.sample as usize
+            };
+            let src = &obs[row * hist * e..][..hist * e];
             h_data.extend(src.iter().map(|&v| ((f64::from(v) - shift) / scale) as f32));
         }
         let history = Tensor::from_vec(h_data, &[b, hist * c, h, w], s.device)?;
@@ -182,7 +286,7 @@ fn forecast_from(
                 NoiseKey {
                     seed: s.seed,
                     purpose: Purpose::InitNoise,
-                    step: 0,
+                    step: window.index << 24,
                 },
                 &rows,
                 &[b, dn * c, h, w],
@@ -212,7 +316,7 @@ fn forecast_from(
                     NoiseKey {
                         seed: s.seed,
                         purpose: Purpose::StepNoise,
-                        step: k as u32,
+                        step: (window.index << 24) | k as u32,
                     },
                     &rows,
                     &[b, dn * c, h, w],
@@ -308,7 +412,8 @@ fn check_memory(model: &Model, n: usize, o: &SampleOptions) -> Result<()> {
     let p = &model.process;
     let (e, frames) = (p.frame_len(), p.input_frames());
     let batch = n.checked_mul(o.members).map(|pairs| pairs.min(o.batch));
-    let shape = [n, o.members, p.future, p.channels, p.height, p.width];
+    let lead = o.lead.unwrap_or(p.future);
+    let shape = [n, o.members, lead, p.channels, p.height, p.width];
     let forecast = memory::array(&shape, 4);
     let need = memory::sum(&[
         // the forecast, the bytes of its file, and the initial noise if read from a file
@@ -480,34 +585,38 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     for i in 0..n {
         history.extend_from_slice(&obs.data[i * l * e..][..p.history * e]);
     }
-    let bar = progress_bar(n * o.members * o.steps, o.steps, o.progress);
+    let lead = o.lead.unwrap_or(p.future);
+    let windows = lead.div_ceil(p.future);
+    let bar = progress_bar(n * o.members * o.steps * windows, o.steps, o.progress);
     let source = model_dir.join(PROCESS_FILE).display().to_string();
-    let (fc, times) = forecast_from(
+    let (fc, times) = rollout_from(
         &model,
         &source,
         &settings,
         &history,
         n,
+        lead,
         noise.as_ref().map(|a| a.data.as_slice()),
         |b| bar.inc(b as u64),
     )?;
     bar.finish_and_clear();
     let clock = Instant::now();
-    let shape = [n, o.members, p.future, p.channels, p.height, p.width];
+    let shape = [n, o.members, lead, p.channels, p.height, p.width];
     outputs.write(out, &npy::encode(&shape, &fc))?;
     if let Some(dir) = png {
         for i in 0..n {
+            // the truth, when the input holds every lead
             let truth =
-                (l >= p.frames()).then(|| &obs.data[i * l * e + p.history * e..][..p.future * e]);
+                (l >= p.history + lead).then(|| &obs.data[i * l * e + p.history * e..][..lead * e]);
             let pic = picture::Forecast {
                 channels: p.channels,
                 height: p.height,
                 width: p.width,
                 history: &obs.data[i * l * e..][..p.history * e],
                 truth,
-                members: &fc[i * o.members * p.future * e..][..o.members * p.future * e],
+                members: &fc[i * o.members * lead * e..][..o.members * lead * e],
                 n_members: o.members,
-                future: p.future,
+                future: lead,
             };
             outputs.write_in(dir, &format!("sample_{i:04}.png"), &picture::render(&pic)?)?;
         }
@@ -517,7 +626,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         out: o.out.clone(),
         samples: n,
         members: o.members,
-        future: p.future,
+        future: lead,
         load_s,
         times,
         write_s: clock.elapsed().as_secs_f64(),
