@@ -305,6 +305,30 @@ enum BenchCommand {
     },
     /// Measures the machine's fp32 fused multiply-add peak (GFLOP/s on one thread and on all).
     Peak,
+    /// Measures a model's noise-prediction error on sequences at fixed timesteps: the mean
+    /// squared error of ε̂ against ε̃ per diffused frame, and over the future frames (the ones
+    /// every process forecasts), as a JSON report. A diagnostic of how well a network learned
+    /// its process; windows and noise are drawn as for training's validation, from --seed.
+    Noise {
+        /// Model folder (dydiff.json, scheduler/, unet/).
+        #[arg(long)]
+        model: PathBuf,
+        /// Sequences (N, L, C, H, W) in data space, L ≥ history + future, float32 .npy/.npz.
+        #[arg(long)]
+        data: PathBuf,
+        /// Timesteps t, comma-separated, each below the schedule's length.
+        #[arg(long, value_delimiter = ',', default_values_t = [50, 250, 500, 750, 950])]
+        timesteps: Vec<usize>,
+        /// Windows per batch, at least 1.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Batches per timestep, 1 to 1000.
+        #[arg(long, default_value_t = 4)]
+        batches: u32,
+        /// Seed of the windows and the noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 /// The most worker threads `--threads` starts.
@@ -498,6 +522,25 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Peak) => {
             dydiff::io::print_stdout(&format!("{}\n", bench::peak()?))
+        }
+        Command::Bench(BenchCommand::Noise {
+            model,
+            data,
+            timesteps,
+            batch,
+            batches,
+            seed,
+        }) => {
+            let report = bench::noise_error(&bench::NoiseOptions {
+                model,
+                data,
+                timesteps,
+                batch,
+                batches,
+                seed,
+                device,
+            })?;
+            dydiff::io::print_stdout(&format!("{report}\n"))
         }
     }
 }

@@ -308,3 +308,66 @@ fn diffusing_the_history_trains_resumes_and_samples() {
     assert!(ok, "{err}");
     assert_eq!(npy::read(&fc).unwrap().shape, [8, 2, 3, 2, 16, 16]);
 }
+
+/// `dydiff bench noise`: with a network whose output is exactly zero (`conv_out` zeroed) the
+/// error per frame is the mean square of `ε̃`, which is standard normal per frame for any
+/// `dyn_eta` and either process: about 1. One entry per diffused frame; `mse_future` is the mean
+/// over the future frames; the report is the same on a rerun.
+#[test]
+fn noise_error_of_a_silent_network_is_the_noise_variance() {
+    use dydiff::io::safetensors;
+    let s = Scratch::new("train-noise-error");
+    for (fixture, diffused) in [
+        ("sampler/model_dpm", 3),
+        ("sampler/model_dyn", 3),
+        ("sampler_dh/model_dyn", 5),
+    ] {
+        let model = s.model_copy(fixture);
+        let w = model.join("unet/diffusion_pytorch_model.safetensors");
+        let mut arrays: Vec<(String, Vec<usize>, Vec<f32>)> = safetensors::read(&w)
+            .unwrap()
+            .into_iter()
+            .map(|(name, (shape, mut data))| {
+                if name.starts_with("conv_out.") {
+                    data.iter_mut().for_each(|v| *v = 0.0);
+                }
+                (name, shape, data)
+            })
+            .collect();
+        arrays.sort_by(|a, b| a.0.cmp(&b.0));
+        safetensors::write(&w, &arrays).unwrap();
+        let obs = common::fixture(&format!("{}/obs.npy", fixture.split('/').next().unwrap()));
+        let run = || {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_dydiff"))
+                .args(["bench", "noise", "--model", model.to_str().unwrap()])
+                .args(["--data", obs.to_str().unwrap(), "--timesteps", "10,500,990"])
+                .args(["--batch", "16", "--batches", "4"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+        };
+        let report = run();
+        let rows = report["timesteps"].as_array().unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in rows {
+            let per: Vec<f64> = r["mse_per_frame"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(per.len(), diffused, "{fixture}: {r}");
+            // 16·4 windows × 512 values per frame: the mean of ε̃² has a standard error of 0.008
+            for v in &per {
+                assert!((v - 1.0).abs() < 0.05, "{fixture} t {}: {v}", r["t"]);
+            }
+            let future = per[diffused - 3..].iter().sum::<f64>() / 3.0;
+            assert!(
+                (r["mse_future"].as_f64().unwrap() - future).abs() < 1e-12,
+                "{r}"
+            );
+        }
+        assert_eq!(run(), report, "{fixture}: a rerun differs");
+    }
+}

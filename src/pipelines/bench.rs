@@ -6,6 +6,7 @@ use super::train;
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::memory;
+use crate::model::Model;
 use crate::nn::{InitRng, UNet2D};
 use crate::profile;
 use crate::tensor::Tensor;
@@ -243,4 +244,65 @@ fn fma_chains(iters: usize) -> f32 {
         }
     }
     acc.iter().sum()
+}
+
+/// Options of `dydiff bench noise`.
+pub struct NoiseOptions {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub timesteps: Vec<usize>,
+    pub batch: usize,
+    pub batches: u32,
+    pub seed: u64,
+    pub device: Device,
+}
+
+/// `dydiff bench noise`: the noise-prediction error of a model folder at fixed timesteps (see
+/// [`train::noise_error`]), as JSON: per timestep the mean squared error per
+/// diffused frame, over the future frames and over all diffused frames.
+pub fn noise_error(o: &NoiseOptions) -> Result<serde_json::Value> {
+    if o.timesteps.is_empty() {
+        return Err(Error::Invalid(
+            "--timesteps: expected at least one timestep, found none".into(),
+        ));
+    }
+    if o.batch == 0 || !(1..=1000).contains(&o.batches) {
+        return Err(Error::Invalid(format!(
+            "--batch {} --batches {}: expected at least 1 window per batch and 1 to 1000 batches",
+            o.batch, o.batches
+        )));
+    }
+    let model = Model::load(&o.model, o.device)?;
+    let p = &model.process;
+    let errors = train::noise_error(
+        &model,
+        &o.data,
+        &o.timesteps,
+        o.batch,
+        o.batches,
+        o.seed,
+        o.device,
+    )?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let rows: Vec<serde_json::Value> = o
+        .timesteps
+        .iter()
+        .zip(&errors)
+        .map(|(t, per_frame)| {
+            let future = &per_frame[per_frame.len() - p.future..];
+            serde_json::json!({
+                "t": t, "mse_future": mean(future), "mse_all": mean(per_frame),
+                "mse_per_frame": per_frame,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "model": o.model.display().to_string(),
+        "data": o.data.display().to_string(),
+        "diffuse_history": p.diffuse_history,
+        "dyn_eta": p.dyn_eta,
+        "windows_per_t": o.batch * o.batches as usize,
+        "seed": o.seed,
+        "timesteps": rows,
+    }))
 }

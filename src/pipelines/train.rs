@@ -345,7 +345,8 @@ impl State {
     }
 }
 
-/// One batch: network input, target and timesteps, from windows of `data` (model space).
+/// One batch: network input, target and timesteps, from windows of `data` (model space); every
+/// row at timestep `fixed_t` if given, else at a drawn one.
 #[allow(clippy::too_many_arguments)]
 fn batch(
     data: &npy::Array,
@@ -354,6 +355,7 @@ fn batch(
     rows: usize,
     key_batch: NoiseKey,
     key_noise: NoiseKey,
+    fixed_t: Option<usize>,
     device: Device,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, l) = (data.shape[0], data.shape[1]);
@@ -378,7 +380,7 @@ fn batch(
             src.iter()
                 .map(|&v| ((f64::from(v) - p.data_shift) / p.data_scale) as f32),
         );
-        ts.push(t);
+        ts.push(fixed_t.unwrap_or(t));
     }
     let x0 = Tensor::from_vec(x0, &[rows, frames * e], device)?;
     let eps = Tensor::randn(key_noise, &noise_rows, &[rows, p.diffused() * e], device)?;
@@ -423,7 +425,7 @@ fn validation_loss(
             purpose: Purpose::ValNoise,
             step: k,
         };
-        let (inp, target, t) = batch(val, p, schedule, rows, kb, kn, device)?;
+        let (inp, target, t) = batch(val, p, schedule, rows, kb, kn, None, device)?;
         total += f64::from(unet.forward(&inp, &t)?.mse(&target)?.scalar()?);
     }
     Ok(total / 4.0)
@@ -863,7 +865,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             purpose: Purpose::TrainNoise,
             step: step as u32,
         };
-        let (inp, target, t) = batch(&data, &p, &model.schedule, o.batch, kb, kn, device)?;
+        let (inp, target, t) = batch(&data, &p, &model.schedule, o.batch, kb, kn, None, device)?;
         let lr = learning_rate(o, step);
         let settings = OptimizerSettings {
             weight_decay: o.weight_decay,
@@ -943,6 +945,76 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         o.out.join(UNET_DIR).display()
     );
     Ok(())
+}
+
+/// The network's noise-prediction error of a model folder on sequences `(N, L, C, H, W)` (data
+/// space, `L ≥ P+1+S`), at fixed timesteps: for each `t`, `batches` batches of `rows` windows
+/// drawn as in validation (purposes 5 and 6 of docs/random.md, `seed`), the mean squared error
+/// of `ε̂` against `ε̃` per diffused frame. Returns, per timestep, the per-frame errors (the
+/// diffused frames: `S`, or all `P+1+S` when the model diffuses the history).
+pub fn noise_error(
+    model: &Model,
+    data_path: &Path,
+    timesteps: &[usize],
+    rows: usize,
+    batches: u32,
+    seed: u64,
+    device: Device,
+) -> Result<Vec<Vec<f64>>> {
+    let p = &model.process;
+    let data = read_data(data_path, p.frames(), None)?;
+    let found = (data.shape[2], data.shape[3], data.shape[4]);
+    if found != (p.channels, p.height, p.width) {
+        return Err(Error::bad_file(
+            data_path,
+            format!(
+                "frames of (C, H, W) = {found:?}; the model was trained on {:?}",
+                (p.channels, p.height, p.width)
+            ),
+        ));
+    }
+    if let Some(&t) = timesteps.iter().find(|&&t| t >= model.schedule.len()) {
+        return Err(Error::Invalid(format!(
+            "--timesteps: expected values below {}, found {t}",
+            model.schedule.len()
+        )));
+    }
+    let (dn, e) = (p.diffused(), p.frame_len());
+    let mut out = Vec::with_capacity(timesteps.len());
+    for &t in timesteps {
+        let mut per_frame = vec![0.0f64; dn];
+        for k in 0..batches {
+            let key = |purpose| NoiseKey {
+                seed,
+                purpose,
+                step: k,
+            };
+            let (inp, target, tt) = batch(
+                &data,
+                p,
+                &model.schedule,
+                rows,
+                key(Purpose::ValBatch),
+                key(Purpose::ValNoise),
+                Some(t),
+                device,
+            )?;
+            let (eh, tg) = (model.unet.forward(&inp, &tt)?.to_vec()?, target.to_vec()?);
+            for (r, (a, b)) in eh.chunks(dn * e).zip(tg.chunks(dn * e)).enumerate() {
+                debug_assert!(r < rows);
+                for (f, (fa, fb)) in a.chunks(e).zip(b.chunks(e)).enumerate() {
+                    per_frame[f] += fa
+                        .iter()
+                        .zip(fb)
+                        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+                        .sum::<f64>();
+                }
+            }
+        }
+        let count = (rows * batches as usize * e) as f64;
+        out.push(per_frame.iter().map(|s| s / count).collect());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
