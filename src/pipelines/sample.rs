@@ -172,12 +172,13 @@ fn rollout_from(
         t[..hist * e].copy_from_slice(&obs[sample * hist * e..][..hist * e]);
     }
     for w in 0..windows {
-        let histories: Vec<f32> = if w == 0 {
-            obs.to_vec()
+        let histories: std::borrow::Cow<[f32]> = if w == 0 {
+            obs.into()
         } else {
             traj.chunks(per)
                 .flat_map(|t| t[w * fut * e..][..hist * e].iter().copied())
-                .collect()
+                .collect::<Vec<f32>>()
+                .into()
         };
         let window = Window {
             index: w as u32,
