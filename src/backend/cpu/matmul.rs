@@ -110,14 +110,14 @@ pub(crate) unsafe fn gemm1(
     if k <= 2 {
         return short_sum(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha);
     }
+    // runs of ⌊k/runs⌋ or ⌈k/runs⌉ terms: all longer than KC/2 when k > KC
     let runs = k.div_ceil(KC);
-    let run = k.div_ceil(runs);
     for r in 0..runs {
-        let (k0, kr) = (r * run, run.min(k - r * run));
+        let (k0, k1) = (r * k / runs, (r + 1) * k / runs);
         general_kernel(
             m,
             n,
-            kr,
+            k1 - k0,
             dst,
             dst_rs,
             dst_cs,
@@ -528,6 +528,56 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A very long sum (as in a kernel gradient over a large batch of large images) splits into
+    /// runs without a short or empty one, agrees with a float64 sum, and an element is the same
+    /// bits in a block of one.
+    #[test]
+    fn a_very_long_sum_splits_into_even_runs() {
+        let (m, n, k) = (3, 2, 261_122);
+        let (a, b) = (vals(m * k, 1), vals(k * n, 2));
+        let mut whole = vec![0.0f32; m * n];
+        // SAFETY: all operands are in bounds for the shapes given.
+        unsafe {
+            gemm1(
+                m,
+                n,
+                k,
+                whole.as_mut_ptr(),
+                n as isize,
+                1,
+                false,
+                Mat::new(&a, k, 1),
+                Mat::new(&b, n, 1),
+                1.0,
+            )
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|t| a[i * k + t] as f64 * b[t * n + j] as f64)
+                    .sum();
+                assert!((whole[i * n + j] as f64 - exact).abs() <= 1e-6 * k as f64);
+                let mut one = 0.0f32;
+                // SAFETY: as above, one element.
+                unsafe {
+                    gemm1(
+                        1,
+                        1,
+                        k,
+                        &mut one,
+                        1,
+                        1,
+                        false,
+                        Mat::new(&a[i * k..], k, 1),
+                        Mat::new(&b[j..], n, 1),
+                        1.0,
+                    )
+                };
+                assert_eq!(one.to_bits(), whole[i * n + j].to_bits());
             }
         }
     }
