@@ -1000,8 +1000,7 @@ pub fn noise_error(
                 device,
             )?;
             let (eh, tg) = (model.unet.forward(&inp, &tt)?.to_vec()?, target.to_vec()?);
-            for (r, (a, b)) in eh.chunks(dn * e).zip(tg.chunks(dn * e)).enumerate() {
-                debug_assert!(r < rows);
+            for (a, b) in eh.chunks(dn * e).zip(tg.chunks(dn * e)) {
                 for (f, (fa, fb)) in a.chunks(e).zip(b.chunks(e)).enumerate() {
                     per_frame[f] += fa
                         .iter()
