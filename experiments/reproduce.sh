@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# DyDiff (dyn_eta 0.5) against the standard diffusion model (dyn_eta 0) on generated 2-D turbulence,
-# end to end: data, training (same network, budget and seeds for every model), 8-member forecasts
-# with 50 DDIM steps on held-out sequences, scores, and the tables of README.md (mean ± std over
-# seeds; CRPS per lead). Each model is trained with the paper's process (docs/process.md,
-# "Forward process": only the future diffused) and, with PROCESSES="paper reference", also with
-# the reference implementation's (docs/process.md, "Diffusing the history": train
-# --diffuse-history).
+# Dynamical Diffusion against the standard diffusion model (dyn_eta 0) on generated 2-D
+# turbulence, end to end: data, training (same network, budget and seeds for every model), 8-member
+# forecasts with 50 DDIM steps on held-out sequences, scores, the networks' noise-prediction error,
+# and the tables and figures of README.md. By default, the 2×2 comparison of {the paper's process
+# (docs/process.md, "Forward process": only the future diffused), the reference implementation's
+# (docs/process.md, "Diffusing the history": train --diffuse-history)} × {DyDiff dyn_eta 0.5,
+# standard dyn_eta 0} on seeds 0 and 1, then the sensitivity to dyn_eta (the paper's Figure 7c:
+# 0, 0.1, 0.5, 0.9, 1) with the paper's process on seed 0: 11 training runs, about 3.5 hours on
+# 2 cores.
 #
-#   experiments/reproduce.sh                 # the paper's process (about 80 minutes on 2 cores)
-#   PROCESSES="paper reference" experiments/reproduce.sh
-#                                            # the 2×2 comparison of both processes (about 3 hours)
-#   PROCESSES=paper ETAS="0 0.1 0.5 0.9 1" SEEDS=0 OUT=experiments/out_eta experiments/reproduce.sh
-#                                            # sensitivity to dyn_eta (the paper's Figure 7c)
-#   STEPS=1500 TRAIN_SEQ=192 TEST_SEQ=16 OUT=experiments/out_short experiments/reproduce.sh
-#                                            # the README's shorter budget (about 30 minutes)
-#   STEPS=20000 SEEDS="0 1 2" experiments/reproduce.sh
+#   experiments/reproduce.sh                 # everything, into experiments/out
+#   PROCESSES=paper SENS_ETAS= experiments/reproduce.sh
+#                                            # the paper's process only (about 80 minutes)
+#   STEPS=1500 TRAIN_SEQ=192 TEST_SEQ=16 PROCESSES=paper SENS_ETAS= OUT=experiments/out_short \
+#     experiments/reproduce.sh               # the README's shorter budget (about 30 minutes)
 #
-# Settings (environment): OUT, STEPS, BATCH, LR, SEEDS, ETAS, PROCESSES (paper, reference), RES,
-# TRAIN_SEQ, TEST_SEQ, and BIN (a dydiff binary to use instead of building one, e.g. a copy that
-# later rebuilds cannot change). Finished runs are kept; an interrupted one resumes.
+# Settings (environment): OUT, STEPS, BATCH, LR, SEEDS, ETAS, PROCESSES (paper, reference),
+# SENS_ETAS (the further dyn_eta values of the sensitivity study, none to skip it), SENS_PROCESS,
+# SENS_SEEDS, RES, TRAIN_SEQ, TEST_SEQ, BIN (a dydiff binary to use instead of building one, e.g.
+# a copy that later rebuilds cannot change) and PY (a Python with matplotlib for the figures,
+# default: python/env.sh's). Finished runs are kept; an interrupted one resumes. The tables go to
+# OUT/table.md, the figures to OUT/figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out}
@@ -27,7 +29,10 @@ BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
 SEEDS=${SEEDS:-"0 1"}
 ETAS=${ETAS:-"0.5 0"}
-PROCESSES=${PROCESSES:-paper}
+PROCESSES=${PROCESSES:-"paper reference"}
+SENS_ETAS=${SENS_ETAS-"0.1 0.9 1"}
+SENS_PROCESS=${SENS_PROCESS:-paper}
+SENS_SEEDS=${SENS_SEEDS:-${SEEDS%% *}}
 RES=${RES:-32}
 TRAIN_SEQ=${TRAIN_SEQ:-768}
 TEST_SEQ=${TEST_SEQ:-64}
@@ -45,29 +50,39 @@ mkdir -p "$OUT"
 [ -f "$OUT/train.npy" ] || $BIN data navier-stokes --out "$OUT/train.npy" --samples "$TRAIN_SEQ" --frames 16 --resolution "$RES" --seed 1
 [ -f "$OUT/test.npy" ] || $BIN data navier-stokes --out "$OUT/test.npy" --samples "$TEST_SEQ" --frames $((HISTORY + FUTURE)) --resolution "$RES" --seed 2
 
+# One run: train, forecast the held-out sequences, score, and measure the noise-prediction error.
+run() {
+  local process=$1 eta=$2 seed=$3 flag run resume
+  case $process in
+    paper) flag="" ;;
+    reference) flag="--diffuse-history" ;;
+    *) echo "PROCESSES: expected paper and/or reference, found $process" >&2; exit 2 ;;
+  esac
+  run="$OUT/${process}_eta${eta}_seed${seed}"
+  if [ ! -f "$run/eval.json" ]; then
+    resume=""
+    [ -f "$run/train_state.safetensors" ] && resume="--resume"
+    $BIN train --data "$OUT/train.npy" --out "$run" --history $HISTORY --future $FUTURE \
+      --dyn-eta "$eta" $flag --steps "$STEPS" --batch "$BATCH" --lr "$LR" --warmup-steps 100 \
+      --cosine --seed "$seed" --log-every 50 --checkpoint-every 500 $resume
+    $BIN sample --model "$run" --input "$OUT/test.npy" --out "$run/forecast.npy" \
+      --members 8 --steps 50 --seed "$seed" --batch 16
+    $BIN eval --forecast "$run/forecast.npy" --truth "$OUT/test.npy" --json "$run/eval.json" > "$run/eval.txt"
+  fi
+  # the diagnostic: noise-prediction error on the held-out windows at fixed timesteps
+  [ -f "$run/noise.json" ] || $BIN bench noise --model "$run" --data "$OUT/test.npy" --seed "$seed" > "$run/noise.json"
+}
+
 for seed in $SEEDS; do
   for process in $PROCESSES; do
-    case $process in
-      paper) flag="" ;;
-      reference) flag="--diffuse-history" ;;
-      *) echo "PROCESSES: expected paper and/or reference, found $process" >&2; exit 2 ;;
-    esac
-    for eta in $ETAS; do
-      run="$OUT/${process}_eta${eta}_seed${seed}"
-      if [ ! -f "$run/eval.json" ]; then
-        resume=""
-        [ -f "$run/train_state.safetensors" ] && resume="--resume"
-        $BIN train --data "$OUT/train.npy" --out "$run" --history $HISTORY --future $FUTURE \
-          --dyn-eta "$eta" $flag --steps "$STEPS" --batch "$BATCH" --lr "$LR" --warmup-steps 100 \
-          --cosine --seed "$seed" --log-every 50 --checkpoint-every 500 $resume
-        $BIN sample --model "$run" --input "$OUT/test.npy" --out "$run/forecast.npy" \
-          --members 8 --steps 50 --seed "$seed" --batch 16
-        $BIN eval --forecast "$run/forecast.npy" --truth "$OUT/test.npy" --json "$run/eval.json" > "$run/eval.txt"
-      fi
-      # the diagnostic: noise-prediction error on the held-out windows at fixed timesteps
-      [ -f "$run/noise.json" ] || $BIN bench noise --model "$run" --data "$OUT/test.npy" --seed "$seed" > "$run/noise.json"
-    done
+    for eta in $ETAS; do run "$process" "$eta" "$seed"; done
   done
 done
+for seed in $SENS_SEEDS; do
+  for eta in $SENS_ETAS; do run "$SENS_PROCESS" "$eta" "$seed"; done
+done
 
-python3 experiments/table.py "$OUT" | tee "$OUT/table.md"
+python3 experiments/table.py "$OUT" "$ETAS" "$SENS_PROCESS" | tee "$OUT/table.md"
+PY=${PY:-$(python/env.sh | tail -1)}
+"$PY" experiments/plot.py "$OUT" "$OUT/figures" "$ETAS" "$SENS_PROCESS"
+echo "tables: $OUT/table.md, figures: $OUT/figures/"

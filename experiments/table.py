@@ -1,12 +1,20 @@
-"""The tables of experiments/reproduce.sh: for every (process, dyn_eta) found in OUT, the mean ±
-standard deviation over its seeds of the main scores, then the fair CRPS per lead time (mean over
-seeds), as Markdown.
+"""The tables of experiments/reproduce.sh, as Markdown, from the runs in OUT:
 
-    python3 experiments/table.py OUT
+1. the comparison: for every process and each `dyn_eta` of MAIN_ETAS (default 0.5 and 0), the
+   mean ± standard deviation over its seeds of the main scores;
+2. DyDiff against the standard model (`dyn_eta` 0) of the same process: the relative change of
+   the mean fair CRPS, overall and per lead time (negative: DyDiff better);
+3. the fair CRPS per lead time (mean ± standard deviation over seeds);
+4. the networks' noise-prediction error on the future frames at fixed timesteps (`dydiff bench
+   noise`);
+5. the sensitivity to `dyn_eta` (the paper's Figure 7c): every `dyn_eta` of the process SENS
+   (default paper), on the seeds that all of them share.
+
+    python3 experiments/table.py OUT [MAIN_ETAS] [SENS]     # e.g. OUT "0.5 0" paper
 
 Runs are the folders OUT/{process}_eta{dyn_eta}_seed{seed} holding an eval.json (`dydiff eval
---json`); process "paper" diffuses the future frames only, "reference" every frame
-(docs/process.md). Standard library only.
+--json`) and a noise.json; process "paper" diffuses the future frames only, "reference" every
+frame (docs/process.md). Standard library only.
 """
 
 import json
@@ -35,9 +43,9 @@ def value(scores, key):
     return scores[key]
 
 
-def cell(vals):
+def cell(vals, digits=4):
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.mean(vals):.4f} ± {sd:.4f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f}"
 
 
 def name(process, eta):
@@ -45,46 +53,91 @@ def name(process, eta):
     return f"{model} (dyn_eta {eta}), {PROCESS[process]}"
 
 
-def main():
-    out = pathlib.Path(sys.argv[1])
+def load(out):
+    """{(process, eta): {seed: {"eval": report, "noise": report or None}}}"""
     runs = {}
     for d in sorted(out.iterdir()):
         m = RUN.match(d.name)
         if m and (d / "eval.json").is_file():
-            runs.setdefault((m[1], m[2]), []).append((int(m[3]), json.loads((d / "eval.json").read_text())))
+            noise = d / "noise.json"
+            runs.setdefault((m[1], m[2]), {})[int(m[3])] = {
+                "eval": json.loads((d / "eval.json").read_text()),
+                "noise": json.loads(noise.read_text()) if noise.is_file() else None,
+            }
+    return runs
+
+
+def row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def header(cells):
+    return row(cells) + "\n|" + "---|" * len(cells)
+
+
+def mean_crps(runs, key, lead=None):
+    reports = [r["eval"] for r in runs[key].values()]
+    if lead is None:
+        return statistics.mean(r["overall"]["crps"] for r in reports)
+    return statistics.mean(r["per_lead"][lead]["crps"] for r in reports)
+
+
+def main():
+    out = pathlib.Path(sys.argv[1])
+    main_etas = (sys.argv[2] if len(sys.argv) > 2 else "0.5 0").split()
+    sens = sys.argv[3] if len(sys.argv) > 3 else "paper"
+    runs = load(out)
     if not runs:
         sys.exit(f"{out}: no finished runs (folders PROCESS_etaX_seedN with eval.json)")
-    order = sorted(runs, key=lambda k: (k[0] != "paper", -float(k[1])))
-    print("| model | seeds | " + " | ".join(label for _, label in KEYS) + " |")
-    print("|---|---|" + "---|" * len(KEYS))
-    for k in order:
-        reports = [r for _, r in sorted(runs[k])]
-        seeds = ", ".join(str(s) for s, _ in sorted(runs[k]))
-        cells = [cell([value(r["overall"], key) for r in reports]) for key, _ in KEYS]
-        print(f"| {name(*k)} | {seeds} | " + " | ".join(cells) + " |")
-    leads = len(next(iter(runs.values()))[0][1]["per_lead"])
-    print("\nFair CRPS per lead time (mean over seeds):\n")
-    print("| model | " + " | ".join(f"lead {i + 1}" for i in range(leads)) + " |")
-    print("|---|" + "---|" * leads)
-    for k in order:
-        reports = [r for _, r in runs[k]]
-        per = [statistics.mean(r["per_lead"][i]["crps"] for r in reports) for i in range(leads)]
-        print(f"| {name(*k)} | " + " | ".join(f"{v:.4f}" for v in per) + " |")
-    noise = {}
-    for k in order:
-        files = [out / f"{k[0]}_eta{k[1]}_seed{s}" / "noise.json" for s, _ in runs[k]]
-        noise[k] = [json.loads(f.read_text()) for f in files if f.is_file()]
+    cells = [k for k in runs if k[1] in main_etas]
+    cells.sort(key=lambda k: (k[0] != "paper", main_etas.index(k[1])))
+    leads = len(next(iter(next(iter(runs.values())).values()))["eval"]["per_lead"])
+
+    print(header(["model", "seeds"] + [label for _, label in KEYS]))
+    for k in cells:
+        seeds = ", ".join(str(s) for s in sorted(runs[k]))
+        reports = [runs[k][s]["eval"] for s in sorted(runs[k])]
+        print(row([name(*k), seeds] + [cell([value(r["overall"], key) for r in reports]) for key, _ in KEYS]))
+
+    pairs = [(p, e) for p, e in cells if float(e) != 0 and (p, "0") in runs]
+    if pairs:
+        print("\nDyDiff against the standard model of the same process: change of the mean fair CRPS "
+              "(negative: DyDiff lower, i.e. better):\n")
+        print(header(["process", "overall"] + [f"lead {i + 1}" for i in range(leads)]))
+        for p, e in pairs:
+            rel = [mean_crps(runs, (p, e), i) / mean_crps(runs, (p, "0"), i) - 1 for i in [None] + list(range(leads))]
+            print(row([f"{PROCESS[p]}, dyn_eta {e} vs 0"] + [f"{100 * v:+.1f}%" for v in rel]))
+
+    print("\nFair CRPS per lead time (mean ± standard deviation over seeds):\n")
+    print(header(["model"] + [f"lead {i + 1}" for i in range(leads)]))
+    for k in cells:
+        reports = [r["eval"] for r in runs[k].values()]
+        print(row([name(*k)] + [cell([r["per_lead"][i]["crps"] for r in reports], 3) for i in range(leads)]))
+
+    noise = {k: [r["noise"] for r in runs[k].values() if r["noise"]] for k in cells}
     noise = {k: v for k, v in noise.items() if v}
     if noise:
-        ts = [r["t"] for r in next(iter(noise.values()))[0]["timesteps"]]
+        ts = [t["t"] for t in next(iter(noise.values()))[0]["timesteps"]]
         print("\nNoise-prediction error on the future frames of held-out windows, MSE of ε̂ against ε̃ "
-              "(`dydiff bench noise`, mean over seeds):\n")
-        print("| model | " + " | ".join(f"t = {t}" for t in ts) + " |")
-        print("|---|" + "---|" * len(ts))
+              "(`dydiff bench noise`, mean ± standard deviation over seeds):\n")
+        print(header(["model"] + [f"t = {t}" for t in ts]))
         for k, reports in noise.items():
-            per = [statistics.mean(r["timesteps"][i]["mse_future"] for r in reports) for i in range(len(ts))]
-            print(f"| {name(*k)} | " + " | ".join(f"{v:.4f}" for v in per) + " |")
-    print("\nMean ± standard deviation across seeds; CRPS is the fair CRPS in data space.")
+            print(row([name(*k)] + [cell([r["timesteps"][i]["mse_future"] for r in reports]) for i in range(len(ts))]))
+
+    etas = sorted((e for p, e in runs if p == sens), key=float)
+    if len(etas) > 2:
+        shared = set.intersection(*(set(runs[(sens, e)]) for e in etas))
+        if shared:
+            seeds = sorted(shared)
+            print(f"\nSensitivity to dyn_eta, {PROCESS[sens]} (seeds {', '.join(map(str, seeds))}; mean over them):\n")
+            print(header(["dyn_eta", "CRPS", "CRPS w8 avg", "RMSE", "SSR"] + [f"lead {i + 1}" for i in range(leads)]))
+            for e in etas:
+                reports = [runs[(sens, e)][s]["eval"] for s in seeds]
+                scores = [statistics.mean(value(r["overall"], key) for r in reports) for key in ("crps", "crps_pool8_avg", "rmse", "ssr")]
+                per = [statistics.mean(r["per_lead"][i]["crps"] for r in reports) for i in range(leads)]
+                print(row([e] + [f"{v:.4f}" for v in scores] + [f"{v:.3f}" for v in per]))
+
+    print("\nCRPS is the fair CRPS in data space.")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes (on first use) a Python virtual environment with the packages of python/requirements.txt
-# — PyTorch, diffusers and the scoring libraries the fixture scripts compare against — and prints
-# the path of its interpreter on the last line of its output:
+# — PyTorch, diffusers, the scoring libraries the fixture scripts compare against, matplotlib for
+# the figures of experiments/plot.py — and prints the path of its interpreter on the last line
+# of its output:
 #
 #   PY=$(python/env.sh | tail -1); $PY python/make_fixtures.py
 #
@@ -10,7 +11,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 env_dir="${DYDIFF_PYREF:-${XDG_CACHE_HOME:-$HOME/.cache}/dydiff-pyref}"
-probe="import torch, diffusers, safetensors, numpy, scipy, properscoring, scoringrules"
+probe="import torch, diffusers, safetensors, numpy, scipy, properscoring, scoringrules, matplotlib"
 if ! "$env_dir/bin/python" -c "$probe" 2>/dev/null; then
   echo "installing python/requirements.txt into $env_dir (a few GB, a few minutes)..." >&2
   python3 -m venv "$env_dir"
