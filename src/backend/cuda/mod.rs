@@ -1,10 +1,13 @@
-//! The CUDA backend's place in the dispatch. Its kernels (`kernels/*.cu`, launched through
-//! cudarc) come in a later issue; until then this stand-in keeps the type in the [`Storage`]
-//! enum so that nothing above the backend needs a `cfg`. The storage type is uninhabited: no
-//! value of it can exist, so every method is statically unreachable, and asking for a CUDA device
-//! returns a clear error instead.
+//! The CUDA backend: kernels of `kernels/*.cu` launched through the [`gpu::Gpu`] seam, on the GPU
+//! or on the CPU [emulator](emu). The storage type keeps its place in the [`Storage`] enum so
+//! that nothing above the backend needs a `cfg`; until the backend's operations land it is
+//! uninhabited — no value of it can exist, every method is statically unreachable — and asking for
+//! a CUDA device returns a clear error instead.
 //!
 //! [`Storage`]: super::Storage
+
+pub mod emu;
+pub mod gpu;
 
 use super::{
     AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,

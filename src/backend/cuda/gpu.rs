@@ -1,0 +1,70 @@
+//! The seam below the CUDA backend's launch code (DESIGN.md, "The CUDA backend"): allocate, free,
+//! copy, and launch a kernel by name with its grid, block, dynamic shared bytes and raw arguments.
+//! Two implementations: the GPU through the CUDA driver, and the [emulator](super::emu), which runs
+//! the same kernel sources compiled for the host. Everything above this trait — buffer sizes,
+//! launch shapes, argument order — is the same code on both, so `cargo test` exercises it.
+
+use crate::error::Result;
+
+/// An address in a [`Gpu`]'s memory (a `CUdeviceptr` on the GPU, a host address on the emulator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DevicePtr(pub u64);
+
+/// One kernel argument, passed by value as `cuLaunchKernel` reads it: a device pointer (8 bytes),
+/// or a 4- or 8-byte scalar.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KernelArg {
+    Ptr(DevicePtr),
+    I32(i32),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+}
+
+impl KernelArg {
+    /// The argument's bytes, as the kernel's parameter holds them.
+    pub fn bytes(&self) -> Vec<u8> {
+        match *self {
+            KernelArg::Ptr(p) => p.0.to_ne_bytes().to_vec(),
+            KernelArg::I32(v) => v.to_ne_bytes().to_vec(),
+            KernelArg::U32(v) => v.to_ne_bytes().to_vec(),
+            KernelArg::U64(v) => v.to_ne_bytes().to_vec(),
+            KernelArg::F32(v) => v.to_ne_bytes().to_vec(),
+        }
+    }
+}
+
+/// A launch's shape: `grid` blocks of `block` threads, `shared_bytes` of dynamic shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchShape {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchShape {
+    /// A 1-D launch covering `n` threads with blocks of `block` threads.
+    pub fn linear(n: usize, block: u32) -> LaunchShape {
+        let blocks = n.div_ceil(block as usize).max(1) as u32;
+        LaunchShape {
+            grid: [blocks, 1, 1],
+            block: [block, 1, 1],
+            shared_bytes: 0,
+        }
+    }
+}
+
+/// A device that runs dydiff's kernels. Errors are one line naming the kernel or the request.
+pub trait Gpu: Send + Sync {
+    /// `bytes` of device memory (contents undefined).
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
+    /// Returns memory from [`alloc`](Gpu::alloc).
+    fn free(&self, ptr: DevicePtr) -> Result<()>;
+    /// Copies `src` to device memory at `dst`.
+    fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+    /// Copies device memory at `src` into `dst`.
+    fn copy_from_device(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+    /// Runs kernel `name` with `args` in the order of its parameters: on the GPU, enqueued on the
+    /// device's one stream (ordered with the copies); on the emulator, at once.
+    fn launch(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()>;
+}

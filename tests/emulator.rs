@@ -1,0 +1,339 @@
+//! The CUDA emulator's own tests (kernels/emu/selftest.cu): the CUDA features the kernels rely on
+//! give what a GPU gives — shared memory and barriers, grids and blocks in three dimensions,
+//! dynamic shared memory, shuffles of every kind, votes, masks of half warps, atomics — and what a
+//! GPU leaves undefined is caught and named: an access past an allocation (read: guard page;
+//! write: canary), a barrier a thread never reaches, a collective that cannot complete, a lane
+//! that does not exist, a stack overflow, arguments that do not match the kernel.
+
+use dydiff::backend::cuda::emu::Emulator;
+use dydiff::backend::cuda::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
+
+fn upload_f32(g: &Emulator, v: &[f32]) -> DevicePtr {
+    let p = g.alloc(v.len() * 4).unwrap();
+    g.copy_to_device(p, bytemuck::cast_slice(v)).unwrap();
+    p
+}
+
+fn upload_i32(g: &Emulator, v: &[i32]) -> DevicePtr {
+    let p = g.alloc(v.len() * 4).unwrap();
+    g.copy_to_device(p, bytemuck::cast_slice(v)).unwrap();
+    p
+}
+
+fn download_f32(g: &Emulator, p: DevicePtr, n: usize) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    g.copy_from_device(p, bytemuck::cast_slice_mut(&mut v))
+        .unwrap();
+    v
+}
+
+fn download_i32(g: &Emulator, p: DevicePtr, n: usize) -> Vec<i32> {
+    let mut v = vec![0i32; n];
+    g.copy_from_device(p, bytemuck::cast_slice_mut(&mut v))
+        .unwrap();
+    v
+}
+
+fn shape(grid: [u32; 3], block: [u32; 3], shared_bytes: u32) -> LaunchShape {
+    LaunchShape {
+        grid,
+        block,
+        shared_bytes,
+    }
+}
+
+fn error_of(r: dydiff::Result<()>) -> String {
+    match r {
+        Ok(()) => panic!("the launch succeeded; expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn shared_memory_and_barriers_give_a_tree_sum_at_every_block_size() {
+    let g = Emulator;
+    for block in [1u32, 2, 32, 64, 256, 1024] {
+        let blocks = 3u32;
+        let n = (block * blocks) as usize;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32).collect();
+        let (px, po) = (upload_f32(&g, &x), g.alloc(blocks as usize * 4).unwrap());
+        g.launch(
+            "emu_test_block_sum",
+            shape([blocks, 1, 1], [block, 1, 1], 0),
+            &[KernelArg::Ptr(px), KernelArg::Ptr(po)],
+        )
+        .unwrap();
+        let got = download_f32(&g, po, blocks as usize);
+        for (b, s) in got.iter().enumerate() {
+            let want: f32 = x[b * block as usize..(b + 1) * block as usize].iter().sum();
+            assert_eq!(*s, want, "block size {block}, block {b}");
+        }
+        g.free(px).unwrap();
+        g.free(po).unwrap();
+    }
+}
+
+#[test]
+fn shuffles_and_ballots_match_their_definitions() {
+    let g = Emulator;
+    let n = 256usize;
+    let x: Vec<f32> = (0..n)
+        .map(|i| if i % 3 == 0 { -1.0 } else { i as f32 })
+        .collect();
+    let (px, po) = (upload_f32(&g, &x), g.alloc(4 * (n / 32) * 4).unwrap());
+    g.launch(
+        "emu_test_warp",
+        shape([2, 1, 1], [128, 1, 1], 0),
+        &[KernelArg::Ptr(px), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let got = download_f32(&g, po, 4 * (n / 32));
+    for w in 0..n / 32 {
+        let lanes = &x[32 * w..32 * w + 32];
+        let sum: f32 = lanes.iter().sum();
+        assert_eq!(got[4 * w], sum, "warp {w}: xor butterfly");
+        assert_eq!(got[4 * w + 1], sum, "warp {w}: shuffle down");
+        let bits: u32 = (0..32).filter(|&l| lanes[l] > 0.0).map(|l| 1u32 << l).sum();
+        let want = (bits & 0xffff) as f32 + 65536.0 * (bits >> 16) as f32;
+        assert_eq!(got[4 * w + 2], want, "warp {w}: ballot");
+        assert_eq!(got[4 * w + 3], lanes[w % 32], "warp {w}: broadcast");
+    }
+}
+
+#[test]
+fn masks_of_half_warps_collect_only_their_lanes() {
+    let g = Emulator;
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let (px, po) = (upload_f32(&g, &x), g.alloc(64 * 4).unwrap());
+    g.launch(
+        "emu_test_half_warps",
+        shape([1, 1, 1], [64, 1, 1], 0),
+        &[KernelArg::Ptr(px), KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let got = download_f32(&g, po, 64);
+    for (i, v) in got.iter().enumerate() {
+        let h = i / 16;
+        let want: f32 = x[16 * h..16 * h + 16].iter().sum();
+        assert_eq!(*v, want, "thread {i}");
+    }
+}
+
+#[test]
+fn three_dimensional_grids_and_dynamic_shared_memory() {
+    let g = Emulator;
+    let (grid, block) = ([2u32, 3, 2], [3u32, 2, 5]);
+    let per = (block[0] * block[1] * block[2]) as usize;
+    let blocks = (grid[0] * grid[1] * grid[2]) as usize;
+    let po = g.alloc(per * blocks * 4).unwrap();
+    g.launch(
+        "emu_test_indices",
+        shape(grid, block, (per * 4) as u32),
+        &[KernelArg::Ptr(po)],
+    )
+    .unwrap();
+    let got = download_i32(&g, po, per * blocks);
+    for bz in 0..grid[2] {
+        for by in 0..grid[1] {
+            for bx in 0..grid[0] {
+                for tz in 0..block[2] {
+                    for ty in 0..block[1] {
+                        for tx in 0..block[0] {
+                            let b = (bx + grid[0] * (by + grid[1] * bz)) as usize;
+                            let t = (tx + block[0] * (ty + block[1] * tz)) as usize;
+                            let want = (tx + 10 * ty + 100 * tz) + 1000 * (bx + 10 * by + 100 * bz);
+                            assert_eq!(got[b * per + t], want as i32, "block {b} thread {t}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn atomics_count_every_update() {
+    let g = Emulator;
+    let n = 1000usize;
+    let x: Vec<i32> = (0..n as i32).map(|i| (i * 37) % 101).collect();
+    let (px, pc) = (upload_i32(&g, &x), upload_i32(&g, &[0; 7]));
+    g.launch(
+        "emu_test_histogram",
+        LaunchShape::linear(n, 128),
+        &[
+            KernelArg::Ptr(px),
+            KernelArg::I32(n as i32),
+            KernelArg::I32(7),
+            KernelArg::Ptr(pc),
+        ],
+    )
+    .unwrap();
+    let got = download_i32(&g, pc, 7);
+    let mut want = [0i32; 7];
+    for v in &x {
+        want[(*v % 7) as usize] += 1;
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_read_past_the_end_is_caught_and_named() {
+    let g = Emulator;
+    let n = 256usize;
+    let (px, po) = (upload_f32(&g, &vec![1.0; n]), g.alloc(n * 4).unwrap());
+    let e = error_of(g.launch(
+        "emu_test_read_past_end",
+        LaunchShape::linear(n, 128),
+        &[
+            KernelArg::Ptr(px),
+            KernelArg::I32(n as i32),
+            KernelArg::Ptr(po),
+        ],
+    ));
+    assert!(
+        e.contains("kernel emu_test_read_past_end")
+            && e.contains("block (1, 0, 0) thread (127, 0, 0)")
+            && e.contains("byte 1024 of an allocation of 1024 bytes (past its end)"),
+        "{e}"
+    );
+    // the emulator goes on after a fault, and the same kernel in bounds succeeds
+    let n2 = n - 1;
+    g.launch(
+        "emu_test_read_past_end",
+        LaunchShape::linear(n2, 128),
+        &[
+            KernelArg::Ptr(px),
+            KernelArg::I32(n2 as i32),
+            KernelArg::Ptr(po),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_write_past_the_end_is_caught_even_inside_the_alignment_slack() {
+    let g = Emulator;
+    for n in [5usize, 8] {
+        let po = g.alloc(n * 4).unwrap();
+        let e = error_of(g.launch(
+            "emu_test_write_past_end",
+            LaunchShape::linear(n, 32),
+            &[KernelArg::Ptr(po), KernelArg::I32(n as i32)],
+        ));
+        assert!(
+            e.contains("emu_test_write_past_end")
+                && e.contains(&format!("allocation of {} bytes", 4 * n))
+                && e.contains("past its end"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_barrier_not_every_thread_reaches_is_reported() {
+    let g = Emulator;
+    let po = g.alloc(128 * 4).unwrap();
+    let e = error_of(g.launch(
+        "emu_test_early_exit",
+        shape([1, 1, 1], [128, 1, 1], 0),
+        &[KernelArg::Ptr(po)],
+    ));
+    assert!(
+        e.contains("127 of 128 threads wait at __syncthreads while 1 have exited"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_collective_that_cannot_complete_is_a_deadlock_not_a_hang() {
+    let g = Emulator;
+    let po = g.alloc(64 * 4).unwrap();
+    let e = error_of(g.launch(
+        "emu_test_divergent_shuffle",
+        shape([1, 1, 1], [64, 1, 1], 0),
+        &[KernelArg::Ptr(po)],
+    ));
+    assert!(
+        e.contains("deadlock") && e.contains("__shfl_xor_sync with mask 0xffffffff"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_full_mask_in_a_partial_warp_is_reported() {
+    let g = Emulator;
+    let (px, po) = (upload_f32(&g, &[1.0; 48]), g.alloc(16 * 4).unwrap());
+    let e = error_of(g.launch(
+        "emu_test_warp",
+        shape([1, 1, 1], [48, 1, 1], 0),
+        &[KernelArg::Ptr(px), KernelArg::Ptr(po)],
+    ));
+    assert!(
+        e.contains("which does not exist (the block has 48 threads)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_stack_overflow_is_reported() {
+    let g = Emulator;
+    let po = g.alloc(4).unwrap();
+    let e = error_of(g.launch(
+        "emu_test_stack_overflow",
+        shape([1, 1, 1], [1, 1, 1], 0),
+        &[KernelArg::Ptr(po)],
+    ));
+    assert!(e.contains("stack overflow"), "{e}");
+}
+
+#[test]
+fn arguments_that_do_not_match_the_kernel_are_refused() {
+    let g = Emulator;
+    let p = g.alloc(64 * 4).unwrap();
+    let s = shape([1, 1, 1], [64, 1, 1], 0);
+    let e = error_of(g.launch("emu_test_half_warps", s, &[KernelArg::Ptr(p)]));
+    assert!(e.contains("takes 2 arguments, the launch passed 1"), "{e}");
+    let e = error_of(g.launch(
+        "emu_test_half_warps",
+        s,
+        &[KernelArg::Ptr(p), KernelArg::I32(0)],
+    ));
+    assert!(
+        e.contains("argument 1 is 8 bytes, the launch passed 4 bytes"),
+        "{e}"
+    );
+    let e = error_of(g.launch("no_such_kernel", s, &[]));
+    assert!(e.contains("no kernel named no_such_kernel"), "{e}");
+    let e = error_of(g.launch(
+        "emu_test_block_sum",
+        shape([1, 1, 1], [2048, 1, 1], 0),
+        &[KernelArg::Ptr(p), KernelArg::Ptr(p)],
+    ));
+    assert!(e.contains("invalid launch"), "{e}");
+    assert!(g.has_kernel("emu_test_block_sum") && !g.has_kernel("no_such_kernel"));
+    assert!(g.free(DevicePtr(8)).is_err());
+}
+
+#[test]
+fn launches_from_several_threads_at_once() {
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                let g = Emulator;
+                let x: Vec<f32> = (0..256).map(|i| (i + t) as f32).collect();
+                let (px, po) = (upload_f32(&g, &x), g.alloc(2 * 4).unwrap());
+                for _ in 0..20 {
+                    g.launch(
+                        "emu_test_block_sum",
+                        shape([2, 1, 1], [128, 1, 1], 0),
+                        &[KernelArg::Ptr(px), KernelArg::Ptr(po)],
+                    )
+                    .unwrap();
+                    let got = download_f32(&g, po, 2);
+                    assert_eq!(got[0], x[..128].iter().sum::<f32>());
+                    assert_eq!(got[1], x[128..].iter().sum::<f32>());
+                }
+            });
+        }
+    });
+}
