@@ -38,6 +38,7 @@ fn main() {
         .include(&kernels)
         .flag_if_supported("-U_FORTIFY_SOURCE")
         .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-unknown-pragmas")
         .warnings(true)
         .file(kernels.join("emu").join("emu.cpp"));
 

@@ -11,14 +11,16 @@ use crate::error::Result;
 pub struct DevicePtr(pub u64);
 
 /// One kernel argument, passed by value as `cuLaunchKernel` reads it: a device pointer (8 bytes),
-/// or a 4- or 8-byte scalar.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// a 4- or 8-byte scalar, or a struct of 4-byte fields (its bytes).
+#[derive(Clone, Debug, PartialEq)]
 pub enum KernelArg {
     Ptr(DevicePtr),
     I32(i32),
     U32(u32),
+    I64(i64),
     U64(u64),
     F32(f32),
+    Struct(Vec<u8>),
 }
 
 impl KernelArg {
@@ -28,8 +30,10 @@ impl KernelArg {
             KernelArg::Ptr(p) => p.0.to_ne_bytes().to_vec(),
             KernelArg::I32(v) => v.to_ne_bytes().to_vec(),
             KernelArg::U32(v) => v.to_ne_bytes().to_vec(),
+            KernelArg::I64(v) => v.to_ne_bytes().to_vec(),
             KernelArg::U64(v) => v.to_ne_bytes().to_vec(),
             KernelArg::F32(v) => v.to_ne_bytes().to_vec(),
+            KernelArg::Struct(ref b) => b.clone(),
         }
     }
 }

@@ -6,8 +6,10 @@
 //!
 //! [`Storage`]: super::Storage
 
+pub mod buffer;
 pub mod emu;
 pub mod gpu;
+pub mod process;
 
 use super::{
     AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,

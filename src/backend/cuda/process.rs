@@ -1,0 +1,261 @@
+//! Launchers of `kernels/process.cu`: Dyn/InvDyn, the fused forward process, the fused DDIM step
+//! with its σ-noise drawn on the device, and the normals and raw words of docs/random.md. Each
+//! checks its operands' sizes, then launches one thread per (sequence, element)
+//! (`LaunchShape::linear`, 256 threads per block). The semantics are the CPU backend's
+//! (src/backend/cpu/dynamics.rs, src/rng.rs); `cargo test --release --test cuda_process`
+//! compares them.
+
+use super::buffer::Buffer;
+use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
+use crate::backend::{DdimCoef, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
+use crate::error::{Error, Result};
+use crate::rng::{NoiseKey, NoiseRow};
+use std::sync::Arc;
+
+const BLOCK: u32 = 256;
+
+fn expect_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("{what} holds {got} values, expected {want}"),
+        ))
+    }
+}
+
+fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::shape(op, format!("{what} = {v} exceeds 2^31 - 1")))
+}
+
+/// The rows' sample and member indices as two device arrays.
+fn rows_on_device(gpu: &Arc<dyn Gpu>, rows: &[NoiseRow]) -> Result<(Buffer, Buffer)> {
+    let samples: Vec<u32> = rows.iter().map(|r| r.sample).collect();
+    let members: Vec<u32> = rows.iter().map(|r| r.member).collect();
+    Ok((
+        Buffer::from_u32(gpu, &samples)?,
+        Buffer::from_u32(gpu, &members)?,
+    ))
+}
+
+/// `Dyn_γ` or `InvDyn_γ` along the frames of `(batch, frames, elems)`, see
+/// [`crate::backend::BackendStorage::dynamics`].
+pub fn dynamics(x: &Buffer, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Buffer> {
+    const OP: &str = "dynamics";
+    expect_len(OP, "the input", x.len(), g.batch * g.frames * g.elems)?;
+    expect_len(OP, "the coefficients", coefs.len(), g.batch)?;
+    let gpu = x.gpu();
+    let y = Buffer::alloc(gpu, x.len())?;
+    let c: Vec<f32> = coefs.iter().flat_map(|c| [c.sqrt_g, c.sqrt_1mg]).collect();
+    let c = Buffer::from_f32(gpu, &c)?;
+    gpu.launch(
+        "dynamics_f32",
+        LaunchShape::linear(g.batch * g.elems, BLOCK),
+        &[
+            KernelArg::Ptr(x.ptr()),
+            KernelArg::Ptr(y.ptr()),
+            KernelArg::Ptr(c.ptr()),
+            KernelArg::I32(int(OP, "batch", g.batch)?),
+            KernelArg::I32(int(OP, "frames", g.frames)?),
+            KernelArg::I64(g.elems as i64),
+            KernelArg::I32(i32::from(inverse)),
+        ],
+    )?;
+    Ok(y)
+}
+
+/// The forward process on clean sequences `x0` with noise `eps`: `(network input, target ε̃)`,
+/// see [`crate::backend::BackendStorage::q_sample`].
+pub fn q_sample(
+    x0: &Buffer,
+    eps: &Buffer,
+    g: &ProcessGeom,
+    coefs: &[QSampleCoef],
+) -> Result<(Buffer, Buffer)> {
+    const OP: &str = "q_sample";
+    expect_len(
+        OP,
+        "the clean sequences",
+        x0.len(),
+        g.batch * g.frames() * g.elems,
+    )?;
+    expect_len(OP, "the noise", eps.len(), g.batch * g.diffused() * g.elems)?;
+    expect_len(OP, "the coefficients", coefs.len(), g.batch)?;
+    let gpu = x0.gpu();
+    let input = Buffer::alloc(gpu, g.batch * g.state_frames() * g.elems)?;
+    let target = Buffer::alloc(gpu, eps.len())?;
+    let c: Vec<f32> = coefs
+        .iter()
+        .flat_map(|c| {
+            [
+                c.dynamics.sqrt_g,
+                c.dynamics.sqrt_1mg,
+                c.sqrt_ab,
+                c.sqrt_1mab,
+            ]
+        })
+        .collect();
+    let c = Buffer::from_f32(gpu, &c)?;
+    gpu.launch(
+        "q_sample_f32",
+        LaunchShape::linear(g.batch * g.elems, BLOCK),
+        &[
+            KernelArg::Ptr(x0.ptr()),
+            KernelArg::Ptr(eps.ptr()),
+            KernelArg::Ptr(input.ptr()),
+            KernelArg::Ptr(target.ptr()),
+            KernelArg::Ptr(c.ptr()),
+            KernelArg::I32(int(OP, "batch", g.batch)?),
+            KernelArg::I32(int(OP, "history", g.history)?),
+            KernelArg::I32(int(OP, "future", g.future)?),
+            KernelArg::I64(g.elems as i64),
+            KernelArg::I32(i32::from(g.diffuse_history)),
+        ],
+    )?;
+    Ok((input, target))
+}
+
+/// The σ-noise of a DDIM step: the stream and the (sample, member) row of each sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct StepNoise<'a> {
+    pub key: NoiseKey,
+    pub rows: &'a [NoiseRow],
+}
+
+/// One DDIM step on the sampler state, see [`crate::backend::BackendStorage::ddim_step`]; the
+/// fresh noise `z` (needed when `σ > 0`) is drawn in the kernel from `noise`: element
+/// `s·elems + e` of each sequence's row, as `Device::randn(key, rows, diffused·elems)` would.
+pub fn ddim_step(
+    state: &Buffer,
+    eps_hat: &Buffer,
+    noise: Option<StepNoise>,
+    g: &ProcessGeom,
+    c: &DdimCoef,
+) -> Result<Buffer> {
+    const OP: &str = "ddim_step";
+    expect_len(
+        OP,
+        "the state",
+        state.len(),
+        g.batch * g.state_frames() * g.elems,
+    )?;
+    expect_len(OP, "ε̂", eps_hat.len(), g.batch * g.diffused() * g.elems)?;
+    let gpu = state.gpu();
+    // Without σ-noise the kernel reads neither the key nor the rows (null pointers).
+    let (key, rows) = match noise {
+        Some(n) => {
+            expect_len(OP, "the noise rows", n.rows.len(), g.batch)?;
+            (Some(n.key), Some(rows_on_device(gpu, n.rows)?))
+        }
+        None if c.sigma > 0.0 => {
+            return Err(Error::Invalid(
+                "ddim_step: σ > 0 needs the noise stream of the step".into(),
+            ))
+        }
+        None => (None, None),
+    };
+    let row_ptr = |i: usize| {
+        KernelArg::Ptr(rows.as_ref().map_or(DevicePtr(0), |r| {
+            if i == 0 {
+                r.0.ptr()
+            } else {
+                r.1.ptr()
+            }
+        }))
+    };
+    let next = Buffer::alloc(gpu, state.len())?;
+    let coefs = [
+        c.dyn_t.sqrt_g,
+        c.dyn_t.sqrt_1mg,
+        c.dyn_p.sqrt_g,
+        c.dyn_p.sqrt_1mg,
+        c.sqrt_ab_t,
+        c.sqrt_1mab_t,
+        c.sqrt_ab_p,
+        c.eps_weight,
+        c.sigma,
+    ];
+    gpu.launch(
+        "ddim_step_f32",
+        LaunchShape::linear(g.batch * g.elems, BLOCK),
+        &[
+            KernelArg::Ptr(state.ptr()),
+            KernelArg::Ptr(eps_hat.ptr()),
+            KernelArg::Ptr(next.ptr()),
+            KernelArg::Struct(bytemuck::cast_slice(&coefs).to_vec()),
+            KernelArg::I32(int(OP, "batch", g.batch)?),
+            KernelArg::I32(int(OP, "history", g.history)?),
+            KernelArg::I32(int(OP, "future", g.future)?),
+            KernelArg::I64(g.elems as i64),
+            KernelArg::I32(i32::from(g.diffuse_history)),
+            KernelArg::U64(key.map_or(0, |k| k.seed)),
+            KernelArg::U32(key.map_or(0, |k| k.purpose as u32)),
+            KernelArg::U32(key.map_or(0, |k| k.step)),
+            row_ptr(0),
+            row_ptr(1),
+        ],
+    )?;
+    Ok(next)
+}
+
+/// Standard normals for `rows` of `row_len` values (docs/random.md), `(rows, row_len)`, as
+/// [`crate::Device::randn`].
+pub fn randn(
+    gpu: &Arc<dyn Gpu>,
+    key: NoiseKey,
+    rows: &[NoiseRow],
+    row_len: usize,
+) -> Result<Buffer> {
+    const OP: &str = "randn";
+    let out = Buffer::alloc(gpu, rows.len() * row_len)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let (samples, members) = rows_on_device(gpu, rows)?;
+    gpu.launch(
+        "randn_f32",
+        LaunchShape::linear(out.len(), BLOCK),
+        &[
+            KernelArg::Ptr(out.ptr()),
+            KernelArg::U64(key.seed),
+            KernelArg::U32(key.purpose as u32),
+            KernelArg::U32(key.step),
+            KernelArg::Ptr(samples.ptr()),
+            KernelArg::Ptr(members.ptr()),
+            KernelArg::I32(int(OP, "rows", rows.len())?),
+            KernelArg::I64(row_len as i64),
+        ],
+    )?;
+    Ok(out)
+}
+
+/// The Philox words of calls `c0 = 0 … blocks − 1` of each row: `(rows, blocks, 4)` `u32`.
+pub fn philox_words(
+    gpu: &Arc<dyn Gpu>,
+    key: NoiseKey,
+    rows: &[NoiseRow],
+    blocks: usize,
+) -> Result<Buffer> {
+    const OP: &str = "philox_words";
+    let out = Buffer::alloc(gpu, rows.len() * blocks * 4)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let (samples, members) = rows_on_device(gpu, rows)?;
+    gpu.launch(
+        "philox_words_u32",
+        LaunchShape::linear(rows.len() * blocks, BLOCK),
+        &[
+            KernelArg::Ptr(out.ptr()),
+            KernelArg::U64(key.seed),
+            KernelArg::U32(key.purpose as u32),
+            KernelArg::U32(key.step),
+            KernelArg::Ptr(samples.ptr()),
+            KernelArg::Ptr(members.ptr()),
+            KernelArg::I32(int(OP, "rows", rows.len())?),
+            KernelArg::I64(blocks as i64),
+        ],
+    )?;
+    Ok(out)
+}
