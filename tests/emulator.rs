@@ -337,3 +337,214 @@ fn launches_from_several_threads_at_once() {
         }
     });
 }
+
+/// The value a tensor core reads from a TF32 operand register: the upper 19 bits.
+fn tf32_truncated(x: f32) -> f64 {
+    f64::from(f32::from_bits(x.to_bits() & 0xffff_e000))
+}
+
+/// cvt.rna.tf32.f32: to nearest, ties away from zero, at 10 mantissa bits.
+fn tf32_rounded(x: f32) -> f64 {
+    f64::from(f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000))
+}
+
+fn upload_u16(g: &Emulator, v: &[u16]) -> DevicePtr {
+    let p = g.alloc(v.len() * 2).unwrap();
+    g.copy_to_device(p, bytemuck::cast_slice(v)).unwrap();
+    p
+}
+
+/// Values with many mantissa bits (so that operand rounding shows), some negative.
+fn awkward(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| {
+            let h = (i.wrapping_mul(2_654_435_761) ^ seed).wrapping_mul(40_503);
+            (h % 20_011) as f32 / 7_919.0 - 1.2 + (h % 7) as f32 * 1.000_123
+        })
+        .collect()
+}
+
+#[test]
+fn the_tf32_mma_is_the_matrix_product_of_its_operands_element_by_element() {
+    let g = Emulator;
+    let (a, b, c) = (awkward(128, 1), awkward(64, 2), awkward(128, 3));
+    let (pa, pb, pc, pd) = (
+        upload_f32(&g, &a),
+        upload_f32(&g, &b),
+        upload_f32(&g, &c),
+        g.alloc(128 * 4).unwrap(),
+    );
+    for round in [0, 1] {
+        g.launch(
+            "emu_test_mma_tf32",
+            shape([1, 1, 1], [32, 1, 1], 0),
+            &[
+                KernelArg::Ptr(pa),
+                KernelArg::Ptr(pb),
+                KernelArg::Ptr(pc),
+                KernelArg::Ptr(pd),
+                KernelArg::I32(round),
+            ],
+        )
+        .unwrap();
+        let d = download_f32(&g, pd, 128);
+        let op = if round == 1 {
+            tf32_rounded
+        } else {
+            tf32_truncated
+        };
+        for i in 0..16 {
+            for j in 0..8 {
+                let want: f64 = f64::from(c[i * 8 + j])
+                    + (0..8)
+                        .map(|k| op(a[i * 8 + k]) * op(b[k * 8 + j]))
+                        .sum::<f64>();
+                let got = f64::from(d[i * 8 + j]);
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "rounded {round}: D[{i}][{j}] = {got}, expected {want}"
+                );
+            }
+        }
+        // the operands' rounding matters: the product of unrounded operands differs
+        let exact: f64 = f64::from(c[0])
+            + (0..8)
+                .map(|k| f64::from(a[k]) * f64::from(b[k * 8]))
+                .sum::<f64>();
+        assert!(
+            (f64::from(d[0]) - exact).abs() > 1e-7,
+            "D[0][0] shows no TF32 rounding"
+        );
+    }
+}
+
+#[test]
+fn the_bf16_mma_is_the_matrix_product_element_by_element() {
+    let g = Emulator;
+    let to_bf16 = |v: Vec<f32>| -> Vec<u16> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect()
+    };
+    let (a, b, c) = (
+        to_bf16(awkward(256, 4)),
+        to_bf16(awkward(128, 5)),
+        awkward(128, 6),
+    );
+    let (pa, pb, pc, pd) = (
+        upload_u16(&g, &a),
+        upload_u16(&g, &b),
+        upload_f32(&g, &c),
+        g.alloc(128 * 4).unwrap(),
+    );
+    g.launch(
+        "emu_test_mma_bf16",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[
+            KernelArg::Ptr(pa),
+            KernelArg::Ptr(pb),
+            KernelArg::Ptr(pc),
+            KernelArg::Ptr(pd),
+        ],
+    )
+    .unwrap();
+    let d = download_f32(&g, pd, 128);
+    let v = |x: u16| f64::from(half::bf16::from_bits(x).to_f32());
+    for i in 0..16 {
+        for j in 0..8 {
+            let want = f64::from(c[i * 8 + j])
+                + (0..16)
+                    .map(|k| v(a[i * 16 + k]) * v(b[k * 8 + j]))
+                    .sum::<f64>();
+            let got = f64::from(d[i * 8 + j]);
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "D[{i}][{j}] = {got}, expected {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ldmatrix_fragments_feed_the_mma_a_matrix_product() {
+    let g = Emulator;
+    let to_bf16 = |v: Vec<f32>| -> Vec<u16> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect()
+    };
+    let (a, b) = (to_bf16(awkward(256, 7)), to_bf16(awkward(256, 8)));
+    let (pa, pb, pd) = (
+        upload_u16(&g, &a),
+        upload_u16(&g, &b),
+        g.alloc(256 * 4).unwrap(),
+    );
+    g.launch(
+        "emu_test_ldmatrix_mma",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::Ptr(pa), KernelArg::Ptr(pb), KernelArg::Ptr(pd)],
+    )
+    .unwrap();
+    let d = download_f32(&g, pd, 256);
+    let v = |x: u16| f64::from(half::bf16::from_bits(x).to_f32());
+    for i in 0..16 {
+        for j in 0..16 {
+            let want: f64 = (0..16).map(|k| v(a[i * 16 + k]) * v(b[k * 16 + j])).sum();
+            let got = f64::from(d[i * 16 + j]);
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "D[{i}][{j}] = {got}, expected {want}"
+            );
+        }
+    }
+    let e = error_of(g.launch(
+        "emu_test_ldmatrix_misaligned",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::Ptr(pd)],
+    ));
+    assert!(
+        e.contains("ldmatrix: a row address is not 16-byte aligned"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cp_async_copies_arrive_when_their_group_is_waited_for() {
+    let g = Emulator;
+    let src: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let (ps, po) = (upload_f32(&g, &src), g.alloc(32 * 3 * 8 * 4).unwrap());
+    for tail in [16u32, 8] {
+        g.launch(
+            "emu_test_cp_async",
+            shape([1, 1, 1], [32, 1, 1], 1024),
+            &[KernelArg::Ptr(ps), KernelArg::Ptr(po), KernelArg::U32(tail)],
+        )
+        .unwrap();
+        let out = download_f32(&g, po, 32 * 3 * 8);
+        for lane in 0..32 {
+            let stage = |s: usize| &out[(3 * lane + s) * 8..][..8];
+            assert!(
+                stage(0).iter().all(|v| v.is_nan()),
+                "lane {lane}: data before any wait"
+            );
+            assert_eq!(
+                stage(1)[..4],
+                src[8 * lane..][..4],
+                "lane {lane}: group 0 after wait_group 1"
+            );
+            assert!(
+                stage(1)[4..].iter().all(|v| v.is_nan()),
+                "lane {lane}: group 1 early"
+            );
+            let kept = tail as usize / 4;
+            for j in 0..8 {
+                let want = if j < 4 + kept { src[8 * lane + j] } else { 0.0 };
+                assert_eq!(
+                    stage(2)[j],
+                    want,
+                    "lane {lane}, float {j}, {tail} source bytes"
+                );
+            }
+        }
+    }
+}

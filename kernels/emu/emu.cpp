@@ -112,8 +112,17 @@ std::string describe(uintptr_t addr) {
 // ---------------------------------------------------------------- fibers
 enum class Wait { Run, Barrier, Warp, Done };
 
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  size_t bytes, src_bytes;
+  unsigned group;
+};
+
 struct Fiber {
   ucontext_t ctx;
+  std::vector<PendingCopy> pending;  // cp.async copies not yet carried out
+  unsigned commits = 0;
   ThreadState ts;
   unsigned linear = 0;
   Wait wait = Wait::Run;
@@ -303,6 +312,8 @@ void run_block(Launch& L, uint3 bidx) {
     f.ts = ThreadState{{x, y, z}, bidx, L.block, L.grid, i % 32};
     f.linear = i;
     f.wait = Wait::Run;
+    f.pending.clear();
+    f.commits = 0;
     start_context(f, &L.sched);
   }
   if (L.shared) std::memset(L.shared, 0xff, L.shared_bytes);  // uninitialised: NaN
@@ -403,6 +414,28 @@ const unsigned char* warp_exchange(unsigned mask, const void* in, size_t bytes, 
   f.wait = Wait::Warp;
   yield();
   return f.table;
+}
+
+void async_copy(void* dst, const void* src, size_t bytes, size_t src_bytes) {
+  Fiber& f = *g_launch->cur;
+  f.pending.push_back(PendingCopy{dst, src, bytes, src_bytes, f.commits});
+}
+
+void async_commit() { ++g_launch->cur->commits; }
+
+void async_wait(int n) {
+  Fiber& f = *g_launch->cur;
+  unsigned keep = unsigned(n) < f.commits ? f.commits - unsigned(n) : 0;  // groups < keep complete
+  size_t w = 0;
+  for (auto& c : f.pending) {
+    if (c.group < keep) {
+      std::memcpy(c.dst, c.src, c.src_bytes);
+      std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+    } else {
+      f.pending[w++] = c;
+    }
+  }
+  f.pending.resize(w);
 }
 
 void fail(const char* what) {

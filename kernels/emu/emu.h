@@ -31,6 +31,7 @@
 #define __launch_bounds__(...)
 #define __shared__ static thread_local
 #define __constant__ static const
+#define __align__(n) __attribute__((aligned(n)))
 
 // Dynamic shared memory (`extern __shared__ T name[]` on the device): the launch's shared bytes.
 #define DYDIFF_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_shared())
@@ -82,6 +83,13 @@ void block_barrier();
 // this lane's next collective.
 constexpr size_t kSlotBytes = 128;
 const unsigned char* warp_exchange(unsigned mask, const void* in, size_t bytes, const char* kind);
+
+// cp.async (kernels/ptx.cuh): queues a copy of `bytes` bytes to shared memory, the first
+// `src_bytes` from `src` and the rest zeros; closes the current group; carries out the copies of
+// every group but the `n` most recently committed.
+void async_copy(void* dst, const void* src, size_t bytes, size_t src_bytes);
+void async_commit();
+void async_wait(int n);
 
 // Stops the launch with an error naming the kernel, block and thread (for checks in kernels/ptx.cuh).
 [[noreturn]] void fail(const char* what);

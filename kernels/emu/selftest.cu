@@ -1,5 +1,7 @@
 // Kernels that exercise the emulator itself (tests/emulator.rs): the CUDA features the real kernels
-// rely on, and the faults the emulator must catch. Compiled only for the emulator.
+// rely on, the PTX instructions of kernels/ptx.cuh, and the faults the emulator must catch.
+// Compiled only for the emulator.
+#include "ptx.cuh"
 
 // out[block] = sum of in[block*blockDim.x .. +blockDim.x] by a shared-memory tree (blockDim.x a power
 // of two); exercises static shared memory and __syncthreads.
@@ -97,3 +99,100 @@ __device__ float emu_test_deep(float x, int depth) {
   return depth == 0 ? pad[0] : emu_test_deep(x + pad[depth % 256], depth + 1) + 1.0f;
 }
 extern "C" __global__ void emu_test_stack_overflow(float* out) { out[0] = emu_test_deep(1.0f, 1); }
+
+// D = A·B + C with one m16n8k8 TF32 mma: A 16×8, B 8×8, C and D 16×8, all row-major f32, the
+// fragments loaded by the PTX ISA's tables; operands rounded by cvt.rna.tf32 when round_operands,
+// otherwise passed as raw f32 bits (the tensor cores then ignore the low 13 bits). One warp.
+extern "C" __global__ void emu_test_mma_tf32(const float* A, const float* B, const float* C,
+                                             float* D, int round_operands) {
+  unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  auto op = [&](float x) { return round_operands ? f32_to_tf32(x) : __float_as_uint(x); };
+  unsigned a[4] = {op(A[g * 8 + t]), op(A[(g + 8) * 8 + t]), op(A[g * 8 + t + 4]),
+                   op(A[(g + 8) * 8 + t + 4])};
+  unsigned b[2] = {op(B[t * 8 + g]), op(B[(t + 4) * 8 + g])};
+  float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t],
+                C[(g + 8) * 8 + 2 * t + 1]};
+  float d[4];
+  mma_m16n8k8_tf32(d, a, b, c);
+  D[g * 8 + 2 * t] = d[0];
+  D[g * 8 + 2 * t + 1] = d[1];
+  D[(g + 8) * 8 + 2 * t] = d[2];
+  D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// D = A·B + C with one m16n8k16 bf16 mma: A 16×16 and B 16×8 row-major bf16 bits, C and D 16×8
+// row-major f32; fragments by the PTX ISA's tables. One warp.
+extern "C" __global__ void emu_test_mma_bf16(const unsigned short* A, const unsigned short* B,
+                                             const float* C, float* D) {
+  unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  auto pair = [](unsigned short lo, unsigned short hi) { return unsigned(lo) | unsigned(hi) << 16; };
+  unsigned a[4] = {pair(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
+                   pair(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
+                   pair(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
+                   pair(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9])};
+  unsigned b[2] = {pair(B[2 * t * 8 + g], B[(2 * t + 1) * 8 + g]),
+                   pair(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+  float c[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t],
+                C[(g + 8) * 8 + 2 * t + 1]};
+  float d[4];
+  mma_m16n8k16_bf16(d, a, b, c);
+  D[g * 8 + 2 * t] = d[0];
+  D[g * 8 + 2 * t + 1] = d[1];
+  D[(g + 8) * 8 + 2 * t] = d[2];
+  D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
+// D (16×16 f32) = A·B for A, B 16×16 row-major bf16, staged in shared memory by cp.async and
+// loaded into fragments by ldmatrix (A) and ldmatrix.trans (B): two m16n8k16 mmas. The layouts of
+// ldmatrix and mma must agree for this to be the matrix product. One warp.
+extern "C" __global__ void emu_test_ldmatrix_mma(const unsigned short* A, const unsigned short* B,
+                                                 float* D) {
+  __shared__ __align__(16) unsigned short sa[16 * 16], sb[16 * 16];
+  unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  // 512 bytes each: 32 copies of 16 bytes, one per lane and matrix
+  cp_async_16(sa + 8 * lane, A + 8 * lane);
+  cp_async_16(sb + 8 * lane, B + 8 * lane);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncwarp();
+  unsigned i = lane / 8, r = lane % 8;
+  unsigned a[4], b[4];
+  ldmatrix_x4(a, sa + ((i % 2) * 8 + r) * 16 + (i / 2) * 8);
+  ldmatrix_x4_trans(b, sb + ((i % 2) * 8 + r) * 16 + (i / 2) * 8);
+  for (int n = 0; n < 2; ++n) {
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, d[4];
+    unsigned bn[2] = {b[2 * n], b[2 * n + 1]};
+    mma_m16n8k16_bf16(d, a, bn, c);
+    D[g * 16 + 8 * n + 2 * t] = d[0];
+    D[g * 16 + 8 * n + 2 * t + 1] = d[1];
+    D[(g + 8) * 16 + 8 * n + 2 * t] = d[2];
+    D[(g + 8) * 16 + 8 * n + 2 * t + 1] = d[3];
+  }
+}
+
+// cp.async groups: lane l copies 16 bytes (4 floats) of src into dynamic shared memory in group 0
+// and the next 16 bytes in group 1 (the latter with only `tail` source bytes, the rest zeros),
+// then records what shared memory holds before any wait, after wait_group 1 and after
+// wait_group 0: out[(3·lane + stage)·8 + j], 8 floats per stage. One warp; 1 KiB dynamic shared.
+extern "C" __global__ void emu_test_cp_async(const float* src, float* out, unsigned tail) {
+  DYDIFF_DYNAMIC_SHARED(float, sh);
+  unsigned lane = threadIdx.x;
+  float* mine = sh + 8 * lane;
+  cp_async_16(mine, src + 8 * lane);
+  cp_async_commit();
+  cp_async_16(mine + 4, src + 8 * lane + 4, tail);
+  cp_async_commit();
+  for (int j = 0; j < 8; ++j) out[(3 * lane + 0) * 8 + j] = mine[j];
+  cp_async_wait<1>();
+  for (int j = 0; j < 8; ++j) out[(3 * lane + 1) * 8 + j] = mine[j];
+  cp_async_wait<0>();
+  for (int j = 0; j < 8; ++j) out[(3 * lane + 2) * 8 + j] = mine[j];
+}
+
+// ldmatrix with a misaligned row address.
+extern "C" __global__ void emu_test_ldmatrix_misaligned(float* out) {
+  __shared__ __align__(16) unsigned short s[16 * 16 + 8];
+  unsigned r[4];
+  ldmatrix_x4(r, s + 16 * (threadIdx.x % 16) + 1);
+  out[threadIdx.x] = float(r[0]);
+}
