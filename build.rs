@@ -1,14 +1,18 @@
-//! Compiles the CUDA kernels of `kernels/` for the host, against the emulator's header
-//! (`kernels/emu/emu.h`), into the static library `dydiff_emu`: the same kernel sources the GPU
-//! runs, run by `cargo test` on any machine (DESIGN.md, "The CUDA backend").
+//! Compiles the CUDA kernels of `kernels/` twice (DESIGN.md, "The CUDA backend"; SPEC §13):
 //!
-//! For every `kernels/NAME.cu` (and the emulator's own test kernels, `kernels/emu/selftest.cu`)
-//! it writes a translation unit that includes the source and lists its kernels — every
-//! `extern "C" __global__ void KERNEL(` — in a table (`kernels/emu/registry.h`), and one function,
-//! `dydiff_emu_find`, that looks a kernel up by name across all tables.
-//!
-//! It never panics on a missing tool: without a C++ compiler the build fails with the compiler's
-//! own message from the `cc` crate, which is the one dependency of the build.
+//! - For the host, always: against the emulator's header (`kernels/emu/emu.h`), into the static
+//!   library `dydiff_emu`, so that `cargo test` runs the same kernel sources on any machine. For
+//!   every `kernels/NAME.cu` (and the emulator's own test kernels, `kernels/emu/selftest.cu`) it
+//!   writes a translation unit that includes the source and lists its kernels — every
+//!   `extern "C" __global__ void KERNEL(` — in a table (`kernels/emu/registry.h`), and one
+//!   function, `dydiff_emu_find`, that looks a kernel up by name across all tables. This needs a
+//!   C++ compiler (the `cc` crate finds it).
+//! - For the GPU, with the `cuda` feature: with `nvcc` (from `NVCC`, then `CUDA_HOME` or
+//!   `CUDA_PATH`, then `PATH`) into one fatbin, `OUT_DIR/dydiff.fatbin`, holding machine code for
+//!   every architecture of `DYDIFF_CUDA_ARCHS` (default `80;90`) and PTX of the highest; the crate
+//!   embeds it (`cfg(dydiff_kernels)`). Without `nvcc` the build goes on with a cargo warning and
+//!   the binary says at run time that it holds no CUDA kernels; a kernel that does not compile
+//!   stops the build with nvcc's message.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -79,6 +83,99 @@ fn main() {
     write_if_changed(&find_unit, &find);
     build.file(&find_unit);
     build.compile("dydiff_emu");
+
+    println!("cargo::rustc-check-cfg=cfg(dydiff_kernels)");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=CUDA_PATH");
+    println!("cargo:rerun-if-env-changed=DYDIFF_CUDA_ARCHS");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        let archs = std::env::var("DYDIFF_CUDA_ARCHS").unwrap_or_else(|_| "80;90".into());
+        println!("cargo:rustc-env=DYDIFF_CUDA_ARCHS={archs}");
+        let device_sources: Vec<&PathBuf> = sources
+            .iter()
+            .filter(|p| p.parent() == Some(kernels.as_path()))
+            .collect();
+        match find_nvcc() {
+            None => println!(
+                "cargo:warning=nvcc not found (NVCC, CUDA_HOME/CUDA_PATH, PATH): building without CUDA kernels; --device cuda will say so"
+            ),
+            Some(nvcc) => {
+                compile_fatbin(&nvcc, &archs, &device_sources, &kernels, &out);
+                println!("cargo:rustc-cfg=dydiff_kernels");
+            }
+        }
+    }
+}
+
+/// `nvcc` from `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`; only one that runs.
+fn find_nvcc() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("NVCC") {
+        candidates.push(PathBuf::from(p));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(p) = std::env::var_os(var) {
+            candidates.push(PathBuf::from(p).join("bin").join("nvcc"));
+        }
+    }
+    candidates.push(PathBuf::from("nvcc"));
+    candidates.into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// One translation unit including every kernel source, compiled to `OUT_DIR/dydiff.fatbin` with
+/// machine code for each architecture of `archs` (`80;90`) and PTX of the highest.
+fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[&PathBuf], kernels: &Path, out: &Path) {
+    let mut list: Vec<u32> = archs
+        .split([';', ','])
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    list.sort_unstable();
+    list.dedup();
+    if list.is_empty() {
+        eprintln!("DYDIFF_CUDA_ARCHS: expected compute capabilities like 80;90, found {archs:?}");
+        std::process::exit(1);
+    }
+    let unit = out.join("kernels_all.cu");
+    let text: String = sources
+        .iter()
+        .map(|s| format!("#include \"{}\"\n", s.display()))
+        .collect();
+    write_if_changed(&unit, &text);
+    let mut cmd = std::process::Command::new(nvcc);
+    cmd.arg("-fatbin")
+        .arg("-O3")
+        .arg("-std=c++17")
+        .arg("-I")
+        .arg(kernels)
+        .arg("-o")
+        .arg(out.join("dydiff.fatbin"));
+    for a in &list {
+        cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
+    }
+    let top = list[list.len() - 1];
+    cmd.arg(format!("-gencode=arch=compute_{top},code=compute_{top}"));
+    cmd.arg(&unit);
+    match cmd.output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "nvcc failed on the kernels:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("cannot run {}: {e}", nvcc.display());
+            std::process::exit(1);
+        }
+    }
 }
 
 /// The names of the `extern "C" __global__ void NAME(` kernels in a source, in order.

@@ -210,6 +210,10 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Lists the compute devices: the CPU, the GPU architectures this binary's CUDA kernels were
+    /// built for, and each GPU the CUDA driver sees (name, compute capability, memory, driver
+    /// version) — or why there is none.
+    Info,
 }
 
 #[derive(Subcommand)]
@@ -346,8 +350,13 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .map_err(|e| Error::Invalid(format!("--threads: {e}")))?;
     }
-    let device = Device::parse(&cli.common.device)?;
+    // `info` reports on the devices, so it needs none to work
+    let device = match cli.command {
+        Command::Info => Device::Cpu,
+        _ => Device::parse(&cli.common.device)?,
+    };
     match cli.command {
+        Command::Info => print_info(),
         Command::Denoise {
             unet,
             input,
@@ -543,6 +552,18 @@ fn run(cli: Cli) -> Result<()> {
             dydiff::io::print_stdout(&format!("{report}\n"))
         }
     }
+}
+
+/// `dydiff info`: the CPU, then what the CUDA backend says (SPEC §13).
+fn print_info() -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut lines = vec![format!(
+        "cpu: {cores} core{} ({})",
+        if cores == 1 { "" } else { "s" },
+        std::env::consts::ARCH
+    )];
+    lines.extend(dydiff::backend::cuda::info_lines());
+    dydiff::io::print_stdout(&(lines.join("\n") + "\n"))
 }
 
 /// A command-line parsing error as one line: clap's message without its usage block.

@@ -7,8 +7,11 @@
 //! [`Storage`]: super::Storage
 
 pub mod buffer;
+#[cfg(feature = "cuda")]
+pub mod driver;
 pub mod emu;
 pub mod gpu;
+pub mod kernels;
 pub mod process;
 
 use super::{
@@ -25,7 +28,7 @@ pub enum CudaStorage {}
 fn unavailable() -> Error {
     if cfg!(feature = "cuda") {
         Error::Backend(
-            "the CUDA backend has no kernels in this version of dydiff; use --device cpu".into(),
+            "the CUDA backend runs only the process kernels in this version of dydiff, not the network; use --device cpu".into(),
         )
     } else {
         Error::Backend(
@@ -34,9 +37,53 @@ fn unavailable() -> Error {
     }
 }
 
-/// Checks that GPU `ordinal` can be used.
-pub fn check_device(_ordinal: usize) -> Result<()> {
+/// Checks that GPU `ordinal` can be used: the driver, the GPU and the embedded kernels first
+/// (each failure one line), then the backend itself.
+pub fn check_device(ordinal: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    driver::Driver::open(ordinal)?;
+    let _ = ordinal;
     Err(unavailable())
+}
+
+/// What `dydiff info` says about CUDA (SPEC §13): the architectures of the embedded kernels, then
+/// one line per GPU (name, compute capability, memory, driver version) or why there is none.
+pub fn info_lines() -> Vec<String> {
+    let mut lines = Vec::new();
+    match kernels::architectures() {
+        Some(a) => {
+            let archs: Vec<&str> = a.split([';', ',']).map(str::trim).collect();
+            let top = archs.iter().filter_map(|a| a.parse::<u32>().ok()).max();
+            lines.push(format!(
+                "cuda kernels: machine code for sm_{}{}",
+                archs.join(", sm_"),
+                top.map(|t| format!(", PTX for compute_{t}"))
+                    .unwrap_or_default()
+            ));
+        }
+        None if cfg!(feature = "cuda") => {
+            lines.push("cuda kernels: none (nvcc was not found when this binary was built)".into())
+        }
+        None => lines.push("cuda: this binary was built without CUDA (--features cuda)".into()),
+    }
+    #[cfg(feature = "cuda")]
+    match driver::device_count() {
+        Err(e) => lines.push(format!("cuda: {e}")),
+        Ok(0) => lines.push("cuda: the driver sees no GPU".into()),
+        Ok(n) => {
+            let version = driver::driver_version().unwrap_or_else(|e| e.to_string());
+            for i in 0..n {
+                lines.push(match driver::Driver::open(i).and_then(|d| d.describe()) {
+                    Ok((name, (major, minor), mem)) => format!(
+                        "cuda:{i}: {name}, compute capability {major}.{minor}, {:.1} GiB, driver {version}",
+                        mem as f64 / (1u64 << 30) as f64
+                    ),
+                    Err(e) => format!("cuda:{i}: {e}"),
+                });
+            }
+        }
+    }
+    lines
 }
 
 impl CudaStorage {

@@ -1,0 +1,199 @@
+//! The GPU behind the [`Gpu`] seam: the CUDA driver through cudarc (the library loaded at run
+//! time), one context and one stream per device, the embedded fatbin loaded once. Every failure
+//! is a one-line error: no driver library, no GPU with that ordinal, a driver or GPU that cannot
+//! run the embedded code, out of device memory, a failed launch.
+
+use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
+use super::kernels;
+use crate::error::{Error, Result};
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex};
+
+/// One GPU: its context, the stream every launch and copy goes to, and the loaded kernels.
+pub struct Driver {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Module,
+    functions: Mutex<HashMap<String, Function>>,
+}
+
+/// Driver handles, usable from any thread once the context is bound.
+struct Module(sys::CUmodule);
+#[derive(Clone, Copy)]
+struct Function(sys::CUfunction);
+// SAFETY: CUDA module and function handles may be used from any thread of the process (the
+// context is bound to the calling thread before every use).
+unsafe impl Send for Module {}
+// SAFETY: as above.
+unsafe impl Sync for Module {}
+// SAFETY: as above.
+unsafe impl Send for Function {}
+
+fn cuda(what: impl std::fmt::Display, e: DriverError) -> Error {
+    Error::Backend(format!("CUDA: {what}: {e}"))
+}
+
+/// Whether the CUDA driver library can be loaded (never panics).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The number of GPUs the driver sees.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(Error::Backend(
+            "no CUDA driver on this machine (libcuda not found); use --device cpu".into(),
+        ));
+    }
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| cuda("cannot initialise the driver", e))
+}
+
+/// The driver's CUDA version as `major.minor`.
+pub fn driver_version() -> Result<String> {
+    let mut v = 0i32;
+    // SAFETY: writes one integer.
+    unsafe { sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .map_err(|e| cuda("cannot read the driver version", e))?;
+    Ok(format!("{}.{}", v / 1000, (v % 1000) / 10))
+}
+
+impl Driver {
+    /// Opens GPU `ordinal` and loads the embedded kernels.
+    pub fn open(ordinal: usize) -> Result<Driver> {
+        if kernels::FATBIN.is_empty() {
+            return Err(Error::Backend(
+                "this dydiff holds no CUDA kernels (nvcc was not found when it was built; see docs/cli.md, \"Devices\"); use --device cpu".into(),
+            ));
+        }
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::Backend(format!(
+                "cuda:{ordinal}: this machine has {count} GPU{}",
+                if count == 1 { "" } else { "s" }
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| cuda(format!("cuda:{ordinal}"), e))?;
+        let stream = ctx.default_stream();
+        // SAFETY: the fatbin is a complete image embedded at build time; the context is bound.
+        let module = unsafe { result::module::load_data(kernels::FATBIN.as_ptr().cast()) }
+            .map_err(|e| {
+                let cc = ctx
+                    .compute_capability()
+                    .map(|(a, b)| format!("{a}.{b}"))
+                    .unwrap_or_else(|_| "?".into());
+                Error::Backend(format!(
+                    "CUDA: cuda:{ordinal} (compute capability {cc}, driver {}) cannot run this binary's kernels (built for sm_{} and PTX of the highest): {e}",
+                    driver_version().unwrap_or_else(|_| "?".into()),
+                    kernels::architectures().unwrap_or("?").replace(';', ", sm_"),
+                ))
+            })?;
+        Ok(Driver {
+            ctx,
+            stream,
+            module: Module(module),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device's name, compute capability and memory in bytes.
+    pub fn describe(&self) -> Result<(String, (i32, i32), usize)> {
+        let name = self.ctx.name().map_err(|e| cuda("device name", e))?;
+        let cc = self
+            .ctx
+            .compute_capability()
+            .map_err(|e| cuda("compute capability", e))?;
+        let mem = self.ctx.total_mem().map_err(|e| cuda("device memory", e))?;
+        Ok((name, cc, mem))
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda("cannot bind the context", e))
+    }
+
+    fn function(&self, name: &str) -> Result<Function> {
+        let mut cache = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(name) {
+            return Ok(*f);
+        }
+        let c =
+            CString::new(name).map_err(|_| Error::Backend(format!("bad kernel name {name:?}")))?;
+        // SAFETY: the module is loaded and stays loaded for the driver's lifetime.
+        let f = unsafe { result::module::get_function(self.module.0, c) }
+            .map_err(|e| cuda(format!("kernel {name}"), e))?;
+        cache.insert(name.to_string(), Function(f));
+        Ok(Function(f))
+    }
+}
+
+impl Gpu for Driver {
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        self.bind()?;
+        // SAFETY: a plain allocation on the bound context.
+        match unsafe { result::malloc_sync(bytes.max(1)) } {
+            Ok(p) => Ok(DevicePtr(p)),
+            Err(e) => {
+                let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+                Err(Error::Backend(format!(
+                    "CUDA: out of device memory allocating {bytes} bytes ({free} of {total} bytes free): {e}"
+                )))
+            }
+        }
+    }
+
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `ptr` came from `alloc` on this context and is freed once (Buffer's drop).
+        unsafe { result::free_sync(ptr.0) }.map_err(|e| cuda("free", e))
+    }
+
+    fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `dst` is an allocation of at least `src.len()` bytes (the backend sizes every
+        // copy from its buffer).
+        unsafe { result::memcpy_htod_sync(dst.0, src) }.map_err(|e| cuda("copy to the device", e))
+    }
+
+    fn copy_from_device(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.bind()?;
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda("a kernel failed", e))?;
+        // SAFETY: as in `copy_to_device`, with the roles swapped.
+        unsafe { result::memcpy_dtoh_sync(dst, src.0) }.map_err(|e| cuda("copy from the device", e))
+    }
+
+    fn launch(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()> {
+        self.bind()?;
+        let f = self.function(name)?;
+        let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
+        let mut params: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|v| v.as_mut_ptr().cast::<c_void>())
+            .collect();
+        let g = shape.grid;
+        let b = shape.block;
+        // SAFETY: `f` is a kernel of the loaded module; `params[i]` points at the bytes of argument
+        // i, in the order and with the sizes of the kernel's parameters (the launchers are tested
+        // against the same kernels on the emulator, which checks both); the values outlive the
+        // call, which copies them.
+        unsafe {
+            result::launch_kernel(
+                f.0,
+                (g[0], g[1], g[2]),
+                (b[0], b[1], b[2]),
+                shape.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| cuda(format!("kernel {name}"), e))
+    }
+}
