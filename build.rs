@@ -1,4 +1,4 @@
-//! Compiles the CUDA kernels of `kernels/` twice (DESIGN.md, "The CUDA backend"; SPEC §13):
+//! Compiles the CUDA kernels of `kernels/` twice (docs/devices.md):
 //!
 //! - For the host, always: against the emulator's header (`kernels/emu/emu.h`), into the static
 //!   library `dydiff_emu`, so that `cargo test` runs the same kernel sources on any machine. For

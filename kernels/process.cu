@@ -1,4 +1,4 @@
-// The Dynamical Diffusion process along the frame axis (docs/process.md; SPEC §3–§5a): Dyn/InvDyn,
+// The Dynamical Diffusion process along the frame axis (docs/process.md): Dyn/InvDyn,
 // the fused forward process, the fused DDIM step with its σ-noise drawn in the kernel, and the
 // normals of docs/random.md. Plain references: src/backend/cpu/reference.rs; the CPU's fast
 // versions: src/backend/cpu/dynamics.rs. Test: `cargo test --release --test cuda_process` (on the

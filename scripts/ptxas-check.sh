@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Compiles every kernel of kernels/ for sm_80 and sm_90 with `ptxas -v` and prints, per kernel and
 # architecture, its registers, shared memory, stack frame and spills; fails if any kernel spills
-# registers (DESIGN.md, "The CUDA backend": no spills in the hot kernels). Needs nvcc ($NVCC, or on
-# PATH; ../shared/tools/cuda-toolchain.sh installs one without a GPU). Used by .ci/run.
+# registers (none may, in the hot kernels). Needs nvcc ($NVCC, or on
+# PATH; docs/devices.md, “Building with CUDA”). Used by .ci/run.
 #
-#   NVCC=$(../shared/tools/cuda-toolchain.sh | tail -1) scripts/ptxas-check.sh
+#   NVCC=/path/to/nvcc scripts/ptxas-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-nvcc}

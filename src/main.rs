@@ -554,7 +554,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `dydiff info`: the CPU, then what the CUDA backend says (SPEC §13).
+/// `dydiff info`: the CPU, then what the CUDA backend says (docs/devices.md).
 fn print_info() -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut lines = vec![format!(

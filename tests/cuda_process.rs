@@ -1,6 +1,6 @@
 //! The process kernels (kernels/process.cu) against the CPU backend, on ragged shapes: batch 1 and
 //! 17, one element to odd image sizes, short and long histories, both scopes of the process
-//! (SPEC §5 and §5a), DDIM steps with and without σ-noise; and the device's Philox words
+//! (docs/process.md, “Forward process” and “Diffusing the history”), DDIM steps with and without σ-noise; and the device's Philox words
 //! bit-identical to the CPU's, its normals equal to them.
 //!
 //! Runs on the CUDA emulator. Tolerances (fp32): `|gpu − cpu| ≤ 1e-5·max|cpu| + 1e-5·|cpu|` for

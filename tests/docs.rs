@@ -19,7 +19,10 @@ fn repository_texts() -> Vec<(PathBuf, String)> {
         "README.md",
         "BENCHMARKS.md",
         "Cargo.toml",
+        "build.rs",
         ".ci",
+        "kernels",
+        "scripts",
         "src",
         "tests",
         "benches",
@@ -44,7 +47,7 @@ fn repository_texts() -> Vec<(PathBuf, String)> {
         let rel = path.strip_prefix(&root).unwrap().to_path_buf();
         let text_ext = matches!(
             path.extension().and_then(|e| e.to_str()),
-            Some("rs" | "md" | "py" | "sh" | "toml" | "txt")
+            Some("rs" | "md" | "py" | "sh" | "toml" | "txt" | "cu" | "cuh" | "cpp" | "h")
         );
         if !text_ext && !rel.starts_with(".ci") {
             continue;
@@ -221,7 +224,10 @@ fn no_document_the_repository_lacks_is_cited() {
     for (path, text) in repository_texts() {
         for (i, line) in text.lines().enumerate() {
             for n in &needles {
-                if line.contains(n.as_str()) {
+                // CI installs the CUDA compiler with the machine's own tool: a command, not a
+                // citation of a document.
+                let installs_a_tool = path.starts_with(".ci") && line.contains("/tools/");
+                if line.contains(n.as_str()) && !installs_a_tool {
                     bad.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
                 }
             }

@@ -1,6 +1,6 @@
 // The CUDA programming model on the host: what a kernel source in kernels/ sees when it is
 // compiled by a C++ compiler instead of nvcc, so that the unchanged kernels run in `cargo test`
-// on a machine without a GPU (DESIGN.md, "The CUDA backend").
+// on a machine without a GPU (docs/devices.md, “The emulator”).
 //
 // A launch runs its blocks one after another on the calling OS thread; each block's threads are
 // fibers (kernels/emu/emu.cpp) that run until they reach a point where CUDA threads wait for one

@@ -1,4 +1,4 @@
-//! The seam below the CUDA backend's launch code (DESIGN.md, "The CUDA backend"): allocate, free,
+//! The seam below the CUDA backend's launch code (docs/devices.md, “The emulator”): allocate, free,
 //! copy, and launch a kernel by name with its grid, block, dynamic shared bytes and raw arguments.
 //! Two implementations: the GPU through the CUDA driver, and the [emulator](super::emu), which runs
 //! the same kernel sources compiled for the host. Everything above this trait — buffer sizes,

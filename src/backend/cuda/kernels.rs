@@ -1,5 +1,5 @@
 //! The kernels compiled for the GPU by `build.rs`: one fatbin, embedded in the binary, with
-//! machine code for the architectures of `DYDIFF_CUDA_ARCHS` and PTX of the highest (SPEC §13).
+//! machine code for the architectures of `DYDIFF_CUDA_ARCHS` and PTX of the highest (docs/devices.md, “Building with CUDA”).
 //! Empty when the binary was built without `nvcc` (or without the `cuda` feature).
 
 /// The fatbin, or empty.

@@ -46,7 +46,7 @@ pub fn check_device(ordinal: usize) -> Result<()> {
     Err(unavailable())
 }
 
-/// What `dydiff info` says about CUDA (SPEC §13): the architectures of the embedded kernels, then
+/// What `dydiff info` says about CUDA (docs/devices.md): the architectures of the embedded kernels, then
 /// one line per GPU (name, compute capability, memory, driver version) or why there is none.
 pub fn info_lines() -> Vec<String> {
     let mut lines = Vec::new();
