@@ -178,13 +178,17 @@ fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[&PathBuf], kernels: &Path
     }
 }
 
-/// The names of the `extern "C" __global__ void NAME(` kernels in a source, in order.
+/// The names of the `extern "C" __global__ void [__launch_bounds__(…)] NAME(` kernels in a
+/// source, in order.
 fn kernel_names(text: &str) -> Vec<String> {
     const OPEN: &str = "extern \"C\" __global__ void ";
     let mut names = Vec::new();
     let mut rest = text;
     while let Some(i) = rest.find(OPEN) {
-        rest = &rest[i + OPEN.len()..];
+        rest = rest[i + OPEN.len()..].trim_start();
+        if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
+            rest = after[after.find(')').map_or(0, |j| j + 1)..].trim_start();
+        }
         let name: String = rest
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')

@@ -10,9 +10,19 @@ pub mod buffer;
 #[cfg(feature = "cuda")]
 pub mod driver;
 pub mod emu;
+pub mod gemm;
 pub mod gpu;
 pub mod kernels;
 pub mod process;
+
+/// How the GPU multiplies in the network's products (docs/devices.md, “Precision”): float32
+/// with FFMA, or on the tensor cores with operands rounded to TF32 and float32 accumulation.
+/// Storage is float32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Tf32,
+}
 
 use super::{
     AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,

@@ -1,0 +1,158 @@
+//! Launchers of `kernels/gemm.cu`: batched matrix products with a fused epilogue (bias, output
+//! scale, residual), on the tensor cores in TF32 or with FFMA in float32. The semantics of
+//! [`crate::backend::BackendStorage::matmul`] and [`crate::backend::BackendStorage::linear`];
+//! `cargo test --release --test cuda_gemm` compares them with the CPU backend.
+
+use super::buffer::Buffer;
+use super::gpu::{DevicePtr, KernelArg, LaunchShape};
+use super::Precision;
+use crate::backend::MatmulGeom;
+use crate::error::{Error, Result};
+
+/// The tile of one thread block (rows and columns of C).
+const TILE: usize = 64;
+
+/// `kernels/gemm.cu`'s `GemmShape`, field for field (no padding: 64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmShape {
+    m: i32,
+    n: i32,
+    k: i32,
+    lda: i32,
+    ldb: i32,
+    ldc: i32,
+    stride_a: i64,
+    stride_b: i64,
+    stride_c: i64,
+    a_trans: i32,
+    b_trans: i32,
+    bias_per_row: i32,
+    scale: f32,
+}
+
+/// What is applied to each element of the product before it is stored:
+/// `C = (A·B + bias) · scale + residual`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// A bias per column of C (length `n`), or per row (length `m`) when `bias_per_row`.
+    pub bias: Option<&'a Buffer>,
+    pub bias_per_row: bool,
+    pub scale: f32,
+    /// Added last; shaped like C.
+    pub residual: Option<&'a Buffer>,
+}
+
+impl Epilogue<'_> {
+    /// Nothing: `C = A·B`.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        bias_per_row: false,
+        scale: 1.0,
+        residual: None,
+    };
+}
+
+fn dim(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::shape("matmul", format!("{what} = {v} exceeds 2^31 - 1")))
+}
+
+fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            "matmul",
+            format!("{what} holds {got} values, expected {want}"),
+        ))
+    }
+}
+
+/// The batched product of [`MatmulGeom`] (`C[b] = op(A[b])·op(B[b])`, row-major, contiguous)
+/// with an epilogue.
+pub fn matmul(
+    a: &Buffer,
+    b: &Buffer,
+    g: &MatmulGeom,
+    epilogue: Epilogue,
+    precision: Precision,
+) -> Result<Buffer> {
+    expect_len("A", a.len(), g.batch * g.m * g.k)?;
+    expect_len("B", b.len(), g.batch * g.k * g.n)?;
+    if let Some(bias) = epilogue.bias {
+        let want = if epilogue.bias_per_row { g.m } else { g.n };
+        expect_len("the bias", bias.len(), want)?;
+    }
+    if let Some(r) = epilogue.residual {
+        expect_len("the residual", r.len(), g.batch * g.m * g.n)?;
+    }
+    let gpu = a.gpu();
+    let c = Buffer::alloc(gpu, g.batch * g.m * g.n)?;
+    if c.is_empty() {
+        return Ok(c);
+    }
+    let shape = GemmShape {
+        m: dim("m", g.m)?,
+        n: dim("n", g.n)?,
+        k: dim("k", g.k)?,
+        lda: dim("lda", if g.a_trans { g.m } else { g.k })?,
+        ldb: dim("ldb", if g.b_trans { g.k } else { g.n })?,
+        ldc: dim("n", g.n)?,
+        stride_a: (g.m * g.k) as i64,
+        stride_b: (g.k * g.n) as i64,
+        stride_c: (g.m * g.n) as i64,
+        a_trans: i32::from(g.a_trans),
+        b_trans: i32::from(g.b_trans),
+        bias_per_row: i32::from(epilogue.bias_per_row),
+        scale: epilogue.scale,
+    };
+    let kernel = match precision {
+        Precision::Fp32 => "gemm_f32",
+        Precision::Tf32 => "gemm_tf32",
+    };
+    let batch = u32::try_from(g.batch)
+        .ok()
+        .filter(|&b| b <= 65_535)
+        .ok_or_else(|| Error::shape("matmul", format!("batch {} exceeds 65535", g.batch)))?;
+    let ptr = |b: Option<&Buffer>| KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr));
+    gpu.launch(
+        kernel,
+        LaunchShape {
+            grid: [g.n.div_ceil(TILE) as u32, g.m.div_ceil(TILE) as u32, batch],
+            block: [128, 1, 1],
+            shared_bytes: 0,
+        },
+        &[
+            KernelArg::Ptr(a.ptr()),
+            KernelArg::Ptr(b.ptr()),
+            KernelArg::Ptr(c.ptr()),
+            ptr(epilogue.bias),
+            ptr(epilogue.residual),
+            KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec()),
+        ],
+    )?;
+    Ok(c)
+}
+
+/// PyTorch's `Linear`: `y = x·wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`.
+pub fn linear(
+    x: &Buffer,
+    w: &Buffer,
+    bias: Option<&Buffer>,
+    (m, k, n): (usize, usize, usize),
+    precision: Precision,
+) -> Result<Buffer> {
+    let g = MatmulGeom {
+        batch: 1,
+        m,
+        n,
+        k,
+        a_trans: false,
+        b_trans: true,
+    };
+    let epilogue = Epilogue {
+        bias,
+        ..Epilogue::NONE
+    };
+    matmul(x, w, &g, epilogue, precision)
+}

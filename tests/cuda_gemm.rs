@@ -1,0 +1,217 @@
+//! The matrix-product kernels (kernels/gemm.cu) on the emulator against a float64 product, on
+//! ragged shapes (1 to 130 rows and columns, reductions of 1 to 600, batch 1 and 17), every
+//! transpose, with and without bias (per column or row), output scale and residual, in both
+//! precisions; and `linear` equal to the CPU backend's. Bounds per element (docs/devices.md,
+//! “Precision”): `k·u·Σ|a||b|` in float32, `(2·2⁻¹¹ + k·u)·Σ|a||b|` with TF32 operands.
+
+mod common;
+
+use common::rand_vec;
+use dydiff::backend::cpu::CpuStorage;
+use dydiff::backend::cuda::buffer::Buffer;
+use dydiff::backend::cuda::emu::Emulator;
+use dydiff::backend::cuda::gemm::{self, Epilogue};
+use dydiff::backend::cuda::gpu::Gpu;
+use dydiff::backend::cuda::Precision;
+use dydiff::backend::{BackendStorage, MatmulGeom};
+use std::sync::Arc;
+
+fn gpu() -> Arc<dyn Gpu> {
+    Arc::new(Emulator)
+}
+
+const U: f64 = 1.0 / 16_777_216.0;
+
+fn bound(p: Precision, k: usize, abs_sum: f64) -> f64 {
+    let rel = match p {
+        Precision::Fp32 => k as f64 * U,
+        Precision::Tf32 => 2.0 / 2048.0 + k as f64 * U,
+    };
+    rel * abs_sum + 1e-30
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    p: Precision,
+    g: &MatmulGeom,
+    bias: Option<(Vec<f32>, bool)>,
+    scale: f32,
+    residual: bool,
+    seed: u64,
+) {
+    let gpu = gpu();
+    let a = rand_vec(g.batch * g.m * g.k, seed);
+    let b = rand_vec(g.batch * g.k * g.n, seed + 1);
+    let res = residual.then(|| rand_vec(g.batch * g.m * g.n, seed + 2));
+    let (da, db) = (
+        Buffer::from_f32(&gpu, &a).unwrap(),
+        Buffer::from_f32(&gpu, &b).unwrap(),
+    );
+    let dbias = bias
+        .as_ref()
+        .map(|(v, _)| Buffer::from_f32(&gpu, v).unwrap());
+    let dres = res.as_ref().map(|v| Buffer::from_f32(&gpu, v).unwrap());
+    let epi = Epilogue {
+        bias: dbias.as_ref(),
+        bias_per_row: bias.as_ref().is_some_and(|(_, r)| *r),
+        scale,
+        residual: dres.as_ref(),
+    };
+    let c = gemm::matmul(&da, &db, g, epi, p).unwrap().to_f32().unwrap();
+    for bt in 0..g.batch {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let (mut dot, mut abs) = (0f64, 0f64);
+                for k in 0..g.k {
+                    let x = f64::from(if g.a_trans {
+                        a[bt * g.m * g.k + k * g.m + i]
+                    } else {
+                        a[bt * g.m * g.k + i * g.k + k]
+                    });
+                    let y = f64::from(if g.b_trans {
+                        b[bt * g.k * g.n + j * g.k + k]
+                    } else {
+                        b[bt * g.k * g.n + k * g.n + j]
+                    });
+                    dot += x * y;
+                    abs += (x * y).abs();
+                }
+                let bias_v = bias
+                    .as_ref()
+                    .map_or(0.0, |(v, row)| f64::from(v[if *row { i } else { j }]));
+                let r = res
+                    .as_ref()
+                    .map_or(0.0, |v| f64::from(v[bt * g.m * g.n + i * g.n + j]));
+                let want = (dot + bias_v) * f64::from(scale) + r;
+                let got = f64::from(c[bt * g.m * g.n + i * g.n + j]);
+                // the epilogue's own roundings: bias add, scale, residual add
+                let tol = bound(p, g.k, abs) * f64::from(scale).abs()
+                    + 4.0 * U * (want.abs() + r.abs() + bias_v.abs());
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{p:?} {g:?} bias {} residual {residual}: C[{bt}][{i}][{j}] = {got}, expected {want} (±{tol:.2e})",
+                    bias.is_some()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn products_match_float64_on_ragged_shapes_and_every_transpose() {
+    let mut seed = 1;
+    for p in [Precision::Fp32, Precision::Tf32] {
+        for (batch, m, n, k) in [
+            (1, 1, 1, 1),
+            (17, 3, 5, 7),
+            (1, 64, 64, 16),
+            (2, 70, 130, 33),
+            (1, 129, 65, 600),
+            (3, 5, 200, 17),
+        ] {
+            for (a_trans, b_trans) in [(false, false), (false, true), (true, false), (true, true)] {
+                let g = MatmulGeom {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    a_trans,
+                    b_trans,
+                };
+                check(p, &g, None, 1.0, false, seed);
+                seed += 3;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_epilogue_adds_bias_scales_and_adds_the_residual() {
+    let mut seed = 100;
+    for p in [Precision::Fp32, Precision::Tf32] {
+        for (batch, m, n, k) in [(1, 37, 41, 29), (17, 2, 9, 3)] {
+            let g = MatmulGeom {
+                batch,
+                m,
+                n,
+                k,
+                a_trans: false,
+                b_trans: true,
+            };
+            check(p, &g, Some((rand_vec(n, seed), false)), 1.0, false, seed);
+            check(
+                p,
+                &g,
+                Some((rand_vec(m, seed), true)),
+                std::f32::consts::FRAC_1_SQRT_2,
+                true,
+                seed + 1,
+            );
+            check(p, &g, None, 0.5, true, seed + 2);
+            seed += 5;
+        }
+    }
+}
+
+#[test]
+fn linear_equals_the_cpu_backend() {
+    let gpu = gpu();
+    for (m, k, n) in [(1, 1, 1), (17, 64, 256), (1024, 32, 96), (5, 300, 7)] {
+        let x = rand_vec(m * k, 7);
+        let w = rand_vec(n * k, 8);
+        let b = rand_vec(n, 9);
+        let want = CpuStorage::from_vec(x.clone())
+            .linear(
+                &CpuStorage::from_vec(w.clone()),
+                Some(&CpuStorage::from_vec(b.clone())),
+                m,
+                k,
+                n,
+            )
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let got = gemm::linear(
+            &Buffer::from_f32(&gpu, &x).unwrap(),
+            &Buffer::from_f32(&gpu, &w).unwrap(),
+            Some(&Buffer::from_f32(&gpu, &b).unwrap()),
+            (m, k, n),
+            Precision::Fp32,
+        )
+        .unwrap()
+        .to_f32()
+        .unwrap();
+        for (i, (g, c)) in got.iter().zip(&want).enumerate() {
+            // both float32, summed in different orders: within twice one product's bound
+            let (row, col) = (i / n, i % n);
+            let abs: f64 = (0..k)
+                .map(|j| f64::from(x[row * k + j] * w[col * k + j]).abs())
+                .sum::<f64>()
+                + f64::from(b[col].abs());
+            let tol = 2.0 * bound(Precision::Fp32, k + 1, abs);
+            assert!(
+                f64::from(g - c).abs() <= tol,
+                "linear {m}×{k}→{n}: [{i}] {g} vs CPU {c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn operands_that_do_not_fit_the_geometry_are_refused() {
+    let gpu = gpu();
+    let a = Buffer::from_f32(&gpu, &[0.0; 6]).unwrap();
+    let g = MatmulGeom {
+        batch: 1,
+        m: 2,
+        n: 2,
+        k: 4,
+        a_trans: false,
+        b_trans: false,
+    };
+    let e = gemm::matmul(&a, &a, &g, Epilogue::NONE, Precision::Tf32).unwrap_err();
+    assert!(
+        e.to_string().contains("A holds 6 values, expected 8"),
+        "{e}"
+    );
+}
