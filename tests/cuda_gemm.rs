@@ -82,11 +82,11 @@ fn check(
                 let r = res
                     .as_ref()
                     .map_or(0.0, |v| f64::from(v[bt * g.m * g.n + i * g.n + j]));
-                let want = (dot + bias_v) * f64::from(scale) + r;
+                let want = (dot + bias_v + r) * f64::from(scale);
                 let got = f64::from(c[bt * g.m * g.n + i * g.n + j]);
-                // the epilogue's own roundings: bias add, scale, residual add
+                // the epilogue's own roundings: bias add, residual add, scale
                 let tol = bound(p, g.k, abs) * f64::from(scale).abs()
-                    + 4.0 * U * (want.abs() + r.abs() + bias_v.abs());
+                    + 4.0 * U * (want.abs() + (r.abs() + bias_v.abs()) * f64::from(scale).abs());
                 assert!(
                     (got - want).abs() <= tol,
                     "{p:?} {g:?} bias {} residual {residual}: C[{bt}][{i}][{j}] = {got}, expected {want} (±{tol:.2e})",

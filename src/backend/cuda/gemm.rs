@@ -32,14 +32,15 @@ struct GemmShape {
 }
 
 /// What is applied to each element of the product before it is stored:
-/// `C = (A·B + bias) · scale + residual`.
+/// `C = (A·B + bias + residual) · scale` (diffusers' residual blocks and attention add their
+/// input, then divide by their output scale factor).
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a> {
     /// A bias per column of C (length `n`), or per row (length `m`) when `bias_per_row`.
     pub bias: Option<&'a Buffer>,
     pub bias_per_row: bool,
     pub scale: f32,
-    /// Added last; shaped like C.
+    /// Shaped like C.
     pub residual: Option<&'a Buffer>,
 }
 

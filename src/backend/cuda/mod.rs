@@ -7,6 +7,7 @@
 //! [`Storage`]: super::Storage
 
 pub mod buffer;
+pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod driver;
 pub mod emu;
