@@ -10,6 +10,7 @@ pub mod buffer;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod driver;
+pub mod elementwise;
 pub mod emu;
 pub mod gemm;
 pub mod gpu;
