@@ -86,8 +86,9 @@ extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const floa
 //   ε_w^s = (ε̂^s − √(1−γ̄_t)·ε̂^{s−1})/√γ̄_t  (ε̂^0 first),  Dp = √γ̄_p·x̂_0^s + √(1−γ̄_p)·Dp
 //   W = Dyn_{γ̄_p}(ε_w)^s,  Z = Dyn_{γ̄_p}(z)^s,  x_p^s = √ᾱ_p·Dp + √(1−ᾱ_p−σ²)·W + σ·Z
 // With diffuse_history every chain starts at frame 0 and x̂_0^0 = y^0.
-// The fresh noise z (when sigma > 0) is element s·elems + e of the row (samples[b], members[b])
-// of the stream (seed, purpose, step) (docs/random.md), drawn here.
+// The fresh noise z (when sigma > 0) is read from z (batch, D, elems) if that is given, otherwise
+// drawn here: element s·elems + e of the row (samples[b], members[b]) of the stream (seed,
+// purpose, step) (docs/random.md).
 // c = √γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ.
 struct DdimCoefs {
   float sg_t, s1g_t, sg_p, s1g_p, sab_t, s1ab_t, sab_p, eps_w, sigma;
@@ -95,6 +96,7 @@ struct DdimCoefs {
 
 extern "C" __global__ void ddim_step_f32(const float* __restrict__ state,
                                          const float* __restrict__ eps_hat,
+                                         const float* __restrict__ z_given,
                                          float* __restrict__ next, DdimCoefs c, int batch,
                                          int history, int future, long long elems,
                                          int diffuse_history, unsigned long long seed,
@@ -119,13 +121,15 @@ extern "C" __global__ void ddim_step_f32(const float* __restrict__ state,
     dp = f == 0 ? h : c.sg_p * h + c.s1g_p * dp;
   }
   NoiseStream ns;
-  if (c.sigma > 0.0f) ns = noise_stream(seed, purpose, step, samples[b], members[b]);
+  const bool draw = c.sigma > 0.0f && !z_given;
+  if (draw) ns = noise_stream(seed, purpose, step, samples[b], members[b]);
   float y_prev = dt, eh_prev = 0.0f, w = 0.0f, zz = 0.0f;
   for (int s = 0; s < diffused; ++s) {
     float xt = st[(history + s) * elems];
     float ehs = eh[s * elems];
     float y = (xt - c.s1ab_t * ehs) / c.sab_t;
-    float z = c.sigma > 0.0f ? noise_normal(ns, (unsigned long long)s * elems + e) : 0.0f;
+    float z = draw ? noise_normal(ns, (unsigned long long)s * elems + e)
+                   : c.sigma > 0.0f ? z_given[(b * diffused + s) * elems + e] : 0.0f;
     if (s == 0 && diffuse_history) {
       dp = y;
     } else {

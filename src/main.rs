@@ -28,6 +28,11 @@ struct Common {
     /// Compute device: cpu or cuda:N.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
+    /// How the GPU multiplies in the network: fp32, or tf32 (tensor cores, operands rounded to
+    /// 10 mantissa bits, float32 accumulation). Storage is float32; the CPU always computes in
+    /// float32.
+    #[arg(long, global = true, default_value = "tf32")]
+    precision: String,
 }
 
 #[derive(Subcommand)]
@@ -350,6 +355,15 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .map_err(|e| Error::Invalid(format!("--threads: {e}")))?;
     }
+    dydiff::backend::cuda::set_precision(match cli.common.precision.as_str() {
+        "fp32" => dydiff::backend::cuda::Precision::Fp32,
+        "tf32" => dydiff::backend::cuda::Precision::Tf32,
+        other => {
+            return Err(Error::Invalid(format!(
+                "--precision: expected fp32 or tf32, found {other}"
+            )))
+        }
+    });
     // `info` reports on the devices, so it needs none to work
     let device = match cli.command {
         Command::Info => Device::Cpu,

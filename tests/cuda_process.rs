@@ -167,18 +167,24 @@ fn the_ddim_step_matches_the_cpu_with_and_without_noise_in_both_scopes() {
                     .unwrap()
                     .to_vec()
                     .unwrap();
-                let noise = (sigma > 0.0).then_some(StepNoise { key, rows: &rows });
-                let got = process::ddim_step(
-                    &Buffer::from_f32(&gpu, &state).unwrap(),
-                    &Buffer::from_f32(&gpu, &eps_hat).unwrap(),
-                    noise,
-                    &g,
-                    &c,
-                )
-                .unwrap()
-                .to_f32()
-                .unwrap();
-                close(&got, &want, &format!("{g:?} σ {sigma}"));
+                let (ds, de) = (
+                    Buffer::from_f32(&gpu, &state).unwrap(),
+                    Buffer::from_f32(&gpu, &eps_hat).unwrap(),
+                );
+                let drawn = (sigma > 0.0).then_some(StepNoise::Draw { key, rows: &rows });
+                let got = process::ddim_step(&ds, &de, drawn, &g, &c)
+                    .unwrap()
+                    .to_f32()
+                    .unwrap();
+                close(&got, &want, &format!("{g:?} σ {sigma}, noise drawn"));
+                if let Some(z) = &z {
+                    let dz = Buffer::from_f32(&gpu, &z.to_vec().unwrap()).unwrap();
+                    let got = process::ddim_step(&ds, &de, Some(StepNoise::Given(&dz)), &g, &c)
+                        .unwrap()
+                        .to_f32()
+                        .unwrap();
+                    close(&got, &want, &format!("{g:?} σ {sigma}, noise given"));
+                }
             }
         }
     }

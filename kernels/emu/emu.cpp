@@ -1,7 +1,7 @@
 // The emulator's runtime (kernels/emu/emu.h): guarded allocations, the fiber scheduler that runs a
 // block's threads, and the C interface the Rust side calls (src/backend/cuda/emu.rs).
 //
-// Scheduling. A block's threads are ucontext fibers with their own stacks. The scheduler makes
+// Scheduling. A block's threads are fibers with their own stacks. The scheduler makes
 // passes over them; in a pass every runnable fiber runs until it waits (at __syncthreads or a warp
 // collective) or finishes. Between passes it releases what can go on: the block barrier once every
 // thread waits there; a warp collective once every lane of its mask has deposited at one with the
@@ -120,7 +120,9 @@ struct PendingCopy {
 };
 
 struct Fiber {
-  ucontext_t ctx;
+  ucontext_t ctx;  // the first entry (makecontext: its own stack)
+  jmp_buf jb;      // where it waits, once started
+  bool started = false;
   std::vector<PendingCopy> pending;  // cp.async copies not yet carried out
   unsigned commits = 0;
   ThreadState ts;
@@ -142,7 +144,7 @@ struct Launch {
   size_t shared_bytes = 0;
   unsigned threads = 0;
   std::vector<Fiber>* fibers = nullptr;
-  ucontext_t sched;
+  jmp_buf sched;  // where the scheduler waits while a fiber runs
   Fiber* cur = nullptr;
   bool failed = false;
   std::string error;
@@ -189,16 +191,30 @@ void set_error(Launch& L, const Fiber* f, const std::string& what) {
   L.error = std::string("kernel ") + L.kernel->name + ": " + where(L, f) + ": " + what;
 }
 
+// Switches between the scheduler and a fiber with _setjmp/_longjmp (no system call; ucontext's
+// swapcontext saves the signal mask on every switch) after a fiber's first entry by setcontext.
 void yield() {
   Launch& L = *g_launch;
-  swapcontext(&L.cur->ctx, &L.sched);
+  if (_setjmp(L.cur->jb) == 0) _longjmp(L.sched, 1);
 }
 
 void fiber_main() {
   Launch& L = *g_launch;
   L.kernel->invoke(L.args);
   L.cur->wait = Wait::Done;
-  // returns to uc_link: the scheduler
+  _longjmp(L.sched, 1);  // never returns: the scheduler's frame is where it waits
+}
+
+// Runs fiber `f` until it waits or finishes. Not inlined: its frame holds the scheduler's
+// jump buffer while the fiber runs on its own stack.
+__attribute__((noinline)) void resume(Launch& L, Fiber& f) {
+  if (_setjmp(L.sched) == 0) {
+    if (!f.started) {
+      f.started = true;
+      setcontext(&f.ctx);
+    }
+    _longjmp(f.jb, 1);
+  }
 }
 
 // Releases whatever can go on after a pass; false if nothing could.
@@ -294,14 +310,15 @@ void deadlock(Launch& L) {
   set_error(L, nullptr, what);
 }
 
-// A fresh context for `f` that runs the kernel on its own stack, then resumes `sched`. (Apart
-// from the scheduler loop: getcontext "returns twice" as far as the compiler knows.)
-__attribute__((noinline)) void start_context(Fiber& f, ucontext_t* sched) {
+// A fresh context for `f` that runs the kernel on its own stack. (Apart from the scheduler loop:
+// getcontext "returns twice" as far as the compiler knows.)
+__attribute__((noinline)) void start_context(Fiber& f) {
   getcontext(&f.ctx);
   f.ctx.uc_stack.ss_sp = f.stack + page_size();
   f.ctx.uc_stack.ss_size = kStackBytes;
-  f.ctx.uc_link = sched;
+  f.ctx.uc_link = nullptr;
   makecontext(&f.ctx, fiber_main, 0);
+  f.started = false;
 }
 
 void run_block(Launch& L, uint3 bidx) {
@@ -314,7 +331,7 @@ void run_block(Launch& L, uint3 bidx) {
     f.wait = Wait::Run;
     f.pending.clear();
     f.commits = 0;
-    start_context(f, &L.sched);
+    start_context(f);
   }
   if (L.shared) std::memset(L.shared, 0xff, L.shared_bytes);  // uninitialised: NaN
   for (;;) {
@@ -322,7 +339,7 @@ void run_block(Launch& L, uint3 bidx) {
     for (unsigned i = 0; i < L.threads; ++i) {
       if (fs[i].wait != Wait::Run) continue;
       L.cur = &fs[i];
-      swapcontext(&L.sched, &fs[i].ctx);
+      resume(L, fs[i]);
       if (L.failed) return;
       ran = true;
     }

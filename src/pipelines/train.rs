@@ -630,7 +630,18 @@ fn log_until(path: &Path, step: usize) -> String {
 /// directory without a run; with `--resume`, a directory holding one); the folder is written
 /// only at checkpoints, each one whole: the model, the training state and the log up to that
 /// step, committed together.
+/// Training runs on the CPU only in this version: `--device cuda` is refused before any work.
+pub fn refuse_gpu(device: Device, command: &str) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(n) => Err(Error::Invalid(format!(
+            "{command} --device cuda:{n}: training on the GPU is not in this version of dydiff; use --device cpu"
+        ))),
+    }
+}
+
 pub fn run(o: &TrainOptions) -> Result<()> {
+    refuse_gpu(o.device, "train")?;
     let mut outputs = Outputs::new();
     // The files of every checkpoint, so that one that could not be placed is refused now.
     let mut names = Model::folder_files();

@@ -1,10 +1,12 @@
-//! The CUDA backend: kernels of `kernels/*.cu` launched through the [`gpu::Gpu`] seam, on the GPU
-//! or on the CPU [emulator](emu). The storage type keeps its place in the [`Storage`] enum so
-//! that nothing above the backend needs a `cfg`; until the backend's operations land it is
-//! uninhabited — no value of it can exist, every method is statically unreachable — and asking for
-//! a CUDA device returns a clear error instead.
+//! The CUDA backend: the kernels of `kernels/*.cu`, launched through the [`gpu::Gpu`] seam on a
+//! GPU ([`driver`], with the `cuda` feature) or on the CPU [emulator](emu) (docs/devices.md).
+//! [`CudaStorage`] implements the inference operations of [`BackendStorage`]; the gradients and
+//! the optimiser step are training's, which does not run on the GPU in this version (each says
+//! so in one line).
 //!
-//! [`Storage`]: super::Storage
+//! Devices: `cuda:N` is GPU `N` through the driver; with the environment variable
+//! `DYDIFF_CUDA_EMULATOR=1` every `cuda:N` is the emulator instead (for tests and debugging:
+//! slow, exact about memory errors). Each device is opened once per process.
 
 pub mod buffer;
 pub mod conv;
@@ -26,36 +28,300 @@ pub enum Precision {
     Tf32,
 }
 
+use self::buffer::Buffer;
+use self::conv::{ConvEpilogue, ConvInput};
+use self::gemm::Epilogue;
+use self::gpu::Gpu;
 use super::{
     AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,
     NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// Device memory on one GPU. Uninhabited until the CUDA backend lands.
-#[derive(Clone, Debug)]
-pub enum CudaStorage {}
+/// The environment variable that makes every `cuda:N` the emulator.
+pub const EMULATOR_VAR: &str = "DYDIFF_CUDA_EMULATOR";
 
-fn unavailable() -> Error {
-    if cfg!(feature = "cuda") {
-        Error::Backend(
-            "the CUDA backend runs only the process kernels in this version of dydiff, not the network; use --device cpu".into(),
-        )
+fn emulated() -> bool {
+    std::env::var_os(EMULATOR_VAR).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The opened devices, by ordinal.
+fn devices() -> &'static Mutex<HashMap<usize, Arc<dyn Gpu>>> {
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<dyn Gpu>>>> = OnceLock::new();
+    DEVICES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Device `ordinal`, opened on first use.
+pub fn device(ordinal: usize) -> Result<Arc<dyn Gpu>> {
+    let mut open = devices().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(g) = open.get(&ordinal) {
+        return Ok(g.clone());
+    }
+    let g: Arc<dyn Gpu> = if emulated() {
+        Arc::new(emu::Emulator)
     } else {
-        Error::Backend(
-            "dydiff was built without CUDA (rebuild with --features cuda); use --device cpu".into(),
-        )
+        open_driver(ordinal)?
+    };
+    open.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+#[cfg(feature = "cuda")]
+fn open_driver(ordinal: usize) -> Result<Arc<dyn Gpu>> {
+    Ok(Arc::new(driver::Driver::open(ordinal)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_driver(_ordinal: usize) -> Result<Arc<dyn Gpu>> {
+    Err(Error::Backend(
+        "dydiff was built without CUDA (rebuild with --features cuda); use --device cpu".into(),
+    ))
+}
+
+/// Checks that GPU `ordinal` can be used: the driver, the GPU and the embedded kernels, each
+/// failure one line.
+pub fn check_device(ordinal: usize) -> Result<()> {
+    device(ordinal).map(|_| ())
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(1);
+
+/// Sets the precision of the network's products on every CUDA device (default TF32).
+pub fn set_precision(p: Precision) {
+    PRECISION.store(
+        match p {
+            Precision::Fp32 => 0,
+            Precision::Tf32 => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// The precision of the network's products.
+pub fn precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        0 => Precision::Fp32,
+        _ => Precision::Tf32,
     }
 }
 
-/// Checks that GPU `ordinal` can be used: the driver, the GPU and the embedded kernels first
-/// (each failure one line), then the backend itself.
-pub fn check_device(ordinal: usize) -> Result<()> {
-    #[cfg(feature = "cuda")]
-    driver::Driver::open(ordinal)?;
-    let _ = ordinal;
-    Err(unavailable())
+fn training() -> Error {
+    Error::Backend("training on the GPU is not in this version of dydiff; use --device cpu".into())
+}
+
+/// Values on one CUDA device (float32).
+#[derive(Clone, Debug)]
+pub struct CudaStorage {
+    buf: Arc<Buffer>,
+    ordinal: usize,
+}
+
+impl CudaStorage {
+    fn wrap(&self, buf: Buffer) -> CudaStorage {
+        CudaStorage {
+            buf: Arc::new(buf),
+            ordinal: self.ordinal,
+        }
+    }
+    /// A copy of `data` on device `ordinal`.
+    pub fn from_vec(ordinal: usize, data: Vec<f32>) -> Result<Self> {
+        Ok(CudaStorage {
+            buf: Arc::new(Buffer::from_f32(&device(ordinal)?, &data)?),
+            ordinal,
+        })
+    }
+    /// Standard normals drawn on the device (docs/random.md), see [`crate::Device::randn`].
+    pub fn randn(ordinal: usize, key: NoiseKey, rows: &[NoiseRow], row_len: usize) -> Result<Self> {
+        Ok(CudaStorage {
+            buf: Arc::new(process::randn(&device(ordinal)?, key, rows, row_len)?),
+            ordinal,
+        })
+    }
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    /// The device buffer.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buf
+    }
+}
+
+impl BackendStorage for CudaStorage {
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+    fn to_vec(&self) -> Result<Vec<f32>> {
+        self.buf.to_f32()
+    }
+    fn conv2d(&self, w: &Self, b: Option<&Self>, g: &ConvGeom) -> Result<Self> {
+        let epi = ConvEpilogue {
+            bias: b.map(|b| b.buffer()),
+            ..ConvEpilogue::NONE
+        };
+        let y = conv::conv2d(&ConvInput::plain(&self.buf), &w.buf, g, &epi, precision())?;
+        Ok(self.wrap(y))
+    }
+    fn conv2d_backward(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &ConvGeom,
+        _: bool,
+    ) -> Result<(Option<Self>, Self, Self)> {
+        Err(training())
+    }
+    fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self> {
+        let c = gemm::matmul(&self.buf, &b.buf, g, Epilogue::NONE, precision())?;
+        Ok(self.wrap(c))
+    }
+    fn linear(&self, w: &Self, b: Option<&Self>, m: usize, k: usize, n: usize) -> Result<Self> {
+        let y = gemm::linear(
+            &self.buf,
+            &w.buf,
+            b.map(|b| b.buffer()),
+            (m, k, n),
+            precision(),
+        )?;
+        Ok(self.wrap(y))
+    }
+    fn sum_rows(&self, _: usize, _: usize) -> Result<Self> {
+        Err(training())
+    }
+    fn group_norm(&self, gamma: &Self, beta: &Self, g: &NormGeom) -> Result<(Self, Self)> {
+        let (y, stats) = conv::group_norm(&self.buf, &gamma.buf, &beta.buf, g)?;
+        Ok((self.wrap(y), self.wrap(stats)))
+    }
+    fn group_norm_backward(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &NormGeom,
+    ) -> Result<(Self, Self, Self)> {
+        Err(training())
+    }
+    fn silu(&self) -> Result<Self> {
+        Ok(self.wrap(elementwise::silu(&self.buf)?))
+    }
+    fn silu_backward(&self, _: &Self) -> Result<Self> {
+        Err(training())
+    }
+    fn attention(&self, k: &Self, v: &Self, g: &AttnGeom) -> Result<Self> {
+        Ok(self.wrap(elementwise::attention(&self.buf, &k.buf, &v.buf, g)?))
+    }
+    fn attention_backward(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &AttnGeom,
+    ) -> Result<(Self, Self, Self)> {
+        Err(training())
+    }
+    fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
+        Ok(self.wrap(elementwise::upsample_nearest2x(&self.buf, (nc, h, w))?))
+    }
+    fn upsample_nearest2x_backward(&self, _: usize, _: usize, _: usize) -> Result<Self> {
+        Err(training())
+    }
+    fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self> {
+        Ok(self.wrap(elementwise::binary(&self.buf, &rhs.buf, op)?))
+    }
+    fn affine(&self, mul: f32, add: f32) -> Result<Self> {
+        Ok(self.wrap(elementwise::affine(&self.buf, mul, add)?))
+    }
+    fn add_channel_bias(&self, b: &Self, n: usize, c: usize, hw: usize) -> Result<Self> {
+        Ok(self.wrap(elementwise::add_channel_bias(
+            &self.buf,
+            &b.buf,
+            (n, c, hw),
+        )?))
+    }
+    fn transpose12(&self, n: usize, a: usize, b: usize) -> Result<Self> {
+        Ok(self.wrap(elementwise::transpose12(&self.buf, (n, a, b))?))
+    }
+    fn concat_channels(parts: &[&Self], n: usize, cs: &[usize], hw: usize) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(Error::shape("concat_channels", "no parts"));
+        };
+        let bufs: Vec<&Buffer> = parts.iter().map(|p| p.buffer()).collect();
+        Ok(first.wrap(elementwise::concat_channels(&bufs, n, cs, hw)?))
+    }
+    fn slice_channels(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        start: usize,
+        end: usize,
+    ) -> Result<Self> {
+        Ok(self.wrap(elementwise::slice_channels(
+            &self.buf,
+            (n, c, hw),
+            start,
+            end,
+        )?))
+    }
+    fn slice_channels_backward(
+        &self,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) -> Result<Self> {
+        Err(training())
+    }
+    fn dynamics(&self, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Self> {
+        Ok(self.wrap(process::dynamics(&self.buf, g, coefs, inverse)?))
+    }
+    fn q_sample(&self, eps: &Self, g: &ProcessGeom, coefs: &[QSampleCoef]) -> Result<(Self, Self)> {
+        let (input, target) = process::q_sample(&self.buf, &eps.buf, g, coefs)?;
+        Ok((self.wrap(input), self.wrap(target)))
+    }
+    fn ddim_step(
+        &self,
+        eps_hat: &Self,
+        z: Option<&Self>,
+        g: &ProcessGeom,
+        c: &DdimCoef,
+    ) -> Result<Self> {
+        let noise = z.map(|z| process::StepNoise::Given(z.buffer()));
+        Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, noise, g, c)?))
+    }
+    fn adamw(
+        &self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &Self,
+        _: &AdamStep,
+    ) -> Result<(Self, Self, Self, Self)> {
+        Err(training())
+    }
+    fn sum_squares(&self) -> Result<f64> {
+        Err(training())
+    }
+    fn sum_all(&self) -> Result<f32> {
+        Err(training())
+    }
+    fn timestep_embedding(
+        &self,
+        dim: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+    ) -> Result<Self> {
+        Ok(self.wrap(elementwise::timestep_embedding(
+            &self.buf,
+            dim,
+            flip_sin_to_cos,
+            freq_shift,
+        )?))
+    }
 }
 
 /// What `dydiff info` says about CUDA (docs/devices.md): the architectures of the embedded kernels, then
@@ -96,141 +362,4 @@ pub fn info_lines() -> Vec<String> {
         }
     }
     lines
-}
-
-impl CudaStorage {
-    pub fn from_vec(_ordinal: usize, _data: Vec<f32>) -> Result<Self> {
-        Err(unavailable())
-    }
-    pub fn randn(_ordinal: usize, _: NoiseKey, _: &[NoiseRow], _: usize) -> Result<Self> {
-        Err(unavailable())
-    }
-    pub fn ordinal(&self) -> usize {
-        match *self {}
-    }
-}
-
-impl BackendStorage for CudaStorage {
-    fn len(&self) -> usize {
-        match *self {}
-    }
-    fn to_vec(&self) -> Result<Vec<f32>> {
-        match *self {}
-    }
-    fn conv2d(&self, _: &Self, _: Option<&Self>, _: &ConvGeom) -> Result<Self> {
-        match *self {}
-    }
-    fn conv2d_backward(
-        &self,
-        _: &Self,
-        _: &Self,
-        _: &ConvGeom,
-        _: bool,
-    ) -> Result<(Option<Self>, Self, Self)> {
-        match *self {}
-    }
-    fn matmul(&self, _: &Self, _: &MatmulGeom) -> Result<Self> {
-        match *self {}
-    }
-    fn linear(&self, _: &Self, _: Option<&Self>, _: usize, _: usize, _: usize) -> Result<Self> {
-        match *self {}
-    }
-    fn sum_rows(&self, _: usize, _: usize) -> Result<Self> {
-        match *self {}
-    }
-    fn group_norm(&self, _: &Self, _: &Self, _: &NormGeom) -> Result<(Self, Self)> {
-        match *self {}
-    }
-    fn group_norm_backward(
-        &self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &NormGeom,
-    ) -> Result<(Self, Self, Self)> {
-        match *self {}
-    }
-    fn silu(&self) -> Result<Self> {
-        match *self {}
-    }
-    fn silu_backward(&self, _: &Self) -> Result<Self> {
-        match *self {}
-    }
-    fn attention(&self, _: &Self, _: &Self, _: &AttnGeom) -> Result<Self> {
-        match *self {}
-    }
-    fn attention_backward(
-        &self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &AttnGeom,
-    ) -> Result<(Self, Self, Self)> {
-        match *self {}
-    }
-    fn upsample_nearest2x(&self, _: usize, _: usize, _: usize) -> Result<Self> {
-        match *self {}
-    }
-    fn upsample_nearest2x_backward(&self, _: usize, _: usize, _: usize) -> Result<Self> {
-        match *self {}
-    }
-    fn binary(&self, _: &Self, _: BinaryOp) -> Result<Self> {
-        match *self {}
-    }
-    fn affine(&self, _: f32, _: f32) -> Result<Self> {
-        match *self {}
-    }
-    fn add_channel_bias(&self, _: &Self, _: usize, _: usize, _: usize) -> Result<Self> {
-        match *self {}
-    }
-    fn transpose12(&self, _: usize, _: usize, _: usize) -> Result<Self> {
-        match *self {}
-    }
-    fn concat_channels(parts: &[&Self], _: usize, _: &[usize], _: usize) -> Result<Self> {
-        match parts.first() {
-            Some(p) => match **p {},
-            None => Err(unavailable()),
-        }
-    }
-    fn slice_channels(&self, _: usize, _: usize, _: usize, _: usize, _: usize) -> Result<Self> {
-        match *self {}
-    }
-    fn slice_channels_backward(
-        &self,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-    ) -> Result<Self> {
-        match *self {}
-    }
-    fn dynamics(&self, _: &SeqGeom, _: &[DynCoef], _: bool) -> Result<Self> {
-        match *self {}
-    }
-    fn q_sample(&self, _: &Self, _: &ProcessGeom, _: &[QSampleCoef]) -> Result<(Self, Self)> {
-        match *self {}
-    }
-    fn ddim_step(&self, _: &Self, _: Option<&Self>, _: &ProcessGeom, _: &DdimCoef) -> Result<Self> {
-        match *self {}
-    }
-    fn adamw(
-        &self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &AdamStep,
-    ) -> Result<(Self, Self, Self, Self)> {
-        match *self {}
-    }
-    fn sum_squares(&self) -> Result<f64> {
-        match *self {}
-    }
-    fn sum_all(&self) -> Result<f32> {
-        match *self {}
-    }
-    fn timestep_embedding(&self, _: usize, _: bool, _: f32) -> Result<Self> {
-        match *self {}
-    }
 }

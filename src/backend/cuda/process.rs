@@ -116,16 +116,17 @@ pub fn q_sample(
     Ok((input, target))
 }
 
-/// The σ-noise of a DDIM step: the stream and the (sample, member) row of each sequence.
+/// The σ-noise of a DDIM step: the stream and the (sample, member) row of each sequence, drawn in
+/// the kernel, or the noise itself `(batch, diffused, elems)`.
 #[derive(Clone, Copy, Debug)]
-pub struct StepNoise<'a> {
-    pub key: NoiseKey,
-    pub rows: &'a [NoiseRow],
+pub enum StepNoise<'a> {
+    Draw { key: NoiseKey, rows: &'a [NoiseRow] },
+    Given(&'a Buffer),
 }
 
 /// One DDIM step on the sampler state, see [`crate::backend::BackendStorage::ddim_step`]; the
-/// fresh noise `z` (needed when `σ > 0`) is drawn in the kernel from `noise`: element
-/// `s·elems + e` of each sequence's row, as `Device::randn(key, rows, diffused·elems)` would.
+/// fresh noise `z` (needed when `σ > 0`) is given, or drawn in the kernel: element `s·elems + e`
+/// of each sequence's row, as `Device::randn(key, rows, diffused·elems)` would.
 pub fn ddim_step(
     state: &Buffer,
     eps_hat: &Buffer,
@@ -142,18 +143,22 @@ pub fn ddim_step(
     )?;
     expect_len(OP, "ε̂", eps_hat.len(), g.batch * g.diffused() * g.elems)?;
     let gpu = state.gpu();
-    // Without σ-noise the kernel reads neither the key nor the rows (null pointers).
-    let (key, rows) = match noise {
-        Some(n) => {
-            expect_len(OP, "the noise rows", n.rows.len(), g.batch)?;
-            (Some(n.key), Some(rows_on_device(gpu, n.rows)?))
+    // The kernel reads the key and the rows only when it draws, z only when it is given.
+    let (key, rows, given) = match noise {
+        Some(StepNoise::Draw { key, rows }) => {
+            expect_len(OP, "the noise rows", rows.len(), g.batch)?;
+            (Some(key), Some(rows_on_device(gpu, rows)?), None)
+        }
+        Some(StepNoise::Given(z)) => {
+            expect_len(OP, "the noise", z.len(), eps_hat.len())?;
+            (None, None, Some(z))
         }
         None if c.sigma > 0.0 => {
             return Err(Error::Invalid(
                 "ddim_step: σ > 0 needs the noise stream of the step".into(),
             ))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let row_ptr = |i: usize| {
         KernelArg::Ptr(rows.as_ref().map_or(DevicePtr(0), |r| {
@@ -182,6 +187,7 @@ pub fn ddim_step(
         &[
             KernelArg::Ptr(state.ptr()),
             KernelArg::Ptr(eps_hat.ptr()),
+            KernelArg::Ptr(given.map_or(DevicePtr(0), Buffer::ptr)),
             KernelArg::Ptr(next.ptr()),
             KernelArg::Struct(bytemuck::cast_slice(&coefs).to_vec()),
             KernelArg::I32(int(OP, "batch", g.batch)?),

@@ -1,0 +1,80 @@
+//! The whole network on the CUDA backend: the diffusers parity fixtures of tests/unet_parity.rs run
+//! on the emulator (`cuda:0` with DYDIFF_CUDA_EMULATOR=1; a real GPU with DYDIFF_TEST_DEVICE=cuda).
+//! Float32 products: max |gpu − diffusers| ≤ 1e-4 · max |diffusers|, the CPU's bound. TF32
+//! products: the largest and the root-mean-square error against diffusers' float32 output each at
+//! most twice PyTorch's at TF32 on the same input (tf32.json, python/make_tf32_fixtures.py).
+
+use dydiff::backend::cuda::{self, Precision};
+use dydiff::io::npy;
+use dydiff::nn::UNet2D;
+use dydiff::{Device, Tensor};
+use std::path::PathBuf;
+
+fn device() -> Device {
+    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() != Ok("cuda") {
+        // SAFETY of the call: set before any device is opened; every test sets the same value.
+        std::env::set_var(cuda::EMULATOR_VAR, "1");
+    }
+    Device::parse("cuda:0").unwrap()
+}
+
+fn check(name: &str, precision: Precision) {
+    let dev = device();
+    cuda::set_precision(precision);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let pytorch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tf32.json")).unwrap()).unwrap();
+    let model = UNet2D::from_pretrained(&dir, dev).unwrap();
+    let x = npy::read(&dir.join("x.npy")).unwrap();
+    let xt = Tensor::from_vec(x.data.clone(), &x.shape, dev).unwrap();
+    for k in [0, 3] {
+        let t = npy::read(&dir.join(format!("t{k}.npy"))).unwrap();
+        let want = npy::read(&dir.join(format!("out{k}.npy"))).unwrap();
+        let tt = Tensor::from_vec(t.data.clone(), &t.shape, dev).unwrap();
+        let got = model.forward(&xt, &tt).unwrap();
+        assert_eq!(got.shape(), want.shape.as_slice());
+        let got = got.to_vec().unwrap();
+        let errs: Vec<f64> = got
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| f64::from(a - b).abs())
+            .collect();
+        let max = errs.iter().fold(0.0f64, |m, &e| m.max(e));
+        let rms = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt();
+        let what = format!("{name} {precision:?} t={:?}", t.data);
+        match precision {
+            Precision::Fp32 => {
+                let scale = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    max <= 1e-4 * f64::from(scale),
+                    "{what}: max error {max} vs max |diffusers| {scale}"
+                );
+            }
+            Precision::Tf32 => {
+                let (pt_max, pt_rms) = (
+                    pytorch["max_err"][k].as_f64().unwrap(),
+                    pytorch["rms_err"][k].as_f64().unwrap(),
+                );
+                assert!(
+                    max <= 2.0 * pt_max,
+                    "{what}: max error {max}, PyTorch's at TF32 {pt_max}"
+                );
+                assert!(
+                    rms <= 2.0 * pt_rms,
+                    "{what}: RMS error {rms}, PyTorch's at TF32 {pt_rms}"
+                );
+            }
+        }
+    }
+}
+
+/// One test, so that the precision (process-wide) is not changed under a running forward.
+#[test]
+fn the_parity_fixtures_on_the_cuda_backend() {
+    for name in ["unet_a", "unet_b", "unet_c", "unet_d", "unet_e"] {
+        check(name, Precision::Fp32);
+        check(name, Precision::Tf32);
+    }
+}
