@@ -1,9 +1,9 @@
-//! The convolution and group-norm kernels (kernels/conv.cu, kernels/norm.cu) on the emulator against
-//! the CPU backend's unfused operations, on ragged shapes (batch 1 and 17, 1 to 70 channels, odd and
-//! non-square images, 3×3 stride 1 and 2 with diffusers' one-sided downsampling pad, 1×1), in both
-//! precisions: plain convolutions with bias; the fused resnet head (group norm + SiLU on load, bias,
-//! time embedding, residual, output scale); the skip concatenation and the 2× upsampling read in
-//! place; the group norm itself.
+//! The convolution and group-norm kernels (kernels/conv.cu, kernels/norm.cu) on the emulator (or
+//! GPU 0 with DYDIFF_TEST_DEVICE=cuda) against the CPU backend's unfused operations, on ragged
+//! shapes (batch 1 and 17, 1 to 70 channels, odd and non-square images, 3×3 stride 1 and 2 with
+//! diffusers' one-sided downsampling pad, 1×1), in both precisions: plain convolutions with bias;
+//! the fused resnet head (group norm + SiLU on load, bias, time embedding, residual, output scale);
+//! the skip concatenation and the 2× upsampling read in place; the group norm itself.
 //!
 //! Bounds per element (docs/devices.md, “Precision”): with `S = Σ|w·in|` (a convolution of the
 //! absolute values), `(K·u + 8u)·S` in float32 and `(2·2⁻¹¹ + K·u + 8u)·S` with TF32 operands — the
@@ -15,7 +15,6 @@ use common::rand_vec;
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::conv::{self, ConvEpilogue, ConvInput, NormOnLoad};
-use dydiff::backend::cuda::emu::Emulator;
 use dydiff::backend::cuda::gpu::Gpu;
 use dydiff::backend::cuda::Precision;
 use dydiff::backend::{BackendStorage, BinaryOp, ConvGeom, NormGeom};
@@ -24,7 +23,7 @@ use std::sync::Arc;
 const U: f64 = 1.0 / 16_777_216.0;
 
 fn gpu() -> Arc<dyn Gpu> {
-    Arc::new(Emulator)
+    common::test_gpu()
 }
 
 fn cpu(v: &[f32]) -> CpuStorage {

@@ -1,8 +1,8 @@
 //! The element-wise, data-movement and attention kernels (kernels/elementwise.cu,
-//! kernels/attention.cu) on the emulator against the CPU backend, on ragged shapes: data movement
-//! exactly; arithmetic within a few float32 ulp (the device's expf, sinf and cosf against the
-//! host's); attention within 2e-6 relative to the output's scale (head dimensions 1 to 128, 1 to
-//! 300 tokens, batch 1 and 17).
+//! kernels/attention.cu) on the emulator (or GPU 0 with DYDIFF_TEST_DEVICE=cuda) against the CPU
+//! backend, on ragged shapes: data movement exactly; arithmetic within a few float32 ulp (the
+//! device's expf, sinf and cosf against the host's); attention within 2e-6 relative to the
+//! output's scale (head dimensions 1 to 128, 1 to 300 tokens, batch 1 and 17).
 
 mod common;
 
@@ -10,13 +10,12 @@ use common::{assert_close, rand_vec};
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::elementwise as ew;
-use dydiff::backend::cuda::emu::Emulator;
 use dydiff::backend::cuda::gpu::Gpu;
 use dydiff::backend::{AttnGeom, BackendStorage, BinaryOp};
 use std::sync::Arc;
 
 fn gpu() -> Arc<dyn Gpu> {
-    Arc::new(Emulator)
+    common::test_gpu()
 }
 
 fn cpu(v: &[f32]) -> CpuStorage {

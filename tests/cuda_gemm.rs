@@ -1,15 +1,15 @@
-//! The matrix-product kernels (kernels/gemm.cu) on the emulator against a float64 product, on
-//! ragged shapes (1 to 130 rows and columns, reductions of 1 to 600, batch 1 and 17), every
-//! transpose, with and without bias (per column or row), output scale and residual, in both
-//! precisions; and `linear` equal to the CPU backend's. Bounds per element (docs/devices.md,
-//! “Precision”): `k·u·Σ|a||b|` in float32, `(2·2⁻¹¹ + k·u)·Σ|a||b|` with TF32 operands.
+//! The matrix-product kernels (kernels/gemm.cu) against a float64 product, on ragged shapes (1 to
+//! 130 rows and columns, reductions of 1 to 600, batch 1 and 17), every transpose, with and
+//! without bias (per column or row), output scale and residual, in both precisions; and `linear`
+//! equal to the CPU backend's. On the emulator, or GPU 0 with DYDIFF_TEST_DEVICE=cuda. Bounds per
+//! element (docs/devices.md, “Precision”): `k·u·Σ|a||b|` in float32, `(2·2⁻¹¹ + k·u)·Σ|a||b|` with
+//! TF32 operands.
 
 mod common;
 
 use common::rand_vec;
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
-use dydiff::backend::cuda::emu::Emulator;
 use dydiff::backend::cuda::gemm::{self, Epilogue};
 use dydiff::backend::cuda::gpu::Gpu;
 use dydiff::backend::cuda::Precision;
@@ -17,7 +17,7 @@ use dydiff::backend::{BackendStorage, MatmulGeom};
 use std::sync::Arc;
 
 fn gpu() -> Arc<dyn Gpu> {
-    Arc::new(Emulator)
+    common::test_gpu()
 }
 
 const U: f64 = 1.0 / 16_777_216.0;

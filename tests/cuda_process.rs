@@ -1,18 +1,19 @@
 //! The process kernels (kernels/process.cu) against the CPU backend, on ragged shapes: batch 1 and
 //! 17, one element to odd image sizes, short and long histories, both scopes of the process
-//! (docs/process.md, “Forward process” and “Diffusing the history”), DDIM steps with and without σ-noise; and the device's Philox words
-//! bit-identical to the CPU's, its normals equal to them.
+//! (docs/process.md, “Forward process” and “Diffusing the history”), DDIM steps with and without
+//! σ-noise (drawn in the kernel or given); and the device's Philox words bit-identical to the
+//! CPU's, its normals equal to them.
 //!
-//! Runs on the CUDA emulator. Tolerances (fp32): `|gpu − cpu| ≤ 1e-5·max|cpu| + 1e-5·|cpu|` for
-//! the scans (a GPU contracts `a·b + c·d` into FMAs, the CPU does not); normals within 1e-6
-//! relative (float64 log/sin/cos of the device against the host's, rounded to f32).
+//! Runs on the CUDA emulator, or on GPU 0 with DYDIFF_TEST_DEVICE=cuda. Tolerances (fp32):
+//! `|gpu − cpu| ≤ 1e-5·max|cpu| + 1e-5·|cpu|` for the scans (a GPU contracts `a·b + c·d` into
+//! FMAs, the CPU does not); normals within 1e-6 relative (float64 log/sin/cos of the device
+//! against the host's, rounded to f32).
 
 mod common;
 
 use common::{assert_close, rand_vec};
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
-use dydiff::backend::cuda::emu::Emulator;
 use dydiff::backend::cuda::gpu::Gpu;
 use dydiff::backend::cuda::process::{self, StepNoise};
 use dydiff::backend::{BackendStorage, DdimCoef, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
@@ -20,7 +21,7 @@ use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
 use std::sync::Arc;
 
 fn gpu() -> Arc<dyn Gpu> {
-    Arc::new(Emulator)
+    common::test_gpu()
 }
 
 fn close(got: &[f32], want: &[f32], what: &str) {

@@ -115,3 +115,13 @@ pub fn assert_clean_failure(ok: bool, err: &str, needles: &[&str], out: &Path, s
     assert!(!out.exists(), "output file left behind");
     assert!(s.leftovers().is_empty(), "temporary files left behind");
 }
+
+/// The device the CUDA kernel tests run on: the emulator, or GPU 0 through the driver when
+/// `DYDIFF_TEST_DEVICE=cuda` (the same test bodies on a real GPU).
+pub fn test_gpu() -> std::sync::Arc<dyn dydiff::backend::cuda::gpu::Gpu> {
+    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() == Ok("cuda") {
+        dydiff::backend::cuda::device(0).expect("DYDIFF_TEST_DEVICE=cuda: GPU 0")
+    } else {
+        std::sync::Arc::new(dydiff::backend::cuda::emu::Emulator)
+    }
+}
