@@ -164,3 +164,42 @@ fn training_on_the_gpu_is_refused_up_front() {
         assert!(!out.exists(), "{args:?} left {}", out.display());
     }
 }
+
+/// `dydiff bench unet --device cuda` (on the emulator): the report names the precision and times
+/// every kernel of the profiled forward, each launch counted.
+#[test]
+fn bench_on_the_cuda_backend_times_every_kernel() {
+    let unet = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet_a");
+    let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
+        .env("DYDIFF_CUDA_EMULATOR", "1")
+        .args([
+            "--device",
+            "cuda",
+            "--precision",
+            "fp32",
+            "bench",
+            "unet",
+            "--unet",
+        ])
+        .arg(&unet)
+        .args([
+            "--batch", "1", "--size", "16", "--reps", "1", "--warmup", "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["precision"], "fp32");
+    let k = r["kernels"].as_object().expect("a kernels map");
+    // unet_a: 3 levels of one resnet each, attention at two: convolutions, products, attention
+    for name in [
+        "conv2d_f32",
+        "gemm_f32",
+        "attention_f32",
+        "group_norm_stats_f32",
+    ] {
+        assert!(k[name]["launches"].as_u64().unwrap() > 0, "{name}: {r}");
+        assert!(k[name]["seconds"].as_f64().unwrap() > 0.0, "{name}: {r}");
+    }
+    assert!(r["median_s"].as_f64().unwrap() > 0.0);
+}

@@ -53,6 +53,14 @@ impl Device {
         }
     }
 
+    /// Waits until everything enqueued on this device has run (the CPU computes synchronously).
+    pub fn synchronize(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(n) => cuda::device(n)?.synchronize(),
+        }
+    }
+
     /// A storage holding `data` on this device.
     pub fn storage_from_vec(self, data: Vec<f32>) -> Result<Storage> {
         match self {

@@ -84,24 +84,45 @@ fn load(o: &BenchOptions, training: bool) -> Result<UNet2D> {
     Ok(model)
 }
 
-/// Runs `work` `warmup` times, once profiled, then `reps` times timed; builds the report.
+/// Runs `work` `warmup` times, once profiled, then `reps` times timed, each run waited for on the
+/// device; builds the report. On a CUDA device the profiled run also times every kernel launch
+/// (`kernels`: device time per kernel).
 fn measure(
     o: &BenchOptions,
     params: usize,
     mut work: impl FnMut() -> Result<()>,
 ) -> Result<serde_json::Value> {
-    for _ in 0..o.warmup {
+    let mut run = || -> Result<()> {
         work()?;
+        o.device.synchronize()
+    };
+    for _ in 0..o.warmup {
+        run()?;
     }
     // one profiled pass for the per-operation breakdown
+    let gpu = match o.device {
+        Device::Cuda(n) => Some(crate::backend::cuda::device(n)?),
+        Device::Cpu => None,
+    };
     profile::enable(true);
-    work()?;
+    if let Some(g) = &gpu {
+        g.set_timing(true);
+    }
+    run()?;
     let ops = profile::totals();
     profile::enable(false);
+    let kernels = match &gpu {
+        Some(g) => {
+            let k = g.kernel_times()?;
+            g.set_timing(false);
+            k
+        }
+        None => Vec::new(),
+    };
     let mut times = Vec::with_capacity(o.reps);
     for _ in 0..o.reps {
         let start = Instant::now();
-        work()?;
+        run()?;
         times.push(start.elapsed().as_secs_f64());
     }
     let in_order = times.clone();
@@ -115,14 +136,31 @@ fn measure(
             (name.to_string(), json!({"calls": o.calls, "seconds": o.seconds, "gflop": o.flops / 1e9, "gflops_per_s": rate}))
         })
         .collect();
-    Ok(json!({
+    let kernels: serde_json::Map<String, serde_json::Value> = kernels
+        .iter()
+        .map(|k| {
+            (
+                k.name.clone(),
+                json!({"launches": k.launches, "seconds": k.seconds}),
+            )
+        })
+        .collect();
+    let mut report = json!({
         "batch": o.batch, "height": o.height, "width": o.width,
         "threads": rayon::current_num_threads(),
         "params": params,
         "median_s": median, "min_s": times[0], "times_s": in_order,
         "gflop": flops / 1e9, "gflops_per_s": flops / median / 1e9,
         "ops": breakdown,
-    }))
+    });
+    if gpu.is_some() {
+        report["kernels"] = serde_json::Value::Object(kernels);
+        report["precision"] = json!(match crate::backend::cuda::precision() {
+            crate::backend::cuda::Precision::Fp32 => "fp32",
+            crate::backend::cuda::Precision::Tf32 => "tf32",
+        });
+    }
+    Ok(report)
 }
 
 /// `dydiff bench unet`: the forward pass on random input at timestep 500.

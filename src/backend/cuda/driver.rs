@@ -3,7 +3,7 @@
 //! is a one-line error: no driver library, no GPU with that ordinal, a driver or GPU that cannot
 //! run the embedded code, out of device memory, a failed launch.
 
-use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
+use super::gpu::{sum_times, DevicePtr, Gpu, KernelArg, KernelTime, LaunchShape};
 use super::kernels;
 use crate::error::{Error, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
@@ -17,12 +17,15 @@ pub struct Driver {
     stream: Arc<CudaStream>,
     module: Module,
     functions: Mutex<HashMap<String, Function>>,
+    /// While timing: each launch's kernel and the events recorded around it.
+    timing: Mutex<Option<Vec<(String, Event, Event)>>>,
 }
 
 /// Driver handles, usable from any thread once the context is bound.
 struct Module(sys::CUmodule);
 #[derive(Clone, Copy)]
 struct Function(sys::CUfunction);
+struct Event(sys::CUevent);
 // SAFETY: CUDA module and function handles may be used from any thread of the process (the
 // context is bound to the calling thread before every use).
 unsafe impl Send for Module {}
@@ -30,6 +33,21 @@ unsafe impl Send for Module {}
 unsafe impl Sync for Module {}
 // SAFETY: as above.
 unsafe impl Send for Function {}
+// SAFETY: events, like modules, belong to the context, not to a thread.
+unsafe impl Send for Event {}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by `result::event::create` and is destroyed once.
+        let _ = unsafe { result::event::destroy(self.0) };
+    }
+}
+
+fn new_event() -> Result<Event> {
+    result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+        .map(Event)
+        .map_err(|e| cuda("cannot create an event", e))
+}
 
 fn cuda(what: impl std::fmt::Display, e: DriverError) -> Error {
     Error::Backend(format!("CUDA: {what}: {e}"))
@@ -98,6 +116,7 @@ impl Driver {
             stream,
             module: Module(module),
             functions: Mutex::new(HashMap::new()),
+            timing: Mutex::new(None),
         })
     }
 
@@ -180,6 +199,16 @@ impl Gpu for Driver {
             .collect();
         let g = shape.grid;
         let b = shape.block;
+        let mut timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
+        let events = match timing.as_ref() {
+            Some(_) => Some((new_event()?, new_event()?)),
+            None => None,
+        };
+        if let Some((start, _)) = &events {
+            // SAFETY: a live event of this context, recorded on its stream.
+            unsafe { result::event::record(start.0, self.stream.cu_stream()) }
+                .map_err(|e| cuda("event", e))?;
+        }
         // SAFETY: `f` is a kernel of the loaded module; `params[i]` points at the bytes of argument
         // i, in the order and with the sizes of the kernel's parameters (the launchers are tested
         // against the same kernels on the emulator, which checks both); the values outlive the
@@ -194,6 +223,37 @@ impl Gpu for Driver {
                 &mut params,
             )
         }
-        .map_err(|e| cuda(format!("kernel {name}"), e))
+        .map_err(|e| cuda(format!("kernel {name}"), e))?;
+        if let (Some((start, end)), Some(list)) = (events, timing.as_mut()) {
+            // SAFETY: as for the start event.
+            unsafe { result::event::record(end.0, self.stream.cu_stream()) }
+                .map_err(|e| cuda("event", e))?;
+            list.push((name.to_string(), start, end));
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda("a kernel failed", e))
+    }
+
+    fn set_timing(&self, on: bool) {
+        *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    fn kernel_times(&self) -> Result<Vec<KernelTime>> {
+        self.synchronize()?;
+        let timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = Vec::new();
+        for (name, start, end) in timing.iter().flatten() {
+            // SAFETY: both events were recorded and the stream has been synchronised.
+            let ms = unsafe { result::event::elapsed(start.0, end.0) }
+                .map_err(|e| cuda("event timing", e))?;
+            records.push((name.clone(), f64::from(ms) / 1e3));
+        }
+        Ok(sum_times(records))
     }
 }

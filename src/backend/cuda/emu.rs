@@ -5,9 +5,14 @@
 //! barrier not every thread reaches, a warp collective with a lane missing — is an error naming
 //! the kernel, the block and the thread.
 
-use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
+use super::gpu::{sum_times, DevicePtr, Gpu, KernelArg, KernelTime, LaunchShape};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The emulator's launch timings while timing is on (`None` when off).
+static TIMES: Mutex<Option<Vec<(String, f64)>>> = Mutex::new(None);
 
 extern "C" {
     fn dydiff_emu_alloc(bytes: usize) -> *mut c_void;
@@ -88,6 +93,7 @@ impl Gpu for Emulator {
             .map(|v| v.as_mut_ptr().cast::<c_void>())
             .collect();
         let mut err = vec![0u8; 512];
+        let start = Instant::now();
         // SAFETY: every pointer is valid for the call: the name and error buffer are owned here,
         // `ptrs[i]` points at `sizes[i]` bytes of `values[i]`, which outlive the call, and the
         // runtime checks the argument count and sizes against the kernel before calling it.
@@ -105,9 +111,25 @@ impl Gpu for Emulator {
             )
         };
         if rc == 0 {
+            if let Some(t) = TIMES.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                t.push((name.to_string(), start.elapsed().as_secs_f64()));
+            }
             return Ok(());
         }
         let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
         Err(emulated(String::from_utf8_lossy(&err[..end]).into_owned()))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(()) // every launch ran to completion
+    }
+
+    fn set_timing(&self, on: bool) {
+        *TIMES.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    fn kernel_times(&self) -> Result<Vec<KernelTime>> {
+        let t = TIMES.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(sum_times(t.iter().flatten().cloned()))
     }
 }

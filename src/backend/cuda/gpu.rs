@@ -71,4 +71,38 @@ pub trait Gpu: Send + Sync {
     /// Runs kernel `name` with `args` in the order of its parameters: on the GPU, enqueued on the
     /// device's one stream (ordered with the copies); on the emulator, at once.
     fn launch(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()>;
+    /// Waits until everything enqueued so far has run (a launch's failure shows here).
+    fn synchronize(&self) -> Result<()>;
+    /// Starts or stops timing every launch (and clears what was timed).
+    fn set_timing(&self, on: bool);
+    /// What was timed since timing started, per kernel: `(name, launches, seconds)` — device time
+    /// between events around each launch on the GPU, the emulation's wall time on the emulator.
+    fn kernel_times(&self) -> Result<Vec<KernelTime>>;
+}
+
+/// The launches of one kernel and their summed time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    pub name: String,
+    pub launches: u64,
+    pub seconds: f64,
+}
+
+/// Sums `(name, seconds)` records per name, in order of first appearance.
+pub fn sum_times(records: impl IntoIterator<Item = (String, f64)>) -> Vec<KernelTime> {
+    let mut out: Vec<KernelTime> = Vec::new();
+    for (name, secs) in records {
+        match out.iter_mut().find(|k| k.name == name) {
+            Some(k) => {
+                k.launches += 1;
+                k.seconds += secs;
+            }
+            None => out.push(KernelTime {
+                name,
+                launches: 1,
+                seconds: secs,
+            }),
+        }
+    }
+    out
 }
