@@ -7,6 +7,15 @@ mod common;
 use common::{assert_clean_failure, dydiff, Scratch};
 use std::process::Command;
 
+/// `dydiff` with `--device cuda` on the emulator, or on GPU 0 with DYDIFF_TEST_DEVICE=cuda.
+fn on_device() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dydiff"));
+    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() != Ok("cuda") {
+        c.env("DYDIFF_CUDA_EMULATOR", "1");
+    }
+    c
+}
+
 fn info() -> (bool, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
         .args(["--device", "tpu", "info"]) // info checks no device
@@ -72,7 +81,7 @@ fn a_gpu_that_cannot_be_used_is_refused_with_the_reason() {
     }
 }
 
-/// `dydiff sample --device cuda` end to end on the emulator (DYDIFF_CUDA_EMULATOR=1): the
+/// `dydiff sample --device cuda` end to end (on the emulator: DYDIFF_CUDA_EMULATOR=1): the
 /// observations copied in, the initial and step noise drawn on the device, the network and the
 /// DDIM steps there, one copy out — equal to the CPU's forecast with float32 products (the same
 /// noise: the device draws the CPU's numbers), and within TF32 rounding with tensor-core products.
@@ -81,8 +90,7 @@ fn sample_on_the_cuda_backend_equals_the_cpu() {
     let s = Scratch::new("cuda-sample");
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler");
     let run = |device: &str, precision: &str, out: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
-            .env("DYDIFF_CUDA_EMULATOR", "1")
+        let o = on_device()
             .args([
                 "--device",
                 device,
@@ -148,8 +156,7 @@ fn training_on_the_gpu_is_refused_up_front() {
         ],
         vec!["bench", "train", "--unet", "missing"],
     ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
-            .env("DYDIFF_CUDA_EMULATOR", "1")
+        let o = on_device()
             .args(["--device", "cuda"])
             .args(&args)
             .output()
@@ -170,8 +177,7 @@ fn training_on_the_gpu_is_refused_up_front() {
 #[test]
 fn bench_on_the_cuda_backend_times_every_kernel() {
     let unet = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet_a");
-    let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
-        .env("DYDIFF_CUDA_EMULATOR", "1")
+    let o = on_device()
         .args([
             "--device",
             "cuda",

@@ -1,0 +1,283 @@
+"""The GPU check: on a machine with an NVIDIA GPU, PyTorch + diffusers and no Rust toolchain, with
+what scripts/gpu-prepare.sh built (the release binary and the CUDA test binaries in gpu-check/),
+in a few minutes:
+
+1. the machine: the GPU, driver, PyTorch, and `dydiff info`;
+2. every CUDA test on the GPU (DYDIFF_TEST_DEVICE=cuda: the emulator's test bodies, on the device);
+3. compute-sanitizer's memcheck on the product and convolution tests, where it is installed;
+4. side by side with PyTorch on the same GPU, for the benchmark UNet of python/bench_vs_pytorch.py
+   (same weights): the forward at batch 8 on 32×32 and at batch 64 on 64×64 — PyTorch eager with its
+   defaults (TF32 convolutions), eager under bf16 autocast, torch.compile; dydiff at tf32 and fp32 —
+   and the sampler (Dynamical Diffusion, 10 DDIM steps, batch 8 on 32×32), with dydiff's time per
+   kernel.
+
+It writes gpu_check.json (everything) and gpu_check.md (the tables) to --out.
+
+    python3 python/gpu_check.py --dir gpu-check --out OUT [--quick]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+from bench_vs_pytorch import CONFIG  # noqa: E402
+
+REPORT = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def run(cmd, timeout, env=None):
+    """(returncode, stdout, stderr, seconds); a timeout is returncode 124."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
+    except subprocess.TimeoutExpired as e:
+        return 124, e.stdout or "", e.stderr or "", time.perf_counter() - t0
+
+
+def place(d: pathlib.Path) -> pathlib.Path:
+    """Makes the paths the tests were built with point at this copy of the repository."""
+    manifest = json.loads((d / "manifest.json").read_text())["manifest_dir"]
+    built = pathlib.Path(manifest)
+    if built.resolve() != ROOT.resolve():
+        if not built.exists():
+            built.parent.mkdir(parents=True, exist_ok=True)
+            built.symlink_to(ROOT)
+    binary = ROOT / "target" / "release" / "dydiff"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    if not binary.exists():
+        shutil.copy(d / "dydiff", binary)
+    binary.chmod(0o755)
+    return binary
+
+
+def machine(binary):
+    m = {"torch": torch.__version__, "torch_cuda": torch.version.cuda}
+    m["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    rc, out, _, _ = run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                         "--format=csv,noheader"], 30)
+    m["nvidia_smi"] = out.strip() if rc == 0 else None
+    rc, out, err, _ = run([str(binary), "info"], 60)
+    m["dydiff_info"] = out.strip() or err.strip()
+    log(json.dumps(m, indent=1))
+    return m
+
+
+def tests(d, env):
+    results = []
+    for t in sorted((d / "tests").iterdir()):
+        t.chmod(0o755)
+        rc, out, err, secs = run([str(t), "--test-threads", "1"], 300, env)
+        summary = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", out)
+        failures = re.findall(r"---- (\S+) stdout ----", out)
+        results.append({"binary": t.name, "rc": rc, "seconds": round(secs, 1), "summary": summary,
+                        "failed": failures, "tail": (out + err)[-3000:] if rc else ""})
+        log(f"tests {t.name}: rc {rc}, {summary}, {secs:.1f} s")
+    return results
+
+
+def sanitizer(d, env):
+    tool = shutil.which("compute-sanitizer")
+    for base in [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]:
+        if not tool and base and (pathlib.Path(base) / "bin" / "compute-sanitizer").exists():
+            tool = str(pathlib.Path(base) / "bin" / "compute-sanitizer")
+    if not tool:
+        return {"skipped": "compute-sanitizer not found"}
+    out = {}
+    for name, filt in [("cuda_gemm", "products_match"), ("cuda_conv", "plain_convolutions")]:
+        rc, o, e, secs = run([tool, "--tool", "memcheck", "--error-exitcode", "1", str(d / "tests" / name),
+                              filt, "--test-threads", "1"], 240, env)
+        out[name] = {"rc": rc, "seconds": round(secs, 1), "tail": (o + e)[-2000:]}
+        log(f"compute-sanitizer {name}: rc {rc} ({secs:.1f} s)")
+    return out
+
+
+def model_folder(tmp: pathlib.Path) -> pathlib.Path:
+    torch.manual_seed(0)
+    model = UNet2DModel(**CONFIG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    mdir = tmp / "model"
+    model.save_pretrained(mdir / "unet")
+    DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                  set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
+                  prediction_type="epsilon").save_config(mdir / "scheduler")
+    (mdir / "dydiff.json").write_text(json.dumps(dict(
+        method="dydiff", dyn_eta=0.5, history=4, future=6, channels=2, height=32, width=32,
+        data_scale=4.0, data_shift=0.0)))
+    return mdir
+
+
+def torch_forward(mdir, batch, size, mode, reps):
+    net = UNet2DModel.from_pretrained(mdir / "unet").cuda().eval()
+    x = torch.randn(batch, CONFIG["in_channels"], size, size, device="cuda")
+    t = torch.full((batch,), 500, device="cuda")
+    f = torch.compile(net) if mode == "compile" else net
+
+    def once():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            return f(x, t).sample
+
+    for _ in range(3):
+        once()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        once()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def torch_sampler(mdir, mode, steps=10, hist=4, fut=6, ch=2, size=32, batch=8, dyn_eta=0.5):
+    """The sampler of python/bench_vs_pytorch.py (docs/process.md, “One step”) on the GPU."""
+    net = UNet2DModel.from_pretrained(mdir / "unet").cuda().eval()
+    f = torch.compile(net) if mode == "compile" else net
+    sched = DDIMScheduler.from_pretrained(mdir / "scheduler")
+    sched.set_timesteps(steps)
+    ab = sched.alphas_cumprod.double()
+    gb = lambda a: dyn_eta * a + (1 - dyn_eta)  # noqa: E731
+
+    def dyn(x, g):
+        out = [x[:, 0]]
+        for i in range(1, x.shape[1]):
+            out.append(g ** 0.5 * x[:, i] + (1 - g) ** 0.5 * out[-1])
+        return torch.stack(out, 1)
+
+    def inv_dyn(y, g):
+        return torch.cat([y[:, :1], (y[:, 1:] - (1 - g) ** 0.5 * y[:, :-1]) / g ** 0.5], 1)
+
+    hist_x = torch.randn(batch, hist, ch, size, size, device="cuda")
+
+    def loop():
+        ts = sched.timesteps.tolist()
+        with torch.no_grad():
+            x = dyn(torch.randn(batch, fut, ch, size, size, device="cuda"), float(gb(ab[ts[0]])))
+            for i, t in enumerate(ts):
+                a_t = float(ab[t])
+                a_p = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+                g_t, g_p = float(gb(a_t)), float(gb(a_p))
+                inp = torch.cat([hist_x, x], 1).reshape(batch, -1, size, size)
+                e = f(inp, t).sample.reshape(batch, fut, ch, size, size)
+                y = (x - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
+                x0 = inv_dyn(torch.cat([dyn(hist_x, g_t)[:, -1:], y], 1), g_t)[:, 1:]
+                ew = inv_dyn(e, g_t)
+                d = dyn(torch.cat([hist_x, x0], 1), g_p)[:, hist:]
+                x = a_p ** 0.5 * d + (1 - a_p) ** 0.5 * dyn(ew, g_p)
+        torch.cuda.synchronize()
+
+    loop()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        loop()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def dydiff_forward(binary, mdir, batch, size, precision, reps):
+    rc, out, err, _ = run([str(binary), "--device", "cuda", "--precision", precision, "bench", "unet",
+                           "--unet", str(mdir / "unet"), "--batch", str(batch), "--size", str(size),
+                           "--reps", str(reps), "--warmup", "3"], 300)
+    if rc:
+        return {"error": err.strip()[-500:]}
+    r = json.loads(out)
+    return {"median_s": r["median_s"], "kernels": r.get("kernels", {})}
+
+
+def dydiff_sampler(binary, mdir, tmp, precision):
+    obs = tmp / "obs.npy"
+    np.save(obs, np.random.default_rng(0).standard_normal((2, 4, 2, 32, 32)).astype(np.float32))
+    res = []
+    for i in range(2):  # the first run loads the module
+        rc, out, err, secs = run([str(binary), "--device", "cuda", "--precision", precision, "sample",
+                                  "--model", str(mdir), "--input", str(obs), "--members", "4", "--steps",
+                                  "10", "--batch", "8", "--out", str(tmp / f"f{i}.npy")], 300)
+        if rc:
+            return {"error": err.strip()[-500:]}
+        m = re.search(r"network ([\d.]+) s, sampler other ([\d.]+) s", err)
+        res.append({"wall_s": secs, "network_s": float(m[1]), "other_s": float(m[2])} if m else {"wall_s": secs})
+    return res[-1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default="gpu-check")
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu-check-out"))
+    ap.add_argument("--quick", action="store_true", help="tests and the small shape only")
+    a = ap.parse_args()
+    d, out = pathlib.Path(a.dir).resolve(), pathlib.Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    binary = place(d)
+    env = dict(os.environ, DYDIFF_TEST_DEVICE="cuda")
+    REPORT["machine"] = machine(binary)
+    REPORT["tests"] = tests(d, env)
+    REPORT["sanitizer"] = sanitizer(d, env) if not a.quick else {"skipped": "--quick"}
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    mdir = model_folder(tmp)
+    shapes = [(8, 32)] if a.quick else [(8, 32), (64, 64)]
+    fwd = {}
+    for batch, size in shapes:
+        key = f"batch {batch}, {size}x{size}"
+        fwd[key] = {}
+        for mode in ["eager", "bf16", "compile"]:
+            try:
+                fwd[key][f"pytorch {mode}"] = torch_forward(mdir, batch, size, mode, 20)
+            except Exception as e:  # torch.compile may be unavailable (no Triton, no compiler)
+                fwd[key][f"pytorch {mode}"] = f"error: {e}"[:300]
+        for precision in ["tf32", "fp32"]:
+            fwd[key][f"dydiff {precision}"] = dydiff_forward(binary, mdir, batch, size, precision, 20)
+        log(f"forward {key}: " + json.dumps({k: v if not isinstance(v, dict) else v.get("median_s", v)
+                                              for k, v in fwd[key].items()}))
+    REPORT["forward"] = fwd
+    samp = {}
+    for mode in ["eager", "compile"]:
+        try:
+            samp[f"pytorch {mode}"] = torch_sampler(mdir, mode)
+        except Exception as e:
+            samp[f"pytorch {mode}"] = f"error: {e}"[:300]
+    samp["dydiff tf32"] = dydiff_sampler(binary, mdir, tmp, "tf32")
+    log("sampler: " + json.dumps(samp))
+    REPORT["sampler"] = samp
+    REPORT["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (out / "gpu_check.json").write_text(json.dumps(REPORT, indent=1))
+    lines = [f"# GPU check, {REPORT['machine'].get('gpu')}, {REPORT['started']}", "",
+             "| test binary | result | s |", "|---|---|---|"]
+    for t in REPORT["tests"]:
+        lines.append(f"| {t['binary']} | {t['summary']} {t['failed'] or ''} | {t['seconds']} |")
+    lines += ["", "| forward | " + " | ".join(fwd[next(iter(fwd))].keys()) + " |",
+              "|---|" + "---|" * len(fwd[next(iter(fwd))])]
+    for key, row in fwd.items():
+        cells = []
+        for v in row.values():
+            s = v.get("median_s") if isinstance(v, dict) else v
+            cells.append(f"{s * 1e3:.3f} ms" if isinstance(s, float) else str(s)[:40])
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "| sampler, 10 steps, batch 8, 32x32 | s |", "|---|---|"]
+    for k, v in samp.items():
+        lines.append(f"| {k} | {v if not isinstance(v, dict) else v.get('network_s', v)} |")
+    (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+    log("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

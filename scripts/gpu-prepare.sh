@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds what python/gpu_check.py runs on a machine with an NVIDIA GPU but no Rust toolchain: the
+# release binary with its CUDA kernels and the CUDA test binaries, copied into gpu-check/ (about
+# 25 MB) with a manifest of where they were built (the tests find their fixtures and the binary
+# there; the check script links that path to its own copy of the repository).
+#
+#   NVCC=/path/to/nvcc scripts/gpu-prepare.sh        # then, on the GPU machine, from the repo root:
+#   python3 python/gpu_check.py --dir gpu-check --out OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${NVCC:?set NVCC to an nvcc (docs/devices.md, “Building with CUDA”)}"
+export NVCC
+cargo build --release --features cuda
+rm -rf gpu-check
+mkdir -p gpu-check/tests
+cp target/release/dydiff gpu-check/dydiff
+cargo test --release --features cuda --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"].startswith("cuda_"):
+        shutil.copy(m["executable"], "gpu-check/tests/" + m["target"]["name"])
+        print(m["target"]["name"])
+'
+python3 -c '
+import json, os
+json.dump({"manifest_dir": os.getcwd()}, open("gpu-check/manifest.json", "w"))
+'
+du -sh gpu-check
