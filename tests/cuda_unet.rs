@@ -70,6 +70,38 @@ fn check(name: &str, precision: Precision) {
     }
 }
 
+/// After the first forward, a second one allocates and frees nothing on the device: every
+/// buffer comes from the caching allocator.
+fn steady_state_allocates_nothing(name: &str) {
+    let dev = device();
+    let gpu = cuda::device(0).unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let model = UNet2D::from_pretrained(&dir, dev).unwrap();
+    let x = npy::read(&dir.join("x.npy")).unwrap();
+    let xt = Tensor::from_vec(x.data.clone(), &x.shape, dev).unwrap();
+    let t = npy::read(&dir.join("t0.npy")).unwrap();
+    let tt = Tensor::from_vec(t.data.clone(), &t.shape, dev).unwrap();
+    let first = model.forward(&xt, &tt).unwrap().to_vec().unwrap();
+    let before = gpu.memory_stats();
+    let second = model.forward(&xt, &tt).unwrap().to_vec().unwrap();
+    let after = gpu.memory_stats();
+    assert_eq!(first, second, "{name}: the same forward twice");
+    assert_eq!(
+        after.device_allocs, before.device_allocs,
+        "{name}: {before:?} → {after:?}"
+    );
+    assert_eq!(
+        after.device_frees, before.device_frees,
+        "{name}: {before:?} → {after:?}"
+    );
+    assert!(
+        after.reused > before.reused,
+        "{name}: {before:?} → {after:?}"
+    );
+}
+
 /// One test, so that the precision (process-wide) is not changed under a running forward.
 #[test]
 fn the_parity_fixtures_on_the_cuda_backend() {
@@ -77,4 +109,5 @@ fn the_parity_fixtures_on_the_cuda_backend() {
         check(name, Precision::Fp32);
         check(name, Precision::Tf32);
     }
+    steady_state_allocates_nothing("unet_c");
 }

@@ -4,6 +4,7 @@
 //! the same kernel sources compiled for the host. Everything above this trait — buffer sizes,
 //! launch shapes, argument order — is the same code on both, so `cargo test` exercises it.
 
+use super::cache::MemoryStats;
 use crate::error::Result;
 
 /// An address in a [`Gpu`]'s memory (a `CUdeviceptr` on the GPU, a host address on the emulator).
@@ -78,6 +79,10 @@ pub trait Gpu: Send + Sync {
     /// What was timed since timing started, per kernel: `(name, launches, seconds)` — device time
     /// between events around each launch on the GPU, the emulation's wall time on the emulator.
     fn kernel_times(&self) -> Result<Vec<KernelTime>>;
+    /// Allocation counts of a caching allocator ([`super::cache::Cached`]); zeros without one.
+    fn memory_stats(&self) -> MemoryStats {
+        MemoryStats::default()
+    }
 }
 
 /// The launches of one kernel and their summed time.

@@ -6,9 +6,11 @@
 //!
 //! Devices: `cuda:N` is GPU `N` through the driver; with the environment variable
 //! `DYDIFF_CUDA_EMULATOR=1` every `cuda:N` is the emulator instead (for tests and debugging:
-//! slow, exact about memory errors). Each device is opened once per process.
+//! slow, exact about memory errors). Each device is opened once per process, behind a caching
+//! allocator ([`cache::Cached`]).
 
 pub mod buffer;
+pub mod cache;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod driver;
@@ -62,7 +64,7 @@ pub fn device(ordinal: usize) -> Result<Arc<dyn Gpu>> {
         return Ok(g.clone());
     }
     let g: Arc<dyn Gpu> = if emulated() {
-        Arc::new(emu::Emulator)
+        Arc::new(cache::Cached::new(emu::Emulator))
     } else {
         open_driver(ordinal)?
     };
@@ -72,7 +74,7 @@ pub fn device(ordinal: usize) -> Result<Arc<dyn Gpu>> {
 
 #[cfg(feature = "cuda")]
 fn open_driver(ordinal: usize) -> Result<Arc<dyn Gpu>> {
-    Ok(Arc::new(driver::Driver::open(ordinal)?))
+    Ok(Arc::new(cache::Cached::new(driver::Driver::open(ordinal)?)))
 }
 
 #[cfg(not(feature = "cuda"))]
