@@ -14,8 +14,8 @@
 // As a GEMM: rows are output channels (A = w, co × ci·k·k, contiguous along the reduction), columns
 // the output pixels of every image (B = the input gathered on the fly, contiguous along the
 // pixels), so a warp's loads of B are consecutive x positions and its stores consecutive pixels of
-// one channel (NCHW). The tile product is kernels/gemm_core.cuh's: conv2d_tf32 on the tensor cores
-// (TF32 operands, float32 accumulation), conv2d_f32 with FFMA.
+// one channel (NCHW). The tile product is kernels/gemm_core.cuh's: conv2d_tf32 and conv2d_bf16 on
+// the tensor cores (TF32 or bf16 operands, float32 accumulation), conv2d_f32 with FFMA.
 //
 // Launch: grid (⌈n·ho·wo / 64⌉, ⌈co / 64⌉), 128 threads, no dynamic shared memory.
 // Benchmark: `dydiff bench unet --device cuda` and the GPU check script (per-kernel times).
@@ -31,7 +31,7 @@ struct ConvShape {
   float scale;
 };
 
-template <bool TENSOR_CORES>
+template <int MMA>
 __device__ __forceinline__ void conv_kernel(const float* __restrict__ x, const float* __restrict__ x2,
                                             const float* __restrict__ w,
                                             const float* __restrict__ bias,
@@ -75,7 +75,7 @@ __device__ __forceinline__ void conv_kernel(const float* __restrict__ x, const f
     return v;
   };
   float acc[2][4][4];
-  tile_product<TENSOR_CORES>(K, a, true, b, false, acc);
+  tile_product<MMA>(K, a, true, b, false, acc);
   tile_store(acc, [&](int row, int col, float v) {
     int co = co0 + row;
     long long p = p0 + col;
@@ -95,7 +95,16 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS)
                 const float* __restrict__ temb, const float* __restrict__ residual,
                 const float* __restrict__ stats, const float* __restrict__ gamma,
                 const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
-  conv_kernel<true>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
+  conv_kernel<MMA_TF32>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+    conv2d_bf16(const float* __restrict__ x, const float* __restrict__ x2,
+                const float* __restrict__ w, const float* __restrict__ bias,
+                const float* __restrict__ temb, const float* __restrict__ residual,
+                const float* __restrict__ stats, const float* __restrict__ gamma,
+                const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
+  conv_kernel<MMA_BF16>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
@@ -104,5 +113,5 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS)
                const float* __restrict__ temb, const float* __restrict__ residual,
                const float* __restrict__ stats, const float* __restrict__ gamma,
                const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
-  conv_kernel<false>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
+  conv_kernel<MMA_F32>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
 }

@@ -9,7 +9,8 @@
 // ldc) are optional (null). All storage is float32.
 //
 // Variants: gemm_tf32 multiplies on the tensor cores (mma.sync m16n8k8, operands rounded to TF32
-// by cvt.rna, float32 accumulation); gemm_f32 uses FFMA (`--precision fp32`).
+// by cvt.rna, float32 accumulation); gemm_bf16 likewise with operands rounded to bf16 (m16n8k16);
+// gemm_f32 uses FFMA (`--precision fp32`).
 //
 // Launch: grid (⌈N/64⌉, ⌈M/64⌉, batch), 128 threads, no dynamic shared memory; the tile product
 // is kernels/gemm_core.cuh's. Ragged edges (any M, N, K) are zero-filled on load and masked on
@@ -25,7 +26,7 @@ struct GemmShape {
   float scale;
 };
 
-template <bool TENSOR_CORES>
+template <int MMA>
 __device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
                                             const float* __restrict__ B, float* __restrict__ C,
                                             const float* __restrict__ bias,
@@ -48,7 +49,7 @@ __device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
     return s.b_trans ? B[(long long)n * s.ldb + k] : B[(long long)k * s.ldb + n];
   };
   float acc[2][4][4];
-  tile_product<TENSOR_CORES>(s.k, a, !s.a_trans, bv, s.b_trans != 0, acc);
+  tile_product<MMA>(s.k, a, !s.a_trans, bv, s.b_trans != 0, acc);
   tile_store(acc, [&](int row, int col, float v) {
     int m = m0 + row, n = n0 + col;
     if (m >= s.m || n >= s.n) return;
@@ -62,11 +63,17 @@ __device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
     gemm_tf32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
               const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s) {
-  gemm_kernel<true>(A, B, C, bias, residual, s);
+  gemm_kernel<MMA_TF32>(A, B, C, bias, residual, s);
+}
+
+extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+    gemm_bf16(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s) {
+  gemm_kernel<MMA_BF16>(A, B, C, bias, residual, s);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
     gemm_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s) {
-  gemm_kernel<false>(A, B, C, bias, residual, s);
+  gemm_kernel<MMA_F32>(A, B, C, bias, residual, s);
 }

@@ -24,6 +24,13 @@ __device__ __forceinline__ unsigned f32_to_tf32(float x) {
   return r;
 }
 
+// Two floats rounded to bf16 (to nearest, ties to even) in one register, lo in the lower half.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
 // d = a·b + c on the tensor cores, m16n8k8 with TF32 operands and f32 accumulators.
 __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const unsigned a[4],
                                                  const unsigned b[2], const float c[4]) {
@@ -104,6 +111,13 @@ void mma_finish(float d[4], const float (&A)[16][K], const float (&B)[K][8],
 }
 
 }  // namespace emu_ptx
+
+inline unsigned bf16_bits(float x) {
+  unsigned u = __float_as_uint(x);
+  if ((u & 0x7f800000u) == 0x7f800000u) return (u >> 16) | ((u & 0xffffu) ? 0x40u : 0u);  // NaN stays NaN
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // nearest, ties to even
+}
+inline unsigned pack_bf16x2(float lo, float hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
 
 inline unsigned f32_to_tf32(float x) {
   unsigned u = __float_as_uint(x);

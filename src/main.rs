@@ -28,9 +28,9 @@ struct Common {
     /// Compute device: cpu or cuda:N.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
-    /// How the GPU multiplies in the network: fp32, or tf32 (tensor cores, operands rounded to
-    /// 10 mantissa bits, float32 accumulation). Storage is float32; the CPU always computes in
-    /// float32.
+    /// How the GPU multiplies in the network: fp32, tf32 (tensor cores, operands rounded to 10
+    /// mantissa bits) or bf16 (operands rounded to 7 mantissa bits), float32 accumulation.
+    /// Storage is float32; the CPU always computes in float32.
     #[arg(long, global = true, default_value = "tf32")]
     precision: String,
 }
@@ -358,9 +358,10 @@ fn run(cli: Cli) -> Result<()> {
     dydiff::backend::cuda::set_precision(match cli.common.precision.as_str() {
         "fp32" => dydiff::backend::cuda::Precision::Fp32,
         "tf32" => dydiff::backend::cuda::Precision::Tf32,
+        "bf16" => dydiff::backend::cuda::Precision::Bf16,
         other => {
             return Err(Error::Invalid(format!(
-                "--precision: expected fp32 or tf32, found {other}"
+                "--precision: expected fp32, tf32 or bf16, found {other}"
             )))
         }
     });

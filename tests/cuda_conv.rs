@@ -1,12 +1,13 @@
 //! The convolution and group-norm kernels (kernels/conv.cu, kernels/norm.cu) on the emulator (or
 //! GPU 0 with DYDIFF_TEST_DEVICE=cuda) against the CPU backend's unfused operations, on ragged
 //! shapes (batch 1 and 17, 1 to 70 channels, odd and non-square images, 3×3 stride 1 and 2 with
-//! diffusers' one-sided downsampling pad, 1×1), in both precisions: plain convolutions with bias;
+//! diffusers' one-sided downsampling pad, 1×1), in every precision: plain convolutions with bias;
 //! the fused resnet head (group norm + SiLU on load, bias, time embedding, residual, output scale);
 //! the skip concatenation and the 2× upsampling read in place; the group norm itself.
 //!
 //! Bounds per element (docs/devices.md, “Precision”): with `S = Σ|w·in|` (a convolution of the
-//! absolute values), `(K·u + 8u)·S` in float32 and `(2·2⁻¹¹ + K·u + 8u)·S` with TF32 operands — the
+//! absolute values), `(K·u + 8u)·S` in float32, `(2·2⁻¹¹ + K·u + 8u)·S` with TF32 operands and
+//! `(2·2⁻⁸ + K·u + 8u)·S` with bf16 operands — the
 //! `8u` for the input transform computed in a different order — plus a few ulp of the epilogue.
 
 mod common;
@@ -39,6 +40,7 @@ fn within(p: Precision, k: usize, got: &[f32], want: &[f32], s: &[f32], extra: f
     let rel = match p {
         Precision::Fp32 => (k + 8) as f64 * U,
         Precision::Tf32 => 2.0 / 2048.0 + (k + 8) as f64 * U,
+        Precision::Bf16 => 2.0 / 256.0 + (k + 8) as f64 * U,
     };
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, ((g, w), s)) in got.iter().zip(want).zip(s).enumerate() {
@@ -101,7 +103,7 @@ fn plain_convolutions_match_the_cpu() {
             Buffer::from_f32(&gpu, &w).unwrap(),
             Buffer::from_f32(&gpu, &b).unwrap(),
         );
-        for p in [Precision::Fp32, Precision::Tf32] {
+        for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
             let epi = ConvEpilogue {
                 bias: Some(&db),
                 ..ConvEpilogue::NONE
@@ -195,7 +197,7 @@ fn the_fused_resnet_head_matches_norm_silu_conv_bias_temb_residual_scale() {
             residual: Some(&dr),
             scale,
         };
-        for p in [Precision::Fp32, Precision::Tf32] {
+        for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
             let got = conv::conv2d(&input, &dw, &g, &epi, p)
                 .unwrap()
                 .to_f32()
@@ -264,7 +266,7 @@ fn the_skip_concatenation_and_upsampling_are_read_in_place() {
             norm: None,
             silu: false,
         };
-        for p in [Precision::Fp32, Precision::Tf32] {
+        for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
             let got = conv::conv2d(&input, &dw, &g, &ConvEpilogue::NONE, p)
                 .unwrap()
                 .to_f32()

@@ -1,9 +1,9 @@
 //! The matrix-product kernels (kernels/gemm.cu) against a float64 product, on ragged shapes (1 to
 //! 130 rows and columns, reductions of 1 to 600, batch 1 and 17), every transpose, with and
-//! without bias (per column or row), output scale and residual, in both precisions; and `linear`
+//! without bias (per column or row), output scale and residual, in every precision; and `linear`
 //! equal to the CPU backend's. On the emulator, or GPU 0 with DYDIFF_TEST_DEVICE=cuda. Bounds per
 //! element (docs/devices.md, “Precision”): `k·u·Σ|a||b|` in float32, `(2·2⁻¹¹ + k·u)·Σ|a||b|` with
-//! TF32 operands.
+//! TF32 operands, `(2·2⁻⁸ + k·u)·Σ|a||b|` with bf16 operands.
 
 mod common;
 
@@ -26,6 +26,7 @@ fn bound(p: Precision, k: usize, abs_sum: f64) -> f64 {
     let rel = match p {
         Precision::Fp32 => k as f64 * U,
         Precision::Tf32 => 2.0 / 2048.0 + k as f64 * U,
+        Precision::Bf16 => 2.0 / 256.0 + k as f64 * U,
     };
     rel * abs_sum + 1e-30
 }
@@ -100,7 +101,7 @@ fn check(
 #[test]
 fn products_match_float64_on_ragged_shapes_and_every_transpose() {
     let mut seed = 1;
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
         for (batch, m, n, k) in [
             (1, 1, 1, 1),
             (17, 3, 5, 7),
@@ -128,7 +129,7 @@ fn products_match_float64_on_ragged_shapes_and_every_transpose() {
 #[test]
 fn the_epilogue_adds_bias_scales_and_adds_the_residual() {
     let mut seed = 100;
-    for p in [Precision::Fp32, Precision::Tf32] {
+    for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
         for (batch, m, n, k) in [(1, 37, 41, 29), (17, 2, 9, 3)] {
             let g = MatmulGeom {
                 batch,

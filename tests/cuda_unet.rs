@@ -1,8 +1,9 @@
 //! The whole network on the CUDA backend: the diffusers parity fixtures of tests/unet_parity.rs run
 //! on the emulator (`cuda:0` with DYDIFF_CUDA_EMULATOR=1; a real GPU with DYDIFF_TEST_DEVICE=cuda).
-//! Float32 products: max |gpu − diffusers| ≤ 1e-4 · max |diffusers|, the CPU's bound. TF32
+//! Float32 products: max |gpu − diffusers| ≤ 1e-4 · max |diffusers|, the CPU's bound. TF32 and bf16
 //! products: the largest and the root-mean-square error against diffusers' float32 output each at
-//! most twice PyTorch's at TF32 on the same input (tf32.json, python/make_tf32_fixtures.py).
+//! most twice PyTorch's at the same precision on the same input (tf32.json, bf16.json:
+//! python/make_precision_fixtures.py).
 
 use dydiff::backend::cuda::{self, Precision};
 use dydiff::io::npy;
@@ -24,8 +25,10 @@ fn check(name: &str, precision: Precision) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    let pytorch: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tf32.json")).unwrap()).unwrap();
+    let pytorch: Option<serde_json::Value> = (precision != Precision::Fp32).then(|| {
+        let f = dir.join(format!("{}.json", precision.name()));
+        serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()
+    });
     let model = UNet2D::from_pretrained(&dir, dev).unwrap();
     let x = npy::read(&dir.join("x.npy")).unwrap();
     let xt = Tensor::from_vec(x.data.clone(), &x.shape, dev).unwrap();
@@ -52,18 +55,19 @@ fn check(name: &str, precision: Precision) {
                     "{what}: max error {max} vs max |diffusers| {scale}"
                 );
             }
-            Precision::Tf32 => {
+            Precision::Tf32 | Precision::Bf16 => {
+                let pt = pytorch.as_ref().unwrap();
                 let (pt_max, pt_rms) = (
-                    pytorch["max_err"][k].as_f64().unwrap(),
-                    pytorch["rms_err"][k].as_f64().unwrap(),
+                    pt["max_err"][k].as_f64().unwrap(),
+                    pt["rms_err"][k].as_f64().unwrap(),
                 );
                 assert!(
                     max <= 2.0 * pt_max,
-                    "{what}: max error {max}, PyTorch's at TF32 {pt_max}"
+                    "{what}: max error {max}, PyTorch's {pt_max}"
                 );
                 assert!(
                     rms <= 2.0 * pt_rms,
-                    "{what}: RMS error {rms}, PyTorch's at TF32 {pt_rms}"
+                    "{what}: RMS error {rms}, PyTorch's {pt_rms}"
                 );
             }
         }
@@ -108,6 +112,7 @@ fn the_parity_fixtures_on_the_cuda_backend() {
     for name in ["unet_a", "unet_b", "unet_c", "unet_d", "unet_e"] {
         check(name, Precision::Fp32);
         check(name, Precision::Tf32);
+        check(name, Precision::Bf16);
     }
     steady_state_allocates_nothing("unet_c");
 }

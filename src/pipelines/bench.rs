@@ -155,10 +155,7 @@ fn measure(
     });
     if gpu.is_some() {
         report["kernels"] = serde_json::Value::Object(kernels);
-        report["precision"] = json!(match crate::backend::cuda::precision() {
-            crate::backend::cuda::Precision::Fp32 => "fp32",
-            crate::backend::cuda::Precision::Tf32 => "tf32",
-        });
+        report["precision"] = json!(crate::backend::cuda::precision().name());
     }
     Ok(report)
 }

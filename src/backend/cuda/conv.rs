@@ -195,12 +195,9 @@ pub fn conv2d(
     let pixels = g.n * ho * wo;
     let grid_x = u32::try_from(pixels.div_ceil(64))
         .map_err(|_| Error::shape(OP, format!("{pixels} output pixels")))?;
-    let kernel = match precision {
-        Precision::Fp32 => "conv2d_f32",
-        Precision::Tf32 => "conv2d_tf32",
-    };
+    let kernel = precision.kernel("conv2d");
     gpu.launch(
-        kernel,
+        &kernel,
         LaunchShape {
             grid: [grid_x, g.co.div_ceil(64) as u32, 1],
             block: [128, 1, 1],

@@ -107,17 +107,14 @@ pub fn matmul(
         bias_per_row: i32::from(epilogue.bias_per_row),
         scale: epilogue.scale,
     };
-    let kernel = match precision {
-        Precision::Fp32 => "gemm_f32",
-        Precision::Tf32 => "gemm_tf32",
-    };
+    let kernel = precision.kernel("gemm");
     let batch = u32::try_from(g.batch)
         .ok()
         .filter(|&b| b <= 65_535)
         .ok_or_else(|| Error::shape("matmul", format!("batch {} exceeds 65535", g.batch)))?;
     let ptr = |b: Option<&Buffer>| KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr));
     gpu.launch(
-        kernel,
+        &kernel,
         LaunchShape {
             grid: [g.n.div_ceil(TILE) as u32, g.m.div_ceil(TILE) as u32, batch],
             block: [128, 1, 1],

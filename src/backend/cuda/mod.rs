@@ -22,12 +22,33 @@ pub mod kernels;
 pub mod process;
 
 /// How the GPU multiplies in the network's products (docs/devices.md, “Precision”): float32
-/// with FFMA, or on the tensor cores with operands rounded to TF32 and float32 accumulation.
-/// Storage is float32 either way.
+/// with FFMA, or on the tensor cores with operands rounded to TF32 or to bf16 and float32
+/// accumulation. Storage is float32 either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     Fp32,
     Tf32,
+    Bf16,
+}
+
+impl Precision {
+    /// `fp32`, `tf32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+    /// The kernel of `family` (`gemm`, `conv2d`) at this precision.
+    pub fn kernel(self, family: &str) -> String {
+        let suffix = match self {
+            Precision::Fp32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        };
+        format!("{family}_{suffix}")
+    }
 }
 
 use self::buffer::Buffer;
@@ -98,6 +119,7 @@ pub fn set_precision(p: Precision) {
         match p {
             Precision::Fp32 => 0,
             Precision::Tf32 => 1,
+            Precision::Bf16 => 2,
         },
         Ordering::Relaxed,
     );
@@ -107,6 +129,7 @@ pub fn set_precision(p: Precision) {
 pub fn precision() -> Precision {
     match PRECISION.load(Ordering::Relaxed) {
         0 => Precision::Fp32,
+        2 => Precision::Bf16,
         _ => Precision::Tf32,
     }
 }
