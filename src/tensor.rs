@@ -5,7 +5,9 @@
 //! node to the tape. Code here never asks which backend it is on.
 
 use crate::autograd::{self, Op};
-use crate::backend::{AttnGeom, BinaryOp, ConvGeom, Device, NormGeom, Storage};
+use crate::backend::{
+    AttnGeom, BinaryOp, ConvGeom, Device, FusedConv, FusedNorm, NormGeom, Storage,
+};
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,18 @@ struct Inner {
     tracked: bool,
     /// For parameters: the accumulated gradient.
     grad: Option<Mutex<Option<Storage>>>,
+}
+
+/// What [`Tensor::conv2d_fused`] applies around the convolution: a group norm of the input
+/// (`gamma`, `beta`, groups, eps) and SiLU before it; a per-(sample, channel) time embedding, a
+/// residual and an output scale after it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvTail<'a> {
+    pub norm: Option<(&'a Tensor, &'a Tensor, usize, f32)>,
+    pub silu: bool,
+    pub temb: Option<&'a Tensor>,
+    pub residual: Option<&'a Tensor>,
+    pub scale: f32,
 }
 
 /// An f32 array. Cloning is cheap (shared data).
@@ -233,13 +247,14 @@ impl Tensor {
 
     /// 2-D convolution (cross-correlation) of NCHW `self` with an OIHW square kernel `w`,
     /// optional bias, `stride`, and zero padding `[top, bottom, left, right]`.
-    pub fn conv2d(
+    /// The geometry of `self` convolved with `w` (and bias `b`), shapes checked.
+    fn conv_geom(
         &self,
         w: &Tensor,
         b: Option<&Tensor>,
         stride: usize,
         pad: [usize; 4],
-    ) -> Result<Tensor> {
+    ) -> Result<ConvGeom> {
         let (n, ci, h, wd) = self.dims4("conv2d")?;
         let (co, wci, k, k2) = w.dims4("conv2d weight")?;
         if wci != ci || k != k2 || stride == 0 {
@@ -272,6 +287,18 @@ impl Tensor {
             stride,
             pad,
         };
+        Ok(g)
+    }
+
+    pub fn conv2d(
+        &self,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        stride: usize,
+        pad: [usize; 4],
+    ) -> Result<Tensor> {
+        let g = self.conv_geom(w, b, stride, pad)?;
+        let (n, co) = (g.n, g.co);
         let y = self
             .storage()
             .conv2d(w.storage(), b.map(|b| b.storage()), &g)?;
@@ -283,6 +310,71 @@ impl Tensor {
             &inputs,
             || Op::Conv2d { g },
         ))
+    }
+
+    /// The convolution of a resnet block with its surroundings, as one backend operation
+    /// ([`crate::backend::FusedConv`]): `(conv(act(norm(self)), w) + b + temb[n, co] + residual)
+    /// · scale`. Inference only: `None` when an operand is on a recording tape (the caller then
+    /// composes the unfused operations, which have gradients).
+    pub fn conv2d_fused(
+        &self,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        (stride, pad): (usize, [usize; 4]),
+        tail: &ConvTail,
+    ) -> Result<Option<Tensor>> {
+        let mut all: Vec<&Tensor> = vec![self, w];
+        all.extend(b);
+        all.extend(tail.temb);
+        all.extend(tail.residual);
+        if let Some((gamma, beta, _, _)) = tail.norm {
+            all.extend([gamma, beta]);
+        }
+        if Tensor::recorded(&all) {
+            return Ok(None);
+        }
+        let g = self.conv_geom(w, b, stride, pad)?;
+        let out = vec![g.n, g.co, g.ho(), g.wo()];
+        if let Some(t) = tail.temb {
+            if t.shape() != [g.n, g.co] {
+                return Err(Error::shape(
+                    "conv2d_fused",
+                    format!("time embedding {:?} for {:?}", t.shape(), out),
+                ));
+            }
+        }
+        if let Some(r) = tail.residual {
+            if r.shape() != out.as_slice() {
+                return Err(Error::shape(
+                    "conv2d_fused",
+                    format!("residual {:?} for {:?}", r.shape(), out),
+                ));
+            }
+        }
+        let norm = match tail.norm {
+            Some((gamma, beta, groups, eps)) => {
+                self.norm_geom(groups, gamma, beta, eps, tail.silu)?;
+                Some(FusedNorm {
+                    gamma: gamma.storage(),
+                    beta: beta.storage(),
+                    groups,
+                    eps,
+                })
+            }
+            None => None,
+        };
+        let f = FusedConv {
+            geom: g,
+            norm,
+            silu: tail.silu,
+            w: w.storage(),
+            bias: b.map(|b| b.storage()),
+            temb: tail.temb.map(|t| t.storage()),
+            residual: tail.residual.map(|r| r.storage()),
+            scale: tail.scale,
+        };
+        let y = self.storage().conv2d_fused(&f)?;
+        Ok(Some(Tensor::make(y, out, false, false)))
     }
 
     /// `self · wᵀ + b` over the last dimension: PyTorch's `Linear` with `w (out, in)`.

@@ -252,6 +252,49 @@ pub struct AdamStep {
     pub ema_decay: f32,
 }
 
+/// The group norm of [`FusedConv`]: affine `gamma`, `beta` per input channel.
+#[derive(Debug)]
+pub struct FusedNorm<'a, S> {
+    pub gamma: &'a S,
+    pub beta: &'a S,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+/// A convolution with what surrounds it in diffusers' `ResnetBlock2D` (inference only):
+///
+/// ```text
+/// y = (conv(act(norm(x)), w) + bias[co] + temb[n, co] + residual) · scale
+/// ```
+/// with `norm` an optional group norm and `act` SiLU if `silu`. `geom` is the convolution's.
+#[derive(Debug)]
+pub struct FusedConv<'a, S> {
+    pub geom: ConvGeom,
+    pub norm: Option<FusedNorm<'a, S>>,
+    pub silu: bool,
+    pub w: &'a S,
+    pub bias: Option<&'a S>,
+    /// `(n, co)`.
+    pub temb: Option<&'a S>,
+    /// Shaped like the output.
+    pub residual: Option<&'a S>,
+    pub scale: f32,
+}
+
+// References only: copyable whatever the storage.
+impl<S> Clone for FusedNorm<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for FusedNorm<'_, S> {}
+impl<S> Clone for FusedConv<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for FusedConv<'_, S> {}
+
 /// The primitive operations every backend implements. Shapes are passed explicitly; storages are
 /// flat. Operations never mutate their inputs.
 pub trait BackendStorage: Sized {
@@ -264,6 +307,10 @@ pub trait BackendStorage: Sized {
 
     /// `y = conv(x, w) + b` (cross-correlation, as PyTorch).
     fn conv2d(&self, w: &Self, b: Option<&Self>, g: &ConvGeom) -> Result<Self>;
+    /// [`FusedConv`] on `self` (inference only). The CPU composes its operations in the order
+    /// of the unfused block, so its result is bit-identical to them; the GPU runs one convolution
+    /// kernel (after the group norm's statistics).
+    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<Self>;
     /// Gradients of [`BackendStorage::conv2d`]: `(dx if need_dx, dw, db)`.
     fn conv2d_backward(
         &self,
@@ -449,6 +496,50 @@ impl Storage {
     }
     pub fn conv2d(&self, w: &Storage, b: Option<&Storage>, g: &ConvGeom) -> Result<Storage> {
         dispatch!(self, |s, w; opt b| s.conv2d(w, b, g), one)
+    }
+    pub fn conv2d_fused(&self, f: &FusedConv<Storage>) -> Result<Storage> {
+        /// The inner storage of `S` in every operand of `f`, or a device mismatch.
+        fn unwrap<'a, S>(
+            f: &FusedConv<'a, Storage>,
+            pick: impl Fn(&'a Storage) -> Option<&'a S>,
+        ) -> Result<FusedConv<'a, S>> {
+            let one = |s: &'a Storage| pick(s).ok_or_else(device_mismatch);
+            let opt = |s: Option<&'a Storage>| s.map(one).transpose();
+            Ok(FusedConv {
+                geom: f.geom,
+                norm: match f.norm {
+                    Some(n) => Some(FusedNorm {
+                        gamma: one(n.gamma)?,
+                        beta: one(n.beta)?,
+                        groups: n.groups,
+                        eps: n.eps,
+                    }),
+                    None => None,
+                },
+                silu: f.silu,
+                w: one(f.w)?,
+                bias: opt(f.bias)?,
+                temb: opt(f.temb)?,
+                residual: opt(f.residual)?,
+                scale: f.scale,
+            })
+        }
+        match self {
+            Storage::Cpu(x) => {
+                let g = unwrap(f, |s| match s {
+                    Storage::Cpu(c) => Some(c),
+                    _ => None,
+                })?;
+                Ok(Storage::Cpu(x.conv2d_fused(&g)?))
+            }
+            Storage::Cuda(x) => {
+                let g = unwrap(f, |s| match s {
+                    Storage::Cuda(c) => Some(c),
+                    _ => None,
+                })?;
+                Ok(Storage::Cuda(x.conv2d_fused(&g)?))
+            }
+        }
     }
     pub fn conv2d_backward(
         &self,

@@ -4,7 +4,7 @@
 
 use super::{Conv2d, GroupNorm, Linear, ParamBuilder};
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{ConvTail, Tensor};
 
 /// diffusers `ResnetBlock2D` (`time_embedding_norm = "default"`, pre-norm):
 /// `h = conv1(silu(norm1(x))) + proj(silu(temb))`, `h = conv2(silu(norm2(h)))`,
@@ -74,8 +74,13 @@ impl ResnetBlock2D {
         })
     }
 
-    /// `temb_act` is `silu(temb)`, computed once per network evaluation.
+    /// `temb_act` is `silu(temb)`, computed once per network evaluation. Without a tape, each
+    /// convolution takes its group norm, SiLU, time embedding, residual and scale with it
+    /// ([`Tensor::conv2d_fused`]: one kernel on the GPU, the same bits on the CPU).
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        if let Some(out) = self.forward_fused(x, temb_act)? {
+            return Ok(out);
+        }
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = h.add_channel_bias(&self.time_emb_proj.forward(temb_act)?)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
@@ -88,6 +93,55 @@ impl ResnetBlock2D {
         } else {
             out.scale(1.0 / self.output_scale_factor)
         }
+    }
+
+    /// The block as two fused convolutions, or `None` on a recording tape.
+    fn forward_fused(&self, x: &Tensor, temb_act: &Tensor) -> Result<Option<Tensor>> {
+        if Tensor::recorded(&[x, temb_act, &self.conv1.weight, &self.time_emb_proj.weight]) {
+            return Ok(None);
+        }
+        let temb = self.time_emb_proj.forward(temb_act)?;
+        let conv = |c: &Conv2d| (c.stride, c.pad);
+        fn norm(n: &GroupNorm) -> Option<(&Tensor, &Tensor, usize, f32)> {
+            Some((&n.weight, &n.bias, n.groups, n.eps))
+        }
+        let head = ConvTail {
+            norm: norm(&self.norm1),
+            silu: true,
+            temb: Some(&temb),
+            residual: None,
+            scale: 1.0,
+        };
+        let Some(h) = x.conv2d_fused(
+            &self.conv1.weight,
+            Some(&self.conv1.bias),
+            conv(&self.conv1),
+            &head,
+        )?
+        else {
+            return Ok(None);
+        };
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        let tail = ConvTail {
+            norm: norm(&self.norm2),
+            silu: true,
+            temb: None,
+            residual: Some(&shortcut),
+            scale: if self.output_scale_factor == 1.0 {
+                1.0
+            } else {
+                1.0 / self.output_scale_factor
+            },
+        };
+        h.conv2d_fused(
+            &self.conv2.weight,
+            Some(&self.conv2.bias),
+            conv(&self.conv2),
+            &tail,
+        )
     }
 }
 

@@ -16,8 +16,8 @@ pub(crate) mod simd;
 pub mod winograd;
 
 use crate::backend::{
-    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,
-    NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, FusedConv,
+    MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::Result;
 use crate::profile::scope;
@@ -111,6 +111,37 @@ impl BackendStorage for CpuStorage {
         } else {
             wrap(conv::conv2d(&self.data, &w.data, b, g))
         }
+    }
+    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<Self> {
+        // the unfused block's operations, in its order (the same bits)
+        let g = &f.geom;
+        let hw = g.h * g.w;
+        let input = match (f.norm, f.silu) {
+            (Some(n), silu) => {
+                let ng = NormGeom {
+                    n: g.n,
+                    c: g.ci,
+                    hw,
+                    groups: n.groups,
+                    eps: n.eps,
+                    silu,
+                };
+                self.group_norm(n.gamma, n.beta, &ng)?.0
+            }
+            (None, true) => self.silu()?,
+            (None, false) => self.clone(),
+        };
+        let mut y = input.conv2d(f.w, f.bias, g)?;
+        if let Some(t) = f.temb {
+            y = y.add_channel_bias(t, g.n, g.co, g.ho() * g.wo())?;
+        }
+        if let Some(r) = f.residual {
+            y = r.binary(&y, BinaryOp::Add)?;
+        }
+        if f.scale != 1.0 {
+            y = y.affine(f.scale, 0.0)?;
+        }
+        Ok(y)
     }
     fn conv2d_backward(
         &self,

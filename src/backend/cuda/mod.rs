@@ -52,12 +52,12 @@ impl Precision {
 }
 
 use self::buffer::Buffer;
-use self::conv::{ConvEpilogue, ConvInput};
+use self::conv::{ConvEpilogue, ConvInput, NormOnLoad};
 use self::gemm::Epilogue;
 use self::gpu::Gpu;
 use super::{
-    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, MatmulGeom,
-    NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, FusedConv,
+    MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -189,6 +189,42 @@ impl BackendStorage for CudaStorage {
         };
         let y = conv::conv2d(&ConvInput::plain(&self.buf), &w.buf, g, &epi, precision())?;
         Ok(self.wrap(y))
+    }
+    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<Self> {
+        let g = &f.geom;
+        let stats = match f.norm {
+            Some(n) => Some(conv::group_norm_stats(
+                &self.buf,
+                None,
+                (g.n, g.ci, g.h * g.w),
+                n.groups,
+                n.eps,
+            )?),
+            None => None,
+        };
+        let norm = match (f.norm, stats.as_ref()) {
+            (Some(n), Some(stats)) => Some(NormOnLoad {
+                stats,
+                gamma: &n.gamma.buf,
+                beta: &n.beta.buf,
+                groups: n.groups,
+            }),
+            _ => None,
+        };
+        let input = ConvInput {
+            x: &self.buf,
+            x2: None,
+            upsample: false,
+            norm,
+            silu: f.silu,
+        };
+        let epi = ConvEpilogue {
+            bias: f.bias.map(|b| b.buffer()),
+            temb: f.temb.map(|t| t.buffer()),
+            residual: f.residual.map(|r| r.buffer()),
+            scale: f.scale,
+        };
+        Ok(self.wrap(conv::conv2d(&input, &f.w.buf, g, &epi, precision())?))
     }
     fn conv2d_backward(
         &self,
