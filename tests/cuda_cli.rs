@@ -209,3 +209,38 @@ fn bench_on_the_cuda_backend_times_every_kernel() {
     }
     assert!(r["median_s"].as_f64().unwrap() > 0.0);
 }
+
+/// On the device, as on the CPU, a forecast does not depend on `--batch` or on a re-run: every
+/// kernel computes each value in an order that does not depend on the launch's size.
+#[test]
+fn a_forecast_on_the_cuda_backend_does_not_depend_on_the_batch() {
+    let s = Scratch::new("cuda-batch");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler");
+    let run = |batch: &str, out: &str| {
+        let o = on_device()
+            .args(["--device", "cuda", "sample", "--model"])
+            .arg(fixtures.join("model_dyn"))
+            .arg("--input")
+            .arg(fixtures.join("obs.npy"))
+            .args([
+                "--members",
+                "2",
+                "--steps",
+                "2",
+                "--ddim-eta",
+                "1",
+                "--batch",
+                batch,
+                "--out",
+            ])
+            .arg(s.path(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(s.path(out)).unwrap()
+    };
+    let four = run("4", "b4.npy");
+    assert_eq!(run("1", "b1.npy"), four, "--batch 1 and --batch 4 differ");
+    assert_eq!(run("3", "b3.npy"), four, "--batch 3 and --batch 4 differ");
+    assert_eq!(run("4", "again.npy"), four, "a re-run differs");
+}
