@@ -403,6 +403,16 @@ pub trait BackendStorage: Sized {
         g: &ProcessGeom,
         c: &DdimCoef,
     ) -> Result<Self>;
+    /// [`BackendStorage::ddim_step`] with its fresh noise drawn from `key` for the sequences'
+    /// `rows` (docs/random.md): `z` is `Device::randn(key, rows, diffused·elems)`. The CPU draws
+    /// it, then steps; the GPU draws each value inside the step's kernel.
+    fn ddim_step_drawn(
+        &self,
+        eps_hat: &Self,
+        noise: (NoiseKey, &[NoiseRow]),
+        g: &ProcessGeom,
+        c: &DdimCoef,
+    ) -> Result<Self>;
     /// One fused AdamW + EMA update of the parameter `self` (see [`AdamStep`]): returns
     /// `(p', m', v', e')`.
     fn adamw(
@@ -720,6 +730,15 @@ impl Storage {
         c: &DdimCoef,
     ) -> Result<Storage> {
         dispatch!(self, |s, eps_hat; opt z| s.ddim_step(eps_hat, z, g, c), one)
+    }
+    pub fn ddim_step_drawn(
+        &self,
+        eps_hat: &Storage,
+        noise: (NoiseKey, &[NoiseRow]),
+        g: &ProcessGeom,
+        c: &DdimCoef,
+    ) -> Result<Storage> {
+        dispatch!(self, |s, eps_hat| s.ddim_step_drawn(eps_hat, noise, g, c), one)
     }
     pub fn sum_all(&self) -> Result<f32> {
         dispatch!(self, |s| s.sum_all(), plain)

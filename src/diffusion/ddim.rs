@@ -12,6 +12,7 @@ use super::schedule::{gamma_bar, Schedule, SchedulerConfig};
 use super::{seq_dims, untracked};
 use crate::backend::{DdimCoef, DynCoef, ProcessGeom};
 use crate::error::{Error, Result};
+use crate::rng::{NoiseKey, NoiseRow};
 use crate::tensor::Tensor;
 
 /// The sampling timesteps `τ_K, …, τ_1` (descending) of diffusers' `leading` spacing:
@@ -92,6 +93,46 @@ impl Tensor {
         diffuse_history: bool,
         c: &DdimCoef,
     ) -> Result<Tensor> {
+        let g = self.step_geom(eps_hat, z, (history, future, diffuse_history))?;
+        if z.is_none() && c.sigma != 0.0 {
+            return Err(Error::shape("ddim_step", "σ > 0 needs the noise z"));
+        }
+        let next = self
+            .storage()
+            .ddim_step(eps_hat.storage(), z.map(|z| z.storage()), &g, c)?;
+        Tensor::from_storage(next, self.shape())
+    }
+
+    /// [`Tensor::ddim_step`] with the fresh noise drawn from `key` for the batch rows `rows`
+    /// (docs/random.md): the same values as `z = Tensor::randn(key, rows, eps_hat's shape)` —
+    /// on the GPU drawn inside the step's kernel.
+    pub fn ddim_step_drawn(
+        &self,
+        eps_hat: &Tensor,
+        (key, rows): (NoiseKey, &[NoiseRow]),
+        (history, future, diffuse_history): (usize, usize, bool),
+        c: &DdimCoef,
+    ) -> Result<Tensor> {
+        let g = self.step_geom(eps_hat, None, (history, future, diffuse_history))?;
+        if rows.len() != g.batch {
+            return Err(Error::shape(
+                "ddim_step",
+                format!("{} noise rows for a batch of {}", rows.len(), g.batch),
+            ));
+        }
+        let next = self
+            .storage()
+            .ddim_step_drawn(eps_hat.storage(), (key, rows), &g, c)?;
+        Tensor::from_storage(next, self.shape())
+    }
+
+    /// The step's geometry, with `eps_hat` (and `z`) checked against the state.
+    fn step_geom(
+        &self,
+        eps_hat: &Tensor,
+        z: Option<&Tensor>,
+        (history, future, diffuse_history): (usize, usize, bool),
+    ) -> Result<ProcessGeom> {
         untracked(&[self, eps_hat], "ddim_step")?;
         let mut g = ProcessGeom {
             batch: 0,
@@ -114,13 +155,7 @@ impl Tensor {
                 ));
             }
         }
-        if z.is_none() && c.sigma != 0.0 {
-            return Err(Error::shape("ddim_step", "σ > 0 needs the noise z"));
-        }
-        let next = self
-            .storage()
-            .ddim_step(eps_hat.storage(), z.map(|z| z.storage()), &g, c)?;
-        Tensor::from_storage(next, self.shape())
+        Ok(g)
     }
 }
 

@@ -312,28 +312,19 @@ fn forecast_from(
                 t,
                 ts.get(i + 1).copied(),
             );
-            let z = if v.sigma > 0.0 {
-                Some(Tensor::randn(
-                    NoiseKey {
-                        seed: s.seed,
-                        purpose: Purpose::StepNoise,
-                        step: (window.index << 24) | k as u32,
-                    },
-                    &rows,
-                    &[b, dn * c, h, w],
-                    s.device,
-                )?)
+            // the fresh noise of a step with σ > 0 is drawn inside the step (on the GPU, in its
+            // kernel)
+            let scope = (hist, fut, p.diffuse_history);
+            state = if v.sigma > 0.0 {
+                let key = NoiseKey {
+                    seed: s.seed,
+                    purpose: Purpose::StepNoise,
+                    step: (window.index << 24) | k as u32,
+                };
+                state.ddim_step_drawn(&eps_hat, (key, &rows), scope, &v.coef())?
             } else {
-                None
+                state.ddim_step(&eps_hat, None, hist, fut, p.diffuse_history, &v.coef())?
             };
-            state = state.ddim_step(
-                &eps_hat,
-                z.as_ref(),
-                hist,
-                fut,
-                p.diffuse_history,
-                &v.coef(),
-            )?;
             times.other += mid.elapsed().as_secs_f64();
             tick(b);
         }

@@ -318,6 +318,16 @@ impl BackendStorage for CpuStorage {
             c,
         ))
     }
+    fn ddim_step_drawn(
+        &self,
+        eps_hat: &Self,
+        (key, rows): (NoiseKey, &[NoiseRow]),
+        g: &ProcessGeom,
+        c: &DdimCoef,
+    ) -> Result<Self> {
+        let z = CpuStorage::randn(key, rows, g.diffused() * g.elems);
+        self.ddim_step(eps_hat, Some(&z), g, c)
+    }
     fn adamw(
         &self,
         grad: &Self,

@@ -354,6 +354,16 @@ impl BackendStorage for CudaStorage {
         let noise = z.map(|z| process::StepNoise::Given(z.buffer()));
         Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, noise, g, c)?))
     }
+    fn ddim_step_drawn(
+        &self,
+        eps_hat: &Self,
+        (key, rows): (NoiseKey, &[NoiseRow]),
+        g: &ProcessGeom,
+        c: &DdimCoef,
+    ) -> Result<Self> {
+        let noise = process::StepNoise::Draw { key, rows };
+        Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, Some(noise), g, c)?))
+    }
     fn adamw(
         &self,
         _: &Self,
