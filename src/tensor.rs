@@ -377,6 +377,96 @@ impl Tensor {
         Ok(Some(Tensor::make(y, out, false, false)))
     }
 
+    /// The positions of an image `self (n, c, …)` as tokens, projected: `(n, l, cout)` for
+    /// `w (cout, c)`, `l` the positions — `reshape`, `transpose12`, `linear` as one operation,
+    /// without a tape (inference).
+    pub fn tokens_linear(&self, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let (n, c) = match *self.shape() {
+            [n, c, ..] => (n, c),
+            ref s => return Err(Error::shape("tokens_linear", format!("input shape {s:?}"))),
+        };
+        let l = self.elem_count() / (n * c).max(1);
+        let cout = match *w.shape() {
+            [co, wc] if wc == c => co,
+            ref s => {
+                return Err(Error::shape(
+                    "tokens_linear",
+                    format!("weight {s:?} for {c} channels"),
+                ))
+            }
+        };
+        if b.is_some_and(|b| b.shape() != [cout]) {
+            return Err(Error::shape(
+                "tokens_linear",
+                format!("bias for {cout} outputs"),
+            ));
+        }
+        if Tensor::recorded(&[self, w]) {
+            return Err(Error::shape(
+                "tokens_linear",
+                "inference only: no gradient flows through it",
+            ));
+        }
+        let y =
+            self.storage()
+                .tokens_linear(w.storage(), b.map(|b| b.storage()), (n, c, l, cout))?;
+        Tensor::from_storage(y, &[n, l, cout])
+    }
+
+    /// Tokens `self (n, l, c)` projected by `w (cout, c)` and `b`, written as an image shaped
+    /// like `residual (n, cout, …)`, plus `residual`, times `scale` — `linear`, `transpose12`,
+    /// `reshape`, add, scale as one operation, without a tape (inference).
+    pub fn linear_to_channels(
+        &self,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        residual: &Tensor,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (n, l, c) = match *self.shape() {
+            [n, l, c] => (n, l, c),
+            ref s => {
+                return Err(Error::shape(
+                    "linear_to_channels",
+                    format!("input shape {s:?}"),
+                ))
+            }
+        };
+        let cout = match *w.shape() {
+            [co, wc] if wc == c => co,
+            ref s => {
+                return Err(Error::shape(
+                    "linear_to_channels",
+                    format!("weight {s:?} for {c} channels"),
+                ))
+            }
+        };
+        if residual.shape().first() != Some(&n)
+            || residual.shape().get(1) != Some(&cout)
+            || residual.elem_count() != n * cout * l
+            || b.is_some_and(|b| b.shape() != [cout])
+        {
+            return Err(Error::shape(
+                "linear_to_channels",
+                format!("residual {:?} for ({n}, {cout}, {l})", residual.shape()),
+            ));
+        }
+        if Tensor::recorded(&[self, w, residual]) {
+            return Err(Error::shape(
+                "linear_to_channels",
+                "inference only: no gradient flows through it",
+            ));
+        }
+        let y = self.storage().linear_to_channels(
+            w.storage(),
+            b.map(|b| b.storage()),
+            Some(residual.storage()),
+            scale,
+            (n, l, c, cout),
+        )?;
+        Tensor::from_storage(y, residual.shape())
+    }
+
     /// `self · wᵀ + b` over the last dimension: PyTorch's `Linear` with `w (out, in)`.
     pub fn linear(&self, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let Some(&k) = self.shape().last() else {

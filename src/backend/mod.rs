@@ -323,6 +323,27 @@ pub trait BackendStorage: Sized {
     fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self>;
     /// `y = x · wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`: PyTorch's `Linear`.
     fn linear(&self, w: &Self, b: Option<&Self>, m: usize, k: usize, n: usize) -> Result<Self>;
+    /// The projection of an image's positions: `self (n, c, l)` read as tokens `(n, l, c)`, times
+    /// `wᵀ` (`w (cout, c)`), plus `b`: `(n, l, cout)` — [`BackendStorage::transpose12`], then
+    /// [`BackendStorage::linear`] (the GPU reads the image in place).
+    fn tokens_linear(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        dims: (usize, usize, usize, usize),
+    ) -> Result<Self>;
+    /// The way back: tokens `self (n, l, c)` times `wᵀ` (`w (cout, c)`) plus `b`, as channels
+    /// `(n, cout, l)`, plus `residual (n, cout, l)`, times `scale` — `linear`, `transpose12`,
+    /// add, scale (the GPU writes the image in place with the residual in the same pass).
+    /// `dims` is `(n, l, c, cout)`.
+    fn linear_to_channels(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        residual: Option<&Self>,
+        scale: f32,
+        dims: (usize, usize, usize, usize),
+    ) -> Result<Self>;
     /// Column sums of a `(rows, cols)` matrix.
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self>;
     /// Group normalisation with affine `gamma`, `beta` per channel. Returns the output and the
@@ -506,6 +527,54 @@ impl Storage {
     }
     pub fn conv2d(&self, w: &Storage, b: Option<&Storage>, g: &ConvGeom) -> Result<Storage> {
         dispatch!(self, |s, w; opt b| s.conv2d(w, b, g), one)
+    }
+    pub fn tokens_linear(
+        &self,
+        w: &Storage,
+        b: Option<&Storage>,
+        dims: (usize, usize, usize, usize),
+    ) -> Result<Storage> {
+        dispatch!(self, |s, w; opt b| s.tokens_linear(w, b, dims), one)
+    }
+    pub fn linear_to_channels(
+        &self,
+        w: &Storage,
+        b: Option<&Storage>,
+        residual: Option<&Storage>,
+        scale: f32,
+        dims: (usize, usize, usize, usize),
+    ) -> Result<Storage> {
+        fn cpu(s: Option<&Storage>) -> Result<Option<&cpu::CpuStorage>> {
+            match s {
+                None => Ok(None),
+                Some(Storage::Cpu(c)) => Ok(Some(c)),
+                Some(_) => Err(device_mismatch()),
+            }
+        }
+        fn gpu(s: Option<&Storage>) -> Result<Option<&cuda::CudaStorage>> {
+            match s {
+                None => Ok(None),
+                Some(Storage::Cuda(c)) => Ok(Some(c)),
+                Some(_) => Err(device_mismatch()),
+            }
+        }
+        match (self, w) {
+            (Storage::Cpu(x), Storage::Cpu(w)) => Ok(Storage::Cpu(x.linear_to_channels(
+                w,
+                cpu(b)?,
+                cpu(residual)?,
+                scale,
+                dims,
+            )?)),
+            (Storage::Cuda(x), Storage::Cuda(w)) => Ok(Storage::Cuda(x.linear_to_channels(
+                w,
+                gpu(b)?,
+                gpu(residual)?,
+                scale,
+                dims,
+            )?)),
+            _ => Err(device_mismatch()),
+        }
     }
     pub fn conv2d_fused(&self, f: &FusedConv<Storage>) -> Result<Storage> {
         /// The inner storage of `S` in every operand of `f`, or a device mismatch.
@@ -738,7 +807,11 @@ impl Storage {
         g: &ProcessGeom,
         c: &DdimCoef,
     ) -> Result<Storage> {
-        dispatch!(self, |s, eps_hat| s.ddim_step_drawn(eps_hat, noise, g, c), one)
+        dispatch!(
+            self,
+            |s, eps_hat| s.ddim_step_drawn(eps_hat, noise, g, c),
+            one
+        )
     }
     pub fn sum_all(&self) -> Result<f32> {
         dispatch!(self, |s| s.sum_all(), plain)

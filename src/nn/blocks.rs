@@ -218,6 +218,23 @@ impl AttentionBlock {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !Tensor::recorded(&[x, &self.to_q.weight]) {
+            // without a tape: the projections read and write the image in place, the residual
+            // and scale in the output projection (the same bits on the CPU)
+            let hn = self.group_norm.forward(x)?;
+            let q = hn.tokens_linear(&self.to_q.weight, Some(&self.to_q.bias))?;
+            let k = hn.tokens_linear(&self.to_k.weight, Some(&self.to_k.bias))?;
+            let v = hn.tokens_linear(&self.to_v.weight, Some(&self.to_v.bias))?;
+            drop(hn);
+            let o = Tensor::attention(&q, &k, &v, self.heads)?;
+            drop((q, k, v));
+            let scale = if self.rescale_output_factor == 1.0 {
+                1.0
+            } else {
+                1.0 / self.rescale_output_factor
+            };
+            return o.linear_to_channels(&self.to_out.weight, Some(&self.to_out.bias), x, scale);
+        }
         let (n, c, h, w) = match *x.shape() {
             [n, c, h, w] => (n, c, h, w),
             _ => unreachable!("blocks only see NCHW tensors"),

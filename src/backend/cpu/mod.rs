@@ -185,6 +185,32 @@ impl BackendStorage for CpuStorage {
             n,
         ))
     }
+    fn tokens_linear(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        (n, c, l, cout): (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        self.transpose12(n, c, l)?.linear(w, b, n * l, c, cout)
+    }
+    fn linear_to_channels(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        residual: Option<&Self>,
+        scale: f32,
+        (n, l, c, cout): (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        // the unfused block's order: linear, transpose, out + residual, scale
+        let mut y = self.linear(w, b, n * l, c, cout)?.transpose12(n, l, cout)?;
+        if let Some(r) = residual {
+            y = y.binary(r, BinaryOp::Add)?;
+        }
+        if scale != 1.0 {
+            y = y.affine(scale, 0.0)?;
+        }
+        Ok(y)
+    }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
         wrap(elementwise::sum_rows(&self.data, rows, cols))
     }

@@ -80,6 +80,57 @@ pub fn matmul(
 ) -> Result<Buffer> {
     expect_len("A", a.len(), g.batch * g.m * g.k)?;
     expect_len("B", b.len(), g.batch * g.k * g.n)?;
+    let layout = Layout {
+        batch: g.batch,
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        a_trans: g.a_trans,
+        b_trans: g.b_trans,
+        stride_a: g.m * g.k,
+        stride_b: g.k * g.n,
+    };
+    strided(a, b, &layout, epilogue, precision)
+}
+
+/// Where the operands of a batched product are: `op(A[i])` is `m × k` (stored `k × m` when
+/// `a_trans`), `op(B[i])` is `k × n` (stored `n × k` when `b_trans`), each row-major and dense,
+/// matrix `i` of A at `i·stride_a` and of B at `i·stride_b` (0: one matrix for the whole batch);
+/// C is dense, `batch × m × n`.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_trans: bool,
+    pub b_trans: bool,
+    pub stride_a: usize,
+    pub stride_b: usize,
+}
+
+/// The product of [`Layout`] with an epilogue. The operands must hold every matrix the layout
+/// reads.
+pub fn strided(
+    a: &Buffer,
+    b: &Buffer,
+    g: &Layout,
+    epilogue: Epilogue,
+    precision: Precision,
+) -> Result<Buffer> {
+    let reach = |stride: usize, size: usize| {
+        if g.batch == 0 {
+            0
+        } else {
+            (g.batch - 1) * stride + size
+        }
+    };
+    if a.len() < reach(g.stride_a, g.m * g.k) || b.len() < reach(g.stride_b, g.k * g.n) {
+        return Err(Error::shape(
+            "matmul",
+            format!("{} and {} values for the layout {g:?}", a.len(), b.len()),
+        ));
+    }
     if let Some(bias) = epilogue.bias {
         let want = if epilogue.bias_per_row { g.m } else { g.n };
         expect_len("the bias", bias.len(), want)?;
@@ -99,8 +150,8 @@ pub fn matmul(
         lda: dim("lda", if g.a_trans { g.m } else { g.k })?,
         ldb: dim("ldb", if g.b_trans { g.k } else { g.n })?,
         ldc: dim("n", g.n)?,
-        stride_a: (g.m * g.k) as i64,
-        stride_b: (g.k * g.n) as i64,
+        stride_a: g.stride_a as i64,
+        stride_b: g.stride_b as i64,
         stride_c: (g.m * g.n) as i64,
         a_trans: i32::from(g.a_trans),
         b_trans: i32::from(g.b_trans),

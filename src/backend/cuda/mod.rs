@@ -249,6 +249,56 @@ impl BackendStorage for CudaStorage {
         )?;
         Ok(self.wrap(y))
     }
+    fn tokens_linear(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        (n, c, l, cout): (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        // per image: (l × c) = xᵀ, times wᵀ; the image read in place (A transposed), w shared
+        let layout = gemm::Layout {
+            batch: n,
+            m: l,
+            n: cout,
+            k: c,
+            a_trans: true,
+            b_trans: true,
+            stride_a: c * l,
+            stride_b: 0,
+        };
+        let epi = Epilogue {
+            bias: b.map(|b| b.buffer()),
+            ..Epilogue::NONE
+        };
+        Ok(self.wrap(gemm::strided(&self.buf, &w.buf, &layout, epi, precision())?))
+    }
+    fn linear_to_channels(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        residual: Option<&Self>,
+        scale: f32,
+        (n, l, c, cout): (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        // per image: (cout × l) = w · tokensᵀ, the bias per row, the residual in the epilogue
+        let layout = gemm::Layout {
+            batch: n,
+            m: cout,
+            n: l,
+            k: c,
+            a_trans: false,
+            b_trans: true,
+            stride_a: 0,
+            stride_b: l * c,
+        };
+        let epi = Epilogue {
+            bias: b.map(|b| b.buffer()),
+            bias_per_row: true,
+            scale,
+            residual: residual.map(|r| r.buffer()),
+        };
+        Ok(self.wrap(gemm::strided(&w.buf, &self.buf, &layout, epi, precision())?))
+    }
     fn sum_rows(&self, _: usize, _: usize) -> Result<Self> {
         Err(training())
     }
@@ -362,7 +412,13 @@ impl BackendStorage for CudaStorage {
         c: &DdimCoef,
     ) -> Result<Self> {
         let noise = process::StepNoise::Draw { key, rows };
-        Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, Some(noise), g, c)?))
+        Ok(self.wrap(process::ddim_step(
+            &self.buf,
+            &eps_hat.buf,
+            Some(noise),
+            g,
+            c,
+        )?))
     }
     fn adamw(
         &self,
