@@ -25,11 +25,15 @@ struct Inner {
     grad: Option<Mutex<Option<Storage>>>,
 }
 
-/// What [`Tensor::conv2d_fused`] applies around the convolution: a group norm of the input
-/// (`gamma`, `beta`, groups, eps) and SiLU before it; a per-(sample, channel) time embedding, a
-/// residual and an output scale after it.
+/// What [`Tensor::conv2d_fused`] applies around the convolution: a concatenated second input,
+/// 2× upsampling, a group norm of the input (`gamma`, `beta`, groups, eps) and SiLU before it; a
+/// per-(sample, channel) time embedding, a residual and an output scale after it.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvTail<'a> {
+    /// A second input concatenated after `self` along channels (an up block's skip).
+    pub skip: Option<&'a Tensor>,
+    /// Nearest 2× upsampling of the (concatenated) input first.
+    pub upsample: bool,
     pub norm: Option<(&'a Tensor, &'a Tensor, usize, f32)>,
     pub silu: bool,
     pub temb: Option<&'a Tensor>,
@@ -325,6 +329,7 @@ impl Tensor {
     ) -> Result<Option<Tensor>> {
         let mut all: Vec<&Tensor> = vec![self, w];
         all.extend(b);
+        all.extend(tail.skip);
         all.extend(tail.temb);
         all.extend(tail.residual);
         if let Some((gamma, beta, _, _)) = tail.norm {
@@ -333,7 +338,45 @@ impl Tensor {
         if Tensor::recorded(&all) {
             return Ok(None);
         }
-        let g = self.conv_geom(w, b, stride, pad)?;
+        let (n, c1, h0, w0) = self.dims4("conv2d_fused")?;
+        let c2 = match tail.skip {
+            Some(s) => match *s.shape() {
+                [sn, c2, sh, sw] if (sn, sh, sw) == (n, h0, w0) => c2,
+                ref shape => {
+                    return Err(Error::shape(
+                        "conv2d_fused",
+                        format!("skip {shape:?} for input {:?}", self.shape()),
+                    ))
+                }
+            },
+            None => 0,
+        };
+        let up = if tail.upsample { 2 } else { 1 };
+        let g = ConvGeom {
+            n,
+            ci: c1 + c2,
+            h: h0 * up,
+            w: w0 * up,
+            co: w.shape().first().copied().unwrap_or(0),
+            k: w.shape().get(2).copied().unwrap_or(0),
+            stride,
+            pad,
+        };
+        if w.shape() != [g.co, g.ci, g.k, g.k]
+            || stride == 0
+            || b.is_some_and(|b| b.shape() != [g.co])
+            || g.h + pad[0] + pad[1] < g.k
+            || g.w + pad[2] + pad[3] < g.k
+        {
+            return Err(Error::shape(
+                "conv2d_fused",
+                format!(
+                    "input {:?} (+ {c2} skip channels) with weight {:?}",
+                    self.shape(),
+                    w.shape()
+                ),
+            ));
+        }
         let out = vec![g.n, g.co, g.ho(), g.wo()];
         if let Some(t) = tail.temb {
             if t.shape() != [g.n, g.co] {
@@ -353,7 +396,21 @@ impl Tensor {
         }
         let norm = match tail.norm {
             Some((gamma, beta, groups, eps)) => {
-                self.norm_geom(groups, gamma, beta, eps, tail.silu)?;
+                if groups == 0
+                    || !g.ci.is_multiple_of(groups)
+                    || gamma.shape() != [g.ci]
+                    || beta.shape() != [g.ci]
+                {
+                    return Err(Error::shape(
+                        "conv2d_fused",
+                        format!(
+                            "{} channels in {groups} groups, γ {:?}, β {:?}",
+                            g.ci,
+                            gamma.shape(),
+                            beta.shape()
+                        ),
+                    ));
+                }
                 Some(FusedNorm {
                     gamma: gamma.storage(),
                     beta: beta.storage(),
@@ -365,6 +422,8 @@ impl Tensor {
         };
         let f = FusedConv {
             geom: g,
+            x2: tail.skip.map(|s| (s.storage(), c2)),
+            upsample: tail.upsample,
             norm,
             silu: tail.silu,
             w: w.storage(),

@@ -261,15 +261,20 @@ pub struct FusedNorm<'a, S> {
     pub eps: f32,
 }
 
-/// A convolution with what surrounds it in diffusers' `ResnetBlock2D` (inference only):
+/// A convolution with what surrounds it in the UNet's blocks (inference only):
 ///
 /// ```text
-/// y = (conv(act(norm(x)), w) + bias[co] + temb[n, co] + residual) · scale
+/// y = (conv(act(norm(up(x ⧺ x2))), w) + bias[co] + temb[n, co] + residual) · scale
 /// ```
-/// with `norm` an optional group norm and `act` SiLU if `silu`. `geom` is the convolution's.
+/// with `x ⧺ x2` the concatenation along channels of the input and, if given, a second tensor of
+/// `c2` channels (an up block's skip connection), `up` nearest 2× upsampling if `upsample`,
+/// `norm` an optional group norm and `act` SiLU if `silu`. `geom` is the convolution's: its input
+/// is the concatenated, upsampled one.
 #[derive(Debug)]
 pub struct FusedConv<'a, S> {
     pub geom: ConvGeom,
+    pub x2: Option<(&'a S, usize)>,
+    pub upsample: bool,
     pub norm: Option<FusedNorm<'a, S>>,
     pub silu: bool,
     pub w: &'a S,
@@ -586,6 +591,11 @@ impl Storage {
             let opt = |s: Option<&'a Storage>| s.map(one).transpose();
             Ok(FusedConv {
                 geom: f.geom,
+                x2: match f.x2 {
+                    Some((s, c2)) => Some((one(s)?, c2)),
+                    None => None,
+                },
+                upsample: f.upsample,
                 norm: match f.norm {
                     Some(n) => Some(FusedNorm {
                         gamma: one(n.gamma)?,

@@ -78,7 +78,7 @@ impl ResnetBlock2D {
     /// convolution takes its group norm, SiLU, time embedding, residual and scale with it
     /// ([`Tensor::conv2d_fused`]: one kernel on the GPU, the same bits on the CPU).
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        if let Some(out) = self.forward_fused(x, temb_act)? {
+        if let Some(out) = self.forward_fused(x, None, temb_act)? {
             return Ok(out);
         }
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
@@ -95,9 +95,26 @@ impl ResnetBlock2D {
         }
     }
 
-    /// The block as two fused convolutions, or `None` on a recording tape.
-    fn forward_fused(&self, x: &Tensor, temb_act: &Tensor) -> Result<Option<Tensor>> {
-        if Tensor::recorded(&[x, temb_act, &self.conv1.weight, &self.time_emb_proj.weight]) {
+    /// The block on `x` concatenated with an up block's skip connection along channels: without a
+    /// tape the convolutions read the two in place.
+    pub fn forward_skip(&self, x: &Tensor, skip: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        match self.forward_fused(x, Some(skip), temb_act)? {
+            Some(out) => Ok(out),
+            None => self.forward(&Tensor::cat_channels(&[x, skip])?, temb_act),
+        }
+    }
+
+    /// The block as two fused convolutions (the first reading `x ⧺ skip`), or `None` on a
+    /// recording tape.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        temb_act: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let mut inputs = vec![x, temb_act, &self.conv1.weight, &self.time_emb_proj.weight];
+        inputs.extend(skip);
+        if Tensor::recorded(&inputs) {
             return Ok(None);
         }
         let temb = self.time_emb_proj.forward(temb_act)?;
@@ -106,6 +123,8 @@ impl ResnetBlock2D {
             Some((&n.weight, &n.bias, n.groups, n.eps))
         }
         let head = ConvTail {
+            skip,
+            upsample: false,
             norm: norm(&self.norm1),
             silu: true,
             temb: Some(&temb),
@@ -121,11 +140,28 @@ impl ResnetBlock2D {
         else {
             return Ok(None);
         };
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(x)?,
-            None => x.clone(),
+        let shortcut = match (&self.conv_shortcut, skip) {
+            (Some(c), _) => {
+                let cat = ConvTail {
+                    skip,
+                    upsample: false,
+                    norm: None,
+                    silu: false,
+                    temb: None,
+                    residual: None,
+                    scale: 1.0,
+                };
+                match x.conv2d_fused(&c.weight, Some(&c.bias), conv(c), &cat)? {
+                    Some(y) => y,
+                    None => return Ok(None),
+                }
+            }
+            (None, None) => x.clone(),
+            (None, Some(s)) => Tensor::cat_channels(&[x, s])?,
         };
         let tail = ConvTail {
+            skip: None,
+            upsample: false,
             norm: norm(&self.norm2),
             silu: true,
             temb: None,
@@ -422,15 +458,27 @@ impl UpBlock {
             let skip = skips
                 .pop()
                 .expect("the down path pushes one skip per up-block resnet");
-            let cat = Tensor::cat_channels(&[&h, &skip])?;
+            h = r.forward_skip(&h, &skip, temb_act)?;
             drop(skip);
-            h = r.forward(&cat, temb_act)?;
             if let Some(a) = self.attentions.get(i) {
                 h = a.forward(&h)?;
             }
         }
         if let Some(u) = &self.upsample {
-            h = u.forward(&h.upsample_nearest2x()?)?;
+            // without a tape the convolution reads the image upsampled in place
+            let up = ConvTail {
+                skip: None,
+                upsample: true,
+                norm: None,
+                silu: false,
+                temb: None,
+                residual: None,
+                scale: 1.0,
+            };
+            h = match h.conv2d_fused(&u.weight, Some(&u.bias), (u.stride, u.pad), &up)? {
+                Some(y) => y,
+                None => u.forward(&h.upsample_nearest2x()?)?,
+            };
         }
         Ok(h)
     }

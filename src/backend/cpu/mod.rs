@@ -116,6 +116,17 @@ impl BackendStorage for CpuStorage {
         // the unfused block's operations, in its order (the same bits)
         let g = &f.geom;
         let hw = g.h * g.w;
+        let up = if f.upsample { 2 } else { 1 };
+        let stored = (g.h / up) * (g.w / up);
+        let mut x = match f.x2 {
+            Some((x2, c2)) => {
+                CpuStorage::concat_channels(&[self, x2], g.n, &[g.ci - c2, c2], stored)?
+            }
+            None => self.clone(),
+        };
+        if f.upsample {
+            x = x.upsample_nearest2x(g.n * g.ci, g.h / 2, g.w / 2)?;
+        }
         let input = match (f.norm, f.silu) {
             (Some(n), silu) => {
                 let ng = NormGeom {
@@ -126,10 +137,10 @@ impl BackendStorage for CpuStorage {
                     eps: n.eps,
                     silu,
                 };
-                self.group_norm(n.gamma, n.beta, &ng)?.0
+                x.group_norm(n.gamma, n.beta, &ng)?.0
             }
-            (None, true) => self.silu()?,
-            (None, false) => self.clone(),
+            (None, true) => x.silu()?,
+            (None, false) => x,
         };
         let mut y = input.conv2d(f.w, f.bias, g)?;
         if let Some(t) = f.temb {

@@ -192,11 +192,14 @@ impl BackendStorage for CudaStorage {
     }
     fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<Self> {
         let g = &f.geom;
+        let x2 = f.x2.map(|(s, c2)| (s.buffer(), c2));
+        let up = if f.upsample { 2 } else { 1 };
+        // statistics of the stored input: upsampling repeats each value four times
         let stats = match f.norm {
             Some(n) => Some(conv::group_norm_stats(
                 &self.buf,
-                None,
-                (g.n, g.ci, g.h * g.w),
+                x2,
+                (g.n, g.ci, (g.h / up) * (g.w / up)),
                 n.groups,
                 n.eps,
             )?),
@@ -213,8 +216,8 @@ impl BackendStorage for CudaStorage {
         };
         let input = ConvInput {
             x: &self.buf,
-            x2: None,
-            upsample: false,
+            x2,
+            upsample: f.upsample,
             norm,
             silu: f.silu,
         };
