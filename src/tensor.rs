@@ -34,6 +34,8 @@ pub struct ConvTail<'a> {
     pub skip: Option<&'a Tensor>,
     /// Nearest 2× upsampling of the (concatenated) input first.
     pub upsample: bool,
+    /// A 1×1 convolution `(weights, bias)` of the same input before the norm, returned too.
+    pub shortcut: Option<(&'a Tensor, Option<&'a Tensor>)>,
     pub norm: Option<(&'a Tensor, &'a Tensor, usize, f32)>,
     pub silu: bool,
     pub temb: Option<&'a Tensor>,
@@ -326,10 +328,14 @@ impl Tensor {
         b: Option<&Tensor>,
         (stride, pad): (usize, [usize; 4]),
         tail: &ConvTail,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<Option<(Tensor, Option<Tensor>)>> {
         let mut all: Vec<&Tensor> = vec![self, w];
         all.extend(b);
         all.extend(tail.skip);
+        if let Some((sw, sb)) = tail.shortcut {
+            all.push(sw);
+            all.extend(sb);
+        }
         all.extend(tail.temb);
         all.extend(tail.residual);
         if let Some((gamma, beta, _, _)) = tail.norm {
@@ -378,6 +384,15 @@ impl Tensor {
             ));
         }
         let out = vec![g.n, g.co, g.ho(), g.wo()];
+        if let Some((sw, sb)) = tail.shortcut {
+            let co = sw.shape().first().copied().unwrap_or(0);
+            if sw.shape() != [co, g.ci, 1, 1] || sb.is_some_and(|b| b.shape() != [co]) {
+                return Err(Error::shape(
+                    "conv2d_fused",
+                    format!("shortcut weight {:?} for {} channels", sw.shape(), g.ci),
+                ));
+            }
+        }
         if let Some(t) = tail.temb {
             if t.shape() != [g.n, g.co] {
                 return Err(Error::shape(
@@ -424,6 +439,9 @@ impl Tensor {
             geom: g,
             x2: tail.skip.map(|s| (s.storage(), c2)),
             upsample: tail.upsample,
+            shortcut: tail
+                .shortcut
+                .map(|(w, b)| (w.storage(), b.map(|b| b.storage()))),
             norm,
             silu: tail.silu,
             w: w.storage(),
@@ -432,44 +450,50 @@ impl Tensor {
             residual: tail.residual.map(|r| r.storage()),
             scale: tail.scale,
         };
-        let y = self.storage().conv2d_fused(&f)?;
-        Ok(Some(Tensor::make(y, out, false, false)))
+        let (y, s) = self.storage().conv2d_fused(&f)?;
+        let shortcut = s.map(|s| {
+            let co = s.len() / (g.n * g.h * g.w).max(1);
+            Tensor::make(s, vec![g.n, co, g.h, g.w], false, false)
+        });
+        Ok(Some((Tensor::make(y, out, false, false), shortcut)))
     }
 
-    /// The positions of an image `self (n, c, …)` as tokens, projected: `(n, l, cout)` for
-    /// `w (cout, c)`, `l` the positions — `reshape`, `transpose12`, `linear` as one operation,
-    /// without a tape (inference).
-    pub fn tokens_linear(&self, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    /// The positions of an image `self (n, c, …)` as tokens, projected by each `(w, b)` with
+    /// `w (cout, c)`: `(n, l, cout)` each, `l` the positions — `reshape`, `transpose12` (once) and
+    /// `linear` as one operation, without a tape (inference).
+    pub fn tokens_linear(&self, projections: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<Tensor>> {
         let (n, c) = match *self.shape() {
             [n, c, ..] => (n, c),
             ref s => return Err(Error::shape("tokens_linear", format!("input shape {s:?}"))),
         };
         let l = self.elem_count() / (n * c).max(1);
-        let cout = match *w.shape() {
-            [co, wc] if wc == c => co,
-            ref s => {
+        let Some(&(w0, _)) = projections.first() else {
+            return Ok(Vec::new());
+        };
+        let cout = w0.shape().first().copied().unwrap_or(0);
+        for &(w, b) in projections {
+            if w.shape() != [cout, c] || b.is_some_and(|b| b.shape() != [cout]) {
                 return Err(Error::shape(
                     "tokens_linear",
-                    format!("weight {s:?} for {c} channels"),
-                ))
+                    format!("weight {:?} for {c} channels and {cout} outputs", w.shape()),
+                ));
             }
-        };
-        if b.is_some_and(|b| b.shape() != [cout]) {
-            return Err(Error::shape(
-                "tokens_linear",
-                format!("bias for {cout} outputs"),
-            ));
+            if Tensor::recorded(&[self, w]) {
+                return Err(Error::shape(
+                    "tokens_linear",
+                    "inference only: no gradient flows through it",
+                ));
+            }
         }
-        if Tensor::recorded(&[self, w]) {
-            return Err(Error::shape(
-                "tokens_linear",
-                "inference only: no gradient flows through it",
-            ));
-        }
-        let y =
-            self.storage()
-                .tokens_linear(w.storage(), b.map(|b| b.storage()), (n, c, l, cout))?;
-        Tensor::from_storage(y, &[n, l, cout])
+        let p: Vec<(&Storage, Option<&Storage>)> = projections
+            .iter()
+            .map(|&(w, b)| (w.storage(), b.map(|b| b.storage())))
+            .collect();
+        self.storage()
+            .tokens_linear(&p, (n, c, l, cout))?
+            .into_iter()
+            .map(|y| Tensor::from_storage(y, &[n, l, cout]))
+            .collect()
     }
 
     /// Tokens `self (n, l, c)` projected by `w (cout, c)` and `b`, written as an image shaped

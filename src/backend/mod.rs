@@ -275,6 +275,9 @@ pub struct FusedConv<'a, S> {
     pub geom: ConvGeom,
     pub x2: Option<(&'a S, usize)>,
     pub upsample: bool,
+    /// A 1×1 convolution (weights `(co', ci, 1, 1)`, bias) of the same input before the norm — a
+    /// resnet block's shortcut — computed alongside.
+    pub shortcut: Option<(&'a S, Option<&'a S>)>,
     pub norm: Option<FusedNorm<'a, S>>,
     pub silu: bool,
     pub w: &'a S,
@@ -284,6 +287,18 @@ pub struct FusedConv<'a, S> {
     /// Shaped like the output.
     pub residual: Option<&'a S>,
     pub scale: f32,
+}
+
+/// The geometry of [`FusedConv::shortcut`]: a 1×1 convolution of the fused convolution's input
+/// with `weights` values (`co' · ci`).
+pub fn shortcut_geom(g: &ConvGeom, weights: usize) -> ConvGeom {
+    ConvGeom {
+        co: weights / g.ci.max(1),
+        k: 1,
+        stride: 1,
+        pad: [0; 4],
+        ..*g
+    }
 }
 
 // References only: copyable whatever the storage.
@@ -312,10 +327,11 @@ pub trait BackendStorage: Sized {
 
     /// `y = conv(x, w) + b` (cross-correlation, as PyTorch).
     fn conv2d(&self, w: &Self, b: Option<&Self>, g: &ConvGeom) -> Result<Self>;
-    /// [`FusedConv`] on `self` (inference only). The CPU composes its operations in the order
-    /// of the unfused block, so its result is bit-identical to them; the GPU runs one convolution
-    /// kernel (after the group norm's statistics).
-    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<Self>;
+    /// [`FusedConv`] on `self` (inference only): the output, and the shortcut's if asked for.
+    /// The CPU composes its operations in the order of the unfused block, so its result is
+    /// bit-identical to them; the GPU runs one convolution kernel (after the group norm's
+    /// statistics), and one for the shortcut.
+    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<(Self, Option<Self>)>;
     /// Gradients of [`BackendStorage::conv2d`]: `(dx if need_dx, dw, db)`.
     fn conv2d_backward(
         &self,
@@ -328,15 +344,15 @@ pub trait BackendStorage: Sized {
     fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self>;
     /// `y = x · wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`: PyTorch's `Linear`.
     fn linear(&self, w: &Self, b: Option<&Self>, m: usize, k: usize, n: usize) -> Result<Self>;
-    /// The projection of an image's positions: `self (n, c, l)` read as tokens `(n, l, c)`, times
-    /// `wᵀ` (`w (cout, c)`), plus `b`: `(n, l, cout)` — [`BackendStorage::transpose12`], then
-    /// [`BackendStorage::linear`] (the GPU reads the image in place).
+    /// Projections of an image's positions: `self (n, c, l)` read as tokens `(n, l, c)`, times
+    /// `wᵀ` (`w (cout, c)`), plus `b`, for each `(w, b)`: `(n, l, cout)` each —
+    /// [`BackendStorage::transpose12`] once, then [`BackendStorage::linear`] (the GPU reads the
+    /// image in place). `dims` is `(n, c, l, cout)`.
     fn tokens_linear(
         &self,
-        w: &Self,
-        b: Option<&Self>,
+        projections: &[(&Self, Option<&Self>)],
         dims: (usize, usize, usize, usize),
-    ) -> Result<Self>;
+    ) -> Result<Vec<Self>>;
     /// The way back: tokens `self (n, l, c)` times `wᵀ` (`w (cout, c)`) plus `b`, as channels
     /// `(n, cout, l)`, plus `residual (n, cout, l)`, times `scale` — `linear`, `transpose12`,
     /// add, scale (the GPU writes the image in place with the residual in the same pass).
@@ -535,11 +551,47 @@ impl Storage {
     }
     pub fn tokens_linear(
         &self,
-        w: &Storage,
-        b: Option<&Storage>,
+        projections: &[(&Storage, Option<&Storage>)],
         dims: (usize, usize, usize, usize),
-    ) -> Result<Storage> {
-        dispatch!(self, |s, w; opt b| s.tokens_linear(w, b, dims), one)
+    ) -> Result<Vec<Storage>> {
+        match self {
+            Storage::Cpu(x) => {
+                let mut p = Vec::with_capacity(projections.len());
+                for &(w, b) in projections {
+                    let Storage::Cpu(w) = w else {
+                        return Err(device_mismatch());
+                    };
+                    let b = match b {
+                        None => None,
+                        Some(Storage::Cpu(b)) => Some(b),
+                        Some(_) => return Err(device_mismatch()),
+                    };
+                    p.push((w, b));
+                }
+                Ok(x.tokens_linear(&p, dims)?
+                    .into_iter()
+                    .map(Storage::Cpu)
+                    .collect())
+            }
+            Storage::Cuda(x) => {
+                let mut p = Vec::with_capacity(projections.len());
+                for &(w, b) in projections {
+                    let Storage::Cuda(w) = w else {
+                        return Err(device_mismatch());
+                    };
+                    let b = match b {
+                        None => None,
+                        Some(Storage::Cuda(b)) => Some(b),
+                        Some(_) => return Err(device_mismatch()),
+                    };
+                    p.push((w, b));
+                }
+                Ok(x.tokens_linear(&p, dims)?
+                    .into_iter()
+                    .map(Storage::Cuda)
+                    .collect())
+            }
+        }
     }
     pub fn linear_to_channels(
         &self,
@@ -581,7 +633,7 @@ impl Storage {
             _ => Err(device_mismatch()),
         }
     }
-    pub fn conv2d_fused(&self, f: &FusedConv<Storage>) -> Result<Storage> {
+    pub fn conv2d_fused(&self, f: &FusedConv<Storage>) -> Result<(Storage, Option<Storage>)> {
         /// The inner storage of `S` in every operand of `f`, or a device mismatch.
         fn unwrap<'a, S>(
             f: &FusedConv<'a, Storage>,
@@ -596,6 +648,10 @@ impl Storage {
                     None => None,
                 },
                 upsample: f.upsample,
+                shortcut: match f.shortcut {
+                    Some((w, b)) => Some((one(w)?, opt(b)?)),
+                    None => None,
+                },
                 norm: match f.norm {
                     Some(n) => Some(FusedNorm {
                         gamma: one(n.gamma)?,
@@ -619,14 +675,16 @@ impl Storage {
                     Storage::Cpu(c) => Some(c),
                     _ => None,
                 })?;
-                Ok(Storage::Cpu(x.conv2d_fused(&g)?))
+                let (y, s) = x.conv2d_fused(&g)?;
+                Ok((Storage::Cpu(y), s.map(Storage::Cpu)))
             }
             Storage::Cuda(x) => {
                 let g = unwrap(f, |s| match s {
                     Storage::Cuda(c) => Some(c),
                     _ => None,
                 })?;
-                Ok(Storage::Cuda(x.conv2d_fused(&g)?))
+                let (y, s) = x.conv2d_fused(&g)?;
+                Ok((Storage::Cuda(y), s.map(Storage::Cuda)))
             }
         }
     }

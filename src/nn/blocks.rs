@@ -3,7 +3,7 @@
 //! `Upsample2D`, and the down, up and middle blocks that group them.
 
 use super::{Conv2d, GroupNorm, Linear, ParamBuilder};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{ConvTail, Tensor};
 
 /// diffusers `ResnetBlock2D` (`time_embedding_norm = "default"`, pre-norm):
@@ -122,16 +122,21 @@ impl ResnetBlock2D {
         fn norm(n: &GroupNorm) -> Option<(&Tensor, &Tensor, usize, f32)> {
             Some((&n.weight, &n.bias, n.groups, n.eps))
         }
+        // conv1 and (if the block has one) the 1×1 shortcut read the same input, computed together
         let head = ConvTail {
             skip,
             upsample: false,
+            shortcut: self
+                .conv_shortcut
+                .as_ref()
+                .map(|c| (&c.weight, Some(&c.bias))),
             norm: norm(&self.norm1),
             silu: true,
             temb: Some(&temb),
             residual: None,
             scale: 1.0,
         };
-        let Some(h) = x.conv2d_fused(
+        let Some((h, shortcut)) = x.conv2d_fused(
             &self.conv1.weight,
             Some(&self.conv1.bias),
             conv(&self.conv1),
@@ -140,28 +145,15 @@ impl ResnetBlock2D {
         else {
             return Ok(None);
         };
-        let shortcut = match (&self.conv_shortcut, skip) {
-            (Some(c), _) => {
-                let cat = ConvTail {
-                    skip,
-                    upsample: false,
-                    norm: None,
-                    silu: false,
-                    temb: None,
-                    residual: None,
-                    scale: 1.0,
-                };
-                match x.conv2d_fused(&c.weight, Some(&c.bias), conv(c), &cat)? {
-                    Some(y) => y,
-                    None => return Ok(None),
-                }
-            }
+        let shortcut = match (shortcut, skip) {
+            (Some(s), _) => s,
             (None, None) => x.clone(),
             (None, Some(s)) => Tensor::cat_channels(&[x, s])?,
         };
         let tail = ConvTail {
             skip: None,
             upsample: false,
+            shortcut: None,
             norm: norm(&self.norm2),
             silu: true,
             temb: None,
@@ -172,12 +164,13 @@ impl ResnetBlock2D {
                 1.0 / self.output_scale_factor
             },
         };
-        h.conv2d_fused(
+        Ok(h.conv2d_fused(
             &self.conv2.weight,
             Some(&self.conv2.bias),
             conv(&self.conv2),
             &tail,
-        )
+        )?
+        .map(|(y, _)| y))
     }
 }
 
@@ -258,10 +251,17 @@ impl AttentionBlock {
             // without a tape: the projections read and write the image in place, the residual
             // and scale in the output projection (the same bits on the CPU)
             let hn = self.group_norm.forward(x)?;
-            let q = hn.tokens_linear(&self.to_q.weight, Some(&self.to_q.bias))?;
-            let k = hn.tokens_linear(&self.to_k.weight, Some(&self.to_k.bias))?;
-            let v = hn.tokens_linear(&self.to_v.weight, Some(&self.to_v.bias))?;
+            let projections = [
+                (&self.to_q.weight, Some(&self.to_q.bias)),
+                (&self.to_k.weight, Some(&self.to_k.bias)),
+                (&self.to_v.weight, Some(&self.to_v.bias)),
+            ];
+            let qkv: [Tensor; 3] = hn
+                .tokens_linear(&projections)?
+                .try_into()
+                .map_err(|_| Error::shape("attention", "three projections"))?;
             drop(hn);
+            let [q, k, v] = qkv;
             let o = Tensor::attention(&q, &k, &v, self.heads)?;
             drop((q, k, v));
             let scale = if self.rescale_output_factor == 1.0 {
@@ -469,6 +469,7 @@ impl UpBlock {
             let up = ConvTail {
                 skip: None,
                 upsample: true,
+                shortcut: None,
                 norm: None,
                 silu: false,
                 temb: None,
@@ -476,7 +477,7 @@ impl UpBlock {
                 scale: 1.0,
             };
             h = match h.conv2d_fused(&u.weight, Some(&u.bias), (u.stride, u.pad), &up)? {
-                Some(y) => y,
+                Some((y, _)) => y,
                 None => u.forward(&h.upsample_nearest2x()?)?,
             };
         }

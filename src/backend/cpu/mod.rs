@@ -16,8 +16,8 @@ pub(crate) mod simd;
 pub mod winograd;
 
 use crate::backend::{
-    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, FusedConv,
-    MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef,
+    FusedConv, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::Result;
 use crate::profile::scope;
@@ -112,7 +112,7 @@ impl BackendStorage for CpuStorage {
             wrap(conv::conv2d(&self.data, &w.data, b, g))
         }
     }
-    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<Self> {
+    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<(Self, Option<Self>)> {
         // the unfused block's operations, in its order (the same bits)
         let g = &f.geom;
         let hw = g.h * g.w;
@@ -127,6 +127,10 @@ impl BackendStorage for CpuStorage {
         if f.upsample {
             x = x.upsample_nearest2x(g.n * g.ci, g.h / 2, g.w / 2)?;
         }
+        let shortcut = match f.shortcut {
+            Some((w, b)) => Some(x.conv2d(w, b, &shortcut_geom(g, w.len()))?),
+            None => None,
+        };
         let input = match (f.norm, f.silu) {
             (Some(n), silu) => {
                 let ng = NormGeom {
@@ -152,7 +156,7 @@ impl BackendStorage for CpuStorage {
         if f.scale != 1.0 {
             y = y.affine(f.scale, 0.0)?;
         }
-        Ok(y)
+        Ok((y, shortcut))
     }
     fn conv2d_backward(
         &self,
@@ -198,11 +202,14 @@ impl BackendStorage for CpuStorage {
     }
     fn tokens_linear(
         &self,
-        w: &Self,
-        b: Option<&Self>,
+        projections: &[(&Self, Option<&Self>)],
         (n, c, l, cout): (usize, usize, usize, usize),
-    ) -> Result<Self> {
-        self.transpose12(n, c, l)?.linear(w, b, n * l, c, cout)
+    ) -> Result<Vec<Self>> {
+        let tokens = self.transpose12(n, c, l)?;
+        projections
+            .iter()
+            .map(|&(w, b)| tokens.linear(w, b, n * l, c, cout))
+            .collect()
     }
     fn linear_to_channels(
         &self,

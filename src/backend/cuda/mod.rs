@@ -190,7 +190,7 @@ impl BackendStorage for CudaStorage {
         let y = conv::conv2d(&ConvInput::plain(&self.buf), &w.buf, g, &epi, precision())?;
         Ok(self.wrap(y))
     }
-    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<Self> {
+    fn conv2d_fused(&self, f: &FusedConv<Self>) -> Result<(Self, Option<Self>)> {
         let g = &f.geom;
         let x2 = f.x2.map(|(s, c2)| (s.buffer(), c2));
         let up = if f.upsample { 2 } else { 1 };
@@ -227,7 +227,24 @@ impl BackendStorage for CudaStorage {
             residual: f.residual.map(|r| r.buffer()),
             scale: f.scale,
         };
-        Ok(self.wrap(conv::conv2d(&input, &f.w.buf, g, &epi, precision())?))
+        let y = self.wrap(conv::conv2d(&input, &f.w.buf, g, &epi, precision())?);
+        let shortcut = match f.shortcut {
+            Some((w, b)) => {
+                let raw = ConvInput {
+                    norm: None,
+                    silu: false,
+                    ..input
+                };
+                let epi = ConvEpilogue {
+                    bias: b.map(|b| b.buffer()),
+                    ..ConvEpilogue::NONE
+                };
+                let sg = super::shortcut_geom(g, w.len());
+                Some(self.wrap(conv::conv2d(&raw, &w.buf, &sg, &epi, precision())?))
+            }
+            None => None,
+        };
+        Ok((y, shortcut))
     }
     fn conv2d_backward(
         &self,
@@ -254,10 +271,9 @@ impl BackendStorage for CudaStorage {
     }
     fn tokens_linear(
         &self,
-        w: &Self,
-        b: Option<&Self>,
+        projections: &[(&Self, Option<&Self>)],
         (n, c, l, cout): (usize, usize, usize, usize),
-    ) -> Result<Self> {
+    ) -> Result<Vec<Self>> {
         // per image: (l × c) = xᵀ, times wᵀ; the image read in place (A transposed), w shared
         let layout = gemm::Layout {
             batch: n,
@@ -269,11 +285,16 @@ impl BackendStorage for CudaStorage {
             stride_a: c * l,
             stride_b: 0,
         };
-        let epi = Epilogue {
-            bias: b.map(|b| b.buffer()),
-            ..Epilogue::NONE
-        };
-        Ok(self.wrap(gemm::strided(&self.buf, &w.buf, &layout, epi, precision())?))
+        projections
+            .iter()
+            .map(|&(w, b)| {
+                let epi = Epilogue {
+                    bias: b.map(|b| b.buffer()),
+                    ..Epilogue::NONE
+                };
+                Ok(self.wrap(gemm::strided(&self.buf, &w.buf, &layout, epi, precision())?))
+            })
+            .collect()
     }
     fn linear_to_channels(
         &self,
