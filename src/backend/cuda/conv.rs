@@ -5,6 +5,7 @@
 //! compares them with the CPU backend's unfused operations.
 
 use super::buffer::Buffer;
+use super::check;
 use super::gpu::{DevicePtr, KernelArg, LaunchShape};
 use super::Precision;
 use crate::backend::{ConvGeom, NormGeom};
@@ -100,21 +101,6 @@ impl ConvEpilogue<'_> {
     };
 }
 
-fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::shape(op, format!("{what} = {v} exceeds 2^31 - 1")))
-}
-
-fn expect_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            op,
-            format!("{what} holds {got} values, expected {want}"),
-        ))
-    }
-}
-
 fn ptr(b: Option<&Buffer>) -> KernelArg {
     KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr))
 }
@@ -144,11 +130,11 @@ pub fn conv2d(
         return Err(Error::shape(OP, "an upsampled input needs an even size"));
     }
     let stored = (g.h / up) * (g.w / up);
-    expect_len(OP, "x", input.x.len(), g.n * c1 * stored)?;
+    check::len(OP, "x", input.x.len(), g.n * c1 * stored)?;
     if let Some((x2, _)) = input.x2 {
-        expect_len(OP, "x2", x2.len(), g.n * c2 * stored)?;
+        check::len(OP, "x2", x2.len(), g.n * c2 * stored)?;
     }
-    expect_len(OP, "the weights", w.len(), g.co * g.ci * g.k * g.k)?;
+    check::len(OP, "the weights", w.len(), g.co * g.ci * g.k * g.k)?;
     if let Some(n) = input.norm {
         if n.groups == 0 || !g.ci.is_multiple_of(n.groups) {
             return Err(Error::shape(
@@ -156,18 +142,18 @@ pub fn conv2d(
                 format!("{} channels in {} groups", g.ci, n.groups),
             ));
         }
-        expect_len(OP, "the statistics", n.stats.len(), 2 * g.n * n.groups)?;
-        expect_len(OP, "gamma", n.gamma.len(), g.ci)?;
-        expect_len(OP, "beta", n.beta.len(), g.ci)?;
+        check::len(OP, "the statistics", n.stats.len(), 2 * g.n * n.groups)?;
+        check::len(OP, "gamma", n.gamma.len(), g.ci)?;
+        check::len(OP, "beta", n.beta.len(), g.ci)?;
     }
     if let Some(b) = epi.bias {
-        expect_len(OP, "the bias", b.len(), g.co)?;
+        check::len(OP, "the bias", b.len(), g.co)?;
     }
     if let Some(t) = epi.temb {
-        expect_len(OP, "the time embedding", t.len(), g.n * g.co)?;
+        check::len(OP, "the time embedding", t.len(), g.n * g.co)?;
     }
     if let Some(r) = epi.residual {
-        expect_len(OP, "the residual", r.len(), g.n * g.co * ho * wo)?;
+        check::len(OP, "the residual", r.len(), g.n * g.co * ho * wo)?;
     }
     let gpu = input.x.gpu();
     let y = Buffer::alloc(gpu, g.n * g.co * ho * wo)?;
@@ -175,12 +161,12 @@ pub fn conv2d(
         return Ok(y);
     }
     let shape = ConvShape {
-        n: i32_of(OP, "batch", g.n)?,
-        ci: i32_of(OP, "channels", g.ci)?,
-        h: i32_of(OP, "height", g.h)?,
-        w: i32_of(OP, "width", g.w)?,
+        n: check::int(OP, "batch", g.n)?,
+        ci: check::int(OP, "channels", g.ci)?,
+        h: check::int(OP, "height", g.h)?,
+        w: check::int(OP, "width", g.w)?,
         ci1: c1 as i32,
-        co: i32_of(OP, "output channels", g.co)?,
+        co: check::int(OP, "output channels", g.co)?,
         k: g.k as i32,
         stride: g.stride as i32,
         pad_top: g.pad[0] as i32,
@@ -234,10 +220,10 @@ fn norm_shape(
         return Err(Error::shape(OP, format!("{c} channels in {groups} groups")));
     }
     Ok(NormShape {
-        n: i32_of(OP, "batch", n)?,
-        c: i32_of(OP, "channels", c)?,
+        n: check::int(OP, "batch", n)?,
+        c: check::int(OP, "channels", c)?,
         c1: c1 as i32,
-        hw: i32_of(OP, "positions", hw)?,
+        hw: check::int(OP, "positions", hw)?,
         groups: groups as i32,
         silu: i32::from(silu),
         eps,
@@ -255,9 +241,9 @@ pub fn group_norm_stats(
 ) -> Result<Buffer> {
     let c2 = x2.map_or(0, |(_, c2)| c2);
     let s = norm_shape(n, c, c.saturating_sub(c2), hw, groups, false, eps)?;
-    expect_len("group_norm", "x", x.len(), n * (c - c2.min(c)) * hw)?;
+    check::len("group_norm", "x", x.len(), n * (c - c2.min(c)) * hw)?;
     if let Some((b, _)) = x2 {
-        expect_len("group_norm", "x2", b.len(), n * c2 * hw)?;
+        check::len("group_norm", "x2", b.len(), n * c2 * hw)?;
     }
     let gpu = x.gpu();
     let stats = Buffer::alloc(gpu, 2 * n * groups)?;
@@ -291,8 +277,8 @@ pub fn group_norm(
     g: &NormGeom,
 ) -> Result<(Buffer, Buffer)> {
     let s = norm_shape(g.n, g.c, g.c, g.hw, g.groups, g.silu, g.eps)?;
-    expect_len("group_norm", "gamma", gamma.len(), g.c)?;
-    expect_len("group_norm", "beta", beta.len(), g.c)?;
+    check::len("group_norm", "gamma", gamma.len(), g.c)?;
+    check::len("group_norm", "beta", beta.len(), g.c)?;
     let stats = group_norm_stats(x, None, (g.n, g.c, g.hw), g.groups, g.eps)?;
     let gpu = x.gpu();
     let y = Buffer::alloc(gpu, x.len())?;

@@ -5,26 +5,12 @@
 //! `cargo test --release --test cuda_elementwise` compares them with the CPU backend.
 
 use super::buffer::Buffer;
+use super::check;
 use super::gpu::{KernelArg, LaunchShape};
 use crate::backend::{AttnGeom, BinaryOp};
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 256;
-
-fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::shape(op, format!("{what} = {v} exceeds 2^31 - 1")))
-}
-
-fn expect_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            op,
-            format!("{what} holds {got} values, expected {want}"),
-        ))
-    }
-}
 
 /// Launches a one-thread-per-element kernel writing a new buffer of `len` values.
 fn map(
@@ -55,7 +41,7 @@ pub fn silu(x: &Buffer) -> Result<Buffer> {
 
 /// Element-wise `a ∘ b`.
 pub fn binary(a: &Buffer, b: &Buffer, op: BinaryOp) -> Result<Buffer> {
-    expect_len("binary", "the right operand", b.len(), a.len())?;
+    check::len("binary", "the right operand", b.len(), a.len())?;
     let code = match op {
         BinaryOp::Add => 0,
         BinaryOp::Sub => 1,
@@ -92,9 +78,9 @@ pub fn add_channel_bias(
     (n, c, hw): (usize, usize, usize),
 ) -> Result<Buffer> {
     const OP: &str = "add_channel_bias";
-    expect_len(OP, "x", x.len(), n * c * hw)?;
-    expect_len(OP, "the bias", b.len(), n * c)?;
-    let hw = i32_of(OP, "positions", hw.max(1))?;
+    check::len(OP, "x", x.len(), n * c * hw)?;
+    check::len(OP, "the bias", b.len(), n * c)?;
+    let hw = check::int(OP, "positions", hw.max(1))?;
     map(x, x.len(), "add_channel_bias_f32", |y| {
         vec![
             KernelArg::Ptr(x.ptr()),
@@ -109,11 +95,11 @@ pub fn add_channel_bias(
 /// Nearest 2× upsampling of `(nc, h, w)` planes.
 pub fn upsample_nearest2x(x: &Buffer, (nc, h, w): (usize, usize, usize)) -> Result<Buffer> {
     const OP: &str = "upsample_nearest2x";
-    expect_len(OP, "x", x.len(), nc * h * w)?;
+    check::len(OP, "x", x.len(), nc * h * w)?;
     let (a, b, c) = (
-        i32_of(OP, "planes", nc)?,
-        i32_of(OP, "height", h)?,
-        i32_of(OP, "width", w)?,
+        check::int(OP, "planes", nc)?,
+        check::int(OP, "height", h)?,
+        check::int(OP, "width", w)?,
     );
     map(x, 4 * x.len(), "upsample_nearest2x_f32", |y| {
         vec![
@@ -129,7 +115,7 @@ pub fn upsample_nearest2x(x: &Buffer, (nc, h, w): (usize, usize, usize)) -> Resu
 /// `(n, a, b) → (n, b, a)`.
 pub fn transpose12(x: &Buffer, (n, a, b): (usize, usize, usize)) -> Result<Buffer> {
     const OP: &str = "transpose12";
-    expect_len(OP, "x", x.len(), n * a * b)?;
+    check::len(OP, "x", x.len(), n * a * b)?;
     let y = Buffer::alloc(x.gpu(), x.len())?;
     if y.is_empty() {
         return Ok(y);
@@ -148,8 +134,8 @@ pub fn transpose12(x: &Buffer, (n, a, b): (usize, usize, usize)) -> Result<Buffe
         &[
             KernelArg::Ptr(x.ptr()),
             KernelArg::Ptr(y.ptr()),
-            KernelArg::I32(i32_of(OP, "a", a)?),
-            KernelArg::I32(i32_of(OP, "b", b)?),
+            KernelArg::I32(check::int(OP, "a", a)?),
+            KernelArg::I32(check::int(OP, "b", b)?),
         ],
     )?;
     Ok(y)
@@ -178,13 +164,13 @@ fn channel_copy(
         &[
             KernelArg::Ptr(src.ptr()),
             KernelArg::Ptr(dst.ptr()),
-            KernelArg::I32(i32_of(OP, "batch", n)?),
-            KernelArg::I32(i32_of(OP, "channels", c_src)?),
+            KernelArg::I32(check::int(OP, "batch", n)?),
+            KernelArg::I32(check::int(OP, "channels", c_src)?),
             KernelArg::I32(src_offset as i32),
-            KernelArg::I32(i32_of(OP, "channels", c_dst)?),
+            KernelArg::I32(check::int(OP, "channels", c_dst)?),
             KernelArg::I32(dst_offset as i32),
             KernelArg::I32(count as i32),
-            KernelArg::I32(i32_of(OP, "positions", hw)?),
+            KernelArg::I32(check::int(OP, "positions", hw)?),
         ],
     )
 }
@@ -205,7 +191,7 @@ pub fn concat_channels(parts: &[&Buffer], n: usize, cs: &[usize], hw: usize) -> 
     let y = Buffer::alloc(first.gpu(), n * total * hw)?;
     let mut offset = 0;
     for (p, &c) in parts.iter().zip(cs) {
-        expect_len(OP, "a part", p.len(), n * c * hw)?;
+        check::len(OP, "a part", p.len(), n * c * hw)?;
         channel_copy(p, &y, n, (c, 0), (total, offset), c, hw)?;
         offset += c;
     }
@@ -220,7 +206,7 @@ pub fn slice_channels(
     end: usize,
 ) -> Result<Buffer> {
     const OP: &str = "slice_channels";
-    expect_len(OP, "x", x.len(), n * c * hw)?;
+    check::len(OP, "x", x.len(), n * c * hw)?;
     if start > end || end > c {
         return Err(Error::shape(OP, format!("channels {start}..{end} of {c}")));
     }
@@ -237,8 +223,8 @@ pub fn timestep_embedding(
     freq_shift: f32,
 ) -> Result<Buffer> {
     const OP: &str = "timestep_embedding";
-    let rows = i32_of(OP, "timesteps", t.len())?;
-    let d = i32_of(OP, "dim", dim)?;
+    let rows = check::int(OP, "timesteps", t.len())?;
+    let d = check::int(OP, "dim", dim)?;
     map(t, t.len() * dim, "timestep_embedding_f32", |y| {
         vec![
             KernelArg::Ptr(t.ptr()),
@@ -268,7 +254,7 @@ pub fn attention(q: &Buffer, k: &Buffer, v: &Buffer, g: &AttnGeom) -> Result<Buf
     const OP: &str = "attention";
     let len = g.n * g.l * g.heads * g.d;
     for (what, b) in [("q", q), ("k", k), ("v", v)] {
-        expect_len(OP, what, b.len(), len)?;
+        check::len(OP, what, b.len(), len)?;
     }
     if g.d == 0 || g.d > 128 {
         return Err(Error::shape(
@@ -281,9 +267,9 @@ pub fn attention(q: &Buffer, k: &Buffer, v: &Buffer, g: &AttnGeom) -> Result<Buf
         return Ok(out);
     }
     let shape = AttnShape {
-        n: i32_of(OP, "batch", g.n)?,
-        l: i32_of(OP, "tokens", g.l)?,
-        heads: i32_of(OP, "heads", g.heads)?,
+        n: check::int(OP, "batch", g.n)?,
+        l: check::int(OP, "tokens", g.l)?,
+        heads: check::int(OP, "heads", g.heads)?,
         d: g.d as i32,
         scale: g.scale,
     };

@@ -4,6 +4,7 @@
 //! `cargo test --release --test cuda_gemm` compares them with the CPU backend.
 
 use super::buffer::Buffer;
+use super::check;
 use super::gpu::{DevicePtr, KernelArg, LaunchShape};
 use super::Precision;
 use crate::backend::MatmulGeom;
@@ -54,21 +55,6 @@ impl Epilogue<'_> {
     };
 }
 
-fn dim(what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::shape("matmul", format!("{what} = {v} exceeds 2^31 - 1")))
-}
-
-fn expect_len(what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            "matmul",
-            format!("{what} holds {got} values, expected {want}"),
-        ))
-    }
-}
-
 /// The batched product of [`MatmulGeom`] (`C[b] = op(A[b])·op(B[b])`, row-major, contiguous)
 /// with an epilogue.
 pub fn matmul(
@@ -78,8 +64,8 @@ pub fn matmul(
     epilogue: Epilogue,
     precision: Precision,
 ) -> Result<Buffer> {
-    expect_len("A", a.len(), g.batch * g.m * g.k)?;
-    expect_len("B", b.len(), g.batch * g.k * g.n)?;
+    check::len("matmul", "A", a.len(), g.batch * g.m * g.k)?;
+    check::len("matmul", "B", b.len(), g.batch * g.k * g.n)?;
     let layout = Layout {
         batch: g.batch,
         m: g.m,
@@ -133,10 +119,10 @@ pub fn strided(
     }
     if let Some(bias) = epilogue.bias {
         let want = if epilogue.bias_per_row { g.m } else { g.n };
-        expect_len("the bias", bias.len(), want)?;
+        check::len("matmul", "the bias", bias.len(), want)?;
     }
     if let Some(r) = epilogue.residual {
-        expect_len("the residual", r.len(), g.batch * g.m * g.n)?;
+        check::len("matmul", "the residual", r.len(), g.batch * g.m * g.n)?;
     }
     let gpu = a.gpu();
     let c = Buffer::alloc(gpu, g.batch * g.m * g.n)?;
@@ -144,12 +130,12 @@ pub fn strided(
         return Ok(c);
     }
     let shape = GemmShape {
-        m: dim("m", g.m)?,
-        n: dim("n", g.n)?,
-        k: dim("k", g.k)?,
-        lda: dim("lda", if g.a_trans { g.m } else { g.k })?,
-        ldb: dim("ldb", if g.b_trans { g.k } else { g.n })?,
-        ldc: dim("n", g.n)?,
+        m: check::int("matmul", "m", g.m)?,
+        n: check::int("matmul", "n", g.n)?,
+        k: check::int("matmul", "k", g.k)?,
+        lda: check::int("matmul", "lda", if g.a_trans { g.m } else { g.k })?,
+        ldb: check::int("matmul", "ldb", if g.b_trans { g.k } else { g.n })?,
+        ldc: check::int("matmul", "n", g.n)?,
         stride_a: g.stride_a as i64,
         stride_b: g.stride_b as i64,
         stride_c: (g.m * g.n) as i64,

@@ -11,6 +11,7 @@
 
 pub mod buffer;
 pub mod cache;
+pub mod check;
 pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod driver;

@@ -6,6 +6,7 @@
 //! compares them.
 
 use super::buffer::Buffer;
+use super::check;
 use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
 use crate::backend::{DdimCoef, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
 use crate::error::{Error, Result};
@@ -13,21 +14,6 @@ use crate::rng::{NoiseKey, NoiseRow};
 use std::sync::Arc;
 
 const BLOCK: u32 = 256;
-
-fn expect_len(op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            op,
-            format!("{what} holds {got} values, expected {want}"),
-        ))
-    }
-}
-
-fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::shape(op, format!("{what} = {v} exceeds 2^31 - 1")))
-}
 
 /// The rows' sample and member indices as two device arrays.
 fn rows_on_device(gpu: &Arc<dyn Gpu>, rows: &[NoiseRow]) -> Result<(Buffer, Buffer)> {
@@ -43,8 +29,8 @@ fn rows_on_device(gpu: &Arc<dyn Gpu>, rows: &[NoiseRow]) -> Result<(Buffer, Buff
 /// [`crate::backend::BackendStorage::dynamics`].
 pub fn dynamics(x: &Buffer, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Buffer> {
     const OP: &str = "dynamics";
-    expect_len(OP, "the input", x.len(), g.batch * g.frames * g.elems)?;
-    expect_len(OP, "the coefficients", coefs.len(), g.batch)?;
+    check::len(OP, "the input", x.len(), g.batch * g.frames * g.elems)?;
+    check::len(OP, "the coefficients", coefs.len(), g.batch)?;
     let gpu = x.gpu();
     let y = Buffer::alloc(gpu, x.len())?;
     let c: Vec<f32> = coefs.iter().flat_map(|c| [c.sqrt_g, c.sqrt_1mg]).collect();
@@ -56,8 +42,8 @@ pub fn dynamics(x: &Buffer, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Re
             KernelArg::Ptr(x.ptr()),
             KernelArg::Ptr(y.ptr()),
             KernelArg::Ptr(c.ptr()),
-            KernelArg::I32(int(OP, "batch", g.batch)?),
-            KernelArg::I32(int(OP, "frames", g.frames)?),
+            KernelArg::I32(check::int(OP, "batch", g.batch)?),
+            KernelArg::I32(check::int(OP, "frames", g.frames)?),
             KernelArg::I64(g.elems as i64),
             KernelArg::I32(i32::from(inverse)),
         ],
@@ -74,14 +60,14 @@ pub fn q_sample(
     coefs: &[QSampleCoef],
 ) -> Result<(Buffer, Buffer)> {
     const OP: &str = "q_sample";
-    expect_len(
+    check::len(
         OP,
         "the clean sequences",
         x0.len(),
         g.batch * g.frames() * g.elems,
     )?;
-    expect_len(OP, "the noise", eps.len(), g.batch * g.diffused() * g.elems)?;
-    expect_len(OP, "the coefficients", coefs.len(), g.batch)?;
+    check::len(OP, "the noise", eps.len(), g.batch * g.diffused() * g.elems)?;
+    check::len(OP, "the coefficients", coefs.len(), g.batch)?;
     let gpu = x0.gpu();
     let input = Buffer::alloc(gpu, g.batch * g.state_frames() * g.elems)?;
     let target = Buffer::alloc(gpu, eps.len())?;
@@ -106,9 +92,9 @@ pub fn q_sample(
             KernelArg::Ptr(input.ptr()),
             KernelArg::Ptr(target.ptr()),
             KernelArg::Ptr(c.ptr()),
-            KernelArg::I32(int(OP, "batch", g.batch)?),
-            KernelArg::I32(int(OP, "history", g.history)?),
-            KernelArg::I32(int(OP, "future", g.future)?),
+            KernelArg::I32(check::int(OP, "batch", g.batch)?),
+            KernelArg::I32(check::int(OP, "history", g.history)?),
+            KernelArg::I32(check::int(OP, "future", g.future)?),
             KernelArg::I64(g.elems as i64),
             KernelArg::I32(i32::from(g.diffuse_history)),
         ],
@@ -135,22 +121,22 @@ pub fn ddim_step(
     c: &DdimCoef,
 ) -> Result<Buffer> {
     const OP: &str = "ddim_step";
-    expect_len(
+    check::len(
         OP,
         "the state",
         state.len(),
         g.batch * g.state_frames() * g.elems,
     )?;
-    expect_len(OP, "ε̂", eps_hat.len(), g.batch * g.diffused() * g.elems)?;
+    check::len(OP, "ε̂", eps_hat.len(), g.batch * g.diffused() * g.elems)?;
     let gpu = state.gpu();
     // The kernel reads the key and the rows only when it draws, z only when it is given.
     let (key, rows, given) = match noise {
         Some(StepNoise::Draw { key, rows }) => {
-            expect_len(OP, "the noise rows", rows.len(), g.batch)?;
+            check::len(OP, "the noise rows", rows.len(), g.batch)?;
             (Some(key), Some(rows_on_device(gpu, rows)?), None)
         }
         Some(StepNoise::Given(z)) => {
-            expect_len(OP, "the noise", z.len(), eps_hat.len())?;
+            check::len(OP, "the noise", z.len(), eps_hat.len())?;
             (None, None, Some(z))
         }
         None if c.sigma > 0.0 => {
@@ -190,9 +176,9 @@ pub fn ddim_step(
             KernelArg::Ptr(given.map_or(DevicePtr(0), Buffer::ptr)),
             KernelArg::Ptr(next.ptr()),
             KernelArg::Struct(bytemuck::cast_slice(&coefs).to_vec()),
-            KernelArg::I32(int(OP, "batch", g.batch)?),
-            KernelArg::I32(int(OP, "history", g.history)?),
-            KernelArg::I32(int(OP, "future", g.future)?),
+            KernelArg::I32(check::int(OP, "batch", g.batch)?),
+            KernelArg::I32(check::int(OP, "history", g.history)?),
+            KernelArg::I32(check::int(OP, "future", g.future)?),
             KernelArg::I64(g.elems as i64),
             KernelArg::I32(i32::from(g.diffuse_history)),
             KernelArg::U64(key.map_or(0, |k| k.seed)),
@@ -205,6 +191,38 @@ pub fn ddim_step(
     Ok(next)
 }
 
+/// Launches a kernel of one thread per `(row, item)` for `per_row` items of each noise row,
+/// writing `out_len` values: `(out, seed, purpose, step, samples, members, rows, per_row)`.
+fn per_row(
+    gpu: &Arc<dyn Gpu>,
+    (kernel, op): (&str, &'static str),
+    key: NoiseKey,
+    rows: &[NoiseRow],
+    per_row: usize,
+    out_len: usize,
+) -> Result<Buffer> {
+    let out = Buffer::alloc(gpu, out_len)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let (samples, members) = rows_on_device(gpu, rows)?;
+    gpu.launch(
+        kernel,
+        LaunchShape::linear(rows.len() * per_row, BLOCK),
+        &[
+            KernelArg::Ptr(out.ptr()),
+            KernelArg::U64(key.seed),
+            KernelArg::U32(key.purpose as u32),
+            KernelArg::U32(key.step),
+            KernelArg::Ptr(samples.ptr()),
+            KernelArg::Ptr(members.ptr()),
+            KernelArg::I32(check::int(op, "rows", rows.len())?),
+            KernelArg::I64(per_row as i64),
+        ],
+    )?;
+    Ok(out)
+}
+
 /// Standard normals for `rows` of `row_len` values (docs/random.md), `(rows, row_len)`, as
 /// [`crate::Device::randn`].
 pub fn randn(
@@ -213,27 +231,8 @@ pub fn randn(
     rows: &[NoiseRow],
     row_len: usize,
 ) -> Result<Buffer> {
-    const OP: &str = "randn";
-    let out = Buffer::alloc(gpu, rows.len() * row_len)?;
-    if out.is_empty() {
-        return Ok(out);
-    }
-    let (samples, members) = rows_on_device(gpu, rows)?;
-    gpu.launch(
-        "randn_f32",
-        LaunchShape::linear(out.len(), BLOCK),
-        &[
-            KernelArg::Ptr(out.ptr()),
-            KernelArg::U64(key.seed),
-            KernelArg::U32(key.purpose as u32),
-            KernelArg::U32(key.step),
-            KernelArg::Ptr(samples.ptr()),
-            KernelArg::Ptr(members.ptr()),
-            KernelArg::I32(int(OP, "rows", rows.len())?),
-            KernelArg::I64(row_len as i64),
-        ],
-    )?;
-    Ok(out)
+    let len = rows.len() * row_len;
+    per_row(gpu, ("randn_f32", "randn"), key, rows, row_len, len)
 }
 
 /// The Philox words of calls `c0 = 0 … blocks − 1` of each row: `(rows, blocks, 4)` `u32`.
@@ -243,25 +242,13 @@ pub fn philox_words(
     rows: &[NoiseRow],
     blocks: usize,
 ) -> Result<Buffer> {
-    const OP: &str = "philox_words";
-    let out = Buffer::alloc(gpu, rows.len() * blocks * 4)?;
-    if out.is_empty() {
-        return Ok(out);
-    }
-    let (samples, members) = rows_on_device(gpu, rows)?;
-    gpu.launch(
-        "philox_words_u32",
-        LaunchShape::linear(rows.len() * blocks, BLOCK),
-        &[
-            KernelArg::Ptr(out.ptr()),
-            KernelArg::U64(key.seed),
-            KernelArg::U32(key.purpose as u32),
-            KernelArg::U32(key.step),
-            KernelArg::Ptr(samples.ptr()),
-            KernelArg::Ptr(members.ptr()),
-            KernelArg::I32(int(OP, "rows", rows.len())?),
-            KernelArg::I64(blocks as i64),
-        ],
-    )?;
-    Ok(out)
+    let len = rows.len() * blocks * 4;
+    per_row(
+        gpu,
+        ("philox_words_u32", "philox_words"),
+        key,
+        rows,
+        blocks,
+        len,
+    )
 }
