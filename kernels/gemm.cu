@@ -6,7 +6,8 @@
 // op(A) is M×K: A row-major M×K with leading dimension lda, or (a_trans) A row-major K×M;
 // op(B) is K×N: B row-major K×N, or (b_trans) B row-major N×K (so y = x·Wᵀ is b_trans with W N×K).
 // bias (length N, per column; or per row with bias_per_row) and residual (shaped like C, same
-// ldc) are optional (null). All storage is float32.
+// ldc) are optional (null); so is a group norm of op(A)'s columns applied as A is loaded
+// (GemmNorm). All storage is float32.
 //
 // Variants: gemm_tf32 multiplies on the tensor cores (mma.sync m16n8k8, operands rounded to TF32
 // by cvt.rna, float32 accumulation); gemm_bf16 likewise with operands rounded to bf16 (m16n8k16);
@@ -18,6 +19,16 @@
 //
 // Benchmark: `dydiff bench unet --device cuda` (per-operation times) and the GPU check script.
 #include "gemm_core.cuh"
+
+// An optional group norm of op(A)'s columns, applied as A is loaded (attention's norm before the
+// q, k, v projections): column k is channel k of sample b (the batch index), in `groups` groups;
+// stats from kernels/norm.cu. Null stats: none.
+struct GemmNorm {
+  const float* stats;
+  const float* gamma;
+  const float* beta;
+  int groups, unused;
+};
 
 struct GemmShape {
   int m, n, k, lda, ldb, ldc;
@@ -31,7 +42,7 @@ __device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
                                             const float* __restrict__ B, float* __restrict__ C,
                                             const float* __restrict__ bias,
                                             const float* __restrict__ residual,
-                                            const GemmShape& s) {
+                                            const GemmShape& s, const GemmNorm& nrm) {
   long long b = blockIdx.z;
   A += b * s.stride_a;
   B += b * s.stride_b;
@@ -41,7 +52,12 @@ __device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
   auto a = [&](int row, int k) {
     int m = m0 + row;
     if (m >= s.m || k >= s.k) return 0.0f;
-    return s.a_trans ? A[(long long)k * s.lda + m] : A[(long long)m * s.lda + k];
+    float v = s.a_trans ? A[(long long)k * s.lda + m] : A[(long long)m * s.lda + k];
+    if (nrm.stats) {
+      const float* st = nrm.stats + 2 * (b * nrm.groups + k / (s.k / nrm.groups));
+      v = (v - st[0]) * st[1] * nrm.gamma[k] + nrm.beta[k];
+    }
+    return v;
   };
   auto bv = [&](int col, int k) {
     int n = n0 + col;
@@ -62,18 +78,21 @@ __device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
     gemm_tf32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s) {
-  gemm_kernel<MMA_TF32>(A, B, C, bias, residual, s);
+              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
+              GemmNorm norm) {
+  gemm_kernel<MMA_TF32>(A, B, C, bias, residual, s, norm);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
     gemm_bf16(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s) {
-  gemm_kernel<MMA_BF16>(A, B, C, bias, residual, s);
+              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
+              GemmNorm norm) {
+  gemm_kernel<MMA_BF16>(A, B, C, bias, residual, s, norm);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
     gemm_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-             const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s) {
-  gemm_kernel<MMA_F32>(A, B, C, bias, residual, s);
+             const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
+              GemmNorm norm) {
+  gemm_kernel<MMA_F32>(A, B, C, bias, residual, s, norm);
 }

@@ -458,10 +458,15 @@ impl Tensor {
         Ok(Some((Tensor::make(y, out, false, false), shortcut)))
     }
 
-    /// The positions of an image `self (n, c, …)` as tokens, projected by each `(w, b)` with
-    /// `w (cout, c)`: `(n, l, cout)` each, `l` the positions — `reshape`, `transpose12` (once) and
+    /// The positions of an image `self (n, c, …)`, group-normalised if `norm` (`gamma`, `beta`,
+    /// groups, eps) is given, as tokens, projected by each `(w, b)` with `w (cout, c)`:
+    /// `(n, l, cout)` each, `l` the positions — `group_norm`, `reshape`, `transpose12` (once) and
     /// `linear` as one operation, without a tape (inference).
-    pub fn tokens_linear(&self, projections: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<Tensor>> {
+    pub fn tokens_linear(
+        &self,
+        norm: Option<(&Tensor, &Tensor, usize, f32)>,
+        projections: &[(&Tensor, Option<&Tensor>)],
+    ) -> Result<Vec<Tensor>> {
         let (n, c) = match *self.shape() {
             [n, c, ..] => (n, c),
             ref s => return Err(Error::shape("tokens_linear", format!("input shape {s:?}"))),
@@ -485,12 +490,30 @@ impl Tensor {
                 ));
             }
         }
+        let norm = match norm {
+            Some((gamma, beta, groups, eps)) => {
+                self.norm_geom(groups, gamma, beta, eps, false)?;
+                if Tensor::recorded(&[gamma, beta]) {
+                    return Err(Error::shape(
+                        "tokens_linear",
+                        "inference only: no gradient flows through it",
+                    ));
+                }
+                Some(FusedNorm {
+                    gamma: gamma.storage(),
+                    beta: beta.storage(),
+                    groups,
+                    eps,
+                })
+            }
+            None => None,
+        };
         let p: Vec<(&Storage, Option<&Storage>)> = projections
             .iter()
             .map(|&(w, b)| (w.storage(), b.map(|b| b.storage())))
             .collect();
         self.storage()
-            .tokens_linear(&p, (n, c, l, cout))?
+            .tokens_linear(norm, &p, (n, c, l, cout))?
             .into_iter()
             .map(|y| Tensor::from_storage(y, &[n, l, cout]))
             .collect()

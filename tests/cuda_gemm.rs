@@ -57,6 +57,7 @@ fn check(
         bias_per_row: bias.as_ref().is_some_and(|(_, r)| *r),
         scale,
         residual: dres.as_ref(),
+        norm_a: None,
     };
     let c = gemm::matmul(&da, &db, g, epi, p).unwrap().to_f32().unwrap();
     for bt in 0..g.batch {
@@ -215,4 +216,79 @@ fn operands_that_do_not_fit_the_geometry_are_refused() {
         e.to_string().contains("A holds 6 values, expected 8"),
         "{e}"
     );
+}
+
+/// The group norm applied to A's columns as A is loaded (attention's norm before its projections):
+/// equal to the CPU's group norm, transpose and linear.
+#[test]
+fn a_normalised_image_read_as_tokens_equals_norm_then_linear() {
+    use dydiff::backend::cuda::conv::{self, NormOnLoad};
+    use dydiff::backend::NormGeom;
+    let gpu = gpu();
+    let (n, c, l, cout, groups) = (3, 8, 37, 5, 4);
+    let x: Vec<f32> = rand_vec(n * c * l, 80)
+        .iter()
+        .map(|v| 3.0 * v + 1.0)
+        .collect();
+    let (gamma, beta) = (rand_vec(c, 81), rand_vec(c, 82));
+    let (w, b) = (rand_vec(cout * c, 83), rand_vec(cout, 84));
+    let cpu = |v: &[f32]| CpuStorage::from_vec(v.to_vec());
+    let g = NormGeom {
+        n,
+        c,
+        hw: l,
+        groups,
+        eps: 1e-5,
+        silu: false,
+    };
+    let (normed, _) = cpu(&x).group_norm(&cpu(&gamma), &cpu(&beta), &g).unwrap();
+    let want = normed
+        .transpose12(n, c, l)
+        .unwrap()
+        .linear(&cpu(&w), Some(&cpu(&b)), n * l, c, cout)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let dx = Buffer::from_f32(&gpu, &x).unwrap();
+    let stats = conv::group_norm_stats(&dx, None, (n, c, l), groups, 1e-5).unwrap();
+    let (dg, dbeta) = (
+        Buffer::from_f32(&gpu, &gamma).unwrap(),
+        Buffer::from_f32(&gpu, &beta).unwrap(),
+    );
+    let (dw, db) = (
+        Buffer::from_f32(&gpu, &w).unwrap(),
+        Buffer::from_f32(&gpu, &b).unwrap(),
+    );
+    let layout = gemm::Layout {
+        batch: n,
+        m: l,
+        n: cout,
+        k: c,
+        a_trans: true,
+        b_trans: true,
+        stride_a: c * l,
+        stride_b: 0,
+    };
+    for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+        let epi = Epilogue {
+            bias: Some(&db),
+            norm_a: Some(NormOnLoad {
+                stats: &stats,
+                gamma: &dg,
+                beta: &dbeta,
+                groups,
+            }),
+            ..Epilogue::NONE
+        };
+        let got = gemm::strided(&dx, &dw, &layout, epi, p)
+            .unwrap()
+            .to_f32()
+            .unwrap();
+        let rel = match p {
+            Precision::Fp32 => 1e-5,
+            Precision::Tf32 => 4e-3,
+            Precision::Bf16 => 3e-2,
+        };
+        common::assert_close(&got, &want, rel, rel, &format!("{p:?}"));
+    }
 }

@@ -344,12 +344,14 @@ pub trait BackendStorage: Sized {
     fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self>;
     /// `y = x · wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`: PyTorch's `Linear`.
     fn linear(&self, w: &Self, b: Option<&Self>, m: usize, k: usize, n: usize) -> Result<Self>;
-    /// Projections of an image's positions: `self (n, c, l)` read as tokens `(n, l, c)`, times
-    /// `wᵀ` (`w (cout, c)`), plus `b`, for each `(w, b)`: `(n, l, cout)` each —
-    /// [`BackendStorage::transpose12`] once, then [`BackendStorage::linear`] (the GPU reads the
-    /// image in place). `dims` is `(n, c, l, cout)`.
+    /// Projections of an image's positions: `self (n, c, l)`, group-normalised if `norm` is
+    /// given, read as tokens `(n, l, c)`, times `wᵀ` (`w (cout, c)`), plus `b`, for each `(w, b)`:
+    /// `(n, l, cout)` each — [`BackendStorage::group_norm`], [`BackendStorage::transpose12`] once,
+    /// then [`BackendStorage::linear`] (the GPU reads the image in place and normalises it as it
+    /// loads). `dims` is `(n, c, l, cout)`.
     fn tokens_linear(
         &self,
+        norm: Option<FusedNorm<Self>>,
         projections: &[(&Self, Option<&Self>)],
         dims: (usize, usize, usize, usize),
     ) -> Result<Vec<Self>>;
@@ -551,42 +553,50 @@ impl Storage {
     }
     pub fn tokens_linear(
         &self,
+        norm: Option<FusedNorm<Storage>>,
         projections: &[(&Storage, Option<&Storage>)],
         dims: (usize, usize, usize, usize),
     ) -> Result<Vec<Storage>> {
+        /// The operands on one backend, or a device mismatch.
+        #[allow(clippy::type_complexity)]
+        fn unwrap<'a, S>(
+            norm: Option<FusedNorm<'a, Storage>>,
+            projections: &[(&'a Storage, Option<&'a Storage>)],
+            pick: impl Fn(&'a Storage) -> Option<&'a S>,
+        ) -> Result<(Option<FusedNorm<'a, S>>, Vec<(&'a S, Option<&'a S>)>)> {
+            let one = |s: &'a Storage| pick(s).ok_or_else(device_mismatch);
+            let norm = match norm {
+                Some(n) => Some(FusedNorm {
+                    gamma: one(n.gamma)?,
+                    beta: one(n.beta)?,
+                    groups: n.groups,
+                    eps: n.eps,
+                }),
+                None => None,
+            };
+            let mut p = Vec::with_capacity(projections.len());
+            for &(w, b) in projections {
+                p.push((one(w)?, b.map(one).transpose()?));
+            }
+            Ok((norm, p))
+        }
         match self {
             Storage::Cpu(x) => {
-                let mut p = Vec::with_capacity(projections.len());
-                for &(w, b) in projections {
-                    let Storage::Cpu(w) = w else {
-                        return Err(device_mismatch());
-                    };
-                    let b = match b {
-                        None => None,
-                        Some(Storage::Cpu(b)) => Some(b),
-                        Some(_) => return Err(device_mismatch()),
-                    };
-                    p.push((w, b));
-                }
-                Ok(x.tokens_linear(&p, dims)?
+                let (norm, p) = unwrap(norm, projections, |s| match s {
+                    Storage::Cpu(c) => Some(c),
+                    _ => None,
+                })?;
+                Ok(x.tokens_linear(norm, &p, dims)?
                     .into_iter()
                     .map(Storage::Cpu)
                     .collect())
             }
             Storage::Cuda(x) => {
-                let mut p = Vec::with_capacity(projections.len());
-                for &(w, b) in projections {
-                    let Storage::Cuda(w) = w else {
-                        return Err(device_mismatch());
-                    };
-                    let b = match b {
-                        None => None,
-                        Some(Storage::Cuda(b)) => Some(b),
-                        Some(_) => return Err(device_mismatch()),
-                    };
-                    p.push((w, b));
-                }
-                Ok(x.tokens_linear(&p, dims)?
+                let (norm, p) = unwrap(norm, projections, |s| match s {
+                    Storage::Cuda(c) => Some(c),
+                    _ => None,
+                })?;
+                Ok(x.tokens_linear(norm, &p, dims)?
                     .into_iter()
                     .map(Storage::Cuda)
                     .collect())

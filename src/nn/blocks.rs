@@ -248,19 +248,19 @@ impl AttentionBlock {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !Tensor::recorded(&[x, &self.to_q.weight]) {
-            // without a tape: the projections read and write the image in place, the residual
-            // and scale in the output projection (the same bits on the CPU)
-            let hn = self.group_norm.forward(x)?;
+            // without a tape: the projections normalise and read the image in place, the output
+            // projection writes it back with the residual and scale (the same bits on the CPU)
             let projections = [
                 (&self.to_q.weight, Some(&self.to_q.bias)),
                 (&self.to_k.weight, Some(&self.to_k.bias)),
                 (&self.to_v.weight, Some(&self.to_v.bias)),
             ];
-            let qkv: [Tensor; 3] = hn
-                .tokens_linear(&projections)?
+            let gn = &self.group_norm;
+            let norm = Some((&gn.weight, &gn.bias, gn.groups, gn.eps));
+            let qkv: [Tensor; 3] = x
+                .tokens_linear(norm, &projections)?
                 .try_into()
                 .map_err(|_| Error::shape("attention", "three projections"))?;
-            drop(hn);
             let [q, k, v] = qkv;
             let o = Tensor::attention(&q, &k, &v, self.heads)?;
             drop((q, k, v));

@@ -17,7 +17,7 @@ pub mod winograd;
 
 use crate::backend::{
     shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef,
-    FusedConv, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    FusedConv, FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::Result;
 use crate::profile::scope;
@@ -202,10 +202,25 @@ impl BackendStorage for CpuStorage {
     }
     fn tokens_linear(
         &self,
+        norm: Option<FusedNorm<Self>>,
         projections: &[(&Self, Option<&Self>)],
         (n, c, l, cout): (usize, usize, usize, usize),
     ) -> Result<Vec<Self>> {
-        let tokens = self.transpose12(n, c, l)?;
+        let normed = match norm {
+            Some(f) => {
+                let g = NormGeom {
+                    n,
+                    c,
+                    hw: l,
+                    groups: f.groups,
+                    eps: f.eps,
+                    silu: false,
+                };
+                self.group_norm(f.gamma, f.beta, &g)?.0
+            }
+            None => self.clone(),
+        };
+        let tokens = normed.transpose12(n, c, l)?;
         projections
             .iter()
             .map(|&(w, b)| tokens.linear(w, b, n * l, c, cout))

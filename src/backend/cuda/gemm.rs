@@ -5,6 +5,7 @@
 
 use super::buffer::Buffer;
 use super::check;
+use super::conv::NormOnLoad;
 use super::gpu::{DevicePtr, KernelArg, LaunchShape};
 use super::Precision;
 use crate::backend::MatmulGeom;
@@ -32,6 +33,18 @@ struct GemmShape {
     scale: f32,
 }
 
+/// `kernels/gemm.cu`'s `GemmNorm` (32 bytes): device addresses of the statistics, gamma and beta,
+/// or zeros for none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmNorm {
+    stats: u64,
+    gamma: u64,
+    beta: u64,
+    groups: i32,
+    unused: i32,
+}
+
 /// What is applied to each element of the product before it is stored:
 /// `C = (A·B + bias + residual) · scale` (diffusers' residual blocks and attention add their
 /// input, then divide by their output scale factor).
@@ -43,6 +56,9 @@ pub struct Epilogue<'a> {
     pub scale: f32,
     /// Shaped like C.
     pub residual: Option<&'a Buffer>,
+    /// A group norm of `op(A)`'s columns as A is loaded: column `k` is channel `k` of sample `i`
+    /// (the batch index), statistics `(batch, groups, 2)`.
+    pub norm_a: Option<NormOnLoad<'a>>,
 }
 
 impl Epilogue<'_> {
@@ -52,6 +68,7 @@ impl Epilogue<'_> {
         bias_per_row: false,
         scale: 1.0,
         residual: None,
+        norm_a: None,
     };
 }
 
@@ -124,6 +141,38 @@ pub fn strided(
     if let Some(r) = epilogue.residual {
         check::len("matmul", "the residual", r.len(), g.batch * g.m * g.n)?;
     }
+    let norm = match epilogue.norm_a {
+        Some(n) => {
+            if n.groups == 0 || !g.k.is_multiple_of(n.groups) {
+                return Err(Error::shape(
+                    "matmul",
+                    format!("{} channels in {} groups", g.k, n.groups),
+                ));
+            }
+            check::len(
+                "matmul",
+                "the statistics",
+                n.stats.len(),
+                2 * g.batch * n.groups,
+            )?;
+            check::len("matmul", "gamma", n.gamma.len(), g.k)?;
+            check::len("matmul", "beta", n.beta.len(), g.k)?;
+            GemmNorm {
+                stats: n.stats.ptr().0,
+                gamma: n.gamma.ptr().0,
+                beta: n.beta.ptr().0,
+                groups: n.groups as i32,
+                unused: 0,
+            }
+        }
+        None => GemmNorm {
+            stats: 0,
+            gamma: 0,
+            beta: 0,
+            groups: 0,
+            unused: 0,
+        },
+    };
     let gpu = a.gpu();
     let c = Buffer::alloc(gpu, g.batch * g.m * g.n)?;
     if c.is_empty() {
@@ -164,6 +213,7 @@ pub fn strided(
             ptr(epilogue.bias),
             ptr(epilogue.residual),
             KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec()),
+            KernelArg::Struct(bytemuck::bytes_of(&norm).to_vec()),
         ],
     )?;
     Ok(c)

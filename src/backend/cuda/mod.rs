@@ -58,7 +58,7 @@ use self::gemm::Epilogue;
 use self::gpu::Gpu;
 use super::{
     AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, FusedConv,
-    MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -272,9 +272,29 @@ impl BackendStorage for CudaStorage {
     }
     fn tokens_linear(
         &self,
+        norm: Option<FusedNorm<Self>>,
         projections: &[(&Self, Option<&Self>)],
         (n, c, l, cout): (usize, usize, usize, usize),
     ) -> Result<Vec<Self>> {
+        let stats = match norm {
+            Some(f) => Some(conv::group_norm_stats(
+                &self.buf,
+                None,
+                (n, c, l),
+                f.groups,
+                f.eps,
+            )?),
+            None => None,
+        };
+        let norm_a = match (norm, stats.as_ref()) {
+            (Some(f), Some(stats)) => Some(NormOnLoad {
+                stats,
+                gamma: &f.gamma.buf,
+                beta: &f.beta.buf,
+                groups: f.groups,
+            }),
+            _ => None,
+        };
         // per image: (l × c) = xᵀ, times wᵀ; the image read in place (A transposed), w shared
         let layout = gemm::Layout {
             batch: n,
@@ -291,6 +311,7 @@ impl BackendStorage for CudaStorage {
             .map(|&(w, b)| {
                 let epi = Epilogue {
                     bias: b.map(|b| b.buffer()),
+                    norm_a,
                     ..Epilogue::NONE
                 };
                 Ok(self.wrap(gemm::strided(&self.buf, &w.buf, &layout, epi, precision())?))
@@ -321,6 +342,7 @@ impl BackendStorage for CudaStorage {
             bias_per_row: true,
             scale,
             residual: residual.map(|r| r.buffer()),
+            norm_a: None,
         };
         Ok(self.wrap(gemm::strided(&w.buf, &self.buf, &layout, epi, precision())?))
     }
