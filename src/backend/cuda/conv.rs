@@ -3,6 +3,18 @@
 //! upsampling read in place, and bias, time embedding, residual and output scale in the epilogue;
 //! group-norm statistics and the plain group norm. `cargo test --release --test cuda_conv`
 //! compares them with the CPU backend's unfused operations.
+//!
+//! Layout: NCHW, as on the CPU. The implicit GEMM puts output channels on rows and the pixels of
+//! every image on columns, so in NCHW a warp's loads of the gathered input are consecutive `x`
+//! positions of one channel and its stores consecutive pixels of one output channel: both
+//! coalesced, with no transposed copy of the input or the output. NHWC would make the reduction
+//! axis (channels) contiguous instead, which pays when tiles are loaded 16 bytes at a time with
+//! `cp.async` along channels — worth measuring once a GPU is at hand (BENCHMARKS.md) — but it
+//! would need a layout conversion at every boundary with the rest of the op set (group norm per
+//! channel group, attention's token-major projections, the process along frames), and a change of
+//! the op set's semantics, which the backends share. Measured here: nothing yet (no GPU); the
+//! roofline puts the benchmark UNet's convolutions at the launch floor or bound by memory at the
+//! sizes that matter, where a layout change moves no bytes.
 
 use super::buffer::Buffer;
 use super::check;
