@@ -6,7 +6,7 @@ use super::{Conv2d, GroupNorm, Linear, ParamBuilder, UNet2DConfig};
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::io::{atomic, safetensors};
-use crate::tensor::Tensor;
+use crate::tensor::{ConvTail, Tensor};
 use std::path::Path;
 
 /// File names of a diffusers model folder.
@@ -232,7 +232,22 @@ impl UNet2D {
             debug_assert!(skips.len() >= u.num_skips());
             h = u.forward(h, &temb_act, &mut skips)?;
         }
-        let h = self.norm_out.forward_silu(&h)?;
-        self.conv_out.forward(&h)
+        // without a tape the output convolution normalises and activates as it loads
+        let n = &self.norm_out;
+        let tail = ConvTail {
+            skip: None,
+            upsample: false,
+            shortcut: None,
+            norm: Some((&n.weight, &n.bias, n.groups, n.eps)),
+            silu: true,
+            temb: None,
+            residual: None,
+            scale: 1.0,
+        };
+        let c = &self.conv_out;
+        match h.conv2d_fused(&c.weight, Some(&c.bias), (c.stride, c.pad), &tail)? {
+            Some((y, _)) => Ok(y),
+            None => c.forward(&n.forward_silu(&h)?),
+        }
     }
 }
