@@ -22,6 +22,20 @@ pub mod gpu;
 pub mod kernels;
 pub mod process;
 
+use self::buffer::Buffer;
+use self::conv::{ConvEpilogue, ConvInput, NormOnLoad};
+use self::gemm::Epilogue;
+use self::gpu::Gpu;
+use super::{
+    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, FusedConv,
+    FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+};
+use crate::error::{Error, Result};
+use crate::rng::{NoiseKey, NoiseRow};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
 /// How the GPU multiplies in the network's products (docs/devices.md, “Precision”): float32
 /// with FFMA, or on the tensor cores with operands rounded to TF32 or to bf16 and float32
 /// accumulation. Storage is float32 either way.
@@ -51,20 +65,6 @@ impl Precision {
         format!("{family}_{suffix}")
     }
 }
-
-use self::buffer::Buffer;
-use self::conv::{ConvEpilogue, ConvInput, NormOnLoad};
-use self::gemm::Epilogue;
-use self::gpu::Gpu;
-use super::{
-    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, FusedConv,
-    FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
-};
-use crate::error::{Error, Result};
-use crate::rng::{NoiseKey, NoiseRow};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 /// The environment variable that makes every `cuda:N` the emulator.
 pub const EMULATOR_VAR: &str = "DYDIFF_CUDA_EMULATOR";
