@@ -5,7 +5,10 @@ device memory, which limit binds, and the time it should take on a GPU; then the
 and sampler-step times against PyTorch eager's launch-bound time. Standard library only.
 
     python3 python/roofline.py [--config UNET/config.json] [--batch 8] [--size 32]
-        [--precision tf32] [--gpu h100] [--markdown]
+        [--precision tf32] [--gpu h100] [--markdown] [--by-kind] [--built]
+
+With --built, the kernels as the backend launches them now (one product per attention
+projection, the time embedding's five small kernels) instead of the plan.
 
 Model of a kernel: time = max(flops / tensor_or_fma_peak, bytes / bandwidth, floor), where the
 floor (3 µs) is what the smallest kernel costs inside a CUDA graph (launch, ramp-up, tail). Bytes
@@ -46,12 +49,16 @@ KIND = {
     "time_emb_proj": "linear (time embedding per block)", "to_qkv": "linear (q, k, v)",
     "to_out": "linear (attention output + residual)", "attention": "attention (fused)",
     "time_embedding": "time embedding MLP", "ddim_step": "DDIM step (fused)",
+    "sinusoids": "timestep sinusoids", "linear_1": "time embedding MLP", "linear_2": "time embedding MLP",
+    "silu": "SiLU (time embedding)", "silu_act": "SiLU (time embedding)", "to_q": "linear (q, k, v)",
+    "to_k": "linear (q, k, v)", "to_v": "linear (q, k, v)",
 }
 
 
 class Plan:
-    def __init__(self, gpu, precision):
+    def __init__(self, gpu, precision, built=False):
         self.gpu, self.precision, self.kernels, self.torch_ops = gpu, precision, [], 0
+        self.built = built
 
     def add(self, name, flops, bytes_, tensor=True):
         peak = self.gpu[self.precision] if tensor and self.precision != "fp32" else self.gpu["fp32"]
@@ -87,7 +94,11 @@ class Plan:
     def attention(self, name, n, c, h, w, head_dim):
         l, heads = h * w, c // head_dim
         self.add(f"{name}.gn_stats", 8 * n * c * l, 4 * n * c * l, tensor=False)
-        self.linear(f"{name}.to_qkv", n * l, c, 3 * c)
+        if self.built:  # one product per projection, each normalising the image as it loads
+            for p in "qkv":
+                self.linear(f"{name}.to_{p}", n * l, c, c)
+        else:
+            self.linear(f"{name}.to_qkv", n * l, c, 3 * c)
         flops = 4 * n * heads * l * l * head_dim + 5 * n * heads * l * l
         self.add(f"{name}.attention", flops, 4 * 4 * n * l * c)
         self.linear(f"{name}.to_out", n * l, c, c, residual=True)
@@ -101,7 +112,14 @@ def unet_forward(cfg, n, size, plan):
     lpb = cfg["layers_per_block"]
     head = cfg.get("attention_head_dim") or ch[-1]
     temb = 4 * ch[0]
-    plan.add("time_embedding", 2 * n * (ch[0] * temb + temb * temb), 4 * (ch[0] * temb + temb * temb), tensor=False)
+    if plan.built:  # sinusoids, linear_1, SiLU, linear_2, the SiLU every resnet receives
+        plan.add("time_embedding.sinusoids", 20 * n * ch[0], 4 * n * (1 + ch[0]), tensor=False)
+        plan.linear("time_embedding.linear_1", n, ch[0], temb)
+        plan.add("time_embedding.silu", 4 * n * temb, 8 * n * temb, tensor=False)
+        plan.linear("time_embedding.linear_2", n, temb, temb)
+        plan.add("time_embedding.silu_act", 4 * n * temb, 8 * n * temb, tensor=False)
+    else:
+        plan.add("time_embedding", 2 * n * (ch[0] * temb + temb * temb), 4 * (ch[0] * temb + temb * temb), tensor=False)
     plan.torch_ops += 8
     plan.conv("conv_in", n, cfg["in_channels"], size, size, ch[0], norm=False)
     plan.torch_ops += 1
@@ -153,12 +171,14 @@ def main():
     ap.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     ap.add_argument("--markdown", action="store_true", help="print the per-kernel table too")
     ap.add_argument("--by-kind", action="store_true", help="print a table by kind of kernel")
+    ap.add_argument("--built", action="store_true",
+                    help="the kernels as the backend launches them now, not as planned")
     a = ap.parse_args()
     cfg = dict(BENCH)
     if a.config:
         cfg.update(json.load(open(a.config)))
     gpu = GPUS[a.gpu]
-    plan = Plan(gpu, a.precision)
+    plan = Plan(gpu, a.precision, built=a.built)
     unet_forward(cfg, a.batch, a.size, plan)
     fwd = list(plan.kernels)
     fwd_torch_ops = plan.torch_ops
