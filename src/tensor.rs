@@ -43,6 +43,20 @@ pub struct ConvTail<'a> {
     pub scale: f32,
 }
 
+impl ConvTail<'_> {
+    /// Nothing around the convolution: a plain convolution with bias.
+    pub const NONE: ConvTail<'static> = ConvTail {
+        skip: None,
+        upsample: false,
+        shortcut: None,
+        norm: None,
+        silu: false,
+        temb: None,
+        residual: None,
+        scale: 1.0,
+    };
+}
+
 /// An f32 array. Cloning is cheap (shared data).
 #[derive(Clone)]
 pub struct Tensor(Arc<Inner>);
@@ -253,14 +267,13 @@ impl Tensor {
 
     /// 2-D convolution (cross-correlation) of NCHW `self` with an OIHW square kernel `w`,
     /// optional bias, `stride`, and zero padding `[top, bottom, left, right]`.
-    /// The geometry of `self` convolved with `w` (and bias `b`), shapes checked.
-    fn conv_geom(
+    pub fn conv2d(
         &self,
         w: &Tensor,
         b: Option<&Tensor>,
         stride: usize,
         pad: [usize; 4],
-    ) -> Result<ConvGeom> {
+    ) -> Result<Tensor> {
         let (n, ci, h, wd) = self.dims4("conv2d")?;
         let (co, wci, k, k2) = w.dims4("conv2d weight")?;
         if wci != ci || k != k2 || stride == 0 {
@@ -293,18 +306,6 @@ impl Tensor {
             stride,
             pad,
         };
-        Ok(g)
-    }
-
-    pub fn conv2d(
-        &self,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        stride: usize,
-        pad: [usize; 4],
-    ) -> Result<Tensor> {
-        let g = self.conv_geom(w, b, stride, pad)?;
-        let (n, co) = (g.n, g.co);
         let y = self
             .storage()
             .conv2d(w.storage(), b.map(|b| b.storage()), &g)?;

@@ -125,7 +125,6 @@ impl ResnetBlock2D {
         // conv1 and (if the block has one) the 1×1 shortcut read the same input, computed together
         let head = ConvTail {
             skip,
-            upsample: false,
             shortcut: self
                 .conv_shortcut
                 .as_ref()
@@ -133,8 +132,7 @@ impl ResnetBlock2D {
             norm: norm(&self.norm1),
             silu: true,
             temb: Some(&temb),
-            residual: None,
-            scale: 1.0,
+            ..ConvTail::NONE
         };
         let Some((h, shortcut)) = x.conv2d_fused(
             &self.conv1.weight,
@@ -151,18 +149,11 @@ impl ResnetBlock2D {
             (None, Some(s)) => Tensor::cat_channels(&[x, s])?,
         };
         let tail = ConvTail {
-            skip: None,
-            upsample: false,
-            shortcut: None,
             norm: norm(&self.norm2),
             silu: true,
-            temb: None,
             residual: Some(&shortcut),
-            scale: if self.output_scale_factor == 1.0 {
-                1.0
-            } else {
-                1.0 / self.output_scale_factor
-            },
+            scale: 1.0 / self.output_scale_factor,
+            ..ConvTail::NONE
         };
         Ok(h.conv2d_fused(
             &self.conv2.weight,
@@ -264,11 +255,7 @@ impl AttentionBlock {
             let [q, k, v] = qkv;
             let o = Tensor::attention(&q, &k, &v, self.heads)?;
             drop((q, k, v));
-            let scale = if self.rescale_output_factor == 1.0 {
-                1.0
-            } else {
-                1.0 / self.rescale_output_factor
-            };
+            let scale = 1.0 / self.rescale_output_factor;
             return o.linear_to_channels(&self.to_out.weight, Some(&self.to_out.bias), x, scale);
         }
         let (n, c, h, w) = match *x.shape() {
@@ -467,14 +454,8 @@ impl UpBlock {
         if let Some(u) = &self.upsample {
             // without a tape the convolution reads the image upsampled in place
             let up = ConvTail {
-                skip: None,
                 upsample: true,
-                shortcut: None,
-                norm: None,
-                silu: false,
-                temb: None,
-                residual: None,
-                scale: 1.0,
+                ..ConvTail::NONE
             };
             h = match h.conv2d_fused(&u.weight, Some(&u.bias), (u.stride, u.pad), &up)? {
                 Some((y, _)) => y,

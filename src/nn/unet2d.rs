@@ -235,14 +235,9 @@ impl UNet2D {
         // without a tape the output convolution normalises and activates as it loads
         let n = &self.norm_out;
         let tail = ConvTail {
-            skip: None,
-            upsample: false,
-            shortcut: None,
             norm: Some((&n.weight, &n.bias, n.groups, n.eps)),
             silu: true,
-            temb: None,
-            residual: None,
-            scale: 1.0,
+            ..ConvTail::NONE
         };
         let c = &self.conv_out;
         match h.conv2d_fused(&c.weight, Some(&c.bias), (c.stride, c.pad), &tail)? {
