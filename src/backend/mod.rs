@@ -491,6 +491,15 @@ fn device_mismatch() -> Error {
     Error::Backend("operands live on different devices".into())
 }
 
+/// The backend storage of an optional operand, picked by [`Storage::as_cpu`] or
+/// [`Storage::as_cuda`]; an operand on the other device is a mismatch.
+fn inner<'a, S>(
+    s: Option<&'a Storage>,
+    pick: impl Fn(&'a Storage) -> Option<&'a S>,
+) -> Result<Option<&'a S>> {
+    s.map(|s| pick(s).ok_or_else(device_mismatch)).transpose()
+}
+
 /// Dispatches a method to the backend of `self`; every other storage argument must be on the
 /// same backend. `$s` names the receiver's inner storage; the listed arguments are unwrapped
 /// the same way (`opt` for `Option<&Storage>`).
@@ -527,6 +536,20 @@ fn plain<T, S>(x: T, _f: impl Fn(S) -> Storage) -> Result<T> {
 }
 
 impl Storage {
+    /// The CPU storage, if the data is there.
+    fn as_cpu(&self) -> Option<&cpu::CpuStorage> {
+        match self {
+            Storage::Cpu(c) => Some(c),
+            Storage::Cuda(_) => None,
+        }
+    }
+    /// The CUDA storage, if the data is there.
+    fn as_cuda(&self) -> Option<&cuda::CudaStorage> {
+        match self {
+            Storage::Cuda(c) => Some(c),
+            Storage::Cpu(_) => None,
+        }
+    }
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
@@ -576,26 +599,20 @@ impl Storage {
             };
             let mut p = Vec::with_capacity(projections.len());
             for &(w, b) in projections {
-                p.push((one(w)?, b.map(one).transpose()?));
+                p.push((one(w)?, inner(b, &pick)?));
             }
             Ok((norm, p))
         }
         match self {
             Storage::Cpu(x) => {
-                let (norm, p) = unwrap(norm, projections, |s| match s {
-                    Storage::Cpu(c) => Some(c),
-                    _ => None,
-                })?;
+                let (norm, p) = unwrap(norm, projections, Storage::as_cpu)?;
                 Ok(x.tokens_linear(norm, &p, dims)?
                     .into_iter()
                     .map(Storage::Cpu)
                     .collect())
             }
             Storage::Cuda(x) => {
-                let (norm, p) = unwrap(norm, projections, |s| match s {
-                    Storage::Cuda(c) => Some(c),
-                    _ => None,
-                })?;
+                let (norm, p) = unwrap(norm, projections, Storage::as_cuda)?;
                 Ok(x.tokens_linear(norm, &p, dims)?
                     .into_iter()
                     .map(Storage::Cuda)
@@ -611,32 +628,18 @@ impl Storage {
         scale: f32,
         dims: (usize, usize, usize, usize),
     ) -> Result<Storage> {
-        fn cpu(s: Option<&Storage>) -> Result<Option<&cpu::CpuStorage>> {
-            match s {
-                None => Ok(None),
-                Some(Storage::Cpu(c)) => Ok(Some(c)),
-                Some(_) => Err(device_mismatch()),
-            }
-        }
-        fn gpu(s: Option<&Storage>) -> Result<Option<&cuda::CudaStorage>> {
-            match s {
-                None => Ok(None),
-                Some(Storage::Cuda(c)) => Ok(Some(c)),
-                Some(_) => Err(device_mismatch()),
-            }
-        }
         match (self, w) {
             (Storage::Cpu(x), Storage::Cpu(w)) => Ok(Storage::Cpu(x.linear_to_channels(
                 w,
-                cpu(b)?,
-                cpu(residual)?,
+                inner(b, Storage::as_cpu)?,
+                inner(residual, Storage::as_cpu)?,
                 scale,
                 dims,
             )?)),
             (Storage::Cuda(x), Storage::Cuda(w)) => Ok(Storage::Cuda(x.linear_to_channels(
                 w,
-                gpu(b)?,
-                gpu(residual)?,
+                inner(b, Storage::as_cuda)?,
+                inner(residual, Storage::as_cuda)?,
                 scale,
                 dims,
             )?)),
@@ -650,7 +653,7 @@ impl Storage {
             pick: impl Fn(&'a Storage) -> Option<&'a S>,
         ) -> Result<FusedConv<'a, S>> {
             let one = |s: &'a Storage| pick(s).ok_or_else(device_mismatch);
-            let opt = |s: Option<&'a Storage>| s.map(one).transpose();
+            let opt = |s: Option<&'a Storage>| inner(s, &pick);
             Ok(FusedConv {
                 geom: f.geom,
                 x2: match f.x2 {
@@ -681,18 +684,12 @@ impl Storage {
         }
         match self {
             Storage::Cpu(x) => {
-                let g = unwrap(f, |s| match s {
-                    Storage::Cpu(c) => Some(c),
-                    _ => None,
-                })?;
+                let g = unwrap(f, Storage::as_cpu)?;
                 let (y, s) = x.conv2d_fused(&g)?;
                 Ok((Storage::Cpu(y), s.map(Storage::Cpu)))
             }
             Storage::Cuda(x) => {
-                let g = unwrap(f, |s| match s {
-                    Storage::Cuda(c) => Some(c),
-                    _ => None,
-                })?;
+                let g = unwrap(f, Storage::as_cuda)?;
                 let (y, s) = x.conv2d_fused(&g)?;
                 Ok((Storage::Cuda(y), s.map(Storage::Cuda)))
             }
