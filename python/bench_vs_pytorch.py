@@ -69,6 +69,21 @@ def torch_forward_once(model_dir: str, input_path: str) -> None:
 HIST, FUT, CH, SIZE, SAMPLES, MEMBERS, STEPS, DYN_ETA = 4, 6, 2, 32, 2, 4, 10, 0.5
 
 
+def dyn(x, g):
+    """Dyn_γ over dim 1 (docs/process.md, “Dynamics”)."""
+    g = float(g)
+    out = [x[:, 0]]
+    for i in range(1, x.shape[1]):
+        out.append(g ** 0.5 * x[:, i] + (1 - g) ** 0.5 * out[-1])
+    return torch.stack(out, 1)
+
+
+def inv_dyn(y, g):
+    """InvDyn_γ over dim 1."""
+    g = float(g)
+    return torch.cat([y[:, :1], (y[:, 1:] - (1 - g) ** 0.5 * y[:, :-1]) / g ** 0.5], 1)
+
+
 def torch_sample(model_dir: str, obs_path: str) -> None:
     """Child-process entry: the PyTorch + diffusers sampling loop (docs/process.md) timed alone."""
     net = UNet2DModel.from_pretrained(pathlib.Path(model_dir) / "unet").eval()
@@ -81,17 +96,6 @@ def torch_sample(model_dir: str, obs_path: str) -> None:
         gb = lambda a: DYN_ETA * a + (1 - DYN_ETA)  # noqa: E731
         b = SAMPLES * MEMBERS
         hist = (obs[:, :HIST] / 4.0).repeat_interleave(MEMBERS, 0)  # (B, P+1, C, H, W)
-
-        def dyn(x, g):  # over dim 1
-            g = float(g)
-            out = [x[:, 0]]
-            for i in range(1, x.shape[1]):
-                out.append(g ** 0.5 * x[:, i] + (1 - g) ** 0.5 * out[-1])
-            return torch.stack(out, 1)
-
-        def inv_dyn(y, g):
-            g = float(g)
-            return torch.cat([y[:, :1], (y[:, 1:] - (1 - g) ** 0.5 * y[:, :-1]) / g ** 0.5], 1)
 
         ts = sched.timesteps.tolist()
         x = dyn(torch.randn(b, FUT, CH, SIZE, SIZE), gb(ab[ts[0]]))

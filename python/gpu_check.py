@@ -33,7 +33,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
-from bench_vs_pytorch import CONFIG  # noqa: E402
+from bench_vs_pytorch import CONFIG, dyn, inv_dyn  # noqa: E402
 
 REPORT = {"started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -156,15 +156,6 @@ def torch_sampler(mdir, mode, steps=10, hist=4, fut=6, ch=2, size=32, batch=8, d
     sched.set_timesteps(steps)
     ab = sched.alphas_cumprod.double()
     gb = lambda a: dyn_eta * a + (1 - dyn_eta)  # noqa: E731
-
-    def dyn(x, g):
-        out = [x[:, 0]]
-        for i in range(1, x.shape[1]):
-            out.append(g ** 0.5 * x[:, i] + (1 - g) ** 0.5 * out[-1])
-        return torch.stack(out, 1)
-
-    def inv_dyn(y, g):
-        return torch.cat([y[:, :1], (y[:, 1:] - (1 - g) ** 0.5 * y[:, :-1]) / g ** 0.5], 1)
 
     hist_x = torch.randn(batch, hist, ch, size, size, device="cuda")
 
