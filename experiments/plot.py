@@ -1,7 +1,7 @@
 """The figures of experiments/reproduce.sh, from the runs in OUT (see table.py), as PNG in DIR:
 
 - per_lead_crps.png: the fair CRPS against lead time, DyDiff against the standard model, one
-  panel per process (mean over seeds, the seeds' range shaded);
+  panel per process (mean over seeds, the seeds' range shaded; runs at other budgets dotted);
 - dyn_eta.png: the sensitivity to dyn_eta of process SENS (the paper's Figure 7c): the fair CRPS
   overall, at the first and at the last lead;
 - noise_error.png: the networks' noise-prediction error on the future frames against the
@@ -48,6 +48,7 @@ def main():
     main_etas = (sys.argv[3] if len(sys.argv) > 3 else "0.5 0").split()
     sens = sys.argv[4] if len(sys.argv) > 4 else "paper"
     runs = load(out)
+    longer = load(out, budget=True)
     figs.mkdir(parents=True, exist_ok=True)
 
     processes = [p for p in PROCESS if any(k[0] == p and k[1] in main_etas for k in runs)]
@@ -61,6 +62,11 @@ def main():
             c = COLOUR.get(e, "tab:blue")
             ax.plot(x, m, "o-", color=c, label=f"{label(e)}, {n} seed{'s' * (n > 1)}")
             ax.fill_between(x, lo, hi, color=c, alpha=0.2)
+        for (lp, e, steps), by_seed in sorted(longer.items()):
+            if lp == p:
+                x, m, _, _ = per_lead(longer, (lp, e, steps))
+                seeds = ", ".join(map(str, sorted(by_seed)))
+                ax.plot(x, m, "o:", color=COLOUR.get(e, "tab:blue"), label=f"{label(e)}, {steps} steps, seed {seeds}")
         ax.set_title(PROCESS[p])
         ax.set_xlabel("lead time (frames)")
         ax.grid(alpha=0.3)

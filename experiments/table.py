@@ -8,11 +8,14 @@
 4. the networks' noise-prediction error on the future frames at fixed timesteps (`dydiff bench
    noise`);
 5. the sensitivity to `dyn_eta` (the paper's Figure 7c): every `dyn_eta` of the process SENS
-   (default paper), on the seeds that all of them share.
+   (default paper), on the seeds that all of them share;
+6. larger budgets: every run trained for another number of steps (folders ending in
+   `_steps{N}`) beside the same model, process and seed at the main budget: the fair CRPS overall
+   and per lead, and the noise-prediction error.
 
     python3 experiments/table.py OUT [MAIN_ETAS] [SENS]     # e.g. OUT "0.5 0" paper
 
-Runs are the folders OUT/{process}_eta{dyn_eta}_seed{seed} holding an eval.json (`dydiff eval
+Runs are the folders OUT/{process}_eta{dyn_eta}_seed{seed}[_steps{N}] holding an eval.json (`dydiff eval
 --json`) and a noise.json; process "paper" diffuses the future frames only, "reference" every
 frame (docs/process.md). Standard library only.
 """
@@ -32,7 +35,7 @@ KEYS = [
     ("ssr", "SSR"),
 ]
 PROCESS = {"paper": "paper process", "reference": "reference process (history diffused)"}
-RUN = re.compile(r"(paper|reference)_eta([0-9.]+)_seed(\d+)$")
+RUN = re.compile(r"(paper|reference)_eta([0-9.]+)_seed(\d+)(?:_steps(\d+))?$")
 
 
 def value(scores, key):
@@ -53,18 +56,29 @@ def name(process, eta):
     return f"{model} (dyn_eta {eta}), {PROCESS[process]}"
 
 
-def load(out):
-    """{(process, eta): {seed: {"eval": report, "noise": report or None}}}"""
+def load(out, budget=False):
+    """{(process, eta): {seed: {"eval": report, "noise": report or None}}} of the main budget, or
+    with `budget`, {(process, eta, steps): {seed: ...}} of the runs at other budgets."""
     runs = {}
     for d in sorted(out.iterdir()):
         m = RUN.match(d.name)
-        if m and (d / "eval.json").is_file():
+        if m and (m[4] is not None) == budget and (d / "eval.json").is_file():
             noise = d / "noise.json"
-            runs.setdefault((m[1], m[2]), {})[int(m[3])] = {
+            key = (m[1], m[2], int(m[4])) if budget else (m[1], m[2])
+            runs.setdefault(key, {})[int(m[3])] = {
                 "eval": json.loads((d / "eval.json").read_text()),
                 "noise": json.loads(noise.read_text()) if noise.is_file() else None,
+                "steps": training_steps(d),
             }
     return runs
+
+
+def training_steps(run):
+    """The number of training steps the run's dydiff.json records, or "?"."""
+    try:
+        return str(json.loads((run / "dydiff.json").read_text())["training"]["steps"])
+    except (OSError, KeyError, ValueError):
+        return "?"
 
 
 def row(cells):
@@ -136,6 +150,27 @@ def main():
                 scores = [statistics.mean(value(r["overall"], key) for r in reports) for key in ("crps", "crps_pool8_avg", "rmse", "ssr")]
                 per = [statistics.mean(r["per_lead"][i]["crps"] for r in reports) for i in range(leads)]
                 print(row([e] + [f"{v:.4f}" for v in scores] + [f"{v:.3f}" for v in per]))
+
+    longer = load(out, budget=True)
+    if longer:
+        print("\nOther budgets, beside the same model and seed at the main budget (fair CRPS overall and per lead; "
+              "noise-prediction error on the future frames):\n")
+        ts = []
+        for (p, e, steps), by_seed in sorted(longer.items()):
+            for seed, r in sorted(by_seed.items()):
+                if r["noise"]:
+                    ts = [t["t"] for t in r["noise"]["timesteps"]]
+        print(header(["model", "seed", "steps", "CRPS"] + [f"lead {i + 1}" for i in range(leads)] + [f"noise t = {t}" for t in ts]))
+        for (p, e, steps), by_seed in sorted(longer.items()):
+            for seed, r in sorted(by_seed.items()):
+                main_run = runs.get((p, e), {}).get(seed)
+                for run in [main_run, r]:
+                    if run is None:
+                        continue
+                    n = run["eval"]["per_lead"]
+                    noise = [f"{x['mse_future']:.4f}" for x in run["noise"]["timesteps"]] if run["noise"] else [""] * len(ts)
+                    print(row([name(p, e), str(seed), run["steps"], f"{run['eval']['overall']['crps']:.4f}"]
+                              + [f"{n[i]['crps']:.3f}" for i in range(leads)] + noise))
 
     print("\nCRPS is the fair CRPS in data space.")
 
