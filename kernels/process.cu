@@ -86,10 +86,12 @@ extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const floa
 //   ε_w^s = (ε̂^s − √(1−γ̄_t)·ε̂^{s−1})/√γ̄_t  (ε̂^0 first),  Dp = √γ̄_p·x̂_0^s + √(1−γ̄_p)·Dp
 //   W = Dyn_{γ̄_p}(ε_w)^s,  Z = Dyn_{γ̄_p}(z)^s,  x_p^s = √ᾱ_p·Dp + √(1−ᾱ_p−σ²)·W + σ·Z
 // With diffuse_history every chain starts at frame 0 and x̂_0^0 = y^0.
-// The fresh noise z (when sigma > 0) is read from z (batch, D, elems) if that is given, otherwise
-// drawn here: element s·elems + e of the row (samples[b], members[b]) of the stream (seed,
-// purpose, step) (docs/random.md).
-// c = √γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ.
+// The step's values are read from device memory, `params`: the nine coefficients c (float bit
+// patterns) = √γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ, then the noise
+// key: seed (low, high 32 bits), purpose, step — so that a step captured in a CUDA graph reads
+// each replay's values. The fresh noise z (when σ > 0) is read from z (batch, D, elems) if that
+// is given, otherwise drawn here: element s·elems + e of the row (rows[b], rows[batch + b]) =
+// (sample, member) of the stream (seed, purpose, step) (docs/random.md).
 struct DdimCoefs {
   float sg_t, s1g_t, sg_p, s1g_p, sab_t, s1ab_t, sab_p, eps_w, sigma;
 };
@@ -97,14 +99,17 @@ struct DdimCoefs {
 extern "C" __global__ void ddim_step_f32(const float* __restrict__ state,
                                          const float* __restrict__ eps_hat,
                                          const float* __restrict__ z_given,
-                                         float* __restrict__ next, DdimCoefs c, int batch,
+                                         float* __restrict__ next,
+                                         const unsigned* __restrict__ params, int batch,
                                          int history, int future, long long elems,
-                                         int diffuse_history, unsigned long long seed,
-                                         unsigned purpose, unsigned step,
-                                         const unsigned* __restrict__ samples,
-                                         const unsigned* __restrict__ members) {
+                                         int diffuse_history, const unsigned* __restrict__ rows) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= (long long)batch * elems) return;
+  const DdimCoefs c = {__uint_as_float(params[0]), __uint_as_float(params[1]),
+                       __uint_as_float(params[2]), __uint_as_float(params[3]),
+                       __uint_as_float(params[4]), __uint_as_float(params[5]),
+                       __uint_as_float(params[6]), __uint_as_float(params[7]),
+                       __uint_as_float(params[8])};
   long long b = i / elems, e = i - b * elems;
   int frames = history + future;
   int diffused = diffuse_history ? frames : future;
@@ -122,7 +127,10 @@ extern "C" __global__ void ddim_step_f32(const float* __restrict__ state,
   }
   NoiseStream ns;
   const bool draw = c.sigma > 0.0f && !z_given;
-  if (draw) ns = noise_stream(seed, purpose, step, samples[b], members[b]);
+  if (draw) {
+    unsigned long long seed = params[9] | ((unsigned long long)params[10] << 32);
+    ns = noise_stream(seed, params[11], params[12], rows[b], rows[batch + b]);
+  }
   float y_prev = dt, eh_prev = 0.0f, w = 0.0f, zz = 0.0f;
   for (int s = 0; s < diffused; ++s) {
     float xt = st[(history + s) * elems];

@@ -60,6 +60,23 @@ pub enum Purpose {
     ValNoise = 6,
 }
 
+impl Purpose {
+    /// The purpose with number `n` (its place in the counter), if there is one.
+    pub fn from_u32(n: u32) -> Option<Purpose> {
+        [
+            Purpose::InitNoise,
+            Purpose::StepNoise,
+            Purpose::FlowInit,
+            Purpose::TrainBatch,
+            Purpose::TrainNoise,
+            Purpose::ValBatch,
+            Purpose::ValNoise,
+        ]
+        .into_iter()
+        .find(|p| *p as u32 == n)
+    }
+}
+
 /// Where a stream of noise lives: seed, purpose and step (docs/random.md, “Counter layout”).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoiseKey {

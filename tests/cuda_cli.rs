@@ -83,8 +83,9 @@ fn a_gpu_that_cannot_be_used_is_refused_with_the_reason() {
 
 /// `dydiff sample --device cuda` end to end (on the emulator: DYDIFF_CUDA_EMULATOR=1): the
 /// observations copied in, the initial and step noise drawn on the device, the network and the
-/// DDIM steps there, one copy out — equal to the CPU's forecast with float32 products (the same
-/// noise: the device draws the CPU's numbers), and within TF32 rounding with tensor-core products.
+/// DDIM steps there (a CUDA graph replayed from the second step on), one copy out — equal to the
+/// CPU's forecast with float32 products (the same noise: the device draws the CPU's numbers), and
+/// within TF32 rounding with tensor-core products.
 #[test]
 fn sample_on_the_cuda_backend_equals_the_cpu() {
     let s = Scratch::new("cuda-sample");
@@ -106,7 +107,7 @@ fn sample_on_the_cuda_backend_equals_the_cpu() {
                 "--members",
                 "2",
                 "--steps",
-                "2",
+                "4",
                 "--ddim-eta",
                 "0.5",
                 "--seed",

@@ -15,8 +15,10 @@ use common::{assert_close, rand_vec};
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::gpu::Gpu;
-use dydiff::backend::cuda::process::{self, StepNoise};
-use dydiff::backend::{BackendStorage, DdimCoef, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
+use dydiff::backend::cuda::process::{self, StepValues};
+use dydiff::backend::{
+    row_words, BackendStorage, DdimCoef, DdimStep, DynCoef, ProcessGeom, QSampleCoef, SeqGeom,
+};
 use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
 use std::sync::Arc;
 
@@ -172,20 +174,31 @@ fn the_ddim_step_matches_the_cpu_with_and_without_noise_in_both_scopes() {
                     Buffer::from_f32(&gpu, &state).unwrap(),
                     Buffer::from_f32(&gpu, &eps_hat).unwrap(),
                 );
-                let drawn = (sigma > 0.0).then_some(StepNoise::Draw { key, rows: &rows });
-                let got = process::ddim_step(&ds, &de, drawn, &g, &c)
+                // the step's values and the noise rows in device memory, the noise drawn there
+                let step = DdimStep { coef: c, key }.words();
+                let (step, row_words) = (
+                    Buffer::from_f32(&gpu, &step).unwrap(),
+                    Buffer::from_f32(&gpu, &row_words(&rows)).unwrap(),
+                );
+                let drawn = StepValues::Drawn {
+                    step: &step,
+                    rows: &row_words,
+                };
+                let got = process::ddim_step(&ds, &de, drawn, &g)
                     .unwrap()
                     .to_f32()
                     .unwrap();
                 close(&got, &want, &format!("{g:?} σ {sigma}, noise drawn"));
-                if let Some(z) = &z {
-                    let dz = Buffer::from_f32(&gpu, &z.to_vec().unwrap()).unwrap();
-                    let got = process::ddim_step(&ds, &de, Some(StepNoise::Given(&dz)), &g, &c)
-                        .unwrap()
-                        .to_f32()
-                        .unwrap();
-                    close(&got, &want, &format!("{g:?} σ {sigma}, noise given"));
-                }
+                let dz = z.map(|z| Buffer::from_f32(&gpu, &z.to_vec().unwrap()).unwrap());
+                let given = StepValues::Given {
+                    coef: &c,
+                    z: dz.as_ref(),
+                };
+                let got = process::ddim_step(&ds, &de, given, &g)
+                    .unwrap()
+                    .to_f32()
+                    .unwrap();
+                close(&got, &want, &format!("{g:?} σ {sigma}, noise given"));
             }
         }
     }
@@ -203,9 +216,11 @@ fn a_noisy_step_without_its_noise_is_refused() {
     };
     let b = Buffer::from_f32(&gpu, &[0.0; 8]).unwrap();
     let e = Buffer::from_f32(&gpu, &[0.0; 4]).unwrap();
-    let err = process::ddim_step(&b, &e, None, &g, &ddim_coef(0.3)).unwrap_err();
+    let (noisy, plain) = (ddim_coef(0.3), ddim_coef(0.0));
+    let given = |c| StepValues::Given { coef: c, z: None };
+    let err = process::ddim_step(&b, &e, given(&noisy), &g).unwrap_err();
     assert!(err.to_string().contains("σ > 0 needs the noise"), "{err}");
-    let err = process::ddim_step(&e, &e, None, &g, &ddim_coef(0.0)).unwrap_err();
+    let err = process::ddim_step(&e, &e, given(&plain), &g).unwrap_err();
     assert!(
         err.to_string()
             .contains("the state holds 4 values, expected 8"),

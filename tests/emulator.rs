@@ -51,7 +51,7 @@ fn error_of(r: dydiff::Result<()>) -> String {
 
 #[test]
 fn shared_memory_and_barriers_give_a_tree_sum_at_every_block_size() {
-    let g = Emulator;
+    let g = Emulator::default();
     for block in [1u32, 2, 32, 64, 256, 1024] {
         let blocks = 3u32;
         let n = (block * blocks) as usize;
@@ -75,7 +75,7 @@ fn shared_memory_and_barriers_give_a_tree_sum_at_every_block_size() {
 
 #[test]
 fn shuffles_and_ballots_match_their_definitions() {
-    let g = Emulator;
+    let g = Emulator::default();
     let n = 256usize;
     let x: Vec<f32> = (0..n)
         .map(|i| if i % 3 == 0 { -1.0 } else { i as f32 })
@@ -102,7 +102,7 @@ fn shuffles_and_ballots_match_their_definitions() {
 
 #[test]
 fn masks_of_half_warps_collect_only_their_lanes() {
-    let g = Emulator;
+    let g = Emulator::default();
     let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
     let (px, po) = (upload_f32(&g, &x), g.alloc(64 * 4).unwrap());
     g.launch(
@@ -121,7 +121,7 @@ fn masks_of_half_warps_collect_only_their_lanes() {
 
 #[test]
 fn three_dimensional_grids_and_dynamic_shared_memory() {
-    let g = Emulator;
+    let g = Emulator::default();
     let (grid, block) = ([2u32, 3, 2], [3u32, 2, 5]);
     let per = (block[0] * block[1] * block[2]) as usize;
     let blocks = (grid[0] * grid[1] * grid[2]) as usize;
@@ -153,7 +153,7 @@ fn three_dimensional_grids_and_dynamic_shared_memory() {
 
 #[test]
 fn atomics_count_every_update() {
-    let g = Emulator;
+    let g = Emulator::default();
     let n = 1000usize;
     let x: Vec<i32> = (0..n as i32).map(|i| (i * 37) % 101).collect();
     let (px, pc) = (upload_i32(&g, &x), upload_i32(&g, &[0; 7]));
@@ -178,7 +178,7 @@ fn atomics_count_every_update() {
 
 #[test]
 fn a_read_past_the_end_is_caught_and_named() {
-    let g = Emulator;
+    let g = Emulator::default();
     let n = 256usize;
     let (px, po) = (upload_f32(&g, &vec![1.0; n]), g.alloc(n * 4).unwrap());
     let e = error_of(g.launch(
@@ -212,7 +212,7 @@ fn a_read_past_the_end_is_caught_and_named() {
 
 #[test]
 fn a_write_past_the_end_is_caught_even_inside_the_alignment_slack() {
-    let g = Emulator;
+    let g = Emulator::default();
     for n in [5usize, 8] {
         let po = g.alloc(n * 4).unwrap();
         let e = error_of(g.launch(
@@ -231,7 +231,7 @@ fn a_write_past_the_end_is_caught_even_inside_the_alignment_slack() {
 
 #[test]
 fn a_barrier_not_every_thread_reaches_is_reported() {
-    let g = Emulator;
+    let g = Emulator::default();
     let po = g.alloc(128 * 4).unwrap();
     let e = error_of(g.launch(
         "emu_test_early_exit",
@@ -246,7 +246,7 @@ fn a_barrier_not_every_thread_reaches_is_reported() {
 
 #[test]
 fn a_collective_that_cannot_complete_is_a_deadlock_not_a_hang() {
-    let g = Emulator;
+    let g = Emulator::default();
     let po = g.alloc(64 * 4).unwrap();
     let e = error_of(g.launch(
         "emu_test_divergent_shuffle",
@@ -261,7 +261,7 @@ fn a_collective_that_cannot_complete_is_a_deadlock_not_a_hang() {
 
 #[test]
 fn a_full_mask_in_a_partial_warp_is_reported() {
-    let g = Emulator;
+    let g = Emulator::default();
     let (px, po) = (upload_f32(&g, &[1.0; 48]), g.alloc(16 * 4).unwrap());
     let e = error_of(g.launch(
         "emu_test_warp",
@@ -276,7 +276,7 @@ fn a_full_mask_in_a_partial_warp_is_reported() {
 
 #[test]
 fn a_stack_overflow_is_reported() {
-    let g = Emulator;
+    let g = Emulator::default();
     let po = g.alloc(4).unwrap();
     let e = error_of(g.launch(
         "emu_test_stack_overflow",
@@ -288,7 +288,7 @@ fn a_stack_overflow_is_reported() {
 
 #[test]
 fn arguments_that_do_not_match_the_kernel_are_refused() {
-    let g = Emulator;
+    let g = Emulator::default();
     let p = g.alloc(64 * 4).unwrap();
     let s = shape([1, 1, 1], [64, 1, 1], 0);
     let e = error_of(g.launch("emu_test_half_warps", s, &[KernelArg::Ptr(p)]));
@@ -319,7 +319,7 @@ fn launches_from_several_threads_at_once() {
     std::thread::scope(|s| {
         for t in 0..4 {
             s.spawn(move || {
-                let g = Emulator;
+                let g = Emulator::default();
                 let x: Vec<f32> = (0..256).map(|i| (i + t) as f32).collect();
                 let (px, po) = (upload_f32(&g, &x), g.alloc(2 * 4).unwrap());
                 for _ in 0..20 {
@@ -366,7 +366,7 @@ fn awkward(n: usize, seed: u32) -> Vec<f32> {
 
 #[test]
 fn the_tf32_mma_is_the_matrix_product_of_its_operands_element_by_element() {
-    let g = Emulator;
+    let g = Emulator::default();
     let (a, b, c) = (awkward(128, 1), awkward(64, 2), awkward(128, 3));
     let (pa, pb, pc, pd) = (
         upload_f32(&g, &a),
@@ -420,7 +420,7 @@ fn the_tf32_mma_is_the_matrix_product_of_its_operands_element_by_element() {
 
 #[test]
 fn the_bf16_mma_is_the_matrix_product_element_by_element() {
-    let g = Emulator;
+    let g = Emulator::default();
     let to_bf16 = |v: Vec<f32>| -> Vec<u16> {
         v.iter()
             .map(|&x| half::bf16::from_f32(x).to_bits())
@@ -467,7 +467,7 @@ fn the_bf16_mma_is_the_matrix_product_element_by_element() {
 
 #[test]
 fn ldmatrix_fragments_feed_the_mma_a_matrix_product() {
-    let g = Emulator;
+    let g = Emulator::default();
     let to_bf16 = |v: Vec<f32>| -> Vec<u16> {
         v.iter()
             .map(|&x| half::bf16::from_f32(x).to_bits())
@@ -510,7 +510,7 @@ fn ldmatrix_fragments_feed_the_mma_a_matrix_product() {
 
 #[test]
 fn cp_async_copies_arrive_when_their_group_is_waited_for() {
-    let g = Emulator;
+    let g = Emulator::default();
     let src: Vec<f32> = (0..256).map(|i| i as f32).collect();
     let (ps, po) = (upload_f32(&g, &src), g.alloc(32 * 3 * 8 * 4).unwrap());
     for tail in [16u32, 8] {

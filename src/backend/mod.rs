@@ -10,6 +10,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod step;
 
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -227,6 +228,112 @@ pub struct DdimCoef {
     pub sqrt_ab_p: f32,
     pub eps_weight: f32,
     pub sigma: f32,
+}
+
+/// The values of one DDIM step whose fresh noise is drawn from `key`, as the device reads them
+/// ([`BackendStorage::ddim_step_drawn`]): [`DdimStep::WORDS`] 4-byte words, kept in a tensor (as
+/// `f32` bit patterns) so that a sampler step captured as a CUDA graph reads every replay's values
+/// where the graph looks for them (docs/devices.md, “CUDA graphs”). Layout: the nine coefficients
+/// of [`DdimCoef`] — `√γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ` —
+/// then the key: seed (low and high 32 bits), purpose, step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DdimStep {
+    pub coef: DdimCoef,
+    pub key: NoiseKey,
+}
+
+impl DdimStep {
+    /// The number of words.
+    pub const WORDS: usize = 13;
+
+    /// The words, as `f32` bit patterns.
+    pub fn words(&self) -> Vec<f32> {
+        let c = &self.coef;
+        let k = &self.key;
+        let mut w = vec![
+            c.dyn_t.sqrt_g,
+            c.dyn_t.sqrt_1mg,
+            c.dyn_p.sqrt_g,
+            c.dyn_p.sqrt_1mg,
+            c.sqrt_ab_t,
+            c.sqrt_1mab_t,
+            c.sqrt_ab_p,
+            c.eps_weight,
+            c.sigma,
+        ];
+        w.extend(
+            [
+                k.seed as u32,
+                (k.seed >> 32) as u32,
+                k.purpose as u32,
+                k.step,
+            ]
+            .map(f32::from_bits),
+        );
+        w
+    }
+
+    /// The step that [`DdimStep::words`] wrote; an error names what is malformed.
+    pub fn from_words(w: &[f32]) -> Result<DdimStep> {
+        if w.len() != DdimStep::WORDS {
+            return Err(Error::shape(
+                "ddim_step",
+                format!(
+                    "the step's values hold {} words; expected {}",
+                    w.len(),
+                    DdimStep::WORDS
+                ),
+            ));
+        }
+        let u = |i: usize| w[i].to_bits();
+        let purpose = crate::rng::Purpose::from_u32(u(11)).ok_or_else(|| {
+            Error::shape("ddim_step", format!("noise purpose {} is unknown", u(11)))
+        })?;
+        Ok(DdimStep {
+            coef: DdimCoef {
+                dyn_t: DynCoef {
+                    sqrt_g: w[0],
+                    sqrt_1mg: w[1],
+                },
+                dyn_p: DynCoef {
+                    sqrt_g: w[2],
+                    sqrt_1mg: w[3],
+                },
+                sqrt_ab_t: w[4],
+                sqrt_1mab_t: w[5],
+                sqrt_ab_p: w[6],
+                eps_weight: w[7],
+                sigma: w[8],
+            },
+            key: NoiseKey {
+                seed: u64::from(u(9)) | (u64::from(u(10)) << 32),
+                purpose,
+                step: u(12),
+            },
+        })
+    }
+}
+
+/// Noise rows as 4-byte words (`f32` bit patterns), as the device reads them: every row's sample,
+/// then every row's member.
+pub fn row_words(rows: &[NoiseRow]) -> Vec<f32> {
+    let samples = rows.iter().map(|r| f32::from_bits(r.sample));
+    samples
+        .chain(rows.iter().map(|r| f32::from_bits(r.member)))
+        .collect()
+}
+
+/// The rows that [`row_words`] wrote.
+pub fn rows_from_words(w: &[f32]) -> Vec<NoiseRow> {
+    let (samples, members) = w.split_at(w.len() / 2);
+    samples
+        .iter()
+        .zip(members)
+        .map(|(s, m)| NoiseRow {
+            sample: s.to_bits(),
+            member: m.to_bits(),
+        })
+        .collect()
 }
 
 /// One AdamW step with an exponential moving average of the weights (Loshchilov & Hutter,
@@ -447,15 +554,17 @@ pub trait BackendStorage: Sized {
         g: &ProcessGeom,
         c: &DdimCoef,
     ) -> Result<Self>;
-    /// [`BackendStorage::ddim_step`] with its fresh noise drawn from `key` for the sequences'
-    /// `rows` (docs/random.md): `z` is `Device::randn(key, rows, diffused·elems)`. The CPU draws
-    /// it, then steps; the GPU draws each value inside the step's kernel.
+    /// [`BackendStorage::ddim_step`] with the step's values read from `step` (the
+    /// [`DdimStep::words`] of its coefficients and noise key) and, when `σ > 0`, its fresh noise
+    /// drawn from the key for the sequences' noise `rows` ([`row_words`], `2·batch` words;
+    /// docs/random.md): `z` is `Device::randn(key, rows, diffused·elems)`. The CPU reads the
+    /// words, draws, then steps; the GPU's kernel reads them and draws each value itself.
     fn ddim_step_drawn(
         &self,
         eps_hat: &Self,
-        noise: (NoiseKey, &[NoiseRow]),
+        step: &Self,
+        rows: &Self,
         g: &ProcessGeom,
-        c: &DdimCoef,
     ) -> Result<Self>;
     /// One fused AdamW + EMA update of the parameter `self` (see [`AdamStep`]): returns
     /// `(p', m', v', e')`.
@@ -878,13 +987,13 @@ impl Storage {
     pub fn ddim_step_drawn(
         &self,
         eps_hat: &Storage,
-        noise: (NoiseKey, &[NoiseRow]),
+        step: &Storage,
+        rows: &Storage,
         g: &ProcessGeom,
-        c: &DdimCoef,
     ) -> Result<Storage> {
         dispatch!(
             self,
-            |s, eps_hat| s.ddim_step_drawn(eps_hat, noise, g, c),
+            |s, eps_hat, step, rows| s.ddim_step_drawn(eps_hat, step, rows, g),
             one
         )
     }

@@ -10,7 +10,7 @@
 
 use super::schedule::{gamma_bar, Schedule, SchedulerConfig};
 use super::{seq_dims, untracked};
-use crate::backend::{DdimCoef, DynCoef, ProcessGeom};
+use crate::backend::{row_words, DdimCoef, DdimStep, Device, DynCoef, ProcessGeom};
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
 use crate::tensor::Tensor;
@@ -103,26 +103,39 @@ impl Tensor {
         Tensor::from_storage(next, self.shape())
     }
 
-    /// [`Tensor::ddim_step`] with the fresh noise drawn from `key` for the batch rows `rows`
-    /// (docs/random.md): the same values as `z = Tensor::randn(key, rows, eps_hat's shape)` —
-    /// on the GPU drawn inside the step's kernel.
+    /// [`Tensor::ddim_step`] with the step's values in `step` (the [`DdimStep::words`] of its
+    /// coefficients and noise key, see [`ddim_step_tensor`]) and, when `σ > 0`, the fresh noise
+    /// drawn from that key for the batch's noise rows `rows` (see [`rows_tensor`];
+    /// docs/random.md): the same values as `z = Tensor::randn(key, rows, eps_hat's shape)` — on
+    /// the GPU drawn inside the step's kernel. Both are tensors so that a step captured as a CUDA
+    /// graph reads each replay's values.
     pub fn ddim_step_drawn(
         &self,
         eps_hat: &Tensor,
-        (key, rows): (NoiseKey, &[NoiseRow]),
+        step: &Tensor,
+        rows: &Tensor,
         (history, future, diffuse_history): (usize, usize, bool),
-        c: &DdimCoef,
     ) -> Result<Tensor> {
         let g = self.step_geom(eps_hat, None, (history, future, diffuse_history))?;
-        if rows.len() != g.batch {
+        if rows.shape() != [2 * g.batch] || step.shape() != [DdimStep::WORDS] {
             return Err(Error::shape(
                 "ddim_step",
-                format!("{} noise rows for a batch of {}", rows.len(), g.batch),
+                format!(
+                    "step values {:?} and noise rows {:?} for a batch of {}; expected [{}] and [{}]",
+                    step.shape(),
+                    rows.shape(),
+                    g.batch,
+                    DdimStep::WORDS,
+                    2 * g.batch
+                ),
             ));
         }
-        let next = self
-            .storage()
-            .ddim_step_drawn(eps_hat.storage(), (key, rows), &g, c)?;
+        let next = self.storage().ddim_step_drawn(
+            eps_hat.storage(),
+            step.storage(),
+            rows.storage(),
+            &g,
+        )?;
         Tensor::from_storage(next, self.shape())
     }
 
@@ -157,6 +170,19 @@ impl Tensor {
         }
         Ok(g)
     }
+}
+
+/// The values of a drawn DDIM step with coefficients `c` and noise key `key`, as the tensor
+/// [`Tensor::ddim_step_drawn`] reads (`[DdimStep::WORDS]`, `f32` bit patterns) on `device`.
+pub fn ddim_step_tensor(c: &DdimCoef, key: NoiseKey, device: Device) -> Result<Tensor> {
+    let words = DdimStep { coef: *c, key }.words();
+    Tensor::from_vec(words, &[DdimStep::WORDS], device)
+}
+
+/// The batch's noise rows as the tensor [`Tensor::ddim_step_drawn`] reads (`[2·rows]`, `f32` bit
+/// patterns: the samples, then the members) on `device`.
+pub fn rows_tensor(rows: &[NoiseRow], device: Device) -> Result<Tensor> {
+    Tensor::from_vec(row_words(rows), &[2 * rows.len()], device)
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@
 //! acts on a pair independently, so the forecast is the same for any batch size and thread count.
 //!
 //! Per batch: the history in model space, `x_{τ_K} = Dyn_{γ̄_{τ_K}}(ε)`; then for `k = K … 1`
-//! one network call and one fused DDIM step ([`Tensor::ddim_step`]); the final state's future
-//! frames are `x̂_0`, mapped back to data space.
+//! one network call and one fused DDIM step ([`Tensor::ddim_step_drawn`]), run by a
+//! [`StepRunner`] (on a GPU, a CUDA graph replayed from the second step on); the final state's
+//! future frames are `x̂_0`, mapped back to data space.
 
+use crate::backend::step::StepRunner;
 use crate::backend::Device;
-use crate::diffusion::ddim::{timesteps, StepValues};
+use crate::diffusion::ddim::{ddim_step_tensor, rows_tensor, timesteps, StepValues};
 use crate::diffusion::schedule::gamma_bar;
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
@@ -89,7 +91,9 @@ impl SamplerSettings {
 /// Time spent, for the benchmark report.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SampleTimes {
-    /// Seconds in network evaluations.
+    /// Seconds in network evaluations (on a GPU, in the steps: network and DDIM update run as
+    /// one graph, asynchronously, so this is the time spent launching them and waiting for the
+    /// device).
     pub network: f64,
     /// Seconds in everything else of the sampling loop (noise, dynamics, DDIM updates, copies).
     pub other: f64,
@@ -297,14 +301,22 @@ fn forecast_from(
         let gb_start = gamma_bar(p.dyn_eta, model.schedule.alphas_cumprod[ts[0]]);
         let x_start = eps.dynamics(dn, &vec![gb_start; b], false)?;
         let mut state = Tensor::cat_channels(&[&history, &x_start])?;
+        let noise_rows = rows_tensor(&rows, s.device)?;
+        // One step — the network and the fused DDIM update, its fresh noise (σ > 0) drawn inside
+        // — on (state, timesteps, the step's values, noise rows); on a GPU replayed as a CUDA
+        // graph from the second step on.
+        let scope = (hist, fut, p.diffuse_history);
+        let in_network = std::cell::Cell::new(0.0);
+        let step = |x: &[Tensor]| -> Result<Vec<Tensor>> {
+            let clock = Instant::now();
+            let eps_hat = model.unet.forward(&x[0], &x[1])?;
+            in_network.set(in_network.get() + clock.elapsed().as_secs_f64());
+            Ok(vec![x[0].ddim_step_drawn(&eps_hat, &x[2], &x[3], scope)?])
+        };
+        let mut runner = StepRunner::new(s.device)?;
         times.other += clock.elapsed().as_secs_f64();
         for (i, &t) in ts.iter().enumerate() {
             let clock = Instant::now();
-            let tt = Tensor::from_vec(vec![t as f32; b], &[b], s.device)?;
-            let eps_hat = model.unet.forward(&state, &tt)?;
-            let mid = Instant::now();
-            times.network += (mid - clock).as_secs_f64();
-            let k = ts.len() - i;
             let v = StepValues::new(
                 &model.schedule,
                 p.dyn_eta,
@@ -312,20 +324,24 @@ fn forecast_from(
                 t,
                 ts.get(i + 1).copied(),
             );
-            // the fresh noise of a step with σ > 0 is drawn inside the step (on the GPU, in its
-            // kernel)
-            let scope = (hist, fut, p.diffuse_history);
-            state = if v.sigma > 0.0 {
-                let key = NoiseKey {
-                    seed: s.seed,
-                    purpose: Purpose::StepNoise,
-                    step: (window.index << 24) | k as u32,
-                };
-                state.ddim_step_drawn(&eps_hat, (key, &rows), scope, &v.coef())?
-            } else {
-                state.ddim_step(&eps_hat, None, hist, fut, p.diffuse_history, &v.coef())?
+            let key = NoiseKey {
+                seed: s.seed,
+                purpose: Purpose::StepNoise,
+                step: (window.index << 24) | (ts.len() - i) as u32,
             };
-            times.other += mid.elapsed().as_secs_f64();
+            let tt = Tensor::from_vec(vec![t as f32; b], &[b], s.device)?;
+            let values = ddim_step_tensor(&v.coef(), key, s.device)?;
+            in_network.set(0.0);
+            let next = runner.run(&[&state, &tt, &values, &noise_rows], &step)?;
+            state = next.into_iter().next().expect("the step returns the state");
+            let total = clock.elapsed().as_secs_f64();
+            // a replayed graph runs network and update as one
+            let network = match runner {
+                StepRunner::Direct => in_network.get(),
+                StepRunner::Graph(_) => total,
+            };
+            times.network += network;
+            times.other += total - network;
             tick(b);
         }
         let clock = Instant::now();

@@ -122,6 +122,6 @@ pub fn test_gpu() -> std::sync::Arc<dyn dydiff::backend::cuda::gpu::Gpu> {
     if std::env::var("DYDIFF_TEST_DEVICE").as_deref() == Ok("cuda") {
         dydiff::backend::cuda::device(0).expect("DYDIFF_TEST_DEVICE=cuda: GPU 0")
     } else {
-        std::sync::Arc::new(dydiff::backend::cuda::emu::Emulator)
+        std::sync::Arc::new(dydiff::backend::cuda::emu::Emulator::default())
     }
 }

@@ -16,10 +16,11 @@ pub(crate) mod simd;
 pub mod winograd;
 
 use crate::backend::{
-    shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef,
-    FusedConv, FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    rows_from_words, shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom,
+    DdimCoef, DdimStep, DynCoef, FusedConv, FusedNorm, MatmulGeom, NormGeom, ProcessGeom,
+    QSampleCoef, SeqGeom,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::profile::scope;
 use crate::rng::{self, NoiseKey, NoiseRow};
 use rayon::prelude::*;
@@ -380,12 +381,20 @@ impl BackendStorage for CpuStorage {
     fn ddim_step_drawn(
         &self,
         eps_hat: &Self,
-        (key, rows): (NoiseKey, &[NoiseRow]),
+        step: &Self,
+        rows: &Self,
         g: &ProcessGeom,
-        c: &DdimCoef,
     ) -> Result<Self> {
-        let z = CpuStorage::randn(key, rows, g.diffused() * g.elems);
-        self.ddim_step(eps_hat, Some(&z), g, c)
+        let DdimStep { coef, key } = DdimStep::from_words(&step.data)?;
+        if rows.len() != 2 * g.batch {
+            return Err(Error::shape(
+                "ddim_step",
+                format!("{} noise-row words for a batch of {}", rows.len(), g.batch),
+            ));
+        }
+        let z = (coef.sigma > 0.0)
+            .then(|| CpuStorage::randn(key, &rows_from_words(&rows.data), g.diffused() * g.elems));
+        self.ddim_step(eps_hat, z.as_ref(), g, &coef)
     }
     fn adamw(
         &self,

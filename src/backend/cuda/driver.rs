@@ -1,12 +1,13 @@
 //! The GPU behind the [`Gpu`] seam: the CUDA driver through cudarc (the library loaded at run
-//! time), one context and one stream per device, the embedded fatbin loaded once. Every failure
+//! time), one context and one stream per device (a created stream: the legacy default stream
+//! cannot be captured), every copy and launch ordered on it, the embedded fatbin loaded once. Every failure
 //! is a one-line error: no driver library, no GPU with that ordinal, a driver or GPU that cannot
 //! run the embedded code, out of device memory, a failed launch.
 
-use super::gpu::{sum_times, DevicePtr, Gpu, KernelArg, KernelTime, LaunchShape};
+use super::gpu::{sum_times, DevicePtr, Gpu, GraphId, KernelArg, KernelTime, LaunchShape};
 use super::kernels;
 use crate::error::{Error, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
+use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,15 @@ pub struct Driver {
     functions: Mutex<HashMap<String, Function>>,
     /// While timing: each launch's kernel and the events recorded around it.
     timing: Mutex<Option<Vec<(String, Event, Event)>>>,
+    /// The instantiated graphs, and the number of the next.
+    graphs: Mutex<(HashMap<u64, Graph>, u64)>,
 }
+
+/// An instantiated graph.
+struct Graph(CudaGraph);
+// SAFETY: a graph is used by one thread at a time (behind the driver's mutex), as the CUDA
+// documentation requires of graph objects; its handles belong to the context, not to a thread.
+unsafe impl Send for Graph {}
 
 /// Driver handles, usable from any thread once the context is bound.
 struct Module(sys::CUmodule);
@@ -97,7 +106,9 @@ impl Driver {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda(format!("cuda:{ordinal}"), e))?;
-        let stream = ctx.default_stream();
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| cuda(format!("cuda:{ordinal}: cannot create a stream"), e))?;
         // SAFETY: the fatbin is a complete image embedded at build time; the context is bound.
         let module = unsafe { result::module::load_data(kernels::FATBIN.as_ptr().cast()) }
             .map_err(|e| {
@@ -117,6 +128,7 @@ impl Driver {
             module: Module(module),
             functions: Mutex::new(HashMap::new()),
             timing: Mutex::new(None),
+            graphs: Mutex::new((HashMap::new(), 0)),
         })
     }
 
@@ -176,8 +188,10 @@ impl Gpu for Driver {
     fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         self.bind()?;
         // SAFETY: `dst` is an allocation of at least `src.len()` bytes (the backend sizes every
-        // copy from its buffer).
-        unsafe { result::memcpy_htod_sync(dst.0, src) }.map_err(|e| cuda("copy to the device", e))
+        // copy from its buffer); from pageable memory the call returns once `src` is staged, so
+        // the caller may reuse it.
+        unsafe { result::memcpy_htod_async(dst.0, src, self.stream.cu_stream()) }
+            .map_err(|e| cuda("copy to the device", e))
     }
 
     fn copy_from_device(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
@@ -233,6 +247,14 @@ impl Gpu for Driver {
         Ok(())
     }
 
+    fn copy_on_device(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both are allocations of at least `bytes` bytes (the backend sizes every copy
+        // from its buffers).
+        unsafe { result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| cuda("copy on the device", e))
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         self.stream
@@ -240,8 +262,61 @@ impl Gpu for Driver {
             .map_err(|e| cuda("a kernel failed", e))
     }
 
+    fn begin_capture(&self) -> Result<()> {
+        // relaxed: the caching allocator may still ask the device for memory while capturing
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| cuda("cannot begin a graph capture", e))
+    }
+
+    fn end_capture(&self) -> Result<GraphId> {
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| cuda("graph capture", e))?
+            .ok_or_else(|| Error::Backend("CUDA: graph capture: nothing was captured".into()))?;
+        let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        graphs.1 += 1;
+        let id = graphs.1;
+        graphs.0.insert(id, Graph(graph));
+        Ok(GraphId(id))
+    }
+
+    fn replay(&self, graph: GraphId) -> Result<()> {
+        let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        let g = graphs
+            .0
+            .get(&graph.0)
+            .ok_or_else(|| Error::Backend(format!("CUDA: graph {} does not exist", graph.0)))?;
+        g.0.launch().map_err(|e| cuda("graph launch", e))
+    }
+
+    fn drop_graph(&self, graph: GraphId) -> Result<()> {
+        self.bind()?;
+        let removed = self
+            .graphs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .remove(&graph.0);
+        match removed {
+            Some(_) => Ok(()),
+            None => Err(Error::Backend(format!(
+                "CUDA: graph {} does not exist",
+                graph.0
+            ))),
+        }
+    }
+
     fn set_timing(&self, on: bool) {
         *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+    }
+
+    fn timing(&self) -> bool {
+        self.timing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     fn kernel_times(&self) -> Result<Vec<KernelTime>> {

@@ -3,16 +3,16 @@
 //! Device memory is host memory between guard pages; a launch runs to completion before
 //! [`Gpu::launch`] returns, and whatever a GPU would leave undefined — an out-of-bounds access, a
 //! barrier not every thread reaches, a warp collective with a lane missing — is an error naming
-//! the kernel, the block and the thread.
+//! the kernel, the block and the thread. Graphs are recorded lists of launches and copies, run
+//! again at every replay; what CUDA forbids while capturing (a copy to or from the host, a
+//! synchronisation) is an error here too.
 
-use super::gpu::{sum_times, DevicePtr, Gpu, KernelArg, KernelTime, LaunchShape};
+use super::gpu::{sum_times, DevicePtr, Gpu, GraphId, KernelArg, KernelTime, LaunchShape};
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Mutex;
 use std::time::Instant;
-
-/// The emulator's launch timings while timing is on (`None` when off).
-static TIMES: Mutex<Option<Vec<(String, f64)>>> = Mutex::new(None);
 
 extern "C" {
     fn dydiff_emu_alloc(bytes: usize) -> *mut c_void;
@@ -31,11 +31,82 @@ extern "C" {
     ) -> c_int;
 }
 
-/// The CPU emulator of a GPU (no state of its own: allocations are tracked by the runtime).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Emulator;
+/// The CPU emulator of a GPU: launch timings and graphs (allocations are tracked by the
+/// runtime of `kernels/emu/emu.cpp`).
+#[derive(Debug, Default)]
+pub struct Emulator {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The launch timings while timing is on.
+    times: Option<Vec<(String, f64)>>,
+    /// What is being captured, while capturing.
+    capture: Option<Vec<Recorded>>,
+    graphs: HashMap<u64, Vec<Recorded>>,
+    next_graph: u64,
+}
+
+/// A launch or a device-to-device copy, as a graph holds it.
+#[derive(Clone, Debug)]
+enum Recorded {
+    Launch(String, LaunchShape, Vec<KernelArg>),
+    Copy(DevicePtr, DevicePtr, usize),
+}
 
 impl Emulator {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An error if a graph is being captured: `what` would break the capture on a GPU.
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        match self.lock().capture {
+            Some(_) => Err(emulated(format!(
+                "{what} while a graph is being captured (CUDA would invalidate the capture)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one launch now.
+    fn run(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()> {
+        let c = CString::new(name).map_err(|_| emulated(format!("bad kernel name {name:?}")))?;
+        let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
+        let sizes: Vec<usize> = values.iter().map(Vec::len).collect();
+        let mut ptrs: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|v| v.as_mut_ptr().cast::<c_void>())
+            .collect();
+        let mut err = vec![0u8; 512];
+        let start = Instant::now();
+        // SAFETY: every pointer is valid for the call: the name and error buffer are owned here,
+        // `ptrs[i]` points at `sizes[i]` bytes of `values[i]`, which outlive the call, and the
+        // runtime checks the argument count and sizes against the kernel before calling it.
+        let rc = unsafe {
+            dydiff_emu_launch(
+                c.as_ptr(),
+                shape.grid.as_ptr(),
+                shape.block.as_ptr(),
+                shape.shared_bytes as usize,
+                ptrs.as_mut_ptr(),
+                sizes.as_ptr(),
+                ptrs.len(),
+                err.as_mut_ptr().cast::<c_char>(),
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            if let Some(t) = self.lock().times.as_mut() {
+                t.push((name.to_string(), start.elapsed().as_secs_f64()));
+            }
+            return Ok(());
+        }
+        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+        Err(emulated(String::from_utf8_lossy(&err[..end]).into_owned()))
+    }
+
     /// Whether the emulator holds kernel `name`.
     pub fn has_kernel(&self, name: &str) -> bool {
         let Ok(c) = CString::new(name) else {
@@ -72,6 +143,7 @@ impl Gpu for Emulator {
     }
 
     fn copy_to_device(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.not_capturing("a copy to the device")?;
         // SAFETY: the caller's `dst` is an allocation of at least `src.len()` bytes (the backend
         // sizes every copy from the buffer it copies into); an overrun hits a guard page.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as *mut u8, src.len()) };
@@ -79,57 +151,91 @@ impl Gpu for Emulator {
     }
 
     fn copy_from_device(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.not_capturing("a copy from the device")?;
         // SAFETY: as in `copy_to_device`, with the roles swapped.
         unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
     fn launch(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()> {
-        let c = CString::new(name).map_err(|_| emulated(format!("bad kernel name {name:?}")))?;
-        let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
-        let sizes: Vec<usize> = values.iter().map(Vec::len).collect();
-        let mut ptrs: Vec<*mut c_void> = values
-            .iter_mut()
-            .map(|v| v.as_mut_ptr().cast::<c_void>())
-            .collect();
-        let mut err = vec![0u8; 512];
-        let start = Instant::now();
-        // SAFETY: every pointer is valid for the call: the name and error buffer are owned here,
-        // `ptrs[i]` points at `sizes[i]` bytes of `values[i]`, which outlive the call, and the
-        // runtime checks the argument count and sizes against the kernel before calling it.
-        let rc = unsafe {
-            dydiff_emu_launch(
-                c.as_ptr(),
-                shape.grid.as_ptr(),
-                shape.block.as_ptr(),
-                shape.shared_bytes as usize,
-                ptrs.as_mut_ptr(),
-                sizes.as_ptr(),
-                ptrs.len(),
-                err.as_mut_ptr().cast::<c_char>(),
-                err.len(),
-            )
-        };
-        if rc == 0 {
-            if let Some(t) = TIMES.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                t.push((name.to_string(), start.elapsed().as_secs_f64()));
+        if let Some(list) = self.lock().capture.as_mut() {
+            if !self.has_kernel(name) {
+                return Err(emulated(format!("no kernel {name}")));
             }
+            list.push(Recorded::Launch(name.to_string(), shape, args.to_vec()));
             return Ok(());
         }
-        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-        Err(emulated(String::from_utf8_lossy(&err[..end]).into_owned()))
+        self.run(name, shape, args)
+    }
+
+    fn copy_on_device(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
+        if let Some(list) = self.lock().capture.as_mut() {
+            list.push(Recorded::Copy(dst, src, bytes));
+            return Ok(());
+        }
+        // SAFETY: both are allocations of at least `bytes` bytes (the backend sizes every copy
+        // from its buffers); an overrun hits a guard page. `copy` allows overlap.
+        unsafe { std::ptr::copy(src.0 as *const u8, dst.0 as *mut u8, bytes) };
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.not_capturing("a synchronisation")?;
         Ok(()) // every launch ran to completion
     }
 
+    fn begin_capture(&self) -> Result<()> {
+        let mut s = self.lock();
+        if s.capture.is_some() {
+            return Err(emulated(
+                "a capture began while another was under way".into(),
+            ));
+        }
+        s.capture = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<GraphId> {
+        let mut s = self.lock();
+        let Some(list) = s.capture.take() else {
+            return Err(emulated("end of a capture that did not begin".into()));
+        };
+        s.next_graph += 1;
+        let id = s.next_graph;
+        s.graphs.insert(id, list);
+        Ok(GraphId(id))
+    }
+
+    fn replay(&self, graph: GraphId) -> Result<()> {
+        self.not_capturing("a graph replay")?;
+        let list = self.lock().graphs.get(&graph.0).cloned().ok_or_else(|| {
+            emulated(format!("replay of graph {}, which does not exist", graph.0))
+        })?;
+        for r in &list {
+            match r {
+                Recorded::Launch(name, shape, args) => self.run(name, *shape, args)?,
+                Recorded::Copy(dst, src, bytes) => self.copy_on_device(*dst, *src, *bytes)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_graph(&self, graph: GraphId) -> Result<()> {
+        match self.lock().graphs.remove(&graph.0) {
+            Some(_) => Ok(()),
+            None => Err(emulated(format!("graph {} does not exist", graph.0))),
+        }
+    }
+
     fn set_timing(&self, on: bool) {
-        *TIMES.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Vec::new);
+        self.lock().times = on.then(Vec::new);
+    }
+
+    fn timing(&self) -> bool {
+        self.lock().times.is_some()
     }
 
     fn kernel_times(&self) -> Result<Vec<KernelTime>> {
-        let t = TIMES.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(sum_times(t.iter().flatten().cloned()))
+        Ok(sum_times(self.lock().times.iter().flatten().cloned()))
     }
 }

@@ -2,7 +2,8 @@
 //! copy, and launch a kernel by name with its grid, block, dynamic shared bytes and raw arguments.
 //! Two implementations: the GPU through the CUDA driver, and the [emulator](super::emu), which runs
 //! the same kernel sources compiled for the host. Everything above this trait — buffer sizes,
-//! launch shapes, argument order — is the same code on both, so `cargo test` exercises it.
+//! launch shapes, argument order, graph capture and replay — is the same code on both, so
+//! `cargo test` exercises it.
 
 use super::cache::MemoryStats;
 use crate::error::Result;
@@ -10,6 +11,10 @@ use crate::error::Result;
 /// An address in a [`Gpu`]'s memory (a `CUdeviceptr` on the GPU, a host address on the emulator).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DevicePtr(pub u64);
+
+/// A captured and instantiated graph of a [`Gpu`] (docs/devices.md, “CUDA graphs”).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GraphId(pub u64);
 
 /// One kernel argument, passed by value as `cuLaunchKernel` reads it: a device pointer (8 bytes),
 /// a 4- or 8-byte scalar, or a struct of 4-byte fields (its bytes).
@@ -72,10 +77,26 @@ pub trait Gpu: Send + Sync {
     /// Runs kernel `name` with `args` in the order of its parameters: on the GPU, enqueued on the
     /// device's one stream (ordered with the copies); on the emulator, at once.
     fn launch(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()>;
+    /// Copies `bytes` bytes of device memory from `src` to `dst`, in order with the launches.
+    fn copy_on_device(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;
     /// Waits until everything enqueued so far has run (a launch's failure shows here).
     fn synchronize(&self) -> Result<()>;
+    /// Starts capturing a graph (CUDA stream capture): until [`end_capture`](Gpu::end_capture),
+    /// launches and device-to-device copies are recorded instead of run, and copies to or from
+    /// the host and [`synchronize`](Gpu::synchronize) are errors (they would break the capture).
+    /// Allocation and free stay allowed; the memory a graph uses must outlive it
+    /// ([`super::cache::Cached`] keeps it).
+    fn begin_capture(&self) -> Result<()>;
+    /// Ends the capture and instantiates what was recorded.
+    fn end_capture(&self) -> Result<GraphId>;
+    /// Runs a graph's launches and copies, in order with everything else.
+    fn replay(&self, graph: GraphId) -> Result<()>;
+    /// Destroys a graph.
+    fn drop_graph(&self, graph: GraphId) -> Result<()>;
     /// Starts or stops timing every launch (and clears what was timed).
     fn set_timing(&self, on: bool);
+    /// Whether launches are being timed.
+    fn timing(&self) -> bool;
     /// What was timed since timing started, per kernel: `(name, launches, seconds)` — device time
     /// between events around each launch on the GPU, the emulation's wall time on the emulator.
     fn kernel_times(&self) -> Result<Vec<KernelTime>>;

@@ -19,6 +19,7 @@ pub mod elementwise;
 pub mod emu;
 pub mod gemm;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod process;
 
@@ -86,7 +87,7 @@ pub fn device(ordinal: usize) -> Result<Arc<dyn Gpu>> {
         return Ok(g.clone());
     }
     let g: Arc<dyn Gpu> = if emulated() {
-        Arc::new(cache::Cached::new(emu::Emulator))
+        Arc::new(cache::Cached::new(emu::Emulator::default()))
     } else {
         open_driver(ordinal)?
     };
@@ -448,24 +449,24 @@ impl BackendStorage for CudaStorage {
         g: &ProcessGeom,
         c: &DdimCoef,
     ) -> Result<Self> {
-        let noise = z.map(|z| process::StepNoise::Given(z.buffer()));
-        Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, noise, g, c)?))
+        let values = process::StepValues::Given {
+            coef: c,
+            z: z.map(|z| z.buffer()),
+        };
+        Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, values, g)?))
     }
     fn ddim_step_drawn(
         &self,
         eps_hat: &Self,
-        (key, rows): (NoiseKey, &[NoiseRow]),
+        step: &Self,
+        rows: &Self,
         g: &ProcessGeom,
-        c: &DdimCoef,
     ) -> Result<Self> {
-        let noise = process::StepNoise::Draw { key, rows };
-        Ok(self.wrap(process::ddim_step(
-            &self.buf,
-            &eps_hat.buf,
-            Some(noise),
-            g,
-            c,
-        )?))
+        let values = process::StepValues::Drawn {
+            step: &step.buf,
+            rows: &rows.buf,
+        };
+        Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, values, g)?))
     }
     fn adamw(
         &self,

@@ -8,9 +8,9 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
-use crate::backend::{DdimCoef, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
+use crate::backend::{DdimCoef, DdimStep, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
 use crate::error::{Error, Result};
-use crate::rng::{NoiseKey, NoiseRow};
+use crate::rng::{NoiseKey, NoiseRow, Purpose};
 use std::sync::Arc;
 
 const BLOCK: u32 = 256;
@@ -102,23 +102,29 @@ pub fn q_sample(
     Ok((input, target))
 }
 
-/// The σ-noise of a DDIM step: the stream and the (sample, member) row of each sequence, drawn in
-/// the kernel, or the noise itself `(batch, diffused, elems)`.
+/// The values of a DDIM step and its σ-noise: the coefficients with the noise itself
+/// `(batch, diffused, elems)` when `σ > 0`, or, in device memory, the step's
+/// [`DdimStep::words`] and the sequences' noise [`row_words`](crate::backend::row_words), from
+/// which the kernel draws the noise.
 #[derive(Clone, Copy, Debug)]
-pub enum StepNoise<'a> {
-    Draw { key: NoiseKey, rows: &'a [NoiseRow] },
-    Given(&'a Buffer),
+pub enum StepValues<'a> {
+    Given {
+        coef: &'a DdimCoef,
+        z: Option<&'a Buffer>,
+    },
+    Drawn {
+        step: &'a Buffer,
+        rows: &'a Buffer,
+    },
 }
 
-/// One DDIM step on the sampler state, see [`crate::backend::BackendStorage::ddim_step`]; the
-/// fresh noise `z` (needed when `σ > 0`) is given, or drawn in the kernel: element `s·elems + e`
-/// of each sequence's row, as `Device::randn(key, rows, diffused·elems)` would.
+/// One DDIM step on the sampler state, see [`crate::backend::BackendStorage::ddim_step`] and
+/// [`ddim_step_drawn`](crate::backend::BackendStorage::ddim_step_drawn).
 pub fn ddim_step(
     state: &Buffer,
     eps_hat: &Buffer,
-    noise: Option<StepNoise>,
+    values: StepValues,
     g: &ProcessGeom,
-    c: &DdimCoef,
 ) -> Result<Buffer> {
     const OP: &str = "ddim_step";
     check::len(
@@ -130,62 +136,49 @@ pub fn ddim_step(
     check::len(OP, "ε̂", eps_hat.len(), g.batch * g.diffused() * g.elems)?;
     let gpu = state.gpu();
     // The kernel reads the key and the rows only when it draws, z only when it is given.
-    let (key, rows, given) = match noise {
-        Some(StepNoise::Draw { key, rows }) => {
-            check::len(OP, "the noise rows", rows.len(), g.batch)?;
-            (Some(key), Some(rows_on_device(gpu, rows)?), None)
-        }
-        Some(StepNoise::Given(z)) => {
-            check::len(OP, "the noise", z.len(), eps_hat.len())?;
-            (None, None, Some(z))
-        }
-        None if c.sigma > 0.0 => {
-            return Err(Error::Invalid(
-                "ddim_step: σ > 0 needs the noise stream of the step".into(),
-            ))
-        }
-        None => (None, None, None),
-    };
-    let row_ptr = |i: usize| {
-        KernelArg::Ptr(rows.as_ref().map_or(DevicePtr(0), |r| {
-            if i == 0 {
-                r.0.ptr()
-            } else {
-                r.1.ptr()
+    let uploaded;
+    let (params, rows, given) = match values {
+        StepValues::Given { coef, z } => {
+            match z {
+                Some(z) => check::len(OP, "the noise", z.len(), eps_hat.len())?,
+                None if coef.sigma > 0.0 => {
+                    return Err(Error::Invalid(
+                        "ddim_step: σ > 0 needs the noise stream of the step".into(),
+                    ))
+                }
+                None => {}
             }
-        }))
+            let key = NoiseKey {
+                seed: 0,
+                purpose: Purpose::StepNoise,
+                step: 0,
+            };
+            let words = DdimStep { coef: *coef, key }.words();
+            uploaded = Buffer::from_f32(gpu, &words)?;
+            (&uploaded, DevicePtr(0), z.map_or(DevicePtr(0), Buffer::ptr))
+        }
+        StepValues::Drawn { step, rows } => {
+            check::len(OP, "the step's values", step.len(), DdimStep::WORDS)?;
+            check::len(OP, "the noise-row words", rows.len(), 2 * g.batch)?;
+            (step, rows.ptr(), DevicePtr(0))
+        }
     };
     let next = Buffer::alloc(gpu, state.len())?;
-    let coefs = [
-        c.dyn_t.sqrt_g,
-        c.dyn_t.sqrt_1mg,
-        c.dyn_p.sqrt_g,
-        c.dyn_p.sqrt_1mg,
-        c.sqrt_ab_t,
-        c.sqrt_1mab_t,
-        c.sqrt_ab_p,
-        c.eps_weight,
-        c.sigma,
-    ];
     gpu.launch(
         "ddim_step_f32",
         LaunchShape::linear(g.batch * g.elems, BLOCK),
         &[
             KernelArg::Ptr(state.ptr()),
             KernelArg::Ptr(eps_hat.ptr()),
-            KernelArg::Ptr(given.map_or(DevicePtr(0), Buffer::ptr)),
+            KernelArg::Ptr(given),
             KernelArg::Ptr(next.ptr()),
-            KernelArg::Struct(bytemuck::cast_slice(&coefs).to_vec()),
+            KernelArg::Ptr(params.ptr()),
             KernelArg::I32(check::int(OP, "batch", g.batch)?),
             KernelArg::I32(check::int(OP, "history", g.history)?),
             KernelArg::I32(check::int(OP, "future", g.future)?),
             KernelArg::I64(g.elems as i64),
             KernelArg::I32(i32::from(g.diffuse_history)),
-            KernelArg::U64(key.map_or(0, |k| k.seed)),
-            KernelArg::U32(key.map_or(0, |k| k.purpose as u32)),
-            KernelArg::U32(key.map_or(0, |k| k.step)),
-            row_ptr(0),
-            row_ptr(1),
+            KernelArg::Ptr(rows),
         ],
     )?;
     Ok(next)
