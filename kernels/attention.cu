@@ -11,8 +11,9 @@
 // FlashAttention): per tile, the new row maximum m', the running sum ℓ ← ℓ·e^{m−m'} + Σ e^{s−m'} and
 // the output o ← o·e^{m−m'} + Σ e^{s−m'}·v, then out = o/ℓ. Four threads share a query row, each
 // owning the dimensions e ≡ t (mod 4) of q and o (so at one dimension the four read consecutive
-// floats and the eight rows of a warp read the same key: no bank conflicts); a score is their four
-// partial dot products summed by two shuffles. FFMA, float32 throughout.
+// floats and the eight rows of a warp read the same key: no bank conflicts; the staging stores
+// are swizzled, see att_swizzle); a score is their four partial dot products summed by two
+// shuffles. FFMA, float32 throughout.
 //
 // Launch: grid (⌈l/32⌉, heads, n), 128 threads, no dynamic shared memory (32 KiB static).
 // Benchmark: `cargo bench --bench ops -- attention` (CPU) and the GPU check script.
@@ -21,6 +22,17 @@
 #define ATT_KEYS 32
 #define ATT_DMAX 128
 #define ATT_SPLIT 4
+
+// Key j's dimension e sits in column e ^ att_swizzle(j) of the staged tiles: the bits 2–4 of the
+// column reversed from j's low three bits. A warp stages 32 consecutive (j, e) — 32/d keys when
+// the head dimension d is below 32 — and the swizzle puts those keys' dimensions in different
+// banks for d = 4, 8 and 16 (rows of 128 floats would stack them in the same banks); the reads,
+// one key and the four dimensions t + 4i of a row's threads, still broadcast, and since the
+// swizzle leaves bits 0–1 alone, column t + ((4i) ^ att_swizzle(j)) keeps t as the only
+// run-time part.
+__device__ __forceinline__ int att_swizzle(int j) {
+  return ((j & 1) << 4) | ((j & 2) << 2) | (j & 4);
+}
 
 struct AttnShape {
   int n, l, heads, d;
@@ -50,8 +62,8 @@ extern "C" __global__ void __launch_bounds__(ATT_ROWS* ATT_SPLIT)
     for (int e = threadIdx.x; e < ATT_KEYS * s.d; e += blockDim.x) {
       int j = e / s.d, dim = e % s.d;
       bool in = j < keys;
-      ks[j][dim] = in ? k[base + (long long)(j0 + j) * c + dim] : 0.0f;
-      vs[j][dim] = in ? v[base + (long long)(j0 + j) * c + dim] : 0.0f;
+      ks[j][dim ^ att_swizzle(j)] = in ? k[base + (long long)(j0 + j) * c + dim] : 0.0f;
+      vs[j][dim ^ att_swizzle(j)] = in ? v[base + (long long)(j0 + j) * c + dim] : 0.0f;
     }
     __syncthreads();
     float sc[ATT_KEYS];
@@ -61,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(ATT_ROWS* ATT_SPLIT)
       float part = 0.0f;
 #pragma unroll
       for (int i = 0; i < ATT_DMAX / ATT_SPLIT; ++i)
-        if (i < dims) part = fmaf(qr[i], ks[j][t + ATT_SPLIT * i], part);
+        if (i < dims) part = fmaf(qr[i], ks[j][t + ((ATT_SPLIT * i) ^ att_swizzle(j))], part);
       part += __shfl_xor_sync(0xffffffffu, part, 1);
       part += __shfl_xor_sync(0xffffffffu, part, 2);
       sc[j] = j < keys ? part : -INFINITY;
@@ -78,7 +90,7 @@ extern "C" __global__ void __launch_bounds__(ATT_ROWS* ATT_SPLIT)
       sum += p;
 #pragma unroll
       for (int i = 0; i < ATT_DMAX / ATT_SPLIT; ++i)
-        if (i < dims) o[i] = fmaf(p, vs[j][t + ATT_SPLIT * i], o[i]);
+        if (i < dims) o[i] = fmaf(p, vs[j][t + ((ATT_SPLIT * i) ^ att_swizzle(j))], o[i]);
     }
     m = m_new;
     __syncthreads();

@@ -89,7 +89,7 @@ __device__ __forceinline__ void conv_kernel(const float* __restrict__ x, const f
   });
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
     conv2d_tf32(const float* __restrict__ x, const float* __restrict__ x2,
                 const float* __restrict__ w, const float* __restrict__ bias,
                 const float* __restrict__ temb, const float* __restrict__ residual,
@@ -98,7 +98,7 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS)
   conv_kernel<MMA_TF32>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
     conv2d_bf16(const float* __restrict__ x, const float* __restrict__ x2,
                 const float* __restrict__ w, const float* __restrict__ bias,
                 const float* __restrict__ temb, const float* __restrict__ residual,
@@ -107,7 +107,7 @@ extern "C" __global__ void __launch_bounds__(TILE_THREADS)
   conv_kernel<MMA_BF16>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
     conv2d_f32(const float* __restrict__ x, const float* __restrict__ x2,
                const float* __restrict__ w, const float* __restrict__ bias,
                const float* __restrict__ temb, const float* __restrict__ residual,

@@ -76,21 +76,21 @@ __device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
   });
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
     gemm_tf32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
               const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
               GemmNorm norm) {
   gemm_kernel<MMA_TF32>(A, B, C, bias, residual, s, norm);
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
     gemm_bf16(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
               const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
               GemmNorm norm) {
   gemm_kernel<MMA_BF16>(A, B, C, bias, residual, s, norm);
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
     gemm_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
               GemmNorm norm) {
