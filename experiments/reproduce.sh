@@ -6,9 +6,9 @@
 # (docs/process.md, "Forward process": only the future diffused), the reference implementation's
 # (docs/process.md, "Diffusing the history": train --diffuse-history)} × {DyDiff dyn_eta 0.5,
 # standard dyn_eta 0} on seeds 0 and 1, then the sensitivity to dyn_eta (the paper's Figure 7c:
-# 0, 0.1, 0.5, 0.9, 1) with the paper's process on seed 0, then the reference process's DyDiff
-# model at twice the budget (do the all-frames models score worse because they are less trained?):
-# 12 training runs, about 4.5 hours on 2 cores.
+# 0, 0.1, 0.5, 0.9, 1) with the paper's process on seed 0, then the reference process's two models
+# at twice the budget (do the all-frames models score worse because they are less trained?):
+# 13 training runs, about 5 hours on 2 cores.
 #
 #   experiments/reproduce.sh                 # everything, into experiments/out
 #   PROCESSES=paper SENS_ETAS= LONGER= experiments/reproduce.sh
@@ -36,7 +36,7 @@ PROCESSES=${PROCESSES:-"paper reference"}
 SENS_ETAS=${SENS_ETAS-"0.1 0.9 1"}
 SENS_PROCESS=${SENS_PROCESS:-paper}
 SENS_SEEDS=${SENS_SEEDS:-${SEEDS%% *}}
-LONGER=${LONGER-"reference:0.5:${SEEDS%% *}"}
+LONGER=${LONGER-"reference:0.5:${SEEDS%% *} reference:0:${SEEDS%% *}"}
 LONGER_STEPS=${LONGER_STEPS:-$((2 * STEPS))}
 RES=${RES:-32}
 TRAIN_SEQ=${TRAIN_SEQ:-768}

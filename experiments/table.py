@@ -11,7 +11,8 @@
    (default paper), on the seeds that all of them share;
 6. larger budgets: every run trained for another number of steps (folders ending in
    `_steps{N}`) beside the same model, process and seed at the main budget: the fair CRPS overall
-   and per lead, and the noise-prediction error.
+   and per lead, and the noise-prediction error; and where both models of a process ran at such a
+   budget, DyDiff's relative change against the standard model there.
 
     python3 experiments/table.py OUT [MAIN_ETAS] [SENS]     # e.g. OUT "0.5 0" paper
 
@@ -171,6 +172,20 @@ def main():
                     noise = [f"{x['mse_future']:.4f}" for x in run["noise"]["timesteps"]] if run["noise"] else [""] * len(ts)
                     print(row([name(p, e), str(seed), run["steps"], f"{run['eval']['overall']['crps']:.4f}"]
                               + [f"{n[i]['crps']:.3f}" for i in range(leads)] + noise))
+        pairs = [(p, e, st) for p, e, st in longer if float(e) != 0 and (p, "0", st) in longer]
+        if pairs:
+            print("\nAt those budgets, DyDiff against the standard model of the same process and seeds: change of the "
+                  "mean fair CRPS:\n")
+            print(header(["process, steps", "seeds", "overall"] + [f"lead {i + 1}" for i in range(leads)]))
+            for p, e, st in sorted(pairs):
+                seeds = sorted(set(longer[(p, e, st)]) & set(longer[(p, "0", st)]))
+                if not seeds:
+                    continue
+                sub = {k: {sd: longer[k][sd] for sd in seeds} for k in [(p, e, st), (p, "0", st)]}
+                rel = [mean_crps(sub, (p, e, st), i) / mean_crps(sub, (p, "0", st), i) - 1
+                       for i in [None] + list(range(leads))]
+                print(row([f"{PROCESS[p]}, dyn_eta {e} vs 0, {st} steps", ", ".join(map(str, seeds))]
+                          + [f"{100 * v:+.1f}%" for v in rel]))
 
     print("\nCRPS is the fair CRPS in data space.")
 
