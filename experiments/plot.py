@@ -5,7 +5,7 @@
 - dyn_eta.png: the sensitivity to dyn_eta of process SENS (the paper's Figure 7c): the fair CRPS
   overall, at the first and at the last lead;
 - noise_error.png: the networks' noise-prediction error on the future frames against the
-  timestep (`dydiff bench noise`).
+  timestep (`dydiff bench noise`; runs at other budgets dotted).
 
     $PY experiments/plot.py OUT DIR [MAIN_ETAS] [SENS]      # PY=$(python/env.sh | tail -1)
 
@@ -60,7 +60,8 @@ def main():
             x, m, lo, hi = per_lead(runs, (p, e))
             n = len(runs[(p, e)])
             c = COLOUR.get(e, "tab:blue")
-            ax.plot(x, m, "o-", color=c, label=f"{label(e)}, {n} seed{'s' * (n > 1)}")
+            steps = next(iter(runs[(p, e)].values()))["steps"]
+            ax.plot(x, m, "o-", color=c, label=f"{label(e)}, {steps} steps, {n} seed{'s' * (n > 1)}")
             ax.fill_between(x, lo, hi, color=c, alpha=0.2)
         for (lp, e, steps), by_seed in sorted(longer.items()):
             if lp == p:
@@ -109,6 +110,12 @@ def main():
             ts = [t["t"] for t in noise[0]["timesteps"]]
             m = [statistics.mean(r["timesteps"][i]["mse_future"] for r in noise) for i in range(len(ts))]
             ax.plot(ts, m, style, color=COLOUR.get(e, "tab:blue"), label=f"{label(e)}, {PROCESS[p]}")
+    for (p, e, steps), by_seed in sorted(longer.items()):
+        noise = [r["noise"] for r in by_seed.values() if r["noise"]]
+        if noise:
+            ts = [t["t"] for t in noise[0]["timesteps"]]
+            m = [statistics.mean(r["timesteps"][i]["mse_future"] for r in noise) for i in range(len(ts))]
+            ax.plot(ts, m, "^:", color=COLOUR.get(e, "tab:blue"), label=f"{label(e)}, {PROCESS[p]}, {steps} steps")
     ax.set_yscale("log")
     ax.set_xlabel("timestep t")
     ax.set_ylabel("noise MSE, future frames")
