@@ -3,7 +3,7 @@
 - per_lead_crps.png: the fair CRPS against lead time, DyDiff against the standard model, one
   panel per process (mean over seeds, the seeds' range shaded; runs at other budgets dotted);
 - dyn_eta.png: the sensitivity to dyn_eta of process SENS (the paper's Figure 7c): the fair CRPS
-  overall, at the first and at the last lead;
+  overall, at the first and at the last lead (log scale);
 - noise_error.png: the networks' noise-prediction error on the future frames against the
   timestep (`dydiff bench noise`; runs at other budgets dotted).
 
@@ -93,9 +93,10 @@ def main():
             for name, get, style in series:
                 ax.plot(x, [statistics.mean(get(r) for r in reports[e]) for e in etas], "o" + style, label=name)
             ax.set_xlabel("dyn_eta")
+            ax.set_yscale("log")  # dyn_eta 1 can be an order of magnitude off the others
             ax.set_ylabel("fair CRPS")
             ax.set_title(f"{PROCESS[sens]}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}")
-            ax.grid(alpha=0.3)
+            ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
             fig.tight_layout()
             fig.savefig(figs / "dyn_eta.png", dpi=110)
