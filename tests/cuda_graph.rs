@@ -32,6 +32,15 @@ fn stats() -> MemoryStats {
     cuda::device(0).unwrap().memory_stats()
 }
 
+/// Checks how many graphs were captured and replayed between two readings of the counters.
+fn assert_graphs(before: MemoryStats, after: MemoryStats, captures: u64, replays: u64) {
+    let seen = (
+        after.captures - before.captures,
+        after.replays - before.replays,
+    );
+    assert_eq!(seen, (captures, replays), "{before:?} → {after:?}");
+}
+
 fn values(seed: u32, n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| {
@@ -99,12 +108,7 @@ fn replayed_steps_equal_the_cpu() {
     }
     cuda::set_precision(precision);
     let after = stats();
-    assert_eq!(
-        after.captures - before.captures,
-        1,
-        "{before:?} → {after:?}"
-    );
-    assert_eq!(after.replays - before.replays, 4, "{before:?} → {after:?}");
+    assert_graphs(before, after, 1, 4);
 }
 
 /// A tensor made between two replays — from the buffers the caching allocator holds — keeps its
@@ -186,12 +190,7 @@ fn new_shapes_are_captured_again() {
         assert_eq!(y, v.iter().map(|a| a * 2.0).collect::<Vec<_>>());
     }
     let after = stats();
-    assert_eq!(
-        after.captures - before.captures,
-        2,
-        "{before:?} → {after:?}"
-    );
-    assert_eq!(after.replays - before.replays, 4, "{before:?} → {after:?}");
+    assert_graphs(before, after, 2, 4);
 }
 
 /// The sampler's step — the network and the fused DDIM update with its noise drawn in the kernel
@@ -226,12 +225,7 @@ fn the_sampler_replays_one_graph_per_batch() {
     let after = stats();
     cuda::set_precision(precision);
     let cpu = run(Device::Cpu);
-    assert_eq!(
-        after.captures - before.captures,
-        2,
-        "{before:?} → {after:?}"
-    );
-    assert_eq!(after.replays - before.replays, 6, "{before:?} → {after:?}");
+    assert_graphs(before, after, 2, 6);
     let scale = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
     let err = gpu
         .iter()
