@@ -292,7 +292,8 @@ impl Gpu for Driver {
     }
 
     fn drop_graph(&self, graph: GraphId) -> Result<()> {
-        self.bind()?;
+        // the last replay may still run: destroy the graph once the stream is idle
+        self.synchronize()?;
         let removed = self
             .graphs
             .lock()
