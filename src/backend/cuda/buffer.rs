@@ -33,12 +33,6 @@ impl Buffer {
         gpu.copy_to_device(b.ptr, bytemuck::cast_slice(data))?;
         Ok(b)
     }
-    /// A copy of `data` on the device.
-    pub fn from_u32(gpu: &Arc<dyn Gpu>, data: &[u32]) -> Result<Buffer> {
-        let b = Buffer::alloc(gpu, data.len())?;
-        gpu.copy_to_device(b.ptr, bytemuck::cast_slice(data))?;
-        Ok(b)
-    }
     /// The values, copied to the host as `f32`.
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut v = vec![0f32; self.len()];

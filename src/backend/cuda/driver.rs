@@ -1,8 +1,8 @@
 //! The GPU behind the [`Gpu`] seam: the CUDA driver through cudarc (the library loaded at run
 //! time), one context and one stream per device (a created stream: the legacy default stream
-//! cannot be captured), every copy and launch ordered on it, the embedded fatbin loaded once. Every failure
-//! is a one-line error: no driver library, no GPU with that ordinal, a driver or GPU that cannot
-//! run the embedded code, out of device memory, a failed launch.
+//! cannot be captured), every copy and launch ordered on it, the embedded fatbin loaded once.
+//! Every failure is a one-line error: no driver library, no GPU with that ordinal, a driver or GPU
+//! that cannot run the embedded code, out of device memory, a failed launch.
 
 use super::gpu::{sum_times, DevicePtr, Gpu, GraphId, KernelArg, KernelTime, LaunchShape};
 use super::kernels;

@@ -11,7 +11,7 @@ use super::gpu::{sum_times, DevicePtr, Gpu, GraphId, KernelArg, KernelTime, Laun
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 extern "C" {
@@ -44,7 +44,7 @@ struct State {
     times: Option<Vec<(String, f64)>>,
     /// What is being captured, while capturing.
     capture: Option<Vec<Recorded>>,
-    graphs: HashMap<u64, Vec<Recorded>>,
+    graphs: HashMap<u64, Arc<[Recorded]>>,
     next_graph: u64,
 }
 
@@ -202,7 +202,7 @@ impl Gpu for Emulator {
         };
         s.next_graph += 1;
         let id = s.next_graph;
-        s.graphs.insert(id, list);
+        s.graphs.insert(id, list.into());
         Ok(GraphId(id))
     }
 
@@ -211,7 +211,7 @@ impl Gpu for Emulator {
         let list = self.lock().graphs.get(&graph.0).cloned().ok_or_else(|| {
             emulated(format!("replay of graph {}, which does not exist", graph.0))
         })?;
-        for r in &list {
+        for r in list.iter() {
             match r {
                 Recorded::Launch(name, shape, args) => self.run(name, *shape, args)?,
                 Recorded::Copy(dst, src, bytes) => self.copy_on_device(*dst, *src, *bytes)?,

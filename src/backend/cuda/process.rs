@@ -8,21 +8,19 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
-use crate::backend::{DdimCoef, DdimStep, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
+use crate::backend::{row_words, DdimCoef, DdimStep, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow, Purpose};
 use std::sync::Arc;
 
 const BLOCK: u32 = 256;
 
-/// The rows' sample and member indices as two device arrays.
-fn rows_on_device(gpu: &Arc<dyn Gpu>, rows: &[NoiseRow]) -> Result<(Buffer, Buffer)> {
-    let samples: Vec<u32> = rows.iter().map(|r| r.sample).collect();
-    let members: Vec<u32> = rows.iter().map(|r| r.member).collect();
-    Ok((
-        Buffer::from_u32(gpu, &samples)?,
-        Buffer::from_u32(gpu, &members)?,
-    ))
+/// The rows on the device as [`row_words`] lays them out, and the address of their members (the
+/// samples are at the buffer's start).
+fn rows_on_device(gpu: &Arc<dyn Gpu>, rows: &[NoiseRow]) -> Result<(Buffer, DevicePtr)> {
+    let words = Buffer::from_f32(gpu, &row_words(rows))?;
+    let members = DevicePtr(words.ptr().0 + 4 * rows.len() as u64);
+    Ok((words, members))
 }
 
 /// `Dyn_γ` or `InvDyn_γ` along the frames of `(batch, frames, elems)`, see
@@ -198,7 +196,7 @@ fn per_row(
     if out.is_empty() {
         return Ok(out);
     }
-    let (samples, members) = rows_on_device(gpu, rows)?;
+    let (words, members) = rows_on_device(gpu, rows)?;
     gpu.launch(
         kernel,
         LaunchShape::linear(rows.len() * per_row, BLOCK),
@@ -207,8 +205,8 @@ fn per_row(
             KernelArg::U64(key.seed),
             KernelArg::U32(key.purpose as u32),
             KernelArg::U32(key.step),
-            KernelArg::Ptr(samples.ptr()),
-            KernelArg::Ptr(members.ptr()),
+            KernelArg::Ptr(words.ptr()),
+            KernelArg::Ptr(members),
             KernelArg::I32(check::int(op, "rows", rows.len())?),
             KernelArg::I64(per_row as i64),
         ],
