@@ -20,11 +20,19 @@ extern "C" __global__ void silu_f32(const float* __restrict__ x, float* __restri
   }
 }
 
-// op 0: a + b, 1: a − b, 2: a · b.
+// op 0: a + b, 1: a − b, 2: a · b, 3: |a − b|, 4: sign(a − b) (0 where a = b).
 extern "C" __global__ void binary_f32(const float* __restrict__ a, const float* __restrict__ b,
                                       float* __restrict__ y, long long len, int op) {
   long long i = EW_INDEX();
-  if (i < len) y[i] = op == 0 ? a[i] + b[i] : op == 1 ? a[i] - b[i] : a[i] * b[i];
+  if (i >= len) return;
+  float u = a[i], v = b[i], d = u - v;
+  switch (op) {
+    case 0: y[i] = u + v; break;
+    case 1: y[i] = d; break;
+    case 2: y[i] = u * v; break;
+    case 3: y[i] = fabsf(d); break;
+    default: y[i] = d > 0.0f ? 1.0f : d < 0.0f ? -1.0f : 0.0f; break;
+  }
 }
 
 extern "C" __global__ void affine_f32(const float* __restrict__ x, float* __restrict__ y,

@@ -187,3 +187,26 @@ extern "C" __global__ void philox_words_u32(unsigned* __restrict__ out, unsigned
   noise_words(ns, unsigned(k), w);
   for (int j = 0; j < 4; ++j) out[4 * i + j] = w[j];
 }
+
+// Dropout (docs/random.md, "Dropout masks"): one thread per Philox call, i.e. per 4 values of a
+// row. Value e of row r is kept, times `scale`, when word e mod 4 of the call with counter
+// (layer·2^24 + ⌊e/4⌋, step, sample, purpose·2^24 + member) is at least `threshold`. The rows'
+// samples and members are read from `rows` (all samples, then all members), so the mask is the
+// same bits as the CPU's for any batch.
+extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y,
+                                       unsigned long long seed, unsigned purpose, unsigned step,
+                                       unsigned layer, unsigned threshold, float scale,
+                                       const unsigned* __restrict__ rows, int nrows,
+                                       long long row_len) {
+  long long blocks = (row_len + 3) / 4;
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (long long)nrows * blocks) return;
+  long long r = i / blocks, k = i - r * blocks;
+  NoiseStream ns = noise_stream(seed, purpose, step, rows[r], rows[nrows + r]);
+  unsigned w[4];
+  noise_words(ns, (layer << 24) | unsigned(k), w);
+  long long first = r * row_len + 4 * k;
+  long long count = row_len - 4 * k < 4 ? row_len - 4 * k : 4;
+  for (long long j = 0; j < count; ++j) y[first + j] = w[j] >= threshold ? x[first + j] * scale : 0.0f;
+}
+

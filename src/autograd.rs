@@ -6,7 +6,7 @@
 //! parameters, so micro-batch accumulation is free; activation gradients live only during the
 //! walk.
 
-use crate::backend::{AttnGeom, BinaryOp, ConvGeom, MatmulGeom, NormGeom, Storage};
+use crate::backend::{AttnGeom, BinaryOp, ConvGeom, DropoutGeom, MatmulGeom, NormGeom, Storage};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::cell::RefCell;
@@ -61,6 +61,13 @@ pub enum Op {
         end: usize,
     },
     Mse,
+    /// The mean absolute error `mean|a − b|`.
+    Mae,
+    Dropout {
+        g: DropoutGeom,
+        /// The rows' (sample, member) pairs, as the op read them.
+        rows: Storage,
+    },
     Reshape,
 }
 
@@ -211,6 +218,14 @@ impl Op {
                     Some(g.binary(s(0), BinaryOp::Mul)?),
                 ]
             }
+            Op::Binary(BinaryOp::AbsDiff) => {
+                let sign = s(0).binary(s(1), BinaryOp::SignDiff)?;
+                let da = g.binary(&sign, BinaryOp::Mul)?;
+                let db = da.affine(-1.0, 0.0)?;
+                vec![Some(da), Some(db)]
+            }
+            // piecewise constant: no gradient
+            Op::Binary(BinaryOp::SignDiff) => vec![None, None],
             Op::Scale(a) => vec![Some(g.affine(*a, 0.0)?)],
             Op::AddChannelBias { n, c, hw } => {
                 // db[n, c] = Σ_p g[n, c, p]: a product with a column of ones
@@ -255,6 +270,17 @@ impl Op {
                 let db = da.affine(-1.0, 0.0)?;
                 vec![Some(da), Some(db)]
             }
+            Op::Mae => {
+                // d/da mean|a − b| = sign(a − b)/N
+                let gv = g.to_vec()?[0];
+                let count = x[0].elem_count().max(1) as f32;
+                let sign = s(0).binary(s(1), BinaryOp::SignDiff)?;
+                let da = sign.affine(gv / count, 0.0)?;
+                let db = da.affine(-1.0, 0.0)?;
+                vec![Some(da), Some(db)]
+            }
+            // the mask is a pure function of the key, the layer and the rows: apply it again
+            Op::Dropout { g: geom, rows } => vec![Some(g.dropout(rows, geom)?)],
             Op::Reshape => vec![Some(g.clone())],
         })
     }

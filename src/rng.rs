@@ -58,6 +58,18 @@ pub enum Purpose {
     ValBatch = 5,
     /// The fixed validation noise.
     ValNoise = 6,
+    /// The initial displacements of a generated spring mesh (`dydiff data spring-mesh`).
+    MeshInit = 7,
+    /// The dropout masks of a forecast's network calls (Monte-Carlo dropout; DYffusion's
+    /// interpolator); `step` is the call's index in the member's forecast.
+    Dropout = 8,
+    /// The dropout masks of a training step; `step` is the optimizer step.
+    TrainDropout = 9,
+    /// The dropout masks of the validation batches; `step` is the validation batch.
+    ValDropout = 10,
+    /// The noise `ξ` of DYffusion's `data+noise` forecaster condition in a forecast; `step` is
+    /// the call's index in the member's forecast.
+    ConditionNoise = 11,
 }
 
 impl Purpose {
@@ -71,6 +83,11 @@ impl Purpose {
             Purpose::TrainNoise,
             Purpose::ValBatch,
             Purpose::ValNoise,
+            Purpose::MeshInit,
+            Purpose::Dropout,
+            Purpose::TrainDropout,
+            Purpose::ValDropout,
+            Purpose::ConditionNoise,
         ]
         .into_iter()
         .find(|p| *p as u32 == n)
@@ -135,6 +152,47 @@ pub fn fill_normals(key: NoiseKey, row: NoiseRow, first: usize, out: &mut [f32])
             *o = *zi;
         }
         e = stop;
+    }
+}
+
+/// The most dropout layers of one network: the layer has the top 8 bits of the counter's element
+/// word (docs/random.md, “Dropout masks”).
+pub const MAX_DROPOUT_LAYERS: u32 = 1 << 8;
+
+/// The most values one row of a dropout layer may hold: the element word keeps `e/4` in 24 bits.
+pub const MAX_DROPOUT_ROW: usize = 1 << 26;
+
+/// The smallest uniform word that keeps a value under dropout probability `p` (`0 ≤ p < 1`):
+/// a value is kept when its word `w ≥ ⌊p·2³²⌉`, with probability `1 − p` to within `2⁻³²`.
+pub fn dropout_threshold(p: f32) -> u32 {
+    (f64::from(p) * 4_294_967_296.0)
+        .round()
+        .clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// The factor `1/(1 − p)` kept values are scaled by (inverted dropout, as PyTorch), rounded to
+/// f32 from f64.
+pub fn dropout_scale(p: f32) -> f32 {
+    (1.0 / (1.0 - f64::from(p))) as f32
+}
+
+/// Where the dropout masks of one network call come from (docs/random.md, “Dropout masks”):
+/// the seed, the purpose ([`Purpose::Dropout`], [`Purpose::TrainDropout`] or
+/// [`Purpose::ValDropout`]) and the call word `step` (counter word `c1`).
+///
+/// Element `e` of layer `l` in row `(n, m)` takes word `e mod 4` of the Philox call with counter
+/// `c0 = l·2²⁴ + ⌊e/4⌋`, `c1 = step`, `c2 = n`, `c3 = purpose·2²⁴ + m`, and is kept when that word
+/// is at least [`dropout_threshold`].
+pub fn fill_dropout_mask(key: NoiseKey, layer: u32, p: f32, row: NoiseRow, out: &mut [f32]) {
+    let k = [key.seed as u32, (key.seed >> 32) as u32];
+    let c3 = ((key.purpose as u32) << 24) | (row.member & (MAX_MEMBERS - 1));
+    let (threshold, scale) = (dropout_threshold(p), dropout_scale(p));
+    for (block, chunk) in out.chunks_mut(4).enumerate() {
+        let c0 = (layer << 24) | block as u32;
+        let w = philox4x32_10([c0, key.step, row.sample, c3], k);
+        for (o, wi) in chunk.iter_mut().zip(w) {
+            *o = if wi >= threshold { scale } else { 0.0 };
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::autograd::{self, Op};
 use crate::backend::{
-    AttnGeom, BinaryOp, ConvGeom, Device, FusedConv, FusedNorm, NormGeom, Storage,
+    AttnGeom, BinaryOp, ConvGeom, Device, DropoutGeom, FusedConv, FusedNorm, NormGeom, Storage,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -834,6 +834,28 @@ impl Tensor {
     }
 
     /// Channels `start..end` (dimension 1).
+    /// Rows `start .. start + count` of the first axis (a sub-batch), as a slice of the rows of
+    /// a one-sample view; its gradient places the rows back.
+    pub fn narrow_rows(&self, start: usize, count: usize) -> Result<Tensor> {
+        let (n, rest) = match self.shape() {
+            [n, rest @ ..] => (*n, rest.to_vec()),
+            [] => return Err(Error::shape("narrow_rows", "a scalar has no rows")),
+        };
+        if start + count > n {
+            return Err(Error::shape(
+                "narrow_rows",
+                format!("rows {start}..{} of {n}", start + count),
+            ));
+        }
+        let row = numel(&rest);
+        let y = self
+            .reshape(&[1, n, row])?
+            .slice_channels(start, start + count)?;
+        let mut shape = vec![count];
+        shape.extend(rest);
+        y.reshape(&shape)
+    }
+
     pub fn slice_channels(&self, start: usize, end: usize) -> Result<Tensor> {
         let (n, c) = match *self.shape() {
             [n, c, ..] => (n, c),
@@ -866,6 +888,50 @@ impl Tensor {
         let v = sq.sum_all()? / self.elem_count().max(1) as f32;
         let y = self.device().storage_from_vec(vec![v])?;
         Ok(Tensor::result(y, vec![], &[self, target], || Op::Mse))
+    }
+
+    /// The mean absolute error `mean|self − target|` (PyTorch's `l1_loss`), a scalar; its
+    /// gradient is `sign(self − target)/N` (0 where they are equal).
+    pub fn mae(&self, target: &Tensor) -> Result<Tensor> {
+        self.same_shape(target, "mae")?;
+        let d = self.storage().binary(target.storage(), BinaryOp::AbsDiff)?;
+        let v = d.sum_all()? / self.elem_count().max(1) as f32;
+        let y = self.device().storage_from_vec(vec![v])?;
+        Ok(Tensor::result(y, vec![], &[self, target], || Op::Mae))
+    }
+
+    /// Dropout of each row of `self` (the first axis; rows of `(sample, member)` pairs given by
+    /// `rows`, a [`crate::diffusion::ddim::rows_tensor`]), layer `layer`, probability `p`, its
+    /// masks drawn from `key` (docs/random.md, “Dropout masks”). `p = 0` returns `self`.
+    pub fn dropout(&self, rows: &Tensor, key: NoiseKey, layer: u32, p: f32) -> Result<Tensor> {
+        if p == 0.0 {
+            return Ok(self.clone());
+        }
+        let n = self.shape().first().copied().unwrap_or(0);
+        let g = DropoutGeom {
+            key,
+            layer,
+            p,
+            rows: n,
+            row_len: numel(&self.shape()[1..]),
+        };
+        if rows.shape() != [2 * n] {
+            return Err(Error::shape(
+                "dropout",
+                format!(
+                    "noise rows of shape {:?} for {n} rows; expected [{}]",
+                    rows.shape(),
+                    2 * n
+                ),
+            ));
+        }
+        let y = self.storage().dropout(rows.storage(), &g)?;
+        Ok(Tensor::result(y, self.shape().to_vec(), &[self], || {
+            Op::Dropout {
+                g,
+                rows: rows.storage().clone(),
+            }
+        }))
     }
 
     /// Sinusoidal embedding `(len(t), dim)` of timesteps `t` (a 1-d tensor), as diffusers'

@@ -45,7 +45,13 @@ fn arithmetic_matches_the_cpu() {
             );
         };
         close(ew::silu(&da).unwrap(), cpu(&a).silu().unwrap(), "silu");
-        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul] {
+        for op in [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::AbsDiff,
+            BinaryOp::SignDiff,
+        ] {
             close(
                 ew::binary(&da, &db, op).unwrap(),
                 cpu(&a).binary(&cpu(&b), op).unwrap(),

@@ -6,7 +6,7 @@
 mod common;
 use common::rand_vec;
 use dydiff::autograd::{backward, Tape};
-use dydiff::nn::{ParamBuilder, UNet2D, UNet2DConfig};
+use dydiff::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
 use dydiff::{Device, Result, Tensor};
 use std::collections::HashMap;
 
@@ -207,7 +207,43 @@ fn small_unet_config() -> UNet2DConfig {
 /// linear, group norm, attention projections; weights and biases) against finite differences.
 #[test]
 fn whole_unet() {
-    let cfg = small_unet_config();
+    whole_unet_gradient(small_unet_config(), None);
+}
+
+/// The same with dropout acting in every resnet block (fixed masks: the loss is a smooth
+/// function of the weights for one key).
+#[test]
+fn whole_unet_with_dropout() {
+    let rows = dydiff::diffusion::ddim::rows_tensor(
+        &[
+            dydiff::rng::NoiseRow {
+                sample: 0,
+                member: 0,
+            },
+            dydiff::rng::NoiseRow {
+                sample: 0,
+                member: 1,
+            },
+        ],
+        Device::Cpu,
+    )
+    .unwrap();
+    let drop = Dropout {
+        key: dydiff::rng::NoiseKey {
+            seed: 5,
+            purpose: dydiff::rng::Purpose::TrainDropout,
+            step: 1,
+        },
+        rows: &rows,
+    };
+    let cfg = UNet2DConfig {
+        dropout: 0.2,
+        ..small_unet_config()
+    };
+    whole_unet_gradient(cfg, Some(&drop));
+}
+
+fn whole_unet_gradient(cfg: UNet2DConfig, drop: Option<&Dropout>) {
     let model = UNet2D::init(cfg.clone(), 7, Device::Cpu).unwrap();
     let arrays: HashMap<String, (Vec<usize>, Vec<f32>)> = model
         .params()
@@ -223,7 +259,7 @@ fn whole_unet() {
             ParamBuilder::from_arrays("test".into(), arrays, Device::Cpu),
         )
         .unwrap();
-        m.forward(&x, &t)
+        m.forward_with(&x, &t, drop)
             .unwrap()
             .mse(&target)
             .unwrap()
@@ -232,7 +268,14 @@ fn whole_unet() {
     };
     {
         let _tape = Tape::start();
-        backward(&model.forward(&x, &t).unwrap().mse(&target).unwrap()).unwrap();
+        backward(
+            &model
+                .forward_with(&x, &t, drop)
+                .unwrap()
+                .mse(&target)
+                .unwrap(),
+        )
+        .unwrap();
     }
     let names = [
         "conv_in.weight",

@@ -1161,12 +1161,12 @@ fn train_unet_config_dropout_names_the_file() {
     let s = Scratch::new("in-t-cfg-dropout");
     let d = train_data(&s);
     let cfg = s.path("unet.json");
-    std::fs::write(&cfg, r#"{"block_out_channels": [16, 32], "norm_num_groups": 8, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"], "dropout": 0.1}"#).unwrap();
+    std::fs::write(&cfg, r#"{"block_out_channels": [16, 32], "norm_num_groups": 8, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"], "dropout": -0.1}"#).unwrap();
     train_refused(
         &s,
         &d,
         &["--unet-config", &st(&cfg)],
-        &["unet.json", "dropout = 0.1", "expected 0"],
+        &["unet.json", "dropout = -0.1", "expected 0 ≤ dropout < 1"],
     );
 }
 

@@ -222,14 +222,14 @@ fn bad_training_input_is_one_clear_line() {
         ),
         &["unet.json", "in_channels = 7", "10"],
     );
-    std::fs::write(&cfg, r#"{"block_out_channels": [16, 32], "norm_num_groups": 8, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"], "dropout": 0.1}"#).unwrap();
+    std::fs::write(&cfg, r#"{"block_out_channels": [16, 32], "norm_num_groups": 8, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"], "dropout": 1.5}"#).unwrap();
     one_line(
         train(
             &d,
             &out,
             &["--steps", "5", "--unet-config", cfg.to_str().unwrap()],
         ),
-        &["dropout"],
+        &["unet.json", "dropout = 1.5", "expected 0 ≤ dropout < 1"],
     );
     // A given config trains.
     std::fs::write(&cfg, r#"{"block_out_channels": [16, 32], "norm_num_groups": 8, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"]}"#).unwrap();
@@ -239,6 +239,37 @@ fn bad_training_input_is_one_clear_line() {
         &["--steps", "3", "--unet-config", cfg.to_str().unwrap()],
     );
     assert!(ok, "{err}");
+}
+
+/// A network with dropout trains: its masks are keyed by (seed, step, row), so two runs give the
+/// same weights, and the weights differ from the same network trained without dropout.
+#[test]
+fn dropout_trains_reproducibly() {
+    let s = Scratch::new("train-dropout");
+    let d = data(&s);
+    let net = |p: f64| {
+        let cfg = s.path(&format!("unet-{p}.json"));
+        std::fs::write(&cfg, format!(r#"{{"block_out_channels": [16, 32], "norm_num_groups": 8, "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"], "dropout": {p}}}"#)).unwrap();
+        cfg
+    };
+    let weights = |name: &str, p: f64| {
+        let out = s.path(name);
+        let cfg = net(p);
+        let (ok, err) = train(
+            &d,
+            &out,
+            &["--steps", "4", "--unet-config", cfg.to_str().unwrap()],
+        );
+        assert!(ok, "{err}");
+        std::fs::read(out.join("unet/diffusion_pytorch_model.safetensors")).unwrap()
+    };
+    let a = weights("a", 0.3);
+    assert_eq!(a, weights("b", 0.3), "the same run, other weights");
+    assert_ne!(a, weights("c", 0.0), "dropout had no effect");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("a/unet/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["dropout"], 0.3);
 }
 
 /// `--diffuse-history` (docs/process.md, “Diffusing the history”): the network takes the clean

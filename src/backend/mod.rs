@@ -141,6 +141,10 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
+    /// `|a − b|` (the L1 loss's terms).
+    AbsDiff,
+    /// `sign(a − b)`: 1, −1, or 0 where `a = b` (the L1 loss's gradient, as PyTorch's).
+    SignDiff,
 }
 
 /// A batch of frame sequences `(batch, frames, elems)`, frame-major: element `e` of frame `f` of
@@ -334,6 +338,58 @@ pub fn rows_from_words(w: &[f32]) -> Vec<NoiseRow> {
             member: m.to_bits(),
         })
         .collect()
+}
+
+/// Dropout (Srivastava et al., 2014) of `rows` rows of `row_len` values each, its masks drawn
+/// from Philox (docs/random.md, “Dropout masks”): value `e` of row `r` is kept, times
+/// `1/(1 − p)`, or zeroed, by the mask of layer `layer` under `key` for that row's (sample,
+/// member). The mask is a pure function of the key, the layer, the row's pair and `e`, so its
+/// backward pass is the same operation on the gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutGeom {
+    pub key: NoiseKey,
+    /// The layer's index in its network (below [`crate::rng::MAX_DROPOUT_LAYERS`]).
+    pub layer: u32,
+    /// The probability of zeroing a value, `0 ≤ p < 1`.
+    pub p: f32,
+    pub rows: usize,
+    /// Values per row (at most [`crate::rng::MAX_DROPOUT_ROW`]).
+    pub row_len: usize,
+}
+
+/// Checks a dropout's operands: `len` values in `rows × row_len`, `row_words = 2·rows`, the
+/// layer, the row length and `p` within what the counter layout and the op allow.
+pub fn check_dropout(len: usize, row_words: usize, g: &DropoutGeom) -> Result<()> {
+    if g.rows.checked_mul(g.row_len) != Some(len) || row_words != 2 * g.rows {
+        return Err(Error::shape(
+            "dropout",
+            format!(
+                "{len} values and {row_words} noise-row words; expected {} rows × {} values and {} words",
+                g.rows,
+                g.row_len,
+                2 * g.rows
+            ),
+        ));
+    }
+    if g.layer >= crate::rng::MAX_DROPOUT_LAYERS || g.row_len > crate::rng::MAX_DROPOUT_ROW {
+        return Err(Error::shape(
+            "dropout",
+            format!(
+                "layer {} with rows of {} values; the mask counter holds at most {} layers of {} values",
+                g.layer,
+                g.row_len,
+                crate::rng::MAX_DROPOUT_LAYERS,
+                crate::rng::MAX_DROPOUT_ROW
+            ),
+        ));
+    }
+    if !(0.0..1.0).contains(&g.p) {
+        return Err(Error::Invalid(format!(
+            "dropout probability {}: expected 0 ≤ p < 1",
+            g.p
+        )));
+    }
+    Ok(())
 }
 
 /// One AdamW step with an exponential moving average of the weights (Loshchilov & Hutter,
@@ -566,6 +622,9 @@ pub trait BackendStorage: Sized {
         rows: &Self,
         g: &ProcessGeom,
     ) -> Result<Self>;
+    /// [`DropoutGeom`] on `self` `(rows, row_len)`, the rows' (sample, member) pairs given as
+    /// [`row_words`] (`2·rows` words).
+    fn dropout(&self, rows: &Self, g: &DropoutGeom) -> Result<Self>;
     /// One fused AdamW + EMA update of the parameter `self` (see [`AdamStep`]): returns
     /// `(p', m', v', e')`.
     fn adamw(
@@ -996,6 +1055,9 @@ impl Storage {
             |s, eps_hat, step, rows| s.ddim_step_drawn(eps_hat, step, rows, g),
             one
         )
+    }
+    pub fn dropout(&self, rows: &Storage, g: &DropoutGeom) -> Result<Storage> {
+        dispatch!(self, |s, rows| s.dropout(rows, g), one)
     }
     pub fn sum_all(&self) -> Result<f32> {
         dispatch!(self, |s| s.sum_all(), plain)

@@ -4,12 +4,13 @@
 
 use super::{Conv2d, GroupNorm, Linear, ParamBuilder};
 use crate::error::{Error, Result};
+use crate::rng::NoiseKey;
 use crate::tensor::{ConvTail, Tensor};
 
 /// diffusers `ResnetBlock2D` (`time_embedding_norm = "default"`, pre-norm):
-/// `h = conv1(silu(norm1(x))) + proj(silu(temb))`, `h = conv2(silu(norm2(h)))`,
+/// `h = conv1(silu(norm1(x))) + proj(silu(temb))`, `h = conv2(dropout(silu(norm2(h))))`,
 /// `out = (shortcut(x) + h) / output_scale_factor`, the shortcut a 1×1 convolution when the
-/// channel count changes.
+/// channel count changes. The dropout acts only in a call that asks for it ([`Dropout`]).
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
@@ -18,6 +19,11 @@ pub struct ResnetBlock2D {
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
     output_scale_factor: f32,
+    /// The dropout probability (the network's `dropout`).
+    dropout: f32,
+    /// This block's dropout layer: its place among the network's resnet blocks in order of
+    /// construction (down blocks, middle block, up blocks), a word of the masks' counter.
+    layer: u32,
 }
 
 /// Settings shared by the blocks of one network.
@@ -26,6 +32,19 @@ pub struct BlockSettings {
     pub temb: usize,
     pub groups: usize,
     pub eps: f32,
+    /// The resnet blocks' dropout probability.
+    pub dropout: f32,
+}
+
+/// Dropout in one network call (docs/random.md, “Dropout masks”): active in every resnet block
+/// with probability the network's `dropout`, each block's masks drawn from `key` for the rows'
+/// (sample, member) pairs `rows` (a [`crate::diffusion::ddim::rows_tensor`]), so that a row's
+/// masks do not depend on what else shares its batch. Without one, dropout is the identity, as in
+/// PyTorch's evaluation mode.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout<'a> {
+    pub key: NoiseKey,
+    pub rows: &'a Tensor,
 }
 
 impl ResnetBlock2D {
@@ -71,19 +90,37 @@ impl ResnetBlock2D {
                 None
             },
             output_scale_factor,
+            dropout: s.dropout,
+            layer: b.next_layer(),
         })
+    }
+
+    /// The dropout of this block in a call, if it acts.
+    fn dropout_of<'a>(&self, drop: Option<&Dropout<'a>>) -> Option<Dropout<'a>> {
+        drop.copied().filter(|_| self.dropout > 0.0)
+    }
+
+    /// `silu(norm2(h))`, then the dropout if it acts.
+    fn mid_activation(&self, h: &Tensor, drop: Option<Dropout>) -> Result<Tensor> {
+        let a = self.norm2.forward_silu(h)?;
+        match drop {
+            Some(d) => a.dropout(d.rows, d.key, self.layer, self.dropout),
+            None => Ok(a),
+        }
     }
 
     /// `temb_act` is `silu(temb)`, computed once per network evaluation. Without a tape, each
     /// convolution takes its group norm, SiLU, time embedding, residual and scale with it
-    /// ([`Tensor::conv2d_fused`]: one kernel on the GPU, the same bits on the CPU).
-    pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        if let Some(out) = self.forward_fused(x, None, temb_act)? {
+    /// ([`Tensor::conv2d_fused`]: one kernel on the GPU, the same bits on the CPU); with dropout
+    /// acting, the second convolution's norm and SiLU come before it, unfused.
+    pub fn forward(&self, x: &Tensor, temb_act: &Tensor, drop: Option<&Dropout>) -> Result<Tensor> {
+        let drop = self.dropout_of(drop);
+        if let Some(out) = self.forward_fused(x, None, temb_act, drop)? {
             return Ok(out);
         }
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = h.add_channel_bias(&self.time_emb_proj.forward(temb_act)?)?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let h = self.conv2.forward(&self.mid_activation(&h, drop)?)?;
         let out = match &self.conv_shortcut {
             Some(c) => c.forward(x)?.add(&h)?,
             None => x.add(&h)?,
@@ -97,10 +134,16 @@ impl ResnetBlock2D {
 
     /// The block on `x` concatenated with an up block's skip connection along channels: without a
     /// tape the convolutions read the two in place.
-    pub fn forward_skip(&self, x: &Tensor, skip: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        match self.forward_fused(x, Some(skip), temb_act)? {
+    pub fn forward_skip(
+        &self,
+        x: &Tensor,
+        skip: &Tensor,
+        temb_act: &Tensor,
+        drop: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        match self.forward_fused(x, Some(skip), temb_act, self.dropout_of(drop))? {
             Some(out) => Ok(out),
-            None => self.forward(&Tensor::cat_channels(&[x, skip])?, temb_act),
+            None => self.forward(&Tensor::cat_channels(&[x, skip])?, temb_act, drop),
         }
     }
 
@@ -111,6 +154,7 @@ impl ResnetBlock2D {
         x: &Tensor,
         skip: Option<&Tensor>,
         temb_act: &Tensor,
+        drop: Option<Dropout>,
     ) -> Result<Option<Tensor>> {
         let mut inputs = vec![x, temb_act, &self.conv1.weight, &self.time_emb_proj.weight];
         inputs.extend(skip);
@@ -149,11 +193,25 @@ impl ResnetBlock2D {
             (None, Some(s)) => Tensor::cat_channels(&[x, s])?,
         };
         let tail = ConvTail {
-            norm: norm(&self.norm2),
-            silu: true,
             residual: Some(&shortcut),
             scale: 1.0 / self.output_scale_factor,
             ..ConvTail::NONE
+        };
+        if drop.is_some() {
+            let a = self.mid_activation(&h, drop)?;
+            return Ok(a
+                .conv2d_fused(
+                    &self.conv2.weight,
+                    Some(&self.conv2.bias),
+                    conv(&self.conv2),
+                    &tail,
+                )?
+                .map(|(y, _)| y));
+        }
+        let tail = ConvTail {
+            norm: norm(&self.norm2),
+            silu: true,
+            ..tail
         };
         Ok(h.conv2d_fused(
             &self.conv2.weight,
@@ -356,9 +414,10 @@ impl DownBlock {
         mut h: Tensor,
         temb_act: &Tensor,
         skips: &mut Vec<Tensor>,
+        drop: Option<&Dropout>,
     ) -> Result<Tensor> {
         for (i, r) in self.resnets.iter().enumerate() {
-            h = r.forward(&h, temb_act)?;
+            h = r.forward(&h, temb_act, drop)?;
             if let Some(a) = self.attentions.get(i) {
                 h = a.forward(&h)?;
             }
@@ -440,13 +499,14 @@ impl UpBlock {
         mut h: Tensor,
         temb_act: &Tensor,
         skips: &mut Vec<Tensor>,
+        drop: Option<&Dropout>,
     ) -> Result<Tensor> {
         for (i, r) in self.resnets.iter().enumerate() {
             let skip = skips
                 .pop()
                 .expect("the down path pushes one skip per up-block resnet");
-            h = r.forward_skip(&h, &skip, temb_act)?;
-            drop(skip);
+            h = r.forward_skip(&h, &skip, temb_act, drop)?;
+            std::mem::drop(skip);
             if let Some(a) = self.attentions.get(i) {
                 h = a.forward(&h)?;
             }
@@ -509,11 +569,11 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, h: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let mut h = self.resnets[0].forward(h, temb_act)?;
+    pub fn forward(&self, h: &Tensor, temb_act: &Tensor, drop: Option<&Dropout>) -> Result<Tensor> {
+        let mut h = self.resnets[0].forward(h, temb_act, drop)?;
         if let Some(a) = &self.attention {
             h = a.forward(&h)?;
         }
-        self.resnets[1].forward(&h, temb_act)
+        self.resnets[1].forward(&h, temb_act, drop)
     }
 }

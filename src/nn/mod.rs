@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod config;
 pub mod unet2d;
 
+pub use blocks::Dropout;
 pub use config::UNet2DConfig;
 pub use unet2d::UNet2D;
 
@@ -62,6 +63,8 @@ pub struct ParamBuilder {
     source: Source,
     device: Device,
     created: Vec<(String, Tensor)>,
+    /// Dropout layers numbered so far.
+    layers: u32,
 }
 
 impl ParamBuilder {
@@ -71,6 +74,7 @@ impl ParamBuilder {
             source: Source::File { path, arrays },
             device,
             created: Vec::new(),
+            layers: 0,
         }
     }
 
@@ -80,6 +84,7 @@ impl ParamBuilder {
             source: Source::Storages(storages),
             device,
             created: Vec::new(),
+            layers: 0,
         }
     }
 
@@ -89,7 +94,14 @@ impl ParamBuilder {
             source: Source::Init(InitRng::new(seed)),
             device,
             created: Vec::new(),
+            layers: 0,
         }
+    }
+
+    /// The number of the next dropout layer (0, 1, … in order of construction).
+    pub fn next_layer(&mut self) -> u32 {
+        self.layers += 1;
+        self.layers - 1
     }
 
     /// The parameter `name` of `shape`.

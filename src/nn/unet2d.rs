@@ -1,7 +1,7 @@
 //! diffusers' `UNet2DModel` (docs/network.md): timestep MLP, `conv_in`, down blocks, middle block,
 //! up blocks with skip connections, `conv_norm_out` → SiLU → `conv_out`.
 
-use super::blocks::{BlockSettings, DownBlock, MidBlock, UpBlock};
+use super::blocks::{BlockSettings, DownBlock, Dropout, MidBlock, UpBlock};
 use super::{Conv2d, GroupNorm, Linear, ParamBuilder, UNet2DConfig};
 use crate::backend::Device;
 use crate::error::{Error, Result};
@@ -40,6 +40,7 @@ impl UNet2D {
             temb,
             groups: c.norm_num_groups,
             eps: c.norm_eps as f32,
+            dropout: c.dropout as f32,
         };
         let conv_in = Conv2d::new(&mut b, "conv_in", c.in_channels, ch[0], 3, 1, [1; 4])?;
         let linear_1 = Linear::new(&mut b, "time_embedding.linear_1", ch[0], temb)?;
@@ -181,8 +182,17 @@ impl UNet2D {
         self.params.iter().map(|(_, t)| t.elem_count()).sum()
     }
 
-    /// `ε̂ = net(x, t)` for `x (N, in_channels, H, W)` and one timestep per sample `t (N)`.
+    /// `ε̂ = net(x, t)` for `x (N, in_channels, H, W)` and one timestep per sample `t (N)`
+    /// (any real value: the sinusoidal embedding takes it as it is), without dropout (PyTorch's
+    /// evaluation mode).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, t, None)
+    }
+
+    /// [`UNet2D::forward`] with dropout acting in every resnet block at the network's
+    /// `dropout` probability when `drop` is given (training, or Monte-Carlo dropout at
+    /// inference), its masks drawn as [`Dropout`] says.
+    pub fn forward_with(&self, x: &Tensor, t: &Tensor, drop: Option<&Dropout>) -> Result<Tensor> {
         let c = &self.config;
         let (n, ci, h, w) = match *x.shape() {
             [n, ci, h, w] => (n, ci, h, w),
@@ -219,18 +229,18 @@ impl UNet2D {
             .linear_2
             .forward(&self.linear_1.forward(&t_emb)?.silu()?)?;
         let temb_act = emb.silu()?;
-        drop(emb);
+        std::mem::drop(emb);
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
         for d in &self.down {
-            h = d.forward(h, &temb_act, &mut skips)?;
+            h = d.forward(h, &temb_act, &mut skips, drop)?;
         }
         if let Some(mid) = &self.mid {
-            h = mid.forward(&h, &temb_act)?;
+            h = mid.forward(&h, &temb_act, drop)?;
         }
         for u in &self.up {
             debug_assert!(skips.len() >= u.num_skips());
-            h = u.forward(h, &temb_act, &mut skips)?;
+            h = u.forward(h, &temb_act, &mut skips, drop)?;
         }
         // without a tape the output convolution normalises and activates as it loads
         let n = &self.norm_out;

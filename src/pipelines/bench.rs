@@ -192,7 +192,13 @@ pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
     };
     let params = unet.num_params();
     measure(o, params, || {
-        state.train_step(&unet, (&x, &y, &t), 1e-4, &settings, o.device)?;
+        state.train_step(
+            &unet,
+            |u| u.forward(&x, &t)?.mse(&y),
+            1e-4,
+            &settings,
+            o.device,
+        )?;
         unet = state.network(&c, o.device, &state.params)?;
         Ok(())
     })

@@ -16,13 +16,14 @@
 
 use crate::autograd::{backward, Tape};
 use crate::backend::{AdamStep, Device, Storage};
+use crate::diffusion::ddim::rows_tensor;
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
 use crate::io::{npy, safetensors};
 use crate::memory;
 use crate::model::{Model, ProcessConfig, UNET_DIR};
-use crate::nn::{ParamBuilder, UNet2D, UNet2DConfig};
+use crate::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
@@ -132,17 +133,7 @@ fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UNet2DConfig>
             Some(_) => {}
         }
     }
-    let config = UNet2DConfig::from_json(&v).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    if config.dropout != 0.0 {
-        return Err(Error::bad_file(
-            path,
-            format!(
-                "config key dropout = {}: expected 0 (training with dropout is not supported)",
-                config.dropout
-            ),
-        ));
-    }
-    Ok(config)
+    UNet2DConfig::from_json(&v).map_err(|e| Error::bad_file(path, e.to_string()))
 }
 
 /// Reads a data file `(N, L, C, H, W)` with `L ≥ frames`.
@@ -216,21 +207,21 @@ impl State {
         Ok(s)
     }
 
-    /// One training step of `unet` (built from [`State::params`]): the loss on the batch, its
-    /// gradients, clipping to the global norm and the fused AdamW + EMA update at learning rate
-    /// `lr`. Returns the loss and the gradient norm; a non-finite loss leaves the state as it was.
+    /// One training step of `unet` (built from [`State::params`]): the loss `loss(unet)` (a
+    /// scalar), its gradients, clipping to the global norm and the fused AdamW + EMA update at
+    /// learning rate `lr`. Returns the loss and the gradient norm; a non-finite loss leaves the
+    /// state as it was.
     pub fn train_step(
         &mut self,
         unet: &UNet2D,
-        batch: (&Tensor, &Tensor, &Tensor),
+        loss: impl FnOnce(&UNet2D) -> Result<Tensor>,
         lr: f64,
         o: &OptimizerSettings,
         device: Device,
     ) -> Result<(f32, f64)> {
-        let (inp, target, t) = batch;
         let loss = {
             let _tape = Tape::start();
-            let loss = unet.forward(inp, t)?.mse(target)?;
+            let loss = loss(unet)?;
             backward(&loss)?;
             loss.scalar()?
         };
@@ -345,6 +336,18 @@ impl State {
     }
 }
 
+/// The (sample, member) pairs of a training or validation batch of `rows` rows: `(row, call)`,
+/// keying the noise and the dropout masks of network call `call` of the step
+/// (docs/random.md, “Streams”).
+pub fn batch_rows(rows: usize, call: u32) -> Vec<NoiseRow> {
+    (0..rows as u32)
+        .map(|b| NoiseRow {
+            sample: b,
+            member: call,
+        })
+        .collect()
+}
+
 /// One batch: network input, target and timesteps, from windows of `data` (model space); every
 /// row at timestep `fixed_t` if given, else at a drawn one.
 #[allow(clippy::too_many_arguments)]
@@ -362,12 +365,7 @@ fn batch(
     let (frames, e) = (p.frames(), p.frame_len());
     let mut x0 = Vec::with_capacity(rows * frames * e);
     let mut ts = Vec::with_capacity(rows);
-    let noise_rows: Vec<NoiseRow> = (0..rows as u32)
-        .map(|b| NoiseRow {
-            sample: b,
-            member: 0,
-        })
-        .collect();
+    let noise_rows = batch_rows(rows, 0);
     for row in &noise_rows {
         let w = words(key_batch, *row);
         let (seq, start, t) = (
@@ -883,7 +881,23 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             clip: o.clip,
             ema_decay: o.ema_decay,
         };
-        let (loss, norm) = state.train_step(&unet, (&inp, &target, &t), lr, &settings, device)?;
+        // the resnet blocks' dropout (if the network has any), masks keyed by (step, row)
+        let rows = rows_tensor(&batch_rows(o.batch, 0), device)?;
+        let drop = Dropout {
+            key: NoiseKey {
+                seed: o.seed,
+                purpose: Purpose::TrainDropout,
+                step: step as u32,
+            },
+            rows: &rows,
+        };
+        let (loss, norm) = state.train_step(
+            &unet,
+            |u| u.forward_with(&inp, &t, Some(&drop))?.mse(&target),
+            lr,
+            &settings,
+            device,
+        )?;
         let kept = || {
             if last_saved > 0 {
                 format!(

@@ -34,6 +34,11 @@ simd_fn! {
             BinaryOp::Add => y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (a, b))| *y = a + b),
             BinaryOp::Sub => y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (a, b))| *y = a - b),
             BinaryOp::Mul => y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (a, b))| *y = a * b),
+            BinaryOp::AbsDiff => y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (a, b))| *y = (a - b).abs()),
+            BinaryOp::SignDiff => y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (a, b))| {
+                let d = a - b;
+                *y = if d > 0.0 { 1.0 } else if d < 0.0 { -1.0 } else { 0.0 };
+            }),
         }
     }
 }

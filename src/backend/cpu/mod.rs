@@ -16,9 +16,9 @@ pub(crate) mod simd;
 pub mod winograd;
 
 use crate::backend::{
-    rows_from_words, shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom,
-    DdimCoef, DdimStep, DynCoef, FusedConv, FusedNorm, MatmulGeom, NormGeom, ProcessGeom,
-    QSampleCoef, SeqGeom,
+    check_dropout, rows_from_words, shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp,
+    ConvGeom, DdimCoef, DdimStep, DropoutGeom, DynCoef, FusedConv, FusedNorm, MatmulGeom, NormGeom,
+    ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::profile::scope;
@@ -395,6 +395,24 @@ impl BackendStorage for CpuStorage {
         let z = (coef.sigma > 0.0)
             .then(|| CpuStorage::randn(key, &rows_from_words(&rows.data), g.diffused() * g.elems));
         self.ddim_step(eps_hat, z.as_ref(), g, &coef)
+    }
+    fn dropout(&self, rows: &Self, g: &DropoutGeom) -> Result<Self> {
+        let _s = scope("dropout", 0.0);
+        check_dropout(self.len(), rows.len(), g)?;
+        let pairs = rows_from_words(&rows.data);
+        let mut out = vec![0.0f32; self.len()];
+        if g.row_len > 0 {
+            out.par_chunks_mut(g.row_len)
+                .zip(self.data.par_chunks(g.row_len))
+                .zip(&pairs)
+                .for_each(|((o, x), &row)| {
+                    rng::fill_dropout_mask(g.key, g.layer, g.p, row, o);
+                    for (o, x) in o.iter_mut().zip(x) {
+                        *o *= x;
+                    }
+                });
+        }
+        wrap(out)
     }
     fn adamw(
         &self,

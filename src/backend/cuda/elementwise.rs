@@ -46,6 +46,8 @@ pub fn binary(a: &Buffer, b: &Buffer, op: BinaryOp) -> Result<Buffer> {
         BinaryOp::Add => 0,
         BinaryOp::Sub => 1,
         BinaryOp::Mul => 2,
+        BinaryOp::AbsDiff => 3,
+        BinaryOp::SignDiff => 4,
     };
     map(a, a.len(), "binary_f32", |y| {
         vec![

@@ -28,8 +28,8 @@ use self::conv::{ConvEpilogue, ConvInput, NormOnLoad};
 use self::gemm::Epilogue;
 use self::gpu::Gpu;
 use super::{
-    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DynCoef, FusedConv,
-    FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DropoutGeom, DynCoef,
+    FusedConv, FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -467,6 +467,9 @@ impl BackendStorage for CudaStorage {
             rows: &rows.buf,
         };
         Ok(self.wrap(process::ddim_step(&self.buf, &eps_hat.buf, values, g)?))
+    }
+    fn dropout(&self, rows: &Self, g: &DropoutGeom) -> Result<Self> {
+        Ok(self.wrap(process::dropout(&self.buf, &rows.buf, g)?))
     }
     fn adamw(
         &self,

@@ -8,7 +8,10 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
-use crate::backend::{row_words, DdimCoef, DdimStep, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};
+use crate::backend::{
+    check_dropout, row_words, DdimCoef, DdimStep, DropoutGeom, DynCoef, ProcessGeom, QSampleCoef,
+    SeqGeom,
+};
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow, Purpose};
 use std::sync::Arc;
@@ -242,4 +245,35 @@ pub fn philox_words(
         blocks,
         len,
     )
+}
+
+/// Dropout of `x` `(rows, row_len)` with the masks of docs/random.md, “Dropout masks”, the rows'
+/// pairs in `rows` ([`row_words`]); see [`crate::backend::BackendStorage::dropout`].
+pub fn dropout(x: &Buffer, rows: &Buffer, g: &DropoutGeom) -> Result<Buffer> {
+    const OP: &str = "dropout";
+    check_dropout(x.len(), rows.len(), g)?;
+    let gpu = x.gpu();
+    let y = Buffer::alloc(gpu, x.len())?;
+    if y.is_empty() {
+        return Ok(y);
+    }
+    let calls = g.rows * g.row_len.div_ceil(4);
+    gpu.launch(
+        "dropout_f32",
+        LaunchShape::linear(calls, BLOCK),
+        &[
+            KernelArg::Ptr(x.ptr()),
+            KernelArg::Ptr(y.ptr()),
+            KernelArg::U64(g.key.seed),
+            KernelArg::U32(g.key.purpose as u32),
+            KernelArg::U32(g.key.step),
+            KernelArg::U32(g.layer),
+            KernelArg::U32(crate::rng::dropout_threshold(g.p)),
+            KernelArg::F32(crate::rng::dropout_scale(g.p)),
+            KernelArg::Ptr(rows.ptr()),
+            KernelArg::I32(check::int(OP, "rows", g.rows)?),
+            KernelArg::I64(g.row_len as i64),
+        ],
+    )?;
+    Ok(y)
 }
