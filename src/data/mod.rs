@@ -2,3 +2,4 @@
 //! sequences (docs/data.md).
 
 pub mod navier_stokes;
+pub mod spring_mesh;

@@ -2,8 +2,13 @@
 //! (channels `u`, `v`; rows `y`, columns `x`; docs/data.md, “Generated turbulence”). The solver is
 //! [`crate::data::navier_stokes`]; samples run in parallel, each from its own seeded initial field,
 //! so the file does not depend on the thread count.
+//!
+//! `dydiff data spring-mesh`: a damped 10 × 10 mass–spring mesh as `(N, L, 4, 10, 10)` float32
+//! sequences (channels `p_x, p_y, q_x, q_y`; docs/data.md, “Generated spring mesh”), from
+//! [`crate::data::spring_mesh`], likewise one seeded sample per task.
 
 use crate::data::navier_stokes::{initial_vorticity, Flow, FlowSettings};
+use crate::data::spring_mesh::{Mesh, SIDE, SNAPSHOT_LEN};
 use crate::error::{Error, Result};
 use crate::io::npy;
 use crate::io::outputs::Outputs;
@@ -203,6 +208,131 @@ pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
     outputs.write(
         out,
         &npy::encode(&[o.samples, o.frames, 2, r, r], &samples.concat()),
+    )?;
+    outputs.commit()
+}
+
+/// Options of `dydiff data spring-mesh` (docs/cli.md, “data spring-mesh”).
+#[derive(Clone, Debug)]
+pub struct SpringMeshOptions {
+    /// The `.npy` to write, `(samples, frames, 4, 10, 10)` float32.
+    pub out: PathBuf,
+    /// Sequences `N`, 1 to 2³².
+    pub samples: usize,
+    /// Snapshots `L` per sequence, the first the initial state; at least 1.
+    pub frames: usize,
+    /// Seed of the initial displacements.
+    pub seed: u64,
+    /// Damping coefficient `γ` (force `−γ·q̇`), finite and ≥ 0.
+    pub damping: f64,
+    /// Integrator steps per snapshot interval, at least 1; the step is `dt / substeps`.
+    pub substeps: usize,
+    /// Time between snapshots `Δt`, positive and finite.
+    pub dt: f64,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+impl SpringMeshOptions {
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--samples", self.samples),
+            ("--frames", self.frames),
+            ("--substeps", self.substeps),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(Error::Invalid(format!(
+                    "{flag}: expected at least 1, found 0"
+                )));
+            }
+        }
+        if self.samples as u64 > 1 << 32 {
+            return Err(Error::Invalid(format!(
+                "--samples: expected 1 to 4294967296 (each sample's initial state is keyed by a 32-bit index), found {}",
+                self.samples
+            )));
+        }
+        if !(self.dt.is_finite() && self.dt > 0.0) {
+            return Err(Error::Invalid(format!(
+                "--dt: expected a positive number, found {}",
+                self.dt
+            )));
+        }
+        if !(self.damping.is_finite() && self.damping >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "--damping: expected a number ≥ 0, found {}",
+                self.damping
+            )));
+        }
+        // The snapshots of every sample, their concatenation and the file's bytes (the mesh
+        // being simulated is a few kilobytes per thread).
+        let frames = memory::array(&[self.samples, self.frames, SNAPSHOT_LEN], 4);
+        memory::ensure(
+            &format!(
+                "--samples {} × --frames {} × 4 × {SIDE} × {SIDE} (float32)",
+                self.samples, self.frames
+            ),
+            memory::sum(&[frames, frames, frames]),
+        )
+    }
+}
+
+/// Simulates one sample and returns its snapshots `(L, 4, 10, 10)`.
+fn simulate_mesh(
+    o: &SpringMeshOptions,
+    sample: usize,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Vec<f32>> {
+    let dtau = o.dt / o.substeps as f64;
+    let mut mesh = Mesh::initial(o.seed, sample as u32);
+    let mut out = Vec::with_capacity(o.frames * SNAPSHOT_LEN);
+    for f in 0..o.frames {
+        if f > 0 {
+            for _ in 0..o.substeps {
+                mesh.step(dtau, o.damping);
+            }
+        }
+        let start = out.len();
+        mesh.write_snapshot(&mut out);
+        if !out[start..].iter().all(|v| v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "sample {sample}: the mesh blew up by snapshot {f} (a non-finite or float32-overflowing state); use a smaller --dt than {} or more --substeps than {}",
+                o.dt, o.substeps
+            )));
+        }
+        tick();
+    }
+    Ok(out)
+}
+
+/// Runs `dydiff data spring-mesh`: checks `--out` before simulating, then writes the file
+/// atomically.
+pub fn spring_mesh(o: &SpringMeshOptions) -> Result<()> {
+    let mut outputs = Outputs::new();
+    let out = outputs.file("--out", &o.out)?;
+    o.validate()?;
+    let bar = if o.progress {
+        let b = indicatif::ProgressBar::new((o.samples as u64).saturating_mul(o.frames as u64));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "simulating {bar:30} {pos}/{len} snapshots  elapsed {elapsed_precise}, ETA {eta_precise}",
+            )
+            .expect("valid template"),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let tick = || bar.inc(1);
+    let samples: Vec<Vec<f32>> = (0..o.samples)
+        .into_par_iter()
+        .map(|s| simulate_mesh(o, s, &tick))
+        .collect::<Result<_>>()?;
+    bar.finish_and_clear();
+    outputs.write(
+        out,
+        &npy::encode(&[o.samples, o.frames, 4, SIDE, SIDE], &samples.concat()),
     )?;
     outputs.commit()
 }
