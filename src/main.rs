@@ -61,16 +61,21 @@ enum Command {
         /// Ensemble members M per sample, 1 to 16777216 (the forecast must fit in memory).
         #[arg(long, default_value_t = 8)]
         members: usize,
-        /// DDIM steps K, from 1 to about the model's training timesteps T (timesteps
-        /// (k−1)·⌊T/K⌋ + steps_offset, all below T).
-        #[arg(long, default_value_t = 50)]
-        steps: usize,
+        /// DDIM steps K (default 50), from 1 to about the model's training timesteps T
+        /// (timesteps (k−1)·⌊T/K⌋ + steps_offset, all below T). Not for a DYffusion model: its
+        /// cold sampling makes N = horizon + additional_steps forecaster calls, 2N − 3
+        /// interpolator calls and, with refinement, horizon − 1 more per window (the summary
+        /// line states the count).
+        #[arg(long)]
+        steps: Option<usize>,
         /// Seed of the noise; each value depends only on (seed, sample, member, step, element).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// DDIM stochasticity in [0, 1]: 0 deterministic given the initial noise, 1 DDPM-like.
-        #[arg(long, default_value_t = 0.0)]
-        ddim_eta: f64,
+        /// DDIM stochasticity in [0, 1] (default 0): 0 deterministic given the initial noise,
+        /// 1 DDPM-like. Not for a DYffusion model, whose members differ by the interpolator's
+        /// dropout masks (keyed by seed, sample, member, call and layer).
+        #[arg(long)]
+        ddim_eta: Option<f64>,
         /// Initial noise ε (N, M, S, C, H, W) in model space, instead of the seeded generator.
         #[arg(long)]
         init_noise: Option<PathBuf>,
@@ -269,6 +274,38 @@ enum DataCommand {
         /// Fourier modes an R-point grid holds.
         #[arg(long, default_value_t = 2)]
         oversample: usize,
+    },
+    /// A damped mass–spring mesh, the spring-mesh forecasting benchmark: 10 × 10 unit masses on
+    /// the integer grid, the top row fixed, a spring of constant 1 between every pair of
+    /// horizontal, vertical and diagonal neighbours (342 springs, at rest at length 1 or √2),
+    /// damping force −γ·velocity. Each free node starts displaced uniformly within a disc of
+    /// radius 0.35, at rest; semi-implicit Euler with --substeps steps per snapshot. Writes
+    /// (N, L, 4, 10, 10) float32: channels momentum p_x, p_y and position q_x, q_y (unit masses,
+    /// so momentum = velocity), rows y from the fixed top row 0, columns x; snapshot 0 is the
+    /// initial state. Reproducible by --seed.
+    SpringMesh {
+        /// Output .npy in an existing directory, written atomically.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sequences N, 1 to 4294967296 (the file must fit in memory). The default, 16, is a
+        /// 21 MB file of 805 snapshots each, generated in seconds.
+        #[arg(long, default_value_t = 16)]
+        samples: usize,
+        /// Snapshots L per sequence, at least 1; the first is the initial state.
+        #[arg(long, default_value_t = 805)]
+        frames: usize,
+        /// Seed of the initial displacements; sample n's depend only on (seed, n).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Damping coefficient γ (force −γ·velocity), ≥ 0; 0 conserves the energy.
+        #[arg(long, default_value_t = 0.1)]
+        damping: f64,
+        /// Integrator steps per snapshot interval, at least 1 (step dt / substeps).
+        #[arg(long, default_value_t = 128)]
+        substeps: usize,
+        /// Time between snapshots, positive; the default is 2π/804, so 805 snapshots span 2π.
+        #[arg(long, default_value_t = std::f64::consts::TAU / 804.0)]
+        dt: f64,
     },
 }
 
@@ -506,6 +543,24 @@ fn run(cli: Cli) -> Result<()> {
             dt,
             frame_stride,
             warmup,
+            progress: true,
+        }),
+        Command::Data(DataCommand::SpringMesh {
+            out,
+            samples,
+            frames,
+            seed,
+            damping,
+            substeps,
+            dt,
+        }) => data::spring_mesh(&data::SpringMeshOptions {
+            out,
+            samples,
+            frames,
+            seed,
+            damping,
+            substeps,
+            dt,
             progress: true,
         }),
         Command::Bench(BenchCommand::Unet {

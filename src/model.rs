@@ -159,29 +159,43 @@ impl ProcessConfig {
     /// Refuses data whose model-space values `(x − data_shift) / data_scale` would overflow
     /// float32; `source` says where the scale and shift came from.
     pub fn check_model_space(&self, path: &Path, data: &[f32], source: &str) -> Result<()> {
-        let far = data
-            .iter()
-            .map(|&v| (f64::from(v) - self.data_shift).abs())
-            .fold(0.0, f64::max);
-        let model = far / self.data_scale;
-        if model > f64::from(f32::MAX) {
-            return Err(Error::bad_file(
+        check_model_space(path, data, self.data_scale, self.data_shift, source)
+    }
+}
+
+/// Refuses data whose model-space values `(x − data_shift) / data_scale` would overflow float32;
+/// `source` says where the scale and shift came from.
+pub fn check_model_space(
+    path: &Path,
+    data: &[f32],
+    data_scale: f64,
+    data_shift: f64,
+    source: &str,
+) -> Result<()> {
+    let far = data
+        .iter()
+        .map(|&v| (f64::from(v) - data_shift).abs())
+        .fold(0.0, f64::max);
+    let model = far / data_scale;
+    if model > f64::from(f32::MAX) {
+        return Err(Error::bad_file(
                 path,
                 format!(
                     "values {far:.3e} away from data_shift = {:?} become {model:.3e} in model space with data_scale = {:?} ({source}): beyond float32 (at most {:.3e}); expected a larger data_scale",
-                    self.data_shift,
-                    self.data_scale,
+                    data_shift,
+                    data_scale,
                     f32::MAX
                 ),
             ));
-        }
-        Ok(())
     }
+    Ok(())
+}
 
+impl ProcessConfig {
     fn validate(&self) -> std::result::Result<(), String> {
         if self.method != "dydiff" {
             return Err(format!(
-                "method = {:?}: expected \"dydiff\" (the only method of this version)",
+                "method = {:?}: expected \"dydiff\" (a \"dyffusion\" folder is read by its own loader)",
                 self.method
             ));
         }
@@ -216,6 +230,35 @@ impl ProcessConfig {
         }
         Ok(())
     }
+}
+
+/// The method a model folder's `dydiff.json` names: `"dydiff"` (the default when absent) or
+/// `"dyffusion"`; an error names the file.
+pub fn method_of(dir: &Path) -> Result<String> {
+    let path = dir.join(PROCESS_FILE);
+    if !dir.is_dir() {
+        return Err(Error::bad_file(
+            dir,
+            format!("model folder not found (expected a directory with {PROCESS_FILE})"),
+        ));
+    }
+    let v = read_json(&path)?;
+    match v.get("method") {
+        None => Ok("dydiff".into()),
+        Some(Value::String(m)) if m == "dydiff" || m == "dyffusion" => Ok(m.clone()),
+        Some(m) => Err(Error::bad_file(
+            &path,
+            format!("method = {m}: expected \"dydiff\" or \"dyffusion\""),
+        )),
+    }
+}
+
+/// Reads a DYffusion model folder (docs/dyffusion.md, “Model folder”).
+pub fn load_dyffusion(dir: &Path, device: Device) -> Result<crate::dyffusion::DyffusionModel> {
+    let path = dir.join(PROCESS_FILE);
+    let config = crate::dyffusion::DyffusionConfig::from_json(&read_json(&path)?)
+        .map_err(|m| Error::bad_file(&path, m))?;
+    crate::dyffusion::DyffusionModel::load(dir, config, device)
 }
 
 /// A loaded model folder.

@@ -54,8 +54,12 @@ enum Source {
         arrays: NamedArrays,
     },
     Init(InitRng),
-    /// Storages already on the device, by name (the optimizer's updated parameters).
-    Storages(HashMap<String, Storage>),
+    /// Storages already on the device, by name (the optimizer's updated parameters); as
+    /// constants (no gradient reaches them) if `frozen`.
+    Storages {
+        map: HashMap<String, Storage>,
+        frozen: bool,
+    },
 }
 
 /// Creates the parameters of a network, from a weight file or freshly initialised.
@@ -81,7 +85,24 @@ impl ParamBuilder {
     /// Parameters on existing storages, by name (every one must be used, shapes are checked).
     pub fn from_storages(storages: HashMap<String, Storage>, device: Device) -> Self {
         ParamBuilder {
-            source: Source::Storages(storages),
+            source: Source::Storages {
+                map: storages,
+                frozen: false,
+            },
+            device,
+            created: Vec::new(),
+            layers: 0,
+        }
+    }
+
+    /// [`ParamBuilder::from_storages`] as constants: a frozen network, through which gradients
+    /// flow to its inputs but never to its weights.
+    pub fn frozen(storages: HashMap<String, Storage>, device: Device) -> Self {
+        ParamBuilder {
+            source: Source::Storages {
+                map: storages,
+                frozen: true,
+            },
             device,
             created: Vec::new(),
             layers: 0,
@@ -106,13 +127,17 @@ impl ParamBuilder {
 
     /// The parameter `name` of `shape`.
     pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        if let Source::Storages(map) = &mut self.source {
+        if let Source::Storages { map, frozen } = &mut self.source {
             let s = map.remove(name).ok_or_else(|| {
                 Error::Config(format!(
                     "parameter {name} is missing (expected shape {shape:?})"
                 ))
             })?;
-            let t = Tensor::param_from_storage(s, shape)?;
+            let t = if *frozen {
+                Tensor::from_storage(s, shape)?
+            } else {
+                Tensor::param_from_storage(s, shape)?
+            };
             self.created.push((name.to_string(), t.clone()));
             return Ok(t);
         }
@@ -145,7 +170,7 @@ impl ParamBuilder {
                     }
                 }
             }
-            Source::Storages(_) => unreachable!("handled above"),
+            Source::Storages { .. } => unreachable!("handled above"),
         };
         let t = Tensor::param(data, shape, self.device)?;
         self.created.push((name.to_string(), t.clone()));
@@ -154,7 +179,7 @@ impl ParamBuilder {
 
     /// Ends construction: every tensor of the file must have been used.
     pub fn finish(self) -> Result<Vec<(String, Tensor)>> {
-        if let Source::Storages(map) = &self.source {
+        if let Source::Storages { map, .. } = &self.source {
             if let Some(name) = map.keys().min() {
                 return Err(Error::Config(format!("unexpected parameter {name}")));
             }

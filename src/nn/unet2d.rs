@@ -172,6 +172,18 @@ impl UNet2D {
         Ok([(WEIGHTS_FILE, weights), (CONFIG_FILE, text.into_bytes())])
     }
 
+    /// The same network with its weights as constants (shared, not copied): gradients flow
+    /// through it to its inputs, never into its weights.
+    pub fn frozen(&self) -> Result<UNet2D> {
+        let map = self
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.storage().clone()))
+            .collect();
+        let device = self.params.first().map_or(Device::Cpu, |(_, t)| t.device());
+        UNet2D::new(self.config.clone(), ParamBuilder::frozen(map, device))
+    }
+
     /// Every parameter with its diffusers name.
     pub fn params(&self) -> &[(String, Tensor)] {
         &self.params

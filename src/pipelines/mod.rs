@@ -2,6 +2,7 @@
 //! a typed options struct.
 
 pub mod bench;
+pub mod cold;
 pub mod data;
 pub mod denoise;
 pub mod eval;

@@ -15,10 +15,11 @@ use crate::backend::Device;
 use crate::diffusion::ddim::{ddim_step_tensor, rows_tensor, timesteps, StepValues};
 use crate::diffusion::schedule::gamma_bar;
 use crate::error::{Error, Result};
-use crate::io::outputs::Outputs;
+use crate::io::outputs::{DirOutput, FileOutput, Outputs};
 use crate::io::{npy, picture};
 use crate::memory;
 use crate::model::{Model, PROCESS_FILE};
+use crate::nn::UNet2D;
 use crate::rng::{NoiseKey, NoiseRow, Purpose, MAX_MEMBERS};
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
@@ -36,9 +37,11 @@ pub struct SampleOptions {
     pub input: Option<PathBuf>,
     pub out: PathBuf,
     pub members: usize,
-    pub steps: usize,
+    /// DDIM steps; `None`: [`DEFAULT_STEPS`] (refused for a DYffusion model when given).
+    pub steps: Option<usize>,
     pub seed: u64,
-    pub ddim_eta: f64,
+    /// `None`: 0 (refused for a DYffusion model when given).
+    pub ddim_eta: Option<f64>,
     pub init_noise: Option<PathBuf>,
     pub batch: usize,
     pub png: Option<PathBuf>,
@@ -158,7 +161,27 @@ fn rollout_from(
     mut tick: impl FnMut(usize),
 ) -> Result<(Vec<f32>, SampleTimes)> {
     let p = &model.process;
-    let (hist, fut, e) = (p.history, p.future, p.frame_len());
+    let frames = (p.history, p.future, p.frame_len());
+    roll_out(frames, s.members, obs, n, lead, |histories, window| {
+        let noise = if window.index == 0 { init_noise } else { None };
+        forecast_from(model, source, s, histories, n, window, noise, &mut tick)
+    })
+}
+
+/// Rolls a method's window forecasts out over `lead` frames (docs/process.md, “Forecasting
+/// beyond one window”) for `members` members of each of the `n` histories `obs`
+/// `(n, P+1, C·H·W)`: `window(histories, w)` forecasts `S` frames for every (sample, member)
+/// pair, `(n·M, S, C·H·W)`, from the first window's `obs` (per sample) or, later, the last
+/// `P+1` frames of each pair's trajectory (per pair). `frames` is `(P+1, S, C·H·W)`. Returns
+/// `(n, M, lead, C·H·W)`.
+pub(crate) fn roll_out(
+    (hist, fut, e): (usize, usize, usize),
+    members: usize,
+    obs: &[f32],
+    n: usize,
+    lead: usize,
+    mut window: impl FnMut(&[f32], Window) -> Result<(Vec<f32>, SampleTimes)>,
+) -> Result<(Vec<f32>, SampleTimes)> {
     let windows = lead.div_ceil(fut);
     if lead == 0 || windows > MAX_WINDOWS {
         return Err(Error::Invalid(format!(
@@ -166,13 +189,13 @@ fn rollout_from(
             MAX_WINDOWS * fut
         )));
     }
-    let pairs = n * s.members;
+    let pairs = n * members;
     let mut times = SampleTimes::default();
     // each pair's trajectory so far: its history, then its forecasts (data space)
-    let mut traj = vec![0.0f32; pairs * (hist + windows * fut) * e];
     let per = (hist + windows * fut) * e;
+    let mut traj = vec![0.0f32; pairs * per];
     for (i, t) in traj.chunks_mut(per).enumerate() {
-        let sample = i / s.members;
+        let sample = i / members;
         t[..hist * e].copy_from_slice(&obs[sample * hist * e..][..hist * e]);
     }
     for w in 0..windows {
@@ -184,12 +207,11 @@ fn rollout_from(
                 .collect::<Vec<f32>>()
                 .into()
         };
-        let window = Window {
+        let win = Window {
             index: w as u32,
             per_pair: w > 0,
         };
-        let noise = if w == 0 { init_noise } else { None };
-        let (fc, t) = forecast_from(model, source, s, &histories, n, window, noise, &mut tick)?;
+        let (fc, t) = window(&histories, win)?;
         times.network += t.network;
         times.other += t.other;
         for (traj, f) in traj.chunks_mut(per).zip(fc.chunks(fut * e)) {
@@ -206,9 +228,9 @@ fn rollout_from(
 /// Which window of a roll-out [`forecast_from`] samples: its index (in the noise counter) and
 /// whether the histories are given per (sample, member) pair rather than per sample.
 #[derive(Clone, Copy)]
-struct Window {
-    index: u32,
-    per_pair: bool,
+pub(crate) struct Window {
+    pub index: u32,
+    pub per_pair: bool,
 }
 
 /// [`forecast`] for one window of a roll-out; `source` names the file the model's `data_scale`
@@ -394,24 +416,23 @@ fn check_sample_count(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Reads the observations and checks them against the model: `(N, L, C, H, W)` with
-/// `L ≥ P + 1`, finite, and within float32 in model space.
-fn read_observations(path: &Path, model: &Model) -> Result<npy::Array> {
-    let p = &model.process;
+/// Reads the observations and checks them against the model's frames: `(N, L, C, H, W)` with
+/// `L ≥ P + 1`, finite, and within float32 in model space under `(data_scale, data_shift)`.
+fn read_observations(path: &Path, f: &Frames, (scale, shift): (f64, f64)) -> Result<npy::Array> {
     let a = npy::read(path)?;
-    let ok = matches!(*a.shape, [n, l, c, h, w] if n > 0 && l >= p.history && c == p.channels && h == p.height && w == p.width);
+    let ok = matches!(*a.shape, [n, l, c, h, w] if n > 0 && l >= f.history && c == f.channels && h == f.height && w == f.width);
     if !ok {
         return Err(Error::bad_file(
             path,
             format!(
                 "expected observations of shape (N, L, C, H, W) = (N ≥ 1, L ≥ {}, {}, {}, {}) for this model, found {:?}",
-                p.history, p.channels, p.height, p.width, a.shape
+                f.history, f.channels, f.height, f.width, a.shape
             ),
         ));
     }
     npy::check_finite(path, &a)?;
     check_sample_count(a.shape[0]).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    p.check_model_space(path, &a.data, "from the model's dydiff.json")?;
+    crate::model::check_model_space(path, &a.data, scale, shift, "from the model's dydiff.json")?;
     Ok(a)
 }
 
@@ -509,6 +530,8 @@ pub struct SampleReport {
     pub samples: usize,
     pub members: usize,
     pub future: usize,
+    /// Network calls per member's forecast.
+    pub network_calls: usize,
     /// Reading the model folder and the input files.
     pub load_s: f64,
     pub times: SampleTimes,
@@ -521,11 +544,12 @@ impl std::fmt::Display for SampleReport {
         let t = &self.times;
         write!(
             f,
-            "wrote {} ({} samples × {} members × {} frames) in {:.3} s: load {:.3} s, network {:.3} s, sampler other {:.3} s, write {:.3} s",
+            "wrote {} ({} samples × {} members × {} frames, {} network calls per member) in {:.3} s: load {:.3} s, network {:.3} s, sampler other {:.3} s, write {:.3} s",
             self.out.display(),
             self.samples,
             self.members,
             self.future,
+            self.network_calls,
             self.load_s + t.network + t.other + self.write_s,
             self.load_s,
             t.network,
@@ -536,8 +560,9 @@ impl std::fmt::Display for SampleReport {
 }
 
 /// Runs `dydiff sample`: checks the locations of `--out` and `--png`, reads the model and
-/// observations, samples, and writes the forecast `(N, M, S, C, H, W)` and, with `--png`, one
-/// picture per sample, all together.
+/// observations, samples (DDIM for a Dynamical Diffusion or standard model, cold sampling for a
+/// DYffusion one), and writes the forecast `(N, M, S, C, H, W)` and, with `--png`, one picture per
+/// sample, all together.
 pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     let clock = Instant::now();
     let mut outputs = Outputs::new();
@@ -556,15 +581,6 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
             outputs.check_input(flag, p)?;
         }
     }
-    let settings = SamplerSettings {
-        members: o.members,
-        steps: o.steps,
-        seed: o.seed,
-        ddim_eta: o.ddim_eta,
-        batch: o.batch,
-        device: o.device,
-    };
-    settings.validate()?;
     let (model_dir, input) = match (&o.model, &o.input) {
         (Some(m), Some(i)) => (m.clone(), i.clone()),
         (Some(_), None) => {
@@ -577,25 +593,40 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
             (m, input.clone().unwrap_or(demo))
         }
     };
+    if crate::model::method_of(&model_dir)? == "dyffusion" {
+        return run_cold(o, &model_dir, &input, outputs, (out, png), clock);
+    }
+    let settings = SamplerSettings {
+        members: o.members,
+        steps: o.steps.unwrap_or(DEFAULT_STEPS),
+        seed: o.seed,
+        ddim_eta: o.ddim_eta.unwrap_or(0.0),
+        batch: o.batch,
+        device: o.device,
+    };
+    settings.validate()?;
     let model = Model::load(&model_dir, o.device)?;
-    timesteps(&model.scheduler, o.steps)?;
-    let obs = read_observations(&input, &model)?;
+    timesteps(&model.scheduler, settings.steps)?;
     let p = &model.process;
-    let (n, l, e) = (obs.shape[0], obs.shape[1], p.frame_len());
+    let frames = Frames {
+        history: p.history,
+        channels: p.channels,
+        height: p.height,
+        width: p.width,
+    };
+    let obs = read_observations(&input, &frames, (p.data_scale, p.data_shift))?;
+    let (n, e) = (obs.shape[0], p.frame_len());
     check_memory(&model, n, o)?;
     let noise = match &o.init_noise {
         Some(path) => Some(read_init_noise(path, &model, n, o.members)?),
         None => None,
     };
     let load_s = clock.elapsed().as_secs_f64();
-    // The history: the first P+1 frames of each sequence.
-    let mut history = Vec::with_capacity(n * p.history * e);
-    for i in 0..n {
-        history.extend_from_slice(&obs.data[i * l * e..][..p.history * e]);
-    }
+    let history = histories(&obs, p.history, e);
     let lead = o.lead.unwrap_or(p.future);
     let windows = lead.div_ceil(p.future);
-    let bar = progress_bar(n * o.members * o.steps * windows, o.steps, o.progress);
+    let steps = settings.steps;
+    let bar = progress_bar(n * o.members * steps * windows, steps, o.progress);
     let source = model_dir.join(PROCESS_FILE).display().to_string();
     let (fc, times) = rollout_from(
         &model,
@@ -609,32 +640,162 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     )?;
     bar.finish_and_clear();
     let clock = Instant::now();
-    let shape = [n, o.members, lead, p.channels, p.height, p.width];
-    outputs.write(out, &npy::encode(&shape, &fc))?;
-    if let Some(dir) = png {
-        for i in 0..n {
-            // the truth, when the input holds every lead
-            let truth =
-                (l >= p.history + lead).then(|| &obs.data[i * l * e + p.history * e..][..lead * e]);
-            let pic = picture::Forecast {
-                channels: p.channels,
-                height: p.height,
-                width: p.width,
-                history: &obs.data[i * l * e..][..p.history * e],
-                truth,
-                members: &fc[i * o.members * lead * e..][..o.members * lead * e],
-                n_members: o.members,
-                future: lead,
-            };
-            outputs.write_in(dir, &format!("sample_{i:04}.png"), &picture::render(&pic)?)?;
-        }
-    }
-    outputs.commit()?;
+    write_forecast(outputs, (out, png), &obs, &frames, &fc, o.members, lead)?;
     Ok(SampleReport {
         out: o.out.clone(),
         samples: n,
         members: o.members,
         future: lead,
+        network_calls: steps * windows,
+        load_s,
+        times,
+        write_s: clock.elapsed().as_secs_f64(),
+    })
+}
+
+/// The default number of DDIM steps.
+pub const DEFAULT_STEPS: usize = 50;
+
+/// The frame layout observations must have for a model.
+#[derive(Clone, Copy, Debug)]
+struct Frames {
+    history: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+}
+
+/// The first `history` frames of each sequence of `obs` `(N, L, …)`, `(N, history, e)`.
+fn histories(obs: &npy::Array, history: usize, e: usize) -> Vec<f32> {
+    let (n, l) = (obs.shape[0], obs.shape[1]);
+    let mut out = Vec::with_capacity(n * history * e);
+    for i in 0..n {
+        out.extend_from_slice(&obs.data[i * l * e..][..history * e]);
+    }
+    out
+}
+
+/// Writes the forecast `(N, M, lead, C, H, W)` and, if asked, one picture per sample (with the
+/// truth when the observations hold every lead), then commits all outputs together.
+fn write_forecast(
+    mut outputs: Outputs,
+    (out, png): (FileOutput, Option<DirOutput>),
+    obs: &npy::Array,
+    f: &Frames,
+    fc: &[f32],
+    members: usize,
+    lead: usize,
+) -> Result<()> {
+    let (n, l) = (obs.shape[0], obs.shape[1]);
+    let e = f.channels * f.height * f.width;
+    let shape = [n, members, lead, f.channels, f.height, f.width];
+    outputs.write(out, &npy::encode(&shape, fc))?;
+    if let Some(dir) = png {
+        for i in 0..n {
+            let truth =
+                (l >= f.history + lead).then(|| &obs.data[i * l * e + f.history * e..][..lead * e]);
+            let pic = picture::Forecast {
+                channels: f.channels,
+                height: f.height,
+                width: f.width,
+                history: &obs.data[i * l * e..][..f.history * e],
+                truth,
+                members: &fc[i * members * lead * e..][..members * lead * e],
+                n_members: members,
+                future: lead,
+            };
+            outputs.write_in(dir, &format!("sample_{i:04}.png"), &picture::render(&pic)?)?;
+        }
+    }
+    outputs.commit()
+}
+
+/// `dydiff sample` on a DYffusion folder: cold sampling (docs/dyffusion.md). `--steps`,
+/// `--ddim-eta` and `--init-noise` belong to DDIM and are refused.
+fn run_cold(
+    o: &SampleOptions,
+    model_dir: &Path,
+    input: &Path,
+    outputs: Outputs,
+    files: (FileOutput, Option<DirOutput>),
+    clock: Instant,
+) -> Result<SampleReport> {
+    for (flag, given) in [
+        ("--steps", o.steps.is_some()),
+        ("--ddim-eta", o.ddim_eta.is_some()),
+        ("--init-noise", o.init_noise.is_some()),
+    ] {
+        if given {
+            return Err(Error::Invalid(format!(
+                "{flag}: a DDIM option, but {} is a DYffusion model (cold sampling: its steps are the horizon plus additional_steps of its dydiff.json, its spread comes from the interpolator's dropout); leave {flag} out",
+                model_dir.display()
+            )));
+        }
+    }
+    let settings = super::cold::ColdSettings {
+        members: o.members,
+        seed: o.seed,
+        batch: o.batch,
+        device: o.device,
+    };
+    SamplerSettings {
+        members: o.members,
+        steps: 1,
+        seed: o.seed,
+        ddim_eta: 0.0,
+        batch: o.batch,
+        device: o.device,
+    }
+    .validate()?;
+    let model = crate::model::load_dyffusion(model_dir, o.device)?;
+    let forecaster = model.forecaster(model_dir)?;
+    let c = &model.config;
+    let frames = Frames {
+        history: c.history,
+        channels: c.channels,
+        height: c.height,
+        width: c.width,
+    };
+    let obs = read_observations(input, &frames, (c.data_scale, c.data_shift))?;
+    let (n, e) = (obs.shape[0], c.frame_len());
+    let lead = o.lead.unwrap_or(c.future);
+    let shape = [n, o.members, lead, c.channels, c.height, c.width];
+    let forecast = memory::array(&shape, 4);
+    let batch = n.checked_mul(o.members).map(|pairs| pairs.min(o.batch));
+    let net =
+        |u: &UNet2D| batch.and_then(|b| memory::unet_activations(&u.config, b, c.height, c.width));
+    memory::ensure(
+        &format!(
+            "--members {}: the forecast {shape:?} (float32) and the sampler's work arrays",
+            o.members
+        ),
+        memory::sum(&[
+            forecast,
+            forecast,
+            memory::array(&[n, c.history, e], 4),
+            batch.and_then(|b| memory::array(&[4 + c.future, b, c.history + 1, e], 4)),
+            net(&model.interpolator),
+            net(forecaster),
+        ]),
+    )?;
+    let load_s = clock.elapsed().as_secs_f64();
+    let history = histories(&obs, c.history, e);
+    let windows = lead.div_ceil(c.future);
+    let calls = c.calls_per_window();
+    let bar = progress_bar(n * o.members * calls * windows, calls, o.progress);
+    let (fc, times) =
+        super::cold::forecast(&model, forecaster, &settings, &history, n, lead, |b| {
+            bar.inc(b as u64)
+        })?;
+    bar.finish_and_clear();
+    let clock = Instant::now();
+    write_forecast(outputs, files, &obs, &frames, &fc, o.members, lead)?;
+    Ok(SampleReport {
+        out: o.out.clone(),
+        samples: n,
+        members: o.members,
+        future: lead,
+        network_calls: calls * windows,
         load_s,
         times,
         write_s: clock.elapsed().as_secs_f64(),

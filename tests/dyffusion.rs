@@ -1,0 +1,247 @@
+//! DYffusion (docs/dyffusion.md) against the independent Python implementation of
+//! python/make_dyffusion_fixtures.py (diffusers networks with random weights, dropout 0): cold
+//! sampling with `additional_steps` 0 and 2, with and without refinement, over a two-window
+//! roll-out through `dydiff sample`; the stage-2 loss and its gradient at fixed `n`. Tolerance:
+//! 1e-4 relative to the largest value (float32 networks, differently ordered sums). Then what the
+//! fixtures cannot show: members differing through the interpolator's dropout, independent of
+//! `--batch`, and the refusals.
+
+mod common;
+use common::{assert_clean_failure, dydiff, fixture, Scratch};
+use dydiff::autograd::{backward, Tape};
+use dydiff::dyffusion::{forecaster_loss, CallKeys, Calls, DyffusionConfig};
+use dydiff::io::{npy, safetensors};
+use dydiff::rng::{NoiseRow, Purpose};
+use dydiff::{Device, Tensor};
+use serde_json::Value;
+use std::path::Path;
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    close_floor(got, want, 0.0, what)
+}
+
+/// [`close`] relative to the largest of `want` or `floor`, whichever is larger (a gradient that is
+/// zero in exact arithmetic, such as an attention key's bias, is rounding noise in both).
+fn close_floor(got: &[f32], want: &[f32], floor: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * scale,
+            "{what}[{i}]: {g} vs reference {w} (scale {scale})"
+        );
+    }
+}
+
+/// A copy of the fixture model with `dydiff.json` edited by `edit`.
+fn model(s: &Scratch, name: &str, edit: impl Fn(&mut Value)) -> std::path::PathBuf {
+    let dir = s.model_copy("dyffusion/model");
+    let dst = s.path(name);
+    std::fs::rename(&dir, &dst).unwrap();
+    let path = dst.join("dydiff.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, v.to_string()).unwrap();
+    dst
+}
+
+fn sample(model: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let obs = fixture("dyffusion/obs.npy");
+    let mut args = vec![
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        obs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    dydiff(args)
+}
+
+#[test]
+fn cold_sampling_matches_the_reference_implementation() {
+    let s = Scratch::new("dyf-cold");
+    for k in [0u64, 2] {
+        for refine in [true, false] {
+            let m = model(&s, &format!("m{k}{refine}"), |v| {
+                v["additional_steps"] = k.into();
+                v["refine"] = refine.into();
+            });
+            let out = s.path(&format!("f{k}{refine}.npy"));
+            let (ok, err) = sample(&m, &out, &["--members", "2", "--lead", "6", "--batch", "3"]);
+            assert!(ok, "{err}");
+            // forecaster calls N = 3 + k, interpolator calls 2N − 3, refinement 2, per window
+            let calls = (3 + k) + (2 * (3 + k) - 3) + if refine { 2 } else { 0 };
+            assert!(
+                err.contains(&format!("{} network calls per member", 2 * calls)),
+                "{err}"
+            );
+            let got = npy::read(&out).unwrap();
+            assert_eq!(got.shape, vec![2, 2, 6, 2, 8, 8]);
+            let tag = if refine { "refine" } else { "plain" };
+            let want = npy::read(&fixture(&format!("dyffusion/cold_k{k}_{tag}.npy"))).unwrap();
+            let e = 6 * 2 * 8 * 8;
+            for n in 0..2 {
+                for member in 0..2 {
+                    close(
+                        &got.data[(n * 2 + member) * e..][..e],
+                        &want.data[n * e..][..e],
+                        &format!("k {k}, {tag}, sample {n}, member {member}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_stage_2_loss_and_its_gradient_match_the_reference() {
+    let dir = fixture("dyffusion/model");
+    for k in [0usize, 2] {
+        let m = dydiff::model::load_dyffusion(&dir, Device::Cpu).unwrap();
+        let config = DyffusionConfig {
+            additional_steps: k,
+            ..m.config.clone()
+        };
+        let arrays =
+            safetensors::read(&fixture(&format!("dyffusion/loss_k{k}.safetensors"))).unwrap();
+        let get = |name: &str| arrays[name].clone();
+        let (s0, x0) = get("x0");
+        let (sh, xh) = get("xh");
+        let n: Vec<usize> = get("n").1.iter().map(|&v| v as usize).collect();
+        let rows: Vec<NoiseRow> = (0..n.len() as u32)
+            .map(|b| NoiseRow {
+                sample: b,
+                member: 0,
+            })
+            .collect();
+        let interpolator = m.interpolator.frozen().unwrap();
+        let forecaster = m.forecaster.as_ref().unwrap();
+        let keys = CallKeys {
+            seed: 0,
+            dropout: Purpose::TrainDropout,
+            noise: Purpose::TrainNoise,
+            base: 4,
+        };
+        let calls = Calls::new(
+            &config,
+            &interpolator,
+            forecaster,
+            &rows,
+            keys,
+            true,
+            Device::Cpu,
+        )
+        .unwrap();
+        let x0 = Tensor::from_vec(x0, &s0, Device::Cpu).unwrap();
+        let xh = Tensor::from_vec(xh, &sh, Device::Cpu).unwrap();
+        {
+            let _tape = Tape::start();
+            let loss = forecaster_loss(&calls, &x0, &xh, &n).unwrap();
+            close(
+                &[loss.scalar().unwrap()],
+                &get("loss").1,
+                &format!("k {k}: loss"),
+            );
+            backward(&loss).unwrap();
+        }
+        let largest = forecaster
+            .params()
+            .iter()
+            .flat_map(|(name, _)| get(&format!("grad/{name}")).1)
+            .fold(0f32, |m, v| m.max(v.abs()));
+        for (name, p) in forecaster.params() {
+            let want = get(&format!("grad/{name}")).1;
+            let got = p.grad().map(|g| g.to_vec().unwrap()).unwrap_or_default();
+            let what = format!("k {k}: gradient of {name}");
+            close_floor(&got, &want, 1e-4 * largest, &what);
+            p.zero_grad();
+        }
+        for (name, p) in interpolator.params() {
+            assert!(
+                p.grad().is_none(),
+                "the frozen interpolator's {name} got a gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn members_differ_by_the_interpolators_dropout_whatever_the_batch() {
+    let s = Scratch::new("dyf-drop");
+    let m = model(&s, "m", |v| v["interpolator_dropout"] = 0.25.into());
+    let cfg = m.join("interpolator/config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["dropout"] = 0.25.into();
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = s.path(name);
+        let (ok, err) = sample(
+            &m,
+            &out,
+            &[&["--members", "3", "--lead", "5"], extra].concat(),
+        );
+        assert!(ok, "{err}");
+        std::fs::read(out).unwrap()
+    };
+    let a = run("a.npy", &["--batch", "1"]);
+    assert_eq!(
+        a,
+        run("b.npy", &["--batch", "4"]),
+        "--batch changed the forecast"
+    );
+    assert_eq!(a, run("c.npy", &["--batch", "6", "--threads", "1"]));
+    assert_ne!(
+        a,
+        run("d.npy", &["--batch", "4", "--seed", "1"]),
+        "the seed had no effect"
+    );
+    let f = npy::read(&s.path("a.npy")).unwrap();
+    let e = 5 * 2 * 8 * 8;
+    assert_ne!(
+        f.data[..e],
+        f.data[e..2 * e],
+        "members 0 and 1 are the same"
+    );
+    // dropout 0 in dydiff.json but not in the network: refused, naming the file
+    let bad = model(&s, "bad", |_| {});
+    std::fs::write(bad.join("interpolator/config.json"), c.to_string()).unwrap();
+    let out = s.path("x.npy");
+    let (ok, err) = sample(&bad, &out, &[]);
+    assert_clean_failure(
+        ok,
+        &err,
+        &[
+            "interpolator/config.json",
+            "dropout = 0.25",
+            "interpolator_dropout = 0",
+        ],
+        &out,
+        &s,
+    );
+}
+
+#[test]
+fn ddim_options_and_half_trained_folders_are_refused() {
+    let s = Scratch::new("dyf-refuse");
+    let m = model(&s, "m", |_| {});
+    let out = s.path("f.npy");
+    for (flag, value) in [("--steps", "10"), ("--ddim-eta", "0.5")] {
+        let (ok, err) = sample(&m, &out, &[flag, value]);
+        assert_clean_failure(ok, &err, &[flag, "DYffusion", "leave"], &out, &s);
+    }
+    std::fs::remove_dir_all(m.join("forecaster")).unwrap();
+    let (ok, err) = sample(&m, &out, &[]);
+    assert_clean_failure(ok, &err, &["forecaster/", "--stage forecaster"], &out, &s);
+    let m2 = model(&s, "m2", |v| v["future"] = 1.into());
+    let (ok, err) = sample(&m2, &out, &[]);
+    assert_clean_failure(
+        ok,
+        &err,
+        &["dydiff.json", "future = 1", "at least 2"],
+        &out,
+        &s,
+    );
+}
