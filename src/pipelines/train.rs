@@ -19,7 +19,7 @@ use crate::backend::{AdamStep, Device, Storage};
 use crate::diffusion::ddim::rows_tensor;
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::error::{Error, Result};
-use crate::io::outputs::Outputs;
+use crate::io::outputs::{DirOutput, Outputs};
 use crate::io::{npy, safetensors};
 use crate::memory;
 use crate::model::{Model, ProcessConfig, UNET_DIR};
@@ -80,15 +80,16 @@ fn recipe(o: &TrainOptions) -> Value {
     })
 }
 
-/// The learning rate at `step` (1-based): linear warm-up, then constant or cosine to 0.
-pub fn learning_rate(o: &TrainOptions, step: usize) -> f64 {
+/// The learning rate at `step` (1-based) of a run of `steps` steps: linear warm-up, then
+/// constant or cosine to 0.
+pub fn learning_rate(o: &TrainOptions, step: usize, steps: usize) -> f64 {
     if step <= o.warmup_steps {
         return o.lr * step as f64 / o.warmup_steps.max(1) as f64;
     }
     if !o.cosine {
         return o.lr;
     }
-    let span = (o.steps - o.warmup_steps).max(1) as f64;
+    let span = (steps.saturating_sub(o.warmup_steps)).max(1) as f64;
     let f = ((step - o.warmup_steps) as f64 / span).min(1.0);
     o.lr * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
 }
@@ -846,8 +847,93 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     model.process.training = Some(recipe(o));
     let config = model.unet.config.clone();
     let p = model.process.clone();
+    let files = Files {
+        folder,
+        state: STATE_FILE,
+        log: LOG_FILE,
+        done: "trained",
+        weights: format!("EMA weights in {}", o.out.join(UNET_DIR).display()),
+    };
+    let schedule = model.schedule.clone();
+    let batch_of = |step: usize| -> Result<(Tensor, Tensor, Tensor)> {
+        let key = |purpose| NoiseKey {
+            seed: o.seed,
+            purpose,
+            step: step as u32,
+        };
+        batch(
+            &data,
+            &p,
+            &schedule,
+            o.batch,
+            key(Purpose::TrainBatch),
+            key(Purpose::TrainNoise),
+            None,
+            device,
+        )
+    };
+    let loss = |unet: &UNet2D, step: usize| -> Result<Tensor> {
+        let (inp, target, t) = batch_of(step)?;
+        // the resnet blocks' dropout (if the network has any), masks keyed by (step, row)
+        let rows = rows_tensor(&batch_rows(o.batch, 0), device)?;
+        let drop = Dropout {
+            key: NoiseKey {
+                seed: o.seed,
+                purpose: Purpose::TrainDropout,
+                step: step as u32,
+            },
+            rows: &rows,
+        };
+        unet.forward_with(&inp, &t, Some(&drop))?.mse(&target)
+    };
+    let checkpoint = |ema: UNet2D| -> Result<(Option<f64>, Vec<(String, Vec<u8>)>)> {
+        let val_loss = match &val {
+            Some(v) => Some(validation_loss(
+                &ema, v, &p, &schedule, o.batch, o.seed, device,
+            )?),
+            None => None,
+        };
+        model.unet = ema;
+        Ok((val_loss, model.files()?))
+    };
+    train_loop(
+        o,
+        (o.steps, &mut state, &config),
+        (&mut outputs, &files, log),
+        loss,
+        checkpoint,
+    )
+}
+
+/// Where a training loop writes its checkpoints: the folder, the names of its state and log
+/// files, and the verb of its closing line.
+pub(crate) struct Files {
+    pub folder: DirOutput,
+    pub state: &'static str,
+    pub log: &'static str,
+    /// What the closing line says, e.g. `trained` or `trained the interpolator of`.
+    pub done: &'static str,
+    /// Where the weights went, for the closing line.
+    pub weights: String,
+}
+
+/// The training loop shared by every method and stage, from `state.step` to `steps`: each step
+/// the loss `loss(network, step)`, its gradient and the optimizer update; a log line every
+/// `--log-every` steps; at every checkpoint (and the last step) `checkpoint(EMA network)` gives
+/// the validation loss and the model folder's files, which are written with the state and the
+/// log `log` so far, all together. A non-finite loss or state stops the run naming the last good
+/// checkpoint.
+pub(crate) fn train_loop(
+    o: &TrainOptions,
+    (steps, state, config): (usize, &mut State, &UNet2DConfig),
+    (outputs, files, mut log): (&mut Outputs, &Files, String),
+    mut loss: impl FnMut(&UNet2D, usize) -> Result<Tensor>,
+    mut checkpoint: impl FnMut(UNet2D) -> Result<(Option<f64>, Vec<(String, Vec<u8>)>)>,
+) -> Result<()> {
+    let device = o.device;
+    let state_path = o.out.join(files.state);
     let bar = if o.progress {
-        let b = indicatif::ProgressBar::new(o.steps as u64);
+        let b = indicatif::ProgressBar::new(steps as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "training {bar:30} {pos}/{len} steps  {msg}  ETA {eta_precise}",
@@ -859,45 +945,19 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut unet = state.network(&config, device, &state.params)?;
+    let mut unet = state.network(config, device, &state.params)?;
     let (mut loss_sum, mut loss_n, mut clock) = (0.0f64, 0usize, Instant::now());
     let mut last_saved = state.step;
-    while state.step < o.steps {
+    let settings = OptimizerSettings {
+        weight_decay: o.weight_decay,
+        clip: o.clip,
+        ema_decay: o.ema_decay,
+    };
+    while state.step < steps {
         let step = state.step + 1;
-        let kb = NoiseKey {
-            seed: o.seed,
-            purpose: Purpose::TrainBatch,
-            step: step as u32,
-        };
-        let kn = NoiseKey {
-            seed: o.seed,
-            purpose: Purpose::TrainNoise,
-            step: step as u32,
-        };
-        let (inp, target, t) = batch(&data, &p, &model.schedule, o.batch, kb, kn, None, device)?;
-        let lr = learning_rate(o, step);
-        let settings = OptimizerSettings {
-            weight_decay: o.weight_decay,
-            clip: o.clip,
-            ema_decay: o.ema_decay,
-        };
-        // the resnet blocks' dropout (if the network has any), masks keyed by (step, row)
-        let rows = rows_tensor(&batch_rows(o.batch, 0), device)?;
-        let drop = Dropout {
-            key: NoiseKey {
-                seed: o.seed,
-                purpose: Purpose::TrainDropout,
-                step: step as u32,
-            },
-            rows: &rows,
-        };
-        let (loss, norm) = state.train_step(
-            &unet,
-            |u| u.forward_with(&inp, &t, Some(&drop))?.mse(&target),
-            lr,
-            &settings,
-            device,
-        )?;
+        let lr = learning_rate(o, step, steps);
+        let (value, norm) =
+            state.train_step(&unet, |u| loss(u, step), lr, &settings, device)?;
         let kept = || {
             if last_saved > 0 {
                 format!(
@@ -908,54 +968,48 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 "before the first checkpoint, so nothing was written".to_string()
             }
         };
-        if !loss.is_finite() {
+        if !value.is_finite() {
             return Err(Error::Invalid(format!(
-                "step {step}: the loss is {loss}; stopped ({}); {}",
+                "step {step}: the loss is {value}; stopped ({}); {}",
                 kept(),
                 remedy(o)
             )));
         }
-        unet = state.network(&config, device, &state.params)?;
-        loss_sum += f64::from(loss);
+        unet = state.network(config, device, &state.params)?;
+        loss_sum += f64::from(value);
         loss_n += 1;
         bar.set_position(step as u64);
-        bar.set_message(format!("loss {loss:.4}"));
-        let checkpoint = step % o.checkpoint_every == 0 || step == o.steps;
-        if step % o.log_every == 0 || checkpoint {
+        bar.set_message(format!("loss {value:.4}"));
+        let at_checkpoint = step % o.checkpoint_every == 0 || step == steps;
+        if step % o.log_every == 0 || at_checkpoint {
             let secs = clock.elapsed().as_secs_f64();
             let mut line = json!({
                 "step": step, "loss": loss_sum / loss_n as f64, "lr": lr, "grad_norm": norm,
                 "steps_per_s": loss_n as f64 / secs.max(1e-9),
             });
-            if checkpoint {
-                model.unet = state.network(&config, device, &state.ema)?;
-                if let Some(v) = &val {
-                    line["val_loss"] = json!(validation_loss(
-                        &model.unet,
-                        v,
-                        &p,
-                        &model.schedule,
-                        o.batch,
-                        o.seed,
-                        device
-                    )?);
+            let mut model_files = Vec::new();
+            if at_checkpoint {
+                let (val_loss, f) = checkpoint(state.network(config, device, &state.ema)?)?;
+                if let Some(v) = val_loss {
+                    line["val_loss"] = json!(v);
                 }
+                model_files = f;
             }
             log.push_str(&format!("{line}\n"));
-            if checkpoint {
+            if at_checkpoint {
                 // A checkpoint is written only with finite weights.
-                if let Some((kind, bad)) = non_finite_state(&state)? {
+                if let Some((kind, bad)) = non_finite_state(state)? {
                     return Err(Error::Invalid(format!(
                         "step {step}: the {kind} hold {bad} non-finite values; stopped without writing this checkpoint ({}); {}",
                         kept(),
                         remedy(o)
                     )));
                 }
-                for (name, bytes) in model.files()? {
-                    outputs.write_in(folder, &name, &bytes)?;
+                for (name, bytes) in model_files {
+                    outputs.write_in(files.folder, &name, &bytes)?;
                 }
-                outputs.write_in(folder, STATE_FILE, &state.encode(&state_path)?)?;
-                outputs.write_in(folder, LOG_FILE, log.as_bytes())?;
+                outputs.write_in(files.folder, files.state, &state.encode(&state_path)?)?;
+                outputs.write_in(files.folder, files.log, log.as_bytes())?;
                 outputs.commit()?;
                 last_saved = step;
             }
@@ -964,10 +1018,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     }
     bar.finish_and_clear();
     eprintln!(
-        "dydiff: trained {} to step {} (EMA weights in {})",
+        "dydiff: {} {} to step {} ({})",
+        files.done,
         o.out.display(),
         state.step,
-        o.out.join(UNET_DIR).display()
+        files.weights
     );
     Ok(())
 }
