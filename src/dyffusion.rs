@@ -337,7 +337,7 @@ impl DyffusionModel {
                 ));
             }
             let m = n.size_multiple();
-            if c.height % m != 0 || c.width % m != 0 {
+            if !c.height.is_multiple_of(m) || !c.width.is_multiple_of(m) {
                 return Err(Error::bad_file(
                     &path,
                     format!(

@@ -2,7 +2,7 @@
 //! [`dydiff::pipelines`] and reports errors as one line on stderr with a non-zero exit.
 
 use clap::{Args, Parser, Subcommand};
-use dydiff::pipelines::{bench, data, denoise, eval, sample, train};
+use dydiff::pipelines::{bench, data, denoise, eval, sample, train, train_dyffusion};
 use dydiff::{Device, Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,9 +130,40 @@ enum Command {
         /// Future frames S to forecast, at least 1.
         #[arg(long)]
         future: usize,
-        /// η of the dynamics schedule, in [0, 1]; 0 trains the standard diffusion model.
+        /// The method: dydiff (Dynamical Diffusion; with --dyn-eta 0 the standard diffusion
+        /// model) or dyffusion (DYffusion: an interpolator, then a forecaster; see --stage).
+        #[arg(long, default_value = "dydiff", value_parser = ["dydiff", "dyffusion"])]
+        method: String,
+        /// η of the dynamics schedule, in [0, 1]; 0 trains the standard diffusion model
+        /// (--method dydiff).
         #[arg(long, default_value_t = 0.5)]
         dyn_eta: f64,
+        /// DYffusion: which stages to train — both (the interpolator for --interpolator-steps,
+        /// then the forecaster for --steps), interpolator, or forecaster (on a folder whose
+        /// interpolator is trained). --resume continues whichever is unfinished.
+        #[arg(long, default_value = "both", value_parser = ["both", "interpolator", "forecaster"])]
+        stage: String,
+        /// DYffusion: the interpolator's optimizer steps (default: --steps).
+        #[arg(long)]
+        interpolator_steps: Option<usize>,
+        /// DYffusion: k ≥ 0 interpolation steps before the first whole time step (the
+        /// forecaster runs N = future + k steps).
+        #[arg(long, default_value_t = 0)]
+        additional_steps: usize,
+        /// DYffusion: the forecaster's condition besides its input — data (the history), none,
+        /// or data+noise (the history blended with fresh noise, more history as n grows).
+        #[arg(long, default_value = "data", value_parser = ["data", "none", "data+noise"])]
+        forecaster_condition: String,
+        /// DYffusion: the interpolator's dropout, 0 ≤ p < 1; active in training and at
+        /// inference, where it makes the ensemble's spread.
+        #[arg(long, default_value_t = 0.15)]
+        interpolator_dropout: f64,
+        /// DYffusion: the weight λ₁ of the forecaster's loss on its first forecast.
+        #[arg(long, default_value_t = 0.5)]
+        lambda_1: f64,
+        /// DYffusion: the weight λ₂ of the look-ahead loss (through the interpolator).
+        #[arg(long, default_value_t = 0.5)]
+        lambda_2: f64,
         /// Diffuse the history frames too, as the reference implementation does: the noise
         /// chain starts at the oldest frame, the network sees the clean history as a separate
         /// condition and predicts the noise of all P+1+S frames (in (P+1+L)·C channels, out
@@ -457,7 +488,15 @@ fn run(cli: Cli) -> Result<()> {
             out,
             history,
             future,
+            method,
             dyn_eta,
+            stage,
+            interpolator_steps,
+            additional_steps,
+            forecaster_condition,
+            interpolator_dropout,
+            lambda_1,
+            lambda_2,
             diffuse_history,
             unet_config,
             steps,
@@ -475,32 +514,61 @@ fn run(cli: Cli) -> Result<()> {
             data_shift,
             log_every,
             checkpoint_every,
-        } => train::run(&train::TrainOptions {
-            data,
-            out,
-            history,
-            future,
-            dyn_eta,
-            diffuse_history,
-            unet_config,
-            steps,
-            batch,
-            lr,
-            warmup_steps,
-            cosine,
-            weight_decay,
-            clip,
-            ema_decay,
-            seed,
-            val_data,
-            resume,
-            data_scale,
-            data_shift,
-            log_every,
-            checkpoint_every,
-            device,
-            progress: true,
-        }),
+        } => {
+            let options = train::TrainOptions {
+                data,
+                out,
+                history,
+                future,
+                dyn_eta,
+                diffuse_history,
+                unet_config,
+                steps,
+                batch,
+                lr,
+                warmup_steps,
+                cosine,
+                weight_decay,
+                clip,
+                ema_decay,
+                seed,
+                val_data,
+                resume,
+                data_scale,
+                data_shift,
+                log_every,
+                checkpoint_every,
+                device,
+                progress: true,
+            };
+            if method == "dyffusion" {
+                let stage = match stage.as_str() {
+                    "interpolator" => train_dyffusion::Stage::Interpolator,
+                    "forecaster" => train_dyffusion::Stage::Forecaster,
+                    _ => train_dyffusion::Stage::Both,
+                };
+                let forecaster_condition =
+                    dydiff::dyffusion::Condition::parse(&forecaster_condition).map_err(|m| {
+                        dydiff::Error::Invalid(format!("--forecaster-condition: {m}"))
+                    });
+                forecaster_condition.and_then(|forecaster_condition| {
+                    train_dyffusion::run(
+                        &options,
+                        &train_dyffusion::DyffusionOptions {
+                            stage,
+                            interpolator_steps,
+                            additional_steps,
+                            forecaster_condition,
+                            interpolator_dropout,
+                            lambda_1,
+                            lambda_2,
+                        },
+                    )
+                })
+            } else {
+                train::run(&options)
+            }
+        }
         Command::Eval {
             forecast,
             truth,

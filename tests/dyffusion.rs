@@ -245,3 +245,161 @@ fn ddim_options_and_half_trained_folders_are_refused() {
         &s,
     );
 }
+
+/// Sequences with temporal structure, `(6, 10, 2, 8, 8)`.
+fn train_data(s: &Scratch) -> std::path::PathBuf {
+    let (n, l, e) = (6, 10, 2 * 8 * 8);
+    let noise = common::rand_vec(n * l * e, 17);
+    let mut x = vec![0.0f32; n * l * e];
+    for i in 0..n {
+        for f in 0..l {
+            for j in 0..e {
+                let prev = if f > 0 {
+                    x[(i * l + f - 1) * e + j]
+                } else {
+                    0.0
+                };
+                x[(i * l + f) * e + j] = 0.9 * prev + noise[(i * l + f) * e + j];
+            }
+        }
+    }
+    let p = s.path("data.npy");
+    std::fs::write(&p, npy::encode(&[n, l, 2, 8, 8], &x)).unwrap();
+    p
+}
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let net = r#"{"block_out_channels": [8, 16], "norm_num_groups": 4, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8}"#;
+    let cfg = out.with_extension("unet.json");
+    std::fs::write(&cfg, net).unwrap();
+    let mut a = vec![
+        "train",
+        "--method",
+        "dyffusion",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--history",
+        "2",
+        "--future",
+        "3",
+        "--batch",
+        "3",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "2",
+        "--unet-config",
+        cfg.to_str().unwrap(),
+    ];
+    a.extend(extra);
+    dydiff(a)
+}
+
+/// Both stages train into one folder that diffusers-style loading and `dydiff sample` read; a run
+/// split into `--stage interpolator`, `--stage forecaster` and a `--resume` that extends it gives
+/// the same weights to the bit as the uninterrupted run.
+#[test]
+fn both_stages_train_resume_exactly_and_sample() {
+    let s = Scratch::new("dyf-train");
+    let d = train_data(&s);
+    let (a, b) = (s.path("a"), s.path("b"));
+    let common = [
+        "--interpolator-steps",
+        "4",
+        "--interpolator-dropout",
+        "0.2",
+        "--additional-steps",
+        "1",
+        "--checkpoint-every",
+        "2",
+    ];
+    let (ok, err) = train(&d, &a, &[&common[..], &["--steps", "6"]].concat());
+    assert!(ok, "{err}");
+    let (ok, err) = train(
+        &d,
+        &b,
+        &[&common[..], &["--steps", "4", "--stage", "interpolator"]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(!b.join("forecaster").exists());
+    let (ok, err) = train(
+        &d,
+        &b,
+        &[&common[..], &["--steps", "3", "--stage", "forecaster"]].concat(),
+    );
+    assert!(ok, "{err}");
+    let (ok, err) = train(
+        &d,
+        &b,
+        &[&common[..], &["--steps", "6", "--resume"]].concat(),
+    );
+    assert!(ok, "{err}");
+    for f in [
+        "interpolator/diffusion_pytorch_model.safetensors",
+        "forecaster/diffusion_pytorch_model.safetensors",
+        "train_state_forecaster.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between the whole and the split run"
+        );
+    }
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("dydiff.json")).unwrap()).unwrap();
+    assert_eq!(v["method"], "dyffusion");
+    assert_eq!(v["additional_steps"], 1);
+    let icfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("interpolator/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (icfg["in_channels"].as_u64(), icfg["out_channels"].as_u64()),
+        (Some(6), Some(2))
+    );
+    assert_eq!(icfg["dropout"], 0.2);
+    let log = std::fs::read_to_string(a.join("train_log_forecaster.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3, "{log}");
+    let out = s.path("f.npy");
+    let obs = d.to_str().unwrap();
+    let (ok, err) = dydiff([
+        "sample",
+        "--model",
+        a.to_str().unwrap(),
+        "--input",
+        obs,
+        "--out",
+        out.to_str().unwrap(),
+        "--members",
+        "2",
+        "--lead",
+        "4",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(npy::read(&out).unwrap().shape, vec![6, 2, 4, 2, 8, 8]);
+    // refusals: an existing run without --resume; stage 2 without an interpolator; horizon 1
+    let (ok, err) = train(&d, &a, &["--steps", "6"]);
+    assert!(!ok && err.contains("--resume"), "{err}");
+    let (ok, err) = train(&d, &s.path("c"), &["--steps", "2", "--stage", "forecaster"]);
+    assert!(!ok && err.contains("trained interpolator"), "{err}");
+    let (ok, err) = dydiff([
+        "train",
+        "--method",
+        "dyffusion",
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        s.path("e").to_str().unwrap(),
+        "--history",
+        "2",
+        "--future",
+        "1",
+    ]);
+    assert!(
+        !ok && err.contains("--future 1") && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -352,7 +352,8 @@ fn sample_ends_with_a_summary_line_and_draws_no_bar_off_a_terminal() {
     assert!(out.is_empty(), "stdout: {out}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "{err:?}");
-    let prefix = "dydiff: wrote f.npy (2 samples × 2 members × 3 frames, 3 network calls per member) in ";
+    let prefix =
+        "dydiff: wrote f.npy (2 samples × 2 members × 3 frames, 3 network calls per member) in ";
     assert!(lines[0].starts_with(prefix), "{err:?}");
     for part in ["load", "network", "sampler other", "write"] {
         assert!(lines[0].contains(part), "{err:?} lacks {part:?}");

@@ -8,3 +8,4 @@ pub mod denoise;
 pub mod eval;
 pub mod sample;
 pub mod train;
+pub mod train_dyffusion;

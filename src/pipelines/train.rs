@@ -71,7 +71,7 @@ pub struct TrainOptions {
 }
 
 /// The recipe stored in `dydiff.json`; a resumed run must match it.
-fn recipe(o: &TrainOptions) -> Value {
+pub(crate) fn recipe(o: &TrainOptions) -> Value {
     json!({
         "batch": o.batch, "lr": o.lr, "warmup_steps": o.warmup_steps, "cosine": o.cosine,
         "weight_decay": o.weight_decay, "clip": o.clip, "ema_decay": o.ema_decay, "seed": o.seed,
@@ -96,7 +96,7 @@ pub fn learning_rate(o: &TrainOptions, step: usize, steps: usize) -> f64 {
 
 /// The network used when no `--unet-config` is given: three levels (32, 64, 64 channels), one
 /// resnet per level, attention at the two lower levels — small enough to train on a CPU.
-fn default_unet(in_ch: usize, out_ch: usize, size: usize) -> Value {
+pub(crate) fn default_unet(in_ch: usize, out_ch: usize, size: usize) -> Value {
     json!({
         "_class_name": "UNet2DModel", "sample_size": size, "in_channels": in_ch,
         "out_channels": out_ch, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
@@ -107,7 +107,7 @@ fn default_unet(in_ch: usize, out_ch: usize, size: usize) -> Value {
 }
 
 /// The `--unet-config` file with the channel counts filled in or checked.
-fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UNet2DConfig> {
+pub(crate) fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UNet2DConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut v: Value = serde_json::from_str(&text)
         .map_err(|e| Error::bad_file(path, format!("not valid JSON: {e}")))?;
@@ -138,7 +138,7 @@ fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UNet2DConfig>
 }
 
 /// Reads a data file `(N, L, C, H, W)` with `L ≥ frames`.
-fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::Array> {
+pub(crate) fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::Array> {
     let a = npy::read(path)?;
     let ok = match *a.shape {
         [n, l, c, h, w] => {
@@ -299,7 +299,7 @@ impl State {
         safetensors::encode(path, &tensors, &[(STEP_KEY, &step)])
     }
 
-    fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
+    pub(crate) fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
         let meta = safetensors::read_metadata(path)?;
         let step: usize = meta
             .get(STEP_KEY)
@@ -430,7 +430,7 @@ fn validation_loss(
     Ok(total / 4.0)
 }
 
-fn validate(o: &TrainOptions) -> Result<()> {
+pub(crate) fn validate(o: &TrainOptions) -> Result<()> {
     for (flag, v) in [
         ("--history", o.history),
         ("--future", o.future),
@@ -515,9 +515,22 @@ fn validate(o: &TrainOptions) -> Result<()> {
     Ok(())
 }
 
+/// The mean and standard deviation (ddof 0) of the training data, in f64: the default
+/// `data_shift` and `data_scale`.
+pub(crate) fn data_stats(data: &[f32]) -> (f64, f64) {
+    let n = data.len() as f64;
+    let mean = data.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = data
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean, var.sqrt())
+}
+
 /// Refuses training data whose values are all the same: its standard deviation, the default
 /// `data_scale`, is 0, and there is nothing to learn from it.
-fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
+pub(crate) fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
     let first = data.data[0];
     if data.data.iter().all(|&v| v == first) {
         return Err(Error::bad_file(
@@ -534,8 +547,13 @@ fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
 /// model space: the spread of `(x − data_shift) / data_scale`, computed in f64 and then taken to
 /// float32 as training does, must be a normal float32 number and above float32's resolution at
 /// the values' magnitude (one step, `ε · max |value|`). `source` says where the scale and shift came from.
-fn check_model_spread(path: &Path, data: &[f32], p: &ProcessConfig, source: &str) -> Result<()> {
-    let to_model = |v: f32| f64::from(((f64::from(v) - p.data_shift) / p.data_scale) as f32);
+pub(crate) fn check_model_spread(
+    path: &Path,
+    data: &[f32],
+    (data_scale, data_shift): (f64, f64),
+    source: &str,
+) -> Result<()> {
+    let to_model = |v: f32| f64::from(((f64::from(v) - data_shift) / data_scale) as f32);
     let n = data.len() as f64;
     let mean = data.iter().map(|&v| to_model(v)).sum::<f64>() / n;
     let spread = (data
@@ -551,7 +569,7 @@ fn check_model_spread(path: &Path, data: &[f32], p: &ProcessConfig, source: &str
             path,
             format!(
                 "(x − data_shift {:e}) / data_scale {:e} ({source}) spreads only {spread:.3e} in float32 (values up to {magnitude:.3e}, resolution {resolution:.3e}): constant training data in model space; expected a data_scale near the data's standard deviation and a data_shift near its mean",
-                p.data_shift, p.data_scale
+                data_shift, data_scale
             ),
         ));
     }
@@ -610,7 +628,7 @@ fn non_finite_state(state: &State) -> Result<Option<(&'static str, usize)>> {
 
 /// The log lines of steps up to `step`, which a resumed run continues (it rewrites what
 /// follows).
-fn log_until(path: &Path, step: usize) -> String {
+pub(crate) fn log_until(path: &Path, step: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else {
         return String::new();
     };
@@ -752,7 +770,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         check_model_spread(
             &o.data,
             &data.data,
-            &m.process,
+            (m.process.data_scale, m.process.data_shift),
             "from the model's dydiff.json",
         )?;
         check_memory(o, &m.unet.config, &m.process)?;
@@ -785,18 +803,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 format!("frames of {h}×{w}: expected height and width multiples of {multiple}, the downsampling factor of {net}"),
             ));
         }
-        let (mean, var) = {
-            let n = data.data.len() as f64;
-            let mean = data.data.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            (
-                mean,
-                data.data
-                    .iter()
-                    .map(|&v| (f64::from(v) - mean).powi(2))
-                    .sum::<f64>()
-                    / n,
-            )
-        };
+        let (mean, std) = data_stats(&data.data);
         let process = ProcessConfig {
             method: "dydiff".into(),
             dyn_eta: o.dyn_eta,
@@ -806,7 +813,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             channels: c,
             height: h,
             width: w,
-            data_scale: o.data_scale.unwrap_or(var.sqrt()),
+            data_scale: o.data_scale.unwrap_or(std),
             data_shift: o.data_shift.unwrap_or(mean),
             training: Some(recipe(o)),
         };
@@ -829,7 +836,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         {
             process.check_model_space(path, &a.data, &source)?;
         }
-        check_model_spread(&o.data, &data.data, &process, &source)?;
+        check_model_spread(
+            &o.data,
+            &data.data,
+            (process.data_scale, process.data_shift),
+            &source,
+        )?;
         check_memory(o, &config, &process)?;
         let scheduler = SchedulerConfig::default();
         let unet = UNet2D::init(config, o.seed, device)?;
@@ -886,7 +898,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         };
         unet.forward_with(&inp, &t, Some(&drop))?.mse(&target)
     };
-    let checkpoint = |ema: UNet2D| -> Result<(Option<f64>, Vec<(String, Vec<u8>)>)> {
+    let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
         let val_loss = match &val {
             Some(v) => Some(validation_loss(
                 &ema, v, &p, &schedule, o.batch, o.seed, device,
@@ -904,6 +916,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         checkpoint,
     )
 }
+
+/// What a checkpoint adds to the state and the log: the validation loss (with `--val-data`) and
+/// the model folder's files, by path inside it.
+pub(crate) type Checkpoint = (Option<f64>, Vec<(String, Vec<u8>)>);
 
 /// Where a training loop writes its checkpoints: the folder, the names of its state and log
 /// files, and the verb of its closing line.
@@ -928,7 +944,7 @@ pub(crate) fn train_loop(
     (steps, state, config): (usize, &mut State, &UNet2DConfig),
     (outputs, files, mut log): (&mut Outputs, &Files, String),
     mut loss: impl FnMut(&UNet2D, usize) -> Result<Tensor>,
-    mut checkpoint: impl FnMut(UNet2D) -> Result<(Option<f64>, Vec<(String, Vec<u8>)>)>,
+    mut checkpoint: impl FnMut(UNet2D) -> Result<Checkpoint>,
 ) -> Result<()> {
     let device = o.device;
     let state_path = o.out.join(files.state);
@@ -956,8 +972,7 @@ pub(crate) fn train_loop(
     while state.step < steps {
         let step = state.step + 1;
         let lr = learning_rate(o, step, steps);
-        let (value, norm) =
-            state.train_step(&unet, |u| loss(u, step), lr, &settings, device)?;
+        let (value, norm) = state.train_step(&unet, |u| loss(u, step), lr, &settings, device)?;
         let kept = || {
             if last_saved > 0 {
                 format!(

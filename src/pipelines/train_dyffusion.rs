@@ -1,0 +1,579 @@
+//! `dydiff train --method dyffusion` (docs/dyffusion.md, “Training”): stage 1 fits the
+//! interpolator, stage 2 the forecaster with the interpolator frozen (its dropout active, the
+//! look-ahead loss's gradient flowing through it), each with the training loop, optimizer, EMA,
+//! validation, atomic checkpoints and exact `--resume` of every method
+//! ([`super::train::train_loop`]).
+//!
+//! Files in `MODEL/`: the DYffusion folder (EMA weights), and per stage its training state and log
+//! (`train_state_interpolator.safetensors`, `train_log_interpolator.jsonl`, and the same for the
+//! forecaster), written together at each checkpoint.
+
+use super::train::{
+    check_model_spread, check_varies, data_stats, default_unet, log_until, read_data, recipe,
+    refuse_gpu, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions,
+};
+use crate::backend::Device;
+use crate::diffusion::ddim::rows_tensor;
+use crate::dyffusion::{
+    forecaster_loss, interpolator_loss, CallKeys, Calls, Condition, DyffusionConfig,
+    DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR,
+};
+use crate::error::{Error, Result};
+use crate::io::npy;
+use crate::io::outputs::Outputs;
+use crate::model::PROCESS_FILE;
+use crate::nn::{Dropout, UNet2D, UNet2DConfig};
+use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
+use crate::tensor::Tensor;
+use serde_json::{json, Value};
+
+/// Which stages a run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Stage 1, then stage 2.
+    Both,
+    Interpolator,
+    Forecaster,
+}
+
+/// The settings of `--method dyffusion`.
+#[derive(Clone, Debug)]
+pub struct DyffusionOptions {
+    pub stage: Stage,
+    /// Stage 1's steps when both stages run (default: `--steps`).
+    pub interpolator_steps: Option<usize>,
+    pub additional_steps: usize,
+    pub forecaster_condition: Condition,
+    pub interpolator_dropout: f64,
+    pub lambda_1: f64,
+    pub lambda_2: f64,
+}
+
+const STATE_I: &str = "train_state_interpolator.safetensors";
+const LOG_I: &str = "train_log_interpolator.jsonl";
+const STATE_F: &str = "train_state_forecaster.safetensors";
+const LOG_F: &str = "train_log_forecaster.jsonl";
+
+/// The most optimizer steps of a stage: the step has 30 bits of the call word `4·step + j`.
+const MAX_STEPS: usize = (1 << 30) - 1;
+
+/// Windows of `P + 1 + h` frames of `data` (model space) for `rows` batch rows, drawn from
+/// `key` (docs/random.md, purposes 3 and 5): `(windows (rows, P+1+h, C·H·W), word w2 per row)`.
+fn windows(
+    data: &npy::Array,
+    c: &DyffusionConfig,
+    rows: usize,
+    key: NoiseKey,
+) -> (Vec<f32>, Vec<u32>) {
+    let (n, l) = (data.shape[0], data.shape[1]);
+    let (frames, e) = (c.history + c.future, c.frame_len());
+    let mut x = Vec::with_capacity(rows * frames * e);
+    let mut w2 = Vec::with_capacity(rows);
+    for b in 0..rows as u32 {
+        let w = words(
+            key,
+            NoiseRow {
+                sample: b,
+                member: 0,
+            },
+        );
+        let (seq, start) = (below(w[0], n), below(w[1], l - frames + 1));
+        let src = &data.data[(seq * l + start) * e..][..frames * e];
+        x.extend(
+            src.iter()
+                .map(|&v| ((f64::from(v) - c.data_shift) / c.data_scale) as f32),
+        );
+        w2.push(w[2]);
+    }
+    (x, w2)
+}
+
+/// Frames `range` of each window `(rows, frames, e)` as `(rows, |range|·C, H, W)`.
+fn frames_of(
+    x: &[f32],
+    c: &DyffusionConfig,
+    rows: &[usize],
+    pick: impl Fn(usize) -> std::ops::Range<usize>,
+    device: Device,
+) -> Result<Tensor> {
+    let (frames, e) = (c.history + c.future, c.frame_len());
+    let mut out = Vec::new();
+    let mut count = 0;
+    for &r in rows {
+        let f = pick(r);
+        count = f.len();
+        out.extend_from_slice(&x[(r * frames + f.start) * e..][..f.len() * e]);
+    }
+    Tensor::from_vec(
+        out,
+        &[rows.len(), count * c.channels, c.height, c.width],
+        device,
+    )
+}
+
+/// Stage 1's loss on the windows drawn for `key`: `MSE(I(x_0, x_h, i), x^{P+i})`, `i ~ U{1…h−1}`.
+fn interpolator_batch_loss(
+    net: &UNet2D,
+    c: &DyffusionConfig,
+    data: &npy::Array,
+    rows: usize,
+    key: NoiseKey,
+    drop: Option<&Dropout>,
+    device: Device,
+) -> Result<Tensor> {
+    let (x, w2) = windows(data, c, rows, key);
+    let i: Vec<usize> = w2.iter().map(|&w| 1 + below(w, c.future - 1)).collect();
+    let all: Vec<usize> = (0..rows).collect();
+    let (p1, h) = (c.history, c.future);
+    let x0 = frames_of(&x, c, &all, |_| 0..p1, device)?;
+    let xh = frames_of(&x, c, &all, |_| p1 + h - 1..p1 + h, device)?;
+    let target = frames_of(&x, c, &all, |r| p1 + i[r] - 1..p1 + i[r], device)?;
+    let t = Tensor::from_vec(i.iter().map(|&v| v as f32).collect(), &[rows], device)?;
+    interpolator_loss(net, (&x0, &xh, &target), &t, drop)
+}
+
+/// Stage 2's loss on the windows drawn for `key`, `n ~ U{0…N−1}` per row, the rows taken with
+/// `n ≤ N−2` first (each keeps its own pair for its randomness).
+#[allow(clippy::too_many_arguments)]
+fn forecaster_batch_loss(
+    interpolator: &UNet2D,
+    forecaster: &UNet2D,
+    c: &DyffusionConfig,
+    data: &npy::Array,
+    rows: usize,
+    key: NoiseKey,
+    keys: CallKeys,
+    forecaster_dropout: bool,
+    device: Device,
+) -> Result<Tensor> {
+    let (x, w2) = windows(data, c, rows, key);
+    let big_n = c.n_steps();
+    let n: Vec<usize> = w2.iter().map(|&w| below(w, big_n)).collect();
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.sort_by_key(|&r| n[r] + 2 > big_n);
+    let pairs: Vec<NoiseRow> = order
+        .iter()
+        .map(|&r| NoiseRow {
+            sample: r as u32,
+            member: 0,
+        })
+        .collect();
+    let (p1, h) = (c.history, c.future);
+    let x0 = frames_of(&x, c, &order, |_| 0..p1, device)?;
+    let xh = frames_of(&x, c, &order, |_| p1 + h - 1..p1 + h, device)?;
+    let n_sorted: Vec<usize> = order.iter().map(|&r| n[r]).collect();
+    let calls = Calls::new(
+        c,
+        interpolator,
+        forecaster,
+        &pairs,
+        keys,
+        forecaster_dropout,
+        device,
+    )?;
+    forecaster_loss(&calls, &x0, &xh, &n_sorted)
+}
+
+/// A network configuration for `in_ch → out_ch` channels: `--unet-config` with the channel
+/// counts filled in, or the default network.
+fn network_config(
+    o: &TrainOptions,
+    in_ch: usize,
+    out_ch: usize,
+    height: usize,
+) -> Result<UNet2DConfig> {
+    match &o.unet_config {
+        Some(p) => unet_config(p, in_ch, out_ch),
+        None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, height)),
+    }
+}
+
+/// The recipe a resumed stage must match.
+fn same_recipe(stored: &Value, want: &Value, extendable: bool) -> bool {
+    let mut keys = vec![
+        "batch",
+        "lr",
+        "warmup_steps",
+        "cosine",
+        "weight_decay",
+        "clip",
+        "ema_decay",
+        "seed",
+    ];
+    if !extendable {
+        keys.push("steps");
+    }
+    keys.iter().all(|k| stored[k] == want[k])
+}
+
+/// Runs `dydiff train --method dyffusion`.
+pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
+    refuse_gpu(o.device, "train")?;
+    let mut outputs = Outputs::new();
+    let mut names = vec![PROCESS_FILE.to_string()];
+    for dir in [INTERPOLATOR_DIR, FORECASTER_DIR] {
+        for f in UNet2D::PRETRAINED_FILES {
+            names.push(format!("{dir}/{f}"));
+        }
+    }
+    names.extend([STATE_I, LOG_I, STATE_F, LOG_F].map(String::from));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let folder = outputs.dir_with("--out", &o.out, &names)?;
+    outputs.check_input("--data", &o.data)?;
+    for (flag, input) in [
+        ("--val-data", &o.val_data),
+        ("--unet-config", &o.unet_config),
+    ] {
+        if let Some(p) = input {
+            outputs.check_input(flag, p)?;
+        }
+    }
+    validate(o)?;
+    check_options(o, d)?;
+    let device = o.device;
+    let frames = o.history + o.future;
+    let data = read_data(&o.data, frames, None)?;
+    check_varies(&o.data, &data)?;
+    let [_, _, ch, height, width] = data.shape[..] else {
+        unreachable!("checked 5-d")
+    };
+    let val = match &o.val_data {
+        Some(p) => Some(read_data(p, frames, Some(&data.shape))?),
+        None => None,
+    };
+    let steps_1 = d.interpolator_steps.unwrap_or(o.steps);
+    let (s1, s2) = (o.out.join(STATE_I), o.out.join(STATE_F));
+    let existing = o.out.join(PROCESS_FILE).is_file();
+    let run_1 = d.stage != Stage::Forecaster;
+    let run_2 = d.stage != Stage::Interpolator;
+    // What the folder must hold for this run.
+    if !o.resume && ((run_1 && (s1.exists() || existing)) || (!run_1 && s2.exists())) {
+        return Err(Error::bad_file(
+            &o.out,
+            "holds a training run already; pass --resume to continue it, or choose another --out",
+        ));
+    }
+    if !run_1 && !o.out.join(INTERPOLATOR_DIR).is_dir() {
+        return Err(Error::bad_file(
+            &o.out,
+            format!("--stage forecaster: expected a folder holding a trained interpolator ({INTERPOLATOR_DIR}/ and {PROCESS_FILE}, from --stage interpolator), found none"),
+        ));
+    }
+    if o.resume && !s1.exists() && !s2.exists() {
+        return Err(Error::Output {
+            flag: "--out".into(),
+            path: o.out.clone(),
+            expected: "a folder holding a DYffusion training run to continue (--resume)".into(),
+            found: format!("no {STATE_I} or {STATE_F} in it"),
+        });
+    }
+    let mut config = if existing {
+        let m = crate::model::load_dyffusion(&o.out, device)?;
+        let c = m.config;
+        if (
+            c.history,
+            c.future,
+            c.additional_steps,
+            c.forecaster_condition,
+        ) != (
+            o.history,
+            o.future,
+            d.additional_steps,
+            d.forecaster_condition,
+        ) || (c.channels, c.height, c.width) != (ch, height, width)
+        {
+            return Err(Error::Invalid(format!(
+                "the flags or data differ from the DYffusion run in {} (history {}, future {}, additional_steps {}, forecaster_condition {}, frames {:?}); use the same",
+                o.out.display(),
+                c.history,
+                c.future,
+                c.additional_steps,
+                c.forecaster_condition.name(),
+                (c.channels, c.height, c.width)
+            )));
+        }
+        c
+    } else {
+        let stats = data_stats(&data.data);
+        DyffusionConfig {
+            method: "dyffusion".into(),
+            history: o.history,
+            future: o.future,
+            channels: ch,
+            height,
+            width,
+            data_scale: o.data_scale.unwrap_or(stats.1),
+            data_shift: o.data_shift.unwrap_or(stats.0),
+            additional_steps: d.additional_steps,
+            forecaster_condition: d.forecaster_condition,
+            interpolator_dropout: d.interpolator_dropout,
+            refine: true,
+            lambda_1: d.lambda_1,
+            lambda_2: d.lambda_2,
+            training: None,
+        }
+    };
+    config
+        .validate()
+        .map_err(|m| Error::Invalid(format!("--method dyffusion: {m}")))?;
+    let source = "data_scale and data_shift of the run";
+    for (path, a) in [(&o.data, &data)]
+        .into_iter()
+        .chain(o.val_data.iter().zip(&val))
+    {
+        crate::model::check_model_space(
+            path,
+            &a.data,
+            config.data_scale,
+            config.data_shift,
+            source,
+        )?;
+    }
+    check_model_spread(
+        &o.data,
+        &data.data,
+        (config.data_scale, config.data_shift),
+        source,
+    )?;
+    let mut training = config.training.clone().unwrap_or_else(|| json!({}));
+    let mut interpolator: Option<UNet2D> = None;
+    // Stage 1.
+    if run_1 {
+        let mut want = recipe(o);
+        want["steps"] = json!(steps_1);
+        want["loss"] = json!("mse(I(x_0, x_h, i), x_{P+i})");
+        let net_config = {
+            let mut n = network_config(o, config.interpolator_in(), ch, height)?;
+            n.dropout = config.interpolator_dropout;
+            n
+        };
+        let (mut state, log, net_config) = if o.resume && s1.exists() {
+            let stored = &training["interpolator"];
+            if !same_recipe(stored, &want, !o.cosine) {
+                return Err(Error::Invalid(format!(
+                    "--resume: the flags differ from the interpolator's run in {} (its recipe: {stored}); resume with the same flags",
+                    o.out.display()
+                )));
+            }
+            let net = UNet2D::from_pretrained(&o.out.join(INTERPOLATOR_DIR), device)?;
+            let state = State::load(&s1, &net, device)?;
+            let step = state.step;
+            (
+                state,
+                log_until(&o.out.join(LOG_I), step),
+                net.config.clone(),
+            )
+        } else {
+            let net = UNet2D::init(net_config.clone(), o.seed, device)?;
+            (State::fresh(&net, device)?, String::new(), net_config)
+        };
+        training["interpolator"] = want;
+        config.training = Some(training.clone());
+        if state.step < steps_1 {
+            let files = Files {
+                folder,
+                state: STATE_I,
+                log: LOG_I,
+                done: "trained the interpolator of",
+                weights: format!("EMA weights in {}", o.out.join(INTERPOLATOR_DIR).display()),
+            };
+            let (c, data_ref, val_ref) = (&config, &data, &val);
+            let loss = |net: &UNet2D, step: usize| -> Result<Tensor> {
+                let rows = rows_tensor(&super::train::batch_rows(o.batch, 0), device)?;
+                let drop = Dropout {
+                    key: NoiseKey {
+                        seed: o.seed,
+                        purpose: Purpose::TrainDropout,
+                        step: 4 * step as u32,
+                    },
+                    rows: &rows,
+                };
+                let key = NoiseKey {
+                    seed: o.seed,
+                    purpose: Purpose::TrainBatch,
+                    step: step as u32,
+                };
+                interpolator_batch_loss(net, c, data_ref, o.batch, key, Some(&drop), device)
+            };
+            let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
+                let val_loss = match val_ref {
+                    Some(v) => {
+                        let mut total = 0.0;
+                        for k in 0..4u32 {
+                            let key = NoiseKey {
+                                seed: o.seed,
+                                purpose: Purpose::ValBatch,
+                                step: k,
+                            };
+                            total += f64::from(
+                                interpolator_batch_loss(&ema, c, v, o.batch, key, None, device)?
+                                    .scalar()?,
+                            );
+                        }
+                        Some(total / 4.0)
+                    }
+                    None => None,
+                };
+                let m = DyffusionModel {
+                    config: c.clone(),
+                    interpolator: ema,
+                    forecaster: None,
+                };
+                Ok((val_loss, m.files()?))
+            };
+            train_loop(
+                o,
+                (steps_1, &mut state, &net_config),
+                (&mut outputs, &files, log),
+                loss,
+                checkpoint,
+            )?;
+        }
+        interpolator = Some(state.network(&net_config, device, &state.ema)?);
+    }
+    if !run_2 {
+        return Ok(());
+    }
+    // Stage 2: the interpolator from stage 1 (EMA weights) or the folder, frozen.
+    let interpolator = match interpolator {
+        Some(i) => i,
+        None => UNet2D::from_pretrained(&o.out.join(INTERPOLATOR_DIR), device)?,
+    };
+    let frozen = interpolator.frozen()?;
+    let mut want = recipe(o);
+    want["loss"] = json!("lambda_1·L1 + lambda_2·L2 (look-ahead through the interpolator)");
+    let (mut state, log, net_config) = if o.resume && s2.exists() {
+        let stored = &training["forecaster"];
+        if !same_recipe(stored, &want, !o.cosine) {
+            return Err(Error::Invalid(format!(
+                "--resume: the flags differ from the forecaster's run in {} (its recipe: {stored}); resume with the same flags",
+                o.out.display()
+            )));
+        }
+        let net = UNet2D::from_pretrained(&o.out.join(FORECASTER_DIR), device)?;
+        let state = State::load(&s2, &net, device)?;
+        let step = state.step;
+        (
+            state,
+            log_until(&o.out.join(LOG_F), step),
+            net.config.clone(),
+        )
+    } else {
+        let nc = network_config(o, config.forecaster_in(), ch, height)?;
+        let net = UNet2D::init(nc.clone(), o.seed.wrapping_add(1), device)?;
+        (State::fresh(&net, device)?, String::new(), nc)
+    };
+    if state.step >= o.steps {
+        return Err(Error::Invalid(format!(
+            "--steps {}: the forecaster's checkpoint in {} is already at step {}",
+            o.steps,
+            o.out.display(),
+            state.step
+        )));
+    }
+    training["forecaster"] = want;
+    config.training = Some(training);
+    let files = Files {
+        folder,
+        state: STATE_F,
+        log: LOG_F,
+        done: "trained the forecaster of",
+        weights: format!("EMA weights in {}", o.out.join(FORECASTER_DIR).display()),
+    };
+    let (c, data_ref, val_ref) = (&config, &data, &val);
+    let loss = |net: &UNet2D, step: usize| -> Result<Tensor> {
+        let keys = CallKeys {
+            seed: o.seed,
+            dropout: Purpose::TrainDropout,
+            noise: Purpose::TrainNoise,
+            base: 4 * step as u32,
+        };
+        let key = NoiseKey {
+            seed: o.seed,
+            purpose: Purpose::TrainBatch,
+            step: step as u32,
+        };
+        forecaster_batch_loss(&frozen, net, c, data_ref, o.batch, key, keys, true, device)
+    };
+    let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
+        let val_loss = match val_ref {
+            Some(v) => {
+                let mut total = 0.0;
+                for k in 0..4u32 {
+                    let keys = CallKeys {
+                        seed: o.seed,
+                        dropout: Purpose::ValDropout,
+                        noise: Purpose::ValNoise,
+                        base: 4 * k,
+                    };
+                    let key = NoiseKey {
+                        seed: o.seed,
+                        purpose: Purpose::ValBatch,
+                        step: k,
+                    };
+                    total += f64::from(
+                        forecaster_batch_loss(
+                            &frozen, &ema, c, v, o.batch, key, keys, false, device,
+                        )?
+                        .scalar()?,
+                    );
+                }
+                Some(total / 4.0)
+            }
+            None => None,
+        };
+        let m = DyffusionModel {
+            config: c.clone(),
+            interpolator: interpolator.frozen()?,
+            forecaster: Some(ema),
+        };
+        Ok((val_loss, m.files()?))
+    };
+    train_loop(
+        o,
+        (o.steps, &mut state, &net_config),
+        (&mut outputs, &files, log),
+        loss,
+        checkpoint,
+    )
+}
+
+/// The flags of `--method dyffusion` within their ranges.
+fn check_options(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
+    if o.future < 2 {
+        return Err(Error::Invalid(format!(
+            "--future {}: DYffusion needs a horizon of at least 2 frames (the interpolator predicts the frames between the history and frame h)",
+            o.future
+        )));
+    }
+    for (flag, v) in [
+        ("--steps", Some(o.steps)),
+        ("--interpolator-steps", d.interpolator_steps),
+    ] {
+        if let Some(v) = v.filter(|&v| v == 0 || v > MAX_STEPS) {
+            return Err(Error::Invalid(format!(
+                "{flag}: expected 1 to {MAX_STEPS} (the step has 30 bits of the randomness's call word), found {v}"
+            )));
+        }
+    }
+    if d.additional_steps > 1000 {
+        return Err(Error::Invalid(format!(
+            "--additional-steps: expected 0 to 1000, found {}",
+            d.additional_steps
+        )));
+    }
+    if !(0.0..1.0).contains(&d.interpolator_dropout) {
+        return Err(Error::Invalid(format!(
+            "--interpolator-dropout: expected 0 ≤ p < 1, found {}",
+            d.interpolator_dropout
+        )));
+    }
+    for (flag, v) in [("--lambda-1", d.lambda_1), ("--lambda-2", d.lambda_2)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "{flag}: expected a finite number ≥ 0, found {v}"
+            )));
+        }
+    }
+    Ok(())
+}
