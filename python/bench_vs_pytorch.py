@@ -26,6 +26,15 @@ PyTorch + diffusers (torch.optim.AdamW, torch.nn.utils.clip_grad_norm_) and with
 `dydiff bench train`; median step time and peak RSS, each engine in its own process.
 
     cargo build --release && $PY python/bench_vs_pytorch.py --train [--rounds 3 --reps 3]
+
+With --dyffusion: DYffusion's cold sampling (docs/dyffusion.md) with the same network as the
+interpolator and the forecaster (10 input, 2 output channels; the interpolator's dropout 0.15),
+4 history frames and a horizon of 6 frames of 2 channels at 32x32, 2 samples x 4 members in one
+batch of 8, refinement on: 20 network calls per member. dydiff's whole process against the same
+algorithm in PyTorch over the same diffusers networks (the interpolator in training mode for its
+dropout, a fresh mask per call), timed inside its process after loading.
+
+    cargo build --release && $PY python/bench_vs_pytorch.py --dyffusion [--rounds 5]
 """
 
 import argparse
@@ -161,6 +170,67 @@ def sampler_bench(args, env, tmp: pathlib.Path) -> None:
     print(f"peak RSS: PyTorch {mem_torch:.0f} MB, dydiff {mem_ours:.0f} MB")
 
 
+def torch_cold(model_dir: str, obs_path: str) -> None:
+    """Child-process entry: DYffusion's cold sampling (docs/dyffusion.md) in PyTorch, timed alone."""
+    mdir = pathlib.Path(model_dir)
+    inet = UNet2DModel.from_pretrained(mdir / "interpolator").train()  # dropout active
+    fnet = UNet2DModel.from_pretrained(mdir / "forecaster").eval()
+    obs = torch.from_numpy(np.load(obs_path))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        b = SAMPLES * MEMBERS
+        x0 = (obs[:, :HIST] / 4.0).repeat_interleave(MEMBERS, 0).reshape(b, HIST * CH, SIZE, SIZE)
+        tt = lambda i: torch.full((b,), float(i))  # noqa: E731
+        interp = lambda xh, i: inet(torch.cat([x0, xh], 1), tt(i)).sample  # noqa: E731
+        x = x0[:, (HIST - 1) * CH:]
+        xh = None
+        for s in range(FUT):  # additional_steps 0: i_n = n
+            xh = fnet(torch.cat([x, x0], 1), tt(s)).sample
+            if s == FUT - 1:
+                break
+            x = x - (x if s == 0 else interp(xh, s)) + interp(xh, s + 1)
+        leads = [interp(xh, j) for j in range(1, FUT)] + [xh]
+        forecast = (torch.stack(leads, 1) * 4.0).reshape(SAMPLES, MEMBERS, FUT, CH, SIZE, SIZE).numpy()
+    print(json.dumps({"loop_s": time.perf_counter() - t0, "shape": list(forecast.shape)}))
+
+
+def cold_bench(args, env, tmp: pathlib.Path) -> None:
+    torch.manual_seed(0)
+    mdir = tmp / "dyffusion"
+    cfg = dict(CONFIG, in_channels=(HIST + 1) * CH, out_channels=CH)
+    UNet2DModel(**dict(cfg, dropout=0.15)).save_pretrained(mdir / "interpolator")
+    UNet2DModel(**cfg).save_pretrained(mdir / "forecaster")
+    (mdir / "dydiff.json").write_text(json.dumps(dict(
+        method="dyffusion", history=HIST, future=FUT, channels=CH, height=SIZE, width=SIZE,
+        data_scale=4.0, data_shift=0.0, additional_steps=0, forecaster_condition="data",
+        interpolator_dropout=0.15, refine=True, lambda_1=0.5, lambda_2=0.5)))
+    obs = tmp / "obs.npy"
+    np.save(obs, np.random.default_rng(0).standard_normal((SAMPLES, HIST, CH, SIZE, SIZE)).astype(np.float32))
+    ours_cmd = [args.dydiff, "--threads", str(args.threads), "sample", "--model", str(mdir), "--input", str(obs),
+                "--out", str(tmp / "forecast.npy"), "--members", str(MEMBERS), "--batch", str(SAMPLES * MEMBERS)]
+    torch_cmd = [sys.executable, __file__, "--torch-cold", str(mdir), str(obs)]
+    t_torch, t_ours, lines = [], [], []
+    for _ in range(args.rounds):
+        out = subprocess.run(torch_cmd, check=True, capture_output=True, text=True, env=env)
+        t_torch.append(json.loads(out.stdout.strip().splitlines()[-1])["loop_s"])
+        t0 = time.perf_counter()
+        out = subprocess.run(ours_cmd, check=True, capture_output=True, text=True, env=env)
+        t_ours.append(time.perf_counter() - t0)
+        lines.append(out.stderr.strip().splitlines()[-1])
+    mem_torch = peak_rss_mb(torch_cmd, env)
+    mem_ours = peak_rss_mb(ours_cmd, env)
+    print(f"DYffusion cold sampling: {SAMPLES} samples x {MEMBERS} members, {HIST} history + {FUT} frames"
+          f" of {CH}x{SIZE}x{SIZE}, 20 network calls per member, batch {SAMPLES * MEMBERS},"
+          f" {args.threads} threads, {args.rounds} alternating rounds")
+    print(f"PyTorch loop alone   median {np.median(t_torch):.3f} s  min {min(t_torch):.3f} s  (all: "
+          + ", ".join(f"{t:.3f}" for t in t_torch) + ")")
+    print(f"dydiff whole process median {np.median(t_ours):.3f} s  min {min(t_ours):.3f} s  (all: "
+          + ", ".join(f"{t:.3f}" for t in t_ours) + ")")
+    print(f"speed-up: median {np.median(t_torch) / np.median(t_ours):.2f}x, min/min {min(t_torch) / min(t_ours):.2f}x")
+    print(f"dydiff fastest run: {lines[int(np.argmin(t_ours))]}")
+    print(f"peak RSS: PyTorch {mem_torch:.0f} MB, dydiff {mem_ours:.0f} MB")
+
+
 def torch_train(model_dir: str, size: int, batch: int, reps: int) -> None:
     """Child-process entry: times `reps` PyTorch training steps after one warm-up, prints JSON."""
     model = UNet2DModel.from_pretrained(model_dir).train()
@@ -248,6 +318,10 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
         torch_sample(sys.argv[2], sys.argv[3])
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--torch-cold":
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+        torch_cold(sys.argv[2], sys.argv[3])
+        return
     if len(sys.argv) == 5 and sys.argv[1] == "--torch-time":
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
         torch_time(sys.argv[2], sys.argv[3], int(sys.argv[4]))
@@ -261,6 +335,7 @@ def main() -> None:
     ap.add_argument("--dydiff", default=str(ROOT / "target" / "release" / "dydiff"))
     ap.add_argument("--sampler", action="store_true", help="the sampler benchmark instead of the forward")
     ap.add_argument("--train", action="store_true", help="the training-step benchmark instead of the forward")
+    ap.add_argument("--dyffusion", action="store_true", help="DYffusion's cold sampling instead of the forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     env = dict(os.environ, BENCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
@@ -271,6 +346,9 @@ def main() -> None:
         return
     if args.train:
         train_bench(args, env, tmp)
+        return
+    if args.dyffusion:
+        cold_bench(args, env, tmp)
         return
     torch.manual_seed(0)
     model = UNet2DModel(**CONFIG).eval()

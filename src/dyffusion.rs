@@ -90,7 +90,7 @@ pub struct DyffusionConfig {
     pub training: Option<Value>,
 }
 
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 15] = [
     "method",
     "history",
     "future",
@@ -106,7 +106,6 @@ const KEYS: [&str; 16] = [
     "lambda_1",
     "lambda_2",
     "training",
-    "stages",
 ];
 
 impl DyffusionConfig {
@@ -148,8 +147,8 @@ impl DyffusionConfig {
             .ok_or_else(|| format!("expected a JSON object, found {v}"))?;
         if let Some((key, val)) = obj.iter().find(|(k, _)| !KEYS.contains(&k.as_str())) {
             return Err(format!(
-                "unknown key {key} = {val}; expected only {}",
-                KEYS[..15].join(", ")
+                "unknown key {key} = {val} for method \"dyffusion\"; expected only {}",
+                KEYS.join(", ")
             ));
         }
         let count = |key: &str| -> std::result::Result<usize, String> {
@@ -521,18 +520,13 @@ impl<'a> Calls<'a> {
 
 /// Cold sampling of one window (docs/dyffusion.md, “Cold sampling”) for a batch: from the
 /// histories `x0 (B, (P+1)·C, H, W)` in model space, the leads `1 … h`, each `(B, C, H, W)`.
-/// Network calls are numbered from `first_call` in the order they run (the counter word of their
-/// randomness); `tick` is called after each.
-pub fn cold_sample(
-    calls: &Calls,
-    x0: &Tensor,
-    first_call: u32,
-    mut tick: impl FnMut(),
-) -> Result<Vec<Tensor>> {
+/// Network calls are numbered from 0 in the order they run (added to the keys' base, the counter
+/// word of their randomness); `tick` is called after each.
+pub fn cold_sample(calls: &Calls, x0: &Tensor, mut tick: impl FnMut()) -> Result<Vec<Tensor>> {
     let c = calls.config;
     let (h, n_steps) = (c.future, c.n_steps());
     let ii = c.schedule();
-    let mut call = first_call;
+    let mut call = 0u32;
     let mut next = || {
         call += 1;
         call - 1

@@ -245,3 +245,76 @@ fn a_forecast_on_the_cuda_backend_does_not_depend_on_the_batch() {
     assert_eq!(run("3", "b3.npy"), four, "--batch 3 and --batch 4 differ");
     assert_eq!(run("4", "again.npy"), four, "a re-run differs");
 }
+
+/// `dydiff sample --device cuda` on a DYffusion folder (docs/dyffusion.md, “Cold sampling”): the
+/// interpolator's dropout masks are drawn by the device's kernel from the same Philox words, so
+/// the members equal the CPU's to rounding (fp32), and the forecast does not depend on the batch.
+#[test]
+fn cold_sampling_on_the_cuda_backend_equals_the_cpu() {
+    let s = Scratch::new("cuda-cold");
+    let model = s.model_copy("dyffusion/model");
+    let set = |file: &str, key: &str, value: serde_json::Value| {
+        let p = model.join(file);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(&p, v.to_string()).unwrap();
+    };
+    set("dydiff.json", "interpolator_dropout", 0.25.into());
+    set("dydiff.json", "additional_steps", 1.into());
+    set("interpolator/config.json", "dropout", 0.25.into());
+    let obs = common::fixture("dyffusion/obs.npy");
+    let run = |device: &str, batch: &str, out: &str| {
+        let o = on_device()
+            .args([
+                "--device",
+                device,
+                "--precision",
+                "fp32",
+                "sample",
+                "--model",
+            ])
+            .arg(&model)
+            .arg("--input")
+            .arg(&obs)
+            .args([
+                "--members",
+                "3",
+                "--lead",
+                "4",
+                "--seed",
+                "5",
+                "--batch",
+                batch,
+                "--out",
+            ])
+            .arg(s.path(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        dydiff::io::npy::read(&s.path(out)).unwrap()
+    };
+    let cpu = run("cpu", "4", "cpu.npy");
+    let gpu = run("cuda", "4", "gpu.npy");
+    let scale = cpu.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = gpu
+        .data
+        .iter()
+        .zip(&cpu.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= 1e-4 * scale,
+        "max |gpu − cpu| {err}, max |cpu| {scale}"
+    );
+    assert_eq!(
+        run("cuda", "1", "gpu1.npy").data,
+        gpu.data,
+        "--batch 1 and 4 differ"
+    );
+    let e = 4 * 2 * 8 * 8;
+    assert_ne!(
+        gpu.data[..e],
+        gpu.data[e..2 * e],
+        "members 0 and 1 are the same"
+    );
+}

@@ -108,7 +108,7 @@ fn window(
         )?;
         times.other += clock.elapsed().as_secs_f64();
         let clock = Instant::now();
-        let leads = cold_sample(&calls, &x0, 0, || tick(b))?;
+        let leads = cold_sample(&calls, &x0, || tick(b))?;
         times.network += clock.elapsed().as_secs_f64();
         let clock = Instant::now();
         for (j, lead) in leads.iter().enumerate() {

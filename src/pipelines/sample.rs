@@ -720,18 +720,6 @@ fn run_cold(
     files: (FileOutput, Option<DirOutput>),
     clock: Instant,
 ) -> Result<SampleReport> {
-    for (flag, given) in [
-        ("--steps", o.steps.is_some()),
-        ("--ddim-eta", o.ddim_eta.is_some()),
-        ("--init-noise", o.init_noise.is_some()),
-    ] {
-        if given {
-            return Err(Error::Invalid(format!(
-                "{flag}: a DDIM option, but {} is a DYffusion model (cold sampling: its steps are the horizon plus additional_steps of its dydiff.json, its spread comes from the interpolator's dropout); leave {flag} out",
-                model_dir.display()
-            )));
-        }
-    }
     let settings = super::cold::ColdSettings {
         members: o.members,
         seed: o.seed,
@@ -748,6 +736,18 @@ fn run_cold(
     }
     .validate()?;
     let model = crate::model::load_dyffusion(model_dir, o.device)?;
+    for (flag, given) in [
+        ("--steps", o.steps.is_some()),
+        ("--ddim-eta", o.ddim_eta.is_some()),
+        ("--init-noise", o.init_noise.is_some()),
+    ] {
+        if given {
+            return Err(Error::Invalid(format!(
+                "{flag}: a DDIM option, but {} is a DYffusion model (cold sampling: its steps are the horizon plus additional_steps of its dydiff.json, its spread comes from the interpolator's dropout); leave {flag} out",
+                model_dir.display()
+            )));
+        }
+    }
     let forecaster = model.forecaster(model_dir)?;
     let c = &model.config;
     let frames = Frames {
