@@ -403,3 +403,60 @@ fn both_stages_train_resume_exactly_and_sample() {
         "{err}"
     );
 }
+
+/// The forecaster's other conditions: `none` (input `x̃` alone) and `data+noise` (the history
+/// blended with noise drawn per call, keyed like the masks): the folder's channels follow, and
+/// the forecast does not depend on `--batch`; with `data+noise` the members differ even without
+/// dropout.
+#[test]
+fn the_other_forecaster_conditions_train_and_sample() {
+    let s = Scratch::new("dyf-cond");
+    let d = train_data(&s);
+    for (cond, in_ch) in [("none", 2u64), ("data+noise", 6)] {
+        let m = s.path(cond);
+        let (ok, err) = train(
+            &d,
+            &m,
+            &[
+                "--steps",
+                "2",
+                "--forecaster-condition",
+                cond,
+                "--interpolator-dropout",
+                "0",
+            ],
+        );
+        assert!(ok, "{err}");
+        let f: Value = serde_json::from_str(
+            &std::fs::read_to_string(m.join("forecaster/config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(f["in_channels"].as_u64(), Some(in_ch), "{cond}");
+        let run = |batch: &str| {
+            let out = s.path(&format!("{cond}-{batch}.npy"));
+            let (ok, err) = dydiff([
+                "sample",
+                "--model",
+                m.to_str().unwrap(),
+                "--input",
+                d.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--members",
+                "2",
+                "--batch",
+                batch,
+            ]);
+            assert!(ok, "{err}");
+            npy::read(&out).unwrap().data
+        };
+        let a = run("1");
+        assert_eq!(a, run("5"), "{cond}: --batch changed the forecast");
+        let e = 3 * 2 * 8 * 8;
+        assert_eq!(
+            a[..e] != a[e..2 * e],
+            cond == "data+noise",
+            "{cond}: members 0 and 1 (no dropout)"
+        );
+    }
+}
