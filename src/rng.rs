@@ -184,11 +184,25 @@ pub fn dropout_scale(p: f32) -> f32 {
 /// `c0 = l·2²⁴ + ⌊e/4⌋`, `c1 = step`, `c2 = n`, `c3 = purpose·2²⁴ + m`, and is kept when that word
 /// is at least [`dropout_threshold`].
 pub fn fill_dropout_mask(key: NoiseKey, layer: u32, p: f32, row: NoiseRow, out: &mut [f32]) {
+    let (threshold, scale) = (dropout_threshold(p), dropout_scale(p));
+    fill_dropout_mask_from(key, layer, row, 0, threshold, scale, out);
+}
+
+/// [`fill_dropout_mask`] of elements `first …` (`first` a multiple of 4), with the threshold
+/// and scale given.
+pub fn fill_dropout_mask_from(
+    key: NoiseKey,
+    layer: u32,
+    row: NoiseRow,
+    first: usize,
+    threshold: u32,
+    scale: f32,
+    out: &mut [f32],
+) {
     let k = [key.seed as u32, (key.seed >> 32) as u32];
     let c3 = ((key.purpose as u32) << 24) | (row.member & (MAX_MEMBERS - 1));
-    let (threshold, scale) = (dropout_threshold(p), dropout_scale(p));
-    for (block, chunk) in out.chunks_mut(4).enumerate() {
-        let c0 = (layer << 24) | block as u32;
+    for (i, chunk) in out.chunks_mut(4).enumerate() {
+        let c0 = (layer << 24) | (first / 4 + i) as u32;
         let w = philox4x32_10([c0, key.step, row.sample, c3], k);
         for (o, wi) in chunk.iter_mut().zip(w) {
             *o = if wi >= threshold { scale } else { 0.0 };

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod dropout;
 pub mod dynamics;
 pub mod elementwise;
 pub mod matmul;
@@ -405,12 +406,7 @@ impl BackendStorage for CpuStorage {
             out.par_chunks_mut(g.row_len)
                 .zip(self.data.par_chunks(g.row_len))
                 .zip(&pairs)
-                .for_each(|((o, x), &row)| {
-                    rng::fill_dropout_mask(g.key, g.layer, g.p, row, o);
-                    for (o, x) in o.iter_mut().zip(x) {
-                        *o *= x;
-                    }
-                });
+                .for_each(|((o, x), &row)| dropout::row(x, o, g.key, g.layer, g.p, row));
         }
         wrap(out)
     }
