@@ -56,10 +56,10 @@ simd_fn! {
             let first = (g * LANES) as u32;
             let c0: [u32; LANES] = std::array::from_fn(|l| (layer << 24) | (first + l as u32));
             let w = philox_x8(c0, key.step, row.sample, c3, k);
-            for l in 0..LANES {
-                for j in 0..4 {
+            for (j, wj) in w.iter().enumerate() {
+                for (l, &word) in wj.iter().enumerate() {
                     let i = 4 * l + j;
-                    os[i] = if w[j][l] >= threshold { xs[i] * scale } else { 0.0 };
+                    os[i] = if word >= threshold { xs[i] * scale } else { 0.0 };
                 }
             }
         }
