@@ -9,7 +9,8 @@
 # pass for the look-ahead loss). So DYffusion trains its interpolator for 3/8 and its forecaster
 # for 3/16 of the others' STEPS (4000 → 1500 + 750). Each model forecasts 8 members of every
 # held-out sequence (DDIM: 50 steps; DYffusion: cold sampling, 20 network calls per window), and is
-# scored by dydiff eval; the sampling time per forecast is taken from dydiff sample's summary line.
+# scored by dydiff eval; the sampling time per forecast is taken from dydiff sample's summary line
+# of a separate run of the first seed's models, one after another, at the end.
 #
 #   experiments/compare.sh                      # everything, into experiments/out_compare
 #   STUDY=experiments/out experiments/compare.sh
@@ -101,6 +102,20 @@ for ds in ns mesh; do
     for method in dyffusion dydiff standard; do
       run "$ds" "$method" "$seed"
     done
+  done
+done
+# Sampling time on an otherwise idle machine: the first seed's models again, one after another,
+# after everything else (the runs above may overlap other work).
+for ds in ns mesh; do
+  seed=${SEEDS%% *}
+  for method in dyffusion dydiff standard; do
+    timing="$OUT/$ds/${method}_seed${seed}.timing.txt"
+    [ -f "$timing" ] && continue
+    flags=()
+    [ "$method" != dyffusion ] && flags=(--steps 50)
+    $BIN sample --model "$OUT/$ds/${method}_seed${seed}" --input "$OUT/$ds/test.npy" --out "$OUT/$ds/timing.npy" \
+      --members 8 --lead 12 --seed "$seed" --batch 16 "${flags[@]}" 2> "$timing"
+    rm -f "$OUT/$ds/timing.npy"
   done
 done
 python3 experiments/compare_table.py "$OUT" > "$OUT/table.md"

@@ -5,7 +5,8 @@
 For each dataset (OUT/ns, OUT/mesh) and method, over the seeds found: fair CRPS, RMSE of the
 ensemble mean and the spread-skill ratio over the 12-frame roll-out (mean ± standard deviation
 over seeds), the network calls and sampler seconds per forecast of 8 members (from dydiff sample's
-summary line), the networks' parameters, the optimizer steps and the training wall time (from
+summary line of the timing run, OUT/*/METHOD_seed*.timing.txt, when there is one), the networks'
+parameters, the optimizer steps and the training wall time (from
 the training logs); then the fair CRPS per lead. Standard library only.
 """
 
@@ -33,7 +34,8 @@ def params(weights):
 def training(run):
     """(parameters, steps, wall seconds) of a model folder, summed over its networks."""
     total_p, steps, secs = 0, [], 0.0
-    logs = sorted(run.glob("train_log*.jsonl"))
+    # the interpolator (stage 1) first
+    logs = sorted(run.glob("train_log*.jsonl"), key=lambda p: "forecaster" in p.name)
     for log in logs:
         prev = 0
         last = 0
@@ -84,8 +86,11 @@ def main(out):
                 rmse.append(v["overall"]["rmse"])
                 ssr.append(v["overall"]["ssr"])
                 per_lead.append([l["crps"] for l in v["per_lead"]])
-                c, s, n = sampling(d / f"{seed}.sample.txt")
-                calls, secs = c, secs + [s / n]
+                timed = d / f"{seed}.timing.txt"
+                c, s, n = sampling(timed if timed.exists() else d / f"{seed}.sample.txt")
+                calls = c
+                if timed.exists() or not secs:
+                    secs = ([] if timed.exists() else secs) + [s / n]
                 tr = training(d / seed)
             leads[name] = [statistics.mean(x) for x in zip(*per_lead)]
             p, steps, wall = tr
