@@ -112,9 +112,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Trains a model on sequences (N, L, C, H, W): Dynamical Diffusion, or the standard
-    /// diffusion model with --dyn-eta 0. Writes the model folder (EMA weights), a resumable
-    /// training state and MODEL/train_log.jsonl, all three together at each checkpoint.
+    /// Trains a model on sequences (N, L, C, H, W): Dynamical Diffusion, the standard diffusion
+    /// model with --dyn-eta 0, or DYffusion with --method dyffusion (interpolator, then
+    /// forecaster). Writes the model folder (EMA weights), a resumable training state and the
+    /// training log (per stage for DYffusion), all together at each checkpoint.
     Train {
         /// Training sequences, float32 .npy (N, L, C, H, W), L ≥ history + future, finite and
         /// not constant.
