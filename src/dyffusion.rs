@@ -13,6 +13,7 @@ use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
+use crate::model::{json_count, json_number};
 use crate::nn::{Dropout, UNet2D};
 use crate::rng::{NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
@@ -151,21 +152,8 @@ impl DyffusionConfig {
                 KEYS.join(", ")
             ));
         }
-        let count = |key: &str| -> std::result::Result<usize, String> {
-            let x = obj
-                .get(key)
-                .ok_or_else(|| format!("key {key} is missing; expected a positive integer"))?;
-            x.as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{key} = {x}: expected a positive integer"))
-        };
-        let number = |key: &str, default: f64| -> std::result::Result<f64, String> {
-            obj.get(key).map_or(Ok(default), |x| {
-                x.as_f64()
-                    .ok_or_else(|| format!("{key} = {x}: expected a number"))
-            })
-        };
+        let count = |key: &str| json_count(obj, key);
+        let number = |key: &str, default: f64| json_number(obj, key, default);
         let additional_steps = match obj.get("additional_steps") {
             None => 0,
             Some(x) => x

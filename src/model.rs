@@ -111,21 +111,8 @@ impl ProcessConfig {
                 PROCESS_KEYS.join(", ")
             ));
         }
-        let count = |key: &str| -> std::result::Result<usize, String> {
-            let x = obj
-                .get(key)
-                .ok_or_else(|| format!("key {key} is missing; expected a positive integer"))?;
-            x.as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{key} = {x}: expected a positive integer"))
-        };
-        let number = |key: &str, default: f64| -> std::result::Result<f64, String> {
-            obj.get(key).map_or(Ok(default), |x| {
-                x.as_f64()
-                    .ok_or_else(|| format!("{key} = {x}: expected a number"))
-            })
-        };
+        let count = |key: &str| json_count(obj, key);
+        let number = |key: &str, default: f64| json_number(obj, key, default);
         let method = match obj.get("method") {
             None => "dydiff".to_string(),
             Some(x) => x
@@ -230,6 +217,32 @@ impl ProcessConfig {
         }
         Ok(())
     }
+}
+
+/// The positive integer at `key` of a settings object; the message names the key.
+pub(crate) fn json_count(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+) -> std::result::Result<usize, String> {
+    let x = obj
+        .get(key)
+        .ok_or_else(|| format!("key {key} is missing; expected a positive integer"))?;
+    x.as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{key} = {x}: expected a positive integer"))
+}
+
+/// The number at `key` of a settings object, `default` when absent; the message names the key.
+pub(crate) fn json_number(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    default: f64,
+) -> std::result::Result<f64, String> {
+    obj.get(key).map_or(Ok(default), |x| {
+        x.as_f64()
+            .ok_or_else(|| format!("{key} = {x}: expected a number"))
+    })
 }
 
 /// The method a model folder's `dydiff.json` names: `"dydiff"` (the default when absent) or

@@ -138,7 +138,7 @@ pub(crate) fn unet_config(path: &Path, in_ch: usize, out_ch: usize) -> Result<UN
 }
 
 /// Reads a data file `(N, L, C, H, W)` with `L ≥ frames`.
-pub(crate) fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::Array> {
+fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::Array> {
     let a = npy::read(path)?;
     let ok = match *a.shape {
         [n, l, c, h, w] => {
@@ -515,6 +515,34 @@ pub(crate) fn validate(o: &TrainOptions) -> Result<()> {
     Ok(())
 }
 
+/// Checks that the input files of a run (`--data`, `--val-data`, `--unet-config`) can be read
+/// and are not among its outputs.
+pub(crate) fn check_inputs(o: &TrainOptions, outputs: &Outputs) -> Result<()> {
+    outputs.check_input("--data", &o.data)?;
+    for (flag, input) in [
+        ("--val-data", &o.val_data),
+        ("--unet-config", &o.unet_config),
+    ] {
+        if let Some(p) = input {
+            outputs.check_input(flag, p)?;
+        }
+    }
+    Ok(())
+}
+
+/// The training sequences (windows of `--history + --future` frames, not constant) and the
+/// validation sequences if given (the same frame size).
+pub(crate) fn read_training_data(o: &TrainOptions) -> Result<(npy::Array, Option<npy::Array>)> {
+    let frames = o.history + o.future;
+    let data = read_data(&o.data, frames, None)?;
+    check_varies(&o.data, &data)?;
+    let val = match &o.val_data {
+        Some(p) => Some(read_data(p, frames, Some(&data.shape))?),
+        None => None,
+    };
+    Ok((data, val))
+}
+
 /// The mean and standard deviation (ddof 0) of the training data, in f64: the default
 /// `data_shift` and `data_scale`.
 pub(crate) fn data_stats(data: &[f32]) -> (f64, f64) {
@@ -530,7 +558,7 @@ pub(crate) fn data_stats(data: &[f32]) -> (f64, f64) {
 
 /// Refuses training data whose values are all the same: its standard deviation, the default
 /// `data_scale`, is 0, and there is nothing to learn from it.
-pub(crate) fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
+fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
     let first = data.data[0];
     if data.data.iter().all(|&v| v == first) {
         return Err(Error::bad_file(
@@ -665,15 +693,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     names.extend([STATE_FILE.to_string(), LOG_FILE.to_string()]);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let folder = outputs.dir_with("--out", &o.out, &names)?;
-    outputs.check_input("--data", &o.data)?;
-    for (flag, input) in [
-        ("--val-data", &o.val_data),
-        ("--unet-config", &o.unet_config),
-    ] {
-        if let Some(p) = input {
-            outputs.check_input(flag, p)?;
-        }
-    }
+    check_inputs(o, &outputs)?;
     let state_path = o.out.join(STATE_FILE);
     let log_path = o.out.join(LOG_FILE);
     if o.resume && !state_path.is_file() {
@@ -693,14 +713,9 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     validate(o)?;
     let device = o.device;
     let frames = o.history + o.future;
-    let data = read_data(&o.data, frames, None)?;
-    check_varies(&o.data, &data)?;
+    let (data, val) = read_training_data(o)?;
     let [_, _, c, h, w] = data.shape[..] else {
         unreachable!("checked 5-d")
-    };
-    let val = match &o.val_data {
-        Some(p) => Some(read_data(p, frames, Some(&data.shape))?),
-        None => None,
     };
     let diffused = if o.diffuse_history { frames } else { o.future };
     let (in_ch, out_ch) = ((o.history + diffused) * c, diffused * c);

@@ -9,8 +9,8 @@
 //! forecaster), written together at each checkpoint.
 
 use super::train::{
-    check_model_spread, check_varies, data_stats, default_unet, log_until, read_data, recipe,
-    refuse_gpu, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions,
+    check_inputs, check_model_spread, data_stats, default_unet, log_until, read_training_data,
+    recipe, refuse_gpu, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions,
 };
 use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
@@ -219,27 +219,13 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
     names.extend([STATE_I, LOG_I, STATE_F, LOG_F].map(String::from));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let folder = outputs.dir_with("--out", &o.out, &names)?;
-    outputs.check_input("--data", &o.data)?;
-    for (flag, input) in [
-        ("--val-data", &o.val_data),
-        ("--unet-config", &o.unet_config),
-    ] {
-        if let Some(p) = input {
-            outputs.check_input(flag, p)?;
-        }
-    }
+    check_inputs(o, &outputs)?;
     validate(o)?;
     check_options(o, d)?;
     let device = o.device;
-    let frames = o.history + o.future;
-    let data = read_data(&o.data, frames, None)?;
-    check_varies(&o.data, &data)?;
+    let (data, val) = read_training_data(o)?;
     let [_, _, ch, height, width] = data.shape[..] else {
         unreachable!("checked 5-d")
-    };
-    let val = match &o.val_data {
-        Some(p) => Some(read_data(p, frames, Some(&data.shape))?),
-        None => None,
     };
     let steps_1 = d.interpolator_steps.unwrap_or(o.steps);
     let (s1, s2) = (o.out.join(STATE_I), o.out.join(STATE_F));
