@@ -10,6 +10,15 @@ and sampler-step times against PyTorch eager's launch-bound time. Standard libra
 With --built, the kernels as the backend launches them now (one product per attention
 projection, the time embedding's five small kernels) instead of the plan.
 
+With --train, one training step instead of a sampler step: the forward (its outputs kept for the
+backward), the backward of every kernel — a product's input and weight gradients (twice its
+forward FLOPs; attention's recomputing backward 2.5 times, the scores rebuilt from the saved
+softmax statistics), an element-wise or normalisation kernel's gradient (twice its bytes) — and
+one fused optimizer pass (AdamW, clipping by the global norm, EMA: read weight, gradient, both
+moments and the EMA, write all but the gradient, float32 state: 36 bytes per parameter, plus the
+norm's read of the gradients). PyTorch eager: the forward's ops, about twice as many in the
+backward (autograd's kernels), and the foreach optimizer's kernels, each one launch from Python.
+
 Model of a kernel: time = max(flops / tensor_or_fma_peak, bytes / bandwidth, floor), where the
 floor (3 µs) is what the smallest kernel costs inside a CUDA graph (launch, ramp-up, tail). Bytes
 assume every operand crosses device memory once (L2 reuse within a kernel), float32 storage.
@@ -59,24 +68,27 @@ class Plan:
     def __init__(self, gpu, precision, built=False):
         self.gpu, self.precision, self.kernels, self.torch_ops = gpu, precision, [], 0
         self.built = built
+        self.params = 0  # weights of the products (biases and norms are a rounding error)
 
     def add(self, name, flops, bytes_, tensor=True):
         peak = self.gpu[self.precision] if tensor and self.precision != "fp32" else self.gpu["fp32"]
         tc, tm = flops / peak, bytes_ / self.gpu["bw"]
         t = max(tc, tm, FLOOR)
         bound = "floor" if t == FLOOR else ("compute" if tc >= tm else "memory")
-        self.kernels.append(dict(name=name, flops=flops, bytes=bytes_, bound=bound, t=t))
+        self.kernels.append(dict(name=name, flops=flops, bytes=bytes_, bound=bound, t=t, tensor=tensor))
 
     def conv(self, name, n, ci, h, w, co, k=3, stride=1, residual=False, norm=True, skip_ci=0):
         ho, wo = h // stride, w // stride
         cin = ci + skip_ci
         flops = 2 * n * ho * wo * co * cin * k * k
+        self.params += co * cin * k * k
         bytes_ = 4 * (n * cin * h * w + co * cin * k * k + n * co * ho * wo * (2 if residual else 1))
         if norm:
             self.add(f"{name}.gn_stats", 8 * n * cin * h * w, 4 * n * cin * h * w, tensor=False)
         self.add(name, flops, bytes_)
 
     def linear(self, name, m, k, n, residual=False):
+        self.params += k * n
         self.add(name, 2 * m * k * n, 4 * (m * k + k * n + m * n * (2 if residual else 1)))
 
     def resnet(self, name, n, ci, co, h, w, temb, skip_ci=0):
@@ -162,6 +174,17 @@ def ddim_step(cfg, n, size, plan, frames_state=10, diffused=6, channels=2):
     plan.torch_ops += 25  # the scheduler's and the dynamics' tensor ops per step (Python loop)
 
 
+def backward(plan, fwd):
+    """The backward kernels of the forward's, and the fused optimizer pass (see --train)."""
+    for k in reversed(fwd):
+        factor = 2.5 if k["name"].endswith("attention") else 2.0
+        plan.add(k["name"] + ".backward", factor * k["flops"], 2 * k["bytes"], tensor=k["tensor"])
+    plan.torch_ops *= 3  # forward, and about twice as many launches in autograd's backward
+    p = plan.params
+    plan.add("optimizer (AdamW + clip + EMA)", 20 * p, 40 * p, tensor=False)
+    plan.torch_ops += 30  # foreach AdamW, clip_grad_norm_, EMA lerp: a few multi-tensor launches
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config")
@@ -171,6 +194,8 @@ def main():
     ap.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     ap.add_argument("--markdown", action="store_true", help="print the per-kernel table too")
     ap.add_argument("--by-kind", action="store_true", help="print a table by kind of kernel")
+    ap.add_argument("--train", action="store_true",
+                    help="one training step (forward, backward, optimizer) instead of a sampler step")
     ap.add_argument("--built", action="store_true",
                     help="the kernels as the backend launches them now, not as planned")
     a = ap.parse_args()
@@ -182,7 +207,10 @@ def main():
     unet_forward(cfg, a.batch, a.size, plan)
     fwd = list(plan.kernels)
     fwd_torch_ops = plan.torch_ops
-    ddim_step(cfg, a.batch, a.size, plan)
+    if a.train:
+        backward(plan, fwd)
+    else:
+        ddim_step(cfg, a.batch, a.size, plan)
 
     def total(ks, key):
         return sum(k[key] for k in ks)
@@ -198,8 +226,9 @@ def main():
         by[k["bound"]][1] += k["t"]
     for b, (cnt, t) in sorted(by.items()):
         print(f"  {b}-bound: {cnt} kernels, {t * 1e6:.0f} µs")
-    print(f"  expected forward (one CUDA graph): {t_fwd * 1e6:.0f} µs; "
-          f"sampler step (forward + fused DDIM step): {t_step * 1e6:.0f} µs")
+    what = ("training step (forward, backward, fused optimizer; " f"{plan.params / 1e6:.1f} M weights, "
+            f"{total(plan.kernels, 'flops') / 1e9:.0f} GFLOP)") if a.train else "sampler step (forward + fused DDIM step)"
+    print(f"  expected forward (one CUDA graph): {t_fwd * 1e6:.0f} µs; {what}: {t_step * 1e6:.0f} µs")
     t_torch = plan.torch_ops * TORCH_OP
     print(f"  PyTorch eager, launch-bound: about {plan.torch_ops} ops × {TORCH_OP * 1e6:.0f} µs = "
           f"{t_torch * 1e3:.2f} ms per step ({fwd_torch_ops} in the forward) → expected ratio "
