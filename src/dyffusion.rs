@@ -13,7 +13,7 @@ use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
-use crate::model::{json_count, json_number};
+use crate::model::{check_scale_shift, json_count, json_number};
 use crate::nn::{Dropout, UNet2D};
 use crate::rng::{NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
@@ -231,18 +231,7 @@ impl DyffusionConfig {
                 return Err(format!("{key} = {v}: expected a finite number ≥ 0"));
             }
         }
-        if !(self.data_scale.is_finite() && self.data_scale > 0.0) {
-            return Err(format!(
-                "data_scale = {}: expected a positive number",
-                self.data_scale
-            ));
-        }
-        if !self.data_shift.is_finite() {
-            return Err(format!(
-                "data_shift = {}: expected a finite number",
-                self.data_shift
-            ));
-        }
+        check_scale_shift(self.data_scale, self.data_shift)?;
         let values = (self.history + self.future)
             .checked_mul(self.channels)
             .and_then(|v| v.checked_mul(self.height)?.checked_mul(self.width));

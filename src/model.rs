@@ -203,20 +203,28 @@ impl ProcessConfig {
                 self.history, self.future, self.channels, self.height, self.width
             ));
         }
-        if !(self.data_scale.is_finite() && self.data_scale > 0.0) {
-            return Err(format!(
-                "data_scale = {}: expected a positive number",
-                self.data_scale
-            ));
-        }
-        if !self.data_shift.is_finite() {
-            return Err(format!(
-                "data_shift = {}: expected a finite number",
-                self.data_shift
-            ));
-        }
+        check_scale_shift(self.data_scale, self.data_shift)?;
         Ok(())
     }
+}
+
+/// `data_scale` positive and finite, `data_shift` finite (docs/data.md, “Model space and data
+/// space”); the message names the key.
+pub(crate) fn check_scale_shift(
+    data_scale: f64,
+    data_shift: f64,
+) -> std::result::Result<(), String> {
+    if !(data_scale.is_finite() && data_scale > 0.0) {
+        return Err(format!(
+            "data_scale = {data_scale}: expected a positive number"
+        ));
+    }
+    if !data_shift.is_finite() {
+        return Err(format!(
+            "data_shift = {data_shift}: expected a finite number"
+        ));
+    }
+    Ok(())
 }
 
 /// The positive integer at `key` of a settings object; the message names the key.

@@ -16,6 +16,16 @@ use crate::memory;
 use rayon::prelude::*;
 use std::path::PathBuf;
 
+/// Refuses any of the `(flag, value)` counts that is 0, naming the flag.
+fn at_least_one(flags: &[(&str, usize)]) -> Result<()> {
+    match flags.iter().find(|(_, v)| *v == 0) {
+        Some((flag, _)) => Err(Error::Invalid(format!(
+            "{flag}: expected at least 1, found 0"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Options of `dydiff data navier-stokes`.
 #[derive(Clone, Debug)]
 pub struct NavierStokesOptions {
@@ -48,13 +58,7 @@ impl NavierStokesOptions {
             ("--oversample", self.oversample),
             ("--frame-stride", self.frame_stride),
         ];
-        for (flag, v) in positive {
-            if v == 0 {
-                return Err(Error::Invalid(format!(
-                    "{flag}: expected at least 1, found 0"
-                )));
-            }
-        }
+        at_least_one(&positive)?;
         if self.resolution < 8 || !self.resolution.is_multiple_of(2) {
             return Err(Error::Invalid(format!(
                 "--resolution: expected an even number ≥ 8, found {}",
@@ -240,13 +244,7 @@ impl SpringMeshOptions {
             ("--frames", self.frames),
             ("--substeps", self.substeps),
         ];
-        for (flag, v) in positive {
-            if v == 0 {
-                return Err(Error::Invalid(format!(
-                    "{flag}: expected at least 1, found 0"
-                )));
-            }
-        }
+        at_least_one(&positive)?;
         if self.samples as u64 > 1 << 32 {
             return Err(Error::Invalid(format!(
                 "--samples: expected 1 to 4294967296 (each sample's initial state is keyed by a 32-bit index), found {}",
