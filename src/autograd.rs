@@ -6,7 +6,9 @@
 //! parameters, so micro-batch accumulation is free; activation gradients live only during the
 //! walk.
 
-use crate::backend::{AttnGeom, BinaryOp, ConvGeom, DropoutGeom, MatmulGeom, NormGeom, Storage};
+use crate::backend::{
+    AttnGeom, BinaryOp, ConvGeom, DropoutGeom, LossKind, MatmulGeom, NormGeom, Storage,
+};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::cell::RefCell;
@@ -60,9 +62,8 @@ pub enum Op {
         start: usize,
         end: usize,
     },
-    Mse,
-    /// The mean absolute error `mean|a − b|`.
-    Mae,
+    /// The mean squared or absolute error of its two inputs.
+    Loss(LossKind),
     Dropout {
         g: DropoutGeom,
         /// The rows' (sample, member) pairs, as the op read them.
@@ -261,21 +262,9 @@ impl Op {
                 start,
                 end,
             } => vec![Some(g.slice_channels_backward(*n, *c, *hw, *start, *end)?)],
-            Op::Mse => {
-                // d/da mean((a − b)²) = 2(a − b)/N
-                let gv = g.to_vec()?[0];
-                let count = x[0].elem_count().max(1) as f32;
-                let diff = s(0).binary(s(1), BinaryOp::Sub)?;
-                let da = diff.affine(2.0 * gv / count, 0.0)?;
-                let db = da.affine(-1.0, 0.0)?;
-                vec![Some(da), Some(db)]
-            }
-            Op::Mae => {
-                // d/da mean|a − b| = sign(a − b)/N
-                let gv = g.to_vec()?[0];
-                let count = x[0].elem_count().max(1) as f32;
-                let sign = s(0).binary(s(1), BinaryOp::SignDiff)?;
-                let da = sign.affine(gv / count, 0.0)?;
+            Op::Loss(kind) => {
+                // d/da mean((a − b)²) = 2(a − b)/N;  d/da mean|a − b| = sign(a − b)/N
+                let da = s(0).loss_backward(s(1), g, *kind)?;
                 let db = da.affine(-1.0, 0.0)?;
                 vec![Some(da), Some(db)]
             }

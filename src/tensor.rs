@@ -6,7 +6,8 @@
 
 use crate::autograd::{self, Op};
 use crate::backend::{
-    AttnGeom, BinaryOp, ConvGeom, Device, DropoutGeom, FusedConv, FusedNorm, NormGeom, Storage,
+    AttnGeom, BinaryOp, ConvGeom, Device, DropoutGeom, FusedConv, FusedNorm, LossKind, NormGeom,
+    Storage,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -883,21 +884,20 @@ impl Tensor {
     /// Mean squared error `mean((self − target)²)`, a one-element tensor.
     pub fn mse(&self, target: &Tensor) -> Result<Tensor> {
         self.same_shape(target, "mse")?;
-        let d = self.storage().binary(target.storage(), BinaryOp::Sub)?;
-        let sq = d.binary(&d, BinaryOp::Mul)?;
-        let v = sq.sum_all()? / self.elem_count().max(1) as f32;
-        let y = self.device().storage_from_vec(vec![v])?;
-        Ok(Tensor::result(y, vec![], &[self, target], || Op::Mse))
+        let y = self.storage().loss(target.storage(), LossKind::Mse)?;
+        Ok(Tensor::result(y, vec![], &[self, target], || {
+            Op::Loss(LossKind::Mse)
+        }))
     }
 
     /// The mean absolute error `mean|self − target|` (PyTorch's `l1_loss`), a scalar; its
     /// gradient is `sign(self − target)/N` (0 where they are equal).
     pub fn mae(&self, target: &Tensor) -> Result<Tensor> {
         self.same_shape(target, "mae")?;
-        let d = self.storage().binary(target.storage(), BinaryOp::AbsDiff)?;
-        let v = d.sum_all()? / self.elem_count().max(1) as f32;
-        let y = self.device().storage_from_vec(vec![v])?;
-        Ok(Tensor::result(y, vec![], &[self, target], || Op::Mae))
+        let y = self.storage().loss(target.storage(), LossKind::Mae)?;
+        Ok(Tensor::result(y, vec![], &[self, target], || {
+            Op::Loss(LossKind::Mae)
+        }))
     }
 
     /// Dropout of each row of `self` (the first axis; rows of `(sample, member)` pairs given by

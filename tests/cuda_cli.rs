@@ -137,40 +137,238 @@ fn sample_on_the_cuda_backend_equals_the_cpu() {
     }
 }
 
-/// `train --device cuda` (and `bench train`) says, before any work, that training does not run on
-/// the GPU in this version — even where the device exists (here: the emulator).
-#[test]
-fn training_on_the_gpu_is_refused_up_front() {
-    let s = Scratch::new("cuda-train");
-    let out = s.path("model");
-    for args in [
-        vec![
-            "train",
-            "--data",
-            "missing.npy",
-            "--out",
-            out.to_str().unwrap(),
+/// Sequences with temporal structure, `(5, 8, 2, 8, 8)`, written to `path`.
+fn write_sequences(path: &std::path::Path) {
+    let (n, l, e) = (5, 8, 2 * 8 * 8);
+    let noise = common::rand_vec(n * l * e, 17);
+    let mut x = vec![0.0f32; n * l * e];
+    for i in 0..n * l {
+        let prev = if i % l > 0 { x[(i - 1) * e] } else { 0.0 };
+        for j in 0..e {
+            x[i * e + j] = 0.8 * prev + noise[i * e + j];
+        }
+    }
+    std::fs::write(path, dydiff::io::npy::encode(&[n, l, 2, 8, 8], &x)).unwrap();
+}
+
+/// A `--unet-config` of a small network (two levels of 8 and 16 channels, attention at the lower).
+fn small_net(s: &Scratch) -> std::path::PathBuf {
+    let net = s.path("unet.json");
+    std::fs::write(
+        &net,
+        r#"{"block_out_channels": [8, 16], "norm_num_groups": 4, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8}"#,
+    )
+    .unwrap();
+    net
+}
+
+/// `dydiff train` on `device` (`cuda` runs on the emulator) with a small network: 4 steps,
+/// checkpoints every 2.
+fn train_on(s: &Scratch, device: &str, out: &str, extra: &[&str]) -> std::path::PathBuf {
+    let data = s.path("data.npy");
+    if !data.exists() {
+        write_sequences(&data);
+    }
+    let net = small_net(s);
+    let out = s.path(out);
+    let o = on_device()
+        .args(["--device", device, "--precision", "fp32", "train", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--unet-config")
+        .arg(&net)
+        .args([
             "--history",
             "2",
             "--future",
+            "2",
+            "--batch",
+            "3",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
             "1",
-        ],
-        vec!["bench", "train", "--unet", "missing"],
-    ] {
-        let o = on_device()
-            .args(["--device", "cuda"])
-            .args(&args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(
-            err.contains("--device cuda:0: training on the GPU is not in this version of dydiff; use --device cpu")
-                && err.lines().count() == 1,
-            "{args:?}: {err}"
-        );
-        assert!(!out.exists(), "{args:?} left {}", out.display());
+            "--log-every",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--seed",
+            "4",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{device} {extra:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// Every log line's loss, per step.
+fn losses(out: &std::path::Path, log: &str) -> Vec<f64> {
+    std::fs::read_to_string(out.join(log))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The tensors of a safetensors file, by name.
+fn tensors(path: &std::path::Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    dydiff::io::safetensors::read(path).unwrap()
+}
+
+/// Two training runs of 4 steps at `--lr 1e-3` agree: losses within `rel`; weights and EMA within
+/// 5% of the most Adam can move a weight in those steps (lr per step: an element whose gradient
+/// is near its rounding error moves by up to lr either way, so differences are measured in lr);
+/// the moments within `rel` of each tensor's largest value.
+fn same_run(a: &std::path::Path, b: &std::path::Path, state: &str, log: &str, rel: f64) {
+    const MOVE: f64 = 4.0 * 1e-3;
+    let (la, lb) = (losses(a, log), losses(b, log));
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= rel * x.abs(), "loss {x} vs {y}");
     }
+    let (ta, tb) = (tensors(&a.join(state)), tensors(&b.join(state)));
+    assert_eq!(ta.len(), tb.len());
+    for (name, (shape, va)) in &ta {
+        let (shape_b, vb) = &tb[name];
+        assert_eq!(shape, shape_b, "{name}");
+        let worst = f64::from(
+            va.iter()
+                .zip(vb)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs())),
+        );
+        let scale = f64::from(va.iter().fold(0f32, |m, v| m.max(v.abs())));
+        let moment = name.starts_with("m/") || name.starts_with("v/");
+        if name.ends_with("to_k.bias") {
+            // Its gradient is 0 in exact arithmetic (a key bias adds the same q·b to every score
+            // of a row, which the softmax ignores): what is left is rounding, which Adam scales
+            // to steps of ±lr, and its moments are rounding noise.
+            assert!(
+                moment || worst <= 2.0 * MOVE,
+                "{name}: worst difference {worst}"
+            );
+            continue;
+        }
+        let allowed = if moment { rel * scale } else { 0.05 * MOVE };
+        assert!(
+            worst <= allowed,
+            "{name}: worst difference {worst} (allowed {allowed}), max |value| {scale}"
+        );
+    }
+}
+
+/// `dydiff train --device cuda` (float32 products, on the emulator) follows the CPU's run: the
+/// same losses within 1e-4 and, after 4 steps of AdamW, the same state (see `same_run`: the two
+/// backends sum in different orders, and Adam amplifies a gradient's rounding up to its sign);
+/// a run stopped at step 2 and resumed equals the
+/// uninterrupted one to the bit on the same device.
+#[test]
+fn training_on_the_cuda_backend_equals_the_cpu() {
+    let s = Scratch::new("cuda-train");
+    let cpu = train_on(&s, "cpu", "cpu", &["--steps", "4"]);
+    let gpu = train_on(&s, "cuda", "gpu", &["--steps", "4"]);
+    same_run(
+        &cpu,
+        &gpu,
+        "train_state.safetensors",
+        "train_log.jsonl",
+        1e-4,
+    );
+    train_on(&s, "cuda", "split", &["--steps", "2"]);
+    let split = train_on(&s, "cuda", "split", &["--steps", "4", "--resume"]);
+    for f in [
+        "train_state.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(gpu.join(f)).unwrap(),
+            std::fs::read(split.join(f)).unwrap(),
+            "{f}: the resumed run differs from the whole one"
+        );
+    }
+}
+
+/// Both stages of DYffusion train on the device as on the CPU (dropout in the interpolator, the
+/// L1 loss of the forecaster's stage), within the same tolerance.
+#[test]
+fn dyffusion_training_on_the_cuda_backend_equals_the_cpu() {
+    let s = Scratch::new("cuda-train-dyf");
+    let extra = [
+        "--method",
+        "dyffusion",
+        "--steps",
+        "4",
+        "--interpolator-steps",
+        "2",
+        "--interpolator-dropout",
+        "0.2",
+    ];
+    let cpu = train_on(&s, "cpu", "cpu", &extra);
+    let gpu = train_on(&s, "cuda", "gpu", &extra);
+    for (state, log) in [
+        (
+            "train_state_interpolator.safetensors",
+            "train_log_interpolator.jsonl",
+        ),
+        (
+            "train_state_forecaster.safetensors",
+            "train_log_forecaster.jsonl",
+        ),
+    ] {
+        same_run(&cpu, &gpu, state, log, 1e-4);
+    }
+}
+
+/// A diverging run on the device stops, naming the step and the last good checkpoint, which is
+/// kept (the losses are read at every log line: here every step).
+#[test]
+fn a_diverging_run_on_the_cuda_backend_stops() {
+    let s = Scratch::new("cuda-train-nan");
+    let data = s.path("data.npy");
+    write_sequences(&data);
+    let out = s.path("m");
+    let o = on_device()
+        .args(["--device", "cuda", "train", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--unet-config")
+        .arg(small_net(&s))
+        .args([
+            "--history",
+            "2",
+            "--future",
+            "2",
+            "--batch",
+            "2",
+            "--steps",
+            "12",
+            "--lr",
+            "1e30",
+            "--warmup-steps",
+            "1",
+            "--clip",
+            "1e30",
+            "--checkpoint-every",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a learning rate of 1e30 must diverge");
+    assert!(
+        err.contains("the loss is") && err.contains("last good checkpoint"),
+        "{err}"
+    );
 }
 
 /// `dydiff bench unet --device cuda` (on the emulator): the report names the precision and times

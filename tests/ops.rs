@@ -319,7 +319,8 @@ fn shape_errors_are_errors() {
     assert!(x.reshape(&[5]).is_err());
 }
 
-/// The fused AdamW + EMA update against its formula in f64 (`backend::AdamStep`).
+/// The fused clipping + AdamW + EMA update against its formula in f64 (`backend::AdamStep`), on
+/// gradients given as three parameters' worth; a non-finite loss leaves everything unchanged.
 #[test]
 fn adamw_matches_the_formula() {
     use dydiff::backend::{AdamStep, Device};
@@ -331,6 +332,8 @@ fn adamw_matches_the_formula() {
         rand_vec(n, 5),
     );
     let v: Vec<f32> = rand_vec(n, 4).iter().map(|x| x.abs()).collect();
+    let f = |x: f32| f64::from(x);
+    let norm: f64 = g.iter().map(|&x| f(x) * f(x)).sum::<f64>().sqrt();
     let h = AdamStep {
         lr: 1e-3,
         beta1: 0.9,
@@ -339,17 +342,24 @@ fn adamw_matches_the_formula() {
         weight_decay: 0.01,
         bc1: 0.19,
         bc2: 0.002,
-        grad_scale: 0.5,
+        max_norm: (0.5 * norm) as f32,
         ema_decay: 0.99,
     };
-    let st = |x: &Vec<f32>| Device::Cpu.storage_from_vec(x.clone()).unwrap();
-    let (po, mo, vo, eo) = st(&p)
-        .adamw(&st(&g), &st(&m), &st(&v), &st(&e), &h)
+    let st = |x: &[f32]| Device::Cpu.storage_from_vec(x.to_vec()).unwrap();
+    let parts = [st(&g[..10]), st(&g[10..40_000]), st(&g[40_000..])];
+    let grads: Vec<_> = parts.iter().collect();
+    let (po, mo, vo, eo, no) = st(&p)
+        .adamw(&grads, &st(&m), &st(&v), &st(&e), &st(&[0.25]), &h)
         .unwrap();
-    let f = |x: f32| f64::from(x);
+    let got_norm = f(no.to_vec().unwrap()[0]);
+    assert!(
+        (got_norm - norm).abs() < 1e-6 * norm,
+        "{got_norm} vs {norm}"
+    );
+    let scale = f(h.max_norm) / (norm + 1e-6);
     let (mut wp, mut wm, mut wv, mut we) = (vec![], vec![], vec![], vec![]);
     for i in 0..n {
-        let gi = f(g[i]) * f(h.grad_scale);
+        let gi = f(g[i]) * scale;
         let mi = f(h.beta1) * f(m[i]) + (1.0 - f(h.beta1)) * gi;
         let vi = f(h.beta2) * f(v[i]) + (1.0 - f(h.beta2)) * gi * gi;
         let pi = f(p[i])
@@ -365,7 +375,36 @@ fn adamw_matches_the_formula() {
     assert_close(&mo.to_vec().unwrap(), &wm, 1e-7, 1e-5, "m");
     assert_close(&vo.to_vec().unwrap(), &wv, 1e-7, 1e-5, "v");
     assert_close(&eo.to_vec().unwrap(), &we, 1e-6, 1e-5, "ema");
-    let ss = st(&g).sum_squares().unwrap();
-    let want: f64 = g.iter().map(|&x| f(x) * f(x)).sum();
-    assert!((ss - want).abs() < 1e-9 * want);
+    // a small norm is not scaled up
+    let big = AdamStep {
+        max_norm: (4.0 * norm) as f32,
+        ..h
+    };
+    let (po, ..) = st(&p)
+        .adamw(&grads, &st(&m), &st(&v), &st(&e), &st(&[0.25]), &big)
+        .unwrap();
+    let (pu, ..) = st(&p)
+        .adamw(
+            &grads,
+            &st(&m),
+            &st(&v),
+            &st(&e),
+            &st(&[0.25]),
+            &AdamStep {
+                max_norm: (8.0 * norm) as f32,
+                ..h
+            },
+        )
+        .unwrap();
+    assert_eq!(po.to_vec().unwrap(), pu.to_vec().unwrap());
+    // a non-finite loss changes nothing
+    for bad in [f32::NAN, f32::INFINITY] {
+        let (po, mo, vo, eo, _) = st(&p)
+            .adamw(&grads, &st(&m), &st(&v), &st(&e), &st(&[bad]), &h)
+            .unwrap();
+        assert_eq!(po.to_vec().unwrap(), p);
+        assert_eq!(mo.to_vec().unwrap(), m);
+        assert_eq!(vo.to_vec().unwrap(), v);
+        assert_eq!(eo.to_vec().unwrap(), e);
+    }
 }

@@ -252,7 +252,9 @@ inline int __float2int_rd(float x) { return int(std::floor(x)); }
 inline unsigned __float2uint_rz(float x) { return unsigned(x); }
 inline float __uint2float_rn(unsigned u) { return float(u); }
 
-// expf, sqrtf, fmaf, fminf, … are the C library's (correctly rounded or within an ulp).
+// expf, sqrtf, fmaf, fminf, … are the C library's (correctly rounded or within an ulp);
+// isfinite is C++'s (a macro in C, a template in <cmath>), as CUDA's overloads for float and double.
+using std::isfinite;
 template <typename T>
 T min(T a, T b) {
   return a < b ? a : b;

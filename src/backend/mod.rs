@@ -392,16 +392,19 @@ pub fn check_dropout(len: usize, row_words: usize, g: &DropoutGeom) -> Result<()
     Ok(())
 }
 
-/// One AdamW step with an exponential moving average of the weights (Loshchilov & Hutter,
-/// 2019), for every element:
+/// One optimizer step (Loshchilov & Hutter, 2019) over a network's parameters held as one
+/// contiguous array, with gradient clipping by global norm and an exponential moving average of
+/// the weights, for every element:
 ///
 /// ```text
-/// g  = grad · grad_scale                       (gradient clipping)
+/// norm = √(Σ grad²)  (all parameters, in f64),  scale = min(max_norm / (norm + 10⁻⁶), 1)
+/// g  = grad · scale
 /// m' = β₁·m + (1 − β₁)·g,   v' = β₂·v + (1 − β₂)·g²
 /// p' = p − lr·( (m'/bc1) / (√(v'/bc2) + ε) + weight_decay·p )
 /// e' = ema_decay·e + (1 − ema_decay)·p'
 /// ```
-/// with the bias corrections `bc1 = 1 − β₁^step`, `bc2 = 1 − β₂^step`.
+/// with the bias corrections `bc1 = 1 − β₁^step`, `bc2 = 1 − β₂^step`. When the step's loss or
+/// the norm is not finite, nothing changes: `(p', m', v', e') = (p, m, v, e)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
     pub lr: f32,
@@ -411,8 +414,17 @@ pub struct AdamStep {
     pub weight_decay: f32,
     pub bc1: f32,
     pub bc2: f32,
-    pub grad_scale: f32,
+    /// The largest global gradient norm (`--clip`).
+    pub max_norm: f32,
     pub ema_decay: f32,
+}
+
+/// The training losses: the mean squared error and the mean absolute error (PyTorch's
+/// `mse_loss` and `l1_loss`, mean reduction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    Mse,
+    Mae,
 }
 
 /// The group norm of [`FusedConv`]: affine `gamma`, `beta` per input channel.
@@ -625,20 +637,29 @@ pub trait BackendStorage: Sized {
     /// [`DropoutGeom`] on `self` `(rows, row_len)`, the rows' (sample, member) pairs given as
     /// [`row_words`] (`2·rows` words).
     fn dropout(&self, rows: &Self, g: &DropoutGeom) -> Result<Self>;
-    /// One fused AdamW + EMA update of the parameter `self` (see [`AdamStep`]): returns
-    /// `(p', m', v', e')`.
+    /// The loss `mean((self − target)²)` or `mean|self − target|` as one value, left where the
+    /// data are (reading it is the caller's choice: the GPU's step never waits for the host).
+    fn loss(&self, target: &Self, kind: LossKind) -> Result<Self>;
+    /// The loss's gradient with respect to `self`, given the gradient `g` of the loss itself (one
+    /// value): `g·2(self − target)/N` or `g·sign(self − target)/N` (0 where they are equal).
+    fn loss_backward(&self, target: &Self, g: &Self, kind: LossKind) -> Result<Self>;
+    /// One [`AdamStep`] of the parameters `self` (all of a network's, one contiguous array) with
+    /// the gradients `grads` (one per parameter, in order, their lengths summing to `self`'s), the
+    /// moments `m`, `v` and the EMA `ema` (each like `self`) and the step's `loss` (one value):
+    /// returns `(p', m', v', e', norm)`, the global gradient norm as one value.
+    #[allow(clippy::type_complexity)]
     fn adamw(
         &self,
-        grad: &Self,
+        grads: &[&Self],
         m: &Self,
         v: &Self,
         ema: &Self,
+        loss: &Self,
         h: &AdamStep,
-    ) -> Result<(Self, Self, Self, Self)>;
-    /// `Σ self²`, accumulated in f64.
-    fn sum_squares(&self) -> Result<f64>;
-    /// `Σ self`.
-    fn sum_all(&self) -> Result<f32>;
+    ) -> Result<(Self, Self, Self, Self, Self)>;
+    /// Consecutive parts of `lens` values each (summing to `self`'s length): the parameters of a
+    /// network held in one contiguous array. The GPU's parts are views of the same memory.
+    fn split(&self, lens: &[usize]) -> Result<Vec<Self>>;
     /// Sinusoidal timestep embedding `(len(t), dim)` as diffusers' `get_timestep_embedding`.
     fn timestep_embedding(
         &self,
@@ -698,9 +719,6 @@ fn two<T, S>(x: (T, T), f: impl Fn(T) -> S) -> Result<(S, S)> {
 }
 fn three<T, S>(x: (T, T, T), f: impl Fn(T) -> S) -> Result<(S, S, S)> {
     Ok((f(x.0), f(x.1), f(x.2)))
-}
-fn plain<T, S>(x: T, _f: impl Fn(S) -> Storage) -> Result<T> {
-    Ok(x)
 }
 
 impl Storage {
@@ -1059,24 +1077,62 @@ impl Storage {
     pub fn dropout(&self, rows: &Storage, g: &DropoutGeom) -> Result<Storage> {
         dispatch!(self, |s, rows| s.dropout(rows, g), one)
     }
-    pub fn sum_all(&self) -> Result<f32> {
-        dispatch!(self, |s| s.sum_all(), plain)
+    pub fn loss(&self, target: &Storage, kind: LossKind) -> Result<Storage> {
+        dispatch!(self, |s, target| s.loss(target, kind), one)
     }
-    pub fn sum_squares(&self) -> Result<f64> {
-        dispatch!(self, |s| s.sum_squares(), plain)
+    pub fn loss_backward(&self, target: &Storage, g: &Storage, kind: LossKind) -> Result<Storage> {
+        dispatch!(self, |s, target, g| s.loss_backward(target, g, kind), one)
     }
+    #[allow(clippy::type_complexity)]
     pub fn adamw(
         &self,
-        grad: &Storage,
+        grads: &[&Storage],
         m: &Storage,
         v: &Storage,
         ema: &Storage,
+        loss: &Storage,
         h: &AdamStep,
-    ) -> Result<(Storage, Storage, Storage, Storage)> {
-        fn four<T, S>(x: (T, T, T, T), f: impl Fn(T) -> S) -> Result<(S, S, S, S)> {
-            Ok((f(x.0), f(x.1), f(x.2), f(x.3)))
+    ) -> Result<(Storage, Storage, Storage, Storage, Storage)> {
+        fn all<'a, S>(
+            grads: &[&'a Storage],
+            pick: fn(&'a Storage) -> Option<&'a S>,
+        ) -> Result<Vec<&'a S>> {
+            grads
+                .iter()
+                .map(|g| pick(g).ok_or_else(device_mismatch))
+                .collect()
         }
-        dispatch!(self, |s, grad, m, v, ema| s.adamw(grad, m, v, ema, h), four)
+        fn five<T, S>(x: (T, T, T, T, T), f: impl Fn(T) -> S) -> (S, S, S, S, S) {
+            (f(x.0), f(x.1), f(x.2), f(x.3), f(x.4))
+        }
+        match self {
+            Storage::Cpu(p) => {
+                let g = all(grads, Storage::as_cpu)?;
+                let (m, v, e, l) = (
+                    m.as_cpu().ok_or_else(device_mismatch)?,
+                    v.as_cpu().ok_or_else(device_mismatch)?,
+                    ema.as_cpu().ok_or_else(device_mismatch)?,
+                    loss.as_cpu().ok_or_else(device_mismatch)?,
+                );
+                Ok(five(p.adamw(&g, m, v, e, l, h)?, Storage::Cpu))
+            }
+            Storage::Cuda(p) => {
+                let g = all(grads, Storage::as_cuda)?;
+                let (m, v, e, l) = (
+                    m.as_cuda().ok_or_else(device_mismatch)?,
+                    v.as_cuda().ok_or_else(device_mismatch)?,
+                    ema.as_cuda().ok_or_else(device_mismatch)?,
+                    loss.as_cuda().ok_or_else(device_mismatch)?,
+                );
+                Ok(five(p.adamw(&g, m, v, e, l, h)?, Storage::Cuda))
+            }
+        }
+    }
+    pub fn split(&self, lens: &[usize]) -> Result<Vec<Storage>> {
+        match self {
+            Storage::Cpu(s) => Ok(s.split(lens)?.into_iter().map(Storage::Cpu).collect()),
+            Storage::Cuda(s) => Ok(s.split(lens)?.into_iter().map(Storage::Cuda).collect()),
+        }
     }
     pub fn timestep_embedding(
         &self,

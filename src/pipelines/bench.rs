@@ -176,7 +176,6 @@ pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
 /// random target, backward, gradient clipping, AdamW with the weight EMA — on random input at
 /// mixed timesteps, the network rebuilt on the new weights as in training.
 pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
-    train::refuse_gpu(o.device, "bench train")?;
     let model = load(o, true)?;
     let c = model.config.clone();
     let x = random(&[o.batch, c.in_channels, o.height, o.width], 0, o.device)?;
@@ -199,7 +198,7 @@ pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
             &settings,
             o.device,
         )?;
-        unet = state.network(&c, o.device, &state.params)?;
+        unet = state.network(&c, o.device, train::Weights::Current)?;
         Ok(())
     })
 }

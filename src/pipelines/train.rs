@@ -164,16 +164,34 @@ fn read_data(path: &Path, frames: usize, like: Option<&[usize]>) -> Result<npy::
     Ok(a)
 }
 
-/// Everything the optimizer carries between steps, in parameter order: the weights, Adam's
-/// moments and the weight EMA.
+/// Everything the optimizer carries between steps: the weights, Adam's moments and the weight
+/// EMA, each one contiguous array holding the parameters in order (on the GPU the network's
+/// weights are views of it, and one fused kernel updates all four).
 pub struct State {
     pub step: usize,
     names: Vec<String>,
     shapes: Vec<Vec<usize>>,
-    pub params: Vec<Storage>,
-    m: Vec<Storage>,
-    v: Vec<Storage>,
-    pub ema: Vec<Storage>,
+    params: Storage,
+    m: Storage,
+    v: Storage,
+    ema: Storage,
+}
+
+/// Which weights of a [`State`] a network is built on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    /// The optimizer's current weights (what the next step trains).
+    Current,
+    /// Their exponential moving average (what the model folder receives).
+    Ema,
+}
+
+/// What one training step leaves on the device: its loss and the global gradient norm before
+/// clipping, one value each, read when the host needs them ([`Pending`]).
+pub struct StepResult {
+    pub step: usize,
+    pub loss: Storage,
+    pub norm: Storage,
 }
 
 /// The optimizer settings of a run.
@@ -188,30 +206,36 @@ pub struct OptimizerSettings {
 impl State {
     /// The state of a fresh run on `unet`'s weights.
     pub fn fresh(unet: &UNet2D, device: Device) -> Result<State> {
-        let mut s = State {
-            step: 0,
-            names: vec![],
-            shapes: vec![],
-            params: vec![],
-            m: vec![],
-            v: vec![],
-            ema: vec![],
-        };
+        let mut names = vec![];
+        let mut shapes = vec![];
+        let mut flat = Vec::new();
         for (name, t) in unet.params() {
-            s.names.push(name.clone());
-            s.shapes.push(t.shape().to_vec());
-            s.params.push(t.storage().clone());
-            s.ema.push(t.storage().clone());
-            s.m.push(device.storage_from_vec(vec![0.0; t.elem_count()])?);
-            s.v.push(device.storage_from_vec(vec![0.0; t.elem_count()])?);
+            names.push(name.clone());
+            shapes.push(t.shape().to_vec());
+            flat.extend(t.to_vec()?);
         }
-        Ok(s)
+        let zeros = vec![0.0; flat.len()];
+        Ok(State {
+            step: 0,
+            names,
+            shapes,
+            params: device.storage_from_vec(flat.clone())?,
+            ema: device.storage_from_vec(flat)?,
+            m: device.storage_from_vec(zeros.clone())?,
+            v: device.storage_from_vec(zeros)?,
+        })
     }
 
-    /// One training step of `unet` (built from [`State::params`]): the loss `loss(unet)` (a
-    /// scalar), its gradients, clipping to the global norm and the fused AdamW + EMA update at
-    /// learning rate `lr`. Returns the loss and the gradient norm; a non-finite loss leaves the
-    /// state as it was.
+    /// The parameters' lengths, in order.
+    fn lens(&self) -> Vec<usize> {
+        self.shapes.iter().map(|s| s.iter().product()).collect()
+    }
+
+    /// One training step of `unet` (built by [`State::network`] on the current weights): the
+    /// loss `loss(unet)` (a scalar), its gradients, and the fused update — clipping to the global
+    /// norm, AdamW at learning rate `lr`, the EMA — all enqueued on the device without waiting
+    /// for it. A non-finite loss or norm leaves the weights as they were; the caller finds it
+    /// when it reads the step's loss.
     pub fn train_step(
         &mut self,
         unet: &UNet2D,
@@ -219,16 +243,13 @@ impl State {
         lr: f64,
         o: &OptimizerSettings,
         device: Device,
-    ) -> Result<(f32, f64)> {
+    ) -> Result<StepResult> {
         let loss = {
             let _tape = Tape::start();
             let loss = loss(unet)?;
             backward(&loss)?;
-            loss.scalar()?
+            loss
         };
-        if !loss.is_finite() {
-            return Ok((loss, f64::NAN));
-        }
         let grads: Vec<Storage> = unet
             .params()
             .iter()
@@ -237,11 +258,7 @@ impl State {
                 None => device.storage_from_vec(vec![0.0; t.elem_count()]),
             })
             .collect::<Result<_>>()?;
-        let norm = grads
-            .iter()
-            .map(|g| g.sum_squares())
-            .sum::<Result<f64>>()?
-            .sqrt();
+        let grads: Vec<&Storage> = grads.iter().collect();
         let step = self.step + 1;
         let h = AdamStep {
             lr: lr as f32,
@@ -251,30 +268,32 @@ impl State {
             weight_decay: o.weight_decay as f32,
             bc1: (1.0 - 0.9f64.powi(step as i32)) as f32,
             bc2: (1.0 - 0.999f64.powi(step as i32)) as f32,
-            grad_scale: (o.clip / (norm + 1e-6)).min(1.0) as f32,
+            max_norm: o.clip as f32,
             ema_decay: o.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32,
         };
-        for (i, g) in grads.iter().enumerate() {
-            let (np, nm, nv, ne) =
-                self.params[i].adamw(g, &self.m[i], &self.v[i], &self.ema[i], &h)?;
-            (self.params[i], self.m[i], self.v[i], self.ema[i]) = (np, nm, nv, ne);
-        }
+        let (p, m, v, e, norm) =
+            self.params
+                .adamw(&grads, &self.m, &self.v, &self.ema, loss.storage(), &h)?;
+        (self.params, self.m, self.v, self.ema) = (p, m, v, e);
         self.step = step;
-        Ok((loss, norm))
+        Ok(StepResult {
+            step,
+            loss: loss.storage().clone(),
+            norm,
+        })
     }
 
-    /// The network on the current weights (`which = &state.params`) or their EMA.
-    pub fn network(
-        &self,
-        config: &UNet2DConfig,
-        device: Device,
-        which: &[Storage],
-    ) -> Result<UNet2D> {
+    /// The network on the current weights or their EMA.
+    pub fn network(&self, config: &UNet2DConfig, device: Device, which: Weights) -> Result<UNet2D> {
+        let flat = match which {
+            Weights::Current => &self.params,
+            Weights::Ema => &self.ema,
+        };
         let map: HashMap<String, Storage> = self
             .names
             .iter()
             .cloned()
-            .zip(which.iter().cloned())
+            .zip(flat.split(&self.lens())?)
             .collect();
         UNet2D::new(config.clone(), ParamBuilder::from_storages(map, device))
     }
@@ -283,14 +302,22 @@ impl State {
     /// errors.
     fn encode(&self, path: &Path) -> Result<Vec<u8>> {
         let mut tensors = Vec::with_capacity(4 * self.names.len());
-        for (kind, list) in [
+        for (kind, flat) in [
             ("param", &self.params),
             ("m", &self.m),
             ("v", &self.v),
             ("ema", &self.ema),
         ] {
-            for ((name, shape), s) in self.names.iter().zip(&self.shapes).zip(list) {
-                tensors.push((format!("{kind}/{name}"), shape.clone(), s.to_vec()?));
+            let values = flat.to_vec()?;
+            let mut at = 0;
+            for (name, shape) in self.names.iter().zip(&self.shapes) {
+                let n: usize = shape.iter().product();
+                tensors.push((
+                    format!("{kind}/{name}"),
+                    shape.clone(),
+                    values[at..at + n].to_vec(),
+                ));
+                at += n;
             }
         }
         let step = self.step.to_string();
@@ -313,13 +340,14 @@ impl State {
         let mut arrays = safetensors::read(path)?;
         let mut s = State::fresh(unet, device)?;
         s.step = step;
-        for (i, (name, shape)) in s.names.iter().zip(&s.shapes).enumerate() {
-            for (kind, list) in [
-                ("param", &mut s.params),
-                ("m", &mut s.m),
-                ("v", &mut s.v),
-                ("ema", &mut s.ema),
-            ] {
+        for (kind, flat) in [
+            ("param", &mut s.params),
+            ("m", &mut s.m),
+            ("v", &mut s.v),
+            ("ema", &mut s.ema),
+        ] {
+            let mut values = Vec::with_capacity(flat.len());
+            for (name, shape) in s.names.iter().zip(&s.shapes) {
                 let key = format!("{kind}/{name}");
                 let (found, data) = arrays
                     .remove(&key)
@@ -330,10 +358,37 @@ impl State {
                         format!("tensor {key}: expected shape {shape:?}, found {found:?}"),
                     ));
                 }
-                list[i] = device.storage_from_vec(data)?;
+                values.extend(data);
             }
+            *flat = device.storage_from_vec(values)?;
         }
         Ok(s)
+    }
+}
+
+/// The steps whose loss and gradient norm the host has not read yet: on the GPU they are read
+/// only when a log line or a checkpoint needs them, so that the host never waits inside a step.
+#[derive(Default)]
+pub(crate) struct Pending(Vec<StepResult>);
+
+impl Pending {
+    pub fn push(&mut self, r: StepResult) {
+        self.0.push(r);
+    }
+    /// Reads the pending steps: the sum and count of their losses and the last step's gradient
+    /// norm; the first step with a non-finite loss is an error `bad(step, loss)`.
+    pub fn read(&mut self, bad: impl Fn(usize, f32) -> Error) -> Result<(f64, usize, f64)> {
+        let (mut sum, mut norm) = (0.0, f64::NAN);
+        let n = self.0.len();
+        for r in self.0.drain(..) {
+            let loss = r.loss.to_vec()?[0];
+            if !loss.is_finite() {
+                return Err(bad(r.step, loss));
+            }
+            sum += f64::from(loss);
+            norm = f64::from(r.norm.to_vec()?[0]);
+        }
+        Ok((sum, n, norm))
     }
 }
 
@@ -642,11 +697,8 @@ fn remedy(o: &TrainOptions) -> String {
 
 /// The first of the weights and the EMA weights that holds NaN or infinite values, and how many.
 fn non_finite_state(state: &State) -> Result<Option<(&'static str, usize)>> {
-    for (kind, list) in [("weights", &state.params), ("EMA weights", &state.ema)] {
-        let mut bad = 0;
-        for s in list {
-            bad += s.to_vec()?.iter().filter(|v| !v.is_finite()).count();
-        }
+    for (kind, flat) in [("weights", &state.params), ("EMA weights", &state.ema)] {
+        let bad = flat.to_vec()?.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
             return Ok(Some((kind, bad)));
         }
@@ -675,18 +727,7 @@ pub(crate) fn log_until(path: &Path, step: usize) -> String {
 /// directory without a run; with `--resume`, a directory holding one); the folder is written
 /// only at checkpoints, each one whole: the model, the training state and the log up to that
 /// step, committed together.
-/// Training runs on the CPU only in this version: `--device cuda` is refused before any work.
-pub fn refuse_gpu(device: Device, command: &str) -> Result<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda(n) => Err(Error::Invalid(format!(
-            "{command} --device cuda:{n}: training on the GPU is not in this version of dydiff; use --device cpu"
-        ))),
-    }
-}
-
 pub fn run(o: &TrainOptions) -> Result<()> {
-    refuse_gpu(o.device, "train")?;
     let mut outputs = Outputs::new();
     // The files of every checkpoint, so that one that could not be placed is refused now.
     let mut names = Model::folder_files();
@@ -976,8 +1017,10 @@ pub(crate) fn train_loop(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut unet = state.network(config, device, &state.params)?;
+    let mut unet = state.network(config, device, Weights::Current)?;
     let (mut loss_sum, mut loss_n, mut clock) = (0.0f64, 0usize, Instant::now());
+    let mut norm = f64::NAN;
+    let mut pending = Pending::default();
     let mut last_saved = state.step;
     let settings = OptimizerSettings {
         weight_decay: o.weight_decay,
@@ -987,7 +1030,7 @@ pub(crate) fn train_loop(
     while state.step < steps {
         let step = state.step + 1;
         let lr = learning_rate(o, step, steps);
-        let (value, norm) = state.train_step(&unet, |u| loss(u, step), lr, &settings, device)?;
+        pending.push(state.train_step(&unet, |u| loss(u, step), lr, &settings, device)?);
         let kept = || {
             if last_saved > 0 {
                 format!(
@@ -998,20 +1041,25 @@ pub(crate) fn train_loop(
                 "before the first checkpoint, so nothing was written".to_string()
             }
         };
-        if !value.is_finite() {
-            return Err(Error::Invalid(format!(
-                "step {step}: the loss is {value}; stopped ({}); {}",
-                kept(),
-                remedy(o)
-            )));
-        }
-        unet = state.network(config, device, &state.params)?;
-        loss_sum += f64::from(value);
-        loss_n += 1;
+        unet = state.network(config, device, Weights::Current)?;
         bar.set_position(step as u64);
-        bar.set_message(format!("loss {value:.4}"));
         let at_checkpoint = step % o.checkpoint_every == 0 || step == steps;
-        if step % o.log_every == 0 || at_checkpoint {
+        let at_log = step % o.log_every == 0 || at_checkpoint;
+        // The CPU has its values at hand; the GPU's are read at log lines and checkpoints only.
+        if device == Device::Cpu || at_log {
+            let (sum, n, last_norm) = pending.read(|bad_step, value| {
+                Error::Invalid(format!(
+                    "step {bad_step}: the loss is {value}; stopped ({}); {}",
+                    kept(),
+                    remedy(o)
+                ))
+            })?;
+            if n > 0 {
+                bar.set_message(format!("loss {:.4}", sum / n as f64));
+            }
+            (loss_sum, loss_n, norm) = (loss_sum + sum, loss_n + n, last_norm);
+        }
+        if at_log {
             let secs = clock.elapsed().as_secs_f64();
             let mut line = json!({
                 "step": step, "loss": loss_sum / loss_n as f64, "lr": lr, "grad_norm": norm,
@@ -1019,7 +1067,7 @@ pub(crate) fn train_loop(
             });
             let mut model_files = Vec::new();
             if at_checkpoint {
-                let (val_loss, f) = checkpoint(state.network(config, device, &state.ema)?)?;
+                let (val_loss, f) = checkpoint(state.network(config, device, Weights::Ema)?)?;
                 if let Some(v) = val_loss {
                     line["val_loss"] = json!(v);
                 }
@@ -1136,15 +1184,13 @@ mod tests {
         let unet = UNet2D::init(c, 0, Device::Cpu).unwrap();
         let mut s = State::fresh(&unet, Device::Cpu).unwrap();
         assert_eq!(non_finite_state(&s).unwrap(), None);
-        let n = s.ema[1].to_vec().unwrap().len();
-        let mut bad = vec![0.0; n];
+        let mut bad = s.ema.to_vec().unwrap();
+        let n = bad.len();
         bad[0] = f32::NAN;
         bad[n - 1] = f32::INFINITY;
-        s.ema[1] = Device::Cpu.storage_from_vec(bad).unwrap();
+        s.ema = Device::Cpu.storage_from_vec(bad).unwrap();
         assert_eq!(non_finite_state(&s).unwrap(), Some(("EMA weights", 2)));
-        s.params[0] = Device::Cpu
-            .storage_from_vec(vec![f32::NAN; s.params[0].to_vec().unwrap().len()])
-            .unwrap();
+        s.params = Device::Cpu.storage_from_vec(vec![f32::NAN; n]).unwrap();
         assert!(matches!(
             non_finite_state(&s).unwrap(),
             Some(("weights", _))

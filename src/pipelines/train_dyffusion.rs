@@ -10,7 +10,7 @@
 
 use super::train::{
     check_inputs, check_model_spread, data_stats, default_unet, log_until, read_training_data,
-    recipe, refuse_gpu, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions,
+    recipe, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions, Weights,
 };
 use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
@@ -208,7 +208,6 @@ fn same_recipe(stored: &Value, want: &Value, extendable: bool) -> bool {
 
 /// Runs `dydiff train --method dyffusion`.
 pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
-    refuse_gpu(o.device, "train")?;
     let mut outputs = Outputs::new();
     let mut names = vec![PROCESS_FILE.to_string()];
     for dir in [INTERPOLATOR_DIR, FORECASTER_DIR] {
@@ -415,7 +414,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                 checkpoint,
             )?;
         }
-        interpolator = Some(state.network(&net_config, device, &state.ema)?);
+        interpolator = Some(state.network(&net_config, device, Weights::Ema)?);
     }
     if !run_2 {
         return Ok(());

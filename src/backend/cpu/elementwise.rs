@@ -99,16 +99,6 @@ pub fn sum_rows(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     acc.into_iter().map(|v| v as f32).collect()
 }
 
-/// `Σ x`, accumulated in f64: one partial sum per fixed chunk, added in order, so the result
-/// does not depend on the thread count.
-pub fn sum_all(x: &[f32]) -> f32 {
-    let partial: Vec<f64> = x
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&v| v as f64).sum::<f64>())
-        .collect();
-    partial.iter().sum::<f64>() as f32
-}
-
 /// `(n, a, b) → (n, b, a)`, in 32 × 32 tiles.
 pub fn transpose12(x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
     const T: usize = 32;

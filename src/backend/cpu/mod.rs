@@ -18,8 +18,8 @@ pub mod winograd;
 
 use crate::backend::{
     check_dropout, rows_from_words, shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp,
-    ConvGeom, DdimCoef, DdimStep, DropoutGeom, DynCoef, FusedConv, FusedNorm, MatmulGeom, NormGeom,
-    ProcessGeom, QSampleCoef, SeqGeom,
+    ConvGeom, DdimCoef, DdimStep, DropoutGeom, DynCoef, FusedConv, FusedNorm, LossKind, MatmulGeom,
+    NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::profile::scope;
@@ -91,6 +91,18 @@ impl CpuStorage {
 
 fn wrap(v: Vec<f32>) -> Result<CpuStorage> {
     Ok(CpuStorage::from_vec(v))
+}
+
+/// That an operand of `op` holds `want` values.
+fn check_len(op: &'static str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("operands of {got} and {want} values"),
+        ))
+    }
 }
 
 impl BackendStorage for CpuStorage {
@@ -410,28 +422,74 @@ impl BackendStorage for CpuStorage {
         }
         wrap(out)
     }
+    fn loss(&self, target: &Self, kind: LossKind) -> Result<Self> {
+        check_len("loss", target.len(), self.len())?;
+        Ok(CpuStorage::from_vec(vec![optim::loss(
+            &self.data,
+            &target.data,
+            kind,
+        )]))
+    }
+    fn loss_backward(&self, target: &Self, g: &Self, kind: LossKind) -> Result<Self> {
+        check_len("loss_backward", target.len(), self.len())?;
+        check_len("loss_backward", g.len(), 1)?;
+        wrap(optim::loss_backward(
+            &self.data,
+            &target.data,
+            g.data[0],
+            kind,
+        ))
+    }
     fn adamw(
         &self,
-        grad: &Self,
+        grads: &[&Self],
         m: &Self,
         v: &Self,
         ema: &Self,
+        loss: &Self,
         h: &AdamStep,
-    ) -> Result<(Self, Self, Self, Self)> {
+    ) -> Result<(Self, Self, Self, Self, Self)> {
         let _s = scope("adamw", 0.0);
-        let (p, m, v, e) = optim::adamw(&self.data, &grad.data, &m.data, &v.data, &ema.data, h);
+        for part in [m, v, ema] {
+            check_len("adamw", part.len(), self.len())?;
+        }
+        check_len("adamw", loss.len(), 1)?;
+        let total: usize = grads.iter().map(|g| g.len()).sum();
+        check_len("adamw", total, self.len())?;
+        let norm = grads
+            .iter()
+            .map(|g| optim::sum_squares(&g.data))
+            .sum::<f64>()
+            .sqrt();
+        let norm_out = CpuStorage::from_vec(vec![norm as f32]);
+        if !(norm.is_finite() && loss.data[0].is_finite()) {
+            return Ok((self.clone(), m.clone(), v.clone(), ema.clone(), norm_out));
+        }
+        let scale = (f64::from(h.max_norm) / (norm + 1e-6)).min(1.0) as f32;
+        let mut g = Vec::with_capacity(self.len());
+        for part in grads {
+            g.extend_from_slice(&part.data);
+        }
+        let (p, m, v, e) = optim::adamw(&self.data, &g, &m.data, &v.data, &ema.data, h, scale);
         Ok((
             CpuStorage::from_vec(p),
             CpuStorage::from_vec(m),
             CpuStorage::from_vec(v),
             CpuStorage::from_vec(e),
+            norm_out,
         ))
     }
-    fn sum_squares(&self) -> Result<f64> {
-        Ok(optim::sum_squares(&self.data))
-    }
-    fn sum_all(&self) -> Result<f32> {
-        Ok(elementwise::sum_all(&self.data))
+    fn split(&self, lens: &[usize]) -> Result<Vec<Self>> {
+        let total: usize = lens.iter().sum();
+        check_len("split", total, self.len())?;
+        let mut at = 0;
+        Ok(lens
+            .iter()
+            .map(|&n| {
+                at += n;
+                CpuStorage::from_vec(self.data[at - n..at].to_vec())
+            })
+            .collect())
     }
     fn timestep_embedding(
         &self,

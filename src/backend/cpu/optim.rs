@@ -1,12 +1,12 @@
 //! The optimizer's element-wise update (AdamW with a weight EMA, see
-//! [`crate::backend::AdamStep`]) in one pass over the five arrays, and the squared norm used for
-//! gradient clipping. Reference: the formula, evaluated in f64 in `tests/ops.rs`.
+//! [`crate::backend::AdamStep`]) in one pass over the five arrays, the squared norm used for
+//! gradient clipping, and the losses. Reference: the formulas, evaluated in f64 in `tests/ops.rs`.
 
 use super::elementwise::CHUNK;
-use crate::backend::AdamStep;
+use crate::backend::{AdamStep, LossKind};
 use rayon::prelude::*;
 
-/// `(p', m', v', e')`, see [`AdamStep`].
+/// `(p', m', v', e')` with the gradient `g` times the clipping factor `scale`, see [`AdamStep`].
 pub fn adamw(
     p: &[f32],
     g: &[f32],
@@ -14,6 +14,7 @@ pub fn adamw(
     v: &[f32],
     e: &[f32],
     h: &AdamStep,
+    scale: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = p.len();
     let (mut po, mut mo, mut vo, mut eo) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
@@ -32,7 +33,7 @@ pub fn adamw(
                 &e[r],
             );
             for i in 0..po.len() {
-                let gi = g[i] * h.grad_scale;
+                let gi = g[i] * scale;
                 let mi = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
                 let vi = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
                 let step = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps) + h.weight_decay * p[i];
@@ -53,4 +54,50 @@ pub fn sum_squares(x: &[f32]) -> f64 {
         .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
         .collect();
     partial.iter().sum()
+}
+
+/// `mean((a − b)²)` or `mean|a − b|`: the terms in f32, summed in f64 by fixed chunks, the mean
+/// in f32.
+pub fn loss(a: &[f32], b: &[f32], kind: LossKind) -> f32 {
+    let partial: Vec<f64> = a
+        .par_chunks(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| {
+                    let d = x - y;
+                    f64::from(match kind {
+                        LossKind::Mse => d * d,
+                        LossKind::Mae => d.abs(),
+                    })
+                })
+                .sum::<f64>()
+        })
+        .collect();
+    partial.iter().sum::<f64>() as f32 / a.len().max(1) as f32
+}
+
+/// The loss's gradient with respect to `a`: `(a − b)·(2g/N)` or `sign(a − b)·(g/N)`.
+pub fn loss_backward(a: &[f32], b: &[f32], g: f32, kind: LossKind) -> Vec<f32> {
+    let n = a.len().max(1) as f32;
+    a.par_iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = x - y;
+            match kind {
+                LossKind::Mse => d * (2.0 * g / n),
+                LossKind::Mae => {
+                    let s = if d > 0.0 {
+                        1.0
+                    } else if d < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    };
+                    s * (g / n)
+                }
+            }
+        })
+        .collect()
 }

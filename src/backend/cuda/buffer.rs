@@ -4,11 +4,13 @@ use super::gpu::{DevicePtr, Gpu};
 use crate::error::Result;
 use std::sync::Arc;
 
-/// `bytes` bytes of a [`Gpu`]'s memory holding 4-byte values (`f32` or `u32`).
+/// `bytes` bytes of a [`Gpu`]'s memory holding 4-byte values (`f32` or `u32`): an allocation of
+/// its own, or a view of part of another buffer ([`Buffer::views`]), which it keeps alive.
 pub struct Buffer {
     gpu: Arc<dyn Gpu>,
     ptr: DevicePtr,
     bytes: usize,
+    parent: Option<Arc<Buffer>>,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -25,7 +27,33 @@ impl Buffer {
             gpu: gpu.clone(),
             ptr: gpu.alloc(bytes)?,
             bytes,
+            parent: None,
         })
+    }
+    /// Consecutive views of `whole`, of `lens` values each (summing to at most its length): the
+    /// parameters of a network inside one contiguous allocation.
+    pub fn views(whole: &Arc<Buffer>, lens: &[usize]) -> Result<Vec<Buffer>> {
+        let total: usize = lens.iter().sum();
+        if total > whole.len() {
+            return Err(crate::error::Error::shape(
+                "split",
+                format!("parts of {total} values in a buffer of {}", whole.len()),
+            ));
+        }
+        let mut at = 0u64;
+        Ok(lens
+            .iter()
+            .map(|&n| {
+                let b = Buffer {
+                    gpu: whole.gpu.clone(),
+                    ptr: DevicePtr(whole.ptr.0 + at),
+                    bytes: n * 4,
+                    parent: Some(whole.clone()),
+                };
+                at += 4 * n as u64;
+                b
+            })
+            .collect())
     }
     /// A copy of `data` on the device.
     pub fn from_f32(gpu: &Arc<dyn Gpu>, data: &[f32]) -> Result<Buffer> {
@@ -64,6 +92,9 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        if self.parent.is_some() {
+            return; // a view: its parent frees the memory
+        }
         // A failed free (a lost context) leaves nothing the caller could do.
         let _ = self.gpu.free(self.ptr);
     }

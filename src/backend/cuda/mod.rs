@@ -1,14 +1,14 @@
 //! The CUDA backend: the kernels of `kernels/*.cu`, launched through the [`gpu::Gpu`] seam on a
 //! GPU ([`driver`], with the `cuda` feature) or on the CPU [emulator](emu) (docs/devices.md).
-//! [`CudaStorage`] implements the inference operations of [`BackendStorage`]; the gradients and
-//! the optimiser step are training's, which does not run on the GPU in this version (each says
-//! so in one line).
+//! [`CudaStorage`] implements every operation of [`BackendStorage`]: inference's, and training's
+//! gradients, losses and optimizer step ([`backward`], [`optim`]).
 //!
 //! Devices: `cuda:N` is GPU `N` through the driver; with the environment variable
 //! `DYDIFF_CUDA_EMULATOR=1` every `cuda:N` is the emulator instead (for tests and debugging:
 //! slow, exact about memory errors). Each device is opened once per process, behind a caching
 //! allocator ([`cache::Cached`]).
 
+pub mod backward;
 pub mod buffer;
 pub mod cache;
 pub mod check;
@@ -21,6 +21,7 @@ pub mod gemm;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod optim;
 pub mod process;
 
 use self::buffer::Buffer;
@@ -29,7 +30,7 @@ use self::gemm::Epilogue;
 use self::gpu::Gpu;
 use super::{
     AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DropoutGeom, DynCoef,
-    FusedConv, FusedNorm, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    FusedConv, FusedNorm, LossKind, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -134,10 +135,6 @@ pub fn precision() -> Precision {
         2 => Precision::Bf16,
         _ => Precision::Tf32,
     }
-}
-
-fn training() -> Error {
-    Error::Backend("training on the GPU is not in this version of dydiff; use --device cpu".into())
 }
 
 /// Values on one CUDA device (float32).
@@ -250,12 +247,14 @@ impl BackendStorage for CudaStorage {
     }
     fn conv2d_backward(
         &self,
-        _: &Self,
-        _: &Self,
-        _: &ConvGeom,
-        _: bool,
+        w: &Self,
+        dy: &Self,
+        g: &ConvGeom,
+        need_dx: bool,
     ) -> Result<(Option<Self>, Self, Self)> {
-        Err(training())
+        let (dx, dw, db) =
+            backward::conv2d_backward(&self.buf, &w.buf, &dy.buf, g, need_dx, precision())?;
+        Ok((dx.map(|b| self.wrap(b)), self.wrap(dw), self.wrap(db)))
     }
     fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self> {
         let c = gemm::matmul(&self.buf, &b.buf, g, Epilogue::NONE, precision())?;
@@ -347,8 +346,8 @@ impl BackendStorage for CudaStorage {
         };
         Ok(self.wrap(gemm::strided(&w.buf, &self.buf, &layout, epi, precision())?))
     }
-    fn sum_rows(&self, _: usize, _: usize) -> Result<Self> {
-        Err(training())
+    fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
+        Ok(self.wrap(backward::reduce_channels(&self.buf, (rows, cols, 1))?))
     }
     fn group_norm(&self, gamma: &Self, beta: &Self, g: &NormGeom) -> Result<(Self, Self)> {
         let (y, stats) = conv::group_norm(&self.buf, &gamma.buf, &beta.buf, g)?;
@@ -356,36 +355,42 @@ impl BackendStorage for CudaStorage {
     }
     fn group_norm_backward(
         &self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &NormGeom,
+        gamma: &Self,
+        stats: &Self,
+        dy: &Self,
+        g: &NormGeom,
     ) -> Result<(Self, Self, Self)> {
-        Err(training())
+        let (dx, dgamma, dbeta) =
+            backward::group_norm_backward(&self.buf, &gamma.buf, &stats.buf, &dy.buf, g)?;
+        Ok((self.wrap(dx), self.wrap(dgamma), self.wrap(dbeta)))
     }
     fn silu(&self) -> Result<Self> {
         Ok(self.wrap(elementwise::silu(&self.buf)?))
     }
-    fn silu_backward(&self, _: &Self) -> Result<Self> {
-        Err(training())
+    fn silu_backward(&self, dy: &Self) -> Result<Self> {
+        Ok(self.wrap(backward::silu_backward(&self.buf, &dy.buf)?))
     }
     fn attention(&self, k: &Self, v: &Self, g: &AttnGeom) -> Result<Self> {
         Ok(self.wrap(elementwise::attention(&self.buf, &k.buf, &v.buf, g)?))
     }
     fn attention_backward(
         &self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &AttnGeom,
+        k: &Self,
+        v: &Self,
+        dout: &Self,
+        g: &AttnGeom,
     ) -> Result<(Self, Self, Self)> {
-        Err(training())
+        let (dq, dk, dv) = backward::attention_backward(&self.buf, &k.buf, &v.buf, &dout.buf, g)?;
+        Ok((self.wrap(dq), self.wrap(dk), self.wrap(dv)))
     }
     fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
         Ok(self.wrap(elementwise::upsample_nearest2x(&self.buf, (nc, h, w))?))
     }
-    fn upsample_nearest2x_backward(&self, _: usize, _: usize, _: usize) -> Result<Self> {
-        Err(training())
+    fn upsample_nearest2x_backward(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
+        Ok(self.wrap(backward::upsample_nearest2x_backward(
+            &self.buf,
+            (nc, h, w),
+        )?))
     }
     fn binary(&self, rhs: &Self, op: BinaryOp) -> Result<Self> {
         Ok(self.wrap(elementwise::binary(&self.buf, &rhs.buf, op)?))
@@ -427,13 +432,18 @@ impl BackendStorage for CudaStorage {
     }
     fn slice_channels_backward(
         &self,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
+        n: usize,
+        c: usize,
+        hw: usize,
+        start: usize,
+        end: usize,
     ) -> Result<Self> {
-        Err(training())
+        Ok(self.wrap(backward::slice_channels_backward(
+            &self.buf,
+            (n, c, hw),
+            start,
+            end,
+        )?))
     }
     fn dynamics(&self, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Result<Self> {
         Ok(self.wrap(process::dynamics(&self.buf, g, coefs, inverse)?))
@@ -471,21 +481,37 @@ impl BackendStorage for CudaStorage {
     fn dropout(&self, rows: &Self, g: &DropoutGeom) -> Result<Self> {
         Ok(self.wrap(process::dropout(&self.buf, &rows.buf, g)?))
     }
+    fn loss(&self, target: &Self, kind: LossKind) -> Result<Self> {
+        Ok(self.wrap(optim::loss(&self.buf, &target.buf, kind)?))
+    }
+    fn loss_backward(&self, target: &Self, g: &Self, kind: LossKind) -> Result<Self> {
+        Ok(self.wrap(optim::loss_backward(&self.buf, &target.buf, &g.buf, kind)?))
+    }
     fn adamw(
         &self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &Self,
-        _: &AdamStep,
-    ) -> Result<(Self, Self, Self, Self)> {
-        Err(training())
+        grads: &[&Self],
+        m: &Self,
+        v: &Self,
+        ema: &Self,
+        loss: &Self,
+        h: &AdamStep,
+    ) -> Result<(Self, Self, Self, Self, Self)> {
+        let g: Vec<&Buffer> = grads.iter().map(|g| g.buffer()).collect();
+        let (p, m, v, e, norm) =
+            optim::adamw(&self.buf, &g, (&m.buf, &v.buf, &ema.buf), &loss.buf, h)?;
+        Ok((
+            self.wrap(p),
+            self.wrap(m),
+            self.wrap(v),
+            self.wrap(e),
+            self.wrap(norm),
+        ))
     }
-    fn sum_squares(&self) -> Result<f64> {
-        Err(training())
-    }
-    fn sum_all(&self) -> Result<f32> {
-        Err(training())
+    fn split(&self, lens: &[usize]) -> Result<Vec<Self>> {
+        Ok(Buffer::views(&self.buf, lens)?
+            .into_iter()
+            .map(|b| self.wrap(b))
+            .collect())
     }
     fn timestep_embedding(
         &self,

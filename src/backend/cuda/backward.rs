@@ -1,0 +1,439 @@
+//! Launchers of `kernels/backward.cu` and `kernels/attention_backward.cu`: the gradients of the
+//! convolution, the group norm, SiLU, upsampling, slicing and attention, and the column sums of a
+//! bias gradient — the semantics of the [`crate::backend::BackendStorage`] backward operations.
+//! `cargo test --release --test cuda_backward` compares each with the CPU backend on the emulator.
+
+use super::buffer::Buffer;
+use super::check;
+use super::gpu::{KernelArg, LaunchShape};
+use super::Precision;
+use crate::backend::{AttnGeom, ConvGeom, NormGeom};
+use crate::error::{Error, Result};
+
+/// `kernels/backward.cu`'s `ConvBwdShape` (56 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvBwdShape {
+    n: i32,
+    ci: i32,
+    h: i32,
+    w: i32,
+    co: i32,
+    k: i32,
+    stride: i32,
+    pad_top: i32,
+    pad_left: i32,
+    ho: i32,
+    wo: i32,
+    splits: i32,
+    slice_len: i64,
+}
+
+/// `kernels/backward.cu`'s `NormBwdShape` (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormBwdShape {
+    n: i32,
+    c: i32,
+    hw: i32,
+    groups: i32,
+}
+
+/// `kernels/attention_backward.cu`'s `AttnBwdShape` (20 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttnBwdShape {
+    n: i32,
+    l: i32,
+    heads: i32,
+    d: i32,
+    scale: f32,
+}
+
+fn shape_arg<T: bytemuck::Pod>(s: &T) -> KernelArg {
+    KernelArg::Struct(bytemuck::bytes_of(s).to_vec())
+}
+
+fn grid(op: &'static str, what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n.max(1)).map_err(|_| Error::shape(op, format!("{n} {what}")))
+}
+
+/// Slices of the weight gradient's reduction (`n·ho·wo` values): enough blocks to fill a large
+/// GPU (about 256) when the output has few 64×64 tiles, each slice at least 1024 values and a
+/// multiple of 16. A function of the shapes only, so the sums are the same bits on every GPU.
+fn wgrad_slices(tiles: usize, reduction: usize) -> (usize, usize) {
+    let splits = (256 / tiles.max(1)).clamp(1, (reduction / 1024).max(1));
+    let slice = reduction.div_ceil(splits).next_multiple_of(16).max(16);
+    (reduction.div_ceil(slice).max(1), slice)
+}
+
+/// Gradients of the convolution `y = conv(x, w) + b` (see `kernels/backward.cu`): `(dx if
+/// need_dx, dw, db)` for `dy` `(n, co, ho, wo)`.
+pub fn conv2d_backward(
+    x: &Buffer,
+    w: &Buffer,
+    dy: &Buffer,
+    g: &ConvGeom,
+    need_dx: bool,
+    precision: Precision,
+) -> Result<(Option<Buffer>, Buffer, Buffer)> {
+    const OP: &str = "conv2d_backward";
+    let (ho, wo) = (g.ho(), g.wo());
+    check::len(OP, "x", x.len(), g.n * g.ci * g.h * g.w)?;
+    check::len(OP, "the weights", w.len(), g.co * g.ci * g.k * g.k)?;
+    check::len(OP, "the output gradient", dy.len(), g.n * g.co * ho * wo)?;
+    let kk = g.k * g.k;
+    let reduction = g.n * ho * wo;
+    let tiles = g.co.div_ceil(64) * (g.ci * kk).div_ceil(64);
+    let (splits, slice) = wgrad_slices(tiles, reduction);
+    let mut s = ConvBwdShape {
+        n: check::int(OP, "batch", g.n)?,
+        ci: check::int(OP, "channels", g.ci)?,
+        h: check::int(OP, "height", g.h)?,
+        w: check::int(OP, "width", g.w)?,
+        co: check::int(OP, "output channels", g.co)?,
+        k: check::int(OP, "kernel size", g.k)?,
+        stride: check::int(OP, "stride", g.stride)?,
+        pad_top: check::int(OP, "padding", g.pad[0])?,
+        pad_left: check::int(OP, "padding", g.pad[2])?,
+        ho: check::int(OP, "output height", ho)?,
+        wo: check::int(OP, "output width", wo)?,
+        splits: check::int(OP, "slices", splits)?,
+        slice_len: slice as i64,
+    };
+    let gpu = x.gpu();
+    let dx = if need_dx {
+        let dx = Buffer::alloc(gpu, x.len())?;
+        if !dx.is_empty() {
+            gpu.launch(
+                &precision.kernel("conv2d_dgrad"),
+                LaunchShape {
+                    grid: [
+                        grid(OP, "input pixels", (g.n * g.h * g.w).div_ceil(64))?,
+                        grid(OP, "input channels", g.ci.div_ceil(64))?,
+                        1,
+                    ],
+                    block: [128, 1, 1],
+                    shared_bytes: 0,
+                },
+                &[
+                    KernelArg::Ptr(dy.ptr()),
+                    KernelArg::Ptr(w.ptr()),
+                    KernelArg::Ptr(dx.ptr()),
+                    shape_arg(&s),
+                ],
+            )?;
+        }
+        Some(dx)
+    } else {
+        None
+    };
+    let dw = Buffer::alloc(gpu, w.len())?;
+    if !dw.is_empty() {
+        let parts = if splits > 1 {
+            Some(Buffer::alloc(gpu, splits * w.len())?)
+        } else {
+            None
+        };
+        s.splits = splits as i32;
+        gpu.launch(
+            &precision.kernel("conv2d_wgrad"),
+            LaunchShape {
+                grid: [
+                    grid(OP, "weight columns", (g.ci * kk).div_ceil(64))?,
+                    grid(OP, "output channels", g.co.div_ceil(64))?,
+                    grid(OP, "slices", splits)?,
+                ],
+                block: [128, 1, 1],
+                shared_bytes: 0,
+            },
+            &[
+                KernelArg::Ptr(x.ptr()),
+                KernelArg::Ptr(dy.ptr()),
+                KernelArg::Ptr(parts.as_ref().unwrap_or(&dw).ptr()),
+                shape_arg(&s),
+            ],
+        )?;
+        if let Some(parts) = parts {
+            gpu.launch(
+                "sum_splits_f32",
+                LaunchShape::linear(w.len(), 256),
+                &[
+                    KernelArg::Ptr(parts.ptr()),
+                    KernelArg::Ptr(dw.ptr()),
+                    KernelArg::I64(w.len() as i64),
+                    KernelArg::I32(s.splits),
+                ],
+            )?;
+        }
+    }
+    let db = reduce_channels(dy, (g.n, g.co, ho * wo))?;
+    Ok((dx, dw, db))
+}
+
+/// `y[c] = Σ_{o, i} x[o, c, i]` for `x` `(outer, channels, inner)`: a convolution's bias gradient,
+/// or with `inner = 1` the column sums of a matrix.
+pub fn reduce_channels(
+    x: &Buffer,
+    (outer, channels, inner): (usize, usize, usize),
+) -> Result<Buffer> {
+    const OP: &str = "sum_rows";
+    check::len(OP, "the input", x.len(), outer * channels * inner)?;
+    let y = Buffer::alloc(x.gpu(), channels)?;
+    if y.is_empty() {
+        return Ok(y);
+    }
+    x.gpu().launch(
+        "reduce_channels_f32",
+        LaunchShape {
+            grid: [grid(OP, "channels", channels)?, 1, 1],
+            block: [256, 1, 1],
+            shared_bytes: 0,
+        },
+        &[
+            KernelArg::Ptr(x.ptr()),
+            KernelArg::Ptr(y.ptr()),
+            KernelArg::I32(check::int(OP, "rows", outer)?),
+            KernelArg::I32(check::int(OP, "channels", channels)?),
+            KernelArg::I32(check::int(OP, "positions", inner)?),
+        ],
+    )?;
+    Ok(y)
+}
+
+/// Gradients of the group norm (without SiLU) from its saved statistics: `(dx, dγ, dβ)`.
+pub fn group_norm_backward(
+    x: &Buffer,
+    gamma: &Buffer,
+    stats: &Buffer,
+    dy: &Buffer,
+    g: &NormGeom,
+) -> Result<(Buffer, Buffer, Buffer)> {
+    const OP: &str = "group_norm_backward";
+    if g.silu {
+        return Err(Error::shape(
+            OP,
+            "a group norm fused with SiLU has no backward pass",
+        ));
+    }
+    if g.groups == 0 || !g.c.is_multiple_of(g.groups) {
+        return Err(Error::shape(
+            OP,
+            format!("{} channels in {} groups", g.c, g.groups),
+        ));
+    }
+    let len = g.n * g.c * g.hw;
+    check::len(OP, "x", x.len(), len)?;
+    check::len(OP, "the output gradient", dy.len(), len)?;
+    check::len(OP, "gamma", gamma.len(), g.c)?;
+    check::len(OP, "the statistics", stats.len(), 2 * g.n * g.groups)?;
+    let s = NormBwdShape {
+        n: check::int(OP, "batch", g.n)?,
+        c: check::int(OP, "channels", g.c)?,
+        hw: check::int(OP, "positions", g.hw)?,
+        groups: g.groups as i32,
+    };
+    let gpu = x.gpu();
+    let (a, b) = (
+        Buffer::alloc(gpu, g.n * g.c)?,
+        Buffer::alloc(gpu, g.n * g.c)?,
+    );
+    let dx = Buffer::alloc(gpu, len)?;
+    if len > 0 {
+        let block = |blocks| LaunchShape {
+            grid: [blocks, 1, 1],
+            block: [256, 1, 1],
+            shared_bytes: 0,
+        };
+        gpu.launch(
+            "group_norm_bwd_channel_f32",
+            block(grid(OP, "channels", g.n * g.c)?),
+            &[
+                KernelArg::Ptr(x.ptr()),
+                KernelArg::Ptr(dy.ptr()),
+                KernelArg::Ptr(stats.ptr()),
+                KernelArg::Ptr(a.ptr()),
+                KernelArg::Ptr(b.ptr()),
+                shape_arg(&s),
+            ],
+        )?;
+        gpu.launch(
+            "group_norm_bwd_dx_f32",
+            block(grid(OP, "groups", g.n * g.groups)?),
+            &[
+                KernelArg::Ptr(x.ptr()),
+                KernelArg::Ptr(dy.ptr()),
+                KernelArg::Ptr(stats.ptr()),
+                KernelArg::Ptr(gamma.ptr()),
+                KernelArg::Ptr(a.ptr()),
+                KernelArg::Ptr(b.ptr()),
+                KernelArg::Ptr(dx.ptr()),
+                shape_arg(&s),
+            ],
+        )?;
+    }
+    let dgamma = reduce_channels(&a, (g.n, g.c, 1))?;
+    let dbeta = reduce_channels(&b, (g.n, g.c, 1))?;
+    Ok((dx, dgamma, dbeta))
+}
+
+/// A one-thread-per-element kernel writing a new buffer of `len` values.
+fn map(
+    like: &Buffer,
+    len: usize,
+    kernel: &str,
+    args: impl FnOnce(&Buffer) -> Vec<KernelArg>,
+) -> Result<Buffer> {
+    let y = Buffer::alloc(like.gpu(), len)?;
+    if len > 0 {
+        let a = args(&y);
+        like.gpu()
+            .launch(kernel, LaunchShape::linear(len, 256), &a)?;
+    }
+    Ok(y)
+}
+
+/// `dy·σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_backward(x: &Buffer, dy: &Buffer) -> Result<Buffer> {
+    check::len("silu_backward", "the output gradient", dy.len(), x.len())?;
+    map(x, x.len(), "silu_backward_f32", |dx| {
+        vec![
+            KernelArg::Ptr(x.ptr()),
+            KernelArg::Ptr(dy.ptr()),
+            KernelArg::Ptr(dx.ptr()),
+            KernelArg::I64(x.len() as i64),
+        ]
+    })
+}
+
+/// The adjoint of nearest 2× upsampling: `(nc, 2h, 2w)` → `(nc, h, w)`, sums of 2×2 blocks.
+pub fn upsample_nearest2x_backward(
+    dy: &Buffer,
+    (nc, h, w): (usize, usize, usize),
+) -> Result<Buffer> {
+    const OP: &str = "upsample_backward";
+    check::len(OP, "the output gradient", dy.len(), nc * 4 * h * w)?;
+    let (nc, h, w) = (
+        check::int(OP, "planes", nc)?,
+        check::int(OP, "height", h)?,
+        check::int(OP, "width", w)?,
+    );
+    map(dy, dy.len() / 4, "upsample_nearest2x_backward_f32", |dx| {
+        vec![
+            KernelArg::Ptr(dy.ptr()),
+            KernelArg::Ptr(dx.ptr()),
+            KernelArg::I32(nc),
+            KernelArg::I32(h),
+            KernelArg::I32(w),
+        ]
+    })
+}
+
+/// The adjoint of slicing channels `start..end` of `(n, c, hw)`: `g` `(n, end − start, hw)` placed
+/// into zeros.
+pub fn slice_channels_backward(
+    g: &Buffer,
+    (n, c, hw): (usize, usize, usize),
+    start: usize,
+    end: usize,
+) -> Result<Buffer> {
+    const OP: &str = "slice_backward";
+    if start > end || end > c {
+        return Err(Error::shape(OP, format!("channels {start}..{end} of {c}")));
+    }
+    check::len(OP, "the gradient", g.len(), n * (end - start) * hw)?;
+    let args = [
+        check::int(OP, "batch", n)?,
+        check::int(OP, "channels", c)?,
+        check::int(OP, "positions", hw)?,
+        start as i32,
+        end as i32,
+    ];
+    map(g, n * c * hw, "slice_channels_backward_f32", |y| {
+        let mut a = vec![KernelArg::Ptr(g.ptr()), KernelArg::Ptr(y.ptr())];
+        a.extend(args.map(KernelArg::I32));
+        a
+    })
+}
+
+/// Gradients of softmax attention `(dq, dk, dv)` (see `kernels/attention_backward.cu`): the
+/// per-row statistics (log-sum-exp and `Σ_j P·dP`) first, then the query side and the key side,
+/// each recomputing the scores.
+pub fn attention_backward(
+    q: &Buffer,
+    k: &Buffer,
+    v: &Buffer,
+    dout: &Buffer,
+    g: &AttnGeom,
+) -> Result<(Buffer, Buffer, Buffer)> {
+    const OP: &str = "attention_backward";
+    let len = g.n * g.l * g.heads * g.d;
+    for (what, b) in [("q", q), ("k", k), ("v", v), ("the output gradient", dout)] {
+        check::len(OP, what, b.len(), len)?;
+    }
+    if g.d == 0 || g.d > 128 {
+        return Err(Error::shape(
+            OP,
+            format!("head dimension {} (1 to 128)", g.d),
+        ));
+    }
+    let gpu = q.gpu();
+    let (dq, dk, dv) = (
+        Buffer::alloc(gpu, len)?,
+        Buffer::alloc(gpu, len)?,
+        Buffer::alloc(gpu, len)?,
+    );
+    if len == 0 {
+        return Ok((dq, dk, dv));
+    }
+    if g.heads > 65_535 || g.n > 65_535 {
+        return Err(Error::shape(
+            OP,
+            format!("{} heads × {} samples: at most 65535 each", g.heads, g.n),
+        ));
+    }
+    let s = AttnBwdShape {
+        n: check::int(OP, "batch", g.n)?,
+        l: check::int(OP, "tokens", g.l)?,
+        heads: g.heads as i32,
+        d: g.d as i32,
+        scale: g.scale,
+    };
+    let rows = g.n * g.heads * g.l;
+    let (lse, dsum) = (Buffer::alloc(gpu, rows)?, Buffer::alloc(gpu, rows)?);
+    let shape = LaunchShape {
+        grid: [
+            grid(OP, "tokens", g.l.div_ceil(16))?,
+            g.heads as u32,
+            g.n as u32,
+        ],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+    };
+    let qkvo = [q, k, v, dout].map(|b| KernelArg::Ptr(b.ptr()));
+    let mut args = qkvo.to_vec();
+    args.extend([
+        KernelArg::Ptr(lse.ptr()),
+        KernelArg::Ptr(dsum.ptr()),
+        shape_arg(&s),
+    ]);
+    gpu.launch("attention_bwd_rows_f32", shape, &args)?;
+    let mut args = qkvo.to_vec();
+    args.extend([
+        KernelArg::Ptr(lse.ptr()),
+        KernelArg::Ptr(dsum.ptr()),
+        KernelArg::Ptr(dq.ptr()),
+        shape_arg(&s),
+    ]);
+    gpu.launch("attention_bwd_dq_f32", shape, &args)?;
+    let mut args = qkvo.to_vec();
+    args.extend([
+        KernelArg::Ptr(lse.ptr()),
+        KernelArg::Ptr(dsum.ptr()),
+        KernelArg::Ptr(dk.ptr()),
+        KernelArg::Ptr(dv.ptr()),
+        shape_arg(&s),
+    ]);
+    gpu.launch("attention_bwd_dkv_f32", shape, &args)?;
+    Ok((dq, dk, dv))
+}
