@@ -9,7 +9,13 @@ in a few minutes:
    (same weights): the forward at batch 8 on 32×32 and at batch 64 on 64×64 — PyTorch eager with its
    defaults (TF32 convolutions), eager under bf16 autocast, torch.compile; dydiff at tf32 and fp32 —
    and the sampler (Dynamical Diffusion, 10 DDIM steps, batch 8 on 32×32), with dydiff's time per
-   kernel.
+   kernel;
+5. a training step side by side (the same DyDiff step: windows of the data, the forward process,
+   the UNet forward and backward, clipping by global norm, AdamW, the weight EMA) at batch 16 on
+   32×32 and batch 64 on 64×64: PyTorch eager (its defaults: TF32 convolutions), eager under bf16
+   autocast, torch.compile under bf16 autocast, each with its peak device memory; dydiff
+   `train --device cuda` at tf32 and bf16 (the step time from its log) and `bench train` (time per
+   kernel, peak device memory).
 
 It writes gpu_check.json (everything) and gpu_check.md (the tables) to --out.
 
@@ -210,6 +216,94 @@ def dydiff_sampler(binary, mdir, tmp, precision):
     return res[-1]
 
 
+def dyn_batched(x, g):
+    """Dyn_γ over dim 1 with one γ per sequence (g: (batch, 1, 1, 1))."""
+    out = [x[:, 0]]
+    for i in range(1, x.shape[1]):
+        out.append(g.sqrt() * x[:, i] + (1 - g).sqrt() * out[-1])
+    return torch.stack(out, 1)
+
+
+def torch_train(mdir, batch, size, mode, steps=30, hist=4, fut=6, ch=2, dyn_eta=0.5):
+    """The DyDiff training step of docs/process.md, “Training”, in PyTorch + diffusers: seconds per
+    step (median of `steps` after warm-up) and the peak device memory."""
+    torch.manual_seed(0)
+    net = UNet2DModel.from_pretrained(mdir / "unet").cuda().train()
+    params = list(net.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True)
+    f = torch.compile(net) if mode == "compile" else net
+    ab = DDIMScheduler.from_pretrained(mdir / "scheduler").alphas_cumprod.float().cuda()
+    data = torch.randn(64, hist + fut, ch, size, size, device="cuda")
+
+    def step():
+        idx = torch.randint(0, data.shape[0], (batch,), device="cuda")
+        t = torch.randint(0, 1000, (batch,), device="cuda")
+        a = ab[t].view(-1, 1, 1, 1)
+        g = dyn_eta * a + (1 - dyn_eta)
+        x0 = data[idx]
+        eps = dyn_batched(torch.randn(batch, fut, ch, size, size, device="cuda"), g)
+        d = dyn_batched(x0, g)[:, hist:]
+        xt = a.unsqueeze(1).sqrt() * d + (1 - a.unsqueeze(1)).sqrt() * eps
+        inp = torch.cat([x0[:, :hist], xt], 1).reshape(batch, -1, size, size)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode in ("bf16", "compile")):
+            out = f(inp, t).sample
+        loss = torch.nn.functional.mse_loss(out.float(), eps.reshape(batch, -1, size, size))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, params, 1 - 0.999)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(times)),
+            "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
+
+
+def dydiff_train(binary, mdir, tmp, batch, size, precision, steps=60, hist=4, fut=6, ch=2):
+    """`dydiff train --device cuda` on random sequences (the step time of its last log line, after
+    warm-up) and `bench train` (per-kernel times and the peak device memory)."""
+    data = tmp / f"train_{size}.npy"
+    if not data.exists():
+        np.save(data, np.random.default_rng(0).standard_normal((64, hist + fut, ch, size, size))
+                .astype(np.float32))
+    cfg = tmp / "unet_config.json"
+    cfg.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in CONFIG.items()}))
+    out = tmp / f"run_{batch}_{size}_{precision}"
+    shutil.rmtree(out, ignore_errors=True)
+    rc, _, err, secs = run([str(binary), "--device", "cuda", "--precision", precision, "train",
+                            "--data", str(data), "--out", str(out), "--unet-config", str(cfg),
+                            "--history", str(hist), "--future", str(fut), "--dyn-eta", "0.5",
+                            "--batch", str(batch), "--steps", str(steps), "--lr", "1e-4",
+                            "--log-every", str(steps // 3), "--checkpoint-every", str(10 * steps)],
+                           600)
+    if rc:
+        return {"error": err.strip()[-500:]}
+    last = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    res = {"median_s": 1.0 / last["steps_per_s"], "wall_s": secs, "final_loss": last["loss"]}
+    rc, out_b, err, _ = run([str(binary), "--device", "cuda", "--precision", precision, "bench",
+                             "train", "--unet", str(mdir / "unet"), "--batch", str(batch), "--size",
+                             str(size), "--reps", "10", "--warmup", "3"], 600)
+    if rc:
+        res["bench_error"] = err.strip()[-500:]
+    else:
+        r = json.loads(out_b)
+        res.update(bench_median_s=r["median_s"], peak_device_bytes=r.get("peak_device_bytes"),
+                   kernels=r.get("kernels", {}))
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="gpu-check")
@@ -249,6 +343,22 @@ def main():
     samp["dydiff tf32"] = dydiff_sampler(binary, mdir, tmp, "tf32")
     log("sampler: " + json.dumps(samp))
     REPORT["sampler"] = samp
+    train = {}
+    for batch, size in ([(16, 32)] if a.quick else [(16, 32), (64, 64)]):
+        key = f"batch {batch}, {size}x{size}"
+        train[key] = {}
+        for mode in ["eager", "bf16", "compile"]:
+            try:
+                train[key][f"pytorch {mode}"] = torch_train(mdir, batch, size, mode)
+            except Exception as e:
+                train[key][f"pytorch {mode}"] = f"error: {e}"[:300]
+            torch.cuda.empty_cache()
+        for precision in ["tf32", "bf16"]:
+            train[key][f"dydiff {precision}"] = dydiff_train(binary, mdir, tmp, batch, size, precision)
+        log(f"training step {key}: " + json.dumps({k: v if not isinstance(v, dict) else
+                                                    {kk: vv for kk, vv in v.items() if kk != "kernels"}
+                                                    for k, v in train[key].items()}))
+    REPORT["train"] = train
     REPORT["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "gpu_check.json").write_text(json.dumps(REPORT, indent=1))
     lines = [f"# GPU check, {REPORT['machine'].get('gpu')}, {REPORT['started']}", "",
@@ -266,6 +376,17 @@ def main():
     lines += ["", "| sampler, 10 steps, batch 8, 32x32 | s |", "|---|---|"]
     for k, v in samp.items():
         lines.append(f"| {k} | {v if not isinstance(v, dict) else v.get('network_s', v)} |")
+    lines += ["", "| training step | " + " | ".join(train[next(iter(train))].keys()) + " |",
+              "|---|" + "---|" * len(train[next(iter(train))])]
+    for key, row in train.items():
+        cells = []
+        for v in row.values():
+            if isinstance(v, dict) and "median_s" in v:
+                mem = v.get("peak_reserved_bytes") or v.get("peak_device_bytes") or 0
+                cells.append(f"{v['median_s'] * 1e3:.2f} ms, {mem / 2**20:.0f} MiB")
+            else:
+                cells.append(str(v)[:40])
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     log("\n".join(lines))
 

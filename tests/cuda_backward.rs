@@ -406,3 +406,44 @@ fn whole_unet_gradient_on_the_device() {
         );
     }
 }
+
+/// A training step enqueues everything — forward, loss, backward, the gradient norm and the
+/// optimizer — without the host waiting for the device once (the GPU's loss and norm stay there
+/// until a log line reads them).
+#[test]
+fn training_steps_never_wait_for_the_device() {
+    use dydiff::pipelines::train::{OptimizerSettings, State, Weights};
+    let _p = precision(Precision::Tf32);
+    let dev = gpu();
+    let cfg = small_unet_config();
+    let mut unet = UNet2D::init(cfg.clone(), 3, dev).unwrap();
+    let mut state = State::fresh(&unet, dev).unwrap();
+    let settings = OptimizerSettings {
+        weight_decay: 0.01,
+        clip: 1.0,
+        ema_decay: 0.99,
+    };
+    let waits = || cuda::device(0).unwrap().memory_stats().host_waits;
+    let before = waits();
+    let mut results = Vec::new();
+    for step in 0..3u64 {
+        let x = Tensor::from_vec(rand_vec(2 * 3 * 8 * 8, step), &[2, 3, 8, 8], dev).unwrap();
+        let t = Tensor::from_vec(vec![5.0, 900.0], &[2], dev).unwrap();
+        let y = Tensor::from_vec(rand_vec(2 * 2 * 8 * 8, 9 + step), &[2, 2, 8, 8], dev).unwrap();
+        let r = state
+            .train_step(&unet, |u| u.forward(&x, &t)?.mse(&y), 1e-3, &settings, dev)
+            .unwrap();
+        unet = state.network(&cfg, dev, Weights::Current).unwrap();
+        results.push(r);
+    }
+    assert_eq!(
+        waits(),
+        before,
+        "the host waited for the device inside a step"
+    );
+    for r in &results {
+        assert!(r.loss.to_vec().unwrap()[0].is_finite());
+        assert!(r.norm.to_vec().unwrap()[0] > 0.0);
+    }
+    assert_eq!(state.step, 3);
+}

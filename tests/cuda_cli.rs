@@ -407,6 +407,41 @@ fn bench_on_the_cuda_backend_times_every_kernel() {
         assert!(k[name]["seconds"].as_f64().unwrap() > 0.0, "{name}: {r}");
     }
     assert!(r["median_s"].as_f64().unwrap() > 0.0);
+    // a training step: the backward kernels and the fused optimizer, and the memory it held
+    let o = on_device()
+        .args([
+            "--device",
+            "cuda",
+            "--precision",
+            "fp32",
+            "bench",
+            "train",
+            "--unet",
+        ])
+        .arg(&unet)
+        .args([
+            "--batch", "1", "--size", "16", "--reps", "1", "--warmup", "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let k = r["kernels"].as_object().expect("a kernels map");
+    for name in [
+        "conv2d_dgrad_f32",
+        "conv2d_wgrad_f32",
+        "group_norm_bwd_dx_f32",
+        "attention_bwd_dkv_f32",
+        "loss_partial_f32",
+        "adamw_fused_f32",
+    ] {
+        assert!(k[name]["launches"].as_u64().unwrap() > 0, "{name}: {r}");
+    }
+    assert_eq!(
+        k["adamw_fused_f32"]["launches"], 1,
+        "one optimizer launch per step"
+    );
+    assert!(r["peak_device_bytes"].as_u64().unwrap() > 0, "{r}");
 }
 
 /// On the device, as on the CPU, a forecast does not depend on `--batch` or on a re-run: every

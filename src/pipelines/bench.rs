@@ -153,9 +153,10 @@ fn measure(
         "gflop": flops / 1e9, "gflops_per_s": flops / median / 1e9,
         "ops": breakdown,
     });
-    if gpu.is_some() {
+    if let Some(g) = &gpu {
         report["kernels"] = serde_json::Value::Object(kernels);
         report["precision"] = json!(crate::backend::cuda::precision().name());
+        report["peak_device_bytes"] = json!(g.memory_stats().peak_reserved_bytes);
     }
     Ok(report)
 }

@@ -16,8 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex};
 use std::thread::ThreadId;
 
-/// How often the device itself was asked to allocate and free, what the cache holds, and how
-/// many graphs were captured and replayed.
+/// How often the device itself was asked to allocate and free, what the cache holds, how many
+/// graphs were captured and replayed, and how often the host waited for the device (a copy to
+/// the host or a synchronisation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     pub device_allocs: u64,
@@ -26,6 +27,10 @@ pub struct MemoryStats {
     pub cached_bytes: usize,
     pub captures: u64,
     pub replays: u64,
+    pub host_waits: u64,
+    /// Device memory held now (in use or cached), and the most held at once.
+    pub reserved_bytes: usize,
+    pub peak_reserved_bytes: usize,
 }
 
 /// `G` with a cache of freed buffers.
@@ -141,7 +146,9 @@ impl<G: Gpu> Cached<G> {
         let free = std::mem::take(&mut s.free);
         for (_, ptrs) in free {
             for p in ptrs {
-                s.sizes.remove(&p);
+                if let Some(bytes) = s.sizes.remove(&p) {
+                    s.stats.reserved_bytes -= bytes;
+                }
                 s.stats.device_frees += 1;
                 self.inner.free(p)?;
             }
@@ -184,6 +191,8 @@ impl<G: Gpu> Gpu for Cached<G> {
         let mut s = self.lock();
         s.sizes.insert(p, bytes);
         s.stats.device_allocs += 1;
+        s.stats.reserved_bytes += bytes;
+        s.stats.peak_reserved_bytes = s.stats.peak_reserved_bytes.max(s.stats.reserved_bytes);
         if let Some(pool) = s.capturing.as_mut() {
             pool.blocks.insert(p);
         }
@@ -222,6 +231,7 @@ impl<G: Gpu> Gpu for Cached<G> {
 
     fn copy_from_device(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         let _in = self.enter();
+        self.lock().stats.host_waits += 1;
         self.inner.copy_from_device(src, dst)
     }
 
@@ -237,6 +247,7 @@ impl<G: Gpu> Gpu for Cached<G> {
 
     fn synchronize(&self) -> Result<()> {
         let _in = self.enter();
+        self.lock().stats.host_waits += 1;
         self.inner.synchronize()
     }
 
