@@ -11,7 +11,7 @@
 //       g' = g·scale,  m' = β₁m + (1 − β₁)g',  v' = β₂v + (1 − β₂)g'²
 //       p' = p − lr·((m'/bc1) / (√(v'/bc2) + ε) + weight_decay·p),  e' = d·e + (1 − d)·p'
 //
-//       — unless the loss or the norm is not finite: then p', m', v', e' are p, m, v, e (the host
+//       in place — unless the loss or the norm is not finite: then nothing changes (the host
 //       stops the run when it reads the loss). The parameters, moments and EMA are each one
 //       contiguous array; the gradients, one per parameter, are read through a table of chunks
 //       (each ≤ OPT_CHUNK values of one parameter: its address and its place in the arrays), as
@@ -96,36 +96,27 @@ extern "C" __global__ void __launch_bounds__(OPT_THREADS)
 
 extern "C" __global__ void __launch_bounds__(OPT_THREADS)
     adamw_fused_f32(const OptChunk* __restrict__ table, const float* __restrict__ partial,
-                    const float* __restrict__ loss, const float* __restrict__ p,
-                    const float* __restrict__ m, const float* __restrict__ v,
-                    const float* __restrict__ e, float* __restrict__ p2, float* __restrict__ m2,
-                    float* __restrict__ v2, float* __restrict__ e2, float* __restrict__ norm_out,
-                    AdamHyper h) {
+                    const float* __restrict__ loss, float* p, float* m, float* v, float* e,
+                    float* __restrict__ norm_out, AdamHyper h) {
+  // p, m, v, e are updated in place: each value is read, then written, by the same thread
   double acc = 0.0;
   for (int i = threadIdx.x; i < h.chunks; i += OPT_THREADS) acc += partial[i];
   double norm = sqrt(opt_block_sum(acc));
   if (blockIdx.x == 0 && threadIdx.x == 0) norm_out[0] = float(norm);
-  bool ok = isfinite(norm) && isfinite(loss[0]);
+  if (!(isfinite(norm) && isfinite(loss[0]))) return;
   float scale = float(fmin(double(h.max_norm) / (norm + 1e-6), 1.0));
   OptChunk ch = table[blockIdx.x];
   const float* g = reinterpret_cast<const float*>(ch.grad);
   for (unsigned j = threadIdx.x; j < ch.len; j += OPT_THREADS) {
     unsigned long long i = ch.flat + j;
-    if (!ok) {
-      p2[i] = p[i];
-      m2[i] = m[i];
-      v2[i] = v[i];
-      e2[i] = e[i];
-      continue;
-    }
     float gi = g[j] * scale;
     float mi = h.beta1 * m[i] + (1.0f - h.beta1) * gi;
     float vi = h.beta2 * v[i] + (1.0f - h.beta2) * gi * gi;
     float step = (mi / h.bc1) / (sqrtf(vi / h.bc2) + h.eps) + h.weight_decay * p[i];
     float pi = p[i] - h.lr * step;
-    p2[i] = pi;
-    m2[i] = mi;
-    v2[i] = vi;
-    e2[i] = h.ema_decay * e[i] + (1.0f - h.ema_decay) * pi;
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+    e[i] = h.ema_decay * e[i] + (1.0f - h.ema_decay) * pi;
   }
 }

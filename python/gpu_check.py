@@ -15,7 +15,11 @@ in a few minutes:
    32×32 and batch 64 on 64×64: PyTorch eager (its defaults: TF32 convolutions), eager under bf16
    autocast, torch.compile under bf16 autocast, each with its peak device memory; dydiff
    `train --device cuda` at tf32 and bf16 (the step time from its log) and `bench train` (time per
-   kernel, peak device memory).
+   kernel, peak device memory);
+6. (not with --quick) bf16 against tf32 training: the reproduction's turbulence data
+   (experiments/reproduce.sh's settings: 192 sequences of 16 frames at 32×32, the default network,
+   batch 16, lr 1e-3 with cosine decay), 2000 steps at each precision with seeds 0 and 1, both loss
+   curves, and whether bf16's final loss lies within the seed-to-seed spread of tf32's.
 
 It writes gpu_check.json (everything) and gpu_check.md (the tables) to --out.
 
@@ -304,6 +308,43 @@ def dydiff_train(binary, mdir, tmp, batch, size, precision, steps=60, hist=4, fu
     return res
 
 
+def precision_curves(binary, tmp, steps=2000):
+    """Loss curves of `dydiff train --device cuda` at tf32 and bf16, seeds 0 and 1, and the final
+    loss of each (the mean of the last quarter's log lines)."""
+    data = tmp / "turbulence.npy"
+    rc, _, err, _ = run([str(binary), "data", "navier-stokes", "--out", str(data), "--samples", "192",
+                         "--frames", "16", "--resolution", "32", "--seed", "1"], 600)
+    if rc:
+        return {"error": err.strip()[-500:]}
+    runs = {}
+    for precision in ["tf32", "bf16"]:
+        for seed in [0, 1]:
+            out = tmp / f"curve_{precision}_{seed}"
+            rc, _, err, secs = run([str(binary), "--device", "cuda", "--precision", precision, "train",
+                                    "--data", str(data), "--out", str(out), "--history", "4",
+                                    "--future", "6", "--dyn-eta", "0.5", "--batch", "16", "--steps",
+                                    str(steps), "--lr", "1e-3", "--warmup-steps", "100", "--cosine",
+                                    "--log-every", "50", "--checkpoint-every", str(steps),
+                                    "--seed", str(seed)], 600)
+            if rc:
+                runs[f"{precision} seed {seed}"] = {"error": err.strip()[-500:]}
+                continue
+            log_lines = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+            curve = [(l["step"], l["loss"]) for l in log_lines]
+            tail = [v for _, v in curve[-max(1, len(curve) // 4):]]
+            runs[f"{precision} seed {seed}"] = {"curve": curve, "final_loss": float(np.mean(tail)),
+                                                 "wall_s": secs}
+    try:
+        tf = [runs[f"tf32 seed {s}"]["final_loss"] for s in (0, 1)]
+        bf = [runs[f"bf16 seed {s}"]["final_loss"] for s in (0, 1)]
+        lo, hi = min(tf), max(tf)
+        spread = hi - lo
+        runs["bf16 within the tf32 seed spread"] = all(lo - spread <= v <= hi + spread for v in bf)
+    except (KeyError, TypeError):
+        pass
+    return runs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="gpu-check")
@@ -359,6 +400,11 @@ def main():
                                                     {kk: vv for kk, vv in v.items() if kk != "kernels"}
                                                     for k, v in train[key].items()}))
     REPORT["train"] = train
+    curves = precision_curves(binary, tmp) if not a.quick else {"skipped": "--quick"}
+    log("precision curves: " + json.dumps({k: (v if not isinstance(v, dict) else
+                                                {kk: vv for kk, vv in v.items() if kk != "curve"})
+                                            for k, v in curves.items()}))
+    REPORT["precision_curves"] = curves
     REPORT["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (out / "gpu_check.json").write_text(json.dumps(REPORT, indent=1))
     lines = [f"# GPU check, {REPORT['machine'].get('gpu')}, {REPORT['started']}", "",
@@ -387,6 +433,9 @@ def main():
             else:
                 cells.append(str(v)[:40])
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "| training, 2000 steps | final loss (last quarter) |", "|---|---|"]
+    for k, v in curves.items():
+        lines.append(f"| {k} | {v.get('final_loss', v) if isinstance(v, dict) else v} |")
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     log("\n".join(lines))
 

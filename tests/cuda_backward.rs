@@ -278,21 +278,35 @@ fn adamw_matches_the_cpu() {
             ema_decay: 0.99,
         };
         let (lc, lg) = both(&[loss]);
-        let want = pc.adamw(&gc, &mc, &vc, &ec, &lc, &h).unwrap();
-        let got = pg.adamw(&gg, &mg, &vg, &eg, &lg, &h).unwrap();
+        let (mut pc2, mut mc2, mut vc2, mut ec2) = (pc.clone(), mc.clone(), vc.clone(), ec.clone());
+        let want_norm = pc2
+            .adamw(&gc, &mut mc2, &mut vc2, &mut ec2, &lc, &h)
+            .unwrap();
+        // fresh device copies: the step updates them in place
+        let copy = |s: &Storage| gpu().storage_from_vec(s.to_vec().unwrap()).unwrap();
+        let (mut pg2, mut mg2, mut vg2, mut eg2) = (copy(&pg), copy(&mg), copy(&vg), copy(&eg));
+        let views = pg2.split(&lens).unwrap();
+        let got_norm = pg2
+            .adamw(&gg, &mut mg2, &mut vg2, &mut eg2, &lg, &h)
+            .unwrap();
         let what = format!("adamw, max norm {max_norm}, loss {loss}");
-        for (i, name) in ["p", "m", "v", "ema", "norm"].iter().enumerate() {
-            let (a, b) = match i {
-                0 => (&got.0, &want.0),
-                1 => (&got.1, &want.1),
-                2 => (&got.2, &want.2),
-                3 => (&got.3, &want.3),
-                _ => (&got.4, &want.4),
-            };
+        for (name, a, b) in [
+            ("p", &pg2, &pc2),
+            ("m", &mg2, &mc2),
+            ("v", &vg2, &vc2),
+            ("ema", &eg2, &ec2),
+            ("norm", &got_norm, &want_norm),
+        ] {
             close(a, b, 1e-6, &format!("{what}: {name}"));
         }
+        // the network's weights, views of the array, see the update
+        let mut joined = Vec::new();
+        for v in &views {
+            joined.extend(v.to_vec().unwrap());
+        }
+        assert_eq!(joined, pg2.to_vec().unwrap(), "{what}: views");
         if loss.is_nan() {
-            assert_eq!(got.0.to_vec().unwrap(), pg.to_vec().unwrap());
+            assert_eq!(pg2.to_vec().unwrap(), pg.to_vec().unwrap());
         }
     }
     // the parts of a split are the values, in order

@@ -646,17 +646,19 @@ pub trait BackendStorage: Sized {
     /// One [`AdamStep`] of the parameters `self` (all of a network's, one contiguous array) with
     /// the gradients `grads` (one per parameter, in order, their lengths summing to `self`'s), the
     /// moments `m`, `v` and the EMA `ema` (each like `self`) and the step's `loss` (one value):
-    /// returns `(p', m', v', e', norm)`, the global gradient norm as one value.
-    #[allow(clippy::type_complexity)]
+    /// the one operation that updates its operands in place — `self`, `m`, `v`, `ema`, and on
+    /// the GPU every view of them ([`BackendStorage::split`]: the network's weights), so that
+    /// the optimizer needs no second copy of its state. Returns the global gradient norm as one
+    /// value.
     fn adamw(
-        &self,
+        &mut self,
         grads: &[&Self],
-        m: &Self,
-        v: &Self,
-        ema: &Self,
+        m: &mut Self,
+        v: &mut Self,
+        ema: &mut Self,
         loss: &Self,
         h: &AdamStep,
-    ) -> Result<(Self, Self, Self, Self, Self)>;
+    ) -> Result<Self>;
     /// Consecutive parts of `lens` values each (summing to `self`'s length): the parameters of a
     /// network held in one contiguous array. The GPU's parts are views of the same memory.
     fn split(&self, lens: &[usize]) -> Result<Vec<Self>>;
@@ -1083,16 +1085,15 @@ impl Storage {
     pub fn loss_backward(&self, target: &Storage, g: &Storage, kind: LossKind) -> Result<Storage> {
         dispatch!(self, |s, target, g| s.loss_backward(target, g, kind), one)
     }
-    #[allow(clippy::type_complexity)]
     pub fn adamw(
-        &self,
+        &mut self,
         grads: &[&Storage],
-        m: &Storage,
-        v: &Storage,
-        ema: &Storage,
+        m: &mut Storage,
+        v: &mut Storage,
+        ema: &mut Storage,
         loss: &Storage,
         h: &AdamStep,
-    ) -> Result<(Storage, Storage, Storage, Storage, Storage)> {
+    ) -> Result<Storage> {
         fn all<'a, S>(
             grads: &[&'a Storage],
             pick: fn(&'a Storage) -> Option<&'a S>,
@@ -1102,30 +1103,28 @@ impl Storage {
                 .map(|g| pick(g).ok_or_else(device_mismatch))
                 .collect()
         }
-        fn five<T, S>(x: (T, T, T, T, T), f: impl Fn(T) -> S) -> (S, S, S, S, S) {
-            (f(x.0), f(x.1), f(x.2), f(x.3), f(x.4))
-        }
-        match self {
-            Storage::Cpu(p) => {
+        match (self, m, v, ema, loss) {
+            (
+                Storage::Cpu(p),
+                Storage::Cpu(m),
+                Storage::Cpu(v),
+                Storage::Cpu(e),
+                Storage::Cpu(l),
+            ) => {
                 let g = all(grads, Storage::as_cpu)?;
-                let (m, v, e, l) = (
-                    m.as_cpu().ok_or_else(device_mismatch)?,
-                    v.as_cpu().ok_or_else(device_mismatch)?,
-                    ema.as_cpu().ok_or_else(device_mismatch)?,
-                    loss.as_cpu().ok_or_else(device_mismatch)?,
-                );
-                Ok(five(p.adamw(&g, m, v, e, l, h)?, Storage::Cpu))
+                Ok(Storage::Cpu(p.adamw(&g, m, v, e, l, h)?))
             }
-            Storage::Cuda(p) => {
+            (
+                Storage::Cuda(p),
+                Storage::Cuda(m),
+                Storage::Cuda(v),
+                Storage::Cuda(e),
+                Storage::Cuda(l),
+            ) => {
                 let g = all(grads, Storage::as_cuda)?;
-                let (m, v, e, l) = (
-                    m.as_cuda().ok_or_else(device_mismatch)?,
-                    v.as_cuda().ok_or_else(device_mismatch)?,
-                    ema.as_cuda().ok_or_else(device_mismatch)?,
-                    loss.as_cuda().ok_or_else(device_mismatch)?,
-                );
-                Ok(five(p.adamw(&g, m, v, e, l, h)?, Storage::Cuda))
+                Ok(Storage::Cuda(p.adamw(&g, m, v, e, l, h)?))
             }
+            _ => Err(device_mismatch()),
         }
     }
     pub fn split(&self, lens: &[usize]) -> Result<Vec<Storage>> {

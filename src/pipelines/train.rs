@@ -271,10 +271,14 @@ impl State {
             max_norm: o.clip as f32,
             ema_decay: o.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32,
         };
-        let (p, m, v, e, norm) =
-            self.params
-                .adamw(&grads, &self.m, &self.v, &self.ema, loss.storage(), &h)?;
-        (self.params, self.m, self.v, self.ema) = (p, m, v, e);
+        let norm = self.params.adamw(
+            &grads,
+            &mut self.m,
+            &mut self.v,
+            &mut self.ema,
+            loss.storage(),
+            &h,
+        )?;
         self.step = step;
         Ok(StepResult {
             step,

@@ -441,16 +441,16 @@ impl BackendStorage for CpuStorage {
         ))
     }
     fn adamw(
-        &self,
+        &mut self,
         grads: &[&Self],
-        m: &Self,
-        v: &Self,
-        ema: &Self,
+        m: &mut Self,
+        v: &mut Self,
+        ema: &mut Self,
         loss: &Self,
         h: &AdamStep,
-    ) -> Result<(Self, Self, Self, Self, Self)> {
+    ) -> Result<Self> {
         let _s = scope("adamw", 0.0);
-        for part in [m, v, ema] {
+        for part in [&*m, &*v, &*ema] {
             check_len("adamw", part.len(), self.len())?;
         }
         check_len("adamw", loss.len(), 1)?;
@@ -461,23 +461,21 @@ impl BackendStorage for CpuStorage {
             .map(|g| optim::sum_squares(&g.data))
             .sum::<f64>()
             .sqrt();
-        let norm_out = CpuStorage::from_vec(vec![norm as f32]);
-        if !(norm.is_finite() && loss.data[0].is_finite()) {
-            return Ok((self.clone(), m.clone(), v.clone(), ema.clone(), norm_out));
+        if norm.is_finite() && loss.data[0].is_finite() {
+            let scale = (f64::from(h.max_norm) / (norm + 1e-6)).min(1.0) as f32;
+            let mut g = Vec::with_capacity(self.len());
+            for part in grads {
+                g.extend_from_slice(&part.data);
+            }
+            let (p2, m2, v2, e2) =
+                optim::adamw(&self.data, &g, &m.data, &v.data, &ema.data, h, scale);
+            // The CPU's storages are immutable values: the new arrays replace the old.
+            *self = CpuStorage::from_vec(p2);
+            *m = CpuStorage::from_vec(m2);
+            *v = CpuStorage::from_vec(v2);
+            *ema = CpuStorage::from_vec(e2);
         }
-        let scale = (f64::from(h.max_norm) / (norm + 1e-6)).min(1.0) as f32;
-        let mut g = Vec::with_capacity(self.len());
-        for part in grads {
-            g.extend_from_slice(&part.data);
-        }
-        let (p, m, v, e) = optim::adamw(&self.data, &g, &m.data, &v.data, &ema.data, h, scale);
-        Ok((
-            CpuStorage::from_vec(p),
-            CpuStorage::from_vec(m),
-            CpuStorage::from_vec(v),
-            CpuStorage::from_vec(e),
-            norm_out,
-        ))
+        Ok(CpuStorage::from_vec(vec![norm as f32]))
     }
     fn split(&self, lens: &[usize]) -> Result<Vec<Self>> {
         let total: usize = lens.iter().sum();

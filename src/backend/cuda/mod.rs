@@ -488,24 +488,17 @@ impl BackendStorage for CudaStorage {
         Ok(self.wrap(optim::loss_backward(&self.buf, &target.buf, &g.buf, kind)?))
     }
     fn adamw(
-        &self,
+        &mut self,
         grads: &[&Self],
-        m: &Self,
-        v: &Self,
-        ema: &Self,
+        m: &mut Self,
+        v: &mut Self,
+        ema: &mut Self,
         loss: &Self,
         h: &AdamStep,
-    ) -> Result<(Self, Self, Self, Self, Self)> {
+    ) -> Result<Self> {
         let g: Vec<&Buffer> = grads.iter().map(|g| g.buffer()).collect();
-        let (p, m, v, e, norm) =
-            optim::adamw(&self.buf, &g, (&m.buf, &v.buf, &ema.buf), &loss.buf, h)?;
-        Ok((
-            self.wrap(p),
-            self.wrap(m),
-            self.wrap(v),
-            self.wrap(e),
-            self.wrap(norm),
-        ))
+        let norm = optim::adamw(&self.buf, &g, (&m.buf, &v.buf, &ema.buf), &loss.buf, h)?;
+        Ok(self.wrap(norm))
     }
     fn split(&self, lens: &[usize]) -> Result<Vec<Self>> {
         Ok(Buffer::views(&self.buf, lens)?

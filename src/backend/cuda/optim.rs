@@ -109,18 +109,16 @@ struct AdamHyper {
     chunks: i32,
 }
 
-/// One optimizer step over the contiguous arrays `p`, `m`, `v`, `e` with the gradients `grads`
-/// (one per parameter, in order, their lengths summing to the arrays'): `(p', m', v', e', norm)`,
-/// the global gradient norm as one value. A non-finite `loss` (one value) or norm leaves the
-/// arrays as they were.
-#[allow(clippy::type_complexity)]
+/// One optimizer step over the contiguous arrays `p`, `m`, `v`, `e`, updated in place, with the
+/// gradients `grads` (one per parameter, in order, their lengths summing to the arrays'): returns
+/// the global gradient norm as one value. A non-finite `loss` (one value) or norm changes nothing.
 pub fn adamw(
     p: &Buffer,
     grads: &[&Buffer],
     (m, v, e): (&Buffer, &Buffer, &Buffer),
     loss: &Buffer,
     h: &AdamStep,
-) -> Result<(Buffer, Buffer, Buffer, Buffer, Buffer)> {
+) -> Result<Buffer> {
     const OP: &str = "adamw";
     let len = p.len();
     for (what, b) in [("m", m), ("v", v), ("the EMA", e)] {
@@ -143,15 +141,12 @@ pub fn adamw(
         }
         flat += g.len();
     }
-    let gpu = p.gpu();
-    let out: Vec<Buffer> = (0..4)
-        .map(|_| Buffer::alloc(gpu, len))
-        .collect::<Result<_>>()?;
-    let norm = Buffer::alloc(gpu, 1)?;
     let chunks = table.len();
     if chunks == 0 {
         return Err(Error::shape(OP, "no parameters to update"));
     }
+    let gpu = p.gpu();
+    let norm = Buffer::alloc(gpu, 1)?;
     let words: &[f32] = bytemuck::cast_slice(&table);
     let table_buf = Buffer::from_f32(gpu, words)?;
     let partial = Buffer::alloc(gpu, chunks)?;
@@ -180,16 +175,11 @@ pub fn adamw(
         ema_decay: h.ema_decay,
         chunks: chunks as i32,
     };
-    let mut args: Vec<KernelArg> = [&table_buf, &partial, loss, p, m, v, e]
+    let mut args: Vec<KernelArg> = [&table_buf, &partial, loss, p, m, v, e, &norm]
         .iter()
         .map(|b| KernelArg::Ptr(b.ptr()))
         .collect();
-    args.extend(out.iter().map(|b| KernelArg::Ptr(b.ptr())));
-    args.push(KernelArg::Ptr(norm.ptr()));
     args.push(KernelArg::Struct(bytemuck::bytes_of(&hyper).to_vec()));
     gpu.launch("adamw_fused_f32", blocks, &args)?;
-    let [p2, m2, v2, e2]: [Buffer; 4] = out
-        .try_into()
-        .map_err(|_| Error::shape(OP, "four outputs"))?;
-    Ok((p2, m2, v2, e2, norm))
+    Ok(norm)
 }
