@@ -55,7 +55,8 @@ fn validate(o: &BenchOptions) -> Result<()> {
 /// the optimizer state fit: the field size must suit the network, and the arrays memory.
 fn load(o: &BenchOptions, training: bool) -> Result<UNet2D> {
     validate(o)?;
-    let model = UNet2D::from_pretrained(&o.unet, o.device)?;
+    // a training step's weights reach the device through its optimizer state, once
+    let model = UNet2D::from_pretrained(&o.unet, if training { Device::Cpu } else { o.device })?;
     let c = &model.config;
     let m = c.size_multiple();
     if !o.height.is_multiple_of(m) || !o.width.is_multiple_of(m) {
@@ -184,13 +185,13 @@ pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
     let ts: Vec<f32> = (0..o.batch).map(|i| (i * 997 % 1000) as f32).collect();
     let t = Tensor::from_vec(ts, &[o.batch], o.device)?;
     let mut state = train::State::fresh(&model, o.device)?;
-    let mut unet = model;
+    let mut unet = state.network(&c, o.device, train::Weights::Current)?;
     let settings = train::OptimizerSettings {
         weight_decay: 0.0,
         clip: 1.0,
         ema_decay: 0.999,
     };
-    let params = unet.num_params();
+    let params = model.num_params();
     measure(o, params, || {
         state.train_step(
             &unet,

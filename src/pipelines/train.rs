@@ -342,16 +342,15 @@ impl State {
                 )
             })?;
         let mut arrays = safetensors::read(path)?;
-        let mut s = State::fresh(unet, device)?;
-        s.step = step;
-        for (kind, flat) in [
-            ("param", &mut s.params),
-            ("m", &mut s.m),
-            ("v", &mut s.v),
-            ("ema", &mut s.ema),
-        ] {
-            let mut values = Vec::with_capacity(flat.len());
-            for (name, shape) in s.names.iter().zip(&s.shapes) {
+        let (names, shapes): (Vec<String>, Vec<Vec<usize>>) = unet
+            .params()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+            .unzip();
+        let mut flat = Vec::with_capacity(4);
+        for kind in ["param", "m", "v", "ema"] {
+            let mut values = Vec::new();
+            for (name, shape) in names.iter().zip(&shapes) {
                 let key = format!("{kind}/{name}");
                 let (found, data) = arrays
                     .remove(&key)
@@ -364,8 +363,20 @@ impl State {
                 }
                 values.extend(data);
             }
-            *flat = device.storage_from_vec(values)?;
+            flat.push(device.storage_from_vec(values)?);
         }
+        let [params, m, v, ema]: [Storage; 4] = flat
+            .try_into()
+            .map_err(|_| Error::bad_file(path, "four kinds of arrays"))?;
+        let s = State {
+            step,
+            names,
+            shapes,
+            params,
+            m,
+            v,
+            ema,
+        };
         Ok(s)
     }
 }
@@ -766,7 +777,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
     let (in_ch, out_ch) = ((o.history + diffused) * c, diffused * c);
     let mut log = String::new();
     let (mut model, mut state) = if o.resume {
-        let m = Model::load(&o.out, device)?;
+        // on the host: the state goes to the device, the network is rebuilt on it
+        let m = Model::load(&o.out, Device::Cpu)?;
         let stored = m.process.training.clone().unwrap_or(Value::Null);
         let mut want = recipe(o);
         if !o.cosine {
@@ -904,7 +916,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         )?;
         check_memory(o, &config, &process)?;
         let scheduler = SchedulerConfig::default();
-        let unet = UNet2D::init(config, o.seed, device)?;
+        // initialised on the host, so that the device holds the weights once (in the state)
+        let unet = UNet2D::init(config, o.seed, Device::Cpu)?;
         let state = State::fresh(&unet, device)?;
         (
             Model {

@@ -340,7 +340,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                     o.out.display()
                 )));
             }
-            let net = UNet2D::from_pretrained(&o.out.join(INTERPOLATOR_DIR), device)?;
+            let net = UNet2D::from_pretrained(&o.out.join(INTERPOLATOR_DIR), Device::Cpu)?;
             let state = State::load(&s1, &net, device)?;
             let step = state.step;
             (
@@ -349,7 +349,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                 net.config.clone(),
             )
         } else {
-            let net = UNet2D::init(net_config.clone(), o.seed, device)?;
+            let net = UNet2D::init(net_config.clone(), o.seed, Device::Cpu)?;
             (State::fresh(&net, device)?, String::new(), net_config)
         };
         training["interpolator"] = want;
@@ -435,7 +435,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                 o.out.display()
             )));
         }
-        let net = UNet2D::from_pretrained(&o.out.join(FORECASTER_DIR), device)?;
+        let net = UNet2D::from_pretrained(&o.out.join(FORECASTER_DIR), Device::Cpu)?;
         let state = State::load(&s2, &net, device)?;
         let step = state.step;
         (
@@ -445,7 +445,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         )
     } else {
         let nc = network_config(o, config.forecaster_in(), ch, height)?;
-        let net = UNet2D::init(nc.clone(), o.seed.wrapping_add(1), device)?;
+        let net = UNet2D::init(nc.clone(), o.seed.wrapping_add(1), Device::Cpu)?;
         (State::fresh(&net, device)?, String::new(), nc)
     };
     if state.step >= o.steps {
