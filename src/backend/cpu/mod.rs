@@ -37,8 +37,25 @@ pub struct CpuStorage(Arc<Values>);
 /// What a [`CpuStorage`] shares between its clones.
 #[derive(Debug, Default)]
 pub struct Values {
-    data: Vec<f32>,
+    data: Part,
     winograd: Mutex<Option<Arc<winograd::Filter>>>,
+}
+
+/// A storage's values: a whole vector, or a consecutive part of one that other storages share
+/// ([`BackendStorage::split`]: a network's weights inside the optimizer's contiguous arrays, with
+/// no copy).
+#[derive(Debug, Default)]
+struct Part {
+    whole: Arc<Vec<f32>>,
+    start: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for Part {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.whole[self.start..self.start + self.len]
+    }
 }
 
 impl std::ops::Deref for CpuStorage {
@@ -50,8 +67,13 @@ impl std::ops::Deref for CpuStorage {
 
 impl CpuStorage {
     pub fn from_vec(data: Vec<f32>) -> Self {
+        let len = data.len();
         CpuStorage(Arc::new(Values {
-            data,
+            data: Part {
+                whole: Arc::new(data),
+                start: 0,
+                len,
+            },
             winograd: Mutex::new(None),
         }))
     }
@@ -110,7 +132,7 @@ impl BackendStorage for CpuStorage {
         self.data.len()
     }
     fn to_vec(&self) -> Result<Vec<f32>> {
-        Ok(self.data.clone())
+        Ok(self.data.to_vec())
     }
     fn conv2d(&self, w: &Self, b: Option<&Self>, g: &ConvGeom) -> Result<Self> {
         let _s = scope("conv2d", g.flops());
@@ -463,10 +485,7 @@ impl BackendStorage for CpuStorage {
             .sqrt();
         if norm.is_finite() && loss.data[0].is_finite() {
             let scale = (f64::from(h.max_norm) / (norm + 1e-6)).min(1.0) as f32;
-            let mut g = Vec::with_capacity(self.len());
-            for part in grads {
-                g.extend_from_slice(&part.data);
-            }
+            let g: Vec<&[f32]> = grads.iter().map(|g| &*g.data).collect();
             let (p2, m2, v2, e2) =
                 optim::adamw(&self.data, &g, &m.data, &v.data, &ema.data, h, scale);
             // The CPU's storages are immutable values: the new arrays replace the old.
@@ -480,12 +499,19 @@ impl BackendStorage for CpuStorage {
     fn split(&self, lens: &[usize]) -> Result<Vec<Self>> {
         let total: usize = lens.iter().sum();
         check_len("split", total, self.len())?;
-        let mut at = 0;
+        let mut at = self.data.start;
         Ok(lens
             .iter()
-            .map(|&n| {
-                at += n;
-                CpuStorage::from_vec(self.data[at - n..at].to_vec())
+            .map(|&len| {
+                at += len;
+                CpuStorage(Arc::new(Values {
+                    data: Part {
+                        whole: self.data.whole.clone(),
+                        start: at - len,
+                        len,
+                    },
+                    winograd: Mutex::new(None),
+                }))
             })
             .collect())
     }

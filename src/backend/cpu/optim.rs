@@ -6,10 +6,11 @@ use super::elementwise::CHUNK;
 use crate::backend::{AdamStep, LossKind};
 use rayon::prelude::*;
 
-/// `(p', m', v', e')` with the gradient `g` times the clipping factor `scale`, see [`AdamStep`].
+/// `(p', m', v', e')` with the gradient — the parts `g`, one per parameter, in order — times the
+/// clipping factor `scale`, see [`AdamStep`].
 pub fn adamw(
     p: &[f32],
-    g: &[f32],
+    g: &[&[f32]],
     m: &[f32],
     v: &[f32],
     e: &[f32],
@@ -18,32 +19,34 @@ pub fn adamw(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = p.len();
     let (mut po, mut mo, mut vo, mut eo) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    po.par_chunks_mut(CHUNK)
-        .zip(mo.par_chunks_mut(CHUNK))
-        .zip(vo.par_chunks_mut(CHUNK))
-        .zip(eo.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(c, (((po, mo), vo), eo))| {
-            let r = c * CHUNK..c * CHUNK + po.len();
-            let (p, g, m, v, e) = (
-                &p[r.clone()],
-                &g[r.clone()],
-                &m[r.clone()],
-                &v[r.clone()],
-                &e[r],
-            );
-            for i in 0..po.len() {
-                let gi = g[i] * scale;
-                let mi = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
-                let vi = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
-                let step = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps) + h.weight_decay * p[i];
-                let pi = p[i] - h.lr * step;
-                po[i] = pi;
-                mo[i] = mi;
-                vo[i] = vi;
-                eo[i] = h.ema_decay * e[i] + (1.0 - h.ema_decay) * pi;
-            }
-        });
+    let mut at = 0;
+    for part in g {
+        let r = at..at + part.len();
+        at = r.end;
+        po[r.clone()]
+            .par_chunks_mut(CHUNK)
+            .zip(mo[r.clone()].par_chunks_mut(CHUNK))
+            .zip(vo[r.clone()].par_chunks_mut(CHUNK))
+            .zip(eo[r.clone()].par_chunks_mut(CHUNK))
+            .zip(part.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((((po, mo), vo), eo), g))| {
+                let i0 = r.start + c * CHUNK;
+                let r = i0..i0 + po.len();
+                let (p, m, v, e) = (&p[r.clone()], &m[r.clone()], &v[r.clone()], &e[r]);
+                for i in 0..po.len() {
+                    let gi = g[i] * scale;
+                    let mi = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
+                    let vi = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
+                    let step = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps) + h.weight_decay * p[i];
+                    let pi = p[i] - h.lr * step;
+                    po[i] = pi;
+                    mo[i] = mi;
+                    vo[i] = vi;
+                    eo[i] = h.ema_decay * e[i] + (1.0 - h.ema_decay) * pi;
+                }
+            });
+    }
     (po, mo, vo, eo)
 }
 
