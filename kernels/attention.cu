@@ -15,6 +15,9 @@
 // are swizzled, see att_swizzle); a score is their four partial dot products summed by two
 // shuffles. FFMA, float32 throughout.
 //
+// For training, `lse` (optional, (n, heads, l)) receives each row's log-sum-exp of the scaled scores,
+// m + log ℓ, which the backward (kernels/attention_backward.cu) recomputes the probabilities from.
+//
 // Launch: grid (⌈l/32⌉, heads, n), 128 threads, no dynamic shared memory (32 KiB static).
 // Benchmark: `cargo bench --bench ops -- attention` (CPU) and the GPU check script.
 
@@ -41,7 +44,8 @@ struct AttnShape {
 
 extern "C" __global__ void __launch_bounds__(ATT_ROWS* ATT_SPLIT)
     attention_f32(const float* __restrict__ q, const float* __restrict__ k,
-                  const float* __restrict__ v, float* __restrict__ out, AttnShape s) {
+                  const float* __restrict__ v, float* __restrict__ out, float* __restrict__ lse,
+                  AttnShape s) {
   __shared__ float ks[ATT_KEYS][ATT_DMAX];
   __shared__ float vs[ATT_KEYS][ATT_DMAX];
   const int c = s.heads * s.d;
@@ -96,6 +100,7 @@ extern "C" __global__ void __launch_bounds__(ATT_ROWS* ATT_SPLIT)
     __syncthreads();
   }
   if (!live) return;
+  if (lse && t == 0) lse[((long long)n * s.heads + h) * s.l + row] = m + logf(sum);
   float inv = 1.0f / sum;
   for (int i = 0; i < dims; ++i) out[base + (long long)row * c + t + ATT_SPLIT * i] = o[i] * inv;
 }

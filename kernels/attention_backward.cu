@@ -3,7 +3,9 @@
 // Dao 2023). With s_ij = scale·q_i·k_j, P_ij = softmax_j(s_ij) and dP_ij = dO_i·v_j:
 //
 //   attention_bwd_rows_f32:  lse_i = log Σ_j e^{s_ij},  D_i = Σ_j P_ij·dP_ij      (one pass over keys,
-//                            online as the forward)
+//                            online as the forward) — or, when the forward saved lse_i (training
+//                            records it), attention_bwd_dsum_f32: D_i = dO_i·O_i (the same sum,
+//                            one pass over the output)
 //   attention_bwd_dq_f32:    dq_i = scale·Σ_j P_ij (dP_ij − D_i)·k_j              (per query row)
 //   attention_bwd_dkv_f32:   dv_j = Σ_i P_ij·dO_i,  dk_j = scale·Σ_i P_ij (dP_ij − D_i)·q_i  (per key row)
 //
@@ -100,6 +102,22 @@ extern "C" __global__ void __launch_bounds__(AB_ROWS* AB_SPLIT)
     lse[at] = m + logf(sum);
     dsum[at] = acc / sum;
   }
+}
+
+extern "C" __global__ void __launch_bounds__(AB_ROWS* AB_SPLIT)
+    attention_bwd_dsum_f32(const float* __restrict__ out, const float* __restrict__ dout,
+                           float* __restrict__ dsum, AttnBwdShape s) {
+  const int c = s.heads * s.d, t = threadIdx.x % AB_SPLIT;
+  const int row = blockIdx.x * AB_ROWS + threadIdx.x / AB_SPLIT, h = blockIdx.y, n = blockIdx.z;
+  const long long base = (long long)n * s.l * c + h * s.d;
+  float o[AB_PER], dor[AB_PER];
+  ab_load(out, base, c, row, s, t, o);
+  ab_load(dout, base, c, row, s, t, dor);
+  float part = 0.0f;
+#pragma unroll
+  for (int i = 0; i < AB_PER; ++i) part = fmaf(o[i], dor[i], part);
+  float total = group8_sum(part);
+  if (row < s.l && t == 0) dsum[((long long)n * s.heads + h) * s.l + row] = total;
 }
 
 extern "C" __global__ void __launch_bounds__(AB_ROWS* AB_SPLIT)

@@ -32,6 +32,8 @@ pub enum Op {
     Silu,
     Attention {
         g: AttnGeom,
+        /// The output and the statistics the backend's backward reuses, when it saved them.
+        saved: Option<(Storage, Storage)>,
     },
     Upsample {
         nc: usize,
@@ -206,8 +208,9 @@ impl Op {
                 vec![Some(dx), Some(dgamma), Some(dbeta)]
             }
             Op::Silu => vec![Some(s(0).silu_backward(g)?)],
-            Op::Attention { g: geom } => {
-                let (dq, dk, dv) = s(0).attention_backward(s(1), s(2), g, geom)?;
+            Op::Attention { g: geom, saved } => {
+                let saved = saved.as_ref().map(|(o, l)| (o, l));
+                let (dq, dk, dv) = s(0).attention_backward(s(1), s(2), g, saved, geom)?;
                 vec![Some(dq), Some(dk), Some(dv)]
             }
             Op::Upsample { nc, h, w } => vec![Some(g.upsample_nearest2x_backward(*nc, *h, *w)?)],

@@ -717,9 +717,19 @@ impl Tensor {
             d,
             scale: 1.0 / (d as f32).sqrt(),
         };
-        let y = q.storage().attention(k.storage(), v.storage(), &g)?;
+        if !Tensor::recorded(&[q, k, v]) {
+            let y = q.storage().attention(k.storage(), v.storage(), &g)?;
+            return Ok(Tensor::result(y, q.shape().to_vec(), &[q, k, v], || {
+                Op::Attention { g, saved: None }
+            }));
+        }
+        // recorded: keep what the backward pass reuses (on the GPU, the rows' log-sum-exp)
+        let (y, stats) = q
+            .storage()
+            .attention_for_training(k.storage(), v.storage(), &g)?;
+        let saved = stats.map(|l| (y.clone(), l));
         Ok(Tensor::result(y, q.shape().to_vec(), &[q, k, v], || {
-            Op::Attention { g }
+            Op::Attention { g, saved }
         }))
     }
 

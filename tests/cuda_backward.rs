@@ -212,12 +212,22 @@ fn attention_backward_matches_the_cpu() {
         let len = n * l * heads * d;
         let t = |s| both(&rand_vec(len, s).iter().map(|v| 2.0 * v).collect::<Vec<_>>());
         let ((qc, qg), (kc, kg), (vc, vg), (oc, og)) = (t(20), t(21), t(22), t(23));
-        let want = qc.attention_backward(&kc, &vc, &oc, &g).unwrap();
-        let got = qg.attention_backward(&kg, &vg, &og, &g).unwrap();
-        let what = format!("attention {g:?}");
-        close(&got.0, &want.0, 1e-5, &format!("dq {what}"));
-        close(&got.1, &want.1, 1e-5, &format!("dk {what}"));
-        close(&got.2, &want.2, 1e-5, &format!("dv {what}"));
+        let want = qc.attention_backward(&kc, &vc, &oc, None, &g).unwrap();
+        // the forward for training saves each row's log-sum-exp; its output is the plain one's
+        let (out, lse) = qg.attention_for_training(&kg, &vg, &g).unwrap();
+        let lse = lse.expect("the GPU saves the rows' statistics");
+        assert_eq!(
+            out.to_vec().unwrap(),
+            qg.attention(&kg, &vg, &g).unwrap().to_vec().unwrap()
+        );
+        // the statistics recomputed by the backward, and the saved ones
+        for saved in [None, Some((&out, &lse))] {
+            let got = qg.attention_backward(&kg, &vg, &og, saved, &g).unwrap();
+            let what = format!("attention {g:?}, saved statistics: {}", saved.is_some());
+            close(&got.0, &want.0, 1e-5, &format!("dq {what}"));
+            close(&got.1, &want.1, 1e-5, &format!("dk {what}"));
+            close(&got.2, &want.2, 1e-5, &format!("dv {what}"));
+        }
     }
 }
 

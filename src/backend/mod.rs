@@ -561,12 +561,23 @@ pub trait BackendStorage: Sized {
     fn silu_backward(&self, dy: &Self) -> Result<Self>;
     /// Softmax attention per head: `softmax(q kᵀ·scale) v`, token-major `(n, l, heads·d)`.
     fn attention(&self, k: &Self, v: &Self, g: &AttnGeom) -> Result<Self>;
-    /// Gradients of [`BackendStorage::attention`]: `(dq, dk, dv)`.
+    /// [`BackendStorage::attention`] for training: the output and what this backend's backward
+    /// reuses — on the GPU each row's log-sum-exp of the scaled scores `(n, heads, l)`, from which
+    /// it recomputes the probabilities; on the CPU nothing (its backward forms them again).
+    fn attention_for_training(
+        &self,
+        k: &Self,
+        v: &Self,
+        g: &AttnGeom,
+    ) -> Result<(Self, Option<Self>)>;
+    /// Gradients of [`BackendStorage::attention`]: `(dq, dk, dv)`; `saved` is the forward's
+    /// output and statistics when [`BackendStorage::attention_for_training`] gave them.
     fn attention_backward(
         &self,
         k: &Self,
         v: &Self,
         dout: &Self,
+        saved: Option<(&Self, &Self)>,
         g: &AttnGeom,
     ) -> Result<(Self, Self, Self)>;
     /// Nearest-neighbour 2× upsampling of `(nc, h, w)` planes.
@@ -948,18 +959,54 @@ impl Storage {
     pub fn attention(&self, k: &Storage, v: &Storage, g: &AttnGeom) -> Result<Storage> {
         dispatch!(self, |s, k, v| s.attention(k, v, g), one)
     }
+    pub fn attention_for_training(
+        &self,
+        k: &Storage,
+        v: &Storage,
+        g: &AttnGeom,
+    ) -> Result<(Storage, Option<Storage>)> {
+        match (self, k, v) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v)) => {
+                let (o, s) = q.attention_for_training(k, v, g)?;
+                Ok((Storage::Cpu(o), s.map(Storage::Cpu)))
+            }
+            (Storage::Cuda(q), Storage::Cuda(k), Storage::Cuda(v)) => {
+                let (o, s) = q.attention_for_training(k, v, g)?;
+                Ok((Storage::Cuda(o), s.map(Storage::Cuda)))
+            }
+            _ => Err(device_mismatch()),
+        }
+    }
     pub fn attention_backward(
         &self,
         k: &Storage,
         v: &Storage,
         dout: &Storage,
+        saved: Option<(&Storage, &Storage)>,
         g: &AttnGeom,
     ) -> Result<(Storage, Storage, Storage)> {
-        dispatch!(
-            self,
-            |s, k, v, dout| s.attention_backward(k, v, dout, g),
-            three
-        )
+        fn pair<'a, S>(
+            saved: Option<(&'a Storage, &'a Storage)>,
+            pick: fn(&'a Storage) -> Option<&'a S>,
+        ) -> Result<Option<(&'a S, &'a S)>> {
+            saved
+                .map(|(o, l)| match (pick(o), pick(l)) {
+                    (Some(o), Some(l)) => Ok((o, l)),
+                    _ => Err(device_mismatch()),
+                })
+                .transpose()
+        }
+        match (self, k, v, dout) {
+            (Storage::Cpu(q), Storage::Cpu(k), Storage::Cpu(v), Storage::Cpu(d)) => {
+                let (a, b, c) = q.attention_backward(k, v, d, pair(saved, Storage::as_cpu)?, g)?;
+                Ok((Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)))
+            }
+            (Storage::Cuda(q), Storage::Cuda(k), Storage::Cuda(v), Storage::Cuda(d)) => {
+                let (a, b, c) = q.attention_backward(k, v, d, pair(saved, Storage::as_cuda)?, g)?;
+                Ok((Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c)))
+            }
+            _ => Err(device_mismatch()),
+        }
     }
     pub fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Storage> {
         dispatch!(self, |s| s.upsample_nearest2x(nc, h, w), one)

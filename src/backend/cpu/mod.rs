@@ -315,11 +315,21 @@ impl BackendStorage for CpuStorage {
         let _s = scope("attention", 4.0 * (g.n * g.heads * g.l * g.l * g.d) as f64);
         wrap(attention::attention(&self.data, &k.data, &v.data, g))
     }
+    fn attention_for_training(
+        &self,
+        k: &Self,
+        v: &Self,
+        g: &AttnGeom,
+    ) -> Result<(Self, Option<Self>)> {
+        // the backward forms the probabilities itself: nothing to save
+        Ok((self.attention(k, v, g)?, None))
+    }
     fn attention_backward(
         &self,
         k: &Self,
         v: &Self,
         dout: &Self,
+        _saved: Option<(&Self, &Self)>,
         g: &AttnGeom,
     ) -> Result<(Self, Self, Self)> {
         let _s = scope(

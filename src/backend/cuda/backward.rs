@@ -357,13 +357,15 @@ pub fn slice_channels_backward(
 }
 
 /// Gradients of softmax attention `(dq, dk, dv)` (see `kernels/attention_backward.cu`): the
-/// per-row statistics (log-sum-exp and `Σ_j P·dP`) first, then the query side and the key side,
-/// each recomputing the scores.
+/// per-row statistics (log-sum-exp and `Σ_j P·dP`) first — from what the forward saved, `(out,
+/// lse)`, when given ([`super::elementwise::attention_with_lse`]), else by a pass over the keys —
+/// then the query side and the key side, each recomputing the scores.
 pub fn attention_backward(
     q: &Buffer,
     k: &Buffer,
     v: &Buffer,
     dout: &Buffer,
+    saved: Option<(&Buffer, &Buffer)>,
     g: &AttnGeom,
 ) -> Result<(Buffer, Buffer, Buffer)> {
     const OP: &str = "attention_backward";
@@ -400,7 +402,11 @@ pub fn attention_backward(
         scale: g.scale,
     };
     let rows = g.n * g.heads * g.l;
-    let (lse, dsum) = (Buffer::alloc(gpu, rows)?, Buffer::alloc(gpu, rows)?);
+    if let Some((out, lse)) = saved {
+        check::len(OP, "the saved output", out.len(), len)?;
+        check::len(OP, "the saved statistics", lse.len(), rows)?;
+    }
+    let dsum = Buffer::alloc(gpu, rows)?;
     let shape = LaunchShape {
         grid: [
             grid(OP, "tokens", g.l.div_ceil(16))?,
@@ -411,13 +417,33 @@ pub fn attention_backward(
         shared_bytes: 0,
     };
     let qkvo = [q, k, v, dout].map(|b| KernelArg::Ptr(b.ptr()));
-    let mut args = qkvo.to_vec();
-    args.extend([
-        KernelArg::Ptr(lse.ptr()),
-        KernelArg::Ptr(dsum.ptr()),
-        shape_arg(&s),
-    ]);
-    gpu.launch("attention_bwd_rows_f32", shape, &args)?;
+    let computed;
+    let lse = match saved {
+        Some((out, lse)) => {
+            gpu.launch(
+                "attention_bwd_dsum_f32",
+                shape,
+                &[
+                    KernelArg::Ptr(out.ptr()),
+                    KernelArg::Ptr(dout.ptr()),
+                    KernelArg::Ptr(dsum.ptr()),
+                    shape_arg(&s),
+                ],
+            )?;
+            lse
+        }
+        None => {
+            computed = Buffer::alloc(gpu, rows)?;
+            let mut args = qkvo.to_vec();
+            args.extend([
+                KernelArg::Ptr(computed.ptr()),
+                KernelArg::Ptr(dsum.ptr()),
+                shape_arg(&s),
+            ]);
+            gpu.launch("attention_bwd_rows_f32", shape, &args)?;
+            &computed
+        }
+    };
     let mut args = qkvo.to_vec();
     args.extend([
         KernelArg::Ptr(lse.ptr()),

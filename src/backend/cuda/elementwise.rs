@@ -253,6 +253,29 @@ struct AttnShape {
 /// Softmax attention per head, `softmax(q kᵀ·scale) v`, on token-major `(n, l, heads·d)`
 /// operands, head dimensions 1 to 128.
 pub fn attention(q: &Buffer, k: &Buffer, v: &Buffer, g: &AttnGeom) -> Result<Buffer> {
+    launch_attention(q, k, v, g, None)
+}
+
+/// [`attention`] for training: the output and each row's log-sum-exp of the scaled scores,
+/// `(n, heads, l)`, which the backward pass reuses.
+pub fn attention_with_lse(
+    q: &Buffer,
+    k: &Buffer,
+    v: &Buffer,
+    g: &AttnGeom,
+) -> Result<(Buffer, Buffer)> {
+    let lse = Buffer::alloc(q.gpu(), g.n * g.heads * g.l)?;
+    let out = launch_attention(q, k, v, g, Some(&lse))?;
+    Ok((out, lse))
+}
+
+fn launch_attention(
+    q: &Buffer,
+    k: &Buffer,
+    v: &Buffer,
+    g: &AttnGeom,
+    lse: Option<&Buffer>,
+) -> Result<Buffer> {
     const OP: &str = "attention";
     let len = g.n * g.l * g.heads * g.d;
     for (what, b) in [("q", q), ("k", k), ("v", v)] {
@@ -297,6 +320,7 @@ pub fn attention(q: &Buffer, k: &Buffer, v: &Buffer, g: &AttnGeom) -> Result<Buf
             KernelArg::Ptr(k.ptr()),
             KernelArg::Ptr(v.ptr()),
             KernelArg::Ptr(out.ptr()),
+            KernelArg::Ptr(lse.map_or(super::gpu::DevicePtr(0), Buffer::ptr)),
             KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec()),
         ],
     )?;

@@ -373,14 +373,26 @@ impl BackendStorage for CudaStorage {
     fn attention(&self, k: &Self, v: &Self, g: &AttnGeom) -> Result<Self> {
         Ok(self.wrap(elementwise::attention(&self.buf, &k.buf, &v.buf, g)?))
     }
+    fn attention_for_training(
+        &self,
+        k: &Self,
+        v: &Self,
+        g: &AttnGeom,
+    ) -> Result<(Self, Option<Self>)> {
+        let (out, lse) = elementwise::attention_with_lse(&self.buf, &k.buf, &v.buf, g)?;
+        Ok((self.wrap(out), Some(self.wrap(lse))))
+    }
     fn attention_backward(
         &self,
         k: &Self,
         v: &Self,
         dout: &Self,
+        saved: Option<(&Self, &Self)>,
         g: &AttnGeom,
     ) -> Result<(Self, Self, Self)> {
-        let (dq, dk, dv) = backward::attention_backward(&self.buf, &k.buf, &v.buf, &dout.buf, g)?;
+        let saved = saved.map(|(o, l)| (o.buffer(), l.buffer()));
+        let (dq, dk, dv) =
+            backward::attention_backward(&self.buf, &k.buf, &v.buf, &dout.buf, saved, g)?;
         Ok((self.wrap(dq), self.wrap(dk), self.wrap(dv)))
     }
     fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
