@@ -80,6 +80,21 @@ impl CpuStorage {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
+    /// The values, to change in place: the optimizer's (its arrays are updated each step). Values
+    /// that another storage shares — a network's weights are parts of the optimizer's weights —
+    /// are copied first, so no other storage ever sees a change.
+    fn values_mut(&mut self) -> &mut [f32] {
+        let unique =
+            Arc::get_mut(&mut self.0).is_some_and(|v| Arc::get_mut(&mut v.data.whole).is_some());
+        if !unique {
+            *self = CpuStorage::from_vec(self.data.to_vec());
+        }
+        let values = Arc::get_mut(&mut self.0).expect("unique: checked or just made");
+        *values.winograd.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        let Part { whole, start, len } = &mut values.data;
+        let whole = Arc::get_mut(whole).expect("unique: checked or just made");
+        &mut whole[*start..*start + *len]
+    }
     /// Standard normals for `rows` of `row_len` values (docs/random.md), see
     /// [`crate::Device::randn`].
     pub fn randn(key: NoiseKey, rows: &[NoiseRow], row_len: usize) -> Self {
@@ -496,13 +511,15 @@ impl BackendStorage for CpuStorage {
         if norm.is_finite() && loss.data[0].is_finite() {
             let scale = (f64::from(h.max_norm) / (norm + 1e-6)).min(1.0) as f32;
             let g: Vec<&[f32]> = grads.iter().map(|g| &*g.data).collect();
-            let (p2, m2, v2, e2) =
-                optim::adamw(&self.data, &g, &m.data, &v.data, &ema.data, h, scale);
-            // The CPU's storages are immutable values: the new arrays replace the old.
-            *self = CpuStorage::from_vec(p2);
-            *m = CpuStorage::from_vec(m2);
-            *v = CpuStorage::from_vec(v2);
-            *ema = CpuStorage::from_vec(e2);
+            optim::adamw(
+                self.values_mut(),
+                &g,
+                m.values_mut(),
+                v.values_mut(),
+                ema.values_mut(),
+                h,
+                scale,
+            );
         }
         Ok(CpuStorage::from_vec(vec![norm as f32]))
     }

@@ -6,48 +6,43 @@ use super::elementwise::CHUNK;
 use crate::backend::{AdamStep, LossKind};
 use rayon::prelude::*;
 
-/// `(p', m', v', e')` with the gradient — the parts `g`, one per parameter, in order — times the
-/// clipping factor `scale`, see [`AdamStep`].
+/// One step, in place, of `p`, `m`, `v`, `e` with the gradient — the parts `g`, one per
+/// parameter, in order — times the clipping factor `scale`, see [`AdamStep`].
 pub fn adamw(
-    p: &[f32],
+    p: &mut [f32],
     g: &[&[f32]],
-    m: &[f32],
-    v: &[f32],
-    e: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    e: &mut [f32],
     h: &AdamStep,
     scale: f32,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-    let n = p.len();
-    let (mut po, mut mo, mut vo, mut eo) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    let mut at = 0;
-    for part in g {
-        let r = at..at + part.len();
-        at = r.end;
-        po[r.clone()]
-            .par_chunks_mut(CHUNK)
-            .zip(mo[r.clone()].par_chunks_mut(CHUNK))
-            .zip(vo[r.clone()].par_chunks_mut(CHUNK))
-            .zip(eo[r.clone()].par_chunks_mut(CHUNK))
-            .zip(part.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(c, ((((po, mo), vo), eo), g))| {
-                let i0 = r.start + c * CHUNK;
-                let r = i0..i0 + po.len();
-                let (p, m, v, e) = (&p[r.clone()], &m[r.clone()], &v[r.clone()], &e[r]);
-                for i in 0..po.len() {
-                    let gi = g[i] * scale;
-                    let mi = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
-                    let vi = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
-                    let step = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps) + h.weight_decay * p[i];
-                    let pi = p[i] - h.lr * step;
-                    po[i] = pi;
-                    mo[i] = mi;
-                    vo[i] = vi;
-                    eo[i] = h.ema_decay * e[i] + (1.0 - h.ema_decay) * pi;
-                }
-            });
+) {
+    // every part, in pieces of at most CHUNK values, with its range of the arrays as disjoint
+    // slices; then one parallel pass over all pieces
+    let mut work = Vec::with_capacity(g.len());
+    let (mut rp, mut rm, mut rv, mut re) = (p, m, v, e);
+    for piece in g.iter().flat_map(|part| part.chunks(CHUNK)) {
+        let k = piece.len();
+        let (a, b) = std::mem::take(&mut rp).split_at_mut(k);
+        let (c, d) = std::mem::take(&mut rm).split_at_mut(k);
+        let (x, y) = std::mem::take(&mut rv).split_at_mut(k);
+        let (z, w) = std::mem::take(&mut re).split_at_mut(k);
+        (rp, rm, rv, re) = (b, d, y, w);
+        work.push((piece, a, c, x, z));
     }
-    (po, mo, vo, eo)
+    work.into_par_iter().for_each(|(g, p, m, v, e)| {
+        for i in 0..g.len() {
+            let gi = g[i] * scale;
+            let mi = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
+            let vi = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
+            let step = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps) + h.weight_decay * p[i];
+            let pi = p[i] - h.lr * step;
+            p[i] = pi;
+            m[i] = mi;
+            v[i] = vi;
+            e[i] = h.ema_decay * e[i] + (1.0 - h.ema_decay) * pi;
+        }
+    });
 }
 
 /// `Σ x²` in f64, by fixed chunks added in order (the same bits on any thread count).
