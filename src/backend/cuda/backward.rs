@@ -5,6 +5,7 @@
 
 use super::buffer::Buffer;
 use super::check;
+use super::elementwise::map;
 use super::gpu::{KernelArg, LaunchShape};
 use super::Precision;
 use crate::backend::{AttnGeom, ConvGeom, NormGeom};
@@ -275,22 +276,6 @@ pub fn group_norm_backward(
     let dgamma = reduce_channels(&a, (g.n, g.c, 1))?;
     let dbeta = reduce_channels(&b, (g.n, g.c, 1))?;
     Ok((dx, dgamma, dbeta))
-}
-
-/// A one-thread-per-element kernel writing a new buffer of `len` values.
-fn map(
-    like: &Buffer,
-    len: usize,
-    kernel: &str,
-    args: impl FnOnce(&Buffer) -> Vec<KernelArg>,
-) -> Result<Buffer> {
-    let y = Buffer::alloc(like.gpu(), len)?;
-    if len > 0 {
-        let a = args(&y);
-        like.gpu()
-            .launch(kernel, LaunchShape::linear(len, 256), &a)?;
-    }
-    Ok(y)
 }
 
 /// `dy·σ(x)·(1 + x·(1 − σ(x)))`.

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 const BLOCK: u32 = 256;
 
 /// Launches a one-thread-per-element kernel writing a new buffer of `len` values.
-fn map(
+pub(super) fn map(
     like: &Buffer,
     len: usize,
     kernel: &str,
