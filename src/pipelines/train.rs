@@ -393,16 +393,21 @@ impl Pending {
     /// Reads the pending steps: the sum and count of their losses and the last step's gradient
     /// norm; the first step with a non-finite loss is an error `bad(step, loss)`.
     pub fn read(&mut self, bad: impl Fn(usize, f32) -> Error) -> Result<(f64, usize, f64)> {
-        let (mut sum, mut norm) = (0.0, f64::NAN);
+        let mut sum = 0.0;
         let n = self.0.len();
-        for r in self.0.drain(..) {
+        for r in &self.0 {
             let loss = r.loss.to_vec()?[0];
             if !loss.is_finite() {
                 return Err(bad(r.step, loss));
             }
             sum += f64::from(loss);
-            norm = f64::from(r.norm.to_vec()?[0]);
         }
+        // only the last step's norm is logged: one read, not one per step
+        let norm = match self.0.last() {
+            Some(r) => f64::from(r.norm.to_vec()?[0]),
+            None => f64::NAN,
+        };
+        self.0.clear();
         Ok((sum, n, norm))
     }
 }
