@@ -566,8 +566,16 @@ pub fn interpolator_loss(
 /// are ordered so that the `two` rows with `n ≤ N−2` come first: `x0 (B, (P+1)·C, H, W)`, `xh`
 /// the true frame `h`, `n` per row. The calls are numbered 0 (interpolator for `x̃_n`), 1
 /// (forecaster), 2 (interpolator for `x̃'`, its gradient flowing into the first forecast), 3
-/// (forecaster again). Returns `λ₁·L₁ + λ₂·L₂` (`L₂` left out when no row has `n ≤ N−2`).
-pub fn forecaster_loss(calls: &Calls, x0: &Tensor, xh: &Tensor, n: &[usize]) -> Result<Tensor> {
+/// (forecaster again). Returns `w₁·λ₁·L₁ + w₂·λ₂·L₂` (`L₂` left out when no row has `n ≤ N−2`),
+/// `[w₁, w₂] = weights`: `[1, 1]` for the loss of the batch itself; a rank holding part of a
+/// batch weighs its means by its share of the rows each is taken over (docs/distributed.md).
+pub fn forecaster_loss(
+    calls: &Calls,
+    x0: &Tensor,
+    xh: &Tensor,
+    n: &[usize],
+    weights: [f32; 2],
+) -> Result<Tensor> {
     let c = calls.config;
     let ii = c.schedule();
     let two = n.iter().take_while(|&&v| v + 2 <= c.n_steps()).count();
@@ -589,7 +597,7 @@ pub fn forecaster_loss(calls: &Calls, x0: &Tensor, xh: &Tensor, n: &[usize]) -> 
     let first = Tensor::from_vec(first, last.shape(), last.device())?;
     let xt = interp.add(&last.sub(&interp)?.mul(&first)?)?;
     let xhat = calls.forecast(&xt, x0, n, 1)?;
-    let mut loss = xhat.mae(xh)?.scale(c.lambda_1 as f32)?;
+    let mut loss = xhat.mae(xh)?.scale(c.lambda_1 as f32 * weights[0])?;
     if two > 0 {
         let sub = calls.first_rows(two)?;
         let x02 = x0.narrow_rows(0, two)?;
@@ -598,7 +606,7 @@ pub fn forecaster_loss(calls: &Calls, x0: &Tensor, xh: &Tensor, n: &[usize]) -> 
         let xt2 = sub.interpolate(&x02, &xhat.narrow_rows(0, two)?, &t2, 2)?;
         let xhat2 = sub.forecast(&xt2, &x02, &n2, 3)?;
         let l2 = xhat2.mae(&xh.narrow_rows(0, two)?)?;
-        loss = loss.add(&l2.scale(c.lambda_2 as f32)?)?;
+        loss = loss.add(&l2.scale(c.lambda_2 as f32 * weights[1])?)?;
     }
     Ok(loss)
 }

@@ -36,6 +36,17 @@ pub enum Error {
         expected: String,
         found: String,
     },
+    /// A failure on one rank of a many-process run (docs/distributed.md), reported by that rank
+    /// once every rank has learnt of it.
+    #[error("rank {rank} of {size}: {source}")]
+    OnRank {
+        rank: usize,
+        size: usize,
+        source: Box<Error>,
+    },
+    /// Another rank of a many-process run failed and reports it; this rank stops without a word.
+    #[error("another rank failed")]
+    OtherRank,
 }
 
 impl Error {

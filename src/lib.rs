@@ -11,6 +11,7 @@ pub mod backend;
 pub mod data;
 pub mod default_model;
 pub mod diffusion;
+pub mod distributed;
 pub mod dyffusion;
 pub mod error;
 pub mod io;

@@ -2,6 +2,7 @@
 //! [`dydiff::pipelines`] and reports errors as one line on stderr with a non-zero exit.
 
 use clap::{Args, Parser, Subcommand};
+use dydiff::distributed::{self, world};
 use dydiff::pipelines::{bench, data, denoise, eval, sample, train, train_dyffusion};
 use dydiff::{Device, Error, Result};
 use std::path::PathBuf;
@@ -412,7 +413,10 @@ enum BenchCommand {
 /// The most worker threads `--threads` starts.
 const MAX_THREADS: usize = 1024;
 
-fn run(cli: Cli) -> Result<()> {
+/// What every command needs before it starts: the thread pool, the precision, and the device
+/// (`info` reports on the devices, so it needs none to work). In a job of several ranks, only
+/// `train` and `sample` run (docs/distributed.md).
+fn setup(cli: &Cli) -> Result<Device> {
     if let Some(n) = cli.common.threads {
         if !(1..=MAX_THREADS).contains(&n) {
             return Err(Error::Invalid(format!(
@@ -434,11 +438,23 @@ fn run(cli: Cli) -> Result<()> {
             )))
         }
     });
-    // `info` reports on the devices, so it needs none to work
-    let device = match cli.command {
-        Command::Info => Device::Cpu,
-        _ => Device::parse(&cli.common.device)?,
-    };
+    let size = world().size();
+    if size > 1 && !matches!(cli.command, Command::Train { .. } | Command::Sample { .. }) {
+        return Err(Error::Invalid(format!(
+            "started as {size} ranks: only `dydiff train` and `dydiff sample` run on several ranks (docs/distributed.md); run this command as one process"
+        )));
+    }
+    match cli.command {
+        Command::Info => Ok(Device::Cpu),
+        _ => Device::parse(&cli.common.device),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // ranks started with different arguments would wait for each other for ever
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    world().check_same("arguments", fingerprint(&args.join("\0")))?;
+    let device = world().agree(setup(&cli))?;
     match cli.command {
         Command::Info => print_info(),
         Command::Denoise {
@@ -482,7 +498,11 @@ fn run(cli: Cli) -> Result<()> {
                 device,
                 progress: true,
             })
-            .map(|report| eprintln!("dydiff: {report}"))
+            .map(|report| {
+                if world().is_root() {
+                    eprintln!("dydiff: {report}")
+                }
+            })
         }
         Command::Train {
             data,
@@ -705,6 +725,13 @@ fn print_info() -> Result<()> {
     dydiff::io::print_stdout(&(lines.join("\n") + "\n"))
 }
 
+/// A 64-bit FNV-1a hash of `text`, the same in every process.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A command-line parsing error as one line: clap's message without its usage block.
 fn one_line(e: &clap::Error) -> String {
     e.to_string()
@@ -722,6 +749,8 @@ fn one_line(e: &clap::Error) -> String {
 fn main() -> ExitCode {
     use clap::error::ErrorKind;
     dydiff::backend::cpu::tune_allocator();
+    // Under an MPI launcher, what every rank would say alike is said by rank 0 only.
+    let speaks = distributed::launcher().is_none_or(|l| l.rank == 0);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
@@ -732,11 +761,26 @@ fn main() -> ExitCode {
                     | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
             ) =>
         {
+            if !speaks {
+                return ExitCode::SUCCESS;
+            }
             e.exit()
         }
         Err(e) => {
-            eprintln!("dydiff: error: {} (see dydiff --help)", one_line(&e));
+            if speaks {
+                eprintln!("dydiff: error: {} (see dydiff --help)", one_line(&e));
+            }
             return ExitCode::from(2);
+        }
+    };
+    // MPI stays initialised until `main` returns (finalised when this drops)
+    let _session = match distributed::init() {
+        Ok(s) => s,
+        Err(e) => {
+            if speaks {
+                eprintln!("dydiff: error: {e}");
+            }
+            return ExitCode::FAILURE;
         }
     };
     // An interrupted command leaves none of its temporaries behind.
@@ -744,12 +788,33 @@ fn main() -> ExitCode {
         eprintln!("dydiff: error: cannot install the interrupt handler: {e}");
         return ExitCode::FAILURE;
     }
-    match run(cli) {
+    let w = world();
+    let mut result = run(cli);
+    // Every rank ends the command with an agreement, unless its error was agreed on already.
+    if w.size() > 1
+        && w.outside_collectives()
+        && !matches!(result, Err(Error::OnRank { .. } | Error::OtherRank))
+    {
+        result = w.agree(result);
+    }
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
+        // another rank reports the error every rank learnt of
+        Err(Error::OtherRank) => ExitCode::FAILURE,
+        Err(e @ Error::OnRank { .. }) => {
+            eprintln!("dydiff: error: {}", e.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");
+            if w.size() > 1 {
+                // the other ranks may be waiting for this one: end them all
+                eprintln!("dydiff: error: rank {} of {}: {msg}", w.rank(), w.size());
+                w.abort(1)
+            }
             eprintln!("dydiff: error: {msg}");
             ExitCode::FAILURE
         }
-    }
+    };
+    code
 }

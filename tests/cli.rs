@@ -232,3 +232,42 @@ fn bad_models_are_one_line_errors() {
     std::fs::write(m.join("config.json"), "{ not json").unwrap();
     fails(&m, &x, "5", &s, &["config.json", "not valid JSON"]);
 }
+
+/// A build without the `mpi` feature started as one of several ranks by an MPI launcher refuses
+/// to run (every rank would do the whole job and write the same files): rank 0 says so in one
+/// line naming the launcher's variable and the feature, the other ranks exit silently, nothing is
+/// written. A launcher's job of one rank runs as usual.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_ranks_without_the_mpi_feature_are_refused() {
+    let s = Scratch::new("no-mpi");
+    let out = s.path("f.npy");
+    let run = |vars: &[(&str, &str)]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
+            .current_dir(&s.0)
+            .envs(vars.iter().copied())
+            .args(["sample", "--steps", "2", "--members", "1"])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for (rank, var) in [
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+        ("PMI_RANK", "PMI_SIZE"),
+        ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS"),
+    ] {
+        let (ok, err) = run(&[(rank, "0"), (var, "2")]);
+        assert_clean_failure(ok, &err, &[rank, "--features mpi", "rank 0 of 2"], &out, &s);
+        let (ok, err) = run(&[(rank, "1"), (var, "2")]);
+        assert!(!ok && err.is_empty(), "rank 1: {err}");
+        assert!(!out.exists());
+    }
+    let (ok, err) = run(&[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "1")]);
+    assert!(ok, "{err}");
+    assert!(out.exists());
+}

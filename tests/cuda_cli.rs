@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::training::{same_run, small_net, write_sequences};
 use common::{assert_clean_failure, dydiff, Scratch};
 use std::process::Command;
 
@@ -137,31 +138,6 @@ fn sample_on_the_cuda_backend_equals_the_cpu() {
     }
 }
 
-/// Sequences with temporal structure, `(5, 8, 2, 8, 8)`, written to `path`.
-fn write_sequences(path: &std::path::Path) {
-    let (n, l, e) = (5, 8, 2 * 8 * 8);
-    let noise = common::rand_vec(n * l * e, 17);
-    let mut x = vec![0.0f32; n * l * e];
-    for i in 0..n * l {
-        let prev = if i % l > 0 { x[(i - 1) * e] } else { 0.0 };
-        for j in 0..e {
-            x[i * e + j] = 0.8 * prev + noise[i * e + j];
-        }
-    }
-    std::fs::write(path, dydiff::io::npy::encode(&[n, l, 2, 8, 8], &x)).unwrap();
-}
-
-/// A `--unet-config` of a small network (two levels of 8 and 16 channels, attention at the lower).
-fn small_net(s: &Scratch) -> std::path::PathBuf {
-    let net = s.path("unet.json");
-    std::fs::write(
-        &net,
-        r#"{"block_out_channels": [8, 16], "norm_num_groups": 4, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8}"#,
-    )
-    .unwrap();
-    net
-}
-
 /// `dydiff train` on `device` (`cuda` runs on the emulator) with a small network: 4 steps,
 /// checkpoints every 2.
 fn train_on(s: &Scratch, device: &str, out: &str, extra: &[&str]) -> std::path::PathBuf {
@@ -205,65 +181,6 @@ fn train_on(s: &Scratch, device: &str, out: &str, extra: &[&str]) -> std::path::
         String::from_utf8_lossy(&o.stderr)
     );
     out
-}
-
-/// Every log line's loss, per step.
-fn losses(out: &std::path::Path, log: &str) -> Vec<f64> {
-    std::fs::read_to_string(out.join(log))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect()
-}
-
-/// The tensors of a safetensors file, by name.
-fn tensors(path: &std::path::Path) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
-    dydiff::io::safetensors::read(path).unwrap()
-}
-
-/// Two training runs of 4 steps at `--lr 1e-3` agree: losses within `rel`; weights and EMA within
-/// 5% of the most Adam can move a weight in those steps (lr per step: an element whose gradient
-/// is near its rounding error moves by up to lr either way, so differences are measured in lr);
-/// the moments within `rel` of each tensor's largest value.
-fn same_run(a: &std::path::Path, b: &std::path::Path, state: &str, log: &str, rel: f64) {
-    const MOVE: f64 = 4.0 * 1e-3;
-    let (la, lb) = (losses(a, log), losses(b, log));
-    assert_eq!(la.len(), lb.len());
-    for (x, y) in la.iter().zip(&lb) {
-        assert!((x - y).abs() <= rel * x.abs(), "loss {x} vs {y}");
-    }
-    let (ta, tb) = (tensors(&a.join(state)), tensors(&b.join(state)));
-    assert_eq!(ta.len(), tb.len());
-    for (name, (shape, va)) in &ta {
-        let (shape_b, vb) = &tb[name];
-        assert_eq!(shape, shape_b, "{name}");
-        let worst = f64::from(
-            va.iter()
-                .zip(vb)
-                .fold(0f32, |m, (x, y)| m.max((x - y).abs())),
-        );
-        let scale = f64::from(va.iter().fold(0f32, |m, v| m.max(v.abs())));
-        let moment = name.starts_with("m/") || name.starts_with("v/");
-        if name.ends_with("to_k.bias") {
-            // Its gradient is 0 in exact arithmetic (a key bias adds the same q·b to every score
-            // of a row, which the softmax ignores): what is left is rounding, which Adam scales
-            // to steps of ±lr, and its moments are rounding noise.
-            assert!(
-                moment || worst <= 2.0 * MOVE,
-                "{name}: worst difference {worst}"
-            );
-            continue;
-        }
-        let allowed = if moment { rel * scale } else { 0.05 * MOVE };
-        assert!(
-            worst <= allowed,
-            "{name}: worst difference {worst} (allowed {allowed}), max |value| {scale}"
-        );
-    }
 }
 
 /// `dydiff train --device cuda` (float32 products, on the emulator) follows the CPU's run: the

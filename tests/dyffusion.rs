@@ -139,7 +139,7 @@ fn the_stage_2_loss_and_its_gradient_match_the_reference() {
         let xh = Tensor::from_vec(xh, &sh, Device::Cpu).unwrap();
         {
             let _tape = Tape::start();
-            let loss = forecaster_loss(&calls, &x0, &xh, &n).unwrap();
+            let loss = forecaster_loss(&calls, &x0, &xh, &n, [1.0, 1.0]).unwrap();
             close(
                 &[loss.scalar().unwrap()],
                 &get("loss").1,

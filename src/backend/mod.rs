@@ -28,8 +28,9 @@ impl Device {
         let on_flag = |e: Error| Error::Backend(format!("--device {name}: {e}"));
         match name {
             "cpu" => Ok(Device::Cpu),
-            "cuda" => cuda::check_device(0)
-                .map(|_| Device::Cuda(0))
+            // one GPU per rank of a many-process job, by the node-local rank
+            "cuda" => cuda::rank_ordinal()
+                .and_then(|n| cuda::check_device(n).map(|_| Device::Cuda(n)))
                 .map_err(on_flag),
             s if s.starts_with("cuda:") => {
                 let n = s[5..].parse().map_err(|_| {
@@ -763,6 +764,21 @@ impl Storage {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// This array summed over every rank of the job, element by element (a collective, called by
+    /// every rank at the same point; docs/distributed.md); in a process of its own, itself.
+    pub fn sum_over_ranks(&self) -> Result<Storage> {
+        if crate::distributed::world().size() == 1 {
+            return Ok(self.clone());
+        }
+        match self {
+            Storage::Cpu(s) => {
+                let mut v = s.to_vec()?;
+                crate::distributed::world().sum_f32(&mut v)?;
+                Ok(Storage::Cpu(cpu::CpuStorage::from_vec(v)))
+            }
+            Storage::Cuda(s) => s.sum_over_ranks().map(Storage::Cuda),
+        }
     }
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match self {

@@ -7,7 +7,8 @@
 
 use super::sample::{roll_out, SampleTimes, Window};
 use crate::backend::Device;
-use crate::dyffusion::{cold_sample, CallKeys, Calls, DyffusionModel};
+use crate::distributed::world;
+use crate::dyffusion::{cold_sample, CallKeys, Calls, DyffusionConfig, DyffusionModel};
 use crate::error::{Error, Result};
 use crate::nn::UNet2D;
 use crate::rng::{NoiseRow, Purpose};
@@ -26,6 +27,19 @@ pub struct ColdSettings {
 /// The most network calls of one window: the call has 16 bits of the masks' counter word.
 pub const MAX_CALLS: usize = 1 << 16;
 
+/// Refuses a DYffusion model with [`MAX_CALLS`] or more network calls per window.
+pub(crate) fn check_calls(c: &DyffusionConfig) -> Result<()> {
+    if c.calls_per_window() >= MAX_CALLS {
+        return Err(Error::Invalid(format!(
+            "{} network calls per window (horizon {}, additional_steps {}): expected fewer than {MAX_CALLS}",
+            c.calls_per_window(),
+            c.future,
+            c.additional_steps
+        )));
+    }
+    Ok(())
+}
+
 /// Forecasts `lead` frames for `members` members of each of the `n` histories `obs`
 /// `(n, P+1, C·H·W)` (data space) by cold sampling with `forecaster`, rolled out over windows of
 /// `h`; `tick(pairs)` after every network call of a batch. Returns `(n, M, lead, C·H·W)` in data
@@ -40,14 +54,7 @@ pub fn forecast(
     mut tick: impl FnMut(usize),
 ) -> Result<(Vec<f32>, SampleTimes)> {
     let c = &model.config;
-    if c.calls_per_window() >= MAX_CALLS {
-        return Err(Error::Invalid(format!(
-            "{} network calls per window (horizon {}, additional_steps {}): expected fewer than {MAX_CALLS}",
-            c.calls_per_window(),
-            c.future,
-            c.additional_steps
-        )));
-    }
+    check_calls(c)?;
     let frames = (c.history, c.future, c.frame_len());
     roll_out(frames, s.members, obs, n, lead, |histories, w| {
         window(model, forecaster, s, histories, n, w, &mut tick)
@@ -71,9 +78,13 @@ fn window(
     let mut out = vec![0.0f32; pairs * fut * e];
     let mut times = SampleTimes::default();
     let mut bad = 0usize;
-    for first in (0..pairs).step_by(s.batch) {
+    // with several ranks, each takes its share of the batches (docs/distributed.md)
+    let world = world();
+    let parts = world.batch_shares(pairs, s.batch);
+    let mine = parts[world.rank()].clone();
+    for first in mine.clone().step_by(s.batch) {
         let clock = Instant::now();
-        let b = s.batch.min(pairs - first);
+        let b = s.batch.min(mine.end - first);
         let rows: Vec<NoiseRow> = (first..first + b)
             .map(|i| NoiseRow {
                 sample: (i / s.members) as u32,
@@ -123,10 +134,14 @@ fn window(
         }
         times.other += clock.elapsed().as_secs_f64();
     }
-    if bad > 0 {
-        return Err(Error::Invalid(format!(
+    world.all_gather_parts(&mut out, &parts, fut * e)?;
+    let mut bad = [bad as u64];
+    world.sum_u64(&mut bad)?;
+    // every rank has the whole forecast: the check fails alike on every rank
+    world.agree(match bad[0] {
+        0 => Ok((out, times)),
+        bad => Err(Error::Invalid(format!(
             "the forecast holds {bad} non-finite values: the networks' outputs left float32 (weights or histories that drive them beyond it, or a data_scale far from the data's standard deviation)"
-        )));
-    }
-    Ok((out, times))
+        ))),
+    })
 }

@@ -14,6 +14,7 @@ use crate::backend::step::StepRunner;
 use crate::backend::Device;
 use crate::diffusion::ddim::{ddim_step_tensor, rows_tensor, timesteps, StepValues};
 use crate::diffusion::schedule::gamma_bar;
+use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, FileOutput, Outputs};
 use crate::io::{npy, picture};
@@ -168,6 +169,19 @@ fn rollout_from(
     })
 }
 
+/// The windows of `S = fut` frames that a roll-out over `lead` frames takes; `--lead` must give
+/// 1 to [`MAX_WINDOWS`] of them.
+pub(crate) fn check_lead(lead: usize, fut: usize) -> Result<usize> {
+    let windows = lead.div_ceil(fut);
+    if lead == 0 || windows > MAX_WINDOWS {
+        return Err(Error::Invalid(format!(
+            "--lead: expected 1 to {} frames ({MAX_WINDOWS} windows of {fut}), found {lead}",
+            MAX_WINDOWS * fut
+        )));
+    }
+    Ok(windows)
+}
+
 /// Rolls a method's window forecasts out over `lead` frames (docs/process.md, “Forecasting
 /// beyond one window”) for `members` members of each of the `n` histories `obs`
 /// `(n, P+1, C·H·W)`: `window(histories, w)` forecasts `S` frames for every (sample, member)
@@ -182,13 +196,7 @@ pub(crate) fn roll_out(
     lead: usize,
     mut window: impl FnMut(&[f32], Window) -> Result<(Vec<f32>, SampleTimes)>,
 ) -> Result<(Vec<f32>, SampleTimes)> {
-    let windows = lead.div_ceil(fut);
-    if lead == 0 || windows > MAX_WINDOWS {
-        return Err(Error::Invalid(format!(
-            "--lead: expected 1 to {} frames ({MAX_WINDOWS} windows of {fut}), found {lead}",
-            MAX_WINDOWS * fut
-        )));
-    }
+    let windows = check_lead(lead, fut)?;
     let pairs = n * members;
     let mut times = SampleTimes::default();
     // each pair's trajectory so far: its history, then its forecasts (data space)
@@ -283,8 +291,12 @@ fn forecast_from(
     // Non-finite values of x̂_0 in model space, and finite ones that leave float32 in data space
     // (the largest of those in model space).
     let (mut bad_model, mut bad_data, mut far) = (0usize, 0usize, 0.0f64);
-    for first in (0..pairs).step_by(s.batch) {
-        let b = s.batch.min(pairs - first);
+    // with several ranks, each takes its share of the batches (docs/distributed.md)
+    let world = world();
+    let parts = world.batch_shares(pairs, s.batch);
+    let mine = parts[world.rank()].clone();
+    for first in mine.clone().step_by(s.batch) {
+        let b = s.batch.min(mine.end - first);
         let rows: Vec<NoiseRow> = (first..first + b)
             .map(|i| NoiseRow {
                 sample: (i / members) as u32,
@@ -382,6 +394,30 @@ fn forecast_from(
         }
         times.other += clock.elapsed().as_secs_f64();
     }
+    world.all_gather_parts(&mut out, &parts, fut * e)?;
+    let mut counts = [bad_model as u64, bad_data as u64];
+    world.sum_u64(&mut counts)?;
+    let (bad_model, bad_data) = (counts[0] as usize, counts[1] as usize);
+    let far = world.max_f64(far)?;
+    // every rank has the whole forecast: the checks below fail alike on every rank
+    world.agree(check_forecast(
+        &out,
+        (bad_model, bad_data, far),
+        init_noise,
+        (scale, source),
+    ))?;
+    Ok((out, times))
+}
+
+/// Refuses a forecast `out` (data space) holding non-finite values: `bad_model` of them already in
+/// model space, `bad_data` finite there but beyond float32 in data space (up to `far` in model
+/// space), naming the likely cause.
+fn check_forecast(
+    out: &[f32],
+    (bad_model, bad_data, far): (usize, usize, f64),
+    init_noise: Option<&[f32]>,
+    (scale, source): (f64, &str),
+) -> Result<()> {
     if bad_model > 0 {
         let nan = out.iter().filter(|v| v.is_nan()).count();
         let cause = match init_noise {
@@ -403,7 +439,7 @@ fn forecast_from(
             f32::MAX
         )));
     }
-    Ok((out, times))
+    Ok(())
 }
 
 /// Refuses more sequences than the noise counter's 32-bit sample index tells apart.
@@ -500,6 +536,21 @@ fn read_init_noise(path: &Path, model: &Model, n: usize, members: usize) -> Resu
 /// The largest magnitude `--init-noise` may hold: standard normal noise beyond it has
 /// probability 0 in float32, so such a file is not noise.
 const MAX_NOISE: f32 = 1e4;
+
+/// The progress bar of rank 0 over its share of `pairs` pairs taken in batches of `batch`, each
+/// pair `units` (pair, step) units of which a network call does `per_call`; hidden on the other
+/// ranks (docs/distributed.md).
+fn rank_progress(
+    pairs: usize,
+    batch: usize,
+    units: usize,
+    per_call: usize,
+    enabled: bool,
+) -> indicatif::ProgressBar {
+    let w = world();
+    let mine = w.batch_shares(pairs, batch)[w.rank()].len();
+    progress_bar(mine * units, per_call, enabled && w.is_root())
+}
 
 /// A progress bar over (pair, step) units with ETA and forecasts per second, on stderr; hidden
 /// when stderr is not a terminal.
@@ -624,10 +675,12 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     let load_s = clock.elapsed().as_secs_f64();
     let history = histories(&obs, p.history, e);
     let lead = o.lead.unwrap_or(p.future);
-    let windows = lead.div_ceil(p.future);
+    let windows = check_lead(lead, p.future)?;
     let steps = settings.steps;
-    let bar = progress_bar(n * o.members * steps * windows, steps, o.progress);
+    let bar = rank_progress(n * o.members, o.batch, steps * windows, steps, o.progress);
     let source = model_dir.join(PROCESS_FILE).display().to_string();
+    // every rank has read the model and the inputs, or all stop here
+    world().begin_collectives(Ok(()))?;
     let (fc, times) = rollout_from(
         &model,
         &source,
@@ -638,9 +691,12 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         noise.as_ref().map(|a| a.data.as_slice()),
         |b| bar.inc(b as u64),
     )?;
+    world().end_collectives();
     bar.finish_and_clear();
     let clock = Instant::now();
-    write_forecast(outputs, (out, png), &obs, &frames, &fc, o.members, lead)?;
+    if world().is_root() {
+        write_forecast(outputs, (out, png), &obs, &frames, &fc, o.members, lead)?;
+    }
     Ok(SampleReport {
         out: o.out.clone(),
         samples: n,
@@ -780,16 +836,22 @@ fn run_cold(
     )?;
     let load_s = clock.elapsed().as_secs_f64();
     let history = histories(&obs, c.history, e);
-    let windows = lead.div_ceil(c.future);
+    let windows = check_lead(lead, c.future)?;
+    super::cold::check_calls(c)?;
     let calls = c.calls_per_window();
-    let bar = progress_bar(n * o.members * calls * windows, calls, o.progress);
+    let bar = rank_progress(n * o.members, o.batch, calls * windows, calls, o.progress);
+    // every rank has read the model and the inputs, or all stop here
+    world().begin_collectives(Ok(()))?;
     let (fc, times) =
         super::cold::forecast(&model, forecaster, &settings, &history, n, lead, |b| {
             bar.inc(b as u64)
         })?;
+    world().end_collectives();
     bar.finish_and_clear();
     let clock = Instant::now();
-    write_forecast(outputs, files, &obs, &frames, &fc, o.members, lead)?;
+    if world().is_root() {
+        write_forecast(outputs, files, &obs, &frames, &fc, o.members, lead)?;
+    }
     Ok(SampleReport {
         out: o.out.clone(),
         samples: n,

@@ -18,6 +18,7 @@ use crate::autograd::{backward, Tape};
 use crate::backend::{AdamStep, Device, Storage};
 use crate::diffusion::ddim::rows_tensor;
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
+use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, Outputs};
 use crate::io::{npy, safetensors};
@@ -28,6 +29,7 @@ use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -258,6 +260,7 @@ impl State {
                 None => device.storage_from_vec(vec![0.0; t.elem_count()]),
             })
             .collect::<Result<_>>()?;
+        let (grads, loss) = sum_over_ranks(grads, loss.storage().clone())?;
         let grads: Vec<&Storage> = grads.iter().collect();
         let step = self.step + 1;
         let h = AdamStep {
@@ -271,20 +274,11 @@ impl State {
             max_norm: o.clip as f32,
             ema_decay: o.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64)) as f32,
         };
-        let norm = self.params.adamw(
-            &grads,
-            &mut self.m,
-            &mut self.v,
-            &mut self.ema,
-            loss.storage(),
-            &h,
-        )?;
+        let norm = self
+            .params
+            .adamw(&grads, &mut self.m, &mut self.v, &mut self.ema, &loss, &h)?;
         self.step = step;
-        Ok(StepResult {
-            step,
-            loss: loss.storage().clone(),
-            norm,
-        })
+        Ok(StepResult { step, loss, norm })
     }
 
     /// The network on the current weights or their EMA.
@@ -381,6 +375,25 @@ impl State {
     }
 }
 
+/// The gradients and the loss of a training step summed over the ranks of the job
+/// (docs/distributed.md, “Data-parallel training”): each rank's loss is its part of the mean
+/// over the whole batch ([`rows_part`]), so the sums are the whole batch's gradients and loss.
+/// One sum of one array per step — the gradients and the loss side by side — with NCCL on GPUs,
+/// MPI on CPUs; in a process of its own, nothing is done.
+fn sum_over_ranks(grads: Vec<Storage>, loss: Storage) -> Result<(Vec<Storage>, Storage)> {
+    if world().size() == 1 {
+        return Ok((grads, loss));
+    }
+    let mut lens: Vec<usize> = grads.iter().map(Storage::len).collect();
+    lens.push(1);
+    let mut parts: Vec<&Storage> = grads.iter().collect();
+    parts.push(&loss);
+    let sums = Storage::concat_channels(&parts, 1, &lens, 1)?.sum_over_ranks()?;
+    let mut split = sums.split(&lens)?;
+    let loss = split.pop().expect("the loss is the last part");
+    Ok((split, loss))
+}
+
 /// The steps whose loss and gradient norm the host has not read yet: on the GPU they are read
 /// only when a log line or a checkpoint needs them, so that the host never waits inside a step.
 #[derive(Default)]
@@ -412,26 +425,36 @@ impl Pending {
     }
 }
 
-/// The (sample, member) pairs of a training or validation batch of `rows` rows: `(row, call)`,
+/// The (sample, member) pairs of rows `rows` of a training or validation batch: `(row, call)`,
 /// keying the noise and the dropout masks of network call `call` of the step
-/// (docs/random.md, “Streams”).
-pub fn batch_rows(rows: usize, call: u32) -> Vec<NoiseRow> {
-    (0..rows as u32)
-        .map(|b| NoiseRow {
-            sample: b,
-            member: call,
-        })
-        .collect()
+/// (docs/random.md, “Streams”). The row's index in the whole batch keys it, so a rank drawing
+/// its share of the batch draws what one process would (docs/distributed.md).
+pub fn batch_rows(rows: Range<usize>, call: u32) -> Vec<NoiseRow> {
+    rows.map(|b| NoiseRow {
+        sample: b as u32,
+        member: call,
+    })
+    .collect()
 }
 
-/// One batch: network input, target and timesteps, from windows of `data` (model space); every
-/// row at timestep `fixed_t` if given, else at a drawn one.
+/// This rank's part of a loss that is a mean over the rows of a batch of `batch` rows, from the
+/// mean `loss` over its own `rows`: `loss · |rows| / batch`, so that the parts summed over the
+/// ranks are the mean over the whole batch (itself when the rank has every row).
+pub fn rows_part(loss: Tensor, rows: &Range<usize>, batch: usize) -> Result<Tensor> {
+    if rows.len() == batch {
+        return Ok(loss);
+    }
+    loss.scale((rows.len() as f64 / batch as f64) as f32)
+}
+
+/// Rows `rows` of one batch: network input, target and timesteps, from windows of `data` (model
+/// space); every row at timestep `fixed_t` if given, else at a drawn one.
 #[allow(clippy::too_many_arguments)]
 fn batch(
     data: &npy::Array,
     p: &ProcessConfig,
     schedule: &Schedule,
-    rows: usize,
+    rows: Range<usize>,
     key_batch: NoiseKey,
     key_noise: NoiseKey,
     fixed_t: Option<usize>,
@@ -439,9 +462,10 @@ fn batch(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, l) = (data.shape[0], data.shape[1]);
     let (frames, e) = (p.frames(), p.frame_len());
+    let noise_rows = batch_rows(rows, 0);
+    let rows = noise_rows.len();
     let mut x0 = Vec::with_capacity(rows * frames * e);
     let mut ts = Vec::with_capacity(rows);
-    let noise_rows = batch_rows(rows, 0);
     for row in &noise_rows {
         let w = words(key_batch, *row);
         let (seq, start, t) = (
@@ -499,7 +523,7 @@ fn validation_loss(
             purpose: Purpose::ValNoise,
             step: k,
         };
-        let (inp, target, t) = batch(val, p, schedule, rows, kb, kn, None, device)?;
+        let (inp, target, t) = batch(val, p, schedule, 0..rows, kb, kn, None, device)?;
         total += f64::from(unet.forward(&inp, &t)?.mse(&target)?.scalar()?);
     }
     Ok(total / 4.0)
@@ -528,6 +552,13 @@ pub(crate) fn validate(o: &TrainOptions) -> Result<()> {
                 u32::MAX
             )));
         }
+    }
+    let ranks = world().size();
+    if o.batch < ranks {
+        return Err(Error::Invalid(format!(
+            "--batch {}: fewer rows than the {ranks} ranks of the job; expected at least one row per rank",
+            o.batch
+        )));
     }
     if o.history.checked_add(o.future).is_none() {
         return Err(Error::Invalid(format!(
@@ -683,13 +714,15 @@ pub(crate) fn check_model_spread(
 fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> Result<()> {
     let params = memory::unet_params_lower_bound(config);
     let (frames, e) = (p.frames(), p.frame_len());
+    // this rank's share of the batch (all of it in a process of its own)
+    let rows = o.batch.div_ceil(world().size());
     let need = memory::sum(&[
         // weights, gradients, Adam's two moments and the EMA
         params.and_then(|n| n.checked_mul(5 * 4)),
         // one batch: the clean windows and the network input, the noise and the target
-        memory::array(&[2, o.batch, frames.max(p.input_frames()), e], 4),
-        memory::array(&[2, o.batch, p.diffused(), e], 4),
-        memory::unet_activations(config, o.batch, p.height, p.width),
+        memory::array(&[2, rows, frames.max(p.input_frames()), e], 4),
+        memory::array(&[2, rows, p.diffused(), e], 4),
+        memory::unet_activations(config, rows, p.height, p.width),
     ]);
     let params = params.map_or("more than 2^64".to_string(), |n| n.to_string());
     memory::ensure(
@@ -945,36 +978,30 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         weights: format!("EMA weights in {}", o.out.join(UNET_DIR).display()),
     };
     let schedule = model.schedule.clone();
-    let batch_of = |step: usize| -> Result<(Tensor, Tensor, Tensor)> {
+    let loss = |unet: &UNet2D, step: usize, rows: Range<usize>| -> Result<Tensor> {
         let key = |purpose| NoiseKey {
             seed: o.seed,
             purpose,
             step: step as u32,
         };
-        batch(
+        let (inp, target, t) = batch(
             &data,
             &p,
             &schedule,
-            o.batch,
+            rows.clone(),
             key(Purpose::TrainBatch),
             key(Purpose::TrainNoise),
             None,
             device,
-        )
-    };
-    let loss = |unet: &UNet2D, step: usize| -> Result<Tensor> {
-        let (inp, target, t) = batch_of(step)?;
+        )?;
         // the resnet blocks' dropout (if the network has any), masks keyed by (step, row)
-        let rows = rows_tensor(&batch_rows(o.batch, 0), device)?;
+        let drop_rows = rows_tensor(&batch_rows(rows.clone(), 0), device)?;
         let drop = Dropout {
-            key: NoiseKey {
-                seed: o.seed,
-                purpose: Purpose::TrainDropout,
-                step: step as u32,
-            },
-            rows: &rows,
+            key: key(Purpose::TrainDropout),
+            rows: &drop_rows,
         };
-        unet.forward_with(&inp, &t, Some(&drop))?.mse(&target)
+        let mean = unet.forward_with(&inp, &t, Some(&drop))?.mse(&target)?;
+        rows_part(mean, &rows, o.batch)
     };
     let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
         let val_loss = match &val {
@@ -1012,21 +1039,30 @@ pub(crate) struct Files {
 }
 
 /// The training loop shared by every method and stage, from `state.step` to `steps`: each step
-/// the loss `loss(network, step)`, its gradient and the optimizer update; a log line every
-/// `--log-every` steps; at every checkpoint (and the last step) `checkpoint(EMA network)` gives
-/// the validation loss and the model folder's files, which are written with the state and the
-/// log `log` so far, all together. A non-finite loss or state stops the run naming the last good
-/// checkpoint.
+/// the loss `loss(network, step, rows)` — this rank's part of the mean over the batch, from its
+/// share `rows` of the batch's rows (all of them in a process of its own) — its gradient summed
+/// over the ranks, and the optimizer update; a log line every `--log-every` steps; at every
+/// checkpoint (and the last step) `checkpoint(EMA network)` gives the validation loss and the
+/// model folder's files, which are written with the state and the log `log` so far, all
+/// together. A non-finite loss or state stops the run naming the last good checkpoint.
+///
+/// With several ranks (docs/distributed.md) every rank runs the loop in step with the others;
+/// rank 0 alone draws the progress bar, computes the checkpoint and writes files, and every
+/// rank learns at once of an error it met there.
 pub(crate) fn train_loop(
     o: &TrainOptions,
     (steps, state, config): (usize, &mut State, &UNet2DConfig),
     (outputs, files, mut log): (&mut Outputs, &Files, String),
-    mut loss: impl FnMut(&UNet2D, usize) -> Result<Tensor>,
+    mut loss: impl FnMut(&UNet2D, usize, Range<usize>) -> Result<Tensor>,
     mut checkpoint: impl FnMut(UNet2D) -> Result<Checkpoint>,
 ) -> Result<()> {
     let device = o.device;
+    let w = world();
+    // every rank has prepared the run, or all stop here
+    let mut unet = w.begin_collectives(state.network(config, device, Weights::Current))?;
+    let rows = w.share(o.batch);
     let state_path = o.out.join(files.state);
-    let bar = if o.progress {
+    let bar = if o.progress && w.is_root() {
         let b = indicatif::ProgressBar::new(steps as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
@@ -1039,7 +1075,6 @@ pub(crate) fn train_loop(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut unet = state.network(config, device, Weights::Current)?;
     let (mut loss_sum, mut loss_n, mut clock) = (0.0f64, 0usize, Instant::now());
     let mut norm = f64::NAN;
     let mut pending = Pending::default();
@@ -1052,7 +1087,13 @@ pub(crate) fn train_loop(
     while state.step < steps {
         let step = state.step + 1;
         let lr = learning_rate(o, step, steps);
-        pending.push(state.train_step(&unet, |u| loss(u, step), lr, &settings, device)?);
+        pending.push(state.train_step(
+            &unet,
+            |u| loss(u, step, rows.clone()),
+            lr,
+            &settings,
+            device,
+        )?);
         let kept = || {
             if last_saved > 0 {
                 format!(
@@ -1069,13 +1110,14 @@ pub(crate) fn train_loop(
         let at_log = step % o.log_every == 0 || at_checkpoint;
         // The CPU has its values at hand; the GPU's are read at log lines and checkpoints only.
         if device == Device::Cpu || at_log {
-            let (sum, n, last_norm) = pending.read(|bad_step, value| {
+            // the losses are the whole batch's: every rank reads the same
+            let (sum, n, last_norm) = w.agree(pending.read(|bad_step, value| {
                 Error::Invalid(format!(
                     "step {bad_step}: the loss is {value}; stopped ({}); {}",
                     kept(),
                     remedy(o)
                 ))
-            })?;
+            }))?;
             if n > 0 {
                 bar.set_message(format!("loss {:.4}", sum / n as f64));
             }
@@ -1087,43 +1129,49 @@ pub(crate) fn train_loop(
                 "step": step, "loss": loss_sum / loss_n as f64, "lr": lr, "grad_norm": norm,
                 "steps_per_s": loss_n as f64 / secs.max(1e-9),
             });
-            let mut model_files = Vec::new();
-            if at_checkpoint {
-                let (val_loss, f) = checkpoint(state.network(config, device, Weights::Ema)?)?;
-                if let Some(v) = val_loss {
-                    line["val_loss"] = json!(v);
-                }
-                model_files = f;
-            }
-            log.push_str(&format!("{line}\n"));
-            if at_checkpoint {
-                // A checkpoint is written only with finite weights.
-                if let Some((kind, bad)) = non_finite_state(state)? {
-                    return Err(Error::Invalid(format!(
-                        "step {step}: the {kind} hold {bad} non-finite values; stopped without writing this checkpoint ({}); {}",
-                        kept(),
-                        remedy(o)
-                    )));
-                }
-                for (name, bytes) in model_files {
-                    outputs.write_in(files.folder, &name, &bytes)?;
-                }
-                outputs.write_in(files.folder, files.state, &state.encode(&state_path)?)?;
-                outputs.write_in(files.folder, files.log, log.as_bytes())?;
-                outputs.commit()?;
+            if !at_checkpoint {
+                log.push_str(&format!("{line}\n"));
+            } else {
+                // rank 0 computes and writes the checkpoint; every rank learns whether it could
+                let mut write = || -> Result<()> {
+                    let (val_loss, model_files) =
+                        checkpoint(state.network(config, device, Weights::Ema)?)?;
+                    if let Some(v) = val_loss {
+                        line["val_loss"] = json!(v);
+                    }
+                    log.push_str(&format!("{line}\n"));
+                    // A checkpoint is written only with finite weights.
+                    if let Some((kind, bad)) = non_finite_state(state)? {
+                        return Err(Error::Invalid(format!(
+                            "step {step}: the {kind} hold {bad} non-finite values; stopped without writing this checkpoint ({}); {}",
+                            kept(),
+                            remedy(o)
+                        )));
+                    }
+                    for (name, bytes) in model_files {
+                        outputs.write_in(files.folder, &name, &bytes)?;
+                    }
+                    outputs.write_in(files.folder, files.state, &state.encode(&state_path)?)?;
+                    outputs.write_in(files.folder, files.log, log.as_bytes())?;
+                    outputs.commit()
+                };
+                w.agree(if w.is_root() { write() } else { Ok(()) })?;
                 last_saved = step;
             }
             (loss_sum, loss_n, clock) = (0.0, 0, Instant::now());
         }
     }
     bar.finish_and_clear();
-    eprintln!(
-        "dydiff: {} {} to step {} ({})",
-        files.done,
-        o.out.display(),
-        state.step,
-        files.weights
-    );
+    w.end_collectives();
+    if w.is_root() {
+        eprintln!(
+            "dydiff: {} {} to step {} ({})",
+            files.done,
+            o.out.display(),
+            state.step,
+            files.weights
+        );
+    }
     Ok(())
 }
 
@@ -1173,7 +1221,7 @@ pub fn noise_error(
                 &data,
                 p,
                 &model.schedule,
-                rows,
+                0..rows,
                 key(Purpose::ValBatch),
                 key(Purpose::ValNoise),
                 Some(t),

@@ -10,7 +10,8 @@
 
 use super::train::{
     check_inputs, check_model_spread, data_stats, default_unet, log_until, read_training_data,
-    recipe, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions, Weights,
+    recipe, rows_part, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions,
+    Weights,
 };
 use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
@@ -26,6 +27,7 @@ use crate::nn::{Dropout, UNet2D, UNet2DConfig};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
+use std::ops::Range;
 
 /// Which stages a run trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,26 +59,21 @@ const LOG_F: &str = "train_log_forecaster.jsonl";
 /// The most optimizer steps of a stage: the step has 30 bits of the call word `4·step + j`.
 const MAX_STEPS: usize = (1 << 30) - 1;
 
-/// Windows of `P + 1 + h` frames of `data` (model space) for `rows` batch rows, drawn from
-/// `key` (docs/random.md, purposes 3 and 5): `(windows (rows, P+1+h, C·H·W), word w2 per row)`.
+/// Windows of `P + 1 + h` frames of `data` (model space) for rows `rows` of a batch, drawn from
+/// `key` (docs/random.md, purposes 3 and 5) by the row's index in the whole batch:
+/// `(windows (|rows|, P+1+h, C·H·W), word w2 per row)`.
 fn windows(
     data: &npy::Array,
     c: &DyffusionConfig,
-    rows: usize,
+    rows: Range<usize>,
     key: NoiseKey,
 ) -> (Vec<f32>, Vec<u32>) {
     let (n, l) = (data.shape[0], data.shape[1]);
     let (frames, e) = (c.history + c.future, c.frame_len());
-    let mut x = Vec::with_capacity(rows * frames * e);
-    let mut w2 = Vec::with_capacity(rows);
-    for b in 0..rows as u32 {
-        let w = words(
-            key,
-            NoiseRow {
-                sample: b,
-                member: 0,
-            },
-        );
+    let mut x = Vec::with_capacity(rows.len() * frames * e);
+    let mut w2 = Vec::with_capacity(rows.len());
+    for b in rows {
+        let w = words(key, row(b));
         let (seq, start) = (below(w[0], n), below(w[1], l - frames + 1));
         let src = &data.data[(seq * l + start) * e..][..frames * e];
         x.extend(
@@ -86,6 +83,14 @@ fn windows(
         w2.push(w[2]);
     }
     (x, w2)
+}
+
+/// Row `b` of a batch as the pair keying its randomness.
+fn row(b: usize) -> NoiseRow {
+    NoiseRow {
+        sample: b as u32,
+        member: 0,
+    }
 }
 
 /// Frames `range` of each window `(rows, frames, e)` as `(rows, |range|·C, H, W)`.
@@ -111,53 +116,56 @@ fn frames_of(
     )
 }
 
-/// Stage 1's loss on the windows drawn for `key`: `MSE(I(x_0, x_h, i), x^{P+i})`, `i ~ U{1…h−1}`.
+/// Stage 1's loss on rows `rows` of the batch of `batch` rows drawn for `key`:
+/// `MSE(I(x_0, x_h, i), x^{P+i})`, `i ~ U{1…h−1}`, as this rank's part of the batch's mean
+/// ([`rows_part`]).
+#[allow(clippy::too_many_arguments)]
 fn interpolator_batch_loss(
     net: &UNet2D,
     c: &DyffusionConfig,
     data: &npy::Array,
-    rows: usize,
+    (rows, batch): (Range<usize>, usize),
     key: NoiseKey,
     drop: Option<&Dropout>,
     device: Device,
 ) -> Result<Tensor> {
-    let (x, w2) = windows(data, c, rows, key);
+    let (x, w2) = windows(data, c, rows.clone(), key);
     let i: Vec<usize> = w2.iter().map(|&w| 1 + below(w, c.future - 1)).collect();
-    let all: Vec<usize> = (0..rows).collect();
+    let all: Vec<usize> = (0..rows.len()).collect();
     let (p1, h) = (c.history, c.future);
     let x0 = frames_of(&x, c, &all, |_| 0..p1, device)?;
     let xh = frames_of(&x, c, &all, |_| p1 + h - 1..p1 + h, device)?;
     let target = frames_of(&x, c, &all, |r| p1 + i[r] - 1..p1 + i[r], device)?;
-    let t = Tensor::from_vec(i.iter().map(|&v| v as f32).collect(), &[rows], device)?;
-    interpolator_loss(net, (&x0, &xh, &target), &t, drop)
+    let t = Tensor::from_vec(i.iter().map(|&v| v as f32).collect(), &[rows.len()], device)?;
+    rows_part(
+        interpolator_loss(net, (&x0, &xh, &target), &t, drop)?,
+        &rows,
+        batch,
+    )
 }
 
-/// Stage 2's loss on the windows drawn for `key`, `n ~ U{0…N−1}` per row, the rows taken with
-/// `n ≤ N−2` first (each keeps its own pair for its randomness).
+/// Stage 2's loss on rows `rows` of the batch of `batch` rows drawn for `key`, `n ~ U{0…N−1}`
+/// per row, the rows taken with `n ≤ N−2` first (each keeps its own pair for its randomness),
+/// as this rank's part of the batch's loss: each mean weighed by the rank's share of the rows it
+/// is taken over (all rows for `L₁`, those with `n ≤ N−2` for `L₂`).
 #[allow(clippy::too_many_arguments)]
 fn forecaster_batch_loss(
     interpolator: &UNet2D,
     forecaster: &UNet2D,
     c: &DyffusionConfig,
     data: &npy::Array,
-    rows: usize,
+    (rows, batch): (Range<usize>, usize),
     key: NoiseKey,
     keys: CallKeys,
     forecaster_dropout: bool,
     device: Device,
 ) -> Result<Tensor> {
-    let (x, w2) = windows(data, c, rows, key);
+    let (x, w2) = windows(data, c, rows.clone(), key);
     let big_n = c.n_steps();
     let n: Vec<usize> = w2.iter().map(|&w| below(w, big_n)).collect();
-    let mut order: Vec<usize> = (0..rows).collect();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&r| n[r] + 2 > big_n);
-    let pairs: Vec<NoiseRow> = order
-        .iter()
-        .map(|&r| NoiseRow {
-            sample: r as u32,
-            member: 0,
-        })
-        .collect();
+    let pairs: Vec<NoiseRow> = order.iter().map(|&r| row(rows.start + r)).collect();
     let (p1, h) = (c.history, c.future);
     let x0 = frames_of(&x, c, &order, |_| 0..p1, device)?;
     let xh = frames_of(&x, c, &order, |_| p1 + h - 1..p1 + h, device)?;
@@ -171,7 +179,21 @@ fn forecaster_batch_loss(
         forecaster_dropout,
         device,
     )?;
-    forecaster_loss(&calls, &x0, &xh, &n_sorted)
+    // the rows of the whole batch with a look-ahead (n ≤ N−2), and this rank's
+    let ahead = |n: usize| n + 2 <= big_n;
+    let two_all = (0..batch)
+        .filter(|&b| ahead(below(words(key, row(b))[2], big_n)))
+        .count();
+    let two = n.iter().filter(|&&v| ahead(v)).count();
+    let weights = if rows.len() == batch {
+        [1.0, 1.0]
+    } else {
+        [
+            (rows.len() as f64 / batch as f64) as f32,
+            (two as f64 / two_all.max(1) as f64) as f32,
+        ]
+    };
+    forecaster_loss(&calls, &x0, &xh, &n_sorted, weights)
 }
 
 /// A network configuration for `in_ch → out_ch` channels: `--unet-config` with the channel
@@ -363,22 +385,22 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                 weights: format!("EMA weights in {}", o.out.join(INTERPOLATOR_DIR).display()),
             };
             let (c, data_ref, val_ref) = (&config, &data, &val);
-            let loss = |net: &UNet2D, step: usize| -> Result<Tensor> {
-                let rows = rows_tensor(&super::train::batch_rows(o.batch, 0), device)?;
+            let loss = |net: &UNet2D, step: usize, rows: Range<usize>| -> Result<Tensor> {
+                let drop_rows = rows_tensor(&super::train::batch_rows(rows.clone(), 0), device)?;
                 let drop = Dropout {
                     key: NoiseKey {
                         seed: o.seed,
                         purpose: Purpose::TrainDropout,
                         step: 4 * step as u32,
                     },
-                    rows: &rows,
+                    rows: &drop_rows,
                 };
                 let key = NoiseKey {
                     seed: o.seed,
                     purpose: Purpose::TrainBatch,
                     step: step as u32,
                 };
-                interpolator_batch_loss(net, c, data_ref, o.batch, key, Some(&drop), device)
+                interpolator_batch_loss(net, c, data_ref, (rows, o.batch), key, Some(&drop), device)
             };
             let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
                 let val_loss = match val_ref {
@@ -391,8 +413,16 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                                 step: k,
                             };
                             total += f64::from(
-                                interpolator_batch_loss(&ema, c, v, o.batch, key, None, device)?
-                                    .scalar()?,
+                                interpolator_batch_loss(
+                                    &ema,
+                                    c,
+                                    v,
+                                    (0..o.batch, o.batch),
+                                    key,
+                                    None,
+                                    device,
+                                )?
+                                .scalar()?,
                             );
                         }
                         Some(total / 4.0)
@@ -466,7 +496,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         weights: format!("EMA weights in {}", o.out.join(FORECASTER_DIR).display()),
     };
     let (c, data_ref, val_ref) = (&config, &data, &val);
-    let loss = |net: &UNet2D, step: usize| -> Result<Tensor> {
+    let loss = |net: &UNet2D, step: usize, rows: Range<usize>| -> Result<Tensor> {
         let keys = CallKeys {
             seed: o.seed,
             dropout: Purpose::TrainDropout,
@@ -478,7 +508,17 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             purpose: Purpose::TrainBatch,
             step: step as u32,
         };
-        forecaster_batch_loss(&frozen, net, c, data_ref, o.batch, key, keys, true, device)
+        forecaster_batch_loss(
+            &frozen,
+            net,
+            c,
+            data_ref,
+            (rows, o.batch),
+            key,
+            keys,
+            true,
+            device,
+        )
     };
     let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
         let val_loss = match val_ref {
@@ -498,7 +538,15 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                     };
                     total += f64::from(
                         forecaster_batch_loss(
-                            &frozen, &ema, c, v, o.batch, key, keys, false, device,
+                            &frozen,
+                            &ema,
+                            c,
+                            v,
+                            (0..o.batch, o.batch),
+                            key,
+                            keys,
+                            false,
+                            device,
                         )?
                         .scalar()?,
                     );

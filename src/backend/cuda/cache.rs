@@ -314,6 +314,10 @@ impl<G: Gpu> Gpu for Cached<G> {
         self.inner.kernel_times()
     }
 
+    fn sum_over_ranks(&self, ptr: DevicePtr, len: usize) -> Result<bool> {
+        self.inner.sum_over_ranks(ptr, len)
+    }
+
     fn memory_stats(&self) -> MemoryStats {
         self.lock().stats
     }

@@ -22,6 +22,10 @@ pub struct Driver {
     timing: Mutex<Option<Vec<(String, Event, Event)>>>,
     /// The instantiated graphs, and the number of the next.
     graphs: Mutex<(HashMap<u64, Graph>, u64)>,
+    /// The NCCL communicator of a many-process job, made by the first sum (`None` inside: NCCL
+    /// is not available on every rank).
+    #[cfg(feature = "mpi")]
+    nccl: std::sync::OnceLock<Option<super::nccl::Communicator>>,
 }
 
 /// An instantiated graph.
@@ -129,6 +133,8 @@ impl Driver {
             functions: Mutex::new(HashMap::new()),
             timing: Mutex::new(None),
             graphs: Mutex::new((HashMap::new(), 0)),
+            #[cfg(feature = "mpi")]
+            nccl: std::sync::OnceLock::new(),
         })
     }
 
@@ -253,6 +259,22 @@ impl Gpu for Driver {
         // from its buffers).
         unsafe { result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream()) }
             .map_err(|e| cuda("copy on the device", e))
+    }
+
+    #[cfg(feature = "mpi")]
+    fn sum_over_ranks(&self, ptr: DevicePtr, len: usize) -> Result<bool> {
+        self.bind()?;
+        let comm = match self.nccl.get() {
+            Some(c) => c,
+            None => {
+                let c = super::nccl::Communicator::new()?;
+                self.nccl.get_or_init(|| c)
+            }
+        };
+        match comm {
+            Some(c) => c.sum(ptr, len, &self.stream).map(|_| true),
+            None => Ok(false),
+        }
     }
 
     fn synchronize(&self) -> Result<()> {

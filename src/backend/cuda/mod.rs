@@ -21,6 +21,8 @@ pub mod gemm;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+#[cfg(all(feature = "cuda", feature = "mpi"))]
+pub mod nccl;
 pub mod optim;
 pub mod process;
 
@@ -73,6 +75,26 @@ pub const EMULATOR_VAR: &str = "DYDIFF_CUDA_EMULATOR";
 
 fn emulated() -> bool {
     std::env::var_os(EMULATOR_VAR).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The GPU of this rank when `--device cuda` names none (docs/distributed.md): the node-local
+/// rank modulo the GPUs this process sees (one per rank when the launcher binds a GPU to each,
+/// as Slurm's `--gpus-per-task=1` does), 0 in a process of its own or on the emulator.
+pub fn rank_ordinal() -> Result<usize> {
+    let local = crate::distributed::world().local_rank();
+    if local == 0 || emulated() {
+        return Ok(0);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let count = driver::device_count()?;
+        if count == 0 {
+            return Err(Error::Backend("the driver sees no GPU".into()));
+        }
+        Ok(local % count)
+    }
+    #[cfg(not(feature = "cuda"))]
+    Ok(0)
 }
 
 /// The opened devices, by ordinal.
@@ -169,6 +191,21 @@ impl CudaStorage {
         self.ordinal
     }
     /// The device buffer.
+    /// This array summed over every rank of the job, element by element (a collective,
+    /// docs/distributed.md): with NCCL on the device in stream order, else through the host and
+    /// MPI.
+    pub fn sum_over_ranks(&self) -> Result<CudaStorage> {
+        let gpu = self.buf.gpu().clone();
+        let out = Buffer::alloc(&gpu, self.len())?;
+        gpu.copy_on_device(out.ptr(), self.buf.ptr(), 4 * self.len())?;
+        if gpu.sum_over_ranks(out.ptr(), self.len())? {
+            return Ok(self.wrap(out));
+        }
+        let mut host = self.buf.to_f32()?;
+        crate::distributed::world().sum_f32(&mut host)?;
+        Ok(self.wrap(Buffer::from_f32(&gpu, &host)?))
+    }
+
     pub fn buffer(&self) -> &Buffer {
         &self.buf
     }
