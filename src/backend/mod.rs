@@ -772,11 +772,9 @@ impl Storage {
             return Ok(self.clone());
         }
         match self {
-            Storage::Cpu(s) => {
-                let mut v = s.to_vec()?;
-                crate::distributed::world().sum_f32(&mut v)?;
-                Ok(Storage::Cpu(cpu::CpuStorage::from_vec(v)))
-            }
+            Storage::Cpu(s) => crate::distributed::world()
+                .sum_f32(s.as_slice())
+                .map(|v| Storage::Cpu(cpu::CpuStorage::from_vec(v))),
             Storage::Cuda(s) => s.sum_over_ranks().map(Storage::Cuda),
         }
     }

@@ -263,13 +263,15 @@ impl World {
         mpi_call!(min_u64(v as u64)).map(|m: u64| m as usize)
     }
 
-    /// Replaces `values` by their sum over every rank, element by element (float32 sums in the
-    /// MPI library's order: the same on every rank, not necessarily that of one process).
-    pub fn sum_f32(&self, values: &mut [f32]) -> Result<()> {
+    /// The sums over every rank of `values`, element by element (float32 sums in the MPI
+    /// library's order: the same on every rank, not necessarily that of one process).
+    pub fn sum_f32(&self, values: &[f32]) -> Result<Vec<f32>> {
         if self.size == 1 {
-            return Ok(());
+            return Ok(values.to_vec());
         }
-        mpi_call!(sum_f32(values))
+        let mut sums = vec![0.0f32; values.len()];
+        mpi_call!(sum_f32(values, &mut sums))?;
+        Ok(sums)
     }
 
     /// The sums over every rank of `values` (u64), element by element.
@@ -398,8 +400,6 @@ mod tests {
         assert_eq!(w.share(7), 0..7);
         let e: Result<()> = w.agree(Err(Error::Invalid("x".into())));
         assert!(matches!(e, Err(Error::Invalid(_))));
-        let mut v = vec![1.0, 2.0];
-        w.sum_f32(&mut v).unwrap();
-        assert_eq!(v, [1.0, 2.0]);
+        assert_eq!(w.sum_f32(&[1.0, 2.0]).unwrap(), [1.0, 2.0]);
     }
 }

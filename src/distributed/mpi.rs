@@ -44,11 +44,10 @@ pub(super) fn max_f64(v: f64) -> Result<f64> {
     Ok(out)
 }
 
-pub(super) fn sum_f32(values: &mut [f32]) -> Result<()> {
+pub(super) fn sum_f32(values: &[f32], sums: &mut [f32]) -> Result<()> {
     let c = comm();
-    for piece in values.chunks_mut(PIECE) {
-        let send = piece.to_vec();
-        c.all_reduce_into(&send[..], piece, SystemOperation::sum());
+    for (send, recv) in values.chunks(PIECE).zip(sums.chunks_mut(PIECE)) {
+        c.all_reduce_into(send, recv, SystemOperation::sum());
     }
     Ok(())
 }

@@ -201,9 +201,8 @@ impl CudaStorage {
         if gpu.sum_over_ranks(out.ptr(), self.len())? {
             return Ok(self.wrap(out));
         }
-        let mut host = self.buf.to_f32()?;
-        crate::distributed::world().sum_f32(&mut host)?;
-        Ok(self.wrap(Buffer::from_f32(&gpu, &host)?))
+        let sums = crate::distributed::world().sum_f32(&self.buf.to_f32()?)?;
+        Ok(self.wrap(Buffer::from_f32(&gpu, &sums)?))
     }
 
     pub fn buffer(&self) -> &Buffer {
