@@ -453,7 +453,10 @@ fn setup(cli: &Cli) -> Result<Device> {
 fn run(cli: Cli) -> Result<()> {
     // ranks started with different arguments would wait for each other for ever
     let args: Vec<String> = std::env::args().skip(1).collect();
-    world().check_same("arguments", fingerprint(&args.join("\0")))?;
+    world().check_same(
+        "arguments",
+        distributed::fingerprint(args.join("\0").as_bytes()),
+    )?;
     let device = world().agree(setup(&cli))?;
     match cli.command {
         Command::Info => print_info(),
@@ -723,13 +726,6 @@ fn print_info() -> Result<()> {
     )];
     lines.extend(dydiff::backend::cuda::info_lines());
     dydiff::io::print_stdout(&(lines.join("\n") + "\n"))
-}
-
-/// A 64-bit FNV-1a hash of `text`, the same in every process.
-fn fingerprint(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// A command-line parsing error as one line: clap's message without its usage block.

@@ -347,6 +347,47 @@ fn a_rank_that_fails_stops_the_job_with_its_rank_and_cause() {
     assert!(!a.join("run").exists());
 }
 
+/// Errors every rank meets are printed once, by rank 0, naming it, with a non-zero exit: a
+/// `--batch` smaller than the job, a command that runs as one process only, and a run that
+/// diverges (found by every rank at the same log line, the summed loss being the same on all);
+/// the diverging run keeps its last good checkpoint.
+#[test]
+fn errors_every_rank_meets_are_one_line() {
+    let s = Scratch::new("mpi-errors");
+    let fails = |c: &mut Command, needles: &[&str]| {
+        let o = run(c);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{err}");
+        let lines = dydiff_lines(&err);
+        assert_eq!(lines.len(), 1, "{err}");
+        for n in needles {
+            assert!(lines[0].contains(n), "{err:?} does not mention {n:?}");
+        }
+    };
+    let mut args = train_args(&s, "small", "2");
+    let at = args.iter().position(|a| a == "--batch").unwrap();
+    args[at + 1] = "2".into();
+    fails(
+        mpirun(3, &s.0).args(&args),
+        &["rank 0 of 3", "--batch 2", "3 ranks"],
+    );
+    assert!(!s.path("small").exists());
+    fails(mpirun(2, &s.0).arg("info"), &["rank 0 of 2", "one process"]);
+
+    let mut args = train_args(&s, "nan", "12");
+    for (flag, value) in [("--lr", "1e30"), ("--checkpoint-every", "1")] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.into();
+    }
+    args.extend(["--clip", "1e30"].map(String::from));
+    fails(
+        mpirun(2, &s.0).args(&args),
+        &["rank 0 of 2", "the loss is", "last good checkpoint"],
+    );
+    assert!(s.path("nan").join("train_state.safetensors").exists());
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
 /// The process ids of the ranks of a job whose command line holds `marker`, by rank.
 fn ranks_of(marker: &str) -> Vec<(usize, u32)> {
     let mut found = vec![];
@@ -467,4 +508,81 @@ fn gpu_ranks_train_and_sample_as_one() {
         std::fs::read(path).unwrap()
     };
     assert_eq!(forecast(1, "one.npy"), forecast(2, "two.npy"));
+}
+
+/// Every collective of `dydiff::distributed` on three ranks, each rank holding values of its
+/// own: this test runs itself under `mpirun -n 3`, and each copy checks what it receives.
+#[test]
+fn collectives_across_ranks() {
+    if std::env::var_os("DYDIFF_TEST_MPI_CHILD").is_none() {
+        let o = run(Command::new("mpirun")
+            .env("DYDIFF_TEST_MPI_CHILD", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+            .args(["--oversubscribe", "-n", "3"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", "collectives_across_ranks", "--test-threads", "1"]));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(out.matches("1 passed").count(), 3, "{out}");
+        return;
+    }
+    use dydiff::distributed::{init, world};
+    use dydiff::Error;
+    let _session = init().unwrap();
+    let w = world();
+    let (r, n) = (w.rank(), w.size());
+    assert_eq!(n, 3);
+    assert_eq!(w.local_rank(), r, "one node");
+    let mine = [r as f32, 1.0, 0.5 * r as f32];
+    assert_eq!(w.sum_f32(&mine).unwrap(), [3.0, 3.0, 1.5]);
+    let mut counts = [r as u64, 10];
+    w.sum_u64(&mut counts).unwrap();
+    assert_eq!(counts, [3, 30]);
+    assert_eq!(w.max_f64(-(r as f64)).unwrap(), 0.0);
+    assert_eq!(w.min_usize(5 + r).unwrap(), 5);
+    assert_eq!(w.all_gather_u64(100 + r as u64).unwrap(), [100, 101, 102]);
+    let mut id = [r as u8; 4];
+    w.broadcast(&mut id, 2).unwrap();
+    assert_eq!(id, [2; 4]);
+    // items of 2 values in batches of 2: ranks hold items 0..4, 4..6, 6..7
+    let parts = w.batch_shares(7, 2);
+    assert_eq!(parts, [0..4, 4..6, 6..7]);
+    let mut values = vec![-1.0f32; 14];
+    for i in parts[r].clone() {
+        values[2 * i] = i as f32;
+        values[2 * i + 1] = -(i as f32);
+    }
+    w.all_gather_parts(&mut values, &parts, 2).unwrap();
+    let want: Vec<f32> = (0..7).flat_map(|i| [i as f32, -(i as f32)]).collect();
+    assert_eq!(values, want);
+    // an error on ranks 1 and 2: rank 1 reports it, the others stop silently
+    let outcome = if r == 0 {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("failure {r}")))
+    };
+    match (r, w.agree(outcome)) {
+        (
+            1,
+            Err(Error::OnRank {
+                rank: 1,
+                size: 3,
+                source,
+            }),
+        ) => {
+            assert_eq!(source.to_string(), "failure 1")
+        }
+        (0 | 2, Err(Error::OtherRank)) => {}
+        (_, other) => panic!("rank {r}: {other:?}"),
+    }
+    assert!(w.agree(Ok(r)).is_ok());
+    w.check_same("values", 7).unwrap();
+    let e = w.check_same("values", r as u64).unwrap_err();
+    assert!(e.to_string().contains("different values"), "{e}");
 }

@@ -137,6 +137,14 @@ pub fn init() -> Result<Session> {
     }
 }
 
+/// A 64-bit FNV-1a hash of `bytes`, the same in every process: what ranks compare to find that
+/// they hold the same value ([`World::check_same`]) or different ones.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The contiguous share of `n` items of rank `rank` of `size`: the first `n mod size` ranks get
 /// one item more than the others.
 pub fn share_of(n: usize, rank: usize, size: usize) -> Range<usize> {
@@ -282,6 +290,15 @@ impl World {
         mpi_call!(sum_u64(values))
     }
 
+    /// Every rank's `v`, by rank.
+    pub fn all_gather_u64(&self, v: u64) -> Result<Vec<u64>> {
+        if self.size == 1 {
+            return Ok(vec![v]);
+        }
+        let all: Vec<u64> = mpi_call!(all_gather_u64(v, self.size))?;
+        Ok(all)
+    }
+
     /// The largest of every rank's `v`.
     pub fn max_f64(&self, v: f64) -> Result<f64> {
         if self.size == 1 {
@@ -401,5 +418,8 @@ mod tests {
         let e: Result<()> = w.agree(Err(Error::Invalid("x".into())));
         assert!(matches!(e, Err(Error::Invalid(_))));
         assert_eq!(w.sum_f32(&[1.0, 2.0]).unwrap(), [1.0, 2.0]);
+        assert_eq!(w.all_gather_u64(7).unwrap(), [7]);
+        assert_eq!(w.min_usize(3).unwrap(), 3);
+        w.check_same("x", 1).unwrap();
     }
 }

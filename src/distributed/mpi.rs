@@ -38,6 +38,12 @@ pub(super) fn min_u64(v: u64) -> Result<u64> {
     Ok(out)
 }
 
+pub(super) fn all_gather_u64(v: u64, size: usize) -> Result<Vec<u64>> {
+    let mut all = vec![0u64; size];
+    comm().all_gather_into(&v, &mut all[..]);
+    Ok(all)
+}
+
 pub(super) fn max_f64(v: f64) -> Result<f64> {
     let mut out = 0f64;
     comm().all_reduce_into(&v, &mut out, SystemOperation::max());

@@ -267,7 +267,12 @@ impl Gpu for Driver {
         let comm = match self.nccl.get() {
             Some(c) => c,
             None => {
-                let c = super::nccl::Communicator::new()?;
+                let uuid = self
+                    .ctx
+                    .uuid()
+                    .map_err(|e| cuda("cannot read the GPU's UUID", e))?;
+                let bytes = uuid.bytes.map(|b| b as u8);
+                let c = super::nccl::Communicator::new(bytes)?;
                 self.nccl.get_or_init(|| c)
             }
         };

@@ -2,11 +2,13 @@
 //! communicator per process, made on the first sum from a unique id that rank 0 draws and MPI
 //! broadcasts; each sum is one `ncclAllReduce` in place, enqueued on the device's one stream, so
 //! it is ordered with the launches before and after it and the host does not wait for it.
-//! NCCL is loaded at run time (cudarc's dynamic loading); if any rank cannot load it, no rank
-//! uses it and the sums go through the host and MPI instead (rank 0 says so once).
+//! NCCL is loaded at run time (cudarc's dynamic loading). NCCL needs a GPU of its own per rank
+//! and the library on every rank: if any rank cannot load it, or two ranks share a GPU (more
+//! ranks than GPUs), no rank uses it and the sums go through the host and MPI instead (rank 0
+//! says so once).
 
 use super::gpu::DevicePtr;
-use crate::distributed::world;
+use crate::distributed::{fingerprint, world};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaStream;
 use cudarc::nccl::{result, sys};
@@ -33,16 +35,26 @@ fn nccl(what: &str, e: result::NcclError) -> Error {
 }
 
 impl Communicator {
-    /// The communicator of every rank (a collective: every rank calls it at the same point);
-    /// `None` on every rank when some rank cannot load NCCL.
-    pub fn new() -> Result<Option<Communicator>> {
+    /// The communicator of every rank, whose GPU has the UUID `gpu` (a collective: every rank
+    /// calls it at the same point); `None` on every rank when some rank cannot load NCCL or two
+    /// ranks share a GPU.
+    pub fn new(gpu: [u8; 16]) -> Result<Option<Communicator>> {
         let w = world();
         // SAFETY: only tries to open the shared library.
         let here = unsafe { sys::is_culib_present() };
-        if w.min_usize(usize::from(here))? == 0 {
+        let loaded = w.min_usize(usize::from(here))? == 1;
+        let mut gpus = w.all_gather_u64(fingerprint(&gpu))?;
+        gpus.sort_unstable();
+        let shared = gpus.windows(2).any(|p| p[0] == p[1]);
+        if !loaded || shared {
             if w.is_root() {
                 eprintln!(
-                    "dydiff: NCCL could not be loaded on every rank (libnccl.so.2); gradients are summed through the host with MPI"
+                    "dydiff: {}; gradients are summed through the host with MPI",
+                    if loaded {
+                        "ranks share a GPU, and NCCL needs one per rank"
+                    } else {
+                        "NCCL (libnccl.so.2) could not be loaded on every rank"
+                    }
                 );
             }
             return Ok(None);
