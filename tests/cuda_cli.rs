@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::training::{same_run, small_net, write_sequences};
+use common::training::{run_flags, same_run, small_net, write_sequences};
 use common::{assert_clean_failure, dydiff, Scratch};
 use std::process::Command;
 
@@ -154,24 +154,7 @@ fn train_on(s: &Scratch, device: &str, out: &str, extra: &[&str]) -> std::path::
         .arg(&out)
         .arg("--unet-config")
         .arg(&net)
-        .args([
-            "--history",
-            "2",
-            "--future",
-            "2",
-            "--batch",
-            "3",
-            "--lr",
-            "1e-3",
-            "--warmup-steps",
-            "1",
-            "--log-every",
-            "1",
-            "--checkpoint-every",
-            "2",
-            "--seed",
-            "4",
-        ])
+        .args(run_flags(3))
         .args(extra)
         .output()
         .unwrap();

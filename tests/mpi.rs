@@ -7,24 +7,45 @@
 
 mod common;
 
-use common::training::{losses, small_net, tensors, write_sequences};
+use common::training::{losses, run_flags, small_net, tensors, write_sequences};
 use common::Scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// `mpirun -n ranks dydiff --threads 1 ARGS` in `dir` (Open MPI: oversubscribed, allowed as root,
-/// shared-memory transport without the single-copy mechanism containers often forbid).
-fn mpirun(ranks: usize, dir: &Path) -> Command {
+/// Open MPI's `mpirun`, oversubscribed, allowed as root, its shared-memory transport without the
+/// single-copy mechanism containers often forbid.
+fn launcher() -> Command {
     let mut c = Command::new("mpirun");
-    c.current_dir(dir)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .args(["--oversubscribe", "-n", &ranks.to_string()])
+        .arg("--oversubscribe");
+    c
+}
+
+/// `mpirun -n ranks dydiff --threads 1 ARGS` in `dir`.
+fn mpirun(ranks: usize, dir: &Path) -> Command {
+    let mut c = launcher();
+    c.current_dir(dir)
+        .args(["-n", &ranks.to_string()])
         .arg(env!("CARGO_BIN_EXE_dydiff"))
         .args(["--threads", "1"]);
     c
+}
+
+/// A job of two ranks, each `dydiff ARGS` started in its own folder `(folder, ARGS)`.
+fn two_programs(first: (&Path, &[&str]), second: (&Path, &[&str])) -> Output {
+    let exe = env!("CARGO_BIN_EXE_dydiff");
+    run(launcher()
+        .args(["-n", "1", "--wdir"])
+        .arg(first.0)
+        .arg(exe)
+        .args(first.1)
+        .args([":", "-n", "1", "--wdir"])
+        .arg(second.0)
+        .arg(exe)
+        .args(second.1))
 }
 
 /// Runs a job to its end: the output, or a failure naming mpirun when it is missing.
@@ -58,7 +79,7 @@ fn train_args(s: &Scratch, out: &str, steps: &str) -> Vec<String> {
         v["dropout"] = serde_json::json!(0.1);
         std::fs::write(&net, v.to_string()).unwrap();
     }
-    [
+    let mut args: Vec<String> = [
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -66,27 +87,13 @@ fn train_args(s: &Scratch, out: &str, steps: &str) -> Vec<String> {
         s.path(out).to_str().unwrap(),
         "--unet-config",
         net.to_str().unwrap(),
-        "--history",
-        "2",
-        "--future",
-        "2",
-        "--batch",
-        "5",
         "--steps",
         steps,
-        "--lr",
-        "1e-3",
-        "--warmup-steps",
-        "1",
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "2",
-        "--seed",
-        "4",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    args.extend(run_flags(5));
+    args
 }
 
 /// Two training runs at `--lr 1e-3`, one on one rank and one on several, agree as data-parallel
@@ -284,66 +291,27 @@ fn a_rank_that_fails_stops_the_job_with_its_rank_and_cause() {
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
     write_sequences(&a.join("data.npy"));
-    let exe = env!("CARGO_BIN_EXE_dydiff");
-    let args = [
-        "--threads",
-        "1",
-        "train",
-        "--data",
-        "data.npy",
-        "--out",
-        "run",
-        "--history",
-        "2",
-        "--future",
-        "2",
-        "--batch",
-        "2",
-        "--steps",
-        "2",
-    ];
-    let o = run(Command::new("mpirun")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .arg("--oversubscribe")
-        .args(["-n", "1", "--wdir"])
-        .arg(&a)
-        .arg(exe)
-        .args(args)
-        .args([":", "-n", "1", "--wdir"])
-        .arg(&b)
-        .arg(exe)
-        .args(args));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    let lines = dydiff_lines(&err);
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(
-        lines[0].contains("rank 1 of 2") && lines[0].contains("data.npy"),
-        "{err}"
+    let flags = "--threads 1 train --data data.npy --out run --history 2 --future 2 --batch 2";
+    let args: Vec<&str> = flags.split(' ').chain(["--steps", "2"]).collect();
+    let one_line = |o: Output, needles: &[&str]| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        let lines = dydiff_lines(&err);
+        assert_eq!(lines.len(), 1, "{err}");
+        for n in needles {
+            assert!(lines[0].contains(n), "{err:?} does not mention {n:?}");
+        }
+    };
+    one_line(
+        two_programs((&a, &args), (&b, &args)),
+        &["rank 1 of 2", "data.npy"],
     );
     assert!(!a.join("run").exists() && !b.join("run").exists());
-
-    let o = run(Command::new("mpirun")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .arg("--oversubscribe")
-        .args(["-n", "1", "--wdir"])
-        .arg(&a)
-        .arg(exe)
-        .args(args)
-        .args([":", "-n", "1", "--wdir"])
-        .arg(&a)
-        .arg(exe)
-        .args(args)
-        .args(["--seed", "1"]));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    let lines = dydiff_lines(&err);
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains("different arguments"), "{err}");
+    let other = [&args[..], &["--seed", "1"][..]].concat();
+    one_line(
+        two_programs((&a, &args), (&a, &other)),
+        &["different arguments"],
+    );
     assert!(!a.join("run").exists());
 }
 
@@ -515,12 +483,9 @@ fn gpu_ranks_train_and_sample_as_one() {
 #[test]
 fn collectives_across_ranks() {
     if std::env::var_os("DYDIFF_TEST_MPI_CHILD").is_none() {
-        let o = run(Command::new("mpirun")
+        let o = run(launcher()
             .env("DYDIFF_TEST_MPI_CHILD", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-            .args(["--oversubscribe", "-n", "3"])
+            .args(["-n", "3"])
             .arg(std::env::current_exe().unwrap())
             .args(["--exact", "collectives_across_ranks", "--test-threads", "1"]));
         let out = String::from_utf8_lossy(&o.stdout);

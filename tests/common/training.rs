@@ -28,6 +28,33 @@ pub fn small_net(s: &Scratch) -> std::path::PathBuf {
     net
 }
 
+/// The flags of the small training runs compared by the tests, but `--steps`: history 2,
+/// future 2, a batch of `batch` rows, `--lr 1e-3` after one warm-up step, a log line every step,
+/// a checkpoint every 2, seed 4.
+pub fn run_flags(batch: usize) -> Vec<String> {
+    let batch = batch.to_string();
+    [
+        "--history",
+        "2",
+        "--future",
+        "2",
+        "--batch",
+        &batch,
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--seed",
+        "4",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Every log line's loss, per step.
 pub fn losses(out: &std::path::Path, log: &str) -> Vec<f64> {
     std::fs::read_to_string(out.join(log))
