@@ -47,6 +47,9 @@ enum Command {
     /// before anything is read; the forecast and the pictures are written together at the end,
     /// or not at all. The same --seed gives the same forecast for any --batch, --threads and
     /// device.
+    ///
+    /// Built with the mpi feature and started by mpirun or srun, the ranks share the batches of
+    /// pairs and rank 0 writes the same forecast file (docs/distributed.md).
     Sample {
         /// Model folder: dydiff.json, scheduler/scheduler_config.json, unet/ (diffusers).
         /// Default: the built-in demo model (trained on generated turbulence) and, without
@@ -117,6 +120,10 @@ enum Command {
     /// model with --dyn-eta 0, or DYffusion with --method dyffusion (interpolator, then
     /// forecaster). Writes the model folder (EMA weights), a resumable training state and the
     /// training log (per stage for DYffusion), all together at each checkpoint.
+    ///
+    /// Built with the mpi feature and started by mpirun or srun, training is data-parallel: the
+    /// ranks share each --batch, sum their gradients (NCCL between GPUs), and rank 0 writes the
+    /// checkpoints (docs/distributed.md).
     Train {
         /// Training sequences, float32 .npy (N, L, C, H, W), L ≥ history + future, finite and
         /// not constant.
@@ -179,7 +186,8 @@ enum Command {
         /// Total optimizer steps, 1 to 4294967295.
         #[arg(long, default_value_t = 10000)]
         steps: usize,
-        /// Windows per step, 1 to 4294967295 (the batch must fit in memory).
+        /// Windows per step, 1 to 4294967295 (the batch must fit in memory). Under mpirun or
+        /// srun (mpi feature) the global batch: each rank takes its share, at least one row.
         #[arg(long, default_value_t = 16)]
         batch: usize,
         /// Peak learning rate (AdamW), positive and within float32.
