@@ -778,7 +778,7 @@ fn main() -> ExitCode {
         }
     };
     // MPI stays initialised until `main` returns (finalised when this drops)
-    let _session = match distributed::init() {
+    let _membership = match distributed::init() {
         Ok(s) => s,
         Err(e) => {
             if speaks {

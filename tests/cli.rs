@@ -267,6 +267,12 @@ fn several_ranks_without_the_mpi_feature_are_refused() {
         assert!(!ok && err.is_empty(), "rank 1: {err}");
         assert!(!out.exists());
     }
+    // a rank above 0 where the launcher gives no size (PMIx without Slurm, say) is one of several
+    for rank in ["OMPI_COMM_WORLD_RANK", "PMIX_RANK"] {
+        let (ok, err) = run(&[(rank, "1")]);
+        assert!(!ok && err.is_empty(), "{rank}=1: {err}");
+        assert!(!out.exists());
+    }
     let (ok, err) = run(&[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "1")]);
     assert!(ok, "{err}");
     assert!(out.exists());

@@ -356,6 +356,40 @@ fn errors_every_rank_meets_are_one_line() {
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 }
 
+/// A process whose launcher says it is one of several ranks while MPI initialises it as a job of
+/// its own (an MPI library other than the launcher's, or srun without the matching --mpi
+/// plugin) refuses: otherwise every process would do the whole job and write the same files.
+/// Rank 0 says so in one line; the others exit silently.
+#[test]
+fn a_launcher_and_an_mpi_that_disagree_are_refused() {
+    let s = Scratch::new("mpi-mismatch");
+    let out = s.path("f.npy");
+    for rank in ["0", "1"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
+            .current_dir(&s.0)
+            .env("SLURM_PROCID", rank)
+            .env("SLURM_STEP_NUM_TASKS", "2")
+            .args(["--threads", "1", "sample", "--steps", "2", "--members", "1"])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        let lines = dydiff_lines(&err);
+        if rank == "0" {
+            assert_eq!(lines.len(), 1, "{err}");
+            assert!(
+                lines[0].contains("started 2 ranks") && lines[0].contains("SLURM_PROCID"),
+                "{err}"
+            );
+        } else {
+            assert!(lines.is_empty(), "{err}");
+        }
+        assert!(!out.exists());
+    }
+}
+
 /// The process ids of the ranks of a job whose command line holds `marker`, by rank.
 fn ranks_of(marker: &str) -> Vec<(usize, u32)> {
     let mut found = vec![];
@@ -499,7 +533,7 @@ fn collectives_across_ranks() {
     }
     use dydiff::distributed::{init, world};
     use dydiff::Error;
-    let _session = init().unwrap();
+    let _membership = init().unwrap();
     let w = world();
     let (r, n) = (w.rank(), w.size());
     assert_eq!(n, 3);

@@ -100,7 +100,7 @@ pub fn world() -> &'static World {
 
 /// Keeps MPI initialised while it lives (MPI is finalised when it drops): made by [`init`], held
 /// by the binary for the whole command.
-pub struct Session {
+pub struct Membership {
     #[cfg(feature = "mpi")]
     _universe: Option<::mpi::environment::Universe>,
 }
@@ -108,32 +108,40 @@ pub struct Session {
 /// Joins the job this process was started in: with the `mpi` feature and a launcher, MPI is
 /// initialised and [`world`] becomes the job's; otherwise the world is this process alone.
 /// Refuses a build without the feature started as one of several ranks.
-pub fn init() -> Result<Session> {
+pub fn init() -> Result<Membership> {
     let launched = launcher();
     #[cfg(feature = "mpi")]
     {
-        if launched.is_some() {
+        if let Some(l) = launched {
             let (universe, w) = mpi::initialize()?;
+            // An MPI other than the launcher's makes every process a job of its own, each doing
+            // the whole job: refused (MPI is finalised as `universe` drops).
+            if let Some(size) = l.size.filter(|&s| s != w.size) {
+                return Err(Error::Backend(format!(
+                    "the launcher started {size} ranks ({} is set) but MPI sees a job of {}: this dydiff's MPI library is not the launcher's; start it with the mpirun of the MPI it was built with, or srun with the matching --mpi plugin (docs/distributed.md)",
+                    l.variable, w.size
+                )));
+            }
             WORLD
                 .set(w)
                 .map_err(|_| Error::Backend("MPI: initialised twice".into()))?;
-            return Ok(Session {
+            return Ok(Membership {
                 _universe: Some(universe),
             });
         }
-        Ok(Session { _universe: None })
+        Ok(Membership { _universe: None })
     }
     #[cfg(not(feature = "mpi"))]
     {
-        if let Some(l) = launched.filter(|l| l.size.is_some_and(|s| s > 1)) {
+        // one of several ranks: a size above 1, or a rank above 0 where the launcher gives none
+        if let Some(l) = launched.filter(|l| l.size.map_or(l.rank > 0, |s| s > 1)) {
+            let of = l.size.map_or(String::new(), |s| format!(" of {s}"));
             return Err(Error::Backend(format!(
-                "started as rank {} of {} by an MPI launcher ({} is set), but this dydiff was built without MPI: rebuild with `cargo build --release --features mpi` (docs/distributed.md), or start one process",
-                l.rank,
-                l.size.unwrap_or(0),
-                l.variable
+                "started as rank {}{of} by an MPI launcher ({} is set), but this dydiff was built without MPI: rebuild with `cargo build --release --features mpi` (docs/distributed.md), or start one process",
+                l.rank, l.variable
             )));
         }
-        Ok(Session {})
+        Ok(Membership {})
     }
 }
 
