@@ -314,8 +314,8 @@ impl<G: Gpu> Gpu for Cached<G> {
         self.inner.kernel_times()
     }
 
-    fn sum_over_ranks(&self, ptr: DevicePtr, len: usize) -> Result<bool> {
-        self.inner.sum_over_ranks(ptr, len)
+    fn sum_over_ranks(&self, src: DevicePtr, dst: DevicePtr, len: usize) -> Result<bool> {
+        self.inner.sum_over_ranks(src, dst, len)
     }
 
     fn memory_stats(&self) -> MemoryStats {

@@ -262,7 +262,7 @@ impl Gpu for Driver {
     }
 
     #[cfg(feature = "mpi")]
-    fn sum_over_ranks(&self, ptr: DevicePtr, len: usize) -> Result<bool> {
+    fn sum_over_ranks(&self, src: DevicePtr, dst: DevicePtr, len: usize) -> Result<bool> {
         self.bind()?;
         let comm = match self.nccl.get() {
             Some(c) => c,
@@ -277,7 +277,7 @@ impl Gpu for Driver {
             }
         };
         match comm {
-            Some(c) => c.sum(ptr, len, &self.stream).map(|_| true),
+            Some(c) => c.sum(src, dst, len, &self.stream).map(|_| true),
             None => Ok(false),
         }
     }

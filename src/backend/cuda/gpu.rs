@@ -100,11 +100,11 @@ pub trait Gpu: Send + Sync {
     /// What was timed since timing started, per kernel: `(name, launches, seconds)` — device time
     /// between events around each launch on the GPU, the emulation's wall time on the emulator.
     fn kernel_times(&self) -> Result<Vec<KernelTime>>;
-    /// Sums `len` float32 values at `ptr` in place over every rank of the job (NCCL), in order
-    /// with the launches; a collective, called by every rank at the same point. `Ok(false)` when
-    /// the device has no collective library (the emulator, a build without MPI, or a rank
-    /// without NCCL): the caller sums through the host.
-    fn sum_over_ranks(&self, _ptr: DevicePtr, _len: usize) -> Result<bool> {
+    /// Writes to `dst` the sums of the `len` float32 values at `src` over every rank of the job
+    /// (NCCL), in order with the launches; a collective, called by every rank at the same point.
+    /// `Ok(false)` when the device has no collective library (the emulator, a build without MPI,
+    /// or a rank without NCCL): nothing is written, and the caller sums through the host.
+    fn sum_over_ranks(&self, _src: DevicePtr, _dst: DevicePtr, _len: usize) -> Result<bool> {
         Ok(false)
     }
     /// Allocation counts of a caching allocator ([`super::cache::Cached`]); zeros without one.

@@ -197,12 +197,11 @@ impl CudaStorage {
     pub fn sum_over_ranks(&self) -> Result<CudaStorage> {
         let gpu = self.buf.gpu().clone();
         let out = Buffer::alloc(&gpu, self.len())?;
-        gpu.copy_on_device(out.ptr(), self.buf.ptr(), 4 * self.len())?;
-        if gpu.sum_over_ranks(out.ptr(), self.len())? {
-            return Ok(self.wrap(out));
+        if !gpu.sum_over_ranks(self.buf.ptr(), out.ptr(), self.len())? {
+            let sums = crate::distributed::world().sum_f32(&self.buf.to_f32()?)?;
+            gpu.copy_to_device(out.ptr(), bytemuck::cast_slice(&sums))?;
         }
-        let sums = crate::distributed::world().sum_f32(&self.buf.to_f32()?)?;
-        Ok(self.wrap(Buffer::from_f32(&gpu, &sums)?))
+        Ok(self.wrap(out))
     }
 
     pub fn buffer(&self) -> &Buffer {

@@ -1,6 +1,6 @@
 //! Sums over the GPUs of a many-process job with NCCL (docs/distributed.md, “GPU ranks”): one
 //! communicator per process, made on the first sum from a unique id that rank 0 draws and MPI
-//! broadcasts; each sum is one `ncclAllReduce` in place, enqueued on the device's one stream, so
+//! broadcasts; each sum is one `ncclAllReduce`, enqueued on the device's one stream, so
 //! it is ordered with the launches before and after it and the host does not wait for it.
 //! NCCL is loaded at run time (cudarc's dynamic loading). NCCL needs a GPU of its own per rank
 //! and the library on every rank: if any rank cannot load it, or two ranks share a GPU (more
@@ -80,14 +80,21 @@ impl Communicator {
         Ok(Some(Communicator(unsafe { comm.assume_init() })))
     }
 
-    /// Sums `len` float32 values at `ptr` over every rank, in place, enqueued on `stream`.
-    pub fn sum(&self, ptr: DevicePtr, len: usize, stream: &Arc<CudaStream>) -> Result<()> {
-        // SAFETY: `ptr` is an allocation of at least `len` float32 values on this communicator's
-        // device; NCCL reads and writes it in stream order.
+    /// Writes to `dst` the sums over every rank of the `len` float32 values at `src`, enqueued
+    /// on `stream`.
+    pub fn sum(
+        &self,
+        src: DevicePtr,
+        dst: DevicePtr,
+        len: usize,
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
+        // SAFETY: `src` and `dst` are allocations of at least `len` float32 values on this
+        // communicator's device; NCCL reads and writes them in stream order.
         unsafe {
             result::all_reduce(
-                ptr.0 as *const ::core::ffi::c_void,
-                ptr.0 as *mut ::core::ffi::c_void,
+                src.0 as *const ::core::ffi::c_void,
+                dst.0 as *mut ::core::ffi::c_void,
                 len,
                 sys::ncclDataType_t::ncclFloat32,
                 sys::ncclRedOp_t::ncclSum,
