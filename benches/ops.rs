@@ -4,7 +4,7 @@
 //!     cargo bench --bench ops [-- conv2d_backward]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dydiff::backend::ConvGeom;
+use dydiff::backend::{ConvGeom, PadMode};
 use dydiff::{Device, Tensor};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -41,13 +41,14 @@ fn conv(c: &mut Criterion) {
             k,
             stride,
             pad,
+            pad_mode: PadMode::Zeros,
         };
         let x = rand(&[n, ci, hw, hw], 1);
         let w = rand(&[co, ci, k, k], 2);
         let b = rand(&[co], 3);
         g.throughput(Throughput::Elements(geom.flops() as u64));
         g.bench_function(BenchmarkId::from_parameter(label), |bench| {
-            bench.iter(|| x.conv2d(&w, Some(&b), stride, pad).unwrap())
+            bench.iter(|| x.conv2d(&w, Some(&b), stride, pad, PadMode::Zeros).unwrap())
         });
     }
     g.finish();
@@ -64,6 +65,7 @@ fn same_3x3(n: usize, ci: usize, hw: usize, co: usize) -> ConvGeom {
         k: 3,
         stride: 1,
         pad: [1; 4],
+        pad_mode: PadMode::Zeros,
     }
 }
 

@@ -9,6 +9,10 @@
 //   dw[co, ci, ky, kx] = Σ_{n, oy, ox} dy[n, co, oy, ox] · x[n, ci, oy·s + ky − pt, ox·s + kx − pl]
 //   db[co]             = Σ_{n, oy, ox} dy[n, co, oy, ox]
 //
+// With `circular` padding x is read wrapped around (row −1 is row h − 1), so dx takes, per tap,
+// every output position whose read lands on (iy, ix) modulo the image: oy·s + ky − pt ∈
+// {iy − h, iy, iy + h} (the padding is at most the image's size), and the same for columns.
+//
 // dx is an implicit GEMM of the output gradient with the kernel read flipped in place (rows: input
 // channels; columns: input pixels; reduction: co·k²) — conv2d_dgrad_*; at stride 2 three of four
 // terms are zero and skipped only by the loads. dw is a GEMM over the batch and the pixels (rows:
@@ -33,9 +37,23 @@
 
 struct ConvBwdShape {
   int n, ci, h, w, co, k, stride, pad_top, pad_left, ho, wo;
-  int splits;           // conv2d_wgrad: slices of the reduction
-  long long slice_len;  // conv2d_wgrad: reduction values per slice (a multiple of TILE_K)
+  int circular;         // padding wraps around
+  long long slice_len;  // conv2d_wgrad: reduction values per slice (a multiple of TILE_K; the
+                        // slices are blockIdx.z)
 };
+
+// The output positions t·stride = oy·stride whose tap reads input position `i` along one axis
+// (`t0 = i + pad − tap`): one (or none) with zero padding; with circular padding up to three, at
+// t0 − size, t0 and t0 + size. Returns how many, their indices in `o`.
+__device__ __forceinline__ int dgrad_sources(int t0, int size, int stride, int out, int circular,
+                                             int o[3]) {
+  int n = 0;
+  for (int m = circular ? -1 : 0; m <= (circular ? 1 : 0); ++m) {
+    int t = t0 + m * size;
+    if (t >= 0 && t % stride == 0 && t / stride < out) o[n++] = t / stride;
+  }
+  return n;
+}
 
 template <int MMA>
 __device__ __forceinline__ void dgrad_kernel(const float* __restrict__ dy,
@@ -60,10 +78,20 @@ __device__ __forceinline__ void dgrad_kernel(const float* __restrict__ dy,
     int co = k / kk, tap = k - co * kk;
     int ky = tap / s.k, kx = tap - ky * s.k;
     int ty = iy + s.pad_top - ky, tx = ix + s.pad_left - kx;
-    if (ty < 0 || tx < 0 || ty % s.stride || tx % s.stride) return 0.0f;
-    int oy = ty / s.stride, ox = tx / s.stride;
-    if (oy >= s.ho || ox >= s.wo) return 0.0f;
-    return dy[(((long long)n * s.co + co) * s.ho + oy) * s.wo + ox];
+    if (!s.circular) {
+      if (ty < 0 || tx < 0 || ty % s.stride || tx % s.stride) return 0.0f;
+      int oy = ty / s.stride, ox = tx / s.stride;
+      if (oy >= s.ho || ox >= s.wo) return 0.0f;
+      return dy[(((long long)n * s.co + co) * s.ho + oy) * s.wo + ox];
+    }
+    int oys[3], oxs[3];
+    int ny = dgrad_sources(ty, s.h, s.stride, s.ho, 1, oys);
+    int nx = dgrad_sources(tx, s.w, s.stride, s.wo, 1, oxs);
+    const float* plane = dy + ((long long)n * s.co + co) * s.ho * s.wo;
+    float v = 0.0f;
+    for (int i = 0; i < ny; ++i)
+      for (int j = 0; j < nx; ++j) v += plane[(long long)oys[i] * s.wo + oxs[j]];
+    return v;
   };
   float acc[2][4][4];
   tile_product<MMA>(K, a, true, b, false, acc);
@@ -102,7 +130,11 @@ __device__ __forceinline__ void wgrad_kernel(const float* __restrict__ x,
     int ci = c / kk, tap = c - ci * kk;
     int ky = tap / s.k, kx = tap - ky * s.k;
     int iy = oy * s.stride + ky - s.pad_top, ix = ox * s.stride + kx - s.pad_left;
-    if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
+    if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) {
+      if (!s.circular) return 0.0f;
+      iy += iy < 0 ? s.h : (iy >= s.h ? -s.h : 0);
+      ix += ix < 0 ? s.w : (ix >= s.w ? -s.w : 0);
+    }
     return x[(((long long)n * s.ci + ci) * s.h + iy) * s.w + ix];
   };
   float acc[2][4][4];

@@ -4,7 +4,8 @@
 //   y[n, co, oy, ox] = ( Σ_{ci, ky, kx} w[co, ci, ky, kx] · in[n, ci, oy·s + ky − pt, ox·s + kx − pl]
 //                        + bias[co] + temb[n, co] + residual[n, co, oy, ox] ) · scale
 //
-// where the input `in` (zero outside the image: the padding) is, per element, as loaded:
+// where the input `in` (outside the image, the padding: zeros, or with `circular` the image wrapped
+// around, row −1 being row h − 1) is, per element, as loaded:
 //   - the channels of x, followed by those of x2 if given (the skip concatenation of an up block);
 //   - read at (y/2, x/2) with `upsample` (nearest 2× upsampling before the convolution);
 //   - with `groups` > 0, group-normalised, (v − mean[n, grp])·rstd[n, grp]·gamma[ci] + beta[ci],
@@ -29,6 +30,7 @@ struct ConvShape {
   int groups;       // group norm on load (0: none)
   int silu;         // SiLU after the norm (or on the raw input when groups is 0)
   float scale;
+  int circular;     // padding wraps around (padding at most the image's size)
 };
 
 template <int MMA>
@@ -60,7 +62,11 @@ __device__ __forceinline__ void conv_kernel(const float* __restrict__ x, const f
     int c = k / kk, tap = k - c * kk;
     int ky = tap / s.k, kx = tap - ky * s.k;
     int iy = oy * s.stride + ky - s.pad_top, ix = ox * s.stride + kx - s.pad_left;
-    if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;  // padding of the transformed input
+    if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) {  // padding of the transformed input
+      if (!s.circular) return 0.0f;
+      iy += iy < 0 ? s.h : (iy >= s.h ? -s.h : 0);
+      ix += ix < 0 ? s.w : (ix >= s.w ? -s.w : 0);
+    }
     if (s.upsample) {
       iy /= 2;
       ix /= 2;

@@ -9,11 +9,11 @@
 //! (sample, member) pairs; each row's randomness — the interpolator's dropout masks and the
 //! `data+noise` condition — is keyed by its own pair, so results do not depend on the batch.
 
-use crate::backend::Device;
+use crate::backend::{Device, PadMode};
 use crate::diffusion::ddim::rows_tensor;
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
-use crate::model::{check_scale_shift, json_count, json_number};
+use crate::model::{check_scale_shift, json_count, json_number, json_padding_mode};
 use crate::nn::{Dropout, UNet2D};
 use crate::rng::{NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
@@ -86,13 +86,18 @@ pub struct DyffusionConfig {
     pub refine: bool,
     pub lambda_1: f64,
     pub lambda_2: f64,
+    /// What both networks' convolutions read outside the frame (as a DyDiff folder's
+    /// `padding_mode`); written only when not zeros.
+    #[serde(skip_serializing_if = "PadMode::is_zeros")]
+    pub padding_mode: PadMode,
     /// The training recipe (free-form; kept as written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub training: Option<Value>,
 }
 
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "method",
+    "padding_mode",
     "history",
     "future",
     "channels",
@@ -193,6 +198,7 @@ impl DyffusionConfig {
             refine,
             lambda_1: number("lambda_1", 0.5)?,
             lambda_2: number("lambda_2", 0.5)?,
+            padding_mode: json_padding_mode(obj)?,
             training: obj.get("training").filter(|t| !t.is_null()).cloned(),
         };
         c.validate()?;
@@ -268,10 +274,12 @@ impl DyffusionModel {
     /// Reads the folder at `dir` (its `dydiff.json` already parsed as `config`) and checks the
     /// networks against the settings.
     pub fn load(dir: &Path, config: DyffusionConfig, device: Device) -> Result<DyffusionModel> {
-        let interpolator = UNet2D::from_pretrained(&dir.join(INTERPOLATOR_DIR), device)?;
+        let pad = config.padding_mode;
+        let interpolator =
+            UNet2D::from_pretrained_padded(&dir.join(INTERPOLATOR_DIR), device, pad)?;
         let fdir = dir.join(FORECASTER_DIR);
         let forecaster = if fdir.exists() {
-            Some(UNet2D::from_pretrained(&fdir, device)?)
+            Some(UNet2D::from_pretrained_padded(&fdir, device, pad)?)
         } else {
             None
         };

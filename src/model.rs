@@ -9,7 +9,7 @@
 //! MODEL/unet/diffusion_pytorch_model.safetensors
 //! ```
 
-use crate::backend::Device;
+use crate::backend::{Device, PadMode};
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
@@ -23,8 +23,9 @@ pub const SCHEDULER_FILE: &str = "scheduler/scheduler_config.json";
 pub const UNET_DIR: &str = "unet";
 
 /// The keys of `dydiff.json`.
-const PROCESS_KEYS: [&str; 11] = [
+const PROCESS_KEYS: [&str; 12] = [
     "method",
+    "padding_mode",
     "dyn_eta",
     "diffuse_history",
     "history",
@@ -63,6 +64,11 @@ pub struct ProcessConfig {
     pub data_scale: f64,
     /// Default 0.
     pub data_shift: f64,
+    /// What the network's convolutions read outside the frame: `"zeros"` (the default,
+    /// diffusers' `Conv2d`) or `"circular"` (the frame wrapped around, for periodic fields).
+    /// Written only when not the default.
+    #[serde(skip_serializing_if = "PadMode::is_zeros")]
+    pub padding_mode: PadMode,
     /// The training recipe that produced the weights (free-form; kept as written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub training: Option<Value>,
@@ -137,6 +143,7 @@ impl ProcessConfig {
             width: count("width")?,
             data_scale: number("data_scale", 1.0)?,
             data_shift: number("data_shift", 0.0)?,
+            padding_mode: json_padding_mode(obj)?,
             training: obj.get("training").filter(|t| !t.is_null()).cloned(),
         };
         p.validate()?;
@@ -253,6 +260,19 @@ pub(crate) fn json_number(
     })
 }
 
+/// `padding_mode` of a `dydiff.json` object: `"zeros"` (also when absent) or `"circular"`.
+pub(crate) fn json_padding_mode(
+    obj: &serde_json::Map<String, Value>,
+) -> std::result::Result<PadMode, String> {
+    match obj.get("padding_mode") {
+        None => Ok(PadMode::Zeros),
+        Some(v) => v
+            .as_str()
+            .and_then(PadMode::parse)
+            .ok_or_else(|| format!("padding_mode = {v}: expected \"zeros\" or \"circular\"")),
+    }
+}
+
 /// The method a model folder's `dydiff.json` names: `"dydiff"` (the default when absent) or
 /// `"dyffusion"`; an error names the file.
 pub fn method_of(dir: &Path) -> Result<String> {
@@ -311,7 +331,8 @@ impl Model {
         let spath = dir.join(SCHEDULER_FILE);
         let scheduler = SchedulerConfig::from_json(&read_json(&spath)?)
             .map_err(|e| Error::bad_file(&spath, e.to_string()))?;
-        let unet = UNet2D::from_pretrained(&dir.join(UNET_DIR), device)?;
+        let unet =
+            UNet2D::from_pretrained_padded(&dir.join(UNET_DIR), device, process.padding_mode)?;
         let model = Model {
             schedule: Schedule::new(&scheduler),
             process,

@@ -7,7 +7,7 @@
 use crate::autograd::{self, Op};
 use crate::backend::{
     AttnGeom, BinaryOp, ConvGeom, Device, DropoutGeom, FusedConv, FusedNorm, LossKind, NormGeom,
-    Storage,
+    PadMode, Storage,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -66,6 +66,20 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor{:?}@{:?}", self.0.shape, self.device())
     }
+}
+
+/// Refuses circular padding wider than the image (PyTorch's limit: one wrap around at most).
+fn check_circular(g: &ConvGeom, op: &'static str) -> Result<()> {
+    if g.circular() && (g.pad[0].max(g.pad[1]) > g.h || g.pad[2].max(g.pad[3]) > g.w) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "circular padding {:?} wider than the {}×{} image",
+                g.pad, g.h, g.w
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -267,13 +281,16 @@ impl Tensor {
     }
 
     /// 2-D convolution (cross-correlation) of NCHW `self` with an OIHW square kernel `w`,
-    /// optional bias, `stride`, and zero padding `[top, bottom, left, right]`.
+    /// optional bias, `stride`, and padding `[top, bottom, left, right]` of zeros or, with
+    /// [`PadMode::Circular`], of the image wrapped around (each side's padding at most the
+    /// image's size on that axis).
     pub fn conv2d(
         &self,
         w: &Tensor,
         b: Option<&Tensor>,
         stride: usize,
         pad: [usize; 4],
+        pad_mode: PadMode,
     ) -> Result<Tensor> {
         let (n, ci, h, wd) = self.dims4("conv2d")?;
         let (co, wci, k, k2) = w.dims4("conv2d weight")?;
@@ -306,7 +323,9 @@ impl Tensor {
             k,
             stride,
             pad,
+            pad_mode,
         };
+        check_circular(&g, "conv2d")?;
         let y = self
             .storage()
             .conv2d(w.storage(), b.map(|b| b.storage()), &g)?;
@@ -328,7 +347,7 @@ impl Tensor {
         &self,
         w: &Tensor,
         b: Option<&Tensor>,
-        (stride, pad): (usize, [usize; 4]),
+        (stride, pad, pad_mode): (usize, [usize; 4], PadMode),
         tail: &ConvTail,
     ) -> Result<Option<(Tensor, Option<Tensor>)>> {
         let mut all: Vec<&Tensor> = vec![self, w];
@@ -369,7 +388,9 @@ impl Tensor {
             k: w.shape().get(2).copied().unwrap_or(0),
             stride,
             pad,
+            pad_mode,
         };
+        check_circular(&g, "conv2d_fused")?;
         if w.shape() != [g.co, g.ci, g.k, g.k]
             || stride == 0
             || b.is_some_and(|b| b.shape() != [g.co])

@@ -13,7 +13,7 @@ mod common;
 use common::rand_vec;
 use dydiff::autograd::{backward, Tape};
 use dydiff::backend::cuda::{self, Precision};
-use dydiff::backend::{AdamStep, AttnGeom, ConvGeom, LossKind, NormGeom, Storage};
+use dydiff::backend::{AdamStep, AttnGeom, ConvGeom, LossKind, NormGeom, PadMode, Storage};
 use dydiff::nn::{ParamBuilder, UNet2D, UNet2DConfig};
 use dydiff::{Device, Tensor};
 use std::collections::HashMap;
@@ -73,6 +73,11 @@ fn conv_geoms() -> Vec<ConvGeom> {
         k,
         stride,
         pad,
+        pad_mode: PadMode::Zeros,
+    };
+    let circular = |g: ConvGeom| ConvGeom {
+        pad_mode: PadMode::Circular,
+        ..g
     };
     vec![
         g(2, 5, 7, 6, 9, 3, 1, [1; 4]),
@@ -82,6 +87,12 @@ fn conv_geoms() -> Vec<ConvGeom> {
         g(2, 70, 5, 5, 66, 1, 1, [0; 4]),
         // a small output with a long reduction: split into slices
         g(4, 3, 32, 32, 4, 3, 1, [1; 4]),
+        // periodic fields: the padding wraps around (a tap may land on an output position
+        // from both sides, and at stride 2 on none)
+        circular(g(2, 5, 7, 6, 9, 3, 1, [1; 4])),
+        circular(g(2, 3, 8, 6, 4, 3, 2, [1; 4])),
+        circular(g(1, 2, 1, 2, 3, 3, 1, [1; 4])),
+        circular(g(4, 3, 32, 32, 4, 3, 1, [1; 4])),
     ]
 }
 

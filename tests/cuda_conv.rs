@@ -18,7 +18,7 @@ use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::conv::{self, ConvEpilogue, ConvInput, NormOnLoad};
 use dydiff::backend::cuda::gpu::Gpu;
 use dydiff::backend::cuda::Precision;
-use dydiff::backend::{BackendStorage, BinaryOp, ConvGeom, NormGeom};
+use dydiff::backend::{BackendStorage, BinaryOp, ConvGeom, NormGeom, PadMode};
 use std::sync::Arc;
 
 const U: f64 = 1.0 / 16_777_216.0;
@@ -70,6 +70,15 @@ fn geom(
         k,
         stride,
         pad,
+        pad_mode: PadMode::Zeros,
+    }
+}
+
+/// `g` with circular padding.
+fn circular(g: ConvGeom) -> ConvGeom {
+    ConvGeom {
+        pad_mode: PadMode::Circular,
+        ..g
     }
 }
 
@@ -83,6 +92,11 @@ fn plain_convolutions_match_the_cpu() {
         geom(1, 6, (8, 8), 6, 3, 2, [1, 1, 1, 1]),
         geom(3, 24, (6, 5), 70, 1, 1, [0, 0, 0, 0]),
         geom(2, 20, (16, 16), 64, 3, 1, [1, 1, 1, 1]),
+        // periodic fields: the padding wraps around
+        circular(geom(1, 1, (1, 1), 1, 3, 1, [1, 1, 1, 1])),
+        circular(geom(17, 3, (7, 9), 5, 3, 1, [1, 1, 1, 1])),
+        circular(geom(1, 6, (8, 8), 6, 3, 2, [1, 1, 1, 1])),
+        circular(geom(2, 5, (3, 2), 4, 5, 1, [2, 2, 2, 2])),
     ];
     for (i, g) in cases.iter().enumerate() {
         let x = rand_vec(g.n * g.ci * g.h * g.w, 10 + i as u64);
@@ -129,6 +143,8 @@ fn the_fused_resnet_head_matches_norm_silu_conv_bias_temb_residual_scale() {
     .enumerate()
     {
         let g = geom(n, ci, (h, w), co, 3, 1, [1, 1, 1, 1]);
+        // the second case with circular padding
+        let g = if i == 1 { circular(g) } else { g };
         let seed = 100 + 10 * i as u64;
         let x: Vec<f32> = rand_vec(n * ci * h * w, seed)
             .iter()
@@ -236,6 +252,8 @@ fn the_skip_concatenation_and_upsampling_are_read_in_place() {
             rand_vec(n * c2 * sh * sw, seed + 1),
         );
         let g = geom(n, c1 + c2, (h, w), co, 3, 1, [1, 1, 1, 1]);
+        // odd cases with circular padding (read wrapped around the upsampled image)
+        let g = if i % 2 == 1 { circular(g) } else { g };
         let wt = rand_vec(co * (c1 + c2) * 9, seed + 2);
         let cat =
             CpuStorage::concat_channels(&[&cpu(&x), &cpu(&x2)], n, &[c1, c2], sh * sw).unwrap();

@@ -9,6 +9,7 @@
 
 use dydiff::backend::cuda::{self, cache::MemoryStats};
 use dydiff::backend::step::StepRunner;
+use dydiff::backend::PadMode;
 use dydiff::diffusion::ddim::{ddim_step_tensor, rows_tensor, StepValues};
 use dydiff::error::Result;
 use dydiff::model::Model;
@@ -54,7 +55,9 @@ fn values(seed: u32, n: usize) -> Vec<f32> {
 /// is the step's scalar input, broadcast as a tensor of `x`'s shape.
 fn step<'a>(w: &'a Tensor, b: &'a Tensor) -> impl Fn(&[Tensor]) -> Result<Vec<Tensor>> + 'a {
     move |x: &[Tensor]| {
-        let y = x[0].conv2d(w, Some(b), 1, [1, 1, 1, 1])?.silu()?;
+        let y = x[0]
+            .conv2d(w, Some(b), 1, [1, 1, 1, 1], PadMode::Zeros)?
+            .silu()?;
         Ok(vec![y.add(&x[0].mul(&x[1])?)?, y])
     }
 }

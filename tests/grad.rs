@@ -6,6 +6,7 @@
 mod common;
 use common::rand_vec;
 use dydiff::autograd::{backward, Tape};
+use dydiff::backend::PadMode;
 use dydiff::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
 use dydiff::{Device, Result, Tensor};
 use std::collections::HashMap;
@@ -80,8 +81,28 @@ fn check(name: &str, shapes: Shapes, scale: f32, f: impl Fn(&[Tensor]) -> Result
 #[test]
 fn conv2d_3x3_stride1() {
     check("conv3x3", &[&[2, 3, 6, 5], &[4, 3, 3, 3], &[4]], 1.0, |x| {
-        x[0].conv2d(&x[1], Some(&x[2]), 1, [1; 4])
+        x[0].conv2d(&x[1], Some(&x[2]), 1, [1; 4], PadMode::Zeros)
     });
+}
+
+#[test]
+fn conv2d_3x3_circular() {
+    check(
+        "conv3x3c",
+        &[&[2, 3, 6, 5], &[4, 3, 3, 3], &[4]],
+        1.0,
+        |x| x[0].conv2d(&x[1], Some(&x[2]), 1, [1; 4], PadMode::Circular),
+    );
+}
+
+#[test]
+fn conv2d_3x3_stride2_circular() {
+    check(
+        "conv3x3s2c",
+        &[&[2, 3, 6, 4], &[4, 3, 3, 3], &[4]],
+        1.0,
+        |x| x[0].conv2d(&x[1], Some(&x[2]), 2, [1; 4], PadMode::Circular),
+    );
 }
 
 #[test]
@@ -90,14 +111,14 @@ fn conv2d_3x3_stride2_asymmetric_pad() {
         "conv3x3s2",
         &[&[2, 3, 6, 6], &[4, 3, 3, 3], &[4]],
         1.0,
-        |x| x[0].conv2d(&x[1], Some(&x[2]), 2, [0, 1, 0, 1]),
+        |x| x[0].conv2d(&x[1], Some(&x[2]), 2, [0, 1, 0, 1], PadMode::Zeros),
     );
 }
 
 #[test]
 fn conv2d_1x1() {
     check("conv1x1", &[&[2, 5, 4, 3], &[3, 5, 1, 1], &[3]], 1.0, |x| {
-        x[0].conv2d(&x[1], Some(&x[2]), 1, [0; 4])
+        x[0].conv2d(&x[1], Some(&x[2]), 1, [0; 4], PadMode::Zeros)
     });
 }
 

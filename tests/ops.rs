@@ -5,7 +5,7 @@
 mod common;
 use common::{assert_close, rand_tensor, rand_vec};
 use dydiff::backend::cpu::{elementwise, reference};
-use dydiff::backend::{ConvGeom, MatmulGeom, NormGeom};
+use dydiff::backend::{ConvGeom, MatmulGeom, NormGeom, PadMode};
 use dydiff::{Device, Tensor};
 
 fn conv_case(g: ConvGeom) {
@@ -18,11 +18,12 @@ fn conv_case(g: ConvGeom) {
         k,
         stride,
         pad,
+        pad_mode,
     } = g;
     let x = rand_tensor(&[n, ci, h, w], 1);
     let wt = rand_tensor(&[co, ci, k, k], 2);
     let b = rand_tensor(&[co], 3);
-    let y = x.conv2d(&wt, Some(&b), stride, pad).unwrap();
+    let y = x.conv2d(&wt, Some(&b), stride, pad, pad_mode).unwrap();
     let g = ConvGeom {
         n,
         ci,
@@ -32,6 +33,7 @@ fn conv_case(g: ConvGeom) {
         k,
         stride,
         pad,
+        pad_mode,
     };
     assert_eq!(y.shape(), [n, co, g.ho(), g.wo()]);
     let want = reference::conv2d(
@@ -101,7 +103,52 @@ fn conv2d_matches_reference() {
         (1, 33, 70, 64, 17, 3, 1, [1; 4]),
     ];
     for (n, ci, h, w, co, k, stride, pad) in cases {
-        conv_case(ConvGeom {
+        for pad_mode in [PadMode::Zeros, PadMode::Circular] {
+            // circular padding at most the image's size (the 1×1 image's case included)
+            if pad_mode == PadMode::Circular && (pad[0].max(pad[1]) > h || pad[2].max(pad[3]) > w) {
+                continue;
+            }
+            conv_case(ConvGeom {
+                n,
+                ci,
+                h,
+                w,
+                co,
+                k,
+                stride,
+                pad,
+                pad_mode,
+            });
+        }
+    }
+}
+
+/// Circular padding is zero padding of the image with its opposite edges copied around it
+/// (`numpy.pad(mode="wrap")`, PyTorch's `padding_mode="circular"`): the reference with circular
+/// padding against the reference without padding on such a copy, built here by index arithmetic
+/// of its own.
+#[test]
+fn circular_padding_is_the_wrapped_image() {
+    for (h, w, k, stride, p) in [
+        (5, 4, 3, 1, 1),
+        (6, 6, 3, 2, 1),
+        (3, 2, 5, 1, 2),
+        (1, 1, 3, 1, 1),
+    ] {
+        let (n, ci, co) = (2, 3, 4);
+        let x = rand_vec(n * ci * h * w, 7);
+        let wt = rand_vec(co * ci * k * k, 8);
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let mut xp = vec![0.0; n * ci * hp * wp];
+        for (plane, padded) in x.chunks(h * w).zip(xp.chunks_mut(hp * wp)) {
+            for y in 0..hp {
+                for xx in 0..wp {
+                    let (sy, sx) = ((y + h * p - p) % h, (xx + w * p - p) % w);
+                    padded[y * wp + xx] = plane[sy * w + sx];
+                }
+            }
+        }
+        let g = |h, w, pad, pad_mode| ConvGeom {
             n,
             ci,
             h,
@@ -110,7 +157,17 @@ fn conv2d_matches_reference() {
             k,
             stride,
             pad,
-        });
+            pad_mode,
+        };
+        let got = reference::conv2d(&x, &wt, None, &g(h, w, [p; 4], PadMode::Circular));
+        let want = reference::conv2d(&xp, &wt, None, &g(hp, wp, [0; 4], PadMode::Zeros));
+        assert_close(
+            &got,
+            &want,
+            1e-6,
+            1e-6,
+            &format!("{h}×{w} k {k} s {stride} p {p}"),
+        );
     }
 }
 
@@ -309,7 +366,13 @@ fn timestep_embedding_matches_formula() {
 fn shape_errors_are_errors() {
     let x = rand_tensor(&[1, 3, 4, 4], 19);
     assert!(x
-        .conv2d(&rand_tensor(&[2, 4, 3, 3], 20), None, 1, [1; 4])
+        .conv2d(
+            &rand_tensor(&[2, 4, 3, 3], 20),
+            None,
+            1,
+            [1; 4],
+            PadMode::Zeros
+        )
         .is_err());
     assert!(x
         .group_norm(2, &rand_tensor(&[3], 21), &rand_tensor(&[3], 22), 1e-5)

@@ -72,9 +72,47 @@ impl Device {
     }
 }
 
+/// What a convolution reads outside the image: PyTorch's `Conv2d(padding_mode=…)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PadMode {
+    /// Zeros (`padding_mode="zeros"`, diffusers' default).
+    #[default]
+    Zeros,
+    /// The image wrapped around (`padding_mode="circular"`): row `−1` is row `h − 1`, row `h` is
+    /// row `0`, and the same for columns — the right padding for periodic fields.
+    Circular,
+}
+
+impl PadMode {
+    /// The model folder's name of the mode (`dydiff.json`'s `padding_mode`, PyTorch's names).
+    pub fn name(self) -> &'static str {
+        match self {
+            PadMode::Zeros => "zeros",
+            PadMode::Circular => "circular",
+        }
+    }
+
+    /// The mode named `name` (`"zeros"` or `"circular"`).
+    pub fn parse(name: &str) -> Option<PadMode> {
+        match name {
+            "zeros" => Some(PadMode::Zeros),
+            "circular" => Some(PadMode::Circular),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the default, [`PadMode::Zeros`] (a model folder writes the mode only
+    /// otherwise, so folders of the default read and write as before).
+    pub fn is_zeros(&self) -> bool {
+        *self == PadMode::Zeros
+    }
+}
+
 /// Geometry of a 2-D convolution on NCHW input `(n, ci, h, w)` with an OIHW `(co, ci, k, k)`
 /// kernel. Padding is given per side so that diffusers' `Downsample2D(padding=0)`, which pads
-/// only bottom and right, is one convolution.
+/// only bottom and right, is one convolution; with [`PadMode::Circular`] each side's padding is
+/// at most the image's size on that axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
     pub n: usize,
@@ -84,8 +122,10 @@ pub struct ConvGeom {
     pub co: usize,
     pub k: usize,
     pub stride: usize,
-    /// Zero padding: top, bottom, left, right.
+    /// Padding: top, bottom, left, right.
     pub pad: [usize; 4],
+    /// What the padding holds.
+    pub pad_mode: PadMode,
 }
 
 impl ConvGeom {
@@ -94,6 +134,30 @@ impl ConvGeom {
     }
     pub fn wo(&self) -> usize {
         (self.w + self.pad[2] + self.pad[3] - self.k) / self.stride + 1
+    }
+    /// Whether the padding wraps around ([`PadMode::Circular`]).
+    pub fn circular(&self) -> bool {
+        self.pad_mode == PadMode::Circular
+    }
+    /// The input row that kernel row `ky` of output row `oy` reads (`None`: a zero of the
+    /// padding).
+    pub fn in_row(&self, oy: usize, ky: usize) -> Option<usize> {
+        self.source(oy * self.stride + ky, self.pad[0], self.h)
+    }
+    /// The input column that kernel column `kx` of output column `ox` reads (`None`: a zero of
+    /// the padding).
+    pub fn in_col(&self, ox: usize, kx: usize) -> Option<usize> {
+        self.source(ox * self.stride + kx, self.pad[2], self.w)
+    }
+    fn source(&self, at: usize, pad: usize, size: usize) -> Option<usize> {
+        let i = at as isize - pad as isize;
+        if (0..size as isize).contains(&i) {
+            Some(i as usize)
+        } else if self.circular() {
+            Some(i.rem_euclid(size as isize) as usize)
+        } else {
+            None
+        }
     }
     /// Multiply-add count times two: `2·N·Co·Ho·Wo·Ci·k²`.
     pub fn flops(&self) -> f64 {
@@ -473,6 +537,7 @@ pub fn shortcut_geom(g: &ConvGeom, weights: usize) -> ConvGeom {
         k: 1,
         stride: 1,
         pad: [0; 4],
+        pad_mode: PadMode::Zeros,
         ..*g
     }
 }

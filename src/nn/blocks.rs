@@ -3,6 +3,7 @@
 //! `Upsample2D`, and the down, up and middle blocks that group them.
 
 use super::{Conv2d, GroupNorm, Linear, ParamBuilder};
+use crate::backend::PadMode;
 use crate::error::{Error, Result};
 use crate::rng::NoiseKey;
 use crate::tensor::{ConvTail, Tensor};
@@ -34,6 +35,8 @@ pub struct BlockSettings {
     pub eps: f32,
     /// The resnet blocks' dropout probability.
     pub dropout: f32,
+    /// What the 3×3 convolutions' padding holds.
+    pub pad_mode: PadMode,
 }
 
 /// Dropout in one network call (docs/random.md, “Dropout masks”): active in every resnet block
@@ -65,7 +68,8 @@ impl ResnetBlock2D {
                 s.eps,
                 "norm_num_groups",
             )?,
-            conv1: Conv2d::new(b, &format!("{p}.conv1"), ci, co, 3, 1, [1; 4])?,
+            conv1: Conv2d::new(b, &format!("{p}.conv1"), ci, co, 3, 1, [1; 4])?
+                .with_pad_mode(s.pad_mode),
             time_emb_proj: Linear::new(b, &format!("{p}.time_emb_proj"), s.temb, co)?,
             norm2: GroupNorm::new(
                 b,
@@ -75,7 +79,8 @@ impl ResnetBlock2D {
                 s.eps,
                 "norm_num_groups",
             )?,
-            conv2: Conv2d::new(b, &format!("{p}.conv2"), co, co, 3, 1, [1; 4])?,
+            conv2: Conv2d::new(b, &format!("{p}.conv2"), co, co, 3, 1, [1; 4])?
+                .with_pad_mode(s.pad_mode),
             conv_shortcut: if ci != co {
                 Some(Conv2d::new(
                     b,
@@ -162,7 +167,6 @@ impl ResnetBlock2D {
             return Ok(None);
         }
         let temb = self.time_emb_proj.forward(temb_act)?;
-        let conv = |c: &Conv2d| (c.stride, c.pad);
         fn norm(n: &GroupNorm) -> Option<(&Tensor, &Tensor, usize, f32)> {
             Some((&n.weight, &n.bias, n.groups, n.eps))
         }
@@ -181,7 +185,7 @@ impl ResnetBlock2D {
         let Some((h, shortcut)) = x.conv2d_fused(
             &self.conv1.weight,
             Some(&self.conv1.bias),
-            conv(&self.conv1),
+            self.conv1.geometry(),
             &head,
         )?
         else {
@@ -203,7 +207,7 @@ impl ResnetBlock2D {
                 .conv2d_fused(
                     &self.conv2.weight,
                     Some(&self.conv2.bias),
-                    conv(&self.conv2),
+                    self.conv2.geometry(),
                     &tail,
                 )?
                 .map(|(y, _)| y));
@@ -216,7 +220,7 @@ impl ResnetBlock2D {
         Ok(h.conv2d_fused(
             &self.conv2.weight,
             Some(&self.conv2.bias),
-            conv(&self.conv2),
+            self.conv2.geometry(),
             &tail,
         )?
         .map(|(y, _)| y))
@@ -382,22 +386,18 @@ impl DownBlock {
                 attentions.push(AttentionBlock::in_block(b, p, i, co, hd, s)?);
             }
         }
-        // Downsample2D(padding=0) pads bottom and right by one before its convolution.
-        let pad = if downsample_padding == 0 {
-            [0, 1, 0, 1]
+        // Downsample2D(padding=0) pads bottom and right by one with zeros (F.pad) before its
+        // convolution, whatever the convolution's padding mode.
+        let (pad, pad_mode) = if downsample_padding == 0 {
+            ([0, 1, 0, 1], PadMode::Zeros)
         } else {
-            [downsample_padding; 4]
+            ([downsample_padding; 4], s.pad_mode)
         };
         let downsample = if add_downsample {
-            Some(Conv2d::new(
-                b,
-                &format!("{p}.downsamplers.0.conv"),
-                co,
-                co,
-                3,
-                2,
-                pad,
-            )?)
+            Some(
+                Conv2d::new(b, &format!("{p}.downsamplers.0.conv"), co, co, 3, 2, pad)?
+                    .with_pad_mode(pad_mode),
+            )
         } else {
             None
         };
@@ -470,15 +470,10 @@ impl UpBlock {
             }
         }
         let upsample = if add_upsample {
-            Some(Conv2d::new(
-                b,
-                &format!("{p}.upsamplers.0.conv"),
-                co,
-                co,
-                3,
-                1,
-                [1; 4],
-            )?)
+            Some(
+                Conv2d::new(b, &format!("{p}.upsamplers.0.conv"), co, co, 3, 1, [1; 4])?
+                    .with_pad_mode(s.pad_mode),
+            )
         } else {
             None
         };
@@ -517,7 +512,7 @@ impl UpBlock {
                 upsample: true,
                 ..ConvTail::NONE
             };
-            h = match h.conv2d_fused(&u.weight, Some(&u.bias), (u.stride, u.pad), &up)? {
+            h = match h.conv2d_fused(&u.weight, Some(&u.bias), u.geometry(), &up)? {
                 Some((y, _)) => y,
                 None => u.forward(&h.upsample_nearest2x()?)?,
             };

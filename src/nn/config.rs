@@ -3,6 +3,7 @@
 //! every other key diffusers writes only at its default value, and an error naming the key and
 //! value for anything else.
 
+use crate::backend::PadMode;
 use crate::error::{Error, Result};
 use serde_json::{json, Map, Value};
 
@@ -29,6 +30,11 @@ pub struct UNet2DConfig {
     pub attn_norm_num_groups: Option<usize>,
     pub norm_eps: f64,
     pub add_attention: bool,
+    /// What every convolution's padding holds. Not a key of diffusers' `config.json` (whose
+    /// `Conv2d` layers are always built with zeros): it comes from the model folder's
+    /// `dydiff.json` (`padding_mode`, docs/model-folder.md); diffusers users set
+    /// `padding_mode = "circular"` on the network's `Conv2d` layers after loading it.
+    pub padding_mode: PadMode,
 }
 
 impl Default for UNet2DConfig {
@@ -68,6 +74,7 @@ impl Default for UNet2DConfig {
             attn_norm_num_groups: None,
             norm_eps: 1e-5,
             add_attention: true,
+            padding_mode: PadMode::Zeros,
         }
     }
 }

@@ -12,7 +12,7 @@ pub use blocks::Dropout;
 pub use config::UNet2DConfig;
 pub use unet2d::UNet2D;
 
-use crate::backend::{Device, Storage};
+use crate::backend::{Device, PadMode, Storage};
 use crate::error::{Error, Result};
 use crate::io::safetensors::NamedArrays;
 use crate::tensor::Tensor;
@@ -202,6 +202,8 @@ pub struct Conv2d {
     pub bias: Tensor,
     pub stride: usize,
     pub pad: [usize; 4],
+    /// `padding_mode`: zeros unless set by [`Conv2d::with_pad_mode`].
+    pub pad_mode: PadMode,
 }
 
 impl Conv2d {
@@ -224,10 +226,28 @@ impl Conv2d {
             bias: b.get(&format!("{prefix}.bias"), &[co], Init::Uniform { fan_in })?,
             stride,
             pad,
+            pad_mode: PadMode::Zeros,
         })
     }
+    /// The same layer with `padding_mode = mode`.
+    pub fn with_pad_mode(self, mode: PadMode) -> Self {
+        Conv2d {
+            pad_mode: mode,
+            ..self
+        }
+    }
+    /// `(stride, padding, padding mode)`, as [`Tensor::conv2d_fused`] takes them.
+    pub fn geometry(&self) -> (usize, [usize; 4], PadMode) {
+        (self.stride, self.pad, self.pad_mode)
+    }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv2d(&self.weight, Some(&self.bias), self.stride, self.pad)
+        x.conv2d(
+            &self.weight,
+            Some(&self.bias),
+            self.stride,
+            self.pad,
+            self.pad_mode,
+        )
     }
 }
 

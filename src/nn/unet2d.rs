@@ -3,7 +3,7 @@
 
 use super::blocks::{BlockSettings, DownBlock, Dropout, MidBlock, UpBlock};
 use super::{Conv2d, GroupNorm, Linear, ParamBuilder, UNet2DConfig};
-use crate::backend::Device;
+use crate::backend::{Device, PadMode};
 use crate::error::{Error, Result};
 use crate::io::{atomic, safetensors};
 use crate::tensor::{ConvTail, Tensor};
@@ -41,8 +41,10 @@ impl UNet2D {
             groups: c.norm_num_groups,
             eps: c.norm_eps as f32,
             dropout: c.dropout as f32,
+            pad_mode: c.padding_mode,
         };
-        let conv_in = Conv2d::new(&mut b, "conv_in", c.in_channels, ch[0], 3, 1, [1; 4])?;
+        let conv_in = Conv2d::new(&mut b, "conv_in", c.in_channels, ch[0], 3, 1, [1; 4])?
+            .with_pad_mode(s.pad_mode);
         let linear_1 = Linear::new(&mut b, "time_embedding.linear_1", ch[0], temb)?;
         let linear_2 = Linear::new(&mut b, "time_embedding.linear_2", temb, temb)?;
         let head_dim = |level_channels: usize| c.attention_head_dim.unwrap_or(level_channels);
@@ -106,7 +108,8 @@ impl UNet2D {
             s.eps,
             "norm_num_groups",
         )?;
-        let conv_out = Conv2d::new(&mut b, "conv_out", ch[0], c.out_channels, 3, 1, [1; 4])?;
+        let conv_out = Conv2d::new(&mut b, "conv_out", ch[0], c.out_channels, 3, 1, [1; 4])?
+            .with_pad_mode(s.pad_mode);
         let params = b.finish()?;
         Ok(UNet2D {
             config,
@@ -130,6 +133,12 @@ impl UNet2D {
     /// Loads `DIR/config.json` and `DIR/diffusion_pytorch_model.safetensors` as written by
     /// diffusers' `save_pretrained`.
     pub fn from_pretrained(dir: &Path, device: Device) -> Result<Self> {
+        UNet2D::from_pretrained_padded(dir, device, PadMode::Zeros)
+    }
+
+    /// [`UNet2D::from_pretrained`] with every convolution's `padding_mode` set to `pad_mode`
+    /// (a model folder's `dydiff.json` gives it; diffusers' config has no such key).
+    pub fn from_pretrained_padded(dir: &Path, device: Device, pad_mode: PadMode) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::bad_file(dir, "model folder not found (expected a directory with config.json and diffusion_pytorch_model.safetensors)"));
         }
@@ -137,8 +146,11 @@ impl UNet2D {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_file(&cfg_path, format!("not valid JSON: {e}")))?;
-        let config = UNet2DConfig::from_json(&value)
-            .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
+        let config = UNet2DConfig {
+            padding_mode: pad_mode,
+            ..UNet2DConfig::from_json(&value)
+                .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?
+        };
         let w_path = dir.join(WEIGHTS_FILE);
         let arrays = safetensors::read(&w_path)?;
         UNet2D::new(config, ParamBuilder::from_arrays(w_path, arrays, device))
@@ -262,7 +274,7 @@ impl UNet2D {
             ..ConvTail::NONE
         };
         let c = &self.conv_out;
-        match h.conv2d_fused(&c.weight, Some(&c.bias), (c.stride, c.pad), &tail)? {
+        match h.conv2d_fused(&c.weight, Some(&c.bias), c.geometry(), &tail)? {
             Some((y, _)) => Ok(y),
             None => c.forward(&n.forward_silu(&h)?),
         }

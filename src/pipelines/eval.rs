@@ -1,6 +1,8 @@
 //! `dydiff eval` (docs/metrics.md): scores an ensemble forecast `(N, M, S, C, H, W)` against the
-//! truth `(N, S, C, H, W)` (or `(N, L, C, H, W)`, of which the last `S` frames are used), overall
-//! and per lead time; prints a table, and writes JSON and pictures on request.
+//! truth `(N, S, C, H, W)`, or `(N, L, C, H, W)` of which the frames that were forecast are
+//! scored: those the forecast's window record names (`FORECAST.window.json`, written by `sample`:
+//! the truth numbered like the sampler's input), or those `--truth-start` selects; overall and
+//! per lead time; prints a table, and writes JSON and pictures on request.
 
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
@@ -18,6 +20,9 @@ pub struct EvalOptions {
     pub thresholds: Vec<f64>,
     pub json: Option<PathBuf>,
     pub png: Option<PathBuf>,
+    /// The truth frame of lead 1 (0-based) in a truth longer than the forecast; `None`: from
+    /// the forecast's window record.
+    pub truth_start: Option<usize>,
 }
 
 /// The `q`-quantile of `v` (linear interpolation between order statistics, as numpy's default).
@@ -51,8 +56,65 @@ fn read_forecast(path: &Path) -> Result<(npy::Array, Dims)> {
     Ok((a, Dims { n, m, s, c, h, w }))
 }
 
-/// The truth's last `S` frames, `(N, S, C, H, W)`.
-fn read_truth(path: &Path, d: &Dims) -> Result<Vec<f32>> {
+/// The first forecast frame in the numbering of the sampler's input, from the forecast's window
+/// record (`None` when there is none); the record's lead and samples are checked against the
+/// forecast.
+fn recorded_start(forecast: &Path, d: &Dims) -> Result<Option<(usize, String)>> {
+    let path = crate::pipelines::sample::window_record_path(forecast);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(&path, format!("not valid JSON: {e}")))?;
+    let count = |key: &str| {
+        v.get(key)
+            .and_then(Value::as_u64)
+            .and_then(|k| usize::try_from(k).ok())
+            .ok_or_else(|| {
+                Error::bad_file(
+                    &path,
+                    format!(
+                        "{key} = {}: expected a count",
+                        v.get(key).unwrap_or(&Value::Null)
+                    ),
+                )
+            })
+    };
+    let (start, lead, samples) = (
+        count("first_forecast_frame")?,
+        count("lead")?,
+        count("samples")?,
+    );
+    if (lead, samples) != (d.s, d.n) {
+        return Err(Error::bad_file(
+            &path,
+            format!(
+                "records {samples} samples × lead {lead}, but {} holds {} samples × {} frames: the record belongs to another forecast (delete it, or sample again)",
+                forecast.display(),
+                d.n,
+                d.s
+            ),
+        ));
+    }
+    let input = v
+        .get("input")
+        .and_then(Value::as_str)
+        .unwrap_or("the input");
+    Ok(Some((
+        start,
+        format!(
+            "{} (frames {start}…{} of {input})",
+            path.display(),
+            start + lead - 1
+        ),
+    )))
+}
+
+/// The truth frames that were forecast, `(N, S, C, H, W)`: all of a truth of `S` frames, or of a
+/// longer one the `S` frames from `start` (`--truth-start`, else the forecast's window record);
+/// a longer truth with neither is refused.
+fn read_truth(path: &Path, d: &Dims, start: Option<(usize, String)>) -> Result<Vec<f32>> {
     let a = npy::read(path)?;
     let ok = matches!(*a.shape, [n, l, c, h, w] if n == d.n && l >= d.s && c == d.c && h == d.h && w == d.w);
     if !ok {
@@ -66,9 +128,33 @@ fn read_truth(path: &Path, d: &Dims) -> Result<Vec<f32>> {
     }
     npy::check_finite(path, &a)?;
     let (l, frame) = (a.shape[1], d.c * d.h * d.w);
+    let first = match start {
+        _ if l == d.s => 0,
+        None => {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "{l} frames for a forecast of {} frames, and which of them were forecast is unknown (no window record beside the forecast): pass --truth-start K (the truth frame of lead 1, 0-based; K = history frames when the truth is the sampler's input) or a truth of {} frames",
+                    d.s, d.s
+                ),
+            ))
+        }
+        Some((k, from)) if k + d.s > l => {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "{l} frames, but the forecast's frames are {k}…{} of its input ({from}): expected at least {} frames numbered like the input, or --truth-start K with K + {} ≤ {l}",
+                    k + d.s - 1,
+                    k + d.s,
+                    d.s
+                ),
+            ))
+        }
+        Some((k, _)) => k,
+    };
     Ok((0..d.n)
         .flat_map(|i| {
-            a.data[(i * l + l - d.s) * frame..(i + 1) * l * frame]
+            a.data[(i * l + first) * frame..][..d.s * frame]
                 .iter()
                 .copied()
         })
@@ -140,7 +226,11 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         )));
     }
     let (x, d) = read_forecast(&o.forecast)?;
-    let y = read_truth(&o.truth, &d)?;
+    let start = match o.truth_start {
+        Some(k) => Some((k, format!("--truth-start {k}"))),
+        None => recorded_start(&o.forecast, &d)?,
+    };
+    let y = read_truth(&o.truth, &d, start)?;
     let thresholds = if o.thresholds.is_empty() {
         vec![quantile(&y, 0.75), quantile(&y, 0.95)]
     } else {

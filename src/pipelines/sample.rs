@@ -23,6 +23,7 @@ use crate::model::{Model, PROCESS_FILE};
 use crate::nn::UNet2D;
 use crate::rng::{NoiseKey, NoiseRow, Purpose, MAX_MEMBERS};
 use crate::tensor::Tensor;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -618,6 +619,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     let clock = Instant::now();
     let mut outputs = Outputs::new();
     let out = outputs.file("--out", &o.out)?;
+    let record = outputs.file("--out", &window_record_path(&o.out))?;
     let png = o
         .png
         .as_ref()
@@ -645,7 +647,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         }
     };
     if crate::model::method_of(&model_dir)? == "dyffusion" {
-        return run_cold(o, &model_dir, &input, outputs, (out, png), clock);
+        return run_cold(o, &model_dir, &input, outputs, (out, record, png), clock);
     }
     let settings = SamplerSettings {
         members: o.members,
@@ -695,7 +697,19 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     bar.finish_and_clear();
     let clock = Instant::now();
     if world().is_root() {
-        write_forecast(outputs, (out, png), &obs, &frames, &fc, o.members, lead)?;
+        if let Some(w) = magnitude_warning(&fc, (p.data_scale, p.data_shift), &causes_ddim(o, p)) {
+            eprintln!("dydiff: warning: {w}");
+        }
+        let window = window_record(o, &model_dir, &input, (&obs, &frames, lead), Some(steps));
+        let files = (out, record, png);
+        write_forecast(
+            outputs,
+            files,
+            &obs,
+            &frames,
+            (&fc, o.members, lead),
+            &window,
+        )?;
     }
     Ok(SampleReport {
         out: o.out.clone(),
@@ -731,21 +745,96 @@ fn histories(obs: &npy::Array, history: usize, e: usize) -> Vec<f32> {
     out
 }
 
+/// How far, in standard deviations of the training data (`data_scale`) from its mean
+/// (`data_shift`), a forecast value may lie before `sample` warns: the training data of the
+/// built-in model reach 4.3.
+pub const FAR_BEYOND_DATA: f64 = 10.0;
+
+/// A warning (one line, the run still writes) when a data-space forecast `fc` lies more than
+/// [`FAR_BEYOND_DATA`] training standard deviations from the training mean, naming the likely
+/// `causes`; `None` otherwise.
+pub fn magnitude_warning(fc: &[f32], (scale, shift): (f64, f64), causes: &str) -> Option<String> {
+    let (far, count) = fc.iter().fold((0.0f64, 0usize), |(far, count), &v| {
+        let z = ((f64::from(v) - shift) / scale).abs();
+        (far.max(z), count + usize::from(z > FAR_BEYOND_DATA))
+    });
+    (count > 0).then(|| {
+        format!(
+            "{count} forecast values lie more than {FAR_BEYOND_DATA} × data_scale from data_shift (the farthest {far:.1} ×, {:.4e} in data units); the training data's values lie within a few: likely {causes}",
+            shift + far * scale
+        )
+    })
+}
+
+/// The likely causes of a diverging DDIM forecast, for [`magnitude_warning`].
+fn causes_ddim(o: &SampleOptions, p: &crate::model::ProcessConfig) -> String {
+    let mut causes = Vec::new();
+    if p.padding_mode.is_zeros() {
+        causes.push("zero padding on a periodic field (the border pixels diverge; train with --padding-mode circular)".to_string());
+    }
+    if o.ddim_eta.unwrap_or(0.0) == 0.0 {
+        causes.push(format!(
+            "deterministic DDIM (--ddim-eta 0) over many steps ({}) with an imperfect network (try fewer --steps or --ddim-eta 1)",
+            o.steps.unwrap_or(DEFAULT_STEPS)
+        ));
+    }
+    causes.push("a network trained too briefly, or observations unlike the training data".into());
+    causes.join("; or ")
+}
+
+/// Where `sample --out FORECAST.npy` records the forecast's window: `FORECAST.window.json`.
+pub fn window_record_path(out: &Path) -> PathBuf {
+    out.with_extension("window.json")
+}
+
+/// The forecast's window (docs/cli.md, “The forecast's window”), written beside it so that
+/// `eval` scores the frames that were forecast: the input file and its frame count, the frames
+/// read as history (`0 … P`, in the input's numbering), the first forecast frame (`P + 1`), the
+/// lead, and the model and sampler settings.
+fn window_record(
+    o: &SampleOptions,
+    model_dir: &Path,
+    input: &Path,
+    (obs, f, lead): (&npy::Array, &Frames, usize),
+    steps: Option<usize>,
+) -> Value {
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    json!({
+        "input": absolute(input),
+        "input_frames": obs.shape[1],
+        "samples": obs.shape[0],
+        "history_frames": f.history,
+        "first_forecast_frame": f.history,
+        "lead": lead,
+        "model": if o.model.is_some() { absolute(model_dir) } else { "built-in".to_string() },
+        "members": o.members,
+        "steps": steps,
+        "ddim_eta": steps.map(|_| o.ddim_eta.unwrap_or(0.0)),
+        "seed": o.seed,
+    })
+}
+
 /// Writes the forecast `(N, M, lead, C, H, W)` and, if asked, one picture per sample (with the
-/// truth when the observations hold every lead), then commits all outputs together.
+/// truth when the observations hold every lead), the window record, then commits all outputs together.
 fn write_forecast(
     mut outputs: Outputs,
-    (out, png): (FileOutput, Option<DirOutput>),
+    (out, record, png): (FileOutput, FileOutput, Option<DirOutput>),
     obs: &npy::Array,
     f: &Frames,
-    fc: &[f32],
-    members: usize,
-    lead: usize,
+    (fc, members, lead): (&[f32], usize, usize),
+    record_json: &Value,
 ) -> Result<()> {
     let (n, l) = (obs.shape[0], obs.shape[1]);
     let e = f.channels * f.height * f.width;
     let shape = [n, members, lead, f.channels, f.height, f.width];
     outputs.write(out, &npy::encode(&shape, fc))?;
+    let text = serde_json::to_string_pretty(record_json).expect("the record serialises");
+    outputs.write(record, text.as_bytes())?;
     if let Some(dir) = png {
         for i in 0..n {
             let truth =
@@ -773,7 +862,7 @@ fn run_cold(
     model_dir: &Path,
     input: &Path,
     outputs: Outputs,
-    files: (FileOutput, Option<DirOutput>),
+    files: (FileOutput, FileOutput, Option<DirOutput>),
     clock: Instant,
 ) -> Result<SampleReport> {
     let settings = super::cold::ColdSettings {
@@ -850,7 +939,19 @@ fn run_cold(
     bar.finish_and_clear();
     let clock = Instant::now();
     if world().is_root() {
-        write_forecast(outputs, files, &obs, &frames, &fc, o.members, lead)?;
+        let causes = "a network trained too briefly, or observations unlike the training data";
+        if let Some(w) = magnitude_warning(&fc, (c.data_scale, c.data_shift), causes) {
+            eprintln!("dydiff: warning: {w}");
+        }
+        let record = window_record(o, model_dir, input, (&obs, &frames, lead), None);
+        write_forecast(
+            outputs,
+            files,
+            &obs,
+            &frames,
+            (&fc, o.members, lead),
+            &record,
+        )?;
     }
     Ok(SampleReport {
         out: o.out.clone(),

@@ -15,7 +15,7 @@
 //! written together at each checkpoint, so the folder always holds one whole checkpoint.
 
 use crate::autograd::{backward, Tape};
-use crate::backend::{AdamStep, Device, Storage};
+use crate::backend::{AdamStep, Device, PadMode, Storage};
 use crate::diffusion::ddim::rows_tensor;
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::distributed::world;
@@ -23,12 +23,15 @@ use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, Outputs};
 use crate::io::{npy, safetensors};
 use crate::memory;
+use crate::metrics::crps::crps_both;
 use crate::model::{Model, ProcessConfig, UNET_DIR};
 use crate::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
+use crate::pipelines::sample::{forecast, SamplerSettings, DEFAULT_STEPS};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -51,6 +54,8 @@ pub struct TrainOptions {
     /// Diffuse the history frames too (docs/process.md, “Diffusing the history”).
     pub diffuse_history: bool,
     pub unet_config: Option<PathBuf>,
+    /// What the network's convolutions read outside the frame (`circular` for periodic data).
+    pub padding_mode: PadMode,
     /// Total optimizer steps (a resumed run continues up to this many).
     pub steps: usize,
     pub batch: usize,
@@ -572,6 +577,12 @@ pub(crate) fn validate(o: &TrainOptions) -> Result<()> {
             o.dyn_eta
         )));
     }
+    if o.warmup_steps > o.steps {
+        return Err(Error::Invalid(format!(
+            "--warmup-steps {}: longer than the run (--steps {}), whose learning rate would never reach --lr; expected at most {}",
+            o.warmup_steps, o.steps, o.steps
+        )));
+    }
     // The optimizer computes in float32: --lr must stay positive and --weight-decay finite there.
     let lr = o.lr as f32;
     if !(lr > 0.0 && lr.is_finite()) {
@@ -826,7 +837,8 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         let same = m.process.history == o.history
             && m.process.future == o.future
             && m.process.dyn_eta == o.dyn_eta
-            && m.process.diffuse_history == o.diffuse_history;
+            && m.process.diffuse_history == o.diffuse_history
+            && m.process.padding_mode == o.padding_mode;
         if !same
             || stored.get("seed").is_none()
             || [
@@ -896,9 +908,12 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         log = log_until(&log_path, s.step);
         (m, s)
     } else {
-        let config = match &o.unet_config {
-            Some(p) => unet_config(p, in_ch, out_ch)?,
-            None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, h))?,
+        let config = UNet2DConfig {
+            padding_mode: o.padding_mode,
+            ..match &o.unet_config {
+                Some(p) => unet_config(p, in_ch, out_ch)?,
+                None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, h))?,
+            }
         };
         let multiple = config.size_multiple();
         if h % multiple != 0 || w % multiple != 0 {
@@ -925,6 +940,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             width: w,
             data_scale: o.data_scale.unwrap_or(std),
             data_shift: o.data_shift.unwrap_or(mean),
+            padding_mode: o.padding_mode,
             training: Some(recipe(o)),
         };
         let source = format!(
@@ -1019,8 +1035,87 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         (&mut outputs, &files, log),
         loss,
         checkpoint,
-    )
+    )?;
+    match (&val, world().is_root()) {
+        (Some(v), true) => {
+            let model = Model::load(&o.out, device)?;
+            eprintln!("dydiff: {}", validation_skill(&model, v, o)?);
+        }
+        (None, true) => eprintln!(
+            "dydiff: pass --val-data (held-out sequences) to learn whether the model beats persistence"
+        ),
+        _ => {}
+    }
+    Ok(())
 }
+
+/// Sequences, members and DDIM steps of the closing skill check.
+const SKILL_SEQUENCES: usize = 16;
+const SKILL_MEMBERS: usize = 4;
+
+/// The closing check of a run with `--val-data`: forecasts of the first window of up to 16
+/// validation sequences (4 members, the sampler's default steps, ddim_eta 0) against
+/// persistence (the last history frame repeated), both by fair CRPS over every forecast value in
+/// data space (persistence's CRPS is its absolute error), as one line that says whether the
+/// model is usable.
+fn validation_skill(model: &Model, val: &npy::Array, o: &TrainOptions) -> Result<String> {
+    let p = &model.process;
+    let (l, e) = (val.shape[1], p.frame_len());
+    let n = val.shape[0].min(SKILL_SEQUENCES);
+    let mut history = Vec::with_capacity(n * p.history * e);
+    for i in 0..n {
+        history.extend_from_slice(&val.data[i * l * e..][..p.history * e]);
+    }
+    let settings = SamplerSettings {
+        members: SKILL_MEMBERS,
+        steps: DEFAULT_STEPS,
+        seed: o.seed,
+        ddim_eta: 0.0,
+        batch: o.batch,
+        device: o.device,
+    };
+    let (fc, _) = forecast(model, &settings, &history, n, None, |_| {})?;
+    let (s, m) = (p.future, SKILL_MEMBERS);
+    let (mut crps, mut persistence) = (0.0f64, 0.0f64);
+    let mut vals = vec![0.0f64; m];
+    for i in 0..n {
+        let seq = &val.data[i * l * e..][..l * e];
+        let last = &seq[(p.history - 1) * e..][..e];
+        for f in 0..s {
+            let truth = &seq[(p.history + f) * e..][..e];
+            for (j, &y) in truth.iter().enumerate() {
+                for (k, v) in vals.iter_mut().enumerate() {
+                    *v = f64::from(fc[((i * m + k) * s + f) * e + j]);
+                }
+                crps += crps_both(&mut vals, f64::from(y)).0;
+                persistence += (f64::from(last[j]) - f64::from(y)).abs();
+            }
+        }
+    }
+    let count = (n * s * e) as f64;
+    let (crps, persistence) = (crps / count, persistence / count);
+    let verdict = if crps < persistence {
+        format!(
+            "{:.0}% better than persistence",
+            100.0 * (1.0 - crps / persistence)
+        )
+    } else {
+        format!(
+            "{:.0}% WORSE than persistence: not yet a usable forecaster (train longer: the default recipe is {} steps; see docs/cli.md, “train”)",
+            100.0 * (crps / persistence - 1.0),
+            DEFAULT_TRAIN_STEPS
+        )
+    };
+    Ok(format!(
+        "validation skill ({n} sequences of {}, {m} members, {DEFAULT_STEPS} DDIM steps): fair CRPS {crps:.4} against persistence {persistence:.4}, {verdict}",
+        o.val_data
+            .as_ref()
+            .map_or(String::new(), |v| v.display().to_string())
+    ))
+}
+
+/// The default `--steps` of `dydiff train`: the built-in model's recipe.
+pub const DEFAULT_TRAIN_STEPS: usize = 4000;
 
 /// What a checkpoint adds to the state and the log: the validation loss (with `--val-data`) and
 /// the model folder's files, by path inside it.
@@ -1036,6 +1131,12 @@ pub(crate) struct Files {
     pub done: &'static str,
     /// Where the weights went, for the closing line.
     pub weights: String,
+}
+
+/// `h:mm:ss`.
+pub(crate) fn clock_time(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// The training loop shared by every method and stage, from `state.step` to `steps`: each step
@@ -1076,6 +1177,8 @@ pub(crate) fn train_loop(
         indicatif::ProgressBar::hidden()
     };
     let (mut loss_sum, mut loss_n, mut clock) = (0.0f64, 0usize, Instant::now());
+    let plain_progress = o.progress && w.is_root() && !std::io::stderr().is_terminal();
+    let (started, first) = (Instant::now(), state.step);
     let mut norm = f64::NAN;
     let mut pending = Pending::default();
     let mut last_saved = state.step;
@@ -1122,6 +1225,19 @@ pub(crate) fn train_loop(
                 bar.set_message(format!("loss {:.4}", sum / n as f64));
             }
             (loss_sum, loss_n, norm) = (loss_sum + sum, loss_n + n, last_norm);
+        }
+        if at_log && plain_progress && loss_n > 0 {
+            // without a terminal (a batch job, nohup), a plain line per log line
+            let elapsed = started.elapsed().as_secs_f64();
+            let done = (step - first) as f64;
+            let eta = elapsed / done * (steps - step) as f64;
+            eprintln!(
+                "dydiff: step {step}/{steps}, loss {:.4}, {:.2} steps/s, elapsed {}, ETA {}",
+                loss_sum / loss_n as f64,
+                done / elapsed.max(1e-9),
+                clock_time(elapsed),
+                clock_time(eta)
+            );
         }
         if at_log {
             let secs = clock.elapsed().as_secs_f64();

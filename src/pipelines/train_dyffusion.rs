@@ -204,10 +204,13 @@ fn network_config(
     out_ch: usize,
     height: usize,
 ) -> Result<UNet2DConfig> {
-    match &o.unet_config {
-        Some(p) => unet_config(p, in_ch, out_ch),
-        None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, height)),
-    }
+    Ok(UNet2DConfig {
+        padding_mode: o.padding_mode,
+        ..match &o.unet_config {
+            Some(p) => unet_config(p, in_ch, out_ch)?,
+            None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, height))?,
+        }
+    })
 }
 
 /// The recipe a resumed stage must match.
@@ -282,20 +285,23 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             c.future,
             c.additional_steps,
             c.forecaster_condition,
+            c.padding_mode,
         ) != (
             o.history,
             o.future,
             d.additional_steps,
             d.forecaster_condition,
+            o.padding_mode,
         ) || (c.channels, c.height, c.width) != (ch, height, width)
         {
             return Err(Error::Invalid(format!(
-                "the flags or data differ from the DYffusion run in {} (history {}, future {}, additional_steps {}, forecaster_condition {}, frames {:?}); use the same",
+                "the flags or data differ from the DYffusion run in {} (history {}, future {}, additional_steps {}, forecaster_condition {}, padding_mode {}, frames {:?}); use the same",
                 o.out.display(),
                 c.history,
                 c.future,
                 c.additional_steps,
                 c.forecaster_condition.name(),
+                c.padding_mode.name(),
                 (c.channels, c.height, c.width)
             )));
         }
@@ -317,6 +323,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             refine: true,
             lambda_1: d.lambda_1,
             lambda_2: d.lambda_2,
+            padding_mode: o.padding_mode,
             training: None,
         }
     };
@@ -362,7 +369,11 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                     o.out.display()
                 )));
             }
-            let net = UNet2D::from_pretrained(&o.out.join(INTERPOLATOR_DIR), Device::Cpu)?;
+            let net = UNet2D::from_pretrained_padded(
+                &o.out.join(INTERPOLATOR_DIR),
+                Device::Cpu,
+                o.padding_mode,
+            )?;
             let state = State::load(&s1, &net, device)?;
             let step = state.step;
             (
@@ -452,7 +463,9 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
     // Stage 2: the interpolator from stage 1 (EMA weights) or the folder, frozen.
     let interpolator = match interpolator {
         Some(i) => i,
-        None => UNet2D::from_pretrained(&o.out.join(INTERPOLATOR_DIR), device)?,
+        None => {
+            UNet2D::from_pretrained_padded(&o.out.join(INTERPOLATOR_DIR), device, o.padding_mode)?
+        }
     };
     let frozen = interpolator.frozen()?;
     let mut want = recipe(o);
@@ -465,7 +478,11 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
                 o.out.display()
             )));
         }
-        let net = UNet2D::from_pretrained(&o.out.join(FORECASTER_DIR), Device::Cpu)?;
+        let net = UNet2D::from_pretrained_padded(
+            &o.out.join(FORECASTER_DIR),
+            Device::Cpu,
+            o.padding_mode,
+        )?;
         let state = State::load(&s2, &net, device)?;
         let step = state.step;
         (

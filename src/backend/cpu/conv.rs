@@ -54,6 +54,9 @@ fn tile_pixels(g: &ConvGeom) -> usize {
 /// Fills `col` (`Ci·k²` rows of `p1 − p0`) with the input patches of output pixels `p0..p1` of
 /// one image `xn` (`Ci × H × W`).
 fn im2col(xn: &[f32], g: &ConvGeom, p0: usize, p1: usize, col: &mut [f32]) {
+    if g.circular() {
+        return im2col_circular(xn, g, p0, p1, col);
+    }
     let (h, w, k, s) = (g.h, g.w, g.k, g.stride);
     let (pt, pl) = (g.pad[0], g.pad[2]);
     let wo = g.wo();
@@ -98,9 +101,29 @@ fn im2col(xn: &[f32], g: &ConvGeom, p0: usize, p1: usize, col: &mut [f32]) {
     }
 }
 
+/// [`im2col`] with circular padding: every entry read from [`ConvGeom::in_row`] and
+/// [`ConvGeom::in_col`] (the padding wraps around, so no entry is zero).
+fn im2col_circular(xn: &[f32], g: &ConvGeom, p0: usize, p1: usize, col: &mut [f32]) {
+    let (hw, k, wo) = (g.h * g.w, g.k, g.wo());
+    for (r, row) in col.chunks_mut(p1 - p0).enumerate() {
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = &xn[ci * hw..][..hw];
+        for (d, p) in row.iter_mut().zip(p0..p1) {
+            let (oy, ox) = (p / wo, p % wo);
+            *d = match (g.in_row(oy, ky), g.in_col(ox, kx)) {
+                (Some(iy), Some(ix)) => plane[iy * g.w + ix],
+                _ => 0.0,
+            };
+        }
+    }
+}
+
 /// Adds `col` (`Ci·k²` rows over all output pixels of one image) back onto the input positions
 /// its entries were read from: the adjoint of [`im2col`].
 fn col2im(col: &[f32], g: &ConvGeom, dxn: &mut [f32]) {
+    if g.circular() {
+        return col2im_circular(col, g, dxn);
+    }
     let (h, w, k, s) = (g.h, g.w, g.k, g.stride);
     let (pt, pl) = (g.pad[0], g.pad[2]);
     let (ho, wo) = (g.ho(), g.wo());
@@ -119,6 +142,20 @@ fn col2im(col: &[f32], g: &ConvGeom, dxn: &mut [f32]) {
                 if ix >= 0 && ix < w as isize {
                     dst[ix as usize] += v;
                 }
+            }
+        }
+    }
+}
+
+/// [`col2im`] with circular padding: the adjoint of [`im2col_circular`].
+fn col2im_circular(col: &[f32], g: &ConvGeom, dxn: &mut [f32]) {
+    let (hw, k, wo) = (g.h * g.w, g.k, g.wo());
+    for (r, row) in col.chunks(g.ho() * wo).enumerate() {
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = &mut dxn[ci * hw..][..hw];
+        for (p, v) in row.iter().enumerate() {
+            if let (Some(iy), Some(ix)) = (g.in_row(p / wo, ky), g.in_col(p % wo, kx)) {
+                plane[iy * g.w + ix] += v;
             }
         }
     }

@@ -5,15 +5,14 @@
 use crate::backend::{AttnGeom, ConvGeom, MatmulGeom, NormGeom, ProcessGeom, SeqGeom};
 
 /// Calls `f(xi, wi)` for every input element `x[xi]` and kernel weight `w[wi]` that output pixel
-/// `(oy, ox)` of image `n`, channel `co` multiplies (taps falling in the zero padding skipped).
+/// `(oy, ox)` of image `n`, channel `co` multiplies (taps falling in the zero padding skipped;
+/// circular padding reads the other side of the image).
 fn taps(g: &ConvGeom, n: usize, co: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
     for ci in 0..g.ci {
         for ky in 0..g.k {
             for kx in 0..g.k {
-                let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
-                let ix = (ox * g.stride + kx) as isize - g.pad[2] as isize;
-                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                    let xi = ((n * g.ci + ci) * g.h + iy as usize) * g.w + ix as usize;
+                if let (Some(iy), Some(ix)) = (g.in_row(oy, ky), g.in_col(ox, kx)) {
+                    let xi = ((n * g.ci + ci) * g.h + iy) * g.w + ix;
                     f(xi, ((co * g.ci + ci) * g.k + ky) * g.k + kx);
                 }
             }

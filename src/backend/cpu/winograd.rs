@@ -37,7 +37,7 @@
 use super::matmul::{gemm1, Mat, SendPtr};
 use super::scratch::{self, Workspace};
 use super::simd::simd_fn;
-use crate::backend::ConvGeom;
+use crate::backend::{ConvGeom, PadMode};
 use rayon::prelude::*;
 
 /// Output tile side and input tile side.
@@ -169,8 +169,10 @@ fn at(x: [&Lanes; T], o: &mut [Lanes; M]) {
 
 /// The input in a channel-blocked layout with a zero border: `[n][c / L][ph][pw][L]` (channel
 /// `c` in lane `c mod L`; missing channels of the last block are zero), one row and column of
-/// zeros before the image and enough after for whole tiles. A tile's `T × T` window of `L`
-/// channels is then `T²` contiguous vectors.
+/// padding before the image and enough after for whole tiles. A tile's `T × T` window of `L`
+/// channels is then `T²` contiguous vectors. With circular padding the row and column on each
+/// side of the image hold its opposite edge (the rows and columns beyond only feed outputs
+/// outside the image, which are dropped).
 fn pad_input(x: &[f32], g: &ConvGeom) -> (Workspace, usize, usize) {
     let (ph, pw) = (g.h.div_ceil(M) * M + 2, g.w.div_ceil(M) * M + 2);
     let cb = g.ci.div_ceil(L);
@@ -192,8 +194,41 @@ fn pad_input(x: &[f32], g: &ConvGeom) -> (Workspace, usize, usize) {
                     }
                 }
             }
+            if g.circular() {
+                wrap_border(dst, g, pw);
+            }
         });
     (p, ph, pw)
+}
+
+/// Fills the one-pixel border of a padded plane (layout of [`pad_input`], `pw` columns of `L`
+/// values) with the opposite edges of the image inside it: columns first, then whole rows, so
+/// that the corners hold the opposite corners.
+fn wrap_border(plane: &mut [f32], g: &ConvGeom, pw: usize) {
+    let px = |r: usize, c: usize| (r * pw + c) * L;
+    for r in 1..=g.h {
+        plane.copy_within(px(r, g.w)..px(r, g.w) + L, px(r, 0));
+        plane.copy_within(px(r, 1)..px(r, 1) + L, px(r, g.w + 1));
+    }
+    plane.copy_within(px(g.h, 0)..px(g.h, 0) + pw * L, px(0, 0));
+    plane.copy_within(px(1, 0)..px(1, 0) + pw * L, px(g.h + 1, 0));
+}
+
+/// The adjoint of [`wrap_border`]: adds the border of a padded gradient plane onto the opposite
+/// edges of the image inside it (rows first, then columns).
+fn fold_border(plane: &mut [f32], g: &ConvGeom, pw: usize) {
+    let px = |r: usize, c: usize| (r * pw + c) * L;
+    let add = |plane: &mut [f32], from: usize, to: usize, len: usize| {
+        for i in 0..len {
+            plane[to + i] += plane[from + i];
+        }
+    };
+    add(plane, px(0, 0), px(g.h, 0), pw * L);
+    add(plane, px(g.h + 1, 0), px(1, 0), pw * L);
+    for r in 1..=g.h {
+        add(plane, px(r, 0), px(r, g.w), L);
+        add(plane, px(r, g.w + 1), px(r, 1), L);
+    }
 }
 
 simd_fn! {
@@ -549,9 +584,11 @@ fn backward_in_chunks(
             n: images.min(g.n - n0),
             ..*g
         };
+        // the output gradient is zero outside the image, whatever the input's padding
         let gdy = ConvGeom {
             ci: co,
             co: ci,
+            pad_mode: PadMode::Zeros,
             ..gc
         };
         let ntp = gc.n * per_image;
@@ -624,6 +661,9 @@ fn backward_in_chunks(
             scratch::with1(ph * pw * L, |plane| {
                 plane.fill(0.0);
                 input_transform_adjoint(&v, ntp, cp, &gc, n, blk, plane, pw);
+                if g.circular() {
+                    fold_border(plane, g, pw);
+                }
                 for l in 0..L.min(ci - blk * L) {
                     // SAFETY: channel blk·L + l of image n0 + n belongs to this task.
                     let out = unsafe {
@@ -675,34 +715,41 @@ fn backward_in_chunks(
 mod tests {
     use super::*;
 
-    /// Chunks of one and of two images (the last one short) give the reference gradients.
+    /// Chunks of one and of two images (the last one short) give the reference gradients,
+    /// with zero and with circular padding.
     #[test]
     fn backward_by_chunks_of_images() {
-        let g = ConvGeom {
-            n: 3,
-            ci: 5,
-            h: 7,
-            w: 8,
-            co: 18,
-            k: 3,
-            stride: 1,
-            pad: [1; 4],
-        };
-        let vals = |n: usize, s: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + s) % 1013) as f32 / 1013.0) - 0.5)
-                .collect()
-        };
-        let (x, w) = (vals(3 * 5 * 56, 1), vals(18 * 5 * 9, 2));
-        let dy = vals(3 * 18 * 56, 3);
-        let (want_dx, want_dw, _) = super::super::reference::conv2d_backward(&x, &w, &dy, &g);
-        let per_image = T * T * 9 * 32;
-        for chunk in [per_image, 2 * per_image] {
-            let f = Filter::new(&w, 18, 5);
-            let (dx, dw) = backward_in_chunks(&x, &f, &dy, &g, true, chunk);
-            for (got, want) in [(dx.unwrap(), &want_dx), (dw, &want_dw)] {
-                for (a, b) in got.iter().zip(want) {
-                    assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{a} vs {b}");
+        for pad_mode in [PadMode::Zeros, PadMode::Circular] {
+            let g = ConvGeom {
+                n: 3,
+                ci: 5,
+                h: 7,
+                w: 8,
+                co: 18,
+                k: 3,
+                stride: 1,
+                pad: [1; 4],
+                pad_mode,
+            };
+            let vals = |n: usize, s: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| (((i * 7919 + s) % 1013) as f32 / 1013.0) - 0.5)
+                    .collect()
+            };
+            let (x, w) = (vals(3 * 5 * 56, 1), vals(18 * 5 * 9, 2));
+            let dy = vals(3 * 18 * 56, 3);
+            let (want_dx, want_dw, _) = super::super::reference::conv2d_backward(&x, &w, &dy, &g);
+            let per_image = T * T * 9 * 32;
+            for chunk in [per_image, 2 * per_image] {
+                let f = Filter::new(&w, 18, 5);
+                let (dx, dw) = backward_in_chunks(&x, &f, &dy, &g, true, chunk);
+                for (got, want) in [(dx.unwrap(), &want_dx), (dw, &want_dw)] {
+                    for (a, b) in got.iter().zip(want) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 + 1e-4 * b.abs(),
+                            "{pad_mode:?}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }

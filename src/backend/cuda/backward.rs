@@ -26,7 +26,7 @@ struct ConvBwdShape {
     pad_left: i32,
     ho: i32,
     wo: i32,
-    splits: i32,
+    circular: i32,
     slice_len: i64,
 }
 
@@ -87,7 +87,7 @@ pub fn conv2d_backward(
     let reduction = g.n * ho * wo;
     let tiles = g.co.div_ceil(64) * (g.ci * kk).div_ceil(64);
     let (splits, slice) = wgrad_slices(tiles, reduction);
-    let mut s = ConvBwdShape {
+    let s = ConvBwdShape {
         n: check::int(OP, "batch", g.n)?,
         ci: check::int(OP, "channels", g.ci)?,
         h: check::int(OP, "height", g.h)?,
@@ -99,7 +99,7 @@ pub fn conv2d_backward(
         pad_left: check::int(OP, "padding", g.pad[2])?,
         ho: check::int(OP, "output height", ho)?,
         wo: check::int(OP, "output width", wo)?,
-        splits: check::int(OP, "slices", splits)?,
+        circular: i32::from(g.circular()),
         slice_len: slice as i64,
     };
     let gpu = x.gpu();
@@ -136,7 +136,6 @@ pub fn conv2d_backward(
         } else {
             None
         };
-        s.splits = splits as i32;
         gpu.launch(
             &precision.kernel("conv2d_wgrad"),
             LaunchShape {
@@ -163,7 +162,7 @@ pub fn conv2d_backward(
                     KernelArg::Ptr(parts.ptr()),
                     KernelArg::Ptr(dw.ptr()),
                     KernelArg::I64(w.len() as i64),
-                    KernelArg::I32(s.splits),
+                    KernelArg::I32(check::int(OP, "slices", splits)?),
                 ],
             )?;
         }

@@ -23,7 +23,7 @@ use super::Precision;
 use crate::backend::{ConvGeom, NormGeom};
 use crate::error::{Error, Result};
 
-/// `kernels/conv.cu`'s `ConvShape` (64 bytes, no padding).
+/// `kernels/conv.cu`'s `ConvShape` (68 bytes, no padding).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct ConvShape {
@@ -43,6 +43,7 @@ struct ConvShape {
     groups: i32,
     silu: i32,
     scale: f32,
+    circular: i32,
 }
 
 /// `kernels/norm.cu`'s `NormShape` (28 bytes).
@@ -189,6 +190,7 @@ pub fn conv2d(
         groups: input.norm.map_or(0, |n| n.groups as i32),
         silu: i32::from(input.silu),
         scale: epi.scale,
+        circular: i32::from(g.circular()),
     };
     let pixels = g.n * ho * wo;
     let grid_x = u32::try_from(pixels.div_ceil(64))
