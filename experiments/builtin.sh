@@ -37,6 +37,7 @@ if [ ! -f "$model/train.done" ]; then
   [ -f "$model/train_state.safetensors" ] && resume="--resume"
   $BIN train --data "$OUT/train.npy" --out "$model" --history 4 --future 6 --dyn-eta 0.1 \
     --padding-mode "$PADDING" --steps "$STEPS" --batch 16 --lr 1e-3 --warmup-steps 100 --cosine \
+    --val-data "$OUT/val.npy" \
     --seed 0 --log-every 50 --checkpoint-every 500 $resume
   touch "$model/train.done"
 fi

@@ -74,6 +74,29 @@ CONFIGS = {
         ),
         shape=(2, 2, 6, 10),
     ),
+    # circular padding (padding_mode="circular" on every Conv2d, as a model folder's dydiff.json
+    # asks): upsampling, stride-2 downsampling with padding 1, a non-square input
+    "f": dict(
+        model=dict(
+            in_channels=3, out_channels=2, block_out_channels=(8, 16, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=4, attention_head_dim=8,
+        ),
+        shape=(2, 3, 8, 12),
+        padding_mode="circular",
+    ),
+    # circular padding with Downsample2D(padding=0), whose one-sided pad is F.pad's zeros
+    "g": dict(
+        model=dict(
+            in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=4, downsample_padding=0,
+        ),
+        shape=(2, 2, 6, 6),
+        padding_mode="circular",
+    ),
 }
 
 TIMESTEPS = [[0, 0], [1, 1], [500, 500], [999, 999], [999, 3]]
@@ -103,6 +126,10 @@ def main() -> None:
         gen = torch.Generator().manual_seed(1234 + ord(name))
         model = UNet2DModel(**spec["model"]).eval()
         randomise(model, gen)
+        mode = spec.get("padding_mode", "zeros")
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.padding_mode = mode
         out_dir = ROOT / f"unet_{name}"
         model.save_pretrained(out_dir, safe_serialization=True)
         n = spec["shape"][0]
@@ -117,6 +144,8 @@ def main() -> None:
             np.save(out_dir / f"out{k}.npy", y.numpy())
             cases.append({"t": t.tolist(), "max_abs": float(y.abs().max())})
         (out_dir / "cases.json").write_text(json.dumps(cases, indent=1))
+        if mode != "zeros":
+            (out_dir / "padding_mode.txt").write_text(mode + "\n")
         print(name, sum(p.numel() for p in model.parameters()), "params", [c["max_abs"] for c in cases])
 
 

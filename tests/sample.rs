@@ -553,3 +553,114 @@ fn a_roll_out_is_chained_windows() {
         rolled.data[fut * e..][..fut * e]
     );
 }
+
+/// `sample` records the forecast's window beside it (`FORECAST.window.json`) and `eval` scores
+/// the truth frames that were forecast: an input longer than the window is scored at frames
+/// `P+1 … P+S` (the same report as a truth of exactly those frames), not its last `S` frames;
+/// without a record a longer truth is refused naming `--truth-start`, which selects frames; a
+/// record of another forecast is refused.
+#[test]
+fn eval_scores_the_frames_the_window_record_names() {
+    let s = Scratch::new("sample-window");
+    let obs = npy::read(&sampler("obs.npy")).unwrap();
+    let (n, l, e) = (2, 5, 2 * 16 * 16);
+    // the observations followed by 3 frames of other values: a longer truth file
+    let extra = 3;
+    let mut long = Vec::new();
+    for i in 0..n {
+        long.extend_from_slice(&obs.data[i * l * e..][..l * e]);
+        long.extend((0..extra * e).map(|k| ((k % 7) as f32 - 3.0) * 0.5));
+    }
+    let input = s.path("long.npy");
+    std::fs::write(&input, npy::encode(&[n, l + extra, 2, 16, 16], &long)).unwrap();
+    let fc = s.path("fc.npy");
+    run_ok(
+        &sampler("model_dyn"),
+        &input,
+        &fc,
+        &["--steps", "3", "--members", "3"],
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("fc.window.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            &record["first_forecast_frame"],
+            &record["lead"],
+            &record["input_frames"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(3),
+            &serde_json::json!(8)
+        )
+    );
+    // the forecast frames 2..5, cut out by hand
+    let mut cut = Vec::new();
+    for i in 0..n {
+        cut.extend_from_slice(&long[(i * (l + extra) + 2) * e..][..3 * e]);
+    }
+    let truth = s.path("truth.npy");
+    std::fs::write(&truth, npy::encode(&[n, 3, 2, 16, 16], &cut)).unwrap();
+    let eval = |truth: &Path, extra: &[&str]| {
+        let json = s.path("report.json");
+        let _ = std::fs::remove_file(&json);
+        let mut a = vec![
+            "eval",
+            "--forecast",
+            fc.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        let (ok, err) = dydiff(&a);
+        (ok, err, std::fs::read_to_string(&json).unwrap_or_default())
+    };
+    let (ok, err, want) = eval(&truth, &[]);
+    assert!(ok, "{err}");
+    let (ok, err, got) = eval(&input, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        got, want,
+        "the long truth is not scored at the forecast's frames"
+    );
+    let (ok, err, got) = eval(&input, &["--truth-start", "2"]);
+    assert!(ok, "{err}");
+    assert_eq!(got, want);
+    let (ok, err, _) = eval(&input, &["--truth-start", "6"]);
+    assert_clean_failure(
+        ok,
+        &err,
+        &["long.npy", "--truth-start"],
+        &s.path("report.json"),
+        &s,
+    );
+    // without the record, a longer truth is refused; a truth of S frames still scores
+    std::fs::remove_file(s.path("fc.window.json")).unwrap();
+    let (ok, err, _) = eval(&input, &[]);
+    assert_clean_failure(
+        ok,
+        &err,
+        &["long.npy", "8 frames", "--truth-start"],
+        &s.path("report.json"),
+        &s,
+    );
+    let (ok, err, got) = eval(&truth, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(got, want);
+    // a record that belongs to another forecast
+    std::fs::write(
+        s.path("fc.window.json"),
+        r#"{"first_forecast_frame": 2, "lead": 6, "samples": 2}"#,
+    )
+    .unwrap();
+    let (ok, err, _) = eval(&input, &[]);
+    assert_clean_failure(
+        ok,
+        &err,
+        &["fc.window.json", "another forecast"],
+        &s.path("report.json"),
+        &s,
+    );
+}

@@ -46,9 +46,11 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
         "--lr",
         "2e-3",
         "--warmup-steps",
-        "5",
+        "3",
         "--log-every",
         "5",
+        // constant after the warm-up, so that a run may be extended with --resume
+        "--constant-lr",
     ];
     a.extend(extra);
     dydiff(&a)
@@ -210,6 +212,8 @@ fn bad_training_input_is_one_clear_line() {
         "3",
         "--steps",
         "5",
+        "--warmup-steps",
+        "1",
     ]);
     one_line((ok, err), &["data.npy", "L ≥ 9", "[8, 8, 2, 16, 16]"]);
     let cfg = s.path("unet.json");
@@ -401,4 +405,112 @@ fn noise_error_of_a_silent_network_is_the_noise_variance() {
         }
         assert_eq!(run(), report, "{fixture}: a rerun differs");
     }
+}
+
+/// The defaults are the built-in model's recipe (lr 1e-3, 100 warm-up steps, cosine decay); a
+/// warm-up longer than the run is refused; `--padding-mode` is stored in dydiff.json and the
+/// sampler follows it; without a terminal the run prints plain progress lines; with
+/// `--val-data` it closes with a skill check against persistence.
+#[test]
+fn defaults_padding_progress_and_skill() {
+    let s = Scratch::new("train-defaults");
+    let d = data(&s);
+    let out = s.path("m");
+    let base = [
+        "train",
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--history",
+        "2",
+        "--future",
+        "3",
+    ];
+    let mut short = base.to_vec();
+    short.extend(["--steps", "50"]);
+    let (ok, err) = dydiff(&short);
+    common::assert_clean_failure(ok, &err, &["--warmup-steps 100", "--steps 50"], &out, &s);
+    let mut run = base.to_vec();
+    run.extend([
+        "--steps",
+        "100",
+        "--batch",
+        "4",
+        "--log-every",
+        "50",
+        "--padding-mode",
+        "circular",
+        "--val-data",
+        d.to_str().unwrap(),
+    ]);
+    let (ok, err) = dydiff(&run);
+    assert!(ok, "{err}");
+    assert!(err.contains("step 50/100, loss"), "{err}");
+    assert!(
+        err.contains("validation skill") && err.contains("against persistence"),
+        "{err}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dydiff.json")).unwrap()).unwrap();
+    assert_eq!(json["padding_mode"], "circular");
+    let t = &json["training"];
+    assert_eq!(
+        (&t["lr"], &t["warmup_steps"], &t["cosine"], &t["steps"]),
+        (
+            &serde_json::json!(1e-3),
+            &serde_json::json!(100),
+            &serde_json::json!(true),
+            &serde_json::json!(100)
+        )
+    );
+    // the sampler follows the folder's padding mode
+    let sample = |name: &str| {
+        let fc = s.path(name);
+        let (ok, err) = dydiff([
+            "sample",
+            "--model",
+            out.to_str().unwrap(),
+            "--input",
+            d.to_str().unwrap(),
+            "--out",
+            fc.to_str().unwrap(),
+            "--members",
+            "2",
+            "--steps",
+            "4",
+        ]);
+        assert!(ok, "{err}");
+        npy::read(&fc).unwrap()
+    };
+    let circular = sample("circular.npy");
+    let edited = |mode: &str| {
+        let text = serde_json::to_string(&serde_json::Value::Object({
+            let mut m = json.as_object().unwrap().clone();
+            m.insert("padding_mode".into(), mode.into());
+            m
+        }))
+        .unwrap();
+        std::fs::write(out.join("dydiff.json"), text).unwrap();
+    };
+    edited("zeros");
+    assert_ne!(sample("zeros.npy").data, circular.data);
+    edited("reflect");
+    let fc = s.path("reflect.npy");
+    let (ok, err) = dydiff([
+        "sample",
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        d.to_str().unwrap(),
+        "--out",
+        fc.to_str().unwrap(),
+    ]);
+    common::assert_clean_failure(
+        ok,
+        &err,
+        &["dydiff.json", "padding_mode", "circular"],
+        &fc,
+        &s,
+    );
 }

@@ -1,7 +1,9 @@
 //! Network parity with diffusers: the fixtures in tests/fixtures/unet_* were written by
-//! python/make_fixtures.py from diffusers' UNet2DModel with random weights. Tolerance (f32):
-//! max |ours − diffusers| ≤ 1e-4 · max |diffusers|.
+//! python/make_fixtures.py from diffusers' UNet2DModel with random weights (unet_f and unet_g
+//! with `padding_mode = "circular"` set on every `Conv2d`, named by their padding_mode.txt).
+//! Tolerance (f32): max |ours − diffusers| ≤ 1e-4 · max |diffusers|.
 
+use dydiff::backend::PadMode;
 use dydiff::io::npy;
 use dydiff::nn::UNet2D;
 use dydiff::{Device, Tensor};
@@ -15,7 +17,9 @@ fn fixture(name: &str) -> PathBuf {
 
 fn check(name: &str) {
     let dir = fixture(name);
-    let model = UNet2D::from_pretrained(&dir, Device::Cpu).unwrap();
+    let mode = std::fs::read_to_string(dir.join("padding_mode.txt"))
+        .map_or(PadMode::Zeros, |m| PadMode::parse(m.trim()).unwrap());
+    let model = UNet2D::from_pretrained_padded(&dir, Device::Cpu, mode).unwrap();
     let x = npy::read(&dir.join("x.npy")).unwrap();
     let xt = Tensor::from_vec(x.data.clone(), &x.shape, Device::Cpu).unwrap();
     let mut outputs = Vec::new();
@@ -115,6 +119,43 @@ fn output_does_not_depend_on_batch_composition() {
         assert!(
             run(n, at) == alone,
             "batch {n}, position {at}: output differs from batch 1"
+        );
+    }
+}
+
+#[test]
+fn parity_f_circular_padding() {
+    check("unet_f");
+}
+
+#[test]
+fn parity_g_circular_padding_with_downsample_pad0() {
+    check("unet_g");
+}
+
+/// The circular fixtures differ from the same weights with zero padding (so their parity tests
+/// cannot pass with the padding mode ignored).
+#[test]
+fn circular_padding_changes_the_output() {
+    for name in ["unet_f", "unet_g"] {
+        let dir = fixture(name);
+        let x = npy::read(&dir.join("x.npy")).unwrap();
+        let t = npy::read(&dir.join("t2.npy")).unwrap();
+        let out = |mode| {
+            let m = UNet2D::from_pretrained_padded(&dir, Device::Cpu, mode).unwrap();
+            let xt = Tensor::from_vec(x.data.clone(), &x.shape, Device::Cpu).unwrap();
+            let tt = Tensor::from_vec(t.data.clone(), &t.shape, Device::Cpu).unwrap();
+            m.forward(&xt, &tt).unwrap().to_vec().unwrap()
+        };
+        let (a, b) = (out(PadMode::Zeros), out(PadMode::Circular));
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            d > 1e-2,
+            "{name}: padding mode changes the output by only {d}"
         );
     }
 }

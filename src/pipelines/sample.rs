@@ -964,3 +964,21 @@ fn run_cold(
         write_s: clock.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_magnitude_warning_counts_values_far_beyond_the_data() {
+        // data_scale 2, data_shift 1: 21 is exactly 10 standard deviations away, 21.5 beyond
+        let fc = [1.0, 21.0, -18.0, 21.5, -20.0];
+        let w = magnitude_warning(&fc, (2.0, 1.0), "a cause").unwrap();
+        assert!(w.starts_with("2 forecast values"), "{w}");
+        assert!(
+            w.contains("the farthest 10.5 ×") && w.contains("a cause"),
+            "{w}"
+        );
+        assert_eq!(magnitude_warning(&fc[..3], (2.0, 1.0), "a cause"), None);
+    }
+}
