@@ -4,13 +4,13 @@
 # reproduction's recipe (experiments/reproduce.sh: 4 000 steps, batch 16, lr 1e-3, 100 warm-up
 # steps, cosine decay, seed 0), then the sampler's defaults chosen on held-out *validation*
 # sequences (another seed of the flow than the test sequences): fair CRPS and spread-skill ratio
-# for DDIM steps × ddim_eta, written to OUT/defaults.md. About 40 minutes on 2 cores.
+# for DDIM steps × ddim_eta (experiments/defaults_table.py). About 30 minutes on 2 cores.
 #
 #   experiments/builtin.sh                  # into experiments/out_builtin
 #   OUT=DIR STEPS=N experiments/builtin.sh  # elsewhere, or another budget
 #
 # Settings (environment): OUT, STEPS, PADDING (circular or zeros), BIN (a dydiff binary to use
-# instead of building one), SWEEP_STEPS, SWEEP_ETAS, VAL_SEQ. Finished parts are kept; an
+# instead of building one), SWEEP_STEPS, SWEEP_ETAS, VAL_SEQ, BEFORE (see below). Finished parts are kept; an
 # interrupted training run resumes. To install the result: copy OUT/model/{dydiff.json,
 # scheduler,unet} to assets/default/.
 set -euo pipefail
@@ -19,8 +19,8 @@ OUT=${OUT:-experiments/out_builtin}
 STEPS=${STEPS:-4000}
 PADDING=${PADDING:-circular}
 SWEEP_STEPS=${SWEEP_STEPS:-"10 20 50 100 200"}
-SWEEP_ETAS=${SWEEP_ETAS:-"0 0.5 1"}
-VAL_SEQ=${VAL_SEQ:-32}
+SWEEP_ETAS=${SWEEP_ETAS:-"0 1"}
+VAL_SEQ=${VAL_SEQ:-16}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=target/release/dydiff
@@ -42,13 +42,23 @@ if [ ! -f "$model/train.done" ]; then
   touch "$model/train.done"
 fi
 
-# the sampler's defaults, on the validation sequences only (table: experiments/defaults_table.py)
-for k in $SWEEP_STEPS; do
-  for e in $SWEEP_ETAS; do
-    f="$OUT/val_k${k}_e${e}.npy"
-    [ -f "$f" ] || $BIN sample --model "$model" --input "$OUT/val.npy" --out "$f" --members 8 \
-      --steps "$k" --ddim-eta "$e" --seed 0 --batch 16
-    [ -f "$f.json" ] || $BIN eval --forecast "$f" --truth "$OUT/val.npy" --json "$f.json" > /dev/null
+# the sampler's defaults, on the validation sequences only: every DDIM steps × ddim_eta pair, for
+# this model and (BEFORE=DIR) another model folder beside it, e.g. the previous built-in model
+# (`mkdir -p /tmp/before && git archive 35d22e0 assets/default | tar -x -C /tmp/before`, then
+# BEFORE=/tmp/before/assets/default); the table and figure: experiments/defaults_table.py OUT
+sweep() {
+  local m=$1 tag=$2 k e f
+  for k in $SWEEP_STEPS; do
+    for e in $SWEEP_ETAS; do
+      f="$OUT/val_${tag}_k${k}_e${e}.npy"
+      [ -f "$f" ] || $BIN sample --model "$m" --input "$OUT/val.npy" --out "$f" --members 8 \
+        --steps "$k" --ddim-eta "$e" --seed 0 --batch 16
+      [ -f "${f%.npy}.eval.json" ] || $BIN eval --forecast "$f" --truth "$OUT/val.npy" --json "${f%.npy}.eval.json" > /dev/null
+    done
   done
-done
+}
+sweep "$model" after
+if [ -n "${BEFORE:-}" ]; then
+  sweep "$BEFORE" before
+fi
 echo "wrote $model and the validation runs in $OUT"

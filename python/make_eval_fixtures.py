@@ -1,7 +1,8 @@
 """Generates the `dydiff eval` fixtures of tests/eval.rs (docs/metrics.md).
 
 A forecast (N=3, M=5, S=4, C=2, 20x24) and a truth (N, L=6, ...) of which the last S frames are
-scored, with thresholds 0.3 and 1.1; the expected report is computed here independently:
+scored (frames 2 to 5: the forecasts' window records, forecast*.window.json, say so as
+`dydiff sample` writes them), with thresholds 0.3 and 1.1; the expected report is computed here independently:
 CRPS by properscoring (standard) and scoringrules (fair), pooling, CSI and FSS with torch's
 max_pool2d / avg_pool2d, SSIM by a torch convolution with the 11x11 Gaussian window, the rest
 with numpy. Also a second case with one member (fair scores undefined) and no thresholds
@@ -135,6 +136,10 @@ def main():
     one = fc[:, :1]
     np.save(ROOT / "forecast_one.npy", one)
     (ROOT / "report_one.json").write_text(json.dumps(report(one, truth, None), indent=1))
+    for name, members in (("forecast", m), ("forecast_one", 1)):
+        record = {"input": "truth.npy", "input_frames": 6, "samples": n, "history_frames": 2,
+                  "first_forecast_frame": 2, "lead": s, "members": members}
+        (ROOT / f"{name}.window.json").write_text(json.dumps(record, indent=1) + "\n")
     print("written", sorted(p.name for p in ROOT.iterdir()))
 
 

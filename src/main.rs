@@ -203,9 +203,10 @@ enum Command {
         /// Peak learning rate (AdamW), positive and within float32.
         #[arg(long, default_value_t = 1e-3)]
         lr: f64,
-        /// Linear warm-up steps, at most --steps.
-        #[arg(long, default_value_t = 100)]
-        warmup_steps: usize,
+        /// Linear warm-up steps, at most --steps (default: 100, or --steps and
+        /// --interpolator-steps when fewer; with --resume, the run's own).
+        #[arg(long)]
+        warmup_steps: Option<usize>,
         /// Cosine decay of the learning rate to 0 at --steps after the warm-up (the default;
         /// the flag is accepted for older scripts).
         #[arg(long, conflicts_with = "constant_lr")]
@@ -569,6 +570,9 @@ fn run(cli: Cli) -> Result<()> {
             log_every,
             checkpoint_every,
         } => {
+            let warmup_steps = warmup_steps.unwrap_or_else(|| {
+                train::default_warmup(&out, resume, steps.min(interpolator_steps.unwrap_or(steps)))
+            });
             let options = train::TrainOptions {
                 data,
                 out,
@@ -775,6 +779,30 @@ fn one_line(e: &clap::Error) -> String {
         .to_string()
 }
 
+/// A negative number given to a flag that takes a count (clap reads `-1` as an unknown flag):
+/// the range message, naming the flag and the value.
+fn negative_value(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // clap names `-4` of `-40` (a cluster of short flags), so look for the whole value
+    let args: Vec<String> = std::env::args().collect();
+    let at = args
+        .iter()
+        .position(|a| a.starts_with(value.as_str()) && a.parse::<f64>().is_ok_and(|v| v < 0.0))?;
+    let (flag, value) = (
+        args[..at].last().filter(|f| f.starts_with("--"))?,
+        &args[at],
+    );
+    Some(format!(
+        "{flag}: expected a value of at least 0 (its range is in --help), found {value}"
+    ))
+}
+
 fn main() -> ExitCode {
     use clap::error::ErrorKind;
     dydiff::backend::cpu::tune_allocator();
@@ -797,7 +825,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             if speaks {
-                eprintln!("dydiff: error: {} (see dydiff --help)", one_line(&e));
+                match negative_value(&e) {
+                    Some(m) => eprintln!("dydiff: error: {m}"),
+                    None => eprintln!("dydiff: error: {} (see dydiff --help)", one_line(&e)),
+                }
             }
             return ExitCode::from(2);
         }

@@ -290,6 +290,8 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
         "1e-3",
         "--warmup-steps",
         "2",
+        // constant after the warm-up, so that a stage may be extended with --resume
+        "--constant-lr",
         "--log-every",
         "2",
         "--unet-config",
@@ -458,5 +460,90 @@ fn the_other_forecaster_conditions_train_and_sample() {
             cond == "data+noise",
             "{cond}: members 0 and 1 (no dropout)"
         );
+    }
+}
+
+/// Every file of a folder, by path, for comparing it before and after a refused command.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A forecaster stays paired with the interpolator it was trained on (Rose-STL-Lab/dyffusion#7):
+/// an unfinished interpolator (here: planned for 4 steps, stopped at 2) is named by `sample`
+/// with the command that finishes it, and a forecaster started on it says so; once a forecaster
+/// is trained, training its interpolator further is refused before any work (the folder is left
+/// as it was), with `--stage interpolator` or `--interpolator-steps`, and so is a forecaster
+/// already at `--steps`.
+#[test]
+fn a_forecaster_stays_paired_with_its_interpolator() {
+    let s = Scratch::new("dyf-pairs");
+    let d = train_data(&s);
+    let m = s.path("m");
+    let common = ["--checkpoint-every", "2"];
+    let (ok, err) = train(
+        &d,
+        &m,
+        &[&common[..], &["--steps", "2", "--stage", "interpolator"]].concat(),
+    );
+    assert!(ok, "{err}");
+    let json = m.join("dydiff.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    v["training"]["interpolator"]["steps"] = 4.into();
+    std::fs::write(&json, serde_json::to_string(&v).unwrap()).unwrap();
+    let out = s.path("f.npy");
+    let (ok, err) = sample(&m, &out, &[]);
+    assert_clean_failure(
+        ok,
+        &err,
+        &["unfinished (step 2 of 4)", "--stage interpolator --resume"],
+        &out,
+        &s,
+    );
+    let (ok, err) = train(
+        &d,
+        &m,
+        &[&common[..], &["--steps", "2", "--stage", "forecaster"]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("step 2 of its 4"),
+        "{err}"
+    );
+    let before = snapshot(&m);
+    for (extra, needles) in [
+        (
+            vec!["--steps", "4", "--stage", "interpolator", "--resume"],
+            vec!["--steps 4", "forecaster", "never trained with"],
+        ),
+        (
+            vec!["--interpolator-steps", "4", "--steps", "4", "--resume"],
+            vec!["--interpolator-steps 4", "forecaster", "never trained with"],
+        ),
+        (
+            vec!["--steps", "2", "--stage", "forecaster", "--resume"],
+            vec!["--steps 2", "already at step 2"],
+        ),
+    ] {
+        let (ok, err) = train(&d, &m, &[&common[..], &extra].concat());
+        assert!(
+            !ok && err.trim_end().lines().count() == 1,
+            "{extra:?}: {err}"
+        );
+        for n in needles {
+            assert!(err.contains(n), "{extra:?}: {err} lacks {n}");
+        }
+        assert!(snapshot(&m) == before, "{extra:?} changed the folder");
     }
 }

@@ -507,6 +507,8 @@ fn check(
     args[2] = f.display().to_string();
     args[4] = t.display().to_string();
     args[6] = json.display().to_string();
+    // the truth file holds the history frames first
+    args.extend(["--truth-start".to_string(), HISTORY.to_string()]);
     if let Some(q) = thresholds {
         let list: Vec<String> = q.iter().map(|v| v.to_string()).collect();
         args.push(format!("--thresholds={}", list.join(",")));

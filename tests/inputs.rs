@@ -127,6 +127,59 @@ fn sample_members_beyond_the_counter() {
     );
 }
 
+/// A negative count reaches the range message (clap alone reads `-1` as an unknown flag), for
+/// every flag: sample, train and data.
+#[test]
+fn negative_values_get_the_range_message() {
+    let s = Scratch::new("in-negative");
+    let out = s.path("out.npy");
+    for (args, flag) in [
+        (vec!["sample", "--members", "-1"], "--members"),
+        (
+            vec!["sample", "--steps", "-3", "--ddim-eta", "0"],
+            "--steps",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                "d.npy",
+                "--out",
+                "m",
+                "--history",
+                "1",
+                "--future",
+                "-2",
+            ],
+            "--future",
+        ),
+        (
+            vec!["data", "spring-mesh", "--out", "x.npy", "--frames", "-40"],
+            "--frames",
+        ),
+    ] {
+        let (ok, err) = dydiff(&args);
+        assert_clean_failure(ok, &err, &[flag, "at least 0", "found -"], &out, &s);
+    }
+}
+
+/// Array outputs are .npy: a name ending in .npz is refused before any work, naming the flag.
+#[test]
+fn array_outputs_must_be_npy() {
+    let s = Scratch::new("in-npz-out");
+    for name in ["f.npz", "sub.npz"] {
+        let out = s.path(name);
+        let o = out.to_str().unwrap();
+        for args in [
+            vec!["sample", "--steps", "2", "--out", o],
+            vec!["data", "spring-mesh", "--frames", "2", "--out", o],
+        ] {
+            let (ok, err) = dydiff(&args);
+            assert_clean_failure(ok, &err, &["--out", ".npy"], &out, &s);
+        }
+    }
+}
+
 #[test]
 fn sample_members_beyond_memory() {
     let s = Scratch::new("in-s-memory");
@@ -1114,18 +1167,47 @@ fn train_non_finite_data() {
 #[test]
 fn train_fields_smaller_than_the_downsampling() {
     let s = Scratch::new("in-t-small");
-    let d = random(&s, "data.npy", &[4, 8, 1, 2, 2]);
+    let d = random(&s, "data.npy", &[4, 8, 1, 6, 6]);
+    let cfg = s.path("unet.json");
+    std::fs::write(&cfg, r#"{"block_out_channels": [8, 8, 8], "norm_num_groups": 4, "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"]}"#).unwrap();
     train_refused(
         &s,
         &d,
-        &[],
+        &["--unet-config", &st(&cfg)],
         &[
             "data.npy",
-            "frames of 2×2",
+            "frames of 6×6",
             "multiples of 4",
-            "default network",
+            "unet.json",
+            "2 entries in block_out_channels",
         ],
     );
+    // the default network fits the frames it is given (the spring mesh's 10 × 10: two levels;
+    // odd sides: one)
+    for (side, levels) in [(10, 2), (5, 1)] {
+        let d = random(&s, &format!("d{side}.npy"), &[4, 8, 1, side, side]);
+        let out = s.path(&format!("m{side}"));
+        let (ok, err) = dydiff(strings(&[
+            "train",
+            "--data",
+            &st(&d),
+            "--out",
+            &st(&out),
+            "--history",
+            "2",
+            "--future",
+            "2",
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+        ]));
+        assert!(ok, "{err}");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("unet/config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["block_out_channels"].as_array().unwrap().len(), levels);
+    }
 }
 
 #[test]
@@ -1422,6 +1504,8 @@ fn trained(s: &Scratch, data: &Path) -> PathBuf {
         "1",
         "--batch",
         "2",
+        // constant after the warm-up, so that the run may be extended with --resume
+        "--constant-lr",
         "--unet-config",
         &st(&cfg),
     ]));
@@ -1444,6 +1528,7 @@ fn resume_refused(s: &Scratch, out: &Path, data: &Path, extra: &[&str], needles:
         "2",
         "--batch",
         "2",
+        "--constant-lr",
         "--resume",
     ]));
     args.extend(strings(extra));

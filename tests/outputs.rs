@@ -499,7 +499,13 @@ fn successful_runs_add_exactly_their_outputs() {
             "--members",
             "2",
         ]),
-        &["fc.npy", "pics/sample_0000.png", "pics/sample_0001.png"],
+        // the forecast's window record beside it (docs/cli.md, “The forecast's window”)
+        &[
+            "fc.npy",
+            "fc.window.json",
+            "pics/sample_0000.png",
+            "pics/sample_0001.png",
+        ],
     );
     assert_eq!(std::fs::read(s.path("pics/notes.txt")).unwrap(), b"mine");
     // An existing forecast is replaced.
@@ -518,7 +524,7 @@ fn successful_runs_add_exactly_their_outputs() {
             "--members",
             "1",
         ]),
-        &["existing.npy"],
+        &["existing.npy", "existing.window.json"],
     );
     std::fs::create_dir(s.path("plots")).unwrap();
     std::fs::write(s.path("plots/notes.txt"), b"mine too").unwrap();
@@ -596,6 +602,8 @@ fn successful_runs_add_exactly_their_outputs() {
             "2",
             "--log-every",
             "1",
+            // constant after the warm-up, so that the run may be extended with --resume
+            "--constant-lr",
             "--steps",
             steps,
         ]);

@@ -444,8 +444,67 @@ fn bad_flags_are_one_clear_line() {
     assert_clean_failure(
         ok,
         &err,
-        &["blew up", "sample ", "--dt", "--substeps"],
+        // refused before any work: the step against the mesh's highest frequency
+        &["highest frequency", "--dt 20", "--substeps"],
         &out,
         &s,
     );
+}
+
+/// The mesh's highest frequency against numpy's `eigvalsh` of the same stiffness matrix
+/// (2.776102551651391, computed independently from the layout of docs/data.md), to 1e-6 (power
+/// iteration converges slowly: the next eigenvalue is close).
+#[test]
+fn the_highest_frequency_is_the_stiffness_matrix_s() {
+    let w = Mesh::highest_frequency();
+    assert!((w - 2.776_102_551_651_391).abs() < 1e-6, "{w}");
+}
+
+/// Steps beyond the integrator's stability are refused before any work (they exploded to 1e30 or
+/// grew the energy 3000-fold); one just inside it runs 800 undamped frames without the energy
+/// bound tripping, and the default settings are far inside.
+#[test]
+fn unstable_steps_are_refused_before_any_work() {
+    let s = Scratch::new("spring-unstable");
+    let out = s.path("m.npy");
+    for dt in ["0.9", "0.6"] {
+        let (ok, err) = dydiff([
+            "data",
+            "spring-mesh",
+            "--out",
+            out.to_str().unwrap(),
+            "--substeps",
+            "1",
+            "--dt",
+            dt,
+            "--frames",
+            "40",
+        ]);
+        assert_clean_failure(
+            ok,
+            &err,
+            &[&format!("--dt {dt}"), "--substeps", "highest frequency"],
+            &out,
+            &s,
+        );
+    }
+    let (ok, err) = dydiff([
+        "data",
+        "spring-mesh",
+        "--out",
+        out.to_str().unwrap(),
+        "--substeps",
+        "1",
+        "--dt",
+        "0.36",
+        "--frames",
+        "800",
+        "--samples",
+        "2",
+        "--damping",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    let a = npy::read(&out).unwrap();
+    assert!(a.data.iter().all(|v| v.abs() < 20.0));
 }

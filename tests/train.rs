@@ -312,7 +312,10 @@ fn diffusing_the_history_trains_resumes_and_samples() {
         &b,
         &["--steps", "30", "--checkpoint-every", "15", "--resume"],
     );
-    assert!(!ok && err.contains("diffuse_history true"), "{err}");
+    assert!(
+        !ok && err.contains("--diffuse-history false (the run: true)"),
+        "{err}"
+    );
     let (ok, err) = train(&d, &b, &[&dh[..], &["--steps", "30", "--resume"]].concat());
     assert!(ok, "{err}");
     for f in [
@@ -428,7 +431,7 @@ fn defaults_padding_progress_and_skill() {
         "3",
     ];
     let mut short = base.to_vec();
-    short.extend(["--steps", "50"]);
+    short.extend(["--steps", "50", "--warmup-steps", "100"]);
     let (ok, err) = dydiff(&short);
     common::assert_clean_failure(ok, &err, &["--warmup-steps 100", "--steps 50"], &out, &s);
     let mut run = base.to_vec();

@@ -219,6 +219,56 @@ impl Mesh {
             .all(|p| p[0].is_finite() && p[1].is_finite())
     }
 
+    /// The mesh's highest angular frequency `ω_max` at rest: the square root of the largest
+    /// eigenvalue of the stiffness matrix of the free nodes (unit masses, springs of constant 1
+    /// linearised about their rest lengths, `K = Σ_springs u uᵀ` on each pair of nodes, `u` the
+    /// spring's direction), by power iteration. Semi-implicit Euler is stable only for
+    /// `Δτ·ω_max < 2`; its energy error grows with `Δτ·ω_max`.
+    pub fn highest_frequency() -> f64 {
+        let rest = Mesh::new(&[[0.0; 2]; NODES]);
+        let free: Vec<usize> = (0..NODES).filter(|&k| !rest.fixed[k]).collect();
+        let mut slot = vec![usize::MAX; NODES];
+        for (i, &k) in free.iter().enumerate() {
+            slot[k] = i;
+        }
+        let n = 2 * free.len();
+        let mut k = vec![0.0f64; n * n];
+        for s in &rest.springs {
+            let (qa, qb) = (rest.positions[s.a], rest.positions[s.b]);
+            let u = [(qa[0] - qb[0]) / s.rest, (qa[1] - qb[1]) / s.rest];
+            for (p, q, sign) in [
+                (s.a, s.a, 1.0),
+                (s.b, s.b, 1.0),
+                (s.a, s.b, -1.0),
+                (s.b, s.a, -1.0),
+            ] {
+                let (i, j) = (slot[p], slot[q]);
+                if i == usize::MAX || j == usize::MAX {
+                    continue;
+                }
+                for (di, ui) in u.iter().enumerate() {
+                    for (dj, uj) in u.iter().enumerate() {
+                        k[(2 * i + di) * n + 2 * j + dj] += sign * ui * uj;
+                    }
+                }
+            }
+        }
+        // power iteration from a vector with a part along every eigenvector; the Rayleigh
+        // quotient vᵀKv of the unit vector converges twice as fast as the norm ratio
+        let mut v: Vec<f64> = (0..n).map(|i| 1.0 + (i % 7) as f64 * 0.1).collect();
+        let mut lambda = 0.0;
+        for _ in 0..5000 {
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            let w: Vec<f64> = (0..n)
+                .map(|i| (0..n).map(|j| k[i * n + j] * v[j]).sum())
+                .collect();
+            lambda = v.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
+            v = w;
+        }
+        lambda.sqrt()
+    }
+
     /// Appends the snapshot `(4, 10, 10)` to `out` as float32: channels `p_x, p_y, q_x, q_y`
     /// (momentum = velocity, position), each a `10 × 10` grid with row `y` (row 0 the fixed top
     /// row) and column `x` of the node's place in the mesh.

@@ -402,6 +402,23 @@ impl Outputs {
         self.declare(flag, path, Kind::File, &[]).map(FileOutput)
     }
 
+    /// Declares an array output, as [`Outputs::file`] does; dydiff writes arrays as `.npy`, so a
+    /// name ending in `.npz` (a zip of arrays, which dydiff reads but does not write) is refused
+    /// naming the flag.
+    pub fn npy_file(&mut self, flag: &str, path: &Path) -> Result<FileOutput> {
+        let file = self.file(flag, path)?;
+        if path.extension().and_then(|e| e.to_str()) == Some("npz") {
+            return Err(Error::Output {
+                flag: flag.into(),
+                path: path.to_path_buf(),
+                expected: "a .npy file name (dydiff writes arrays as .npy; it reads .npz too)"
+                    .into(),
+                found: "the extension .npz".into(),
+            });
+        }
+        Ok(file)
+    }
+
     /// Declares the directory output of `flag` at `path`, after checking that it can be written
     /// there; the error names the flag, the path, what was expected and what was found.
     pub fn dir(&mut self, flag: &str, path: &Path) -> Result<DirOutput> {

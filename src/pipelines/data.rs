@@ -188,7 +188,7 @@ fn simulate(o: &NavierStokesOptions, sample: usize, tick: &(dyn Fn() + Sync)) ->
 /// atomically.
 pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
     let mut outputs = Outputs::new();
-    let out = outputs.file("--out", &o.out)?;
+    let out = outputs.npy_file("--out", &o.out)?;
     o.validate()?;
     let bar = if o.progress {
         let b = indicatif::ProgressBar::new((o.samples * o.frames) as u64);
@@ -263,6 +263,17 @@ impl SpringMeshOptions {
                 self.damping
             )));
         }
+        let omega = Mesh::highest_frequency();
+        let dtau = self.dt / self.substeps as f64;
+        if dtau * omega > MAX_STEP_TIMES_FREQUENCY {
+            return Err(Error::Invalid(format!(
+                "--dt {} / --substeps {}: an integrator step of {dtau:.4} against the mesh's highest frequency ω = {omega:.3} (Δτ·ω = {:.2}) is beyond the integrator's stability (Δτ·ω ≤ {MAX_STEP_TIMES_FREQUENCY} keeps its energy error bounded); use --substeps {} or more, or a smaller --dt",
+                self.dt,
+                self.substeps,
+                dtau * omega,
+                (self.dt * omega / MAX_STEP_TIMES_FREQUENCY).ceil()
+            )));
+        }
         // The snapshots of every sample, their concatenation and the file's bytes (the mesh
         // being simulated is a few kilobytes per thread).
         let frames = memory::array(&[self.samples, self.frames, SNAPSHOT_LEN], 4);
@@ -276,7 +287,18 @@ impl SpringMeshOptions {
     }
 }
 
-/// Simulates one sample and returns its snapshots `(L, 4, 10, 10)`.
+/// The largest integrator step `Δτ` times the mesh's highest frequency that `data spring-mesh`
+/// accepts: semi-implicit Euler is stable below 2, but its energy error, of order `Δτ·ω`, is then
+/// no longer small (at 1 about half the energy, at the default settings 4e-4).
+pub const MAX_STEP_TIMES_FREQUENCY: f64 = 1.0;
+
+/// How far a snapshot's energy may rise above the initial energy before the run stops: the
+/// damped dynamics only lose energy, and the integrator's error at `Δτ·ω ≤ 1` stays below it.
+pub const MAX_ENERGY_GROWTH: f64 = 2.0;
+
+/// Simulates one sample and returns its snapshots `(L, 4, 10, 10)`; a snapshot whose energy
+/// exceeds [`MAX_ENERGY_GROWTH`] times the initial energy stops it (an exploding mesh is never
+/// written).
 fn simulate_mesh(
     o: &SpringMeshOptions,
     sample: usize,
@@ -284,12 +306,20 @@ fn simulate_mesh(
 ) -> Result<Vec<f32>> {
     let dtau = o.dt / o.substeps as f64;
     let mut mesh = Mesh::initial(o.seed, sample as u32);
+    let e0 = mesh.energy();
     let mut out = Vec::with_capacity(o.frames * SNAPSHOT_LEN);
     for f in 0..o.frames {
         if f > 0 {
             for _ in 0..o.substeps {
                 mesh.step(dtau, o.damping);
             }
+        }
+        let e = mesh.energy();
+        if e > MAX_ENERGY_GROWTH * e0 && e.is_finite() {
+            return Err(Error::Invalid(format!(
+                "sample {sample}: the mesh's energy grew from {e0:.4} to {e:.4e} by snapshot {f} (the damped mesh only loses energy: the integration is unstable); use a smaller --dt than {} or more --substeps than {}",
+                o.dt, o.substeps
+            )));
         }
         let start = out.len();
         mesh.write_snapshot(&mut out);
@@ -308,7 +338,7 @@ fn simulate_mesh(
 /// atomically.
 pub fn spring_mesh(o: &SpringMeshOptions) -> Result<()> {
     let mut outputs = Outputs::new();
-    let out = outputs.file("--out", &o.out)?;
+    let out = outputs.npy_file("--out", &o.out)?;
     o.validate()?;
     let bar = if o.progress {
         let b = indicatif::ProgressBar::new((o.samples as u64).saturating_mul(o.frames as u64));

@@ -43,7 +43,7 @@ pub fn read_input(path: &std::path::Path, model: &UNet2D) -> Result<npy::Array> 
 /// Runs the network once and writes its output atomically (its location checked first).
 pub fn run(o: &DenoiseOptions) -> Result<()> {
     let mut outputs = Outputs::new();
-    let out = outputs.file("--out", &o.out)?;
+    let out = outputs.npy_file("--out", &o.out)?;
     outputs.check_input("--unet", &o.unet)?;
     outputs.check_input("--input", &o.input)?;
     if !o.timestep.is_finite() {

@@ -618,7 +618,7 @@ impl std::fmt::Display for SampleReport {
 pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     let clock = Instant::now();
     let mut outputs = Outputs::new();
-    let out = outputs.file("--out", &o.out)?;
+    let out = outputs.npy_file("--out", &o.out)?;
     let record = outputs.file("--out", &window_record_path(&o.out))?;
     let png = o
         .png
@@ -855,6 +855,24 @@ fn write_forecast(
     outputs.commit()
 }
 
+/// Refuses a DYffusion folder whose interpolator is short of its recorded steps (the forecaster
+/// must be trained on the finished one), naming the command that finishes it.
+fn unfinished_interpolator(dir: &Path, c: &crate::dyffusion::DyffusionConfig) -> Result<()> {
+    let planned = c
+        .training
+        .as_ref()
+        .and_then(|t| t["interpolator"]["steps"].as_u64());
+    let state = dir.join(super::train_dyffusion::STATE_I);
+    let reached = super::train::State::checkpoint_step(&state).ok();
+    match (reached, planned) {
+        (Some(k), Some(n)) if (k as u64) < n => Err(Error::bad_file(
+            dir,
+            format!("a DYffusion folder whose interpolator is unfinished (step {k} of {n}) and without a forecaster; finish the interpolator with dydiff train --method dyffusion --stage interpolator --resume (its flags), then train the forecaster with --stage forecaster"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `dydiff sample` on a DYffusion folder: cold sampling (docs/dyffusion.md). `--steps`,
 /// `--ddim-eta` and `--init-noise` belong to DDIM and are refused.
 fn run_cold(
@@ -892,6 +910,9 @@ fn run_cold(
                 model_dir.display()
             )));
         }
+    }
+    if model.forecaster.is_none() {
+        unfinished_interpolator(model_dir, &model.config)?;
     }
     let forecaster = model.forecaster(model_dir)?;
     let c = &model.config;

@@ -87,6 +87,46 @@ pub(crate) fn recipe(o: &TrainOptions) -> Value {
     })
 }
 
+/// The flags whose values in `want` (this run's [`recipe`]) differ from the `stored` recipe of
+/// the run being resumed, each as `--flag given (the run: stored)`; a recipe without a seed
+/// (not written by `dydiff train`) differs as a whole.
+pub(crate) fn recipe_differences(stored: &Value, want: &Value) -> Vec<String> {
+    if stored.get("seed").is_none() {
+        return vec![format!("the flags (the folder's recipe is {stored})")];
+    }
+    let show = |key: &str, v: &Value| match (key, v) {
+        ("cosine", Value::Bool(true)) => "cosine decay".to_string(),
+        ("cosine", Value::Bool(false)) => "--constant-lr".to_string(),
+        _ => v.to_string(),
+    };
+    [
+        ("batch", "--batch"),
+        ("lr", "--lr"),
+        ("warmup_steps", "--warmup-steps"),
+        ("cosine", "the learning-rate schedule"),
+        ("weight_decay", "--weight-decay"),
+        ("clip", "--clip"),
+        ("ema_decay", "--ema-decay"),
+        ("seed", "--seed"),
+        ("steps", "--steps"),
+    ]
+    .iter()
+    .filter(|(k, _)| stored[k] != want[k])
+    .map(|&(k, flag)| {
+        let note = if k == "steps" && want["cosine"] == Value::Bool(true) {
+            " — a cosine schedule has a fixed length; a run with --constant-lr may be extended"
+        } else {
+            ""
+        };
+        format!(
+            "{flag} {} (the run: {}){note}",
+            show(k, &want[k]),
+            show(k, &stored[k])
+        )
+    })
+    .collect()
+}
+
 /// The learning rate at `step` (1-based) of a run of `steps` steps: linear warm-up, then
 /// constant or cosine to 0.
 pub fn learning_rate(o: &TrainOptions, step: usize, steps: usize) -> f64 {
@@ -101,16 +141,74 @@ pub fn learning_rate(o: &TrainOptions, step: usize, steps: usize) -> f64 {
     o.lr * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
 }
 
-/// The network used when no `--unet-config` is given: three levels (32, 64, 64 channels), one
-/// resnet per level, attention at the two lower levels — small enough to train on a CPU.
-pub(crate) fn default_unet(in_ch: usize, out_ch: usize, size: usize) -> Value {
+/// Levels of the default network for frames of `h × w`: three (32, 64, 64 channels) when both
+/// sides are multiples of 4, two (32, 64) when they are even — the spring mesh's 10 × 10 — else
+/// one.
+fn default_levels(h: usize, w: usize) -> usize {
+    match (h % 4, w % 4, h % 2, w % 2) {
+        (0, 0, _, _) => 3,
+        (_, _, 0, 0) => 2,
+        _ => 1,
+    }
+}
+
+/// The network used when no `--unet-config` is given for frames of `h × w`: up to three levels
+/// (32, 64, 64 channels; as many as the frame size can be halved into, [`default_levels`]), one
+/// resnet per level, attention at the levels below the top — small enough to train on a CPU.
+pub(crate) fn default_unet(in_ch: usize, out_ch: usize, (h, w): (usize, usize)) -> Value {
+    let levels = default_levels(h, w);
+    let channels = &[32, 64, 64][..levels];
+    let down: Vec<&str> = (0..levels)
+        .map(|l| {
+            if l == 0 {
+                "DownBlock2D"
+            } else {
+                "AttnDownBlock2D"
+            }
+        })
+        .collect();
+    let up: Vec<&str> = (0..levels)
+        .rev()
+        .map(|l| if l == 0 { "UpBlock2D" } else { "AttnUpBlock2D" })
+        .collect();
     json!({
-        "_class_name": "UNet2DModel", "sample_size": size, "in_channels": in_ch,
-        "out_channels": out_ch, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+        "_class_name": "UNet2DModel", "sample_size": h, "in_channels": in_ch,
+        "out_channels": out_ch, "block_out_channels": channels, "layers_per_block": 1,
+        "down_block_types": down, "up_block_types": up,
         "norm_num_groups": 8, "attention_head_dim": 32,
     })
+}
+
+/// The network of a run for frames of `h × w` and `in_ch → out_ch` channels: `--unet-config`
+/// with the channel counts filled in, or the default network, with `--padding-mode`. A frame size
+/// the network cannot downsample is refused naming `--data`, the size, and what fits.
+pub(crate) fn network_for(
+    o: &TrainOptions,
+    (in_ch, out_ch): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<UNet2DConfig> {
+    let config = UNet2DConfig {
+        padding_mode: o.padding_mode,
+        ..match &o.unet_config {
+            Some(p) => unet_config(p, in_ch, out_ch)?,
+            None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, (h, w)))?,
+        }
+    };
+    let multiple = config.size_multiple();
+    if h % multiple != 0 || w % multiple != 0 {
+        let net = o
+            .unet_config
+            .as_ref()
+            .map_or("the default network".to_string(), |p| {
+                format!("the network of --unet-config {}", p.display())
+            });
+        let fits = default_levels(h, w);
+        return Err(Error::bad_file(
+            &o.data,
+            format!("frames of {h}×{w}: expected height and width multiples of {multiple}, the downsampling factor of {net}; a config with {fits} entr{} in block_out_channels and in each of down_block_types and up_block_types fits (or leave --unet-config out: the default network adapts)", if fits == 1 { "y" } else { "ies" }),
+        ));
+    }
+    Ok(config)
 }
 
 /// The `--unet-config` file with the channel counts filled in or checked.
@@ -329,17 +427,21 @@ impl State {
         safetensors::encode(path, &tensors, &[(STEP_KEY, &step)])
     }
 
-    pub(crate) fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
+    /// The step of the checkpoint in the state file `path`, from its metadata alone.
+    pub(crate) fn checkpoint_step(path: &Path) -> Result<usize> {
         let meta = safetensors::read_metadata(path)?;
-        let step: usize = meta
-            .get(STEP_KEY)
+        meta.get(STEP_KEY)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| {
                 Error::bad_file(
                     path,
                     "not a dydiff training state (no step in its metadata)",
                 )
-            })?;
+            })
+    }
+
+    pub(crate) fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
+        let step = State::checkpoint_step(path)?;
         let mut arrays = safetensors::read(path)?;
         let (names, shapes): (Vec<String>, Vec<Vec<usize>>) = unet
             .params()
@@ -834,30 +936,32 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             // The schedule does not depend on the total, so a run may be extended.
             want["steps"] = stored["steps"].clone();
         }
-        let same = m.process.history == o.history
-            && m.process.future == o.future
-            && m.process.dyn_eta == o.dyn_eta
-            && m.process.diffuse_history == o.diffuse_history
-            && m.process.padding_mode == o.padding_mode;
-        if !same
-            || stored.get("seed").is_none()
-            || [
-                "batch",
-                "lr",
-                "warmup_steps",
-                "cosine",
-                "weight_decay",
-                "clip",
-                "ema_decay",
-                "seed",
-                "steps",
-            ]
-            .iter()
-            .any(|k| stored[k] != want[k])
-        {
+        let mut differ = recipe_differences(&stored, &want);
+        let p = &m.process;
+        for (flag, run, given) in [
+            ("--history", p.history.to_string(), o.history.to_string()),
+            ("--future", p.future.to_string(), o.future.to_string()),
+            ("--dyn-eta", p.dyn_eta.to_string(), o.dyn_eta.to_string()),
+            (
+                "--diffuse-history",
+                p.diffuse_history.to_string(),
+                o.diffuse_history.to_string(),
+            ),
+            (
+                "--padding-mode",
+                p.padding_mode.name().to_string(),
+                o.padding_mode.name().to_string(),
+            ),
+        ] {
+            if run != given {
+                differ.insert(0, format!("{flag} {given} (the run: {run})"));
+            }
+        }
+        if !differ.is_empty() {
             return Err(Error::Invalid(format!(
-                "--resume: the flags differ from the run in {} (its recipe: history {}, future {}, dyn_eta {}, diffuse_history {}, {}); resume with the same flags",
-                o.out.display(), m.process.history, m.process.future, m.process.dyn_eta, m.process.diffuse_history, stored
+                "--resume: {} differ from the run in {}; resume with the run's values",
+                differ.join(", "),
+                o.out.display()
             )));
         }
         let found = (m.process.channels, m.process.height, m.process.width);
@@ -908,26 +1012,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         log = log_until(&log_path, s.step);
         (m, s)
     } else {
-        let config = UNet2DConfig {
-            padding_mode: o.padding_mode,
-            ..match &o.unet_config {
-                Some(p) => unet_config(p, in_ch, out_ch)?,
-                None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, h))?,
-            }
-        };
-        let multiple = config.size_multiple();
-        if h % multiple != 0 || w % multiple != 0 {
-            let net = o
-                .unet_config
-                .as_ref()
-                .map_or("the default network".to_string(), |p| {
-                    format!("the network of --unet-config {}", p.display())
-                });
-            return Err(Error::bad_file(
-                &o.data,
-                format!("frames of {h}×{w}: expected height and width multiples of {multiple}, the downsampling factor of {net}"),
-            ));
-        }
+        let config = network_for(o, (in_ch, out_ch), (h, w))?;
         let (mean, std) = data_stats(&data.data);
         let process = ProcessConfig {
             method: "dydiff".into(),
@@ -1113,6 +1198,32 @@ fn validation_skill(model: &Model, val: &npy::Array, o: &TrainOptions) -> Result
             .map_or(String::new(), |v| v.display().to_string())
     ))
 }
+
+/// The default warm-up of a run of `steps` steps (its shortest stage's): the built-in model's
+/// 100, or `steps` when fewer; a resumed run (`resume`) keeps the warm-up recorded in
+/// `out/dydiff.json`.
+pub fn default_warmup(out: &Path, resume: bool, steps: usize) -> usize {
+    let recorded = || -> Option<usize> {
+        let text = std::fs::read_to_string(out.join(crate::model::PROCESS_FILE)).ok()?;
+        let v: Value = serde_json::from_str(&text).ok()?;
+        let t = &v["training"];
+        [
+            &t["warmup_steps"],
+            &t["interpolator"]["warmup_steps"],
+            &t["forecaster"]["warmup_steps"],
+        ]
+        .iter()
+        .find_map(|w| w.as_u64())
+        .map(|w| w as usize)
+    };
+    resume
+        .then(recorded)
+        .flatten()
+        .unwrap_or(DEFAULT_WARMUP.min(steps))
+}
+
+/// The built-in model's warm-up steps.
+pub const DEFAULT_WARMUP: usize = 100;
 
 /// The default `--steps` of `dydiff train`: the built-in model's recipe.
 pub const DEFAULT_TRAIN_STEPS: usize = 4000;
@@ -1366,7 +1477,7 @@ mod tests {
 
     #[test]
     fn non_finite_weights_are_found() {
-        let c = UNet2DConfig::from_json(&default_unet(4, 2, 8)).unwrap();
+        let c = UNet2DConfig::from_json(&default_unet(4, 2, (8, 8))).unwrap();
         let unet = UNet2D::init(c, 0, Device::Cpu).unwrap();
         let mut s = State::fresh(&unet, Device::Cpu).unwrap();
         assert_eq!(non_finite_state(&s).unwrap(), None);

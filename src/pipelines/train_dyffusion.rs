@@ -9,12 +9,13 @@
 //! forecaster), written together at each checkpoint.
 
 use super::train::{
-    check_inputs, check_model_spread, data_stats, default_unet, log_until, read_training_data,
-    recipe, rows_part, train_loop, unet_config, validate, Checkpoint, Files, State, TrainOptions,
-    Weights,
+    check_inputs, check_model_spread, data_stats, log_until, network_for, read_training_data,
+    recipe, recipe_differences, rows_part, train_loop, validate, Checkpoint, Files, State,
+    TrainOptions, Weights,
 };
 use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
+use crate::distributed::world;
 use crate::dyffusion::{
     forecaster_loss, interpolator_loss, CallKeys, Calls, Condition, DyffusionConfig,
     DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR,
@@ -23,11 +24,12 @@ use crate::error::{Error, Result};
 use crate::io::npy;
 use crate::io::outputs::Outputs;
 use crate::model::PROCESS_FILE;
-use crate::nn::{Dropout, UNet2D, UNet2DConfig};
+use crate::nn::{Dropout, UNet2D};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
 use std::ops::Range;
+use std::path::Path;
 
 /// Which stages a run trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +53,7 @@ pub struct DyffusionOptions {
     pub lambda_2: f64,
 }
 
-const STATE_I: &str = "train_state_interpolator.safetensors";
+pub(crate) const STATE_I: &str = "train_state_interpolator.safetensors";
 const LOG_I: &str = "train_log_interpolator.jsonl";
 const STATE_F: &str = "train_state_forecaster.safetensors";
 const LOG_F: &str = "train_log_forecaster.jsonl";
@@ -196,39 +198,84 @@ fn forecaster_batch_loss(
     forecaster_loss(&calls, &x0, &xh, &n_sorted, weights)
 }
 
-/// A network configuration for `in_ch → out_ch` channels: `--unet-config` with the channel
-/// counts filled in, or the default network.
-fn network_config(
-    o: &TrainOptions,
-    in_ch: usize,
-    out_ch: usize,
-    height: usize,
-) -> Result<UNet2DConfig> {
-    Ok(UNet2DConfig {
-        padding_mode: o.padding_mode,
-        ..match &o.unet_config {
-            Some(p) => unet_config(p, in_ch, out_ch)?,
-            None => UNet2DConfig::from_json(&default_unet(in_ch, out_ch, height))?,
-        }
-    })
+/// The checkpoint step of a stage's state file, if it exists.
+fn stage_step(path: &Path) -> Result<Option<usize>> {
+    path.exists()
+        .then(|| State::checkpoint_step(path))
+        .transpose()
 }
 
-/// The recipe a resumed stage must match.
-fn same_recipe(stored: &Value, want: &Value, extendable: bool) -> bool {
-    let mut keys = vec![
-        "batch",
-        "lr",
-        "warmup_steps",
-        "cosine",
-        "weight_decay",
-        "clip",
-        "ema_decay",
-        "seed",
-    ];
-    if !extendable {
-        keys.push("steps");
+/// Checks what each stage of this run will do against what the folder holds, before any work
+/// (Rose-STL-Lab/dyffusion#7: a forecaster must be trained with the interpolator it is used
+/// with): an interpolator that would train further under a forecaster trained on it is refused,
+/// as is a forecaster already at `--steps`; a forecaster that starts on an interpolator short of
+/// its recorded steps is announced.
+fn check_stages(
+    o: &TrainOptions,
+    d: &DyffusionOptions,
+    training: &Value,
+    steps_1: usize,
+) -> Result<()> {
+    let step_1 = stage_step(&o.out.join(STATE_I))?;
+    let step_2 = stage_step(&o.out.join(STATE_F))?;
+    let run_1 = d.stage != Stage::Forecaster;
+    let run_2 = d.stage != Stage::Interpolator;
+    // a resumed stage continues its own recipe
+    for (name, runs, steps, reached) in [
+        ("interpolator", run_1, steps_1, step_1),
+        ("forecaster", run_2, o.steps, step_2),
+    ] {
+        if !(o.resume && runs && reached.is_some()) {
+            continue;
+        }
+        let stored = &training[name];
+        let mut want = recipe(o);
+        want["steps"] = json!(steps);
+        if !o.cosine {
+            // the schedule does not depend on the total, so a stage may be extended
+            want["steps"] = stored["steps"].clone();
+        }
+        let differ = recipe_differences(stored, &want);
+        if !differ.is_empty() {
+            return Err(Error::Invalid(format!(
+                "--resume: {} differ from the {name}'s run in {}; resume with the run's values",
+                differ.join(", "),
+                o.out.display()
+            )));
+        }
     }
-    keys.iter().all(|k| stored[k] == want[k])
+    if let (true, Some(k2)) = (run_1, step_2) {
+        let k1 = step_1.unwrap_or(0);
+        if k1 < steps_1 {
+            let flag = match (d.stage, d.interpolator_steps) {
+                (Stage::Both, Some(n)) => format!("--interpolator-steps {n}"),
+                _ => format!("--steps {steps_1}"),
+            };
+            return Err(Error::Invalid(format!(
+                "{flag}: the interpolator in {} is at step {k1}, and the forecaster beside it (at step {k2}) was trained on that interpolator; training the interpolator further would pair the forecaster with an interpolator it was never trained with. Train a new interpolator in another --out (or remove {FORECASTER_DIR}/, {STATE_F} and {LOG_F} to retrain the forecaster too)",
+                o.out.display()
+            )));
+        }
+    }
+    if let (true, Some(k2)) = (run_2, step_2) {
+        if k2 >= o.steps {
+            return Err(Error::Invalid(format!(
+                "--steps {}: the forecaster's checkpoint in {} is already at step {k2}",
+                o.steps,
+                o.out.display()
+            )));
+        }
+    }
+    if let (true, false, None, Some(k1)) = (run_2, run_1, step_2, step_1) {
+        let planned = training["interpolator"]["steps"].as_u64().unwrap_or(0) as usize;
+        if k1 < planned && world().is_root() {
+            eprintln!(
+                "dydiff: warning: the forecaster starts on the interpolator in {} at step {k1} of its {planned} (unfinished: `--stage interpolator --resume` finishes it, but a forecaster trained now could not be used with the finished one)",
+                o.out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs `dydiff train --method dyffusion`.
@@ -350,6 +397,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         source,
     )?;
     let mut training = config.training.clone().unwrap_or_else(|| json!({}));
+    check_stages(o, d, &training, steps_1)?;
     let mut interpolator: Option<UNet2D> = None;
     // Stage 1.
     if run_1 {
@@ -357,18 +405,11 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         want["steps"] = json!(steps_1);
         want["loss"] = json!("mse(I(x_0, x_h, i), x_{P+i})");
         let net_config = {
-            let mut n = network_config(o, config.interpolator_in(), ch, height)?;
+            let mut n = network_for(o, (config.interpolator_in(), ch), (height, width))?;
             n.dropout = config.interpolator_dropout;
             n
         };
         let (mut state, log, net_config) = if o.resume && s1.exists() {
-            let stored = &training["interpolator"];
-            if !same_recipe(stored, &want, !o.cosine) {
-                return Err(Error::Invalid(format!(
-                    "--resume: the flags differ from the interpolator's run in {} (its recipe: {stored}); resume with the same flags",
-                    o.out.display()
-                )));
-            }
             let net = UNet2D::from_pretrained_padded(
                 &o.out.join(INTERPOLATOR_DIR),
                 Device::Cpu,
@@ -471,13 +512,6 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
     let mut want = recipe(o);
     want["loss"] = json!("lambda_1·L1 + lambda_2·L2 (look-ahead through the interpolator)");
     let (mut state, log, net_config) = if o.resume && s2.exists() {
-        let stored = &training["forecaster"];
-        if !same_recipe(stored, &want, !o.cosine) {
-            return Err(Error::Invalid(format!(
-                "--resume: the flags differ from the forecaster's run in {} (its recipe: {stored}); resume with the same flags",
-                o.out.display()
-            )));
-        }
         let net = UNet2D::from_pretrained_padded(
             &o.out.join(FORECASTER_DIR),
             Device::Cpu,
@@ -491,18 +525,10 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             net.config.clone(),
         )
     } else {
-        let nc = network_config(o, config.forecaster_in(), ch, height)?;
+        let nc = network_for(o, (config.forecaster_in(), ch), (height, width))?;
         let net = UNet2D::init(nc.clone(), o.seed.wrapping_add(1), Device::Cpu)?;
         (State::fresh(&net, device)?, String::new(), nc)
     };
-    if state.step >= o.steps {
-        return Err(Error::Invalid(format!(
-            "--steps {}: the forecaster's checkpoint in {} is already at step {}",
-            o.steps,
-            o.out.display(),
-            state.step
-        )));
-    }
     training["forecaster"] = want;
     config.training = Some(training);
     let files = Files {
@@ -590,6 +616,14 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
 
 /// The flags of `--method dyffusion` within their ranges.
 fn check_options(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
+    if let Some(n) = d.interpolator_steps.filter(|&n| n < o.warmup_steps) {
+        if d.stage != Stage::Forecaster {
+            return Err(Error::Invalid(format!(
+                "--warmup-steps {}: longer than the interpolator's run (--interpolator-steps {n}), whose learning rate would never reach --lr; expected at most {n}",
+                o.warmup_steps
+            )));
+        }
+    }
     if o.future < 2 {
         return Err(Error::Invalid(format!(
             "--future {}: DYffusion needs a horizon of at least 2 frames (the interpolator predicts the frames between the history and frame h)",

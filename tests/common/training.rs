@@ -29,8 +29,9 @@ pub fn small_net(s: &Scratch) -> std::path::PathBuf {
 }
 
 /// The flags of the small training runs compared by the tests, but `--steps`: history 2,
-/// future 2, a batch of `batch` rows, `--lr 1e-3` after one warm-up step, a log line every step,
-/// a checkpoint every 2, seed 4.
+/// future 2, a batch of `batch` rows, `--lr 1e-3` after one warm-up step and constant after it
+/// (so that a run may be extended with `--resume`), a log line every step, a checkpoint every 2,
+/// seed 4.
 pub fn run_flags(batch: usize) -> Vec<String> {
     let batch = batch.to_string();
     [
@@ -44,6 +45,7 @@ pub fn run_flags(batch: usize) -> Vec<String> {
         "1e-3",
         "--warmup-steps",
         "1",
+        "--constant-lr",
         "--log-every",
         "1",
         "--checkpoint-every",
