@@ -425,7 +425,7 @@ enum BenchCommand {
         #[arg(long)]
         data: PathBuf,
         /// Timesteps t, comma-separated, each below the schedule's length.
-        #[arg(long, value_delimiter = ',', default_values_t = [50, 250, 500, 750, 950])]
+        #[arg(long, value_delimiter = ',', default_value = "50,250,500,750,950")]
         timesteps: Vec<usize>,
         /// Windows per batch, at least 1.
         #[arg(long, default_value_t = 16)]
@@ -487,6 +487,16 @@ fn run(cli: Cli) -> Result<()> {
         distributed::fingerprint(args.join("\0").as_bytes()),
     )?;
     let device = world().agree(setup(&cli))?;
+    let cpu_only = match &cli.command {
+        Command::Eval { .. } => Some("eval"),
+        Command::Data(_) => Some("data"),
+        _ => None,
+    };
+    if let (Some(command), Device::Cuda(n), true) = (cpu_only, device, world().is_root()) {
+        eprintln!(
+            "dydiff: note: {command} computes on the CPU; --device cuda:{n} is not used by it"
+        );
+    }
     match cli.command {
         Command::Info => print_info(),
         Command::Denoise {

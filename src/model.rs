@@ -283,6 +283,16 @@ pub fn method_of(dir: &Path) -> Result<String> {
             format!("model folder not found (expected a directory with {PROCESS_FILE})"),
         ));
     }
+    if !path.exists() && dir.join("config.json").exists() {
+        let parent = dir.parent().filter(|p| p.join(PROCESS_FILE).exists());
+        return Err(Error::bad_file(
+            dir,
+            match parent {
+                Some(p) => format!("the network of a model folder, not the folder; point --model at the folder above, {}", p.display()),
+                None => format!("a diffusers network folder, not a model folder: a model folder holds {PROCESS_FILE}, {SCHEDULER_FILE} and this network as {UNET_DIR}/ (docs/model-folder.md)"),
+            },
+        ));
+    }
     let v = read_json(&path)?;
     match v.get("method") {
         None => Ok("dydiff".into()),

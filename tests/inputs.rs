@@ -1934,3 +1934,114 @@ fn sample_lead_beyond_256_windows() {
         &["--lead", "256 windows of 3", "found 769"],
     );
 }
+
+/// diffusers-side folders: `--model MODEL/unet` names the folder above; a bare network folder is
+/// not a model folder; pickled weights alone get the converter's command; the fp16 variant of
+/// the weights loads (as float32, the same forecast to fp16's rounding); a `DDPMScheduler` config
+/// (its `variance_type`) is accepted for DDIM sampling, with the same forecast as the DDIM config.
+#[test]
+fn diffusers_side_folders() {
+    let s = Scratch::new("in-diffusers-side");
+    let m = s.model_copy("sampler/model_dyn");
+    let obs = sampler("obs.npy");
+    let quick = ["--steps", "3", "--members", "2", "--seed", "1"];
+    let run = |model: &Path, out: &Path| {
+        let mut a = strings(&["sample", "--model", &st(model), "--input", &st(&obs)]);
+        a.extend(strings(&["--out", &st(out)]));
+        a.extend(strings(&quick));
+        dydiff(a)
+    };
+    let out = s.path("f.npy");
+    let (ok, err) = run(&m.join("unet"), &out);
+    assert_clean_failure(
+        ok,
+        &err,
+        &["unet", "point --model at the folder above"],
+        &out,
+        &s,
+    );
+    let bare = s.path("bare");
+    std::fs::create_dir(&bare).unwrap();
+    std::fs::copy(m.join("unet/config.json"), bare.join("config.json")).unwrap();
+    let (ok, err) = run(&bare, &out);
+    assert_clean_failure(
+        ok,
+        &err,
+        &["bare", "not a model folder", "dydiff.json"],
+        &out,
+        &s,
+    );
+    let (ok, err) = run(&m, &s.path("want.npy"));
+    assert!(ok, "{err}");
+    let want = npy::read(&s.path("want.npy")).unwrap();
+    // DDPMScheduler config
+    let sched = m.join("scheduler/scheduler_config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sched).unwrap()).unwrap();
+    v["_class_name"] = "DDPMScheduler".into();
+    v["variance_type"] = "fixed_small".into();
+    std::fs::write(&sched, v.to_string()).unwrap();
+    let (ok, err) = run(&m, &s.path("ddpm.npy"));
+    assert!(ok, "{err}");
+    assert_eq!(npy::read(&s.path("ddpm.npy")).unwrap().data, want.data);
+    // the fp16 variant alone
+    let weights = m.join("unet/diffusion_pytorch_model.safetensors");
+    let arrays = dydiff::io::safetensors::read(&weights).unwrap();
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = arrays
+        .iter()
+        .map(|(name, (shape, data))| {
+            let bytes = data
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect();
+            (name.clone(), shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = halves
+        .iter()
+        .map(|(n, shape, b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, shape.clone(), b)
+                    .unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(
+        views,
+        &None,
+        &m.join("unet/diffusion_pytorch_model.fp16.safetensors"),
+    )
+    .unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    let (ok, err) = run(&m, &s.path("half.npy"));
+    assert!(ok, "{err}");
+    let got = npy::read(&s.path("half.npy")).unwrap();
+    let scale = want.data.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let worst = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+    assert!(
+        worst > 0.0 && worst < 0.05 * scale,
+        "fp16 weights: {worst} of {scale}"
+    );
+    // pickled weights alone
+    std::fs::remove_file(m.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    std::fs::write(
+        m.join("unet/diffusion_pytorch_model.bin"),
+        b"\x80\x02pickle",
+    )
+    .unwrap();
+    let (ok, err) = run(&m, &out);
+    assert_clean_failure(
+        ok,
+        &err,
+        &[
+            "diffusion_pytorch_model.bin",
+            "python/convert_bin_weights.py",
+        ],
+        &out,
+        &s,
+    );
+}

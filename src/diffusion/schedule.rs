@@ -143,6 +143,8 @@ impl SchedulerConfig {
                     | "sample_max_value"
                     | "timestep_spacing"
                     | "rescale_betas_zero_snr"
+                    // a DDPMScheduler config's (its own sampler's variance; DDIM has none)
+                    | "variance_type"
             );
             if !known {
                 return Err(bad(key, value, "unknown key"));

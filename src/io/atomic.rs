@@ -154,9 +154,20 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// What the process says when a signal ends it (set by [`on_interrupt_say`]; empty: the
+/// default).
+static NOTE: Mutex<String> = Mutex::new(String::new());
+
+/// Sets what the process says on stderr when SIGINT, SIGTERM or SIGHUP ends it, after
+/// `dydiff: interrupted; ` — by default that no output was written (outputs appear whole at the
+/// end of a command); a training run names its last checkpoint and the command that resumes.
+pub fn on_interrupt_say(note: String) {
+    *NOTE.lock().unwrap_or_else(PoisonError::into_inner) = note;
+}
+
 /// Installs the process's handler of SIGINT, SIGTERM and SIGHUP: it removes every live
-/// temporary, then ends the process as the signal would have without a handler. Call it once, at
-/// the start of a program.
+/// temporary, says what was kept ([`on_interrupt_say`]), then ends the process as the signal
+/// would have without a handler. Call it once, at the start of a program.
 pub fn remove_temporaries_on_signal() -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -169,6 +180,13 @@ pub fn remove_temporaries_on_signal() -> std::io::Result<()> {
                 for path in reg.0.iter() {
                     remove(path);
                 }
+                let note = NOTE.lock().unwrap_or_else(PoisonError::into_inner);
+                let note = if note.is_empty() {
+                    "no output was written"
+                } else {
+                    note.as_str()
+                };
+                eprintln!("\ndydiff: interrupted; {note}");
                 // Restores the default action and raises the signal again, which ends the
                 // process (the function aborts if that fails).
                 let _ = signal_hook::low_level::emulate_default_handler(signal);

@@ -12,6 +12,27 @@ use std::path::Path;
 /// File names of a diffusers model folder.
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+/// diffusers' half-precision variant of the weights (`save_pretrained(variant="fp16")`).
+pub const FP16_WEIGHTS_FILE: &str = "diffusion_pytorch_model.fp16.safetensors";
+/// diffusers' older, pickled weights, which dydiff does not read.
+pub const PICKLE_WEIGHTS_FILE: &str = "diffusion_pytorch_model.bin";
+
+/// The weights file of a diffusers folder: the safetensors file, else its fp16 variant (read as
+/// float32); pickled weights alone are refused with the command that converts them.
+fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
+    let [main, half, pickle] =
+        [WEIGHTS_FILE, FP16_WEIGHTS_FILE, PICKLE_WEIGHTS_FILE].map(|f| dir.join(f));
+    if main.exists() || !(half.exists() || pickle.exists()) {
+        return Ok(main);
+    }
+    if half.exists() {
+        return Ok(half);
+    }
+    Err(Error::bad_file(
+        &pickle,
+        format!("PyTorch pickle weights, which dydiff does not read (unpickling can run code); convert them once with `python python/convert_bin_weights.py {}` (writes {WEIGHTS_FILE} beside them)", dir.display()),
+    ))
+}
 
 /// The denoiser network.
 pub struct UNet2D {
@@ -151,7 +172,7 @@ impl UNet2D {
             ..UNet2DConfig::from_json(&value)
                 .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?
         };
-        let w_path = dir.join(WEIGHTS_FILE);
+        let w_path = weights_file(dir)?;
         let arrays = safetensors::read(&w_path)?;
         UNet2D::new(config, ParamBuilder::from_arrays(w_path, arrays, device))
     }

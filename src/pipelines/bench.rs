@@ -315,6 +315,12 @@ pub fn noise_error(o: &NoiseOptions) -> Result<serde_json::Value> {
             o.batch, o.batches
         )));
     }
+    if crate::model::method_of(&o.model)? == "dyffusion" {
+        return Err(Error::bad_file(
+            &o.model,
+            "a DYffusion model (an interpolator and a forecaster, no noise prediction); bench noise measures the noise-prediction error of a DDIM model (Dynamical Diffusion or the standard model, method \"dydiff\")",
+        ));
+    }
     let model = Model::load(&o.model, o.device)?;
     let p = &model.process;
     let errors = train::noise_error(

@@ -7,6 +7,7 @@
 //! sequences (channels `p_x, p_y, q_x, q_y`; docs/data.md, “Generated spring mesh”), from
 //! [`crate::data::spring_mesh`], likewise one seeded sample per task.
 
+use super::train::clock_time;
 use crate::data::navier_stokes::{initial_vorticity, Flow, FlowSettings};
 use crate::data::spring_mesh::{Mesh, SIDE, SNAPSHOT_LEN};
 use crate::error::{Error, Result};
@@ -14,7 +15,10 @@ use crate::io::npy;
 use crate::io::outputs::Outputs;
 use crate::memory;
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// Refuses any of the `(flag, value)` counts that is 0, naming the flag.
 fn at_least_one(flags: &[(&str, usize)]) -> Result<()> {
@@ -190,30 +194,21 @@ pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
     let mut outputs = Outputs::new();
     let out = outputs.npy_file("--out", &o.out)?;
     o.validate()?;
-    let bar = if o.progress {
-        let b = indicatif::ProgressBar::new((o.samples * o.frames) as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "simulating {bar:30} {pos}/{len} frames  elapsed {elapsed_precise}, ETA {eta_precise}",
-            )
-            .expect("valid template"),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let tick = || bar.inc(1);
+    let progress = Progress::new(o.progress, (o.samples * o.frames) as u64, "frames");
+    let tick = || progress.tick();
     let samples: Vec<Vec<f32>> = (0..o.samples)
         .into_par_iter()
         .map(|s| simulate(o, s, &tick))
         .collect::<Result<_>>()?;
-    bar.finish_and_clear();
+    progress.finish();
     let r = o.resolution;
     outputs.write(
         out,
         &npy::encode(&[o.samples, o.frames, 2, r, r], &samples.concat()),
     )?;
-    outputs.commit()
+    outputs.commit()?;
+    progress.closing_line(&o.out, &[o.samples, o.frames, 2, r, r]);
+    Ok(())
 }
 
 /// Options of `dydiff data spring-mesh` (docs/cli.md, “data spring-mesh”).
@@ -340,27 +335,91 @@ pub fn spring_mesh(o: &SpringMeshOptions) -> Result<()> {
     let mut outputs = Outputs::new();
     let out = outputs.npy_file("--out", &o.out)?;
     o.validate()?;
-    let bar = if o.progress {
-        let b = indicatif::ProgressBar::new((o.samples as u64).saturating_mul(o.frames as u64));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "simulating {bar:30} {pos}/{len} snapshots  elapsed {elapsed_precise}, ETA {eta_precise}",
-            )
-            .expect("valid template"),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let tick = || bar.inc(1);
+    let progress = Progress::new(
+        o.progress,
+        (o.samples as u64).saturating_mul(o.frames as u64),
+        "snapshots",
+    );
+    let tick = || progress.tick();
     let samples: Vec<Vec<f32>> = (0..o.samples)
         .into_par_iter()
         .map(|s| simulate_mesh(o, s, &tick))
         .collect::<Result<_>>()?;
-    bar.finish_and_clear();
+    progress.finish();
     outputs.write(
         out,
         &npy::encode(&[o.samples, o.frames, 4, SIDE, SIDE], &samples.concat()),
     )?;
-    outputs.commit()
+    outputs.commit()?;
+    progress.closing_line(&o.out, &[o.samples, o.frames, 4, SIDE, SIDE]);
+    Ok(())
+}
+
+/// A generator's progress: a bar on a terminal; without one (a batch job, `nohup`) a plain line
+/// at every tenth of the work; and a closing line naming the file once it is written.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    plain: bool,
+    done: AtomicU64,
+    total: u64,
+    unit: &'static str,
+    start: Instant,
+}
+
+impl Progress {
+    fn new(show: bool, total: u64, unit: &'static str) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if show && terminal {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(&format!(
+                    "simulating {{bar:30}} {{pos}}/{{len}} {unit}  elapsed {{elapsed_precise}}, ETA {{eta_precise}}"
+                ))
+                .expect("valid template"),
+            );
+            b
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Progress {
+            bar,
+            plain: show && !terminal,
+            done: AtomicU64::new(0),
+            total: total.max(1),
+            unit,
+            start: Instant::now(),
+        }
+    }
+
+    fn tick(&self) {
+        self.bar.inc(1);
+        if self.plain {
+            let d = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+            if d * 10 / self.total > (d - 1) * 10 / self.total {
+                let secs = self.start.elapsed().as_secs_f64();
+                eprintln!(
+                    "dydiff: simulated {d}/{} {} ({:.0}%), elapsed {}, ETA {}",
+                    self.total,
+                    self.unit,
+                    100.0 * d as f64 / self.total as f64,
+                    clock_time(secs),
+                    clock_time(secs / d as f64 * (self.total - d) as f64)
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn closing_line(&self, out: &Path, shape: &[usize]) {
+        if self.plain || !self.bar.is_hidden() {
+            eprintln!(
+                "dydiff: wrote {} {shape:?} float32 in {:.1} s",
+                out.display(),
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
 }

@@ -21,7 +21,7 @@ use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, Outputs};
-use crate::io::{npy, safetensors};
+use crate::io::{atomic, npy, safetensors};
 use crate::memory;
 use crate::metrics::crps::crps_both;
 use crate::model::{Model, ProcessConfig, UNET_DIR};
@@ -292,7 +292,7 @@ pub enum Weights {
 }
 
 /// What one training step leaves on the device: its loss and the global gradient norm before
-/// clipping, one value each, read when the host needs them ([`Pending`]).
+/// clipping, one value each, read when the host needs them (at log lines and checkpoints).
 pub struct StepResult {
     pub step: usize,
     pub loss: Storage,
@@ -1244,6 +1244,27 @@ pub(crate) struct Files {
     pub weights: String,
 }
 
+/// This process's command line with `--resume` (added if absent), shell-quoted where needed.
+fn resume_command() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--resume") {
+        args.push("--resume".into());
+    }
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `h:mm:ss`.
 pub(crate) fn clock_time(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
@@ -1287,6 +1308,19 @@ pub(crate) fn train_loop(
     } else {
         indicatif::ProgressBar::hidden()
     };
+    atomic::on_interrupt_say(if state.step > 0 {
+        format!(
+            "the checkpoint of step {} is kept in {}; continue the run with: {}",
+            state.step,
+            o.out.display(),
+            resume_command()
+        )
+    } else {
+        format!(
+            "nothing was written (the first checkpoint comes at step {})",
+            o.checkpoint_every.min(steps)
+        )
+    });
     let (mut loss_sum, mut loss_n, mut clock) = (0.0f64, 0usize, Instant::now());
     let plain_progress = o.progress && w.is_root() && !std::io::stderr().is_terminal();
     let (started, first) = (Instant::now(), state.step);
@@ -1384,6 +1418,13 @@ pub(crate) fn train_loop(
                 };
                 w.agree(if w.is_root() { write() } else { Ok(()) })?;
                 last_saved = step;
+                if step < steps {
+                    atomic::on_interrupt_say(format!(
+                        "the checkpoint of step {step} is kept in {}; continue the run with: {}",
+                        o.out.display(),
+                        resume_command()
+                    ));
+                }
             }
             (loss_sum, loss_n, clock) = (0.0, 0, Instant::now());
         }

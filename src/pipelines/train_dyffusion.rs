@@ -2,7 +2,7 @@
 //! interpolator, stage 2 the forecaster with the interpolator frozen (its dropout active, the
 //! look-ahead loss's gradient flowing through it), each with the training loop, optimizer, EMA,
 //! validation, atomic checkpoints and exact `--resume` of every method
-//! ([`super::train::train_loop`]).
+//! (`train_loop` of [`super::train`]).
 //!
 //! Files in `MODEL/`: the DYffusion folder (EMA weights), and per stage its training state and log
 //! (`train_state_interpolator.safetensors`, `train_log_interpolator.jsonl`, and the same for the

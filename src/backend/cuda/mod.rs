@@ -1,5 +1,5 @@
 //! The CUDA backend: the kernels of `kernels/*.cu`, launched through the [`gpu::Gpu`] seam on a
-//! GPU ([`driver`], with the `cuda` feature) or on the CPU [emulator](emu) (docs/devices.md).
+//! GPU (`driver.rs`, with the `cuda` feature) or on the CPU [emulator](emu) (docs/devices.md).
 //! [`CudaStorage`] implements every operation of [`BackendStorage`]: inference's, and training's
 //! gradients, losses and optimizer step ([`backward`], [`optim`]).
 //!
@@ -572,6 +572,11 @@ impl BackendStorage for CudaStorage {
 /// one line per GPU (name, compute capability, memory, driver version) or why there is none.
 pub fn info_lines() -> Vec<String> {
     let mut lines = Vec::new();
+    if emulated() {
+        lines.push(format!(
+            "cuda: {EMULATOR_VAR} is set: every cuda:N is the CPU emulator of the kernels (for tests; no GPU is used)"
+        ));
+    }
     match kernels::architectures() {
         Some(a) => {
             let archs: Vec<&str> = a.split([';', ',']).map(str::trim).collect();

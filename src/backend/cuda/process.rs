@@ -105,7 +105,7 @@ pub fn q_sample(
 
 /// The values of a DDIM step and its σ-noise: the coefficients with the noise itself
 /// `(batch, diffused, elems)` when `σ > 0`, or, in device memory, the step's
-/// [`DdimStep::words`] and the sequences' noise [`row_words`](crate::backend::row_words), from
+/// [`DdimStep::words`] and the sequences' noise [`crate::backend::row_words`], from
 /// which the kernel draws the noise.
 #[derive(Clone, Copy, Debug)]
 pub enum StepValues<'a> {
