@@ -6,6 +6,7 @@
 mod common;
 use common::{dydiff, fixture, Scratch};
 use serde_json::Value;
+use std::path::Path;
 
 fn compare(ours: &Value, want: &Value, at: &str) {
     let (o, w) = (ours.as_object().unwrap(), want.as_object().unwrap());
@@ -151,4 +152,73 @@ fn negative_zero_is_the_threshold_zero() {
     let keys: Vec<&String> = report["overall"].as_object().unwrap().keys().collect();
     assert!(keys.iter().any(|k| k.starts_with("csi_q0_")), "{keys:?}");
     assert!(!keys.iter().any(|k| k.contains("q-0")), "{keys:?}");
+}
+
+/// Channels of different units are scored one by one as well (`per_channel`, each with its own
+/// default thresholds): a channel's scores are those of a file holding that channel alone, and
+/// do not change when the other channel's values are scaled a thousandfold.
+#[test]
+fn each_channel_is_scored_alone_too() {
+    use dydiff::io::npy;
+    let s = Scratch::new("eval-channels");
+    let f = npy::read(&fixture("eval/forecast.npy")).unwrap();
+    let t = npy::read(&fixture("eval/truth.npy")).unwrap();
+    let plane = 20 * 24;
+    let pick = |a: &[f32], k: usize, scale1: f32| -> (Vec<f32>, Vec<f32>) {
+        let mut one = Vec::new();
+        let mut both = Vec::new();
+        for frame in a.chunks(2 * plane) {
+            one.extend_from_slice(&frame[k * plane..(k + 1) * plane]);
+            both.extend_from_slice(&frame[..plane]);
+            both.extend(frame[plane..].iter().map(|v| v * scale1));
+        }
+        (one, both)
+    };
+    let eval = |fc: &Path, truth: &Path| -> Value {
+        let json = s.path("r.json");
+        let (ok, err) = dydiff([
+            "eval",
+            "--forecast",
+            fc.to_str().unwrap(),
+            "--truth",
+            truth.to_str().unwrap(),
+            "--truth-start",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    let write = |name: &str, shape: &[usize], data: &[f32]| {
+        let p = s.path(name);
+        std::fs::write(&p, npy::encode(shape, data)).unwrap();
+        p
+    };
+    let (f0, f_scaled) = pick(&f.data, 0, 1000.0);
+    let (t0, t_scaled) = pick(&t.data, 0, 1000.0);
+    let alone = eval(
+        &write("f0.npy", &[3, 5, 4, 1, 20, 24], &f0),
+        &write("t0.npy", &[3, 6, 1, 20, 24], &t0),
+    );
+    assert!(alone.get("per_channel").is_none());
+    let scaled = eval(
+        &write("fs.npy", &[3, 5, 4, 2, 20, 24], &f_scaled),
+        &write("ts.npy", &[3, 6, 2, 20, 24], &t_scaled),
+    );
+    let ch0 = &scaled["per_channel"][0];
+    assert_eq!(ch0["channel"], 0);
+    compare(&ch0["overall"], &alone["overall"], "channel 0 overall");
+    for (i, (a, b)) in ch0["per_lead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(alone["per_lead"].as_array().unwrap())
+        .enumerate()
+    {
+        compare(a, b, &format!("channel 0 lead {}", i + 1));
+    }
+    // the pooled scores are dominated by the scaled channel; channel 0's are not
+    let pooled = scaled["overall"]["crps"].as_f64().unwrap();
+    assert!(pooled > 10.0 * ch0["overall"]["crps"].as_f64().unwrap());
 }

@@ -1,10 +1,11 @@
-//! PNG pictures of forecasts: for one sample, per channel, a grid with the history, the truth
-//! (when known), the ensemble members (up to [`MAX_MEMBERS_SHOWN`]), the ensemble mean and the
-//! ensemble spread (standard deviation over members), each a row of frames. Fields share one
-//! colour scale per channel (viridis: the observations' range widened to the members' 1st–99th
-//! percentiles) and the spread has its own (inferno, from 0 to its 99th percentile); both scales
-//! are drawn as colour bars with their end values; forecast columns are labelled with their
-//! lead time. [`line_plot`] draws scores against lead time (`dydiff eval --png`). Text uses a built-in 3×5 pixel font.
+//! PNG pictures of forecasts: under a title line, for one sample, per channel, a grid with the
+//! history (its frames labelled `-P … 0`), the truth (when known), the ensemble members (up to
+//! [`MAX_MEMBERS_SHOWN`]), the ensemble mean and the ensemble spread (standard deviation over
+//! members), each a row of frames, the forecast rows under their lead times `+1 … +S`. Fields
+//! share one colour scale per channel, the observations' range (history and truth), so that a
+//! diverging member cannot wash out the truth: member values beyond it are drawn in the scale's
+//! end colours and the picture says CLIPPED; the spread has its own scale (inferno, from 0 to its
+//! 99th percentile); both are drawn as colour bars with their end values. [`line_plot`] draws scores against lead time (`dydiff eval --png`). Text uses a built-in 3×5 pixel font.
 
 use crate::error::{Error, Result};
 
@@ -24,6 +25,8 @@ pub struct Forecast<'a> {
     pub members: &'a [f32],
     pub n_members: usize,
     pub future: usize,
+    /// The title line: which sample, model and sampler settings.
+    pub title: &'a str,
 }
 
 /// Control points of matplotlib's viridis and inferno, evenly spaced.
@@ -99,6 +102,25 @@ fn glyph(ch: char) -> [u8; 5] {
         '8' => [7, 5, 7, 5, 7],
         '9' => [7, 5, 7, 1, 7],
         '.' => [0, 0, 0, 0, 2],
+        ':' => [0, 2, 0, 2, 0],
+        ',' => [0, 0, 0, 2, 4],
+        '=' => [0, 7, 0, 7, 0],
+        '/' => [1, 1, 2, 4, 4],
+        '_' => [0, 0, 0, 0, 7],
+        '(' => [1, 2, 2, 2, 1],
+        ')' => [4, 2, 2, 2, 4],
+        'B' => [6, 5, 6, 5, 6],
+        'F' => [7, 4, 6, 4, 4],
+        'G' => [3, 4, 5, 5, 3],
+        'J' => [1, 1, 1, 5, 2],
+        'K' => [5, 5, 6, 5, 5],
+        'O' => [2, 5, 5, 5, 2],
+        'Q' => [2, 5, 5, 6, 3],
+        'V' => [5, 5, 5, 5, 2],
+        'W' => [5, 5, 7, 7, 5],
+        'X' => [5, 5, 2, 5, 5],
+        'Y' => [5, 5, 2, 2, 2],
+        'Z' => [7, 1, 2, 4, 7],
         '-' => [0, 0, 7, 0, 0],
         '+' => [0, 2, 7, 2, 0],
         'A' => [2, 5, 7, 5, 5],
@@ -347,11 +369,15 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
     let label_w = 7 * ADVANCE + 6;
     let rows = 1 + usize::from(p.truth.is_some()) + shown + 2;
     let row_h = ch.max(TEXT_H) + gap;
-    let block_h = TEXT_H + 6 + rows * row_h + 8;
+    // per channel: its name and the history's frame labels, the rows, the lead labels between
+    let block_h = 2 * (TEXT_H + 6) + rows * row_h + 8;
     let bar_w = 16 + 9 * ADVANCE;
-    let width = label_w + cols * (cw + gap) + 8 + bar_w;
-    let height = c * block_h + 4;
+    let width =
+        (label_w + cols * (cw + gap) + 8 + bar_w).max(p.title.chars().count() * ADVANCE + 8);
+    let title_h = TEXT_H + 8;
+    let height = title_h + c * block_h + 4;
     let mut cv = Canvas::new(width, height);
+    cv.text(4, 4, p.title);
     // Mean and spread over members, per (frame, channel, pixel), ddof 0.
     let mut mean = vec![0.0f32; s * e];
     let mut spread = vec![0.0f32; s * e];
@@ -370,24 +396,26 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
     let frame =
         |d: &[f32], f: usize, ch: usize| -> Vec<f32> { d[f * e + ch * hw..][..hw].to_vec() };
     for chn in 0..c {
-        let y0 = chn * block_h + 4;
+        let y0 = title_h + chn * block_h + 4;
         cv.text(4, y0, &format!("C{chn}"));
-        // Lead times over the forecast columns (the history row runs oldest to newest).
-        for k in 0..s {
-            cv.text(label_w + k * (cw + gap), y0, &format!("+{}", k + 1));
+        // The history's frames, oldest to newest: -P … 0.
+        for k in 0..p1 {
+            cv.text(
+                label_w + k * (cw + gap),
+                y0,
+                &format!("{}", k as i64 - (p1 as i64 - 1)),
+            );
         }
-        // The field scale of this channel: the range of the observations (history and truth)
-        // widened to the members' 1st–99th percentiles, so that a few extreme forecast values
-        // do not wash out the picture (values beyond the scale show in its end colours).
+        // The field scale of this channel: the range of the observations (history and truth);
+        // member values beyond it show in its end colours, and the picture says CLIPPED.
         let mut observed: Vec<Vec<f32>> = (0..p1).map(|f| frame(p.history, f, chn)).collect();
         if let Some(t) = p.truth {
             observed.extend((0..s).map(|f| frame(t, f, chn)));
         }
         let refs: Vec<&[f32]> = observed.iter().map(|v| v.as_slice()).collect();
-        let (olo, ohi) = min_max(&refs);
+        let (lo, hi) = min_max(&refs);
         let members: Vec<f32> = (0..m * s).flat_map(|f| frame(p.members, f, chn)).collect();
-        let (mlo, mhi) = percentiles(&members, 0.01, 0.99);
-        let (lo, hi) = (olo.min(mlo), ohi.max(mhi));
+        let clipped = members.iter().any(|&v| v < lo || v > hi);
         let spread_parts: Vec<Vec<f32>> = (0..s).map(|f| frame(&spread, f, chn)).collect();
         let all_spread: Vec<f32> = spread_parts.concat();
         let (_, smax) = percentiles(&all_spread, 0.0, 0.99);
@@ -417,6 +445,11 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
             &fields,
             &mut y,
         );
+        // Lead times over the forecast columns.
+        for k in 0..s {
+            cv.text(label_w + k * (cw + gap), y, &format!("+{}", k + 1));
+        }
+        y += TEXT_H + 6;
         if let Some(t) = p.truth {
             row(
                 &mut cv,
@@ -443,6 +476,9 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
         let field_top = y0 + TEXT_H + 6;
         cv.bar(bx, field_top, spread_y - gap - field_top, &fields);
         cv.bar(bx, spread_y, ch, &spreads);
+        if clipped {
+            cv.text(bx, y0, "CLIPPED");
+        }
     }
     encode(&cv)
 }

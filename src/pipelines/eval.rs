@@ -161,6 +161,23 @@ fn read_truth(path: &Path, d: &Dims, start: Option<(usize, String)>) -> Result<V
         .collect())
 }
 
+/// The largest value less the smallest.
+fn value_range(y: &[f32]) -> f64 {
+    let (lo, hi) = y
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    f64::from(hi) - f64::from(lo)
+}
+
+/// Channel `k` of an array whose frames hold `channels` planes of `plane` values.
+fn channel(a: &[f32], k: usize, channels: usize, plane: usize) -> Vec<f32> {
+    a.chunks(channels * plane)
+        .flat_map(|frame| frame[k * plane..(k + 1) * plane].iter().copied())
+        .collect()
+}
+
 fn num(v: &Value) -> String {
     v.as_f64()
         .map_or_else(|| "—".to_string(), |x| format!("{x:.4}"))
@@ -194,6 +211,9 @@ fn table(r: &Value) -> String {
         row(o["lead"].to_string(), o);
     }
     row("all".into(), &r["overall"]);
+    for c in r["per_channel"].as_array().into_iter().flatten() {
+        row(format!("ch {}", c["channel"]), &c["overall"]);
+    }
     let extra: Vec<String> = r["overall"]
         .as_object()
         .into_iter()
@@ -237,16 +257,35 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         // −0 is the threshold 0 (one key, not `q0` and `q-0`)
         o.thresholds.iter().map(|&q| q + 0.0).collect()
     };
-    let (lo, hi) = y
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
     let cfg = EvalSettings {
         thresholds,
-        data_range: f64::from(hi) - f64::from(lo),
+        data_range: value_range(&y),
     };
-    let report = metrics::evaluate(&x.data, &y, &d, &cfg);
+    let mut report = metrics::evaluate(&x.data, &y, &d, &cfg);
+    if d.c > 1 {
+        // channels of different units pool badly (a threshold of one is meaningless for the
+        // other): each channel scored alone too, with its own default thresholds
+        let per_channel: Vec<Value> = (0..d.c)
+            .map(|k| {
+                let (xk, yk) = (
+                    channel(&x.data, k, d.c, d.h * d.w),
+                    channel(&y, k, d.c, d.h * d.w),
+                );
+                let ck = EvalSettings {
+                    thresholds: if o.thresholds.is_empty() {
+                        vec![quantile(&yk, 0.75), quantile(&yk, 0.95)]
+                    } else {
+                        cfg.thresholds.clone()
+                    },
+                    data_range: value_range(&yk),
+                };
+                let mut r = metrics::evaluate(&xk, &yk, &Dims { c: 1, ..d }, &ck);
+                r["channel"] = serde_json::json!(k);
+                r
+            })
+            .collect();
+        report["per_channel"] = Value::Array(per_channel);
+    }
     if let Some(out) = json_out {
         let text = serde_json::to_string_pretty(&report).expect("report serialises");
         outputs.write(out, text.as_bytes())?;

@@ -836,7 +836,22 @@ fn write_forecast(
     let text = serde_json::to_string_pretty(record_json).expect("the record serialises");
     outputs.write(record, text.as_bytes())?;
     if let Some(dir) = png {
+        let model = record_json["model"].as_str().unwrap_or("");
+        let model = Path::new(model)
+            .file_name()
+            .map_or(model.to_string(), |m| m.to_string_lossy().into_owned());
+        let sampler = match (
+            record_json["steps"].as_u64(),
+            record_json["ddim_eta"].as_f64(),
+        ) {
+            (Some(k), Some(eta)) => format!("{k} DDIM STEPS, ETA {eta}"),
+            _ => "COLD SAMPLING".to_string(),
+        };
         for i in 0..n {
+            let title = format!(
+                "SAMPLE {i}   MODEL {}   {sampler}   {members} MEMBERS",
+                model.to_uppercase()
+            );
             let truth =
                 (l >= f.history + lead).then(|| &obs.data[i * l * e + f.history * e..][..lead * e]);
             let pic = picture::Forecast {
@@ -848,6 +863,7 @@ fn write_forecast(
                 members: &fc[i * members * lead * e..][..members * lead * e],
                 n_members: members,
                 future: lead,
+                title: &title,
             };
             outputs.write_in(dir, &format!("sample_{i:04}.png"), &picture::render(&pic)?)?;
         }
