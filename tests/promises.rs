@@ -72,7 +72,7 @@ fn write(s: &Scratch, name: &str, shape: &[usize], data: &[f32]) -> PathBuf {
     p
 }
 
-/// README, `sample`: `--members` 8, `--steps` 50, `--seed` 0, `--ddim-eta` 0, `--batch` 8,
+/// README, `sample`: `--members` 8, `--steps` 20, `--seed` 0, `--ddim-eta` 1, `--batch` 8,
 /// `--out forecast.npy`; pictures only on request with a given model.
 #[test]
 fn sample_defaults_are_the_documented_values() {
@@ -98,18 +98,18 @@ fn sample_defaults_are_the_documented_values() {
             "--members",
             "8",
             "--steps",
-            "50",
+            "20",
             "--seed",
             "0",
             "--ddim-eta",
-            "0",
+            "1",
             "--batch",
             "8",
         ],
     );
     assert!(
         same(&got.data, &explicit.data),
-        "the defaults differ from --members 8 --steps 50 --seed 0 --ddim-eta 0 --batch 8"
+        "the defaults differ from --members 8 --steps 20 --seed 0 --ddim-eta 1 --batch 8"
     );
 }
 

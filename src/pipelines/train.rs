@@ -26,7 +26,7 @@ use crate::memory;
 use crate::metrics::crps::crps_both;
 use crate::model::{Model, ProcessConfig, UNET_DIR};
 use crate::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
-use crate::pipelines::sample::{forecast, SamplerSettings, DEFAULT_STEPS};
+use crate::pipelines::sample::{forecast, SamplerSettings, DEFAULT_DDIM_ETA, DEFAULT_STEPS};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
@@ -1139,7 +1139,7 @@ const SKILL_SEQUENCES: usize = 16;
 const SKILL_MEMBERS: usize = 4;
 
 /// The closing check of a run with `--val-data`: forecasts of the first window of up to 16
-/// validation sequences (4 members, the sampler's default steps, ddim_eta 0) against
+/// validation sequences (4 members, the sampler's default steps and ddim_eta) against
 /// persistence (the last history frame repeated), both by fair CRPS over every forecast value in
 /// data space (persistence's CRPS is its absolute error), as one line that says whether the
 /// model is usable.
@@ -1155,7 +1155,7 @@ fn validation_skill(model: &Model, val: &npy::Array, o: &TrainOptions) -> Result
         members: SKILL_MEMBERS,
         steps: DEFAULT_STEPS,
         seed: o.seed,
-        ddim_eta: 0.0,
+        ddim_eta: DEFAULT_DDIM_ETA,
         batch: o.batch,
         device: o.device,
     };
@@ -1192,7 +1192,7 @@ fn validation_skill(model: &Model, val: &npy::Array, o: &TrainOptions) -> Result
         )
     };
     Ok(format!(
-        "validation skill ({n} sequences of {}, {m} members, {DEFAULT_STEPS} DDIM steps): fair CRPS {crps:.4} against persistence {persistence:.4}, {verdict}",
+        "validation skill ({n} sequences of {}, {m} members, {DEFAULT_STEPS} DDIM steps, ddim_eta {DEFAULT_DDIM_ETA}): fair CRPS {crps:.4} against persistence {persistence:.4}, {verdict}",
         o.val_data
             .as_ref()
             .map_or(String::new(), |v| v.display().to_string())
@@ -1220,6 +1220,77 @@ pub fn default_warmup(out: &Path, resume: bool, steps: usize) -> usize {
         .then(recorded)
         .flatten()
         .unwrap_or(DEFAULT_WARMUP.min(steps))
+}
+
+/// The flags of the run recorded in `out/dydiff.json` (docs/cli.md, “train”: `--resume` alone
+/// continues a run), each with its value (`None`: a switch that was given): the data, frames and
+/// process, the recipe, and for DYffusion its settings and each stage's steps. Empty when the
+/// folder holds no readable record.
+pub fn recorded_flags(out: &Path) -> Vec<(&'static str, Option<String>)> {
+    let Ok(text) = std::fs::read_to_string(out.join(crate::model::PROCESS_FILE)) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+        return Vec::new();
+    };
+    let dyffusion = v["method"] == "dyffusion";
+    let t = &v["training"];
+    // the recipe: a DyDiff run's, or a DYffusion run's latest stage's
+    let recipe = if dyffusion {
+        if t["forecaster"].is_object() {
+            &t["forecaster"]
+        } else {
+            &t["interpolator"]
+        }
+    } else {
+        t
+    };
+    let text = |x: &Value| match x {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let mut flags: Vec<(&'static str, Option<String>)> = Vec::new();
+    let mut value = |flag: &'static str, x: &Value| {
+        if let Some(s) = text(x) {
+            flags.push((flag, Some(s)));
+        }
+    };
+    value("--data", &recipe["data"]);
+    value("--history", &v["history"]);
+    value("--future", &v["future"]);
+    value("--padding-mode", &v["padding_mode"]);
+    for (flag, key) in [
+        ("--batch", "batch"),
+        ("--lr", "lr"),
+        ("--warmup-steps", "warmup_steps"),
+        ("--weight-decay", "weight_decay"),
+        ("--clip", "clip"),
+        ("--ema-decay", "ema_decay"),
+        ("--seed", "seed"),
+    ] {
+        value(flag, &recipe[key]);
+    }
+    if dyffusion {
+        value("--method", &v["method"]);
+        value("--additional-steps", &v["additional_steps"]);
+        value("--forecaster-condition", &v["forecaster_condition"]);
+        value("--interpolator-dropout", &v["interpolator_dropout"]);
+        value("--lambda-1", &v["lambda_1"]);
+        value("--lambda-2", &v["lambda_2"]);
+        value("--interpolator-steps", &t["interpolator"]["steps"]);
+        value("--steps", &t["forecaster"]["steps"]);
+    } else {
+        value("--dyn-eta", &v["dyn_eta"]);
+        value("--steps", &recipe["steps"]);
+    }
+    if recipe["cosine"] == Value::Bool(false) {
+        flags.push(("--constant-lr", None));
+    }
+    if v["diffuse_history"] == Value::Bool(true) {
+        flags.push(("--diffuse-history", None));
+    }
+    flags
 }
 
 /// The built-in model's warm-up steps.
