@@ -61,4 +61,18 @@ sweep "$model" after
 if [ -n "${BEFORE:-}" ]; then
   sweep "$BEFORE" before
 fi
-echo "wrote $model and the validation runs in $OUT"
+# the test sequences of the reproduction (seed 2), scored once at the chosen defaults
+# (20 DDIM steps, ddim_eta 1) and, for the model before, also at its old defaults (50, 0)
+[ -f "$OUT/test.npy" ] || $BIN data navier-stokes --out "$OUT/test.npy" --samples 64 --frames 10 --resolution 32 --seed 2
+test_run() {
+  local m=$1 tag=$2 k=$3 e=$4 f="$OUT/test_${2}_k${3}_e${4}.npy"
+  [ -f "$f" ] || $BIN sample --model "$m" --input "$OUT/test.npy" --out "$f" --members 8 \
+    --steps "$k" --ddim-eta "$e" --seed 0 --batch 16
+  [ -f "${f%.npy}.eval.json" ] || $BIN eval --forecast "$f" --truth "$OUT/test.npy" --json "${f%.npy}.eval.json" > /dev/null
+}
+test_run "$model" after 20 1
+if [ -n "${BEFORE:-}" ]; then
+  test_run "$BEFORE" before 20 1
+  test_run "$BEFORE" before 50 0
+fi
+echo "wrote $model, the validation runs and the test runs in $OUT"

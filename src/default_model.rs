@@ -1,8 +1,8 @@
 //! The default model and demo observations built into the binary, so that `dydiff sample`
-//! with no arguments forecasts something real: a small Dynamical Diffusion model trained by
-//! `experiments/reproduce.sh` on generated 2-D turbulence (4 history and 6 future frames of the
-//! velocity `(u, v)` at 32×32; see `assets/default/dydiff.json` for its training recipe) and four
-//! held-out sequences of the same flow.
+//! with no arguments forecasts something real: a small Dynamical Diffusion model with circular
+//! padding trained by `experiments/builtin.sh` on generated 2-D turbulence (4 history and 6
+//! future frames of the velocity `(u, v)` at 32×32; see `assets/default/dydiff.json` for its
+//! training recipe) and four held-out sequences of the same flow.
 //!
 //! The files are written once to a folder under the system's temporary directory (named by
 //! a hash of their content, each file atomically), from where the ordinary loaders read them.

@@ -62,7 +62,16 @@ fn ok(o: &Output) -> String {
 
 /// The lines dydiff printed (mpirun adds lines of its own when a job fails).
 fn dydiff_lines(err: &str) -> Vec<&str> {
-    err.lines().filter(|l| l.starts_with("dydiff:")).collect()
+    // the plain progress lines of a run without a terminal, warnings and the --val-data hint
+    // are counted apart
+    let apart = [
+        "dydiff: step ",
+        "dydiff: warning: ",
+        "dydiff: pass --val-data",
+    ];
+    err.lines()
+        .filter(|l| l.starts_with("dydiff:") && !apart.iter().any(|a| l.starts_with(a)))
+        .collect()
 }
 
 /// The flags of a small DyDiff training run: 4 steps of a global batch of 5 (3 rows on rank 0,
@@ -161,6 +170,12 @@ fn data_parallel_training_equals_one_process() {
     ok(&run(mpirun(1, &s.0).args(train_args(&s, "one", "4"))));
     let err = ok(&run(mpirun(2, &s.0).args(train_args(&s, "two", "4"))));
     assert_eq!(dydiff_lines(&err).len(), 1, "{err}");
+    // one plain progress line per log line (every step), from rank 0 alone
+    let progress = err
+        .lines()
+        .filter(|l| l.starts_with("dydiff: step "))
+        .count();
+    assert_eq!(progress, 4, "{err}");
     let (one, two) = (s.path("one"), s.path("two"));
     assert_eq!(losses(&two, log).len(), 4);
     same_training(&one, &two, state, log, 1e-3);

@@ -1180,7 +1180,8 @@ fn eval_prints_the_table_of_the_report() {
     }
     let per_lead = report["per_lead"].as_array().unwrap();
     assert_eq!(per_lead.len(), 4);
-    assert_eq!(lines.len(), 1 + 4 + 1 + 1, "{out}");
+    // the leads, all, each of the 2 channels alone, the other overall scores
+    assert_eq!(lines.len(), 1 + 4 + 1 + 2 + 1, "{out}");
     let check = |line: &str, name: &str, o: &Value| {
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cells[0], name, "{line}");
@@ -1196,7 +1197,14 @@ fn eval_prints_the_table_of_the_report() {
         check(lines[1 + i], &(i + 1).to_string(), o);
     }
     check(lines[5], "all", &report["overall"]);
-    let rest = lines[6].strip_prefix("overall: ").expect(lines[6]);
+    for k in 0..2 {
+        let line = lines[6 + k]
+            .trim_start()
+            .strip_prefix("ch ")
+            .expect(lines[6 + k]);
+        check(line, &k.to_string(), &report["per_channel"][k]["overall"]);
+    }
+    let rest = lines[8].strip_prefix("overall: ").expect(lines[8]);
     for (k, v) in report["overall"].as_object().unwrap() {
         if !keys.contains(&k.as_str()) {
             let cell = format!("{k} {:.4}", v.as_f64().unwrap());

@@ -697,18 +697,15 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     bar.finish_and_clear();
     let clock = Instant::now();
     if world().is_root() {
-        if let Some(w) = magnitude_warning(&fc, (p.data_scale, p.data_shift), &causes_ddim(o, p)) {
-            eprintln!("dydiff: warning: {w}");
-        }
         let window = window_record(o, &model_dir, &input, (&obs, &frames, lead), Some(steps));
+        let check = (p.data_scale, p.data_shift, causes_ddim(o, p));
         let files = (out, record, png);
         write_forecast(
             outputs,
             files,
-            &obs,
-            &frames,
+            (&obs, &frames),
             (&fc, o.members, lead),
-            &window,
+            (&window, check),
         )?;
     }
     Ok(SampleReport {
@@ -824,16 +821,20 @@ fn window_record(
     })
 }
 
-/// Writes the forecast `(N, M, lead, C, H, W)` and, if asked, one picture per sample (with the
-/// truth when the observations hold every lead), the window record, then commits all outputs together.
+/// Writes the forecast `(N, M, lead, C, H, W)`, its window record and, if asked, one picture per
+/// sample (with the truth when the observations hold every lead), then commits all outputs
+/// together; first warns (one line) when the forecast lies far beyond the training data
+/// (`data_scale`, `data_shift`), naming the likely `causes`.
 fn write_forecast(
     mut outputs: Outputs,
     (out, record, png): (FileOutput, FileOutput, Option<DirOutput>),
-    obs: &npy::Array,
-    f: &Frames,
+    (obs, f): (&npy::Array, &Frames),
     (fc, members, lead): (&[f32], usize, usize),
-    record_json: &Value,
+    (record_json, (scale, shift, causes)): (&Value, (f64, f64, String)),
 ) -> Result<()> {
+    if let Some(w) = magnitude_warning(fc, (scale, shift), &causes) {
+        eprintln!("dydiff: warning: {w}");
+    }
     let (n, l) = (obs.shape[0], obs.shape[1]);
     let e = f.channels * f.height * f.width;
     let shape = [n, members, lead, f.channels, f.height, f.width];
@@ -853,10 +854,7 @@ fn write_forecast(
             _ => "COLD SAMPLING".to_string(),
         };
         for i in 0..n {
-            let title = format!(
-                "SAMPLE {i}   MODEL {}   {sampler}   {members} MEMBERS",
-                model.to_uppercase()
-            );
+            let title = format!("SAMPLE {i}   MODEL {}   {sampler}", model.to_uppercase());
             let truth =
                 (l >= f.history + lead).then(|| &obs.data[i * l * e + f.history * e..][..lead * e]);
             let pic = picture::Forecast {
@@ -982,17 +980,14 @@ fn run_cold(
     let clock = Instant::now();
     if world().is_root() {
         let causes = "a network trained too briefly, or observations unlike the training data";
-        if let Some(w) = magnitude_warning(&fc, (c.data_scale, c.data_shift), causes) {
-            eprintln!("dydiff: warning: {w}");
-        }
+        let check = (c.data_scale, c.data_shift, causes.to_string());
         let record = window_record(o, model_dir, input, (&obs, &frames, lead), None);
         write_forecast(
             outputs,
             files,
-            &obs,
-            &frames,
+            (&obs, &frames),
             (&fc, o.members, lead),
-            &record,
+            (&record, check),
         )?;
     }
     Ok(SampleReport {
