@@ -66,8 +66,8 @@ run() {
     mesh) hist=2; steps=$MESH_STEPS; net=(--unet-config "$OUT/mesh/unet.json") ;;
   esac
   case $method in
-    dydiff) train_flags=(--dyn-eta 0.5 --steps "$steps"); sample_flags=(--steps 50) ;;
-    standard) train_flags=(--dyn-eta 0 --steps "$steps"); sample_flags=(--steps 50) ;;
+    dydiff) train_flags=(--dyn-eta 0.5 --steps "$steps"); sample_flags=(--steps 50 --ddim-eta 0) ;;
+    standard) train_flags=(--dyn-eta 0 --steps "$steps"); sample_flags=(--steps 50 --ddim-eta 0) ;;
     dyffusion) train_flags=(--method dyffusion --interpolator-steps $((steps * 3 / 8)) --steps $((steps * 3 / 16))) ;;
   esac
   # reuse reproduce.sh's paper-process models for the turbulence (same data, network and budget)

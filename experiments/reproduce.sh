@@ -72,7 +72,7 @@ run() {
       --dyn-eta "$eta" $flag --steps "$steps" --batch "$BATCH" --lr "$LR" --warmup-steps 100 \
       --cosine --seed "$seed" --log-every 50 --checkpoint-every 500 $resume
     $BIN sample --model "$run" --input "$OUT/test.npy" --out "$run/forecast.npy" \
-      --members 8 --steps 50 --seed "$seed" --batch 16
+      --members 8 --steps 50 --ddim-eta 0 --seed "$seed" --batch 16
     $BIN eval --forecast "$run/forecast.npy" --truth "$OUT/test.npy" --json "$run/eval.json" > "$run/eval.txt"
   fi
   # the diagnostic: noise-prediction error on the held-out windows at fixed timesteps
