@@ -890,6 +890,9 @@ fn main() -> ExitCode {
         eprintln!("dydiff: error: cannot install the interrupt handler: {e}");
         return ExitCode::FAILURE;
     }
+    if distributed::launcher().is_some() {
+        dydiff::io::atomic::quiet_on_interrupt();
+    }
     let w = world();
     let mut result = run(cli);
     // Every rank ends the command with an agreement, unless its error was agreed on already.

@@ -15,7 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// The temporaries that exist now.
@@ -158,6 +158,15 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// default).
 static NOTE: Mutex<String> = Mutex::new(String::new());
 
+/// Whether a signal ends the process silently ([`quiet_on_interrupt`]).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Makes an interrupt end the process without a word: for the ranks of an MPI job, which the
+/// launcher ends with a signal when one of them fails (that rank's error is the job's one line).
+pub fn quiet_on_interrupt() {
+    QUIET.store(true, Ordering::Relaxed);
+}
+
 /// Sets what the process says on stderr when SIGINT, SIGTERM or SIGHUP ends it, after
 /// `dydiff: interrupted; ` — by default that no output was written (outputs appear whole at the
 /// end of a command); a training run names its last checkpoint and the command that resumes.
@@ -186,7 +195,9 @@ pub fn remove_temporaries_on_signal() -> std::io::Result<()> {
                 } else {
                     note.as_str()
                 };
-                eprintln!("\ndydiff: interrupted; {note}");
+                if !QUIET.load(Ordering::Relaxed) {
+                    eprintln!("\ndydiff: interrupted; {note}");
+                }
                 // Restores the default action and raises the signal again, which ends the
                 // process (the function aborts if that fails).
                 let _ = signal_hook::low_level::emulate_default_handler(signal);
