@@ -193,7 +193,7 @@ enum Command {
         padding_mode: String,
         /// Total optimizer steps, 1 to 4294967295. The default, with the other defaults (batch
         /// 16, lr 1e-3, 100 warm-up steps, cosine decay), is the recipe of the built-in model:
-        /// about 35 minutes on 2 CPU cores for its 32×32 turbulence; far fewer steps give a model
+        /// about 15 minutes on 2 CPU cores for its 32×32 turbulence; far fewer steps give a model
         /// that does not beat persistence (see --val-data).
         #[arg(long, default_value_t = train::DEFAULT_TRAIN_STEPS)]
         steps: usize,
