@@ -581,8 +581,9 @@ fn run(cli: Cli) -> Result<()> {
             log_every,
             checkpoint_every,
         } => {
+            // (with --resume the run's own, added by with_recorded_flags)
             let warmup_steps = warmup_steps.unwrap_or_else(|| {
-                train::default_warmup(&out, resume, steps.min(interpolator_steps.unwrap_or(steps)))
+                train::default_warmup(steps.min(interpolator_steps.unwrap_or(steps)))
             });
             let options = train::TrainOptions {
                 data,

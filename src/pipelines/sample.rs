@@ -675,7 +675,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         None => None,
     };
     let load_s = clock.elapsed().as_secs_f64();
-    let history = histories(&obs, p.history, e);
+    let history = histories(&obs, n, p.history, e);
     let lead = o.lead.unwrap_or(p.future);
     let windows = check_lead(lead, p.future)?;
     let steps = settings.steps;
@@ -737,9 +737,9 @@ struct Frames {
     width: usize,
 }
 
-/// The first `history` frames of each sequence of `obs` `(N, L, …)`, `(N, history, e)`.
-fn histories(obs: &npy::Array, history: usize, e: usize) -> Vec<f32> {
-    let (n, l) = (obs.shape[0], obs.shape[1]);
+/// The first `history` frames of the first `n` sequences of `obs` `(N, L, …)`, `(n, history, e)`.
+pub(crate) fn histories(obs: &npy::Array, n: usize, history: usize, e: usize) -> Vec<f32> {
+    let l = obs.shape[1];
     let mut out = Vec::with_capacity(n * history * e);
     for i in 0..n {
         out.extend_from_slice(&obs.data[i * l * e..][..history * e]);
@@ -964,7 +964,7 @@ fn run_cold(
         ]),
     )?;
     let load_s = clock.elapsed().as_secs_f64();
-    let history = histories(&obs, c.history, e);
+    let history = histories(&obs, n, c.history, e);
     let windows = check_lead(lead, c.future)?;
     super::cold::check_calls(c)?;
     let calls = c.calls_per_window();

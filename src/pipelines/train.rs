@@ -26,7 +26,9 @@ use crate::memory;
 use crate::metrics::crps::crps_both;
 use crate::model::{Model, ProcessConfig, UNET_DIR};
 use crate::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
-use crate::pipelines::sample::{forecast, SamplerSettings, DEFAULT_DDIM_ETA, DEFAULT_STEPS};
+use crate::pipelines::sample::{
+    forecast, histories, SamplerSettings, DEFAULT_DDIM_ETA, DEFAULT_STEPS,
+};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
@@ -1147,10 +1149,7 @@ fn validation_skill(model: &Model, val: &npy::Array, o: &TrainOptions) -> Result
     let p = &model.process;
     let (l, e) = (val.shape[1], p.frame_len());
     let n = val.shape[0].min(SKILL_SEQUENCES);
-    let mut history = Vec::with_capacity(n * p.history * e);
-    for i in 0..n {
-        history.extend_from_slice(&val.data[i * l * e..][..p.history * e]);
-    }
+    let history = histories(val, n, p.history, e);
     let settings = SamplerSettings {
         members: SKILL_MEMBERS,
         steps: DEFAULT_STEPS,
@@ -1200,26 +1199,10 @@ fn validation_skill(model: &Model, val: &npy::Array, o: &TrainOptions) -> Result
 }
 
 /// The default warm-up of a run of `steps` steps (its shortest stage's): the built-in model's
-/// 100, or `steps` when fewer; a resumed run (`resume`) keeps the warm-up recorded in
-/// `out/dydiff.json`.
-pub fn default_warmup(out: &Path, resume: bool, steps: usize) -> usize {
-    let recorded = || -> Option<usize> {
-        let text = std::fs::read_to_string(out.join(crate::model::PROCESS_FILE)).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        let t = &v["training"];
-        [
-            &t["warmup_steps"],
-            &t["interpolator"]["warmup_steps"],
-            &t["forecaster"]["warmup_steps"],
-        ]
-        .iter()
-        .find_map(|w| w.as_u64())
-        .map(|w| w as usize)
-    };
-    resume
-        .then(recorded)
-        .flatten()
-        .unwrap_or(DEFAULT_WARMUP.min(steps))
+/// 100, or `steps` when fewer. (A resumed run gets its recorded warm-up from
+/// [`recorded_flags`] instead.)
+pub fn default_warmup(steps: usize) -> usize {
+    DEFAULT_WARMUP.min(steps)
 }
 
 /// The flags of the run recorded in `out/dydiff.json` (docs/cli.md, “train”: `--resume` alone
