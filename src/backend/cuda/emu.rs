@@ -70,8 +70,52 @@ impl Emulator {
         }
     }
 
+    /// Appends the launch to the launch log when `DYDIFF_LAUNCH_LOG` names a file: one JSON line
+    /// `{"kernel", "grid", "block", "shared", "args"}`, the arguments as numbers (pointers as
+    /// `"ptr"`, a structure as its 4-byte words, integers). python/sass_model.py reads it: the
+    /// launch plan of a network on the emulator is the plan a GPU runs.
+    fn log_launch(name: &str, shape: &LaunchShape, args: &[KernelArg]) -> Result<()> {
+        static LOG: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+        let Some(path) = LOG.get_or_init(|| std::env::var_os("DYDIFF_LAUNCH_LOG").map(Into::into))
+        else {
+            return Ok(());
+        };
+        let args: Vec<serde_json::Value> = args
+            .iter()
+            .map(|a| match a {
+                KernelArg::Ptr(_) => "ptr".into(),
+                KernelArg::I32(v) => (*v).into(),
+                KernelArg::U32(v) => (*v).into(),
+                KernelArg::I64(v) => (*v).into(),
+                KernelArg::U64(v) => (*v).into(),
+                KernelArg::F32(v) => f64::from(*v).into(),
+                KernelArg::Struct(b) => b
+                    .chunks(4)
+                    .map(|w| {
+                        let mut word = [0u8; 4];
+                        word[..w.len()].copy_from_slice(w);
+                        i32::from_ne_bytes(word)
+                    })
+                    .collect::<Vec<i32>>()
+                    .into(),
+            })
+            .collect();
+        let line = serde_json::json!({
+            "kernel": name, "grid": shape.grid, "block": shape.block,
+            "shared": shape.shared_bytes, "args": args,
+        });
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .map_err(|e| Error::io(path, e))
+    }
+
     /// Runs one launch now.
     fn run(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()> {
+        Self::log_launch(name, &shape, args)?;
         let c = CString::new(name).map_err(|_| emulated(format!("bad kernel name {name:?}")))?;
         let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
         let sizes: Vec<usize> = values.iter().map(Vec::len).collect();
