@@ -9,14 +9,17 @@ swept beside it with BEFORE=..., that model's column too), and a figure, DIR/ste
   the one-pixel border ring), at ddim_eta 0, for the fewest and the most steps swept.
 
     $PY experiments/defaults_table.py OUT DIR      # PY=$(python/env.sh | tail -1)
+        [--figure steps_border.png] [--before "zero padding"] [--after "circular"]
+
+(--figure names the figure's file in DIR; --before and --after name the two models in it.)
 
 Needs numpy and matplotlib (python/requirements.txt).
 """
 
+import argparse
 import json
 import pathlib
 import re
-import sys
 
 import matplotlib
 
@@ -47,7 +50,15 @@ def border_profile(fc: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    out, fig_dir = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=pathlib.Path)
+    ap.add_argument("fig_dir", type=pathlib.Path)
+    ap.add_argument("--figure", default="steps_border.png")
+    ap.add_argument("--before", default="zero padding")
+    ap.add_argument("--after", default="circular")
+    args = ap.parse_args()
+    out, fig_dir = args.out, args.fig_dir
+    label = {"before": args.before, "after": args.after}
     val = np.load(out / "val.npy")
     found = runs(out)
     truth = None
@@ -96,17 +107,17 @@ def main() -> None:
             ys = [scores[t, k, e]["crps"] for k in steps if (t, k, e) in scores]
             ks = [k for k in steps if (t, k, e) in scores]
             a.plot(ks, ys, style, marker="o", color=colours.get(e, "k"),
-                   label=f"{t}: ddim_eta {e:g}")
+                   label=f"{label[t]}: ddim_eta {e:g}")
         for k, alpha in ((steps[0], 0.5), (steps[-1], 1.0)):
             if (t, k, 0.0) in scores:
                 prof = scores[t, k, 0.0]["border"]
                 b.plot(range(len(prof)), prof, style, color="k" if t == "after" else "tab:red",
-                       alpha=alpha, label=f"{t}: {k} steps")
+                       alpha=alpha, label=f"{label[t]}: {k} steps")
     a.set_xscale("log")
     a.set_yscale("log")
     a.set_xlabel("DDIM steps")
     a.set_ylabel("fair CRPS (validation)")
-    a.set_title("more steps: zero padding (before) vs circular (after)")
+    a.set_title(f"more steps: {args.before} vs {args.after}")
     a.legend(fontsize=7)
     b.set_yscale("log")
     b.set_xlabel("distance from the frame's border (pixels)")
@@ -115,8 +126,8 @@ def main() -> None:
     b.legend(fontsize=7)
     fig.tight_layout()
     fig_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(fig_dir / "steps_border.png", dpi=110)
-    print(f"wrote {fig_dir / 'steps_border.png'}")
+    fig.savefig(fig_dir / args.figure, dpi=110)
+    print(f"wrote {fig_dir / args.figure}")
 
 
 if __name__ == "__main__":

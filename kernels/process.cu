@@ -45,8 +45,9 @@ extern "C" __global__ void dynamics_f32(const float* __restrict__ x, float* __re
 // sequences x0 (batch, H+S, elems) with noise eps (batch, D, elems), D = S (or H+S when
 // diffuse_history): input (batch, H+D, elems) = the clean history, then
 //   x_t^s = √ᾱ_t·Dyn_{γ̄_t}(x_0)^s + √(1−ᾱ_t)·ε̃^s,  ε̃ = Dyn_{γ̄_t}(ε) from the first diffused frame,
-// and target = ε̃ (batch, D, elems).
-// coefs[4b..4b+3] = √γ̄_t, √(1−γ̄_t), √ᾱ_t, √(1−ᾱ_t) of sequence b.
+// and target = a·ε̃ + b·D (batch, D, elems): ε̃ (a, b = 1, 0), or the velocity
+// v = √ᾱ_t·ε̃ − √(1−ᾱ_t)·D (docs/process.md, "What the network predicts").
+// coefs[6b..6b+5] = √γ̄_t, √(1−γ̄_t), √ᾱ_t, √(1−ᾱ_t), a, b of sequence b.
 extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const float* __restrict__ eps,
                                         float* __restrict__ input, float* __restrict__ target,
                                         const float* __restrict__ coefs, int batch, int history,
@@ -59,7 +60,8 @@ extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const floa
   int state = history + diffused;
   int first = diffuse_history ? 0 : history;  // the first diffused frame
   int off = diffuse_history ? history : 0;    // x_t of sequence frame f goes to input frame off+f
-  float sg = coefs[4 * b], s1g = coefs[4 * b + 1], sab = coefs[4 * b + 2], s1ab = coefs[4 * b + 3];
+  const float* cb = coefs + 6 * b;
+  float sg = cb[0], s1g = cb[1], sab = cb[2], s1ab = cb[3], ta = cb[4], td = cb[5];
   const float* xs = x0 + b * frames * elems + e;
   const float* es = eps + b * diffused * elems + e;
   float* in = input + b * state * elems + e;
@@ -73,7 +75,7 @@ extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const floa
     int s = f - first;
     float z = es[s * elems];
     et = s == 0 ? z : sg * z + s1g * et;
-    tg[s * elems] = et;
+    tg[s * elems] = ta * et + td * d;
     in[(off + f) * elems] = sab * d + s1ab * et;
   }
 }
@@ -82,18 +84,19 @@ extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const floa
 // (batch, H+D, elems) — the clean history, then x_t — given ε̂ (batch, D, elems): next state =
 // the history, then x_p. Per element, running over the history Dt = Dyn_{γ̄_t}(h)^P and
 // Dp = Dyn_{γ̄_p}(h)^P (unless diffuse_history), then for each diffused frame s:
+//   ε̂^s = eps_xt·x_t^s + eps_out·output^s (the network's output itself, or from a velocity),
 //   y = (x_t^s − √(1−ᾱ_t)·ε̂^s)/√ᾱ_t,  x̂_0^s = (y − √(1−γ̄_t)·y_prev)/√γ̄_t  (y_prev = Dt first)
 //   ε_w^s = (ε̂^s − √(1−γ̄_t)·ε̂^{s−1})/√γ̄_t  (ε̂^0 first),  Dp = √γ̄_p·x̂_0^s + √(1−γ̄_p)·Dp
 //   W = Dyn_{γ̄_p}(ε_w)^s,  Z = Dyn_{γ̄_p}(z)^s,  x_p^s = √ᾱ_p·Dp + √(1−ᾱ_p−σ²)·W + σ·Z
 // With diffuse_history every chain starts at frame 0 and x̂_0^0 = y^0.
-// The step's values are read from device memory, `params`: the nine coefficients c (float bit
-// patterns) = √γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ, then the noise
-// key: seed (low, high 32 bits), purpose, step — so that a step captured in a CUDA graph reads
+// The step's values are read from device memory, `params`: the eleven coefficients c (float bit
+// patterns) = √γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ, eps_xt,
+// eps_out, then the noise key: seed (low, high 32 bits), purpose, step — so that a step captured in a CUDA graph reads
 // each replay's values. The fresh noise z (when σ > 0) is read from z (batch, D, elems) if that
 // is given, otherwise drawn here: element s·elems + e of the row (rows[b], rows[batch + b]) =
 // (sample, member) of the stream (seed, purpose, step) (docs/random.md).
 struct DdimCoefs {
-  float sg_t, s1g_t, sg_p, s1g_p, sab_t, s1ab_t, sab_p, eps_w, sigma;
+  float sg_t, s1g_t, sg_p, s1g_p, sab_t, s1ab_t, sab_p, eps_w, sigma, eps_xt, eps_out;
 };
 
 extern "C" __global__ void ddim_step_f32(const float* __restrict__ state,
@@ -109,7 +112,8 @@ extern "C" __global__ void ddim_step_f32(const float* __restrict__ state,
                        __uint_as_float(params[2]), __uint_as_float(params[3]),
                        __uint_as_float(params[4]), __uint_as_float(params[5]),
                        __uint_as_float(params[6]), __uint_as_float(params[7]),
-                       __uint_as_float(params[8])};
+                       __uint_as_float(params[8]), __uint_as_float(params[9]),
+                       __uint_as_float(params[10])};
   long long b = i / elems, e = i - b * elems;
   int frames = history + future;
   int diffused = diffuse_history ? frames : future;
@@ -128,13 +132,13 @@ extern "C" __global__ void ddim_step_f32(const float* __restrict__ state,
   NoiseStream ns;
   const bool draw = c.sigma > 0.0f && !z_given;
   if (draw) {
-    unsigned long long seed = params[9] | ((unsigned long long)params[10] << 32);
-    ns = noise_stream(seed, params[11], params[12], rows[b], rows[batch + b]);
+    unsigned long long seed = params[11] | ((unsigned long long)params[12] << 32);
+    ns = noise_stream(seed, params[13], params[14], rows[b], rows[batch + b]);
   }
   float y_prev = dt, eh_prev = 0.0f, w = 0.0f, zz = 0.0f;
   for (int s = 0; s < diffused; ++s) {
     float xt = st[(history + s) * elems];
-    float ehs = eh[s * elems];
+    float ehs = c.eps_xt * xt + c.eps_out * eh[s * elems];
     float y = (xt - c.s1ab_t * ehs) / c.sab_t;
     float z = draw ? noise_normal(ns, (unsigned long long)s * elems + e)
                    : c.sigma > 0.0f ? z_given[(b * diffused + s) * elems + e] : 0.0f;

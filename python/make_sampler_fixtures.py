@@ -6,6 +6,7 @@ Writes two model folders sharing one small random UNet2DModel (2 history and 3 f
 
   tests/fixtures/sampler/model_dpm   dyn_eta 0   (the standard diffusion model)
   tests/fixtures/sampler/model_dyn   dyn_eta 0.5 (Dynamical Diffusion)
+  tests/fixtures/sampler/model_dpm_v, model_dyn_v   the same, prediction_type v_prediction
 
 plus observations obs.npy (N=2, L=5: history and truth), and for each case the expected forecast
 (N, M, S, C, H, W) in data space:
@@ -15,6 +16,8 @@ plus observations obs.npy (N=2, L=5: history and truth), and for each case the e
                                                                            variance_noise = our z
   dyn_eta0   dyn_eta 0.5, ddim_eta 0,   25 steps, seed 5               -> the sampler implementation below
   dyn_eta05  dyn_eta 0.5, ddim_eta 0.5, 21 steps, seed 7               -> the sampler implementation below
+  dpm_v_eta0   as dpm_eta0, the network read as a velocity (prediction_type v_prediction)
+  dyn_v_eta05  dyn_eta 0.5, ddim_eta 0.5, 21 steps, seed 9, v_prediction -> the sampler below
 
 The dyn_eta 0.5 reference is written here from docs/schedules.md and docs/process.md in float64
 numpy (only the network runs in torch float32); it shares no code with dydiff. The seeded noise
@@ -116,8 +119,9 @@ def inv_dyn(frames, g):
     return out
 
 
-def spec_sampler(net, hist, eps, dyn_eta, ddim_eta, steps, seed):
-    """hist (B, P1, C, H, W), eps (B, S, C, H, W), model space; one batch row per (n, m)."""
+def spec_sampler(net, hist, eps, dyn_eta, ddim_eta, steps, seed, prediction="epsilon"):
+    """hist (B, P1, C, H, W), eps (B, S, C, H, W), model space; one batch row per (n, m). A
+    v_prediction network's output v̂ gives ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂ (docs/process.md)."""
     ab = alphas_cumprod()
     gb = lambda a: dyn_eta * a + (1 - dyn_eta)  # noqa: E731
     taus = [(k - 1) * (T // steps) + 1 for k in range(1, steps + 1)]
@@ -133,6 +137,8 @@ def spec_sampler(net, hist, eps, dyn_eta, ddim_eta, steps, seed):
         with torch.no_grad():
             e_hat = net(torch.from_numpy(inp), torch.full((B,), t)).sample.numpy().astype(np.float64)
         e_hat = [e_hat[:, s * C:(s + 1) * C] for s in range(S)]
+        if prediction == "v_prediction":
+            e_hat = [math.sqrt(1 - a_t) * x[s] + math.sqrt(a_t) * e_hat[s] for s in range(S)]
         y = [(x[s] - math.sqrt(1 - a_t) * e_hat[s]) / math.sqrt(a_t) for s in range(S)]
         x0 = inv_dyn([dyn(h, g_t)[-1]] + y, g_t)[1:]
         e_w = inv_dyn(e_hat, g_t)
@@ -149,11 +155,11 @@ def spec_sampler(net, hist, eps, dyn_eta, ddim_eta, steps, seed):
     return np.stack(x, axis=1)
 
 
-def diffusers_sampler(net, hist, eps, ddim_eta, steps, seed):
+def diffusers_sampler(net, hist, eps, ddim_eta, steps, seed, prediction="epsilon"):
     """The standard model: a loop over diffusers' own DDIMScheduler.step."""
     sched = DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=False,
                           set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
-                          prediction_type="epsilon")
+                          prediction_type=prediction)
     sched.set_timesteps(steps)
     B = hist.shape[0]
     h = torch.from_numpy(hist.reshape(B, P1 * C, H, W))
@@ -181,12 +187,14 @@ def main():
         net.conv_out.weight.mul_(0.3)
     if ROOT.exists():
         shutil.rmtree(ROOT)
-    for name, dyn_eta in [("model_dpm", 0.0), ("model_dyn", 0.5)]:
+    models = [("model_dpm", 0.0, "epsilon"), ("model_dyn", 0.5, "epsilon"),
+              ("model_dpm_v", 0.0, "v_prediction"), ("model_dyn_v", 0.5, "v_prediction")]
+    for name, dyn_eta, prediction in models:
         d = ROOT / name
         net.save_pretrained(d / "unet", safe_serialization=True)
         DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=False,
                       set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading",
-                      prediction_type="epsilon").save_config(d / "scheduler")
+                      prediction_type=prediction).save_config(d / "scheduler")
         (d / "dydiff.json").write_text(json.dumps({
             "method": "dydiff", "dyn_eta": dyn_eta, "history": P1, "future": S, "channels": C,
             "height": H, "width": W, "data_scale": SCALE, "data_shift": SHIFT,
@@ -211,14 +219,18 @@ def main():
         "dpm_eta1": ("model_dpm", 1.0, 20, 3, False),
         "dyn_eta0": ("model_dyn", 0.0, 25, 5, False),
         "dyn_eta05": ("model_dyn", 0.5, 21, 7, False),
+        "dpm_v_eta0": ("model_dpm_v", 0.0, 25, 0, True),
+        "dyn_v_eta05": ("model_dyn_v", 0.5, 21, 9, False),
     }
+    prediction_of = {name: prediction for name, _, prediction in models}
     meta = {}
     for name, (model, ddim_eta, steps, seed, use_file) in cases.items():
         eps = (eps_file if use_file else noise(seed, 0, 0)).reshape(N * M, S, C, H, W)
-        if model == "model_dpm":
-            x0 = diffusers_sampler(net, hist, eps, ddim_eta, steps, seed)
+        prediction = prediction_of[model]
+        if model.startswith("model_dpm"):
+            x0 = diffusers_sampler(net, hist, eps, ddim_eta, steps, seed, prediction)
         else:
-            x0 = spec_sampler(net, hist, eps, 0.5, ddim_eta, steps, seed)
+            x0 = spec_sampler(net, hist, eps, 0.5, ddim_eta, steps, seed, prediction)
         out = (x0 * SCALE + SHIFT).astype(np.float32).reshape(N, M, S, C, H, W)
         np.save(ROOT / f"{name}.npy", out)
         meta[name] = {"model": model, "ddim_eta": ddim_eta, "steps": steps, "seed": seed,

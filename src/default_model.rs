@@ -33,11 +33,17 @@ const MODEL_FILES: [(&str, &[u8]); 4] = [
 
 /// Demo observations `(4, 10, 2, 32, 32)`: history and truth.
 const DEMO: &[u8] = include_bytes!("../assets/default/demo.npy");
+/// The demo's channel record: `u`, `v`.
+const DEMO_CHANNELS: &[u8] = include_bytes!("../assets/default/demo.channels.json");
 
 /// FNV-1a over all embedded bytes: the folder name, so that another build never reuses it.
 fn content_hash() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for bytes in MODEL_FILES.iter().map(|(_, b)| *b).chain([DEMO]) {
+    for bytes in MODEL_FILES
+        .iter()
+        .map(|(_, b)| *b)
+        .chain([DEMO, DEMO_CHANNELS])
+    {
         for &b in bytes {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -45,16 +51,16 @@ fn content_hash() -> u64 {
     h
 }
 
-/// Writes the embedded model folder and demo (if not there already) and returns
+/// Writes the embedded model folder and demo with its channel record (if not there already) and
+/// returns
 /// `(model folder, demo observations)`.
 pub fn materialize() -> Result<(PathBuf, PathBuf)> {
     let root = std::env::temp_dir().join(format!("dydiff-default-{:016x}", content_hash()));
     let model = root.join("model");
-    for (name, bytes) in MODEL_FILES
-        .iter()
-        .map(|(n, b)| (model.join(n), *b))
-        .chain([(root.join("demo.npy"), DEMO)])
-    {
+    for (name, bytes) in MODEL_FILES.iter().map(|(n, b)| (model.join(n), *b)).chain([
+        (root.join("demo.npy"), DEMO),
+        (root.join("demo.channels.json"), DEMO_CHANNELS),
+    ]) {
         let fresh = std::fs::read(&name).map(|old| old != bytes).unwrap_or(true);
         if fresh {
             let dir = name

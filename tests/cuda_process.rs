@@ -19,6 +19,7 @@ use dydiff::backend::cuda::process::{self, StepValues};
 use dydiff::backend::{
     row_words, BackendStorage, DdimCoef, DdimStep, DynCoef, ProcessGeom, QSampleCoef, SeqGeom,
 };
+use dydiff::diffusion::schedule::Prediction;
 use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
 use std::sync::Arc;
 
@@ -98,10 +99,15 @@ fn the_forward_process_matches_the_cpu_in_both_scopes() {
             let coefs: Vec<QSampleCoef> = (0..batch)
                 .map(|b| {
                     let ab = 0.05 + 0.9 * ((b * 11) % 7) as f64 / 7.0;
+                    // odd sequences learn the velocity, even ones the noise
+                    let prediction = [Prediction::Epsilon, Prediction::V][b % 2];
+                    let (target_eps, target_d) = prediction.target(ab);
                     QSampleCoef {
                         dynamics: DynCoef::new(gamma_of(b)),
                         sqrt_ab: ab.sqrt() as f32,
                         sqrt_1mab: (1.0 - ab).sqrt() as f32,
+                        target_eps: target_eps as f32,
+                        target_d: target_d as f32,
                     }
                 })
                 .collect();
@@ -129,8 +135,9 @@ fn the_forward_process_matches_the_cpu_in_both_scopes() {
     }
 }
 
-fn ddim_coef(sigma: f32) -> DdimCoef {
+fn ddim_coef(sigma: f32, prediction: Prediction) -> DdimCoef {
     let (ab_t, ab_p) = (0.3f64, 0.6f64);
+    let (eps_from_xt, eps_from_out) = prediction.epsilon(ab_t);
     DdimCoef {
         dyn_t: DynCoef::new(0.5 * ab_t + 0.5),
         dyn_p: DynCoef::new(0.5 * ab_p + 0.5),
@@ -139,6 +146,8 @@ fn ddim_coef(sigma: f32) -> DdimCoef {
         sqrt_ab_p: ab_p.sqrt() as f32,
         eps_weight: ((1.0 - ab_p) as f32 - sigma * sigma).sqrt(),
         sigma,
+        eps_from_xt: eps_from_xt as f32,
+        eps_from_out: eps_from_out as f32,
     }
 }
 
@@ -147,7 +156,12 @@ fn the_ddim_step_matches_the_cpu_with_and_without_noise_in_both_scopes() {
     let gpu = gpu();
     for (i, &(batch, history, future, elems)) in SHAPES.iter().enumerate() {
         for diffuse_history in [false, true] {
-            for sigma in [0.0f32, 0.3] {
+            for (sigma, prediction) in [
+                (0.0f32, Prediction::Epsilon),
+                (0.3, Prediction::Epsilon),
+                (0.0, Prediction::V),
+                (0.3, Prediction::V),
+            ] {
                 let g = ProcessGeom {
                     batch,
                     history,
@@ -157,7 +171,7 @@ fn the_ddim_step_matches_the_cpu_with_and_without_noise_in_both_scopes() {
                 };
                 let state = rand_vec(batch * g.state_frames() * elems, 40 + i as u64);
                 let eps_hat = rand_vec(batch * g.diffused() * elems, 50 + i as u64);
-                let c = ddim_coef(sigma);
+                let c = ddim_coef(sigma, prediction);
                 let key = NoiseKey {
                     seed: 0x1234_5678_9abc_def0,
                     purpose: Purpose::StepNoise,
@@ -188,7 +202,11 @@ fn the_ddim_step_matches_the_cpu_with_and_without_noise_in_both_scopes() {
                     .unwrap()
                     .to_f32()
                     .unwrap();
-                close(&got, &want, &format!("{g:?} σ {sigma}, noise drawn"));
+                close(
+                    &got,
+                    &want,
+                    &format!("{g:?} σ {sigma} {prediction:?}, noise drawn"),
+                );
                 let dz = z.map(|z| Buffer::from_f32(&gpu, &z.to_vec().unwrap()).unwrap());
                 let given = StepValues::Given {
                     coef: &c,
@@ -198,7 +216,11 @@ fn the_ddim_step_matches_the_cpu_with_and_without_noise_in_both_scopes() {
                     .unwrap()
                     .to_f32()
                     .unwrap();
-                close(&got, &want, &format!("{g:?} σ {sigma}, noise given"));
+                close(
+                    &got,
+                    &want,
+                    &format!("{g:?} σ {sigma} {prediction:?}, noise given"),
+                );
             }
         }
     }
@@ -216,7 +238,10 @@ fn a_noisy_step_without_its_noise_is_refused() {
     };
     let b = Buffer::from_f32(&gpu, &[0.0; 8]).unwrap();
     let e = Buffer::from_f32(&gpu, &[0.0; 4]).unwrap();
-    let (noisy, plain) = (ddim_coef(0.3), ddim_coef(0.0));
+    let (noisy, plain) = (
+        ddim_coef(0.3, Prediction::V),
+        ddim_coef(0.0, Prediction::Epsilon),
+    );
     let given = |c| StepValues::Given { coef: c, z: None };
     let err = process::ddim_step(&b, &e, given(&noisy), &g).unwrap_err();
     assert!(err.to_string().contains("σ > 0 needs the noise"), "{err}");

@@ -583,7 +583,8 @@ fn successful_runs_add_exactly_their_outputs() {
             "--warmup",
             "10",
         ]),
-        &["ns.npy"],
+        // the data and its channel record (docs/data.md, “Channel names”)
+        &["ns.npy", "ns.channels.json"],
     );
     let train = |steps: &str, extra: &[&str]| {
         let mut a = strings(&[

@@ -8,7 +8,7 @@ use common::{assert_close, rand_tensor, rand_vec};
 use dydiff::backend::cpu::reference::{self, DdimValues};
 use dydiff::backend::{ProcessGeom, SeqGeom};
 use dydiff::diffusion::ddim::StepValues;
-use dydiff::diffusion::schedule::{gamma_bar, Schedule, SchedulerConfig};
+use dydiff::diffusion::schedule::{gamma_bar, Prediction, Schedule, SchedulerConfig};
 use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
 use dydiff::{Device, Tensor};
 
@@ -58,16 +58,27 @@ fn schedule() -> Schedule {
     Schedule::new(&SchedulerConfig::default())
 }
 
+/// The default schedule with a network that predicts `prediction`.
+fn schedule_predicting(prediction: Prediction) -> Schedule {
+    Schedule::new(&SchedulerConfig {
+        prediction,
+        ..SchedulerConfig::default()
+    })
+}
+
 #[test]
 fn forward_process_matches_the_reference() {
     for diffuse_history in [false, true] {
-        forward_process_matches_the_reference_in(diffuse_history);
+        for prediction in [Prediction::Epsilon, Prediction::V] {
+            forward_process_matches_the_reference_in(diffuse_history, prediction);
+        }
     }
 }
 
-/// The fused forward process against the reference, diffusing the future frames or all frames.
-fn forward_process_matches_the_reference_in(diffuse_history: bool) {
-    let s = schedule();
+/// The fused forward process against the reference, diffusing the future frames or all frames,
+/// with the noise or the velocity as the target.
+fn forward_process_matches_the_reference_in(diffuse_history: bool, prediction: Prediction) {
+    let s = schedule_predicting(prediction);
     let (batch, history, future, elems) = (4, 3, 4, 1500);
     let g = ProcessGeom {
         batch,
@@ -90,13 +101,29 @@ fn forward_process_matches_the_reference_in(diffuse_history: bool) {
                 (ab, gamma_bar(dyn_eta, ab))
             })
             .collect();
-        let (wi, wt) =
-            reference::q_sample(&x0.to_vec().unwrap(), &eps.to_vec().unwrap(), &g, &ab_gb);
+        let (x, e) = (x0.to_vec().unwrap(), eps.to_vec().unwrap());
+        let (wi, wt) = reference::q_sample(&x, &e, &g, &ab_gb, prediction);
         assert_close(&input.to_vec().unwrap(), &wi, ATOL, RTOL, "network input");
         assert_close(&target.to_vec().unwrap(), &wt, ATOL, RTOL, "target");
-        if dyn_eta == 0.0 && !diffuse_history {
+        if prediction == Prediction::V && dyn_eta == 0.0 && !diffuse_history {
+            // v = √ᾱ·ε − √(1−ᾱ)·x on the future frames
+            let got = target.to_vec().unwrap();
+            for b in 0..batch {
+                let ab = s.alphas_cumprod[t[b]];
+                for i in 0..future * elems {
+                    let want = ab.sqrt() * f64::from(e[b * future * elems + i])
+                        - (1.0 - ab).sqrt()
+                            * f64::from(x[(b * (history + future) + history) * elems + i]);
+                    let got = f64::from(got[b * future * elems + i]);
+                    assert!(
+                        (got - want).abs() <= 1e-6 + 1e-6 * want.abs(),
+                        "{got} vs {want}"
+                    );
+                }
+            }
+        }
+        if prediction == Prediction::Epsilon && dyn_eta == 0.0 && !diffuse_history {
             // The standard process: x_t = √ᾱ·x + √(1−ᾱ)·ε, target ε.
-            let (x, e) = (x0.to_vec().unwrap(), eps.to_vec().unwrap());
             let inp = input.to_vec().unwrap();
             assert_eq!(target.to_vec().unwrap(), e);
             for b in 0..batch {
@@ -210,13 +237,16 @@ fn step_cases(s: &Schedule) -> Vec<(f64, f64, usize, Option<usize>)> {
 #[test]
 fn ddim_step_matches_the_reference() {
     for diffuse_history in [false, true] {
-        ddim_step_matches_the_reference_in(diffuse_history);
+        for prediction in [Prediction::Epsilon, Prediction::V] {
+            ddim_step_matches_the_reference_in(diffuse_history, prediction);
+        }
     }
 }
 
-/// The fused DDIM step against the reference, diffusing the future frames or all frames.
-fn ddim_step_matches_the_reference_in(diffuse_history: bool) {
-    let s = schedule();
+/// The fused DDIM step against the reference, diffusing the future frames or all frames, the
+/// network predicting the noise or the velocity.
+fn ddim_step_matches_the_reference_in(diffuse_history: bool, prediction: Prediction) {
+    let s = schedule_predicting(prediction);
     let (batch, history, future, elems) = (3, 2, 4, 1100);
     let g = ProcessGeom {
         batch,
@@ -245,6 +275,7 @@ fn ddim_step_matches_the_reference_in(diffuse_history: bool) {
                 ab_p: v.ab_p,
                 gb_p: v.gb_p,
                 sigma: v.sigma,
+                prediction,
             },
         );
         // 1/√ᾱ_t reaches 36 at t = 981: scale the tolerance by the output's magnitude.
@@ -255,7 +286,7 @@ fn ddim_step_matches_the_reference_in(diffuse_history: bool) {
             2e-6 * max,
             RTOL,
             &format!(
-                "step {t}→{p:?}, dyn_eta {dyn_eta}, ddim_eta {ddim_eta}, all frames {diffuse_history}"
+                "step {t}→{p:?}, dyn_eta {dyn_eta}, ddim_eta {ddim_eta}, all frames {diffuse_history}, {prediction:?}"
             ),
         );
     }

@@ -169,6 +169,54 @@ fn pictures_one_per_sample() {
     assert!(!dir.join("sample_0002.png").exists());
 }
 
+/// docs/data.md, “Channel names”: the pictures name the channels from the input's channel
+/// record (a longer name widens the label column), and a record naming another channel count is
+/// refused before any work, naming the record.
+#[test]
+fn pictures_name_channels_from_the_input_record() {
+    let s = Scratch::new("sample-png-names");
+    let obs = s.path("obs.npy");
+    std::fs::copy(sampler("obs.npy"), &obs).unwrap();
+    let width = |tag: &str| {
+        let dir = s.path(tag);
+        let extra = [
+            "--members",
+            "2",
+            "--steps",
+            "1",
+            "--png",
+            dir.to_str().unwrap(),
+        ];
+        let (ok, err) = dydiff(args(&sampler("model_dyn"), &obs, &s.path("f.npy"), &extra));
+        assert!(ok, "{err}");
+        let bytes = std::fs::read(dir.join("sample_0000.png")).unwrap();
+        let reader = png::Decoder::new(bytes.as_slice()).read_info().unwrap();
+        reader.info().width
+    };
+    let unnamed = width("plain");
+    let record = s.path("obs.channels.json");
+    let named = |names: &[&str]| {
+        let list: Vec<String> = names
+            .iter()
+            .map(|n| format!("{{\"name\": \"{n}\"}}"))
+            .collect();
+        std::fs::write(&record, format!("{{\"channels\": [{}]}}", list.join(", "))).unwrap();
+    };
+    named(&["u", "v"]);
+    assert_eq!(width("short"), unnamed);
+    named(&["vorticity_at_500hpa", "v"]);
+    assert!(width("long") > unnamed);
+    named(&["u", "v", "w"]);
+    fails(
+        &s,
+        &sampler("model_dyn"),
+        &obs,
+        &["--png", s.path("stale").to_str().unwrap()],
+        &["obs.channels.json", "names 3 channels", "holds 2"],
+    );
+    assert!(!s.path("stale").exists());
+}
+
 /// A failing run: non-zero exit, one line naming `needles`, no panic, no output or temp file.
 fn fails(s: &Scratch, model: &Path, input: &Path, extra: &[&str], needles: &[&str]) {
     let out = s.path("forecast.npy");

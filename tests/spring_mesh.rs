@@ -508,3 +508,63 @@ fn unstable_steps_are_refused_before_any_work() {
     let a = npy::read(&out).unwrap();
     assert!(a.data.iter().all(|v| v.abs() < 20.0));
 }
+
+/// docs/data.md, “Channel names”: the generator records its channels beside the file (the
+/// positions with their rest place on the grid), and `eval` names its per-channel scores from
+/// the truth's record.
+#[test]
+fn the_channels_are_recorded_and_name_the_scores() {
+    let s = Scratch::new("mesh-channels");
+    let truth = generate(&s, "t.npy", &["--samples", "2", "--frames", "6"]);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("t.channels.json")).unwrap()).unwrap();
+    assert_eq!(record["generator"], "spring-mesh");
+    let names: Vec<(&str, Option<&str>)> = record["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["rest"].as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("p_x", None),
+            ("p_y", None),
+            ("q_x", Some("column")),
+            ("q_y", Some("row"))
+        ]
+    );
+    // a forecast of the last two snapshots: two members, the truth ± 0.01
+    let e = 4 * SIDE * SIDE;
+    let mut fc = Vec::new();
+    for n in 0..2 {
+        for sign in [1.0f32, -1.0] {
+            let frames = &truth.data[(n * 6 + 4) * e..][..2 * e];
+            fc.extend(frames.iter().map(|v| v + 0.01 * sign));
+        }
+    }
+    let forecast = s.path("f.npy");
+    std::fs::write(&forecast, npy::encode(&[2, 2, 2, 4, SIDE, SIDE], &fc)).unwrap();
+    let json = s.path("r.json");
+    let (ok, err) = dydiff([
+        "eval",
+        "--forecast",
+        forecast.to_str().unwrap(),
+        "--truth",
+        s.path("t.npy").to_str().unwrap(),
+        "--truth-start",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let scored: Vec<&str> = report["per_channel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(scored, ["p_x", "p_y", "q_x", "q_y"]);
+}

@@ -353,6 +353,104 @@ fn diffusing_the_history_trains_resumes_and_samples() {
     assert_eq!(npy::read(&fc).unwrap().shape, [8, 2, 3, 2, 16, 16]);
 }
 
+/// `--prediction-type v_prediction` (docs/process.md, “What the network predicts”): the scheduler
+/// config says so as diffusers does, the recipe names the loss, the loss falls, `--resume` alone
+/// continues bit-identically, resuming with the other prediction type is refused naming both, the
+/// folder samples, and DYffusion refuses the flag.
+#[test]
+fn velocity_prediction_trains_resumes_and_samples() {
+    let s = Scratch::new("train-v");
+    let d = data(&s);
+    let (a, b) = (s.path("a"), s.path("b"));
+    let v = [
+        "--prediction-type",
+        "v_prediction",
+        "--checkpoint-every",
+        "15",
+    ];
+    let (ok, err) = train(&d, &a, &[&v[..], &["--steps", "30"]].concat());
+    assert!(ok, "{err}");
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let sched = read(&a.join("scheduler/scheduler_config.json"));
+    assert_eq!(sched["prediction_type"], "v_prediction");
+    assert_eq!(
+        read(&a.join("dydiff.json"))["training"]["loss"],
+        "mse(v_hat, v)"
+    );
+    let lines = log(&a);
+    let (first, last) = (
+        lines[0]["loss"].as_f64().unwrap(),
+        lines.last().unwrap()["loss"].as_f64().unwrap(),
+    );
+    assert!(last < 0.9 * first, "loss {first} -> {last}");
+    let (ok, err) = train(&d, &b, &[&v[..], &["--steps", "15"]].concat());
+    assert!(ok, "{err}");
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--out",
+            b.to_str().unwrap(),
+            "--resume",
+            "--steps",
+            "30",
+            "--checkpoint-every",
+            "15",
+        ];
+        args.extend(extra);
+        dydiff(&args)
+    };
+    let (ok, err) = resume(&["--prediction-type", "epsilon"]);
+    assert!(
+        !ok && err.contains("--prediction-type epsilon (the run: v_prediction)"),
+        "{err}"
+    );
+    let (ok, err) = resume(&[]);
+    assert!(ok, "{err}");
+    for f in [
+        "train_state.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between the resumed and the uninterrupted run"
+        );
+    }
+    let fc = s.path("fc.npy");
+    let (ok, err) = dydiff([
+        "sample",
+        "--model",
+        a.to_str().unwrap(),
+        "--input",
+        d.to_str().unwrap(),
+        "--out",
+        fc.to_str().unwrap(),
+        "--members",
+        "2",
+        "--steps",
+        "4",
+    ]);
+    assert!(ok, "{err}");
+    let f = npy::read(&fc).unwrap();
+    assert_eq!(f.shape, [8, 2, 3, 2, 16, 16]);
+    assert!(f.data.iter().all(|x| x.is_finite()));
+    let c = s.path("c");
+    let (ok, err) = train(
+        &d,
+        &c,
+        &[
+            "--method",
+            "dyffusion",
+            "--prediction-type",
+            "v_prediction",
+            "--steps",
+            "4",
+        ],
+    );
+    common::assert_clean_failure(ok, &err, &["--prediction-type", "DYffusion"], &c, &s);
+}
+
 /// `dydiff bench noise`: with a network whose output is exactly zero (`conv_out` zeroed) the
 /// error per frame is the mean square of `ε̃`, which is standard normal per frame for any
 /// `dyn_eta` and either process: about 1. One entry per diffused frame; `mse_future` is the mean

@@ -276,18 +276,24 @@ impl DynCoef {
 
 /// Per-sequence coefficients of the forward process (docs/process.md, “Forward process”) at that
 /// sequence's `t`:
-/// `Dyn_{γ̄_t}` and `√ᾱ_t`, `√(1 − ᾱ_t)`.
+/// `Dyn_{γ̄_t}` and `√ᾱ_t`, `√(1 − ᾱ_t)`, and the training target `target_eps·ε̃ + target_d·D`
+/// (`1, 0`: the noise; `√ᾱ_t, −√(1−ᾱ_t)`: the velocity `v`; docs/process.md, “What the network
+/// predicts”).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QSampleCoef {
     pub dynamics: DynCoef,
     pub sqrt_ab: f32,
     pub sqrt_1mab: f32,
+    pub target_eps: f32,
+    pub target_d: f32,
 }
 
 /// Coefficients of one DDIM step from `t` to `p` (docs/process.md, “One step”), shared by the
 /// whole batch:
 /// the dynamics at `γ̄_t` and `γ̄_p`, `√ᾱ_t`, `√(1 − ᾱ_t)`, `√ᾱ_p`, the weight
-/// `√(1 − ᾱ_p − σ²)` of the predicted noise and `σ`.
+/// `√(1 − ᾱ_p − σ²)` of the predicted noise, `σ`, and how the noise estimate follows from the
+/// network's output: `ε̂ = eps_from_xt·x_t + eps_from_out·output` (`0, 1` for a noise
+/// prediction; `√(1−ᾱ_t), √ᾱ_t` for a velocity; docs/process.md, “What the network predicts”).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DdimCoef {
     pub dyn_t: DynCoef,
@@ -297,14 +303,17 @@ pub struct DdimCoef {
     pub sqrt_ab_p: f32,
     pub eps_weight: f32,
     pub sigma: f32,
+    pub eps_from_xt: f32,
+    pub eps_from_out: f32,
 }
 
 /// The values of one DDIM step whose fresh noise is drawn from `key`, as the device reads them
 /// ([`BackendStorage::ddim_step_drawn`]): [`DdimStep::WORDS`] 4-byte words, kept in a tensor (as
 /// `f32` bit patterns) so that a sampler step captured as a CUDA graph reads every replay's values
-/// where the graph looks for them (docs/devices.md, “CUDA graphs”). Layout: the nine coefficients
-/// of [`DdimCoef`] — `√γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ` —
-/// then the key: seed (low and high 32 bits), purpose, step.
+/// where the graph looks for them (docs/devices.md, “CUDA graphs”). Layout: the eleven
+/// coefficients of [`DdimCoef`] — `√γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p,
+/// √(1−ᾱ_p−σ²), σ`, `eps_from_xt`, `eps_from_out` — then the key: seed (low and high 32 bits),
+/// purpose, step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DdimStep {
     pub coef: DdimCoef,
@@ -313,7 +322,7 @@ pub struct DdimStep {
 
 impl DdimStep {
     /// The number of words.
-    pub const WORDS: usize = 13;
+    pub const WORDS: usize = 15;
 
     /// The words, as `f32` bit patterns.
     pub fn words(&self) -> Vec<f32> {
@@ -329,6 +338,8 @@ impl DdimStep {
             c.sqrt_ab_p,
             c.eps_weight,
             c.sigma,
+            c.eps_from_xt,
+            c.eps_from_out,
         ];
         w.extend(
             [
@@ -355,8 +366,8 @@ impl DdimStep {
             ));
         }
         let u = |i: usize| w[i].to_bits();
-        let purpose = crate::rng::Purpose::from_u32(u(11)).ok_or_else(|| {
-            Error::shape("ddim_step", format!("noise purpose {} is unknown", u(11)))
+        let purpose = crate::rng::Purpose::from_u32(u(13)).ok_or_else(|| {
+            Error::shape("ddim_step", format!("noise purpose {} is unknown", u(13)))
         })?;
         Ok(DdimStep {
             coef: DdimCoef {
@@ -373,11 +384,13 @@ impl DdimStep {
                 sqrt_ab_p: w[6],
                 eps_weight: w[7],
                 sigma: w[8],
+                eps_from_xt: w[9],
+                eps_from_out: w[10],
             },
             key: NoiseKey {
-                seed: u64::from(u(9)) | (u64::from(u(10)) << 32),
+                seed: u64::from(u(11)) | (u64::from(u(12)) << 32),
                 purpose,
-                step: u(12),
+                step: u(14),
             },
         })
     }

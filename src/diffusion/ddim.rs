@@ -6,9 +6,10 @@
 //! `y = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t`; `x̂_0 = InvDyn_{γ̄_t}([Dyn_{γ̄_t}(history)^P, y])^{future}`;
 //! `ε_w = InvDyn_{γ̄_t}(ε̂)`; `x_p = √ᾱ_p·Dyn_{γ̄_p}([history, x̂_0])^{future}
 //! + √(1−ᾱ_p−σ²)·Dyn_{γ̄_p}(ε_w) + σ·Dyn_{γ̄_p}(z)` with
-//! `σ = ddim_eta·√((1−ᾱ_p)/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_p)`.
+//! `σ = ddim_eta·√((1−ᾱ_p)/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_p)`. A network that predicts the velocity gives
+//! `ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂` first (docs/process.md, “What the network predicts”).
 
-use super::schedule::{gamma_bar, Schedule, SchedulerConfig};
+use super::schedule::{gamma_bar, Prediction, Schedule, SchedulerConfig};
 use super::{seq_dims, untracked};
 use crate::backend::{row_words, DdimCoef, DdimStep, Device, DynCoef, ProcessGeom};
 use crate::error::{Error, Result};
@@ -42,6 +43,8 @@ pub struct StepValues {
     pub ab_p: f64,
     pub gb_p: f64,
     pub sigma: f64,
+    /// What the network predicts.
+    pub prediction: Prediction,
 }
 
 impl StepValues {
@@ -62,11 +65,13 @@ impl StepValues {
             ab_p,
             gb_p: gamma_bar(dyn_eta, ab_p),
             sigma,
+            prediction: schedule.prediction,
         }
     }
 
     /// The coefficients the fused step uses, rounded to f32.
     pub fn coef(&self) -> DdimCoef {
+        let (eps_from_xt, eps_from_out) = self.prediction.epsilon(self.ab_t);
         DdimCoef {
             dyn_t: DynCoef::new(self.gb_t),
             dyn_p: DynCoef::new(self.gb_p),
@@ -75,6 +80,8 @@ impl StepValues {
             sqrt_ab_p: self.ab_p.sqrt() as f32,
             eps_weight: (1.0 - self.ab_p - self.sigma * self.sigma).max(0.0).sqrt() as f32,
             sigma: self.sigma as f32,
+            eps_from_xt: eps_from_xt as f32,
+            eps_from_out: eps_from_out as f32,
         }
     }
 }

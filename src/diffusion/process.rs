@@ -3,7 +3,8 @@
 //!
 //! `ε̃ = Dyn_{γ̄_t}(ε)` over the future frames, `D = Dyn_{γ̄_t}(x_0)` over the whole sequence,
 //! `x_t^s = √ᾱ_t·D^s + √(1−ᾱ_t)·ε̃^s`; the network sees the clean history and `x_t`, and learns
-//! to predict `ε̃`. With `dyn_eta = 0` (`γ̄ ≡ 1`) this is the standard `√ᾱ·x + √(1−ᾱ)·ε`.
+//! to predict `ε̃` (or, with `prediction_type = v_prediction`, `v = √ᾱ_t·ε̃ − √(1−ᾱ_t)·D`). With
+//! `dyn_eta = 0` (`γ̄ ≡ 1`) this is the standard `√ᾱ·x + √(1−ᾱ)·ε`.
 
 use super::schedule::{gamma_bar, Schedule};
 use super::{seq_dims, untracked};
@@ -15,10 +16,13 @@ use crate::tensor::Tensor;
 /// “Forward process”).
 pub fn q_sample_coef(schedule: &Schedule, dyn_eta: f64, t: usize) -> QSampleCoef {
     let ab = schedule.alphas_cumprod[t];
+    let (target_eps, target_d) = schedule.prediction.target(ab);
     QSampleCoef {
         dynamics: DynCoef::new(gamma_bar(dyn_eta, ab)),
         sqrt_ab: ab.sqrt() as f32,
         sqrt_1mab: (1.0 - ab).sqrt() as f32,
+        target_eps: target_eps as f32,
+        target_d: target_d as f32,
     }
 }
 
@@ -27,7 +31,7 @@ impl Tensor {
     /// `eps (B, D·…)` of the `D` diffused frames (`S`, or with `diffuse_history` all `P+1+S`;
     /// docs/process.md, “Diffusing the history”) at timestep `t[b]` per sequence, in one pass:
     /// returns the network input `(B, (P+1+D)·…)` — the clean history, then `x_t` — and the
-    /// target `ε̃` (shaped like `eps`).
+    /// target `ε̃` or `v` (the schedule's prediction; shaped like `eps`).
     #[allow(clippy::too_many_arguments)]
     pub fn q_sample(
         x0: &Tensor,

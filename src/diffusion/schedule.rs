@@ -38,6 +38,46 @@ impl BetaSchedule {
     }
 }
 
+/// What the network predicts (the diffusers scheduler's `prediction_type`; docs/process.md,
+/// “What the network predicts”): the noise `ε̃` (`epsilon`, the papers' parameterisation), or the
+/// velocity `v = √ᾱ_t·ε̃ − √(1−ᾱ_t)·D` (`v_prediction`, Salimans & Ho 2022), from which
+/// `ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂` and `D̂ = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prediction {
+    #[default]
+    Epsilon,
+    V,
+}
+
+impl Prediction {
+    /// The diffusers name: `epsilon` or `v_prediction`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prediction::Epsilon => "epsilon",
+            Prediction::V => "v_prediction",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Prediction> {
+        [Prediction::Epsilon, Prediction::V]
+            .into_iter()
+            .find(|p| p.name() == s)
+    }
+    /// `(a, b)` with the training target `a·ε̃ + b·D` at `ᾱ_t = ab`.
+    pub fn target(self, ab: f64) -> (f64, f64) {
+        match self {
+            Prediction::Epsilon => (1.0, 0.0),
+            Prediction::V => (ab.sqrt(), -(1.0 - ab).sqrt()),
+        }
+    }
+    /// `(a, b)` with `ε̂ = a·x_t + b·output` at `ᾱ_t = ab`.
+    pub fn epsilon(self, ab: f64) -> (f64, f64) {
+        match self {
+            Prediction::Epsilon => (0.0, 1.0),
+            Prediction::V => ((1.0 - ab).sqrt(), ab.sqrt()),
+        }
+    }
+}
+
 /// The scheduler settings dydiff uses (`scheduler/scheduler_config.json`; docs/model-folder.md,
 /// “Scheduler configuration”).
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +90,8 @@ pub struct SchedulerConfig {
     pub steps_offset: usize,
     /// Whether the last step goes to `ᾱ = 1` (else to `ᾱ_0`).
     pub set_alpha_to_one: bool,
+    /// What the network predicts.
+    pub prediction: Prediction,
 }
 
 impl Default for SchedulerConfig {
@@ -63,6 +105,7 @@ impl Default for SchedulerConfig {
             beta_end: 0.02,
             steps_offset: 1,
             set_alpha_to_one: true,
+            prediction: Prediction::Epsilon,
         }
     }
 }
@@ -78,7 +121,8 @@ pub const MAX_TIMESTEPS: usize = 1 << 24;
 impl SchedulerConfig {
     /// Reads a diffusers `DDIMScheduler` config. Missing keys take diffusers' defaults; keys
     /// whose value would change the sampler from the one of docs/process.md, “Sampling”
-    /// (`clip_sample: true`, thresholding, other prediction types or spacings) are refused by name.
+    /// (`clip_sample: true`, thresholding, prediction types other than `epsilon` and
+    /// `v_prediction`, other spacings) are refused by name.
     pub fn from_json(v: &Value) -> Result<SchedulerConfig> {
         let obj = v
             .as_object()
@@ -173,14 +217,14 @@ impl SchedulerConfig {
                 return Err(bad(key, &obj[key], "only false is supported"));
             }
         }
-        let prediction = string("prediction_type", "epsilon")?;
-        if prediction != "epsilon" {
-            return Err(bad(
+        let prediction_name = string("prediction_type", "epsilon")?;
+        let prediction = Prediction::parse(&prediction_name).ok_or_else(|| {
+            bad(
                 "prediction_type",
-                &json!(prediction),
-                "only epsilon is supported",
-            ));
-        }
+                &json!(prediction_name),
+                "expected epsilon or v_prediction",
+            )
+        })?;
         let spacing = string("timestep_spacing", "leading")?;
         if spacing != "leading" {
             return Err(bad(
@@ -196,6 +240,7 @@ impl SchedulerConfig {
             beta_end: num("beta_end", 0.02)?,
             steps_offset: count("steps_offset", 0.0, 0.0)?,
             set_alpha_to_one: boolean("set_alpha_to_one", true)?,
+            prediction,
         };
         if beta_schedule != BetaSchedule::SquaredCosCapV2
             && !(c.beta_start > 0.0 && c.beta_start <= c.beta_end && c.beta_end < 1.0)
@@ -231,7 +276,7 @@ impl SchedulerConfig {
         m.insert("clip_sample".into(), json!(false));
         m.insert("set_alpha_to_one".into(), json!(self.set_alpha_to_one));
         m.insert("steps_offset".into(), json!(self.steps_offset));
-        m.insert("prediction_type".into(), json!("epsilon"));
+        m.insert("prediction_type".into(), json!(self.prediction.name()));
         m.insert("thresholding".into(), json!(false));
         m.insert("dynamic_thresholding_ratio".into(), json!(0.995));
         m.insert("clip_sample_range".into(), json!(1.0));
@@ -248,6 +293,8 @@ pub struct Schedule {
     pub alphas_cumprod: Vec<f64>,
     /// `ᾱ` after the last step: 1 with `set_alpha_to_one`, else `ᾱ_0`.
     pub final_alpha_cumprod: f64,
+    /// What the network predicts.
+    pub prediction: Prediction,
 }
 
 impl Schedule {
@@ -292,6 +339,7 @@ impl Schedule {
         Schedule {
             alphas_cumprod,
             final_alpha_cumprod,
+            prediction: c.prediction,
         }
     }
 
@@ -377,9 +425,15 @@ mod tests {
     fn scheduler_config_roundtrips_and_refuses_by_name() {
         let c = SchedulerConfig::default();
         assert_eq!(SchedulerConfig::from_json(&c.to_json()).unwrap(), c);
+        let v = SchedulerConfig {
+            prediction: Prediction::V,
+            ..SchedulerConfig::default()
+        };
+        assert_eq!(v.to_json()["prediction_type"], "v_prediction");
+        assert_eq!(SchedulerConfig::from_json(&v.to_json()).unwrap(), v);
         for (key, value, needle) in [
             ("clip_sample", json!(true), "clip_sample"),
-            ("prediction_type", json!("v_prediction"), "prediction_type"),
+            ("prediction_type", json!("sample"), "prediction_type"),
             ("timestep_spacing", json!("trailing"), "timestep_spacing"),
             ("beta_schedule", json!("sigmoid"), "beta_schedule"),
             ("thresholding", json!(true), "thresholding"),

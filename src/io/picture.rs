@@ -5,8 +5,13 @@
 //! share one colour scale per channel, the observations' range (history and truth), so that a
 //! diverging member cannot wash out the truth: member values beyond it are drawn in the scale's
 //! end colours and the picture says CLIPPED; the spread has its own scale (inferno, from 0 to its
-//! 99th percentile); both are drawn as colour bars with their end values. [`line_plot`] draws scores against lead time (`dydiff eval --png`). Text uses a built-in 3×5 pixel font.
+//! 99th percentile); both are drawn as colour bars with their end values. Channels carry the
+//! names of the data's channel record (docs/data.md, “Channel names”), and a position channel on a
+//! node grid is drawn as its displacement from the node's place at rest (`NAME - REST`).
+//! [`line_plot`] draws scores against lead time (`dydiff eval --png`). Text uses a built-in 3×5
+//! pixel font.
 
+use crate::data::channels::Channel;
 use crate::error::{Error, Result};
 
 /// Members drawn per picture; the forecast file holds all of them.
@@ -14,7 +19,8 @@ pub const MAX_MEMBERS_SHOWN: usize = 8;
 
 /// What one picture shows; every frame is `(C, H, W)`, data space.
 pub struct Forecast<'a> {
-    pub channels: usize,
+    /// The `C` channels: names, and the rest position of node-grid positions.
+    pub channels: &'a [Channel],
     pub height: usize,
     pub width: usize,
     /// `(P+1, C, H, W)`.
@@ -357,7 +363,7 @@ fn min_max(parts: &[&[f32]]) -> (f32, f32) {
 
 /// Renders the picture as PNG bytes.
 pub fn render(p: &Forecast) -> Result<Vec<u8>> {
-    let (c, h, w, s, m) = (p.channels, p.height, p.width, p.future, p.n_members);
+    let (c, h, w, s, m) = (p.channels.len(), p.height, p.width, p.future, p.n_members);
     let hw = h * w;
     let e = c * hw;
     let p1 = p.history.len() / e;
@@ -366,7 +372,16 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
     let (cw, ch) = (w * zoom, h * zoom);
     let gap = 3;
     let cols = p1.max(s);
-    let label_w = 7 * ADVANCE + 6;
+    let names: Vec<String> = p
+        .channels
+        .iter()
+        .map(|k| match k.rest {
+            Some(_) => format!("{} - REST", k.name),
+            None => k.name.clone(),
+        })
+        .collect();
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let label_w = 7.max(longest + 1) * ADVANCE + 6;
     let rows = 1 + usize::from(p.truth.is_some()) + shown + 2;
     let row_h = ch.max(TEXT_H) + gap;
     // per channel: its name and the history's frame labels, the rows, the lead labels between
@@ -393,11 +408,20 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
         mean[i] = mu as f32;
         spread[i] = var.sqrt() as f32;
     }
-    let frame =
-        |d: &[f32], f: usize, ch: usize| -> Vec<f32> { d[f * e + ch * hw..][..hw].to_vec() };
-    for chn in 0..c {
+    // A frame of a field (history, truth, member, mean): a position channel less its rest place.
+    let frame = |d: &[f32], f: usize, ch: usize| -> Vec<f32> {
+        let k = &p.channels[ch];
+        d[f * e + ch * hw..][..hw]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v - k.rest_value(i / w, i % w))
+            .collect()
+    };
+    let spread_frame =
+        |f: usize, ch: usize| -> Vec<f32> { spread[f * e + ch * hw..][..hw].to_vec() };
+    for (chn, name) in names.iter().enumerate() {
         let y0 = title_h + chn * block_h + 4;
-        cv.text(4, y0, &format!("C{chn}"));
+        cv.text(4, y0, name);
         // The history's frames, oldest to newest: -P … 0.
         for k in 0..p1 {
             cv.text(
@@ -416,7 +440,7 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
         let (lo, hi) = min_max(&refs);
         let members: Vec<f32> = (0..m * s).flat_map(|f| frame(p.members, f, chn)).collect();
         let clipped = members.iter().any(|&v| v < lo || v > hi);
-        let spread_parts: Vec<Vec<f32>> = (0..s).map(|f| frame(&spread, f, chn)).collect();
+        let spread_parts: Vec<Vec<f32>> = (0..s).map(|f| spread_frame(f, chn)).collect();
         let all_spread: Vec<f32> = spread_parts.concat();
         let (_, smax) = percentiles(&all_spread, 0.0, 0.99);
         let fields = Scale {
@@ -486,6 +510,71 @@ pub fn render(p: &Forecast) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::channels::Rest;
+
+    /// A position channel with a rest place is drawn as the displacement: the same picture as
+    /// the displacement given directly under the same label.
+    #[test]
+    fn positions_are_drawn_as_displacements() {
+        let (h, w, p1, s, m) = (4, 5, 2, 2, 3);
+        let hw = h * w;
+        let wave = |n: usize, k: usize| -> Vec<f32> {
+            (0..n * hw)
+                .map(|i| ((i * 7 + k) % 11) as f32 * 0.03125 - 0.15625)
+                .collect()
+        };
+        let (hist, truth, members) = (wave(p1, 1), wave(s, 2), wave(m * s, 3));
+        // positions = the node's column + the displacement (exact in float32)
+        let plus_column = |d: &[f32]| -> Vec<f32> {
+            d.iter()
+                .enumerate()
+                .map(|(i, &v)| v + (i % hw % w) as f32)
+                .collect()
+        };
+        let picture = |chan: Channel, hist: &[f32], truth: &[f32], members: &[f32]| {
+            render(&Forecast {
+                channels: &[chan],
+                height: h,
+                width: w,
+                history: hist,
+                truth: Some(truth),
+                members,
+                n_members: m,
+                future: s,
+                title: "T",
+            })
+            .unwrap()
+        };
+        let positions = picture(
+            Channel {
+                name: "Q_X".into(),
+                rest: Some(Rest::Column),
+            },
+            &plus_column(&hist),
+            &plus_column(&truth),
+            &plus_column(&members),
+        );
+        let displacement = picture(
+            Channel {
+                name: "Q_X - REST".into(),
+                rest: None,
+            },
+            &hist,
+            &truth,
+            &members,
+        );
+        assert!(positions == displacement);
+        let raw = picture(
+            Channel {
+                name: "Q_X - REST".into(),
+                rest: None,
+            },
+            &plus_column(&hist),
+            &plus_column(&truth),
+            &plus_column(&members),
+        );
+        assert!(raw != displacement);
+    }
 
     #[test]
     fn labels_use_three_significant_digits() {

@@ -8,6 +8,7 @@
 //! [`crate::data::spring_mesh`], likewise one seeded sample per task.
 
 use super::train::clock_time;
+use crate::data::channels;
 use crate::data::navier_stokes::{initial_vorticity, Flow, FlowSettings};
 use crate::data::spring_mesh::{Mesh, SIDE, SNAPSHOT_LEN};
 use crate::error::{Error, Result};
@@ -188,11 +189,12 @@ fn simulate(o: &NavierStokesOptions, sample: usize, tick: &(dyn Fn() + Sync)) ->
     Ok(out)
 }
 
-/// Runs `dydiff data navier-stokes`: checks `--out` before simulating, then writes the file
-/// atomically.
+/// Runs `dydiff data navier-stokes`: checks `--out` before simulating, then writes the file and
+/// its channel record (`OUT.channels.json`) atomically.
 pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
     let mut outputs = Outputs::new();
     let out = outputs.npy_file("--out", &o.out)?;
+    let record = outputs.file("--out", &channels::record_path(&o.out))?;
     o.validate()?;
     let progress = Progress::new(o.progress, (o.samples * o.frames) as u64, "frames");
     let tick = || progress.tick();
@@ -205,6 +207,10 @@ pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
     outputs.write(
         out,
         &npy::encode(&[o.samples, o.frames, 2, r, r], &samples.concat()),
+    )?;
+    outputs.write(
+        record,
+        &channels::encode("navier-stokes", &channels::navier_stokes()),
     )?;
     outputs.commit()?;
     progress.closing_line(&o.out, &[o.samples, o.frames, 2, r, r]);
@@ -329,11 +335,12 @@ fn simulate_mesh(
     Ok(out)
 }
 
-/// Runs `dydiff data spring-mesh`: checks `--out` before simulating, then writes the file
-/// atomically.
+/// Runs `dydiff data spring-mesh`: checks `--out` before simulating, then writes the file and
+/// its channel record (`OUT.channels.json`) atomically.
 pub fn spring_mesh(o: &SpringMeshOptions) -> Result<()> {
     let mut outputs = Outputs::new();
     let out = outputs.npy_file("--out", &o.out)?;
+    let record = outputs.file("--out", &channels::record_path(&o.out))?;
     o.validate()?;
     let progress = Progress::new(
         o.progress,
@@ -349,6 +356,10 @@ pub fn spring_mesh(o: &SpringMeshOptions) -> Result<()> {
     outputs.write(
         out,
         &npy::encode(&[o.samples, o.frames, 4, SIDE, SIDE], &samples.concat()),
+    )?;
+    outputs.write(
+        record,
+        &channels::encode("spring-mesh", &channels::spring_mesh()),
     )?;
     outputs.commit()?;
     progress.closing_line(&o.out, &[o.samples, o.frames, 4, SIDE, SIDE]);

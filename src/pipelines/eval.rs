@@ -212,7 +212,10 @@ fn table(r: &Value) -> String {
     }
     row("all".into(), &r["overall"]);
     for c in r["per_channel"].as_array().into_iter().flatten() {
-        row(format!("ch {}", c["channel"]), &c["overall"]);
+        let name = c["name"]
+            .as_str()
+            .map_or(c["channel"].to_string(), str::to_string);
+        row(format!("ch {name}"), &c["overall"]);
     }
     let extra: Vec<String> = r["overall"]
         .as_object()
@@ -251,6 +254,7 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         None => recorded_start(&o.forecast, &d)?,
     };
     let y = read_truth(&o.truth, &d, start)?;
+    let names = crate::data::channels::read(&o.truth, d.c)?;
     let thresholds = if o.thresholds.is_empty() {
         vec![quantile(&y, 0.75), quantile(&y, 0.95)]
     } else {
@@ -281,6 +285,9 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
                 };
                 let mut r = metrics::evaluate(&xk, &yk, &Dims { c: 1, ..d }, &ck);
                 r["channel"] = serde_json::json!(k);
+                if let Some(names) = &names {
+                    r["name"] = serde_json::json!(names[k].name);
+                }
                 r
             })
             .collect();

@@ -12,8 +12,9 @@
 
 use crate::backend::step::StepRunner;
 use crate::backend::Device;
+use crate::data::channels::{self, Channel};
 use crate::diffusion::ddim::{ddim_step_tensor, rows_tensor, timesteps, StepValues};
-use crate::diffusion::schedule::gamma_bar;
+use crate::diffusion::schedule::{gamma_bar, Prediction};
 use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, FileOutput, Outputs};
@@ -668,6 +669,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
         width: p.width,
     };
     let obs = read_observations(&input, &frames, (p.data_scale, p.data_shift))?;
+    let names = picture_channels(&input, p.channels, png.is_some())?;
     let (n, e) = (obs.shape[0], p.frame_len());
     check_memory(&model, n, o)?;
     let noise = match &o.init_noise {
@@ -698,12 +700,12 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     let clock = Instant::now();
     if world().is_root() {
         let window = window_record(o, &model_dir, &input, (&obs, &frames, lead), Some(steps));
-        let check = (p.data_scale, p.data_shift, causes_ddim(o, p));
+        let check = (p.data_scale, p.data_shift, causes_ddim(o, &model));
         let files = (out, record, png);
         write_forecast(
             outputs,
             files,
-            (&obs, &frames),
+            (&obs, &frames, &names),
             (&fc, o.members, lead),
             (&window, check),
         )?;
@@ -721,8 +723,8 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
 }
 
 /// The default number of DDIM steps: chosen with [`DEFAULT_DDIM_ETA`] on validation sequences
-/// for the built-in model (README, “Sampling steps and the frame's border”;
-/// `experiments/builtin.sh`), where the fair CRPS is lowest.
+/// for the built-in model (README, “Sampling steps”; `experiments/builtin.sh`): the fewest steps
+/// whose fair CRPS is within 1% of the lowest (more steps do not make its forecasts worse).
 pub const DEFAULT_STEPS: usize = 20;
 
 /// The default DDIM stochasticity (1: DDPM-like), chosen with [`DEFAULT_STEPS`].
@@ -769,10 +771,14 @@ pub fn magnitude_warning(fc: &[f32], (scale, shift): (f64, f64), causes: &str) -
 }
 
 /// The likely causes of a diverging DDIM forecast, for [`magnitude_warning`].
-fn causes_ddim(o: &SampleOptions, p: &crate::model::ProcessConfig) -> String {
+fn causes_ddim(o: &SampleOptions, model: &Model) -> String {
+    let p = &model.process;
     let mut causes = Vec::new();
     if p.padding_mode.is_zeros() {
         causes.push("zero padding on a periodic field (the border pixels diverge; train with --padding-mode circular)".to_string());
+    }
+    if model.scheduler.prediction == Prediction::Epsilon {
+        causes.push("a network that predicts the noise, whose error grows as 1/√ᾱ at the noisiest timesteps where many --steps spend more steps (try fewer --steps, or train with --prediction-type v_prediction)".to_string());
     }
     if o.ddim_eta.unwrap_or(DEFAULT_DDIM_ETA) == 0.0 {
         causes.push(format!(
@@ -821,6 +827,17 @@ fn window_record(
     })
 }
 
+/// The channels the pictures name: those of the input's channel record (`INPUT.channels.json`,
+/// written by `dydiff data`), else `C0, C1, …`; the record is read only for `--png`.
+fn picture_channels(input: &Path, count: usize, png: bool) -> Result<Vec<Channel>> {
+    let recorded = if png {
+        channels::read(input, count)?
+    } else {
+        None
+    };
+    Ok(recorded.unwrap_or_else(|| channels::numbered(count)))
+}
+
 /// Writes the forecast `(N, M, lead, C, H, W)`, its window record and, if asked, one picture per
 /// sample (with the truth when the observations hold every lead), then commits all outputs
 /// together; first warns (one line) when the forecast lies far beyond the training data
@@ -828,7 +845,7 @@ fn window_record(
 fn write_forecast(
     mut outputs: Outputs,
     (out, record, png): (FileOutput, FileOutput, Option<DirOutput>),
-    (obs, f): (&npy::Array, &Frames),
+    (obs, f, names): (&npy::Array, &Frames, &[Channel]),
     (fc, members, lead): (&[f32], usize, usize),
     (record_json, (scale, shift, causes)): (&Value, (f64, f64, String)),
 ) -> Result<()> {
@@ -858,7 +875,7 @@ fn write_forecast(
             let truth =
                 (l >= f.history + lead).then(|| &obs.data[i * l * e + f.history * e..][..lead * e]);
             let pic = picture::Forecast {
-                channels: f.channels,
+                channels: names,
                 height: f.height,
                 width: f.width,
                 history: &obs.data[i * l * e..][..f.history * e],
@@ -942,6 +959,7 @@ fn run_cold(
         width: c.width,
     };
     let obs = read_observations(input, &frames, (c.data_scale, c.data_shift))?;
+    let names = picture_channels(input, c.channels, files.2.is_some())?;
     let (n, e) = (obs.shape[0], c.frame_len());
     let lead = o.lead.unwrap_or(c.future);
     let shape = [n, o.members, lead, c.channels, c.height, c.width];
@@ -985,7 +1003,7 @@ fn run_cold(
         write_forecast(
             outputs,
             files,
-            (&obs, &frames),
+            (&obs, &frames, &names),
             (&fc, o.members, lead),
             (&record, check),
         )?;

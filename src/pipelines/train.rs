@@ -17,7 +17,7 @@
 use crate::autograd::{backward, Tape};
 use crate::backend::{AdamStep, Device, PadMode, Storage};
 use crate::diffusion::ddim::rows_tensor;
-use crate::diffusion::schedule::{Schedule, SchedulerConfig};
+use crate::diffusion::schedule::{Prediction, Schedule, SchedulerConfig};
 use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, Outputs};
@@ -58,6 +58,8 @@ pub struct TrainOptions {
     pub unet_config: Option<PathBuf>,
     /// What the network's convolutions read outside the frame (`circular` for periodic data).
     pub padding_mode: PadMode,
+    /// What the network predicts (the scheduler's `prediction_type`; DDIM models only).
+    pub prediction: Prediction,
     /// Total optimizer steps (a resumed run continues up to this many).
     pub steps: usize,
     pub batch: usize,
@@ -81,12 +83,17 @@ pub struct TrainOptions {
 
 /// The recipe stored in `dydiff.json`; a resumed run must match it.
 pub(crate) fn recipe(o: &TrainOptions) -> Value {
-    json!({
+    let mut r = json!({
         "batch": o.batch, "lr": o.lr, "warmup_steps": o.warmup_steps, "cosine": o.cosine,
         "weight_decay": o.weight_decay, "clip": o.clip, "ema_decay": o.ema_decay, "seed": o.seed,
         "steps": o.steps, "data": o.data.display().to_string(), "loss": "mse(eps_hat, eps_tilde)",
         "optimizer": "adamw(0.9, 0.999, 1e-8)",
-    })
+    });
+    if o.prediction == Prediction::V {
+        r["loss"] = json!("mse(v_hat, v)");
+        r["prediction_type"] = json!(o.prediction.name());
+    }
+    r
 }
 
 /// The flags whose values in `want` (this run's [`recipe`]) differ from the `stored` recipe of
@@ -954,6 +961,11 @@ pub fn run(o: &TrainOptions) -> Result<()> {
                 p.padding_mode.name().to_string(),
                 o.padding_mode.name().to_string(),
             ),
+            (
+                "--prediction-type",
+                m.scheduler.prediction.name().to_string(),
+                o.prediction.name().to_string(),
+            ),
         ] {
             if run != given {
                 differ.insert(0, format!("{flag} {given} (the run: {run})"));
@@ -1056,7 +1068,10 @@ pub fn run(o: &TrainOptions) -> Result<()> {
             &source,
         )?;
         check_memory(o, &config, &process)?;
-        let scheduler = SchedulerConfig::default();
+        let scheduler = SchedulerConfig {
+            prediction: o.prediction,
+            ..SchedulerConfig::default()
+        };
         // initialised on the host, so that the device holds the weights once (in the state)
         let unet = UNet2D::init(config, o.seed, Device::Cpu)?;
         let state = State::fresh(&unet, device)?;
@@ -1243,6 +1258,7 @@ pub fn recorded_flags(out: &Path) -> Vec<(&'static str, Option<String>)> {
     value("--history", &v["history"]);
     value("--future", &v["future"]);
     value("--padding-mode", &v["padding_mode"]);
+    value("--prediction-type", &recipe["prediction_type"]);
     for (flag, key) in [
         ("--batch", "batch"),
         ("--lr", "lr"),
@@ -1500,7 +1516,8 @@ pub(crate) fn train_loop(
 /// The network's noise-prediction error of a model folder on sequences `(N, L, C, H, W)` (data
 /// space, `L ≥ P+1+S`), at fixed timesteps: for each `t`, `batches` batches of `rows` windows
 /// drawn as in validation (purposes 5 and 6 of docs/random.md, `seed`), the mean squared error
-/// of `ε̂` against `ε̃` per diffused frame. Returns, per timestep, the per-frame errors (the
+/// of `ε̂` against `ε̃` per diffused frame (for a network that predicts the velocity, of the `ε̂`
+/// that follows from it: `ᾱ_t` times the velocity's error). Returns, per timestep, the per-frame errors (the
 /// diffused frames: `S`, or all `P+1+S` when the model diffuses the history).
 pub fn noise_error(
     model: &Model,
@@ -1560,8 +1577,13 @@ pub fn noise_error(
                 }
             }
         }
+        // a velocity's error is the noise's over √ᾱ_t: ε̂ − ε̃ = √ᾱ_t·(v̂ − v)
+        let scale = match model.schedule.prediction {
+            Prediction::Epsilon => 1.0,
+            Prediction::V => model.schedule.alphas_cumprod[t],
+        };
         let count = (rows * batches as usize * e) as f64;
-        out.push(per_frame.iter().map(|s| s / count).collect());
+        out.push(per_frame.iter().map(|s| scale * s / count).collect());
     }
     Ok(out)
 }

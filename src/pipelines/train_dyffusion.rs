@@ -616,6 +616,12 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
 
 /// The flags of `--method dyffusion` within their ranges.
 fn check_options(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
+    if o.prediction != crate::diffusion::schedule::Prediction::Epsilon {
+        return Err(Error::Invalid(format!(
+            "--prediction-type {}: DYffusion's networks predict frames, not noise (only --method dydiff trains a DDIM model)",
+            o.prediction.name()
+        )));
+    }
     if let Some(n) = d.interpolator_steps.filter(|&n| n < o.warmup_steps) {
         if d.stage != Stage::Forecaster {
             return Err(Error::Invalid(format!(

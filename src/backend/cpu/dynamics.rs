@@ -114,7 +114,9 @@ pub fn q_sample(
                     *et = sg * z + s1g * *et;
                 }
             }
-            t.copy_from_slice(&et[..n]);
+            for ((t, &et), &d) in t.iter_mut().zip(&et[..n]).zip(&d[..n]) {
+                *t = c.target_eps * et + c.target_d * d;
+            }
             for ((o, &d), &et) in out(off + f).iter_mut().zip(&d[..n]).zip(&et[..n]) {
                 *o = c.sqrt_ab * d + c.sqrt_1mab * et;
             }
@@ -129,6 +131,7 @@ pub fn q_sample(
 /// ```text
 /// running over the history: Dt = Dyn_{γ̄_t}(h)^P,  Dp = Dyn_{γ̄_p}(h)^P
 /// for each diffused frame s:
+///   ε̂^s    = eps_from_xt·x_t^s + eps_from_out·output^s   (the output itself, or from v̂)
 ///   y      = (x_t^s − √(1−ᾱ_t)·ε̂^s) / √ᾱ_t
 ///   x̂_0^s  = (y − √(1−γ̄_t)·y_prev) / √γ̄_t            (y_prev = Dt for the first frame)
 ///   ε_w^s  = (ε̂^s − √(1−γ̄_t)·ε̂^{s−1}) / √γ̄_t          (ε̂^s itself for the first frame)
@@ -188,7 +191,9 @@ pub fn ddim_step(
             let o =
                 unsafe { std::slice::from_raw_parts_mut(out.get().add((b * sf + f) * e + e0), n) };
             for i in 0..n {
-                let y = (xt[i] - c.sqrt_1mab_t * eh[i]) / c.sqrt_ab_t;
+                // the noise estimate from the network's output (itself, or from a velocity)
+                let ehi = c.eps_from_xt * xt[i] + c.eps_from_out * eh[i];
+                let y = (xt[i] - c.sqrt_1mab_t * ehi) / c.sqrt_ab_t;
                 let zi = zs.map_or(0.0, |z| z[i]);
                 if fs == 0 && fresh {
                     dp[i] = y;
@@ -198,14 +203,14 @@ pub fn ddim_step(
                 }
                 y_prev[i] = y;
                 if fs == 0 {
-                    w[i] = eh[i];
+                    w[i] = ehi;
                     zz[i] = zi;
                 } else {
-                    let ew = (eh[i] - t.sqrt_1mg * eh_prev[i]) / t.sqrt_g;
+                    let ew = (ehi - t.sqrt_1mg * eh_prev[i]) / t.sqrt_g;
                     w[i] = p.sqrt_g * ew + p.sqrt_1mg * w[i];
                     zz[i] = p.sqrt_g * zi + p.sqrt_1mg * zz[i];
                 }
-                eh_prev[i] = eh[i];
+                eh_prev[i] = ehi;
                 o[i] = c.sqrt_ab_p * dp[i] + c.eps_weight * w[i] + c.sigma * zz[i];
             }
         }

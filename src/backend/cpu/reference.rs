@@ -3,6 +3,7 @@
 //! used for real work.
 
 use crate::backend::{AttnGeom, ConvGeom, MatmulGeom, NormGeom, ProcessGeom, SeqGeom};
+use crate::diffusion::schedule::Prediction;
 
 /// Calls `f(xi, wi)` for every input element `x[xi]` and kernel weight `w[wi]` that output pixel
 /// `(oy, ox)` of image `n`, channel `co` multiplies (taps falling in the zero padding skipped;
@@ -190,12 +191,14 @@ pub fn dynamics(x: &[f32], g: &SeqGeom, gammas: &[f64], inverse: bool) -> Vec<f3
 /// The forward process written from the formulas (docs/process.md, “Forward process” and
 /// “Diffusing the history”): `ε̃ = Dyn(ε)` over the diffused frames, `D = Dyn(x_0)` over the
 /// whole sequence, `x_t = √ᾱ·D + √(1−ᾱ)·ε̃` on the diffused frames; the input is the clean
-/// history, then `x_t` (with `diffuse_history`, of every frame).
+/// history, then `x_t` (with `diffuse_history`, of every frame); the target is `ε̃`, or
+/// `v = √ᾱ·ε̃ − √(1−ᾱ)·D` for a velocity `prediction`.
 pub fn q_sample(
     x0: &[f32],
     eps: &[f32],
     g: &ProcessGeom,
     ab_gb: &[(f64, f64)],
+    prediction: Prediction,
 ) -> (Vec<f32>, Vec<f32>) {
     let (mut input, mut target) = (Vec::new(), Vec::new());
     let first = g.frames() - g.diffused();
@@ -212,7 +215,12 @@ pub fn q_sample(
                     .map(|e| (ab.sqrt() * d[first + i][e] + (1.0 - ab).sqrt() * et[e]) as f32),
             );
         }
-        target.extend(et.iter().flatten().map(|&v| v as f32));
+        for (i, et) in et.iter().enumerate() {
+            target.extend((0..g.elems).map(|e| match prediction {
+                Prediction::Epsilon => et[e] as f32,
+                Prediction::V => (ab.sqrt() * et[e] - (1.0 - ab).sqrt() * d[first + i][e]) as f32,
+            }));
+        }
     }
     (input, target)
 }
@@ -225,10 +233,12 @@ pub struct DdimValues {
     pub ab_p: f64,
     pub gb_p: f64,
     pub sigma: f64,
+    pub prediction: Prediction,
 }
 
 /// One DDIM step of docs/process.md, “One step”, steps 2–5 (or of “Diffusing the history”),
-/// written term by term from the formulas.
+/// written term by term from the formulas; a velocity prediction `v̂` (in `eps_hat`) gives
+/// `ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂` first.
 pub fn ddim_step(
     state: &[f32],
     eps_hat: &[f32],
@@ -241,7 +251,17 @@ pub fn ddim_step(
     for b in 0..g.batch {
         let seq = frames_of(state, g.state_frames(), g.elems, b);
         let (hist, xt) = seq.split_at(p1);
-        let eh = frames_of(eps_hat, dn, g.elems, b);
+        let out = frames_of(eps_hat, dn, g.elems, b);
+        let eh: Vec<Vec<f64>> = match v.prediction {
+            Prediction::Epsilon => out,
+            Prediction::V => (0..dn)
+                .map(|i| {
+                    (0..g.elems)
+                        .map(|e| (1.0 - v.ab_t).sqrt() * xt[i][e] + v.ab_t.sqrt() * out[i][e])
+                        .collect()
+                })
+                .collect(),
+        };
         let zero = vec![0.0f32; dn * g.elems * g.batch];
         let zf = frames_of(z.unwrap_or(&zero), dn, g.elems, b);
         // 2. y = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t

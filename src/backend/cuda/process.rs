@@ -80,6 +80,8 @@ pub fn q_sample(
                 c.dynamics.sqrt_1mg,
                 c.sqrt_ab,
                 c.sqrt_1mab,
+                c.target_eps,
+                c.target_d,
             ]
         })
         .collect();
