@@ -9,7 +9,8 @@ in a few minutes:
    (same weights): the forward at batch 8 on 32×32 and at batch 64 on 64×64 — PyTorch eager with its
    defaults (TF32 convolutions), eager under bf16 autocast, torch.compile; dydiff at tf32 and fp32 —
    and the sampler (Dynamical Diffusion, 10 DDIM steps, batch 8 on 32×32), with dydiff's time per
-   kernel;
+   kernel, and for the forward at batch 8 on 32×32 each kernel's measured time beside the
+   machine-code model's prediction (gpu-check/model.json from python/sass_model.py);
 5. a training step side by side (the same DyDiff step: windows of the data, the forward process,
    the UNet forward and backward, clipping by global norm, AdamW, the weight EMA) at batch 16 on
    32×32 and batch 64 on 64×64: PyTorch eager (its defaults: TF32 convolutions), eager under bf16
@@ -345,6 +346,23 @@ def precision_curves(binary, tmp, steps=2000):
     return runs
 
 
+def model_vs_measured(d, measured):
+    """The machine-code model's per-kernel prediction of the benchmark forward (batch 8, 32×32,
+    TF32; gpu-check/model.json, written by scripts/gpu-prepare.sh from python/sass_model.py)
+    beside the kernel times measured here: the first calibration of the model."""
+    path = d / "model.json"
+    if not path.exists() or not isinstance(measured, dict):
+        return {"skipped": "no gpu-check/model.json or no measured forward"}
+    model = json.loads(path.read_text())
+    rows = {}
+    for name, m in model["kernels"].items():
+        got = measured.get("kernels", {}).get(name, {})
+        rows[name] = dict(m, measured_s=got.get("seconds"), measured_launches=got.get("launches"))
+    total = sum(r["measured_s"] or 0.0 for r in rows.values())
+    return {"gpu_modelled": model["gpu"], "total_modelled": model["total"], "total_measured_s": total,
+            "kernels": rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="gpu-check")
@@ -375,6 +393,7 @@ def main():
         log(f"forward {key}: " + json.dumps({k: v if not isinstance(v, dict) else v.get("median_s", v)
                                               for k, v in fwd[key].items()}))
     REPORT["forward"] = fwd
+    REPORT["model_vs_measured"] = model_vs_measured(d, fwd.get("batch 8, 32x32", {}).get("dydiff tf32"))
     samp = {}
     for mode in ["eager", "compile"]:
         try:
@@ -419,6 +438,17 @@ def main():
             s = v.get("median_s") if isinstance(v, dict) else v
             cells.append(f"{s * 1e3:.3f} ms" if isinstance(s, float) else str(s)[:40])
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    mvm = REPORT["model_vs_measured"]
+    if "kernels" in mvm:
+        lines += ["", f"| kernel (forward, batch 8, 32x32, tf32) | launches | measured µs | modelled µs "
+                      f"({mvm['gpu_modelled']}: optimistic / central / pessimistic) |", "|---|---|---|---|"]
+        for name, r in sorted(mvm["kernels"].items(), key=lambda kv: -(kv[1]["measured_s"] or 0)):
+            got = f"{r['measured_s'] * 1e6:.0f}" if r["measured_s"] is not None else "—"
+            lines.append(f"| {name} | {r['launches']} | {got} | {r['optimistic_s'] * 1e6:.0f} / "
+                         f"{r['central_s'] * 1e6:.0f} / {r['pessimistic_s'] * 1e6:.0f} |")
+        t = mvm["total_modelled"]
+        lines.append(f"| total | | {mvm['total_measured_s'] * 1e6:.0f} | {t['optimistic_s'] * 1e6:.0f} / "
+                     f"{t['central_s'] * 1e6:.0f} / {t['pessimistic_s'] * 1e6:.0f} |")
     lines += ["", "| sampler, 10 steps, batch 8, 32x32 | s |", "|---|---|"]
     for k, v in samp.items():
         lines.append(f"| {k} | {v if not isinstance(v, dict) else v.get('network_s', v)} |")

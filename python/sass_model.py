@@ -151,6 +151,8 @@ def main():
     ap.add_argument("--all", action="store_true",
                     help="every launch of the plan (default: its first repetition, up to the next launch of its first kernel)")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--json", type=pathlib.Path,
+                    help="also write the per-kernel predictions (seconds per scenario) as JSON")
     args = ap.parse_args()
     gpu = GPUS[args.gpu]
     launches = [json.loads(l) for l in args.plan.read_text().splitlines() if l.strip()]
@@ -199,6 +201,16 @@ def main():
                      f"{times['optimistic'][0] * 1e6:.1f}", f"{t * 1e6:.1f}",
                      f"{times['pessimistic'][0] * 1e6:.1f}", bound]
             print(("| " + " | ".join(map(str, cells)) + " |") if args.markdown else sep.join(map(str, cells)))
+    if args.json:
+        per = {}
+        for la, times in rows:
+            k = per.setdefault(la["kernel"], dict(launches=0, **{f"{s}_s": 0.0 for s in SCENARIOS}))
+            k["launches"] += 1
+            for s in SCENARIOS:
+                k[f"{s}_s"] += times[s][0]
+        args.json.write_text(json.dumps(dict(
+            gpu=gpu["name"], fatbin=str(fatbin), plan=str(args.plan), launches=len(rows),
+            total={f"{s}_s": totals[s] for s in SCENARIOS}, kernels=per), indent=1))
     print(f"\ntotal: optimistic {totals['optimistic'] * 1e3:.2f} ms, central {totals['central'] * 1e3:.2f} ms, "
           f"pessimistic {totals['pessimistic'] * 1e3:.2f} ms")
     under = sum(1 for la, times in rows if times["central"][2] < 1.0)

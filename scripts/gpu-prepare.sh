@@ -2,7 +2,8 @@
 # Builds what python/gpu_check.py runs on a machine with an NVIDIA GPU but no Rust toolchain: the
 # release binary with its CUDA kernels and the CUDA test binaries, copied into gpu-check/ (about
 # 25 MB) with a manifest of where they were built (the tests find their fixtures and the binary
-# there; the check script links that path to its own copy of the repository).
+# there; the check script links that path to its own copy of the repository), and the
+# machine-code model's prediction of the benchmark forward's kernels (gpu-check/model.json).
 #
 #   NVCC=/path/to/nvcc scripts/gpu-prepare.sh        # then, on the GPU machine, from the repo root:
 #   python3 python/gpu_check.py --dir gpu-check --out OUT
@@ -27,4 +28,20 @@ python3 -c '
 import json, os
 json.dump({"manifest_dir": os.getcwd()}, open("gpu-check/manifest.json", "w"))
 '
+# The machine-code model's prediction of the benchmark UNet's forward (batch 8, 32×32, TF32), for
+# gpu_check.py to set beside the measured kernel times: the launch plan recorded on the emulator
+# (a network of python/roofline.py's benchmark configuration, seeded random weights), then
+# python/sass_model.py on it (a few minutes on 2 cores).
+bench=$(mktemp -d)
+python3 -c '
+import json, sys
+sys.path.insert(0, "python")
+from roofline import BENCH
+json.dump(dict(BENCH, _class_name="UNet2DModel", sample_size=32), open(sys.argv[1] + "/config.json", "w"))
+' "$bench"
+rm -f gpu-check/plan.jsonl
+DYDIFF_CUDA_EMULATOR=1 DYDIFF_LAUNCH_LOG=gpu-check/plan.jsonl target/release/dydiff --device cuda \
+  bench unet --unet "$bench" --batch 8 --size 32 --reps 1 --warmup 0 > /dev/null
+rm -rf "$bench"
+python3 python/sass_model.py gpu-check/plan.jsonl --json gpu-check/model.json | tail -2
 du -sh gpu-check

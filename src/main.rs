@@ -385,7 +385,8 @@ enum BenchCommand {
     /// Times the UNet forward pass on random input; prints a JSON report with GFLOP/s and a
     /// per-operation breakdown.
     Unet {
-        /// Model folder (config.json + diffusion_pytorch_model.safetensors).
+        /// Model folder (config.json + diffusion_pytorch_model.safetensors); a folder with only
+        /// config.json is timed with seeded random weights (the time does not depend on them).
         #[arg(long)]
         unet: PathBuf,
         /// Batch size, at least 1.
@@ -404,7 +405,8 @@ enum BenchCommand {
     /// Times one training step (forward, MSE loss, backward, clipping, AdamW + EMA) on random
     /// data; prints a JSON report with GFLOP/s and a per-operation breakdown.
     Train {
-        /// Model folder (config.json + diffusion_pytorch_model.safetensors).
+        /// Model folder (config.json + diffusion_pytorch_model.safetensors); a folder with only
+        /// config.json is timed with seeded random weights.
         #[arg(long)]
         unet: PathBuf,
         /// Batch size, at least 1.

@@ -3,9 +3,10 @@
 //! dynamic shared memory, shuffles of every kind, votes, masks of half warps, atomics — and what a
 //! GPU leaves undefined is caught and named: an access past an allocation (read: guard page;
 //! write: canary), a barrier a thread never reaches, a collective that cannot complete, a lane
-//! that does not exist, a stack overflow, arguments that do not match the kernel.
+//! that does not exist, a stack overflow, arguments that do not match the kernel, and a race
+//! between threads that only the reverse or random order of a barrier interval shows.
 
-use dydiff::backend::cuda::emu::Emulator;
+use dydiff::backend::cuda::emu::{set_thread_order, Emulator, ThreadOrder};
 use dydiff::backend::cuda::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
 
 fn upload_f32(g: &Emulator, v: &[f32]) -> DevicePtr {
@@ -226,6 +227,42 @@ fn a_write_past_the_end_is_caught_even_inside_the_alignment_slack() {
                 && e.contains("past its end"),
             "{e}"
         );
+    }
+}
+
+/// A planted race — thread t reads what thread t − 1 wrote to shared memory with no barrier
+/// between — passes in index order and is caught in reverse and random order (the read finds the
+/// poisoned NaN): the orders CI runs the kernel tests in.
+#[test]
+fn a_race_between_threads_shows_in_reverse_and_random_order() {
+    let g = Emulator::default();
+    let n = 128usize;
+    let run = |order: ThreadOrder| {
+        set_thread_order(order);
+        let po = g.alloc(n * 4).unwrap();
+        g.launch(
+            "emu_test_unsynced_neighbour",
+            shape([1, 1, 1], [n as u32, 1, 1], (n * 4) as u32),
+            &[KernelArg::Ptr(po)],
+        )
+        .unwrap();
+        set_thread_order(ThreadOrder::FromEnvironment);
+        download_f32(&g, po, n)
+    };
+    let want: Vec<f32> = (0..n).map(|t| t as f32 - 1.0).collect();
+    assert_eq!(run(ThreadOrder::Index), want, "index order hides the race");
+    // where no order is set, DYDIFF_EMU_ORDER's applies (CI runs this test under each)
+    let env = std::env::var("DYDIFF_EMU_ORDER").unwrap_or_default();
+    let from_env = run(ThreadOrder::FromEnvironment);
+    if env == "reverse" || env.starts_with("random") {
+        assert_ne!(from_env, want, "DYDIFF_EMU_ORDER={env} is not applied");
+    } else {
+        assert_eq!(from_env, want);
+    }
+    for order in [ThreadOrder::Reverse, ThreadOrder::Random(7)] {
+        let got = run(order);
+        let wrong = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert!(wrong > n / 4, "{order:?}: only {wrong} of {n} reads differ");
     }
 }
 

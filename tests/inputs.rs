@@ -1889,6 +1889,41 @@ fn bench_zero_flags() {
     }
 }
 
+/// docs/cli.md, “bench”: a folder holding only a diffusers `config.json` is timed with seeded
+/// random weights (the same parameter count as the folder with its weights).
+#[test]
+fn bench_times_a_config_without_weights() {
+    let s = Scratch::new("in-b-config-only");
+    let dir = s.path("net");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture("unet_a/config.json"), dir.join("config.json")).unwrap();
+    let report = |unet: &Path| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dydiff"))
+            .args([
+                "bench",
+                "unet",
+                "--unet",
+                &st(unet),
+                "--batch",
+                "1",
+                "--size",
+                "8",
+            ])
+            .args(["--reps", "1", "--warmup", "0"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (random, given) = (report(&dir), report(&fixture("unet_a")));
+    assert_eq!(random["params"], given["params"]);
+    assert!(random["median_s"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn bench_size_not_a_multiple_of_the_downsampling() {
     let s = Scratch::new("in-b-size");

@@ -3,7 +3,11 @@
 //
 // Scheduling. A block's threads are fibers with their own stacks. The scheduler makes
 // passes over them; in a pass every runnable fiber runs until it waits (at __syncthreads or a warp
-// collective) or finishes. Between passes it releases what can go on: the block barrier once every
+// collective) or finishes. The order of a pass is the threads' index order by default; a GPU runs
+// them in no fixed order, so reading within a barrier interval what a lower-numbered thread wrote
+// would always work here. DYDIFF_EMU_ORDER=reverse runs each pass in reverse index order and
+// DYDIFF_EMU_ORDER=random[:SEED] in a seeded random order per pass and block, so that such a race
+// shows (CI runs the kernel tests in both; dydiff_emu_set_order sets it for the calling thread). Between passes it releases what can go on: the block barrier once every
 // thread waits there; a warp collective once every lane of its mask has deposited at one with the
 // same kind and mask (each released lane gets its own copy of the deposits). A pass that neither
 // runs nor releases anything is a deadlock, reported with what each thread waits for.
@@ -23,6 +27,7 @@
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -151,6 +156,42 @@ struct Launch {
   sigjmp_buf fault_jmp;
   uintptr_t fault_addr = 0;
 };
+
+// The order of a scheduler pass: 0 forward, 1 reverse, 2 random (seeded).
+struct PassOrder {
+  int mode = 0;
+  unsigned long long seed = 0;
+};
+
+PassOrder order_from_env() {
+  PassOrder o;
+  const char* e = std::getenv("DYDIFF_EMU_ORDER");
+  if (!e) return o;
+  std::string v(e);
+  if (v == "reverse") {
+    o.mode = 1;
+  } else if (v.rfind("random", 0) == 0) {
+    o.mode = 2;
+    if (v.size() > 7 && v[6] == ':') o.seed = std::strtoull(v.c_str() + 7, nullptr, 10);
+  }
+  return o;
+}
+
+thread_local bool g_order_set = false;
+thread_local PassOrder g_order;
+
+const PassOrder& pass_order() {
+  static const PassOrder from_env = order_from_env();
+  return g_order_set ? g_order : from_env;
+}
+
+// SplitMix64: the random pass order's generator.
+unsigned long long splitmix(unsigned long long& x) {
+  unsigned long long z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
 
 thread_local Launch* g_launch = nullptr;
 thread_local std::vector<Fiber>* g_pool = nullptr;  // reused fibers (and their stacks)
@@ -334,9 +375,16 @@ void run_block(Launch& L, uint3 bidx) {
     start_context(f);
   }
   if (L.shared) std::memset(L.shared, 0xff, L.shared_bytes);  // uninitialised: NaN
+  const PassOrder& po = pass_order();
+  std::vector<unsigned> order(L.threads);
+  unsigned long long rng =
+      po.seed ^ (0x632be59bd9b4e019ull * (1 + bidx.x + 65536ull * (bidx.y + 65536ull * bidx.z)));
   for (;;) {
     bool ran = false;
-    for (unsigned i = 0; i < L.threads; ++i) {
+    for (unsigned k = 0; k < L.threads; ++k) order[k] = po.mode == 1 ? L.threads - 1 - k : k;
+    if (po.mode == 2)
+      for (unsigned k = L.threads; k > 1; --k) std::swap(order[k - 1], order[splitmix(rng) % k]);
+    for (unsigned i : order) {
       if (fs[i].wait != Wait::Run) continue;
       L.cur = &fs[i];
       resume(L, fs[i]);
@@ -502,6 +550,14 @@ int dydiff_emu_free(void* p) {
 
 // 1 if the emulator holds kernel `name`.
 int dydiff_emu_has_kernel(const char* name) { return dydiff_emu_find(name) != nullptr; }
+
+// The pass order of the launches of the calling thread: mode 0 forward, 1 reverse, 2 random with
+// `seed`; mode -1 returns to DYDIFF_EMU_ORDER's.
+void dydiff_emu_set_order(int mode, unsigned long long seed) {
+  emu::g_order_set = mode >= 0;
+  emu::g_order.mode = mode;
+  emu::g_order.seed = seed;
+}
 
 // Runs kernel `name` on a grid of `grid` blocks of `block` threads with `shared_bytes` of dynamic
 // shared memory; `args[i]` points at the value of parameter i, `arg_sizes[i]` its size in bytes.

@@ -196,3 +196,13 @@ extern "C" __global__ void emu_test_ldmatrix_misaligned(float* out) {
   ldmatrix_x4(r, s + 16 * (threadIdx.x % 16) + 1);
   out[threadIdx.x] = float(r[0]);
 }
+
+// out[t] = what thread t reads of thread t − 1's write to shared memory, without a barrier between
+// them: a planted race. Index order hides it (thread t − 1 has finished when t runs); the reverse
+// and random pass orders (DYDIFF_EMU_ORDER) show it: the read finds the poisoned NaN.
+extern "C" __global__ void emu_test_unsynced_neighbour(float* out) {
+  DYDIFF_DYNAMIC_SHARED(float, sh);
+  unsigned t = threadIdx.x;
+  sh[t] = float(t);
+  out[t] = t ? sh[t - 1] : -1.0f;
+}

@@ -160,6 +160,18 @@ impl UNet2D {
     /// [`UNet2D::from_pretrained`] with every convolution's `padding_mode` set to `pad_mode`
     /// (a model folder's `dydiff.json` gives it; diffusers' config has no such key).
     pub fn from_pretrained_padded(dir: &Path, device: Device, pad_mode: PadMode) -> Result<Self> {
+        let config = UNet2DConfig {
+            padding_mode: pad_mode,
+            ..UNet2D::read_config(dir)?
+        };
+        let w_path = weights_file(dir)?;
+        let arrays = safetensors::read(&w_path)?;
+        UNet2D::new(config, ParamBuilder::from_arrays(w_path, arrays, device))
+    }
+
+    /// `DIR/config.json` of a folder [`UNet2D::from_pretrained`] reads; an error names the folder
+    /// or the file and what is wrong.
+    pub fn read_config(dir: &Path) -> Result<UNet2DConfig> {
         if !dir.is_dir() {
             return Err(Error::bad_file(dir, "model folder not found (expected a directory with config.json and diffusion_pytorch_model.safetensors)"));
         }
@@ -167,14 +179,15 @@ impl UNet2D {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::bad_file(&cfg_path, format!("not valid JSON: {e}")))?;
-        let config = UNet2DConfig {
-            padding_mode: pad_mode,
-            ..UNet2DConfig::from_json(&value)
-                .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?
-        };
-        let w_path = weights_file(dir)?;
-        let arrays = safetensors::read(&w_path)?;
-        UNet2D::new(config, ParamBuilder::from_arrays(w_path, arrays, device))
+        UNet2DConfig::from_json(&value).map_err(|e| Error::bad_file(&cfg_path, e.to_string()))
+    }
+
+    /// Whether `dir` holds weights in any form diffusers writes (safetensors, its fp16 variant,
+    /// or pickle).
+    pub fn has_weights(dir: &Path) -> bool {
+        [WEIGHTS_FILE, FP16_WEIGHTS_FILE, PICKLE_WEIGHTS_FILE]
+            .iter()
+            .any(|f| dir.join(f).exists())
     }
 
     /// Writes the folder diffusers' `from_pretrained` reads, atomically file by file.

@@ -56,7 +56,14 @@ fn validate(o: &BenchOptions) -> Result<()> {
 fn load(o: &BenchOptions, training: bool) -> Result<UNet2D> {
     validate(o)?;
     // a training step's weights reach the device through its optimizer state, once
-    let model = UNet2D::from_pretrained(&o.unet, if training { Device::Cpu } else { o.device })?;
+    let device = if training { Device::Cpu } else { o.device };
+    let model = if UNet2D::has_weights(&o.unet) {
+        UNet2D::from_pretrained(&o.unet, device)?
+    } else {
+        // a network's time does not depend on its weights: a folder holding only config.json
+        // is benchmarked with seeded random ones
+        UNet2D::init(UNet2D::read_config(&o.unet)?, 0, device)?
+    };
     let c = &model.config;
     let m = c.size_multiple();
     if !o.height.is_multiple_of(m) || !o.width.is_multiple_of(m) {

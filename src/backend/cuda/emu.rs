@@ -18,6 +18,7 @@ extern "C" {
     fn dydiff_emu_alloc(bytes: usize) -> *mut c_void;
     fn dydiff_emu_free(ptr: *mut c_void) -> c_int;
     fn dydiff_emu_has_kernel(name: *const c_char) -> c_int;
+    fn dydiff_emu_set_order(mode: c_int, seed: u64);
     fn dydiff_emu_launch(
         name: *const c_char,
         grid: *const u32,
@@ -29,6 +30,34 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+}
+
+/// The order in which the emulator runs a block's threads between barriers
+/// (docs/devices.md, “The emulator”). A GPU keeps no order: a kernel that reads, within one
+/// barrier interval, what another thread wrote is wrong whatever order shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadOrder {
+    /// `DYDIFF_EMU_ORDER`'s (`reverse`, `random[:SEED]`; index order without it).
+    FromEnvironment,
+    /// Index order: a thread runs after every lower-numbered one has reached the barrier.
+    Index,
+    /// Reverse index order.
+    Reverse,
+    /// A random order per pass and block, from the seed.
+    Random(u64),
+}
+
+/// Sets the order of the emulator's passes for the launches of the calling thread (a launch runs
+/// on the thread that makes it): tests run the same kernel in every order.
+pub fn set_thread_order(order: ThreadOrder) {
+    let (mode, seed) = match order {
+        ThreadOrder::FromEnvironment => (-1, 0),
+        ThreadOrder::Index => (0, 0),
+        ThreadOrder::Reverse => (1, 0),
+        ThreadOrder::Random(seed) => (2, seed),
+    };
+    // SAFETY: sets two thread-local values of the runtime; no pointers.
+    unsafe { dydiff_emu_set_order(mode, seed) }
 }
 
 /// The CPU emulator of a GPU: launch timings and graphs (allocations are tracked by the
