@@ -56,6 +56,71 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
     dydiff(&a)
 }
 
+/// Asserts that the last logged loss of the run in `out` is below 0.9 of the first.
+fn assert_loss_falls(out: &Path) {
+    let lines = log(out);
+    let (first, last) = (
+        lines[0]["loss"].as_f64().unwrap(),
+        lines.last().unwrap()["loss"].as_f64().unwrap(),
+    );
+    assert!(last < 0.9 * first, "loss {first} -> {last}");
+}
+
+/// `dydiff train --out OUT --resume` with only the step count (30, checkpoints every 15) and
+/// `extra`: every other flag the run's own.
+fn resume_to_30(out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "train",
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+        "--steps",
+        "30",
+        "--checkpoint-every",
+        "15",
+    ];
+    args.extend(extra);
+    dydiff(&args)
+}
+
+/// The files of a run that a resumed run must reproduce byte for byte.
+const RUN_FILES: [&str; 2] = [
+    "train_state.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+];
+
+/// Asserts that `files` are byte-identical in the uninterrupted run `a` and the resumed run `b`.
+fn assert_same_files(a: &Path, b: &Path, files: &[&str]) {
+    for f in files {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between the resumed and the uninterrupted run"
+        );
+    }
+}
+
+/// Samples model folder `model` on `data` (2 members, 4 steps, and `extra`) into `s/fc.npy`.
+fn sample_folder(s: &Scratch, model: &Path, data: &Path, extra: &[&str]) -> npy::Array {
+    let fc = s.path("fc.npy");
+    let mut args = vec![
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        data.to_str().unwrap(),
+        "--out",
+        fc.to_str().unwrap(),
+        "--members",
+        "2",
+        "--steps",
+        "4",
+    ];
+    args.extend(extra);
+    let (ok, err) = dydiff(&args);
+    assert!(ok, "{err}");
+    npy::read(&fc).unwrap()
+}
+
 fn log(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("train_log.jsonl"))
         .unwrap()
@@ -94,17 +159,15 @@ fn loss_falls_resume_is_exact_and_the_model_samples() {
         &["--steps", "40", "--checkpoint-every", "20", "--resume"],
     );
     assert!(ok, "{err}");
-    for f in [
-        "train_state.safetensors",
-        "unet/diffusion_pytorch_model.safetensors",
-        "dydiff.json",
-    ] {
-        let same = std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap();
-        assert!(
-            same,
-            "{f} differs between the resumed and the uninterrupted run"
-        );
-    }
+    assert_same_files(
+        &a,
+        &b,
+        &[
+            "train_state.safetensors",
+            "unet/diffusion_pytorch_model.safetensors",
+            "dydiff.json",
+        ],
+    );
     let strip = |v: Vec<serde_json::Value>| -> Vec<(u64, f64)> {
         v.iter()
             .map(|l| (l["step"].as_u64().unwrap(), l["loss"].as_f64().unwrap()))
@@ -303,54 +366,16 @@ fn diffusing_the_history_trains_resumes_and_samples() {
         (unet["in_channels"].as_u64(), unet["out_channels"].as_u64()),
         (Some(14), Some(10))
     );
-    let lines = log(&a);
-    let (first, last) = (
-        lines[0]["loss"].as_f64().unwrap(),
-        lines.last().unwrap()["loss"].as_f64().unwrap(),
-    );
-    assert!(last < 0.9 * first, "loss {first} -> {last}");
+    assert_loss_falls(&a);
     let (ok, err) = train(&d, &b, &[&dh[..], &["--steps", "15"]].concat());
     assert!(ok, "{err}");
     // `--resume` alone continues the run with its recorded flags (data, frames, process and
     // recipe: --diffuse-history among them), here to the 30 steps of the uninterrupted run
-    let (ok, err) = dydiff([
-        "train",
-        "--out",
-        b.to_str().unwrap(),
-        "--resume",
-        "--steps",
-        "30",
-        "--checkpoint-every",
-        "15",
-    ]);
+    let (ok, err) = resume_to_30(&b, &[]);
     assert!(ok, "{err}");
-    for f in [
-        "train_state.safetensors",
-        "unet/diffusion_pytorch_model.safetensors",
-    ] {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f} differs between the resumed and the uninterrupted run"
-        );
-    }
-    let fc = s.path("fc.npy");
-    let (ok, err) = dydiff([
-        "sample",
-        "--model",
-        a.to_str().unwrap(),
-        "--input",
-        d.to_str().unwrap(),
-        "--out",
-        fc.to_str().unwrap(),
-        "--members",
-        "2",
-        "--steps",
-        "4",
-        "--ddim-eta",
-        "0.5",
-    ]);
-    assert!(ok, "{err}");
-    assert_eq!(npy::read(&fc).unwrap().shape, [8, 2, 3, 2, 16, 16]);
+    assert_same_files(&a, &b, &RUN_FILES);
+    let f = sample_folder(&s, &a, &d, &["--ddim-eta", "0.5"]);
+    assert_eq!(f.shape, [8, 2, 3, 2, 16, 16]);
 }
 
 /// `--prediction-type v_prediction` (docs/process.md, “What the network predicts”): the scheduler
@@ -379,60 +404,18 @@ fn velocity_prediction_trains_resumes_and_samples() {
         read(&a.join("dydiff.json"))["training"]["loss"],
         "mse(v_hat, v)"
     );
-    let lines = log(&a);
-    let (first, last) = (
-        lines[0]["loss"].as_f64().unwrap(),
-        lines.last().unwrap()["loss"].as_f64().unwrap(),
-    );
-    assert!(last < 0.9 * first, "loss {first} -> {last}");
+    assert_loss_falls(&a);
     let (ok, err) = train(&d, &b, &[&v[..], &["--steps", "15"]].concat());
     assert!(ok, "{err}");
-    let resume = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--out",
-            b.to_str().unwrap(),
-            "--resume",
-            "--steps",
-            "30",
-            "--checkpoint-every",
-            "15",
-        ];
-        args.extend(extra);
-        dydiff(&args)
-    };
-    let (ok, err) = resume(&["--prediction-type", "epsilon"]);
+    let (ok, err) = resume_to_30(&b, &["--prediction-type", "epsilon"]);
     assert!(
         !ok && err.contains("--prediction-type epsilon (the run: v_prediction)"),
         "{err}"
     );
-    let (ok, err) = resume(&[]);
+    let (ok, err) = resume_to_30(&b, &[]);
     assert!(ok, "{err}");
-    for f in [
-        "train_state.safetensors",
-        "unet/diffusion_pytorch_model.safetensors",
-    ] {
-        assert!(
-            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "{f} differs between the resumed and the uninterrupted run"
-        );
-    }
-    let fc = s.path("fc.npy");
-    let (ok, err) = dydiff([
-        "sample",
-        "--model",
-        a.to_str().unwrap(),
-        "--input",
-        d.to_str().unwrap(),
-        "--out",
-        fc.to_str().unwrap(),
-        "--members",
-        "2",
-        "--steps",
-        "4",
-    ]);
-    assert!(ok, "{err}");
-    let f = npy::read(&fc).unwrap();
+    assert_same_files(&a, &b, &RUN_FILES);
+    let f = sample_folder(&s, &a, &d, &[]);
     assert_eq!(f.shape, [8, 2, 3, 2, 16, 16]);
     assert!(f.data.iter().all(|x| x.is_finite()));
     let c = s.path("c");
@@ -572,25 +555,7 @@ fn defaults_padding_progress_and_skill() {
         )
     );
     // the sampler follows the folder's padding mode
-    let sample = |name: &str| {
-        let fc = s.path(name);
-        let (ok, err) = dydiff([
-            "sample",
-            "--model",
-            out.to_str().unwrap(),
-            "--input",
-            d.to_str().unwrap(),
-            "--out",
-            fc.to_str().unwrap(),
-            "--members",
-            "2",
-            "--steps",
-            "4",
-        ]);
-        assert!(ok, "{err}");
-        npy::read(&fc).unwrap()
-    };
-    let circular = sample("circular.npy");
+    let circular = sample_folder(&s, &out, &d, &[]);
     let edited = |mode: &str| {
         let text = serde_json::to_string(&serde_json::Value::Object({
             let mut m = json.as_object().unwrap().clone();
@@ -601,7 +566,7 @@ fn defaults_padding_progress_and_skill() {
         std::fs::write(out.join("dydiff.json"), text).unwrap();
     };
     edited("zeros");
-    assert_ne!(sample("zeros.npy").data, circular.data);
+    assert_ne!(sample_folder(&s, &out, &d, &[]).data, circular.data);
     edited("reflect");
     let fc = s.path("reflect.npy");
     let (ok, err) = dydiff([
