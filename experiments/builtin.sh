@@ -6,7 +6,8 @@
 # reproduction's recipe (experiments/reproduce.sh: 4 000 steps, batch 16, lr 1e-3, 100 warm-up
 # steps, cosine decay, seed 0), then the sampler's defaults chosen on held-out *validation*
 # sequences (another seed of the flow than the test sequences): fair CRPS and spread-skill ratio
-# for DDIM steps × ddim_eta (experiments/defaults_table.py). About 30 minutes on 2 cores.
+# for DDIM steps × ddim_eta (experiments/defaults_table.py). About an hour on 2 cores (the data
+# 10 minutes, training 20–30, the sweep 20; twice the sweep with BEFORE).
 #
 #   experiments/builtin.sh                  # into experiments/out_builtin
 #   OUT=DIR STEPS=N experiments/builtin.sh  # elsewhere, or another budget
