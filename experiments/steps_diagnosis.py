@@ -1,11 +1,11 @@
 """Where a DyDiff model's forecasts go wrong when the DDIM sampler takes more steps.
 
-Runs, in PyTorch + diffusers with the sampler written from the SPEC's formulas (float64 numpy
-around the network, the same code as python/make_sampler_fixtures.py), two diagnostics on
+Runs, in PyTorch + diffusers with the sampler written from docs/process.md's formulas (float64 numpy
+around the network: python/make_sampler_fixtures.py's spec_step), two diagnostics on
 held-out sequences in data space (N, L, C, H, W):
 
-1. The denoiser on the forward process: for a grid of timesteps, x_t drawn from the SPEC's
-   forward process (§4) of the true frames; the noise error E|ε̂ − ε̃|² / E|ε̃|² and the RMSE of the
+1. The denoiser on the forward process: for a grid of timesteps, x_t drawn from docs/process.md's
+   forward process (“Forward process”) of the true frames; the noise error E|ε̂ − ε̃|² / E|ε̃|² and the RMSE of the
    one-step estimate x̂_0 against the truth.
 2. The sampler's trajectories for each DDIM step count: at every step, the RMSE of the running
    x̂_0 against the truth, the ensemble spread of x̂_0, its largest magnitude, and the ratio of
@@ -29,7 +29,7 @@ import torch
 from diffusers import UNet2DModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "python"))
-from make_sampler_fixtures import alphas_cumprod, dyn, inv_dyn  # noqa: E402
+from make_sampler_fixtures import alphas_cumprod, dyn, spec_step, spec_x0  # noqa: E402
 
 T = 1000
 
@@ -86,8 +86,7 @@ def forward_table(den, hist, fut, ab, gb, rng):
         x = [math.sqrt(a) * d[i] + math.sqrt(1 - a) * e[i] for i in range(len(fut))]
         eh = den(hist, x, t)
         err = sum(((eh[i] - e[i]) ** 2).sum() for i in range(len(fut))) / sum((v**2).sum() for v in e)
-        y = [(x[i] - math.sqrt(1 - a) * eh[i]) / math.sqrt(a) for i in range(len(fut))]
-        x0 = inv_dyn([dyn(hist, g)[-1]] + y, g)[1:]
+        x0 = spec_x0(x, hist, eh, a, g)
         rmse = math.sqrt(np.mean([(x0[i] - fut[i]) ** 2 for i in range(len(fut))]))
         print(f"| {t} | {a:.3g} | {err:.3g} | {rmse:.3f} |")
 
@@ -104,18 +103,14 @@ def trajectory(den, hist, fut, ab, gb, steps, spacing, ddim_eta, members, rng, c
         a_p = ab[taus[k - 2]] if k > 1 else 1.0
         g_p = gb(a_p)
         eh = den(hist, x, t)
-        y = [(x[i] - math.sqrt(1 - a_t) * eh[i]) / math.sqrt(a_t) for i in range(s)]
-        x0 = inv_dyn([dyn(hist, g_t)[-1]] + y, g_t)[1:]
         if clip is not None:
             # diffusers' clip_sample: x̂_0 clipped, ε̂ recomputed from it (through the dynamics)
-            x0 = [np.clip(v, -clip, clip) for v in x0]
+            x0 = [np.clip(v, -clip, clip) for v in spec_x0(x, hist, eh, a_t, g_t)]
             d0 = dyn(hist + x0, g_t)[len(hist):]
             eh = [(x[i] - math.sqrt(a_t) * d0[i]) / math.sqrt(1 - a_t) for i in range(s)]
-        ew = inv_dyn(eh, g_t)
         sigma = ddim_eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
         z = [rng.standard_normal(f.shape) if sigma > 0 else np.zeros_like(f) for f in fut]
-        d, dw, dz = dyn(hist + x0, g_p)[len(hist):], dyn(ew, g_p), dyn(z, g_p)
-        ce = math.sqrt(max(1 - a_p - sigma**2, 0.0))
+        x0, x_next = spec_step(x, hist, eh, a_t, a_p, g_t, g_p, sigma, z)
         rms_ratio = math.sqrt(np.mean([v**2 for v in x])) / math.sqrt(a_t * var_d + 1 - a_t)
         stack = np.stack(x0, 1)  # (B, S, C, H, W), B = sequences × members
         b = stack.shape[0] // members
@@ -124,7 +119,7 @@ def trajectory(den, hist, fut, ab, gb, steps, spacing, ddim_eta, members, rng, c
         rmse = math.sqrt(((ens.mean(1) - truth) ** 2).mean())
         spread = math.sqrt(ens.var(1, ddof=1).mean())
         rows.append((t, rmse, spread, float(np.abs(stack).max()), rms_ratio))
-        x = [math.sqrt(a_p) * d[i] + ce * dw[i] + sigma * dz[i] for i in range(s)]
+        x = x_next
     return rows
 
 

@@ -119,6 +119,24 @@ def inv_dyn(frames, g):
     return out
 
 
+def spec_x0(x, h, e_hat, a_t, g_t):
+    """Steps 2–3 of one DDIM step (docs/process.md, “One step”): the estimate of the future frames
+    from x_t (lists of frames), the history h and the noise estimate e_hat."""
+    y = [(xs - math.sqrt(1 - a_t) * es) / math.sqrt(a_t) for xs, es in zip(x, e_hat)]
+    return inv_dyn([dyn(h, g_t)[-1]] + y, g_t)[1:]
+
+
+def spec_step(x, h, e_hat, a_t, a_p, g_t, g_p, sigma, z):
+    """Steps 2–5 of one DDIM step from t to p with the noise estimate e_hat and fresh noise z
+    (lists of frames): (x̂_0, x_p)."""
+    x0 = spec_x0(x, h, e_hat, a_t, g_t)
+    e_w = inv_dyn(e_hat, g_t)
+    d = dyn(h + x0, g_p)[len(h):]
+    dw, dz = dyn(e_w, g_p), dyn(z, g_p)
+    ce = math.sqrt(max(1 - a_p - sigma**2, 0.0))
+    return x0, [math.sqrt(a_p) * d[s] + ce * dw[s] + sigma * dz[s] for s in range(len(x))]
+
+
 def spec_sampler(net, hist, eps, dyn_eta, ddim_eta, steps, seed, prediction="epsilon"):
     """hist (B, P1, C, H, W), eps (B, S, C, H, W), model space; one batch row per (n, m). A
     v_prediction network's output v̂ gives ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂ (docs/process.md)."""
@@ -139,19 +157,13 @@ def spec_sampler(net, hist, eps, dyn_eta, ddim_eta, steps, seed, prediction="eps
         e_hat = [e_hat[:, s * C:(s + 1) * C] for s in range(S)]
         if prediction == "v_prediction":
             e_hat = [math.sqrt(1 - a_t) * x[s] + math.sqrt(a_t) * e_hat[s] for s in range(S)]
-        y = [(x[s] - math.sqrt(1 - a_t) * e_hat[s]) / math.sqrt(a_t) for s in range(S)]
-        x0 = inv_dyn([dyn(h, g_t)[-1]] + y, g_t)[1:]
-        e_w = inv_dyn(e_hat, g_t)
         sigma = ddim_eta * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
         if sigma > 0:
             zz = noise(seed, 1, k).reshape(B, S, C, H, W)
             z = [zz[:, s].astype(np.float64) for s in range(S)]
         else:
             z = [np.zeros_like(e) for e in e_hat]
-        d = dyn(h + x0, g_p)[P1:]
-        dw, dz = dyn(e_w, g_p), dyn(z, g_p)
-        ce = math.sqrt(max(1 - a_p - sigma**2, 0.0))
-        x = [math.sqrt(a_p) * d[s] + ce * dw[s] + sigma * dz[s] for s in range(S)]
+        _, x = spec_step(x, h, e_hat, a_t, a_p, g_t, g_p, sigma, z)
     return np.stack(x, axis=1)
 
 

@@ -35,7 +35,7 @@ CLASSES = {
     "tensor": {"HMMA", "IMMA", "HGMMA", "BMMA", "DMMA"},
     "fp32": {"FFMA", "FADD", "FMUL", "FMNMX", "FSETP", "FSEL", "FCHK", "FSET", "FMNMX3"},
     "int": {"IMAD", "IADD3", "IADD", "LEA", "LOP3", "SHF", "SHL", "SHR", "ISETP", "IMNMX", "SEL",
-            "IABS", "POPC", "FLO", "BREV", "PRMT", "SGXT", "BMSK", "LEA.HI", "IDP", "VIADD",
+            "IABS", "POPC", "FLO", "BREV", "PRMT", "SGXT", "BMSK", "IDP", "VIADD",
             "VIMNMX", "IMUL", "ICMP", "ISCADD", "UIMAD", "UIADD3", "ULEA", "ULOP3", "USHF",
             "UISETP", "USEL", "UMOV", "UPRMT", "ULDC", "USGXT"},
     "convert": {"I2F", "F2I", "F2F", "I2I", "F2FP", "I2FP", "F2IP"},
@@ -105,9 +105,9 @@ def resources(fatbin, arch):
             name = m.group(1)
             continue
         if name and "REG:" in line:
-            get = lambda key: int(re.search(key + r":(\d+)", line).group(1)) if re.search(key + r":(\d+)", line) else 0  # noqa: E731
-            res[name] = dict(registers=get("REG"), shared=get("SHARED"), stack=get("STACK"),
-                             local=get("LOCAL"))
+            found = dict(re.findall(r"(\w+):(\d+)", line))
+            res[name] = dict(registers=int(found.get("REG", 0)), shared=int(found.get("SHARED", 0)),
+                             stack=int(found.get("STACK", 0)), local=int(found.get("LOCAL", 0)))
             name = None
     return res
 

@@ -70,8 +70,6 @@ def residency(regs, smem, warps):
 def trips(kernel, args, grid):
     """Trips through the main loop per block, and the bytes the launch moves (None: from the
     kernel's loads and stores), for the kernels whose shape the arguments give."""
-    def shape(i):
-        return args[i] if isinstance(args[i], list) else None
     if kernel.startswith("conv2d_dgrad"):
         s = [a for a in args if isinstance(a, list)][0]
         n, ci, h, w, co, k, _st, _pt, _pl, ho, wo = s[:11]

@@ -7,8 +7,8 @@
 // them in no fixed order, so reading within a barrier interval what a lower-numbered thread wrote
 // would always work here. DYDIFF_EMU_ORDER=reverse runs each pass in reverse index order and
 // DYDIFF_EMU_ORDER=random[:SEED] in a seeded random order per pass and block, so that such a race
-// shows (CI runs the kernel tests in both; dydiff_emu_set_order sets it for the calling thread). Between passes it releases what can go on: the block barrier once every
-// thread waits there; a warp collective once every lane of its mask has deposited at one with the
+// shows (CI runs the kernel tests in both; dydiff_emu_set_order sets it for the calling thread).
+// Between passes it releases what can go on: the block barrier once every thread waits there; a warp collective once every lane of its mask has deposited at one with the
 // same kind and mask (each released lane gets its own copy of the deposits). A pass that neither
 // runs nor releases anything is a deadlock, reported with what each thread waits for.
 //
@@ -377,12 +377,12 @@ void run_block(Launch& L, uint3 bidx) {
   if (L.shared) std::memset(L.shared, 0xff, L.shared_bytes);  // uninitialised: NaN
   const PassOrder& po = pass_order();
   std::vector<unsigned> order(L.threads);
+  for (unsigned k = 0; k < L.threads; ++k) order[k] = po.mode == 1 ? L.threads - 1 - k : k;
   unsigned long long rng =
       po.seed ^ (0x632be59bd9b4e019ull * (1 + bidx.x + 65536ull * (bidx.y + 65536ull * bidx.z)));
   for (;;) {
     bool ran = false;
-    for (unsigned k = 0; k < L.threads; ++k) order[k] = po.mode == 1 ? L.threads - 1 - k : k;
-    if (po.mode == 2)
+    if (po.mode == 2)  // a fresh permutation for every pass
       for (unsigned k = L.threads; k > 1; --k) std::swap(order[k - 1], order[splitmix(rng) % k]);
     for (unsigned i : order) {
       if (fs[i].wait != Wait::Run) continue;

@@ -42,9 +42,8 @@ impl BetaSchedule {
 /// “What the network predicts”): the noise `ε̃` (`epsilon`, the papers' parameterisation), or the
 /// velocity `v = √ᾱ_t·ε̃ − √(1−ᾱ_t)·D` (`v_prediction`, Salimans & Ho 2022), from which
 /// `ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂` and `D̂ = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prediction {
-    #[default]
     Epsilon,
     V,
 }

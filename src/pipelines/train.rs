@@ -1517,8 +1517,8 @@ pub(crate) fn train_loop(
 /// space, `L ≥ P+1+S`), at fixed timesteps: for each `t`, `batches` batches of `rows` windows
 /// drawn as in validation (purposes 5 and 6 of docs/random.md, `seed`), the mean squared error
 /// of `ε̂` against `ε̃` per diffused frame (for a network that predicts the velocity, of the `ε̂`
-/// that follows from it: `ᾱ_t` times the velocity's error). Returns, per timestep, the per-frame errors (the
-/// diffused frames: `S`, or all `P+1+S` when the model diffuses the history).
+/// that follows from it: `ᾱ_t` times the velocity's error). Returns, per timestep, the per-frame
+/// errors (the diffused frames: `S`, or all `P+1+S` when the model diffuses the history).
 pub fn noise_error(
     model: &Model,
     data_path: &Path,
@@ -1577,11 +1577,12 @@ pub fn noise_error(
                 }
             }
         }
-        // a velocity's error is the noise's over √ᾱ_t: ε̂ − ε̃ = √ᾱ_t·(v̂ − v)
-        let scale = match model.schedule.prediction {
-            Prediction::Epsilon => 1.0,
-            Prediction::V => model.schedule.alphas_cumprod[t],
-        };
+        // ε̂ = a·x_t + b·output, so the noise's error is b times the output's (b = √ᾱ_t for v)
+        let (_, b) = model
+            .schedule
+            .prediction
+            .epsilon(model.schedule.alphas_cumprod[t]);
+        let scale = b * b;
         let count = (rows * batches as usize * e) as f64;
         out.push(per_frame.iter().map(|s| scale * s / count).collect());
     }
