@@ -13,9 +13,11 @@
 // every output position whose read lands on (iy, ix) modulo the image: oy·s + ky − pt ∈
 // {iy − h, iy, iy + h} (the padding is at most the image's size), and the same for columns.
 //
-// dx is an implicit GEMM of the output gradient with the kernel read flipped in place (rows: input
-// channels; columns: input pixels; reduction: co·k²) — conv2d_dgrad_*; at stride 2 three of four
-// terms are zero and skipped only by the loads. dw is a GEMM over the batch and the pixels (rows:
+// At stride 1, dx is the convolution of dy with the kernel transposed and rotated by 180°, padded
+// by k − 1 − p: it runs the forward's direct kernels (kernels/conv.cu; src/backend/cuda/conv.rs,
+// `input_gradient`). Otherwise (stride 2) dx is an implicit GEMM of the output gradient with the
+// kernel read flipped in place (rows: input channels; columns: input pixels; reduction: co·k²) —
+// conv2d_dgrad_*; three of four terms are zero and skipped only by the loads. dw is a GEMM over the batch and the pixels (rows:
 // output channels; columns: ci·k²; reduction: n·ho·wo, the input gathered on the fly), split along
 // the reduction into `splits` slices (blockIdx.z) when the output is small, each slice written to
 // its own partial matrix and the partials summed by sum_splits_f32 — conv2d_wgrad_*. Both use

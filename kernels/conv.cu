@@ -1,5 +1,5 @@
-// 2-D convolution (cross-correlation, as PyTorch) as an implicit GEMM, with the tail and the head of
-// diffusers' ResnetBlock2D fused in, so that a resnet block is a handful of launches:
+// 2-D convolution (cross-correlation, as PyTorch) with the tail and the head of diffusers'
+// ResnetBlock2D fused in, so that a resnet block is a handful of launches:
 //
 //   y[n, co, oy, ox] = ( Σ_{ci, ky, kx} w[co, ci, ky, kx] · in[n, ci, oy·s + ky − pt, ox·s + kx − pl]
 //                        + bias[co] + temb[n, co] + residual[n, co, oy, ox] ) · scale
@@ -8,18 +8,55 @@
 // around, row −1 being row h − 1) is, per element, as loaded:
 //   - the channels of x, followed by those of x2 if given (the skip concatenation of an up block);
 //   - read at (y/2, x/2) with `upsample` (nearest 2× upsampling before the convolution);
-//   - with `groups` > 0, group-normalised, (v − mean[n, grp])·rstd[n, grp]·gamma[ci] + beta[ci],
-//     from statistics computed beforehand (kernels/norm.cu), then SiLU if `silu`.
-// bias, temb (n × co), residual (shaped like y), x2 and the norm are optional (null / 0).
+//   - group-normalised, (v − mean[n, grp])·rstd[n, grp]·gamma[ci] + beta[ci], from statistics
+//     computed beforehand (kernels/norm.cu), then SiLU (the `_norm_silu` kernels; with `groups`
+//     0 the SiLU alone).
+// bias, temb (n × co), residual (shaped like y) and x2 are optional (null).
 //
-// As a GEMM: rows are output channels (A = w, co × ci·k·k, contiguous along the reduction), columns
-// the output pixels of every image (B = the input gathered on the fly, contiguous along the
-// pixels), so a warp's loads of B are consecutive x positions and its stores consecutive pixels of
-// one channel (NCHW). The tile product is kernels/gemm_core.cuh's: conv2d_tf32 and conv2d_bf16 on
-// the tensor cores (TF32 or bf16 operands, float32 accumulation), conv2d_f32 with FFMA.
+// The direct kernels, conv2d_{f32,tf32,bf16}_{k3s1,k3s1_norm_silu,k3s2,k1s1} — the kernel size and
+// stride as template parameters, the three the network uses — compute one tile of 8×8 output
+// pixels of one image × 64 output channels (128 for 1×1) per block of 128 threads (4 warps, each
+// 32 (64) channels × 4 rows of 8 pixels), as an implicit GEMM whose reduction runs over slices of input channels
+// (16 for a 3×3 kernel, 64 for a 1×1: conv_slice_channels):
 //
-// Launch: grid (⌈n·ho·wo / 64⌉, ⌈co / 64⌉), 128 threads, no dynamic shared memory.
-// Benchmark: `dydiff bench unet --device cuda` and the GPU check script (per-kernel times).
+//   - per slice, the input patch the tile reads — (7s + k)² pixels × the slice — is loaded once
+//     from global memory, normalised and activated once per element (a per-(sample, channel)
+//     scale/shift table built at the start of the block: one FMA; SiLU as x·σ(x) with the fast
+//     exponential and reciprocal on the tensor-core paths), rounded to the MMA's operand type,
+//     and stored channel-contiguous; every tap then reads its shifted window of the patch, so an
+//     input element is loaded and transformed once per slice instead of once per tap (k² times);
+//   - the weights come prepared (conv2d_weights: per slice and output channel, zero-padded,
+//     rounded to TF32 or packed to bf16 pairs, in the order of the MMA's A fragments), so that a block's slice is one contiguous range,
+//     copied with 16-byte cp.async at immediate offsets;
+//   - every thread's patch pixels and their source offsets (padding, wrap-around, upsampling) are
+//     computed once, outside the reduction: no division in the main loop;
+//   - the fragments are read with 16-byte (TF32) or 8-byte (bf16) shared loads, the MMA's k index
+//     mapped to channels so that a thread's four channels are adjacent; the layouts (row stride
+//     16 words ≡ 16 mod 32; bf16 8 words) make the reads free of bank conflicts at stride 1;
+//   - two buffers: the next slice's weights are in flight (cp.async) and, when a thread stages
+//     one patch pixel (stride 1), its patch values in registers while the current slice is
+//     multiplied; at stride 2 (three pixels a thread) the patch is loaded after; one barrier per
+//     slice;
+//   - split-K: the slices are shared among gridDim.z blocks when a layer has few tiles (chosen
+//     from the layer's shape alone, never the batch, so that results do not depend on the batch
+//     size); the partial sums go to their own planes and conv2d_finish_f32 adds them in order and
+//     applies the epilogue (deterministic, no atomics).
+// Three ways to multiply: FFMA (`f32`), TF32 tensor cores (mma.m16n8k8, operands rounded to
+// nearest), bf16 tensor cores (mma.m16n8k16) — always float32 accumulation.
+//
+// The same kernels compute the input gradient of a stride-1 convolution (conv2d_weights reads the
+// weights transposed and rotated; kernels/backward.cu).
+//
+// Other geometries (kernel sizes other than 1 and 3, other strides) run conv2d_generic_f32, an
+// implicit GEMM over kernels/gemm_core.cuh's tile product in float32 whatever the precision: the
+// network never uses them (src/backend/cuda/conv.rs says when each kernel runs).
+//
+// Launch (direct): grid (n·tiles_y·tiles_x, ⌈co/64⌉, splits), 128 threads, dynamic shared memory
+// for the norm table (16 bytes per slice channel) and two buffers of weights and patch
+// (src/backend/cuda/conv.rs, `direct_smem_bytes`). Generic: grid
+// (⌈n·ho·wo/64⌉, ⌈co/64⌉), 128 threads, none.
+// Benchmark: `dydiff bench unet --device cuda`, the GPU check script (per-kernel times) and
+// python/sass_model.py (the model from the machine code).
 #include "gemm_core.cuh"
 
 struct ConvShape {
@@ -31,10 +68,489 @@ struct ConvShape {
   int silu;         // SiLU after the norm (or on the raw input when groups is 0)
   float scale;
   int circular;     // padding wraps around (padding at most the image's size)
+  // the direct kernels: slices of kc channels of x (slices1) then of x2, in all (slices); each
+  // blockIdx.z takes per_split of them; output tiles per image
+  int slices1, slices, per_split, tiles_x, tiles_y;
+  int kc;  // channels per slice (conv_slice_channels)
 };
 
+// Input channels per slice of a direct kernel: a 1×1 kernel has one tap, so its slices are wider
+// to give each trip through the main loop enough MMAs to cover its loads.
+__host__ __device__ constexpr int conv_slice_channels(int k) { return k == 1 ? 64 : 16; }
+// Output channels per block: 64, and 128 for a 1×1 kernel (whose loads are per MMA twice a 3×3
+// kernel's otherwise).
+__host__ __device__ constexpr int conv_block_channels(int k) { return k == 1 ? 128 : 64; }
+
+#define CONV_TILE 8       // output tile: 8×8 pixels of one image
+#define CONV_THREADS 128
+
+// The patch geometry of a direct kernel: side, pixels, taps, how the 128 threads share the
+// staging (groups of threads splitting the slice's channels when the patch is small), shared-memory
+// words per patch pixel and per weight row.
+template <int MMA, int KS, int S>
+struct ConvGeo {
+  static constexpr int KC = conv_slice_channels(KS);
+  static constexpr int BM = conv_block_channels(KS);
+  static constexpr int MT = BM / 32;  // m16 tiles per warp (warps 2 × 2, each BM/2 channels)
+  static constexpr int SUBS = KC / 16;  // groups of 16 channels (the fragments' unit)
+  static constexpr int PC = (CONV_TILE - 1) * S + KS;
+  static constexpr int PP = PC * PC;
+  static constexpr int KK = KS * KS;
+  static constexpr int GROUPS = PP <= CONV_THREADS / 2 ? 2 : 1;
+  static constexpr int PIX_THREADS = CONV_THREADS / GROUPS;
+  static constexpr int PPT = (PP + PIX_THREADS - 1) / PIX_THREADS;
+  static constexpr int CPT = KC / GROUPS;
+  // words per channel slice: KC floats, or KC/2 bf16 pairs
+  static constexpr int WPC = MMA == MMA_BF16 ? KC / 2 : KC;
+  // patch pixel stride in words, padded so that the fragment reads of 8 (bf16: 4) consecutive
+  // pixels fall in distinct banks: ≡ 16 (bf16: 8) mod 32 at stride 1; at stride 2, where the
+  // reads step two pixels, half a slice more
+  static constexpr int BANKS = MMA == MMA_BF16 ? 8 : 16;
+  static constexpr int PS = S == 1 ? WPC + (BANKS - WPC % 32 + 32) % 32 : WPC + WPC / 2;
+  static constexpr int RS = KK * WPC;  // weight row (one output channel, one slice)
+  static constexpr int W_WORDS = BM * RS;
+  static constexpr int P_WORDS = PP * PS;
+};
+
+// The convolution input of one slice element as the MMA takes it (one 32-bit word per channel
+// for f32/tf32; bf16 values are packed in pairs by the caller).
 template <int MMA>
-__device__ __forceinline__ void conv_kernel(const float* __restrict__ x, const float* __restrict__ x2,
+__device__ __forceinline__ unsigned conv_word(float v) {
+  if constexpr (MMA == MMA_TF32) return tf32_for_mma(v);
+  return __float_as_uint(v);
+}
+
+template <int MMA, int KS, int S, bool ACT>
+__device__ __forceinline__ void direct_conv(const float* __restrict__ x,
+                                            const float* __restrict__ x2,
+                                            const unsigned* __restrict__ wp,
+                                            const float* __restrict__ bias,
+                                            const float* __restrict__ temb,
+                                            const float* __restrict__ residual,
+                                            const float* __restrict__ stats,
+                                            const float* __restrict__ gamma,
+                                            const float* __restrict__ beta,
+                                            float* __restrict__ y, const ConvShape& s) {
+  using G = ConvGeo<MMA, KS, S>;
+  DYDIFF_DYNAMIC_SHARED(unsigned, smem);
+  float4* table = reinterpret_cast<float4*>(smem);  // (scale, shift, mean, beta) per channel
+  unsigned* wbuf = smem + (ACT ? 4 * G::KC * s.slices : 0);
+  unsigned* pbuf = wbuf + 2 * G::W_WORDS;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / 2) * (G::BM / 2), wr = (warp % 2) * 4;  // warp's channels, output rows
+  const int tiles = s.tiles_x * s.tiles_y;
+  const int n = blockIdx.x / tiles, tile = blockIdx.x - n * tiles;
+  const int oy0 = (tile / s.tiles_x) * CONV_TILE, ox0 = (tile % s.tiles_x) * CONV_TILE;
+  const int co0 = blockIdx.y * G::BM;
+  const int s_begin = blockIdx.z * s.per_split, s_end = min(s.slices, s_begin + s.per_split);
+  const int sh = s.upsample ? s.h / 2 : s.h, sw = s.upsample ? s.w / 2 : s.w;
+  const int hws = sh * sw, ci2 = s.ci - s.ci1;
+
+  // this thread's patch pixels: their source offset in a channel plane, −1 for padding
+  const int pix = tid % G::PIX_THREADS, chan0 = (tid / G::PIX_THREADS) * G::CPT;
+  int offs[G::PPT];
+#pragma unroll
+  for (int q = 0; q < G::PPT; ++q) {
+    int e = pix + q * G::PIX_THREADS, off = -1;
+    if (e < G::PP) {
+      int iy = oy0 * S - s.pad_top + e / G::PC, ix = ox0 * S - s.pad_left + e % G::PC;
+      bool inside = iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+      if (!inside && s.circular) {  // (a patch reaching past the padding feeds no output)
+        iy += iy < 0 ? s.h : (iy >= s.h ? -s.h : 0);
+        ix += ix < 0 ? s.w : (ix >= s.w ? -s.w : 0);
+        inside = iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+      }
+      if (inside) off = s.upsample ? (iy / 2) * sw + ix / 2 : iy * sw + ix;
+    }
+    offs[q] = off;
+  }
+
+  if constexpr (ACT) {
+    const int per_group = s.groups ? s.ci / s.groups : 1;
+    for (int i = tid; i < G::KC * s.slices; i += CONV_THREADS) {
+      int sl = i / G::KC, j = i % G::KC;
+      int c = sl < s.slices1 ? sl * G::KC + j : s.ci1 + (sl - s.slices1) * G::KC + j;
+      bool valid = sl < s.slices1 ? sl * G::KC + j < s.ci1 : c < s.ci;
+      float a = 0.0f, b = 0.0f, m = 0.0f, be = 0.0f;
+      if (valid) {
+        a = 1.0f;
+        if (s.groups) {
+          const float* st = stats + 2 * ((long long)n * s.groups + c / per_group);
+          m = st[0];
+          a = st[1] * gamma[c];
+          be = beta[c];
+          b = be - m * a;
+        }
+      }
+      table[i] = make_float4(a, b, m, be);
+    }
+    __syncthreads();
+  }
+
+  // the slice's source: channels [16·sl, 16·sl + count) of x or x2 for sample n
+  auto source = [&](int sl, int* count) {
+    if (sl < s.slices1) {
+      *count = min(G::KC, s.ci1 - sl * G::KC);
+      return x + ((long long)n * s.ci1 + (long long)sl * G::KC) * hws;
+    }
+    int s2 = sl - s.slices1;
+    *count = min(G::KC, ci2 - s2 * G::KC);
+    return x2 + ((long long)n * ci2 + (long long)s2 * G::KC) * hws;
+  };
+  float raw[G::PPT][G::CPT];
+  auto load_patch = [&](int sl) {
+    int count;
+    const float* src = source(sl, &count);
+#pragma unroll
+    for (int q = 0; q < G::PPT; ++q) {
+      const int valid = offs[q] >= 0 ? count - chan0 : 0;  // channels this thread loads
+      const float* p = src + max(offs[q], 0) + (long long)chan0 * hws;
+#pragma unroll
+      for (int j = 0; j < G::CPT; ++j, p += hws) raw[q][j] = j < valid ? *p : 0.0f;
+    }
+  };
+  auto store_patch = [&](int sl, unsigned* pb) {
+#pragma unroll
+    for (int q = 0; q < G::PPT; ++q) {
+      int e = pix + q * G::PIX_THREADS;
+      float v[G::CPT];
+#pragma unroll
+      for (int j = 0; j < G::CPT; ++j) {
+        v[j] = raw[q][j];
+        if constexpr (ACT) {
+          float4 tb = table[sl * G::KC + chan0 + j];
+          if constexpr (MMA == MMA_F32) {
+            v[j] = (v[j] - tb.z) * tb.x + tb.w;
+            v[j] = v[j] / (1.0f + expf(-v[j]));
+          } else {
+            v[j] = fmaf(v[j], tb.x, tb.y);
+            v[j] = __fdividef(v[j], 1.0f + __expf(-v[j]));
+          }
+          v[j] = offs[q] >= 0 ? v[j] : 0.0f;  // padding is zero after the transform
+        }
+      }
+      if (e < G::PP) {
+        unsigned* dst = pb + e * G::PS + chan0 / (MMA == MMA_BF16 ? 2 : 1);
+        if constexpr (MMA == MMA_BF16) {
+#pragma unroll
+          for (int j = 0; j < G::CPT; j += 8)
+            store_vec<uint4>(dst + j / 2,
+                make_uint4(pack_bf16x2(v[j], v[j + 1]), pack_bf16x2(v[j + 2], v[j + 3]),
+                           pack_bf16x2(v[j + 4], v[j + 5]), pack_bf16x2(v[j + 6], v[j + 7])));
+        } else {
+          // TF32: each quad of channels stored (c, c+2, c+1, c+3), the B fragments' order
+          constexpr int P1 = MMA == MMA_TF32 ? 2 : 1, P2 = MMA == MMA_TF32 ? 1 : 2;
+#pragma unroll
+          for (int j = 0; j < G::CPT; j += 4)
+            store_vec<uint4>(dst + j,
+                make_uint4(conv_word<MMA>(v[j]), conv_word<MMA>(v[j + P1]),
+                           conv_word<MMA>(v[j + P2]), conv_word<MMA>(v[j + 3])));
+        }
+      }
+    }
+  };
+  // the weights of slice sl: the block's 64 rows, contiguous in the prepared weights (whose
+  // rows are padded to a multiple of 64 with zeros)
+  const int co_pad = (s.co + G::BM - 1) / G::BM * G::BM;
+  auto load_weights = [&](int sl, unsigned* wb) {
+    const unsigned* src = wp + ((long long)sl * co_pad + co0) * G::RS;
+    static_assert(G::W_WORDS % (4 * CONV_THREADS) == 0, "whole 16-byte copies per thread");
+#pragma unroll
+    for (int k = 0; k < G::W_WORDS / (4 * CONV_THREADS); ++k) {
+      const int i = tid + k * CONV_THREADS;
+      cp_async_16(wb + 4 * i, src + 4 * i);
+    }
+    cp_async_commit();
+  };
+
+  float acc[G::MT][4][4];
+#pragma unroll
+  for (int i = 0; i < G::MT; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+  if (s_begin < s_end) {
+    load_weights(s_begin, wbuf);
+    load_patch(s_begin);
+    store_patch(s_begin, pbuf);
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+  for (int sl = s_begin; sl < s_end; ++sl) {
+    const int buf = (sl - s_begin) & 1;
+    const unsigned* wb = wbuf + buf * G::W_WORDS;
+    const unsigned* pb = pbuf + buf * G::P_WORDS;
+    const bool more = sl + 1 < s_end;
+    if (more) {
+      load_weights(sl + 1, wbuf + (buf ^ 1) * G::W_WORDS);
+      if constexpr (G::PPT == 1) load_patch(sl + 1);
+    }
+    // the products of one tap (ky, kx) of the slice
+    auto tap_product = [&](int ky, int kx) {
+      const int tap = ky * KS + kx;
+      // patch pixel of n-tile j (output row wr + j) and column c of the tile
+      auto pp = [&](int j, int c) { return ((wr + j) * S + ky) * G::PC + c * S + kx; };
+      if constexpr (MMA == MMA_TF32) {
+        // per group of 16 channels: one 16-byte load per m16 tile and half q is the A fragment;
+        // one per n-tile holds b0, b1 of both halves (channels 4t, 4t+2 | 4t+1, 4t+3)
+#pragma unroll
+        for (int sub = 0; sub < G::SUBS; ++sub) {
+          uint4 af[G::MT][2], bv[4];
+#pragma unroll
+          for (int i = 0; i < G::MT; ++i)
+#pragma unroll
+            for (int q = 0; q < 2; ++q)
+              af[i][q] = load_vec<uint4>(
+                  wb + ((((wm / 16 + i) * G::KK + tap) * G::SUBS + sub) * 2 + q) * 128 + lane * 4);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            bv[j] = load_vec<uint4>(pb + pp(j, g) * G::PS + sub * 16 + 4 * t);
+#pragma unroll
+          for (int i = 0; i < G::MT; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              unsigned b0[2] = {bv[j].x, bv[j].y}, b1[2] = {bv[j].z, bv[j].w};
+              mma_m16n8k8_tf32(acc[i][j], &af[i][0].x, b0, acc[i][j]);
+              mma_m16n8k8_tf32(acc[i][j], &af[i][1].x, b1, acc[i][j]);
+            }
+        }
+      } else if constexpr (MMA == MMA_BF16) {
+        // per group of 16 channels: one 16-byte load per m16 tile is the A fragment; one 8-byte
+        // load per n-tile the B fragment (channel pairs 2t, 2t + 1: channels 4t…4t+3)
+#pragma unroll
+        for (int sub = 0; sub < G::SUBS; ++sub) {
+          uint4 af[G::MT];
+          uint2 bv[4];
+#pragma unroll
+          for (int i = 0; i < G::MT; ++i)
+            af[i] = load_vec<uint4>(
+                wb + (((wm / 16 + i) * G::KK + tap) * G::SUBS + sub) * 128 + lane * 4);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            bv[j] = load_vec<uint2>(pb + pp(j, g) * G::PS + sub * 8 + 2 * t);
+#pragma unroll
+          for (int i = 0; i < G::MT; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              mma_m16n8k16_bf16(acc[i][j], &af[i].x, &bv[j].x, acc[i][j]);
+        }
+      } else {
+#pragma unroll
+        for (int c4 = 0; c4 < G::KC; c4 += 4) {
+          float4 av[G::MT][2];
+#pragma unroll
+          for (int i = 0; i < G::MT; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+              av[i][h] = load_vec<float4>(
+                  wb + (wm + 16 * i + g + 8 * h) * G::RS + tap * G::WPC + c4);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float4 b =
+                  load_vec<float4>(pb + pp(j, 2 * t + e) * G::PS + c4);
+#pragma unroll
+              for (int i = 0; i < G::MT; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const float4 a = av[i][h];
+                  float v = acc[i][j][2 * h + e];
+                  v = fmaf(a.x, b.x, v);
+                  v = fmaf(a.y, b.y, v);
+                  v = fmaf(a.z, b.z, v);
+                  acc[i][j][2 * h + e] = fmaf(a.w, b.w, v);
+                }
+            }
+        }
+      }
+    };
+    if constexpr (MMA == MMA_F32) {  // FFMA: a rolled loop keeps the registers in bounds
+#pragma unroll 1
+      for (int tap = 0; tap < G::KK; ++tap) tap_product(tap / KS, tap % KS);
+    } else {
+#pragma unroll
+      for (int ky = 0; ky < KS; ++ky)
+#pragma unroll
+        for (int kx = 0; kx < KS; ++kx) tap_product(ky, kx);
+    }
+    if (more) {
+      if constexpr (G::PPT > 1) load_patch(sl + 1);
+      store_patch(sl + 1, pbuf + (buf ^ 1) * G::P_WORDS);
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+  }
+
+  // the epilogue, or this split's partial sums (plane blockIdx.z of n·co·ho·wo)
+  const long long hw_out = (long long)s.ho * s.wo;
+  const bool split = gridDim.z > 1;
+  float* out = split ? y + (long long)blockIdx.z * s.n * s.co * hw_out : y;
+#pragma unroll
+  for (int i = 0; i < G::MT; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        int co = co0 + wm + 16 * i + g + 8 * (r / 2);
+        int oy = oy0 + wr + j, ox = ox0 + 2 * t + r % 2;
+        if (co >= s.co || oy >= s.ho || ox >= s.wo) continue;
+        long long at = ((long long)n * s.co + co) * hw_out + (long long)oy * s.wo + ox;
+        float v = acc[i][j][r];
+        if (!split) {
+          if (bias) v += bias[co];
+          if (temb) v += temb[(long long)n * s.co + co];
+          if (residual) v += residual[at];
+          v *= s.scale;
+        }
+        out[at] = v;
+      }
+}
+
+#define CONV_DIRECT_PARAMS                                                                      \
+  const float *__restrict__ x, const float *__restrict__ x2, const unsigned *__restrict__ w,      \
+      const float *__restrict__ bias, const float *__restrict__ temb,                            \
+      const float *__restrict__ residual, const float *__restrict__ stats,                       \
+      const float *__restrict__ gamma, const float *__restrict__ beta, float *__restrict__ y,    \
+      ConvShape s
+#define CONV_DIRECT_ARGS x, x2, w, bias, temb, residual, stats, gamma, beta, y, s
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_f32_k3s1(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_F32, 3, 1, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_f32_k3s1_norm_silu(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_F32, 3, 1, true>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_f32_k3s2(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_F32, 3, 2, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_f32_k1s1(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_F32, 1, 1, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_tf32_k3s1(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_TF32, 3, 1, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_tf32_k3s1_norm_silu(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_TF32, 3, 1, true>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_tf32_k3s2(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_TF32, 3, 2, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_tf32_k1s1(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_TF32, 1, 1, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_bf16_k3s1(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_BF16, 3, 1, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_bf16_k3s1_norm_silu(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_BF16, 3, 1, true>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_bf16_k3s2(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_BF16, 3, 2, false>(CONV_DIRECT_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
+    conv2d_bf16_k1s1(CONV_DIRECT_PARAMS) {
+  direct_conv<MMA_BF16, 1, 1, false>(CONV_DIRECT_ARGS);
+}
+
+// The weights as the direct kernels read them, for slices of kc channels (those past the end of
+// x's or x2's channels zero) and output channels padded with zero rows to a multiple of the
+// block's (conv_block_channels), so that a block's slice is one contiguous range:
+//   - f32 (`mma` MMA_F32): wp[slice][co][tap][kc channels];
+//   - tf32: per slice, m16 tile of output channels, tap, group of 16 channels and half q, 128
+//     words in the order of the
+//     mma.m16n8k8 A fragment, lane l = 4g + t holding (g, 4t+q), (g+8, 4t+q), (g, 4t+2+q),
+//     (g+8, 4t+2+q) — rounded to TF32 (to nearest);
+//   - bf16: per slice, m16 tile, tap and group of 16 channels, 128 words in the order of the
+//     mma.m16n8k16 A fragment,
+//     lane l holding the channel pairs (g, p), (g+8, p), (g, p+1), (g+8, p+1), p = 2t, a pair
+//     (2p, 2p+1) packed with the lower channel in the lower half.
+// With `flipped`, w is the weight of the convolution whose input gradient this one computes,
+// (ci, co, k, k) in this one's terms, read transposed and rotated by 180°: the input gradient of
+// a stride-1 convolution is the convolution of the output gradient with those weights.
+// One thread per word: grid (⌈words / 256⌉, co_pad / 16, slices), 256 threads.
+extern "C" __global__ void conv2d_weights(const float* __restrict__ w, unsigned* __restrict__ wp,
+                                          ConvShape s, int mma, int flipped) {
+  // grid (⌈words / 256⌉, co_pad / 16, slices): word r of the 16 rows blockIdx.y of slice blockIdx.z
+  const int kk = s.k * s.k, kc = s.kc, subs = kc / 16;
+  const int words = 16 * kk * (mma == MMA_BF16 ? kc / 2 : kc);  // per slice and 16 rows
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= words) return;
+  const int blk = blockIdx.y, sl = blockIdx.z;
+  unsigned* out = wp + ((long long)sl * gridDim.y + blk) * words + r;
+  // channel j of slice sl, row co, tap
+  auto value = [&](int co, int j, int tap) {
+    int c = sl < s.slices1 ? sl * kc + j : s.ci1 + (sl - s.slices1) * kc + j;
+    bool valid = co < s.co && (sl < s.slices1 ? sl * kc + j < s.ci1 : c < s.ci);
+    if (!valid) return 0.0f;
+    return flipped ? w[((long long)c * s.co + co) * kk + (kk - 1 - tap)]
+                   : w[((long long)co * s.ci + c) * kk + tap];
+  };
+  if (mma == MMA_F32) {  // r = (row·kk + tap)·kc + j
+    int j = r % kc, tap = (r / kc) % kk, row = r / (kc * kk);
+    *out = __float_as_uint(value(blk * 16 + row, j, tap));
+    return;
+  }
+  int e = r % 4, lane = (r / 4) % 32, g = lane / 4, t = lane % 4;
+  int co = blk * 16 + g + 8 * (e & 1);
+  if (mma == MMA_TF32) {  // r = (((tap·subs + sub)·2 + q)·32 + lane)·4 + e
+    int q = (r / 128) % 2, sub = (r / 256) % subs, tap = r / (256 * subs);
+    *out = f32_to_tf32(value(co, 16 * sub + 4 * t + q + 2 * (e >> 1), tap));
+  } else {  // r = ((tap·subs + sub)·32 + lane)·4 + e
+    int sub = (r / 128) % subs, tap = r / (128 * subs), p = 2 * t + (e >> 1);
+    *out = pack_bf16x2(value(co, 16 * sub + 2 * p, tap), value(co, 16 * sub + 2 * p + 1, tap));
+  }
+}
+
+// The split-K finish of the direct kernels: y = (Σ_z parts[z] + bias[c] + temb[n, c] +
+// residual)·scale over y (n, co, hw), the planes z added in order. One thread per output.
+extern "C" __global__ void conv2d_finish_f32(const float* __restrict__ parts,
+                                             const float* __restrict__ bias,
+                                             const float* __restrict__ temb,
+                                             const float* __restrict__ residual,
+                                             float* __restrict__ y, int n, int co, long long hw,
+                                             int splits, float scale) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x, len = (long long)n * co * hw;
+  if (i >= len) return;
+  float v = 0.0f;
+  for (int z = 0; z < splits; ++z) v += parts[z * len + i];
+  long long nc = i / hw;
+  if (bias) v += bias[nc % co];
+  if (temb) v += temb[nc];
+  if (residual) v += residual[i];
+  y[i] = v * scale;
+}
+
+// The generic path (any kernel size, stride and padding): an implicit GEMM with rows the output
+// channels, columns the output pixels of every image, reduction ci·k·k, the input gathered (and
+// transformed) per element through kernels/gemm_core.cuh's tile product with FFMA.
+template <int MMA>
+__device__ __forceinline__ void generic_conv(const float* __restrict__ x, const float* __restrict__ x2,
                                             const float* __restrict__ w,
                                             const float* __restrict__ bias,
                                             const float* __restrict__ temb,
@@ -95,29 +611,12 @@ __device__ __forceinline__ void conv_kernel(const float* __restrict__ x, const f
   });
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    conv2d_tf32(const float* __restrict__ x, const float* __restrict__ x2,
-                const float* __restrict__ w, const float* __restrict__ bias,
-                const float* __restrict__ temb, const float* __restrict__ residual,
-                const float* __restrict__ stats, const float* __restrict__ gamma,
-                const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
-  conv_kernel<MMA_TF32>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
-}
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    conv2d_bf16(const float* __restrict__ x, const float* __restrict__ x2,
-                const float* __restrict__ w, const float* __restrict__ bias,
-                const float* __restrict__ temb, const float* __restrict__ residual,
-                const float* __restrict__ stats, const float* __restrict__ gamma,
-                const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
-  conv_kernel<MMA_BF16>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
-}
-
-extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    conv2d_f32(const float* __restrict__ x, const float* __restrict__ x2,
-               const float* __restrict__ w, const float* __restrict__ bias,
-               const float* __restrict__ temb, const float* __restrict__ residual,
-               const float* __restrict__ stats, const float* __restrict__ gamma,
-               const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
-  conv_kernel<MMA_F32>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
+    conv2d_generic_f32(const float* __restrict__ x, const float* __restrict__ x2,
+                       const float* __restrict__ w, const float* __restrict__ bias,
+                       const float* __restrict__ temb, const float* __restrict__ residual,
+                       const float* __restrict__ stats, const float* __restrict__ gamma,
+                       const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
+  generic_conv<MMA_F32>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
 }

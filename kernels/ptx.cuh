@@ -17,11 +17,37 @@
 
 #if defined(__CUDA_ARCH__)
 
+// The launch's dynamic shared memory as an array of T (16-byte aligned); on the emulator
+// kernels/emu/emu.h defines the same.
+#define DYDIFF_DYNAMIC_SHARED(T, name)                        \
+  extern __shared__ __align__(16) unsigned char dydiff_dynamic_shared_[]; \
+  T* name = reinterpret_cast<T*>(dydiff_dynamic_shared_)
+
 // The float x rounded to TF32 (to nearest, ties away from zero), in a 32-bit register.
 __device__ __forceinline__ unsigned f32_to_tf32(float x) {
   unsigned r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
+}
+
+// The float x as an mma .tf32 operand rounded to nearest (ties away from zero, as cvt.rna): its
+// bits plus half a TF32 unit, the low 13 bits left for the tensor cores to ignore; Inf and NaN
+// unchanged, and a value that rounds past the largest float becomes Inf. Two instructions where
+// cvt.rna.tf32.f32 takes five.
+__device__ __forceinline__ unsigned tf32_for_mma(float x) {
+  unsigned u = __float_as_uint(x);
+  return fabsf(x) < __int_as_float(0x7f800000) ? u + 0x1000u : u;
+}
+
+// A vector access (uint2, uint4, float4: 8 or 16 bytes) to shared or global memory, which the GPU
+// requires to be aligned to its size (a misaligned one is a fault there); the emulator checks it.
+template <class V>
+__device__ __forceinline__ V load_vec(const void* p) {
+  return *reinterpret_cast<const V*>(p);
+}
+template <class V>
+__device__ __forceinline__ void store_vec(void* p, V v) {
+  *reinterpret_cast<V*>(p) = v;
 }
 
 // Two floats rounded to bf16 (to nearest, ties to even) in one register, lo in the lower half.
@@ -123,6 +149,34 @@ inline unsigned f32_to_tf32(float x) {
   unsigned u = __float_as_uint(x);
   if ((u & 0x7f800000u) == 0x7f800000u) return u;  // Inf and NaN pass through
   return (u + 0x1000u) & 0xffffe000u;               // nearest, ties away from zero (magnitude)
+}
+
+namespace emu_ptx {
+template <class V>
+void check_aligned(const void* p) {
+  static_assert(sizeof(V) == 8 || sizeof(V) == 16, "a vector of 8 or 16 bytes");
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(V))
+    ::emu::fail(sizeof(V) == 16 ? "a 16-byte vector access is not 16-byte aligned"
+                                : "an 8-byte vector access is not 8-byte aligned");
+}
+}  // namespace emu_ptx
+
+template <class V>
+V load_vec(const void* p) {
+  emu_ptx::check_aligned<V>(p);
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V>
+void store_vec(void* p, V v) {
+  emu_ptx::check_aligned<V>(p);
+  std::memcpy(p, &v, sizeof(V));
+}
+
+inline unsigned tf32_for_mma(float x) {
+  unsigned u = __float_as_uint(x);
+  return std::fabs(x) < INFINITY ? u + 0x1000u : u;
 }
 
 inline void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2],

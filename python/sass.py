@@ -5,7 +5,7 @@ memory, stack and spills (`cuobjdump -res-usage`), its loops (backward branches 
 (HMMA), else the most fp32 arithmetic, else the largest innermost loop — the instruction mix, the instructions
 per HMMA, and the integer-division sequences the compiler emitted (`I2F.U32.RP` … `MUFU.RCP` …
 `F2I`: a division by a value known only at run time, ~20 instructions each; a `CALL` to a
-division routine for 64-bit operands).
+division routine for 64-bit operands — not the float32 division's slow path).
 
     python3 python/sass.py [FATBIN] [--arch 90] [--kernel NAME ...] [--json OUT.json] [--markdown]
 
@@ -131,10 +131,23 @@ def loops(code):
     return sorted(found)
 
 
-def divisions(body):
-    """Integer-division sequences: run-time divisors (I2F … .RP feeding MUFU.RCP) and calls."""
+def divisions(body, code):
+    """Integer-division sequences: run-time divisors (I2F … .RP feeding MUFU.RCP), and calls to
+    a division routine (a callee, up to its RET, converting integers: I2F; the float32 division's
+    slow path, which a `/` of floats calls, does not)."""
     rp = sum(1 for _a, op, _r, _p in body if op.startswith("I2F") and ".RP" in op)
-    calls = sum(1 for _a, op, _r, _p in body if op.startswith("CALL"))
+    index = {addr: i for i, (addr, *_rest) in enumerate(code)}
+    calls = 0
+    for _a, op, rest, _p in body:
+        m = TARGET.search(rest) if op.startswith("CALL") else None
+        if not m or int(m.group(1), 16) not in index:
+            continue
+        callee = []
+        for _a2, op2, _r2, _p2 in code[index[int(m.group(1), 16)]:]:
+            if op2.startswith("RET"):
+                break
+            callee.append(op2)
+        calls += any(op2.startswith("I2F") for op2 in callee)
     return rp, calls
 
 
@@ -173,7 +186,7 @@ def analyse(code):
         base = op.split(".")[0]
         ops[base] = ops.get(base, 0) + 1
     n_mma = mix.get("tensor", 0)
-    rp, calls = divisions(body)
+    rp, calls = divisions(body, code)
     result.update(main_loop=dict(
         start=f"{code[main[0]][0]:#06x}", end=f"{code[main[1]][0]:#06x}", instructions=len(body),
         hmma=n_mma, per_hmma=(len(body) / n_mma) if n_mma else None, inner_loops=len(inner(main)),

@@ -79,18 +79,34 @@ def trips(kernel, args, grid):
         n, ci, h, w, co, k, _st, _pt, _pl, ho, wo = s[:11]
         slice_len = s[12] | (s[13] << 32) if len(s) > 13 else s[12]
         return math.ceil(slice_len / TILE_K), 4 * (n * co * ho * wo + n * ci * h * w + grid[2] * co * ci * k * k)
-    if kernel.startswith("conv2d_"):
+    if kernel == "conv2d_generic_f32":
         s = [a for a in args if isinstance(a, list)][0]
         n, ci, h, w, _ci1, co, k = s[:7]
         ho, wo = s[10], s[11]
         up = s[12]
         stored = (h // 2) * (w // 2) if up else h * w
         return math.ceil(ci * k * k / TILE_K), 4 * (n * ci * stored + co * ci * k * k + n * co * ho * wo)
+    if kernel.startswith("conv2d_") and kernel not in ("conv2d_weights", "conv2d_finish_f32"):
+        # the direct kernels (kernels/conv.cu): a trip per slice of input channels; the input,
+        # the prepared weights and the output (each split's partial plane) once
+        s = [a for a in args if isinstance(a, list)][0]
+        n, ci, h, w, _ci1, co, k = s[:7]
+        ho, wo, up = s[10], s[11], s[12]
+        per_split = s[19]
+        stored = (h // 2) * (w // 2) if up else h * w
+        return per_split, 4 * (n * ci * stored + co * ci * k * k + grid[2] * n * co * ho * wo)
     if kernel.startswith("gemm_"):
         s = [a for a in args if isinstance(a, list)][0]
         m, n, k = s[:3]
         batch = grid[2]
         return math.ceil(k / TILE_K), 4 * batch * (m * k + k * n + m * n)
+    if kernel == "conv2d_finish_f32":
+        # the split-K finish: the partial planes and the residual read, the output written
+        n, co, hw, splits = args[5], args[6], args[7], args[8]
+        return None, 4 * n * co * hw * (splits + 1 + (1 if args[3] else 0))
+    if kernel == "conv2d_weights":
+        # the weights read (once, through the cache) and written in the kernel's order
+        return None, 8 * grid[0] * grid[1] * grid[2] * 256
     if kernel == "attention_f32":
         s = [a for a in args if isinstance(a, list)][0]
         n, l, heads, d = s[:4]
@@ -128,7 +144,7 @@ def launch_time(launch, fig, gpu, scenario):
         # the blocks an SM holds at once wait together; the busiest SM runs ⌈b / R⌉ rounds
         waits = math.ceil(busiest / r) * n * exposed
     issue = (busiest * warps * per_warp / ipc + waits) / gpu["clock"]
-    per_mma = 0.5 if launch["kernel"].endswith("bf16") else 1.0
+    per_mma = 0.5 if "bf16" in launch["kernel"] else 1.0
     tensor = busiest * warps * n * hmma * per_mma / MMA_EFFICIENCY / gpu["clock"]
     if bytes_ is None:
         mix = fig["mix_kernel"]

@@ -296,9 +296,11 @@ fn bench_on_the_cuda_backend_times_every_kernel() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["precision"], "fp32");
     let k = r["kernels"].as_object().expect("a kernels map");
-    // unet_a: 3 levels of one resnet each, attention at two: convolutions, products, attention
+    // unet_a: 3 levels of one resnet each, attention at two: convolutions (the resnet heads with
+    // their norm fused, the weights prepared), products, attention
     for name in [
-        "conv2d_f32",
+        "conv2d_f32_k3s1_norm_silu",
+        "conv2d_weights",
         "gemm_f32",
         "attention_f32",
         "group_norm_stats_f32",

@@ -3,7 +3,8 @@
 //! shapes (batch 1 and 17, 1 to 70 channels, odd and non-square images, 3×3 stride 1 and 2 with
 //! diffusers' one-sided downsampling pad, 1×1), in every precision: plain convolutions with bias;
 //! the fused resnet head (group norm + SiLU on load, bias, time embedding, residual, output scale);
-//! the skip concatenation and the 2× upsampling read in place; the group norm itself.
+//! the skip concatenation and the 2× upsampling read in place; the norm and SiLU on load at every
+//! geometry (fused, or a pass of their own); the group norm itself.
 //!
 //! Bounds per element (docs/devices.md, “Precision”): with `S = Σ|w·in|` (a convolution of the
 //! absolute values), `(K·u + 8u)·S` in float32, `(2·2⁻¹¹ + K·u + 8u)·S` with TF32 operands and
@@ -297,6 +298,111 @@ fn the_skip_concatenation_and_upsampling_are_read_in_place() {
                 &s,
                 0.0,
                 &format!("concat {c1}+{c2}, upsample {upsample}"),
+            );
+        }
+    }
+}
+
+/// The norm and SiLU on load at every geometry: fused into the 3×3 stride-1 kernel when they end
+/// in SiLU (also SiLU alone), applied by a pass of their own before the 1×1, the stride-2 and the
+/// generic kernels and for a norm without SiLU — with and without the skip concatenation.
+#[test]
+fn norm_and_silu_on_load_at_every_geometry() {
+    let gpu = gpu();
+    // (k, stride, pad, norm, silu, channels of x and of x2)
+    for (i, &(k, stride, p, norm, silu, c1, c2)) in [
+        (3, 1, 1, true, false, 8, 0),
+        (3, 1, 1, false, true, 5, 3),
+        (3, 2, 1, true, true, 8, 8),
+        (1, 1, 0, true, true, 6, 2),
+        (1, 1, 0, false, true, 4, 4),
+        (5, 1, 2, true, true, 8, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (n, h, w, co, groups) = (3, 9, 10, 12, 4);
+        let ci = c1 + c2;
+        let g = geom(n, ci, (h, w), co, k, stride, [p, p, p, p]);
+        let seed = 400 + 10 * i as u64;
+        let x: Vec<f32> = rand_vec(n * c1 * h * w, seed)
+            .iter()
+            .map(|v| 2.0 * v - 0.3)
+            .collect();
+        let x2 = rand_vec(n * c2 * h * w, seed + 1);
+        let (gamma, beta) = (rand_vec(ci, seed + 2), rand_vec(ci, seed + 3));
+        let wt = rand_vec(co * ci * k * k, seed + 4);
+        let b = rand_vec(co, seed + 5);
+        // the CPU, op by op
+        let cat = CpuStorage::concat_channels(&[&cpu(&x), &cpu(&x2)], n, &[c1, c2], h * w).unwrap();
+        let input_cpu = if norm {
+            let ng = NormGeom {
+                n,
+                c: ci,
+                hw: h * w,
+                groups,
+                eps: 1e-5,
+                silu,
+            };
+            cat.group_norm(&cpu(&gamma), &cpu(&beta), &ng).unwrap().0
+        } else {
+            cat.silu().unwrap()
+        };
+        let want = input_cpu
+            .conv2d(&cpu(&wt), Some(&cpu(&b)), &g)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let s: Vec<f32> = cpu(&abs(&input_cpu.to_vec().unwrap()))
+            .conv2d(&cpu(&abs(&wt)), Some(&cpu(&abs(&b))), &g)
+            .unwrap()
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|v| v + 1e-6)
+            .collect();
+        // the device
+        let (dx, dx2) = (
+            Buffer::from_f32(&gpu, &x).unwrap(),
+            Buffer::from_f32(&gpu, &x2).unwrap(),
+        );
+        let stats =
+            conv::group_norm_stats(&dx, Some((&dx2, c2)), (n, ci, h * w), groups, 1e-5).unwrap();
+        let (dg, dbeta, dw, db) = (
+            Buffer::from_f32(&gpu, &gamma).unwrap(),
+            Buffer::from_f32(&gpu, &beta).unwrap(),
+            Buffer::from_f32(&gpu, &wt).unwrap(),
+            Buffer::from_f32(&gpu, &b).unwrap(),
+        );
+        let input = ConvInput {
+            x: &dx,
+            x2: (c2 > 0).then_some((&dx2, c2)),
+            upsample: false,
+            norm: norm.then_some(NormOnLoad {
+                stats: &stats,
+                gamma: &dg,
+                beta: &dbeta,
+                groups,
+            }),
+            silu,
+        };
+        let epi = ConvEpilogue {
+            bias: Some(&db),
+            ..ConvEpilogue::NONE
+        };
+        for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+            let got = conv::conv2d(&input, &dw, &g, &epi, p)
+                .unwrap()
+                .to_f32()
+                .unwrap();
+            within(
+                p,
+                ci * k * k,
+                &got,
+                &want,
+                &s,
+                4e-6,
+                &format!("k {k} stride {stride} norm {norm} silu {silu} channels {c1}+{c2}"),
             );
         }
     }

@@ -546,6 +546,30 @@ fn ldmatrix_fragments_feed_the_mma_a_matrix_product() {
 }
 
 #[test]
+fn misaligned_vector_accesses_are_refused() {
+    let g = Emulator::default();
+    let src: Vec<f32> = (0..128).map(|i| i as f32).collect();
+    let (pi, po) = (upload_f32(&g, &src), g.alloc(128 * 4).unwrap());
+    g.launch(
+        "emu_test_vector_access",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::Ptr(pi), KernelArg::Ptr(po), KernelArg::I32(0)],
+    )
+    .unwrap();
+    assert_eq!(download_f32(&g, po, 128), src);
+    let e = error_of(g.launch(
+        "emu_test_vector_access",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::Ptr(pi), KernelArg::Ptr(po), KernelArg::I32(1)],
+    ));
+    assert!(
+        e.contains("emu_test_vector_access")
+            && e.contains("a 16-byte vector access is not 16-byte aligned"),
+        "{e}"
+    );
+}
+
+#[test]
 fn cp_async_copies_arrive_when_their_group_is_waited_for() {
     let g = Emulator::default();
     let src: Vec<f32> = (0..256).map(|i| i as f32).collect();

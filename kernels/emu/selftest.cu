@@ -197,6 +197,16 @@ extern "C" __global__ void emu_test_ldmatrix_misaligned(float* out) {
   out[threadIdx.x] = float(r[0]);
 }
 
+// Vector accesses through load_vec / store_vec (kernels/ptx.cuh): aligned ones copy 16 bytes per
+// thread; with `misalign` 1 the loads start one float late, which a GPU faults on.
+extern "C" __global__ void emu_test_vector_access(const float* in, float* out, int misalign) {
+  __shared__ __align__(16) float s[4 * 32 + 4];
+  unsigned t = threadIdx.x;
+  store_vec<float4>(s + 4 * t, load_vec<float4>(in + 4 * t));
+  __syncthreads();
+  store_vec<float4>(out + 4 * t, load_vec<float4>(s + 4 * t + misalign));
+}
+
 // out[t] = what thread t reads of thread t − 1's write to shared memory, without a barrier between
 // them: a planted race. Index order hides it (thread t − 1 has finished when t runs); the reverse
 // and random pass orders (DYDIFF_EMU_ORDER) show it: the read finds the poisoned NaN.

@@ -69,7 +69,9 @@ fn wgrad_slices(tiles: usize, reduction: usize) -> (usize, usize) {
 }
 
 /// Gradients of the convolution `y = conv(x, w) + b` (see `kernels/backward.cu`): `(dx if
-/// need_dx, dw, db)` for `dy` `(n, co, ho, wo)`.
+/// need_dx, dw, db)` for `dy` `(n, co, ho, wo)`. The input gradient of a stride-1 convolution
+/// runs the forward's direct kernels ([`super::conv::input_gradient`]); of the others,
+/// `conv2d_dgrad_*`.
 pub fn conv2d_backward(
     x: &Buffer,
     w: &Buffer,
@@ -103,7 +105,14 @@ pub fn conv2d_backward(
         slice_len: slice as i64,
     };
     let gpu = x.gpu();
-    let dx = if need_dx {
+    let direct_dx = if need_dx {
+        super::conv::input_gradient(dy, w, g, precision)?
+    } else {
+        None
+    };
+    let dx = if direct_dx.is_some() {
+        direct_dx
+    } else if need_dx {
         let dx = Buffer::alloc(gpu, x.len())?;
         if !dx.is_empty() {
             gpu.launch(

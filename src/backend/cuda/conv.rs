@@ -1,20 +1,24 @@
-//! Launchers of `kernels/conv.cu` and `kernels/norm.cu`: convolutions as implicit GEMMs with the
-//! group norm (+ SiLU) of their input applied as it is loaded, the skip concatenation and the 2×
-//! upsampling read in place, and bias, time embedding, residual and output scale in the epilogue;
-//! group-norm statistics and the plain group norm. `cargo test --release --test cuda_conv`
-//! compares them with the CPU backend's unfused operations.
+//! Launchers of `kernels/conv.cu` and `kernels/norm.cu`: convolutions with the group norm (+ SiLU)
+//! of their input applied as it is loaded, the skip concatenation and the 2× upsampling read in
+//! place, and bias, time embedding, residual and output scale in the epilogue; group-norm
+//! statistics and the plain group norm. `cargo test --release --test cuda_conv` compares them with
+//! the CPU backend's unfused operations.
 //!
-//! Layout: NCHW, as on the CPU. The implicit GEMM puts output channels on rows and the pixels of
-//! every image on columns, so in NCHW a warp's loads of the gathered input are consecutive `x`
-//! positions of one channel and its stores consecutive pixels of one output channel: both
-//! coalesced, with no transposed copy of the input or the output. NHWC would make the reduction
-//! axis (channels) contiguous instead, which pays when tiles are loaded 16 bytes at a time with
-//! `cp.async` along channels — worth measuring once a GPU is at hand (BENCHMARKS.md) — but it
-//! would need a layout conversion at every boundary with the rest of the op set (group norm per
-//! channel group, attention's token-major projections, the process along frames), and a change of
-//! the op set's semantics, which the backends share. Measured here: nothing yet (no GPU); the
-//! roofline puts the benchmark UNet's convolutions at the launch floor or bound by memory at the
-//! sizes that matter, where a layout change moves no bytes.
+//! Which kernel runs: the network's geometries (3×3 at stride 1 and 2, 1×1 at stride 1) run the
+//! direct kernels — `conv2d_weights` first prepares the weights in the kernel's order, then
+//! `conv2d_{precision}_{k3s1,k3s2,k1s1}` (`_norm_silu` when a 3×3 stride-1 input is normalised
+//! and activated: fused), then `conv2d_finish_f32` when the slices were split among blocks; a norm
+//! or SiLU the direct kernel does not fuse runs as a pass of its own first. Any other kernel size
+//! or stride runs `conv2d_generic_f32` (float32 whatever the precision).
+//!
+//! Layout: NCHW, as on the CPU. The direct kernels load a patch's rows as consecutive pixels of a
+//! channel (coalesced) and store consecutive pixels of an output channel; they transpose to
+//! channel-contiguous order in shared memory, where the fragments need it. NHWC would let the
+//! patch be copied 16 bytes at a time along channels, but would need a layout conversion at every
+//! boundary with the rest of the op set (group norm per channel group, attention's token-major
+//! projections, the process along frames) and a change of the op set's semantics, which the
+//! backends share; the machine-code model (BENCHMARKS.md) puts the loads at under two
+//! instructions per HMMA in NCHW, so the conversion would not pay.
 
 use super::buffer::Buffer;
 use super::check;
@@ -23,7 +27,7 @@ use super::Precision;
 use crate::backend::{ConvGeom, NormGeom};
 use crate::error::{Error, Result};
 
-/// `kernels/conv.cu`'s `ConvShape` (68 bytes, no padding).
+/// `kernels/conv.cu`'s `ConvShape` (92 bytes, no padding).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct ConvShape {
@@ -44,6 +48,12 @@ struct ConvShape {
     silu: i32,
     scale: f32,
     circular: i32,
+    slices1: i32,
+    slices: i32,
+    per_split: i32,
+    tiles_x: i32,
+    tiles_y: i32,
+    kc: i32,
 }
 
 /// `kernels/norm.cu`'s `NormShape` (28 bytes).
@@ -118,12 +128,153 @@ fn ptr(b: Option<&Buffer>) -> KernelArg {
     KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr))
 }
 
+/// Output tile of the direct kernels (pixels per side), threads per block.
+const TILE: usize = 8;
+const THREADS: u32 = 128;
+/// The split-K rule of the direct kernels: enough slices' splits that a batch of 8 puts a block
+/// on each of an H100's or H200's 132 SMs. It depends on the layer's shape only — never on the
+/// batch — so that a sample's result does not depend on the batch it is in.
+const SPLIT_BATCH: usize = 8;
+const SMS: usize = 132;
+
+/// The direct kernels' geometries (`kernels/conv.cu`): kernel size and stride.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direct {
+    K3S1,
+    K3S2,
+    K1S1,
+}
+
+impl Direct {
+    fn of(g: &ConvGeom) -> Option<Direct> {
+        match (g.k, g.stride) {
+            (3, 1) => Some(Direct::K3S1),
+            (3, 2) => Some(Direct::K3S2),
+            (1, 1) => Some(Direct::K1S1),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Direct::K3S1 => "k3s1",
+            Direct::K3S2 => "k3s2",
+            Direct::K1S1 => "k1s1",
+        }
+    }
+    fn k(self) -> usize {
+        match self {
+            Direct::K1S1 => 1,
+            _ => 3,
+        }
+    }
+    fn stride(self) -> usize {
+        match self {
+            Direct::K3S2 => 2,
+            _ => 1,
+        }
+    }
+    /// Channels per slice (`conv_slice_channels`).
+    fn kc(self) -> usize {
+        if self.k() == 1 {
+            64
+        } else {
+            16
+        }
+    }
+    /// Output channels per block (`conv_block_channels`).
+    fn block_co(self) -> usize {
+        if self.k() == 1 {
+            128
+        } else {
+            64
+        }
+    }
+    /// Dynamic shared memory in bytes (`ConvGeo`): the norm table when `act`, and two buffers
+    /// of weights and patch.
+    fn shared_bytes(self, precision: Precision, slices: usize, act: bool) -> usize {
+        let (k, s, kc) = (self.k(), self.stride(), self.kc());
+        let bf16 = precision == Precision::Bf16;
+        let wpc = if bf16 { kc / 2 } else { kc };
+        let pc = (TILE - 1) * s + k;
+        let ps = if s == 1 {
+            let banks = if bf16 { 8 } else { 16 };
+            wpc + (banks + 32 - wpc % 32) % 32
+        } else {
+            wpc + wpc / 2
+        };
+        let words = self.block_co() * k * k * wpc + pc * pc * ps;
+        4 * (if act { 4 * kc * slices } else { 0 } + 2 * words)
+    }
+}
+
 /// The convolution of `g` (whose input is the logical one: all channels, after upsampling) with
 /// weights `w` `(co, ci, k, k)`; padding is symmetric per axis as far as the kernel knows it
 /// (`pad[0]` on top, `pad[2]` on the left; the output size comes from `g`).
+///
+/// 3×3 kernels at stride 1 and 2 and 1×1 kernels at stride 1 — every convolution of the network
+/// — run the direct kernels at `precision` (the weights prepared first by `conv2d_weights`;
+/// split-K with a finishing sum where a layer has few tiles); a group norm or SiLU on load is
+/// fused into the 3×3 stride-1 kernel when it ends in SiLU, and otherwise applied by a separate
+/// pass before the convolution. Other kernel sizes and strides run the generic kernel in float32.
 pub fn conv2d(
     input: &ConvInput,
     w: &Buffer,
+    g: &ConvGeom,
+    epi: &ConvEpilogue,
+    precision: Precision,
+) -> Result<Buffer> {
+    convolve(input, w, false, g, epi, precision)
+}
+
+/// The input gradient `dx` `(n, ci, h, w)` of the convolution `g` (weights `w` `(co, ci, k, k)`)
+/// from its output gradient `dy` `(n, co, ho, wo)`, where it is itself a convolution the direct
+/// kernels compute: at stride 1 the convolution of `dy` with `w` transposed and rotated by 180°,
+/// padded by `k − 1 − p` (circular padding only where the output has the input's size, so that
+/// `dy` is periodic too). `None` elsewhere (stride 2 and other geometries: the caller's kernel).
+pub fn input_gradient(
+    dy: &Buffer,
+    w: &Buffer,
+    g: &ConvGeom,
+    precision: Precision,
+) -> Result<Option<Buffer>> {
+    let (ho, wo) = (g.ho(), g.wo());
+    let same = ho == g.h && wo == g.w;
+    if g.stride != 1
+        || Direct::of(g).is_none()
+        || g.pad.iter().any(|&p| p >= g.k)
+        || (g.circular() && !same)
+    {
+        return Ok(None);
+    }
+    let k = g.k;
+    let adjoint = ConvGeom {
+        n: g.n,
+        ci: g.co,
+        h: ho,
+        w: wo,
+        co: g.ci,
+        k,
+        stride: 1,
+        pad: g.pad.map(|p| k - 1 - p),
+        pad_mode: g.pad_mode,
+    };
+    convolve(
+        &ConvInput::plain(dy),
+        w,
+        true,
+        &adjoint,
+        &ConvEpilogue::NONE,
+        precision,
+    )
+    .map(Some)
+}
+
+/// [`conv2d`], the weights read as given or (`flipped`) transposed and rotated (see
+/// [`input_gradient`]).
+fn convolve(
+    input: &ConvInput,
+    w: &Buffer,
+    flipped: bool,
     g: &ConvGeom,
     epi: &ConvEpilogue,
     precision: Precision,
@@ -173,7 +324,7 @@ pub fn conv2d(
     if y.is_empty() {
         return Ok(y);
     }
-    let shape = ConvShape {
+    let mut shape = ConvShape {
         n: check::int(OP, "batch", g.n)?,
         ci: check::int(OP, "channels", g.ci)?,
         h: check::int(OP, "height", g.h)?,
@@ -191,13 +342,198 @@ pub fn conv2d(
         silu: i32::from(input.silu),
         scale: epi.scale,
         circular: i32::from(g.circular()),
+        slices1: 0,
+        slices: 0,
+        per_split: 0,
+        tiles_x: 0,
+        tiles_y: 0,
+        kc: 0,
     };
-    let pixels = g.n * ho * wo;
-    let grid_x = u32::try_from(pixels.div_ceil(64))
-        .map_err(|_| Error::shape(OP, format!("{pixels} output pixels")))?;
-    let kernel = precision.kernel("conv2d");
+    // a slice's channel offsets are 32-bit in the kernels
+    let direct = Direct::of(g).filter(|d| d.kc() * stored < i32::MAX as usize);
+    let Some(direct) = direct else {
+        if flipped {
+            return Err(Error::shape(
+                OP,
+                "transposed weights need a direct kernel's geometry",
+            ));
+        }
+        generic(input, w, g, epi, &shape, &y)?;
+        return Ok(y);
+    };
+    let fused = direct == Direct::K3S1 && input.silu;
+    let transformed;
+    let (x, x2, c1) = if !fused && (input.norm.is_some() || input.silu) {
+        transformed = transform(input, (g.n, c1, c2, stored))?;
+        (&transformed, None, g.ci)
+    } else {
+        (input.x, input.x2.map(|(b, _)| b), c1)
+    };
+    let kc = direct.kc();
+    let slices1 = c1.div_ceil(kc);
+    let slices = slices1 + (g.ci - c1).div_ceil(kc);
+    let (tiles_x, tiles_y) = (wo.div_ceil(TILE), ho.div_ceil(TILE));
+    let co_tiles = g.co.div_ceil(direct.block_co());
+    let per_sample = tiles_x * tiles_y * co_tiles;
+    // at least `wanted` splits (as many as there are slices at most), the slices shared evenly
+    let wanted = SMS.div_ceil(SPLIT_BATCH * per_sample).clamp(1, slices);
+    let per_split = slices / wanted;
+    let splits = slices.div_ceil(per_split);
+    shape.ci1 = c1 as i32;
+    shape.slices1 = slices1 as i32;
+    shape.slices = slices as i32;
+    shape.per_split = per_split as i32;
+    shape.tiles_x = tiles_x as i32;
+    shape.tiles_y = tiles_y as i32;
+    shape.kc = kc as i32;
+    if !fused {
+        shape.groups = 0;
+        shape.silu = 0;
+    }
+    let struct_arg = KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec());
+
+    // the weights as the kernel reads them
+    let mma = match precision {
+        Precision::Fp32 => 0,
+        Precision::Tf32 => 1,
+        Precision::Bf16 => 2,
+    };
+    let wpc = if precision == Precision::Bf16 {
+        kc / 2
+    } else {
+        kc
+    };
+    let words = 16 * g.k * g.k * wpc; // per slice and 16 rows
+    let rows16 = co_tiles * direct.block_co() / 16;
+    let prepared = Buffer::alloc(gpu, slices * rows16 * words)?;
     gpu.launch(
-        &kernel,
+        "conv2d_weights",
+        LaunchShape {
+            grid: [words.div_ceil(256) as u32, rows16 as u32, slices as u32],
+            block: [256, 1, 1],
+            shared_bytes: 0,
+        },
+        &[
+            KernelArg::Ptr(w.ptr()),
+            KernelArg::Ptr(prepared.ptr()),
+            struct_arg.clone(),
+            KernelArg::I32(mma),
+            KernelArg::I32(i32::from(flipped)),
+        ],
+    )?;
+
+    let grid_x = u32::try_from(g.n * tiles_x * tiles_y)
+        .map_err(|_| Error::shape(OP, format!("{} output tiles", g.n * tiles_x * tiles_y)))?;
+    let shared = direct.shared_bytes(precision, slices, fused);
+    let name = format!(
+        "{}_{}{}",
+        precision.kernel("conv2d"),
+        direct.name(),
+        if fused { "_norm_silu" } else { "" }
+    );
+    let parts = if splits > 1 {
+        Some(Buffer::alloc(gpu, splits * y.len())?)
+    } else {
+        None
+    };
+    gpu.launch(
+        &name,
+        LaunchShape {
+            grid: [grid_x, co_tiles as u32, splits as u32],
+            block: [THREADS, 1, 1],
+            shared_bytes: shared as u32,
+        },
+        &[
+            KernelArg::Ptr(x.ptr()),
+            ptr(x2),
+            KernelArg::Ptr(prepared.ptr()),
+            ptr(epi.bias),
+            ptr(epi.temb),
+            ptr(epi.residual),
+            ptr(input.norm.filter(|_| fused).map(|n| n.stats)),
+            ptr(input.norm.filter(|_| fused).map(|n| n.gamma)),
+            ptr(input.norm.filter(|_| fused).map(|n| n.beta)),
+            KernelArg::Ptr(parts.as_ref().unwrap_or(&y).ptr()),
+            struct_arg,
+        ],
+    )?;
+    if let Some(parts) = parts {
+        gpu.launch(
+            "conv2d_finish_f32",
+            LaunchShape::linear(y.len(), 256),
+            &[
+                KernelArg::Ptr(parts.ptr()),
+                ptr(epi.bias),
+                ptr(epi.temb),
+                ptr(epi.residual),
+                KernelArg::Ptr(y.ptr()),
+                KernelArg::I32(shape.n),
+                KernelArg::I32(shape.co),
+                KernelArg::I64((ho * wo) as i64),
+                KernelArg::I32(splits as i32),
+                KernelArg::F32(epi.scale),
+            ],
+        )?;
+    }
+    Ok(y)
+}
+
+/// The input of a convolution whose norm or SiLU the direct kernel does not fuse, transformed by
+/// a pass of its own: `(n, c1 + c2, stored)`, the group norm (then SiLU if asked) over both
+/// parts, or SiLU alone.
+fn transform(
+    input: &ConvInput,
+    (n, c1, c2, stored): (usize, usize, usize, usize),
+) -> Result<Buffer> {
+    let x2 = input.x2.map(|(b, _)| b);
+    match input.norm {
+        Some(norm) => {
+            let s = norm_shape(n, c1 + c2, c1, stored, norm.groups, input.silu, 0.0)?;
+            let gpu = input.x.gpu();
+            let y = Buffer::alloc(gpu, n * (c1 + c2) * stored)?;
+            gpu.launch(
+                "group_norm_apply_f32",
+                LaunchShape::linear(y.len(), 256),
+                &[
+                    KernelArg::Ptr(input.x.ptr()),
+                    ptr(x2),
+                    KernelArg::Ptr(norm.stats.ptr()),
+                    KernelArg::Ptr(norm.gamma.ptr()),
+                    KernelArg::Ptr(norm.beta.ptr()),
+                    KernelArg::Ptr(y.ptr()),
+                    KernelArg::Struct(bytemuck::bytes_of(&s).to_vec()),
+                ],
+            )?;
+            Ok(y)
+        }
+        None => {
+            let a = super::elementwise::silu(input.x)?;
+            match x2 {
+                None => Ok(a),
+                Some(b) => {
+                    let b = super::elementwise::silu(b)?;
+                    super::elementwise::concat_channels(&[&a, &b], n, &[c1, c2], stored)
+                }
+            }
+        }
+    }
+}
+
+/// The generic kernel (any kernel size and stride; float32): the input transformed, upsampled
+/// and concatenated as it is loaded, the epilogue fused.
+fn generic(
+    input: &ConvInput,
+    w: &Buffer,
+    g: &ConvGeom,
+    epi: &ConvEpilogue,
+    shape: &ConvShape,
+    y: &Buffer,
+) -> Result<()> {
+    let pixels = g.n * g.ho() * g.wo();
+    let grid_x = u32::try_from(pixels.div_ceil(64))
+        .map_err(|_| Error::shape("conv2d", format!("{pixels} output pixels")))?;
+    input.x.gpu().launch(
+        "conv2d_generic_f32",
         LaunchShape {
             grid: [grid_x, g.co.div_ceil(64) as u32, 1],
             block: [128, 1, 1],
@@ -214,10 +550,9 @@ pub fn conv2d(
             ptr(input.norm.map(|n| n.gamma)),
             ptr(input.norm.map(|n| n.beta)),
             KernelArg::Ptr(y.ptr()),
-            KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec()),
+            KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
         ],
-    )?;
-    Ok(y)
+    )
 }
 
 fn norm_shape(

@@ -17,7 +17,8 @@ pub struct Driver {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     module: Module,
-    functions: Mutex<HashMap<String, Function>>,
+    /// The kernels looked up so far, each with the dynamic shared memory it has been allowed.
+    functions: Mutex<HashMap<String, (Function, u32)>>,
     /// While timing: each launch's kernel and the events recorded around it.
     timing: Mutex<Option<Vec<(String, Event, Event)>>>,
     /// The instantiated graphs, and the number of the next.
@@ -155,18 +156,48 @@ impl Driver {
             .map_err(|e| cuda("cannot bind the context", e))
     }
 
-    fn function(&self, name: &str) -> Result<Function> {
+    /// Kernel `name`, allowed at least `shared_bytes` of dynamic shared memory: above the default
+    /// 48 KiB a kernel must opt in (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`), once.
+    fn function(&self, name: &str, shared_bytes: u32) -> Result<Function> {
+        const DEFAULT_SHARED: u32 = 48 * 1024;
         let mut cache = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = cache.get(name) {
-            return Ok(*f);
-        }
-        let c =
-            CString::new(name).map_err(|_| Error::Backend(format!("bad kernel name {name:?}")))?;
-        // SAFETY: the module is loaded and stays loaded for the driver's lifetime.
-        let f = unsafe { result::module::get_function(self.module.0, c) }
-            .map_err(|e| cuda(format!("kernel {name}"), e))?;
-        cache.insert(name.to_string(), Function(f));
-        Ok(Function(f))
+        let (f, allowed) = match cache.get(name) {
+            Some(&entry) => entry,
+            None => {
+                let c = CString::new(name)
+                    .map_err(|_| Error::Backend(format!("bad kernel name {name:?}")))?;
+                // SAFETY: the module is loaded and stays loaded for the driver's lifetime.
+                let f = unsafe { result::module::get_function(self.module.0, c) }
+                    .map_err(|e| cuda(format!("kernel {name}"), e))?;
+                (Function(f), DEFAULT_SHARED)
+            }
+        };
+        let allowed = if shared_bytes > allowed {
+            let bytes = i32::try_from(shared_bytes).map_err(|_| {
+                Error::Backend(format!(
+                    "kernel {name}: {shared_bytes} bytes of shared memory"
+                ))
+            })?;
+            // SAFETY: `f` is a kernel of the loaded module.
+            unsafe {
+                result::function::set_function_attribute(
+                    f.0,
+                    sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes,
+                )
+            }
+            .map_err(|e| {
+                cuda(
+                    format!("kernel {name}: {shared_bytes} bytes of shared memory"),
+                    e,
+                )
+            })?;
+            shared_bytes
+        } else {
+            allowed
+        };
+        cache.insert(name.to_string(), (f, allowed));
+        Ok(f)
     }
 }
 
@@ -211,7 +242,7 @@ impl Gpu for Driver {
 
     fn launch(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()> {
         self.bind()?;
-        let f = self.function(name)?;
+        let f = self.function(name, shape.shared_bytes)?;
         let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
         let mut params: Vec<*mut c_void> = values
             .iter_mut()
