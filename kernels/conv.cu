@@ -549,16 +549,12 @@ extern "C" __global__ void conv2d_finish_f32(const float* __restrict__ parts,
 // The generic path (any kernel size, stride and padding): an implicit GEMM with rows the output
 // channels, columns the output pixels of every image, reduction ci·k·k, the input gathered (and
 // transformed) per element through kernels/gemm_core.cuh's tile product with FFMA.
-template <int MMA>
-__device__ __forceinline__ void generic_conv(const float* __restrict__ x, const float* __restrict__ x2,
-                                            const float* __restrict__ w,
-                                            const float* __restrict__ bias,
-                                            const float* __restrict__ temb,
-                                            const float* __restrict__ residual,
-                                            const float* __restrict__ stats,
-                                            const float* __restrict__ gamma,
-                                            const float* __restrict__ beta, float* __restrict__ y,
-                                            const ConvShape& s) {
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
+    conv2d_generic_f32(const float* __restrict__ x, const float* __restrict__ x2,
+                       const float* __restrict__ w, const float* __restrict__ bias,
+                       const float* __restrict__ temb, const float* __restrict__ residual,
+                       const float* __restrict__ stats, const float* __restrict__ gamma,
+                       const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
   const int kk = s.k * s.k, K = s.ci * kk;
   const long long hw_out = (long long)s.ho * s.wo, pixels = s.n * hw_out;
   const int sh = s.upsample ? s.h / 2 : s.h, sw = s.upsample ? s.w / 2 : s.w;  // stored size
@@ -597,7 +593,7 @@ __device__ __forceinline__ void generic_conv(const float* __restrict__ x, const 
     return v;
   };
   float acc[2][4][4];
-  tile_product<MMA>(K, a, true, b, false, acc);
+  tile_product<MMA_F32>(K, a, true, b, false, acc);
   tile_store(acc, [&](int row, int col, float v) {
     int co = co0 + row;
     long long p = p0 + col;
@@ -609,14 +605,4 @@ __device__ __forceinline__ void generic_conv(const float* __restrict__ x, const 
     if (residual) v += residual[at];
     y[at] = v * s.scale;
   });
-}
-
-
-extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    conv2d_generic_f32(const float* __restrict__ x, const float* __restrict__ x2,
-                       const float* __restrict__ w, const float* __restrict__ bias,
-                       const float* __restrict__ temb, const float* __restrict__ residual,
-                       const float* __restrict__ stats, const float* __restrict__ gamma,
-                       const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
-  generic_conv<MMA_F32>(x, x2, w, bias, temb, residual, stats, gamma, beta, y, s);
 }
