@@ -136,6 +136,8 @@ const THREADS: u32 = 128;
 /// batch — so that a sample's result does not depend on the batch it is in.
 const SPLIT_BATCH: usize = 8;
 const SMS: usize = 132;
+/// The most shared memory a block may have on sm_80 and sm_90 (227 KiB).
+const MAX_SHARED: usize = 227 * 1024;
 
 /// The direct kernels' geometries (`kernels/conv.cu`): kernel size and stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,7 +363,10 @@ fn convolve(
         generic(input, w, g, epi, &shape, &y)?;
         return Ok(y);
     };
-    let fused = direct == Direct::K3S1 && input.silu;
+    // fused when the per-channel norm table fits beside the buffers (ci up to about 8 000)
+    let fused = direct == Direct::K3S1
+        && input.silu
+        && direct.shared_bytes(precision, c1.div_ceil(16) + c2.div_ceil(16), true) <= MAX_SHARED;
     let transformed;
     let (x, x2, c1) = if !fused && (input.norm.is_some() || input.silu) {
         transformed = transform(input, (g.n, c1, c2, stored))?;
