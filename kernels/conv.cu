@@ -16,8 +16,8 @@
 // The direct kernels, conv2d_{f32,tf32,bf16}_{k3s1,k3s1_norm_silu,k3s2,k1s1} — the kernel size and
 // stride as template parameters, the three the network uses — compute one tile of 8×8 output
 // pixels of one image × 64 output channels (128 for 1×1) per block of 128 threads (4 warps, each
-// 32 (64) channels × 4 rows of 8 pixels), as an implicit GEMM whose reduction runs over slices of input channels
-// (16 for a 3×3 kernel, 64 for a 1×1: conv_slice_channels):
+// 32 (64) channels × 4 rows of 8 pixels), as an implicit GEMM whose reduction runs over slices of
+// input channels (16 for a 3×3 kernel, 64 for a 1×1: conv_slice_channels):
 //
 //   - per slice, the input patch the tile reads — (7s + k)² pixels × the slice — is loaded once
 //     from global memory, normalised and activated once per element (a per-(sample, channel)
@@ -26,13 +26,15 @@
 //     and stored channel-contiguous; every tap then reads its shifted window of the patch, so an
 //     input element is loaded and transformed once per slice instead of once per tap (k² times);
 //   - the weights come prepared (conv2d_weights: per slice and output channel, zero-padded,
-//     rounded to TF32 or packed to bf16 pairs, in the order of the MMA's A fragments), so that a block's slice is one contiguous range,
-//     copied with 16-byte cp.async at immediate offsets;
+//     rounded to TF32 or packed to bf16 pairs, in the order of the MMA's A fragments), so that a
+//     block's slice is one contiguous range, copied with 16-byte cp.async at immediate offsets;
 //   - every thread's patch pixels and their source offsets (padding, wrap-around, upsampling) are
 //     computed once, outside the reduction: no division in the main loop;
-//   - the fragments are read with 16-byte (TF32) or 8-byte (bf16) shared loads, the MMA's k index
-//     mapped to channels so that a thread's four channels are adjacent; the layouts (row stride
-//     16 words ≡ 16 mod 32; bf16 8 words) make the reads free of bank conflicts at stride 1;
+//   - an A fragment is one 16-byte shared load (the weights are in fragment order: consecutive
+//     lanes, consecutive 16 bytes); a B fragment one 16-byte (TF32) or 8-byte (bf16) load, the
+//     MMA's k index mapped to channels so that a thread's four channels are adjacent, the patch's
+//     pixel stride padded (≡ 16 words mod 32, bf16 8) so that the reads are free of bank
+//     conflicts at stride 1;
 //   - two buffers: the next slice's weights are in flight (cp.async) and, when a thread stages
 //     one patch pixel (stride 1), its patch values in registers while the current slice is
 //     multiplied; at stride 2 (three pixels a thread) the patch is loaded after; one barrier per
@@ -51,9 +53,9 @@
 // implicit GEMM over kernels/gemm_core.cuh's tile product in float32 whatever the precision: the
 // network never uses them (src/backend/cuda/conv.rs says when each kernel runs).
 //
-// Launch (direct): grid (n·tiles_y·tiles_x, ⌈co/64⌉, splits), 128 threads, dynamic shared memory
-// for the norm table (16 bytes per slice channel) and two buffers of weights and patch
-// (src/backend/cuda/conv.rs, `direct_smem_bytes`). Generic: grid
+// Launch (direct): grid (n·tiles_y·tiles_x, ⌈co/64⌉ (⌈co/128⌉ for 1×1), splits), 128 threads,
+// dynamic shared memory for the norm table (16 bytes per slice channel) and two buffers of
+// weights and patch (src/backend/cuda/conv.rs, `Direct::shared_bytes`). Generic: grid
 // (⌈n·ho·wo/64⌉, ⌈co/64⌉), 128 threads, none.
 // Benchmark: `dydiff bench unet --device cuda`, the GPU check script (per-kernel times) and
 // python/sass_model.py (the model from the machine code).
