@@ -17,11 +17,12 @@
 // by k − 1 − p: it runs the forward's direct kernels (kernels/conv.cu; src/backend/cuda/conv.rs,
 // `input_gradient`). Otherwise (stride 2) dx is an implicit GEMM of the output gradient with the
 // kernel read flipped in place (rows: input channels; columns: input pixels; reduction: co·k²) —
-// conv2d_dgrad_*; three of four terms are zero and skipped only by the loads. dw is a GEMM over the batch and the pixels (rows:
-// output channels; columns: ci·k²; reduction: n·ho·wo, the input gathered on the fly), split along
-// the reduction into `splits` slices (blockIdx.z) when the output is small, each slice written to
-// its own partial matrix and the partials summed by sum_splits_f32 — conv2d_wgrad_*. Both use
-// kernels/gemm_core.cuh's tile product (TF32 or bf16 tensor cores, or FFMA), like the forward.
+// conv2d_dgrad_*; three of four terms are zero and skipped only by the loads. dw is a GEMM over the
+// batch and the pixels (rows: output channels; columns: ci·k²; reduction: n·ho·wo, the input
+// gathered on the fly), split along the reduction into `splits` slices (blockIdx.z) when the output
+// is small, each slice written to its own partial matrix and the partials summed by sum_splits_f32
+// — conv2d_wgrad_*. Both use kernels/gemm_core.cuh's tile product (TF32 or bf16 tensor cores, or
+// FFMA), like the forward.
 //
 // Group norm, y = x̂·γ + β with x̂ = (x − mean)·rstd per (sample, group) of `len` values:
 //

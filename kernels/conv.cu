@@ -114,6 +114,14 @@ struct ConvGeo {
   static constexpr int P_WORDS = PP * PS;
 };
 
+// The input channel that is channel j of slice sl (slices of kc channels: x's, then x2's, each
+// part's last slice padded), or −1 for padding.
+__device__ __forceinline__ int slice_channel(const ConvShape& s, int kc, int sl, int j) {
+  if (sl < s.slices1) return sl * kc + j < s.ci1 ? sl * kc + j : -1;
+  int c = s.ci1 + (sl - s.slices1) * kc + j;
+  return c < s.ci ? c : -1;
+}
+
 // The convolution input of one slice element as the MMA takes it (one 32-bit word per channel
 // for f32/tf32; bf16 values are packed in pairs by the caller).
 template <int MMA>
@@ -171,11 +179,9 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
   if constexpr (ACT) {
     const int per_group = s.groups ? s.ci / s.groups : 1;
     for (int i = tid; i < G::KC * s.slices; i += CONV_THREADS) {
-      int sl = i / G::KC, j = i % G::KC;
-      int c = sl < s.slices1 ? sl * G::KC + j : s.ci1 + (sl - s.slices1) * G::KC + j;
-      bool valid = sl < s.slices1 ? sl * G::KC + j < s.ci1 : c < s.ci;
+      const int c = slice_channel(s, G::KC, i / G::KC, i % G::KC);
       float a = 0.0f, b = 0.0f, m = 0.0f, be = 0.0f;
-      if (valid) {
+      if (c >= 0) {
         a = 1.0f;
         if (s.groups) {
           const float* st = stats + 2 * ((long long)n * s.groups + c / per_group);
@@ -507,9 +513,8 @@ extern "C" __global__ void conv2d_weights(const float* __restrict__ w, unsigned*
   unsigned* out = wp + ((long long)sl * gridDim.y + blk) * words + r;
   // channel j of slice sl, row co, tap
   auto value = [&](int co, int j, int tap) {
-    int c = sl < s.slices1 ? sl * kc + j : s.ci1 + (sl - s.slices1) * kc + j;
-    bool valid = co < s.co && (sl < s.slices1 ? sl * kc + j < s.ci1 : c < s.ci);
-    if (!valid) return 0.0f;
+    const int c = slice_channel(s, kc, sl, j);
+    if (co >= s.co || c < 0) return 0.0f;
     return flipped ? w[((long long)c * s.co + co) * kk + (kk - 1 - tap)]
                    : w[((long long)co * s.ci + c) * kk + tap];
   };

@@ -92,8 +92,8 @@ extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const floa
 // The step's values are read from device memory, `params`: the eleven coefficients c (float bit
 // patterns) = √γ̄_t, √(1−γ̄_t), √γ̄_p, √(1−γ̄_p), √ᾱ_t, √(1−ᾱ_t), √ᾱ_p, √(1−ᾱ_p−σ²), σ, eps_xt,
 // eps_out, then the noise key: seed (low, high 32 bits), purpose, step — so that a step captured
-// in a CUDA graph reads each replay's values. The fresh noise z (when σ > 0) is read from z (batch, D, elems) if that
-// is given, otherwise drawn here: element s·elems + e of the row (rows[b], rows[batch + b]) =
+// in a CUDA graph reads each replay's values. The fresh noise z (when σ > 0) is read from z
+// (batch, D, elems) if that is given, otherwise drawn here: element s·elems + e of the row (rows[b], rows[batch + b]) =
 // (sample, member) of the stream (seed, purpose, step) (docs/random.md).
 struct DdimCoefs {
   float sg_t, s1g_t, sg_p, s1g_p, sab_t, s1ab_t, sab_p, eps_w, sigma, eps_xt, eps_out;

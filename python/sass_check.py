@@ -33,6 +33,7 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import sass  # noqa: E402
+from sass_model import conv_shape  # noqa: E402
 
 MAX_PER_HMMA = 8.0
 SMS = 132
@@ -79,10 +80,9 @@ def launch_faults(plan):
         if not matches(k, PRODUCTS) or matches(k, HELPERS):
             continue
         blocks = la["grid"][0] * la["grid"][1] * la["grid"][2]
-        shape = [a for a in la["args"] if isinstance(a, list)]
-        # the direct convolutions' ConvShape: per_split slices per block (kernels/conv.cu)
+        # a direct convolution whose blocks each take one slice of the input channels
         one_trip = k.startswith("conv2d_") and not k.startswith(("conv2d_dgrad", "conv2d_wgrad")) \
-            and k != "conv2d_generic_f32" and shape and shape[0][19] == 1
+            and k != "conv2d_generic_f32" and conv_shape(la["args"])["per_split"] == 1
         if blocks < SMS and not one_trip:
             out.append((k, "×".join(map(str, la["grid"])), blocks))
     return out

@@ -67,6 +67,19 @@ def residency(regs, smem, warps):
     return max(0, min(by_regs, by_smem, WARPS_PER_SM // warps, BLOCKS_PER_SM))
 
 
+# kernels/conv.cu's ConvShape, field by field (the launch log gives a structure as its 4-byte words)
+CONV_SHAPE = ("n ci h w ci1 co k stride pad_top pad_left ho wo upsample groups silu scale circular "
+              "slices1 slices per_split tiles_x tiles_y kc").split()
+
+
+def conv_shape(args):
+    """The ConvShape of a forward convolution's launch arguments, by field name, with the stored
+    input's pixels per channel (`stored`: halved per axis when the input is upsampled)."""
+    s = dict(zip(CONV_SHAPE, [a for a in args if isinstance(a, list)][0]))
+    s["stored"] = (s["h"] // 2) * (s["w"] // 2) if s["upsample"] else s["h"] * s["w"]
+    return s
+
+
 def trips(kernel, args, grid):
     """Trips through the main loop per block, and the bytes the launch moves (None: from the
     kernel's loads and stores), for the kernels whose shape the arguments give."""
@@ -79,22 +92,16 @@ def trips(kernel, args, grid):
         n, ci, h, w, co, k, _st, _pt, _pl, ho, wo = s[:11]
         slice_len = s[12] | (s[13] << 32) if len(s) > 13 else s[12]
         return math.ceil(slice_len / TILE_K), 4 * (n * co * ho * wo + n * ci * h * w + grid[2] * co * ci * k * k)
-    if kernel == "conv2d_generic_f32":
-        s = [a for a in args if isinstance(a, list)][0]
-        n, ci, h, w, _ci1, co, k = s[:7]
-        ho, wo = s[10], s[11]
-        up = s[12]
-        stored = (h // 2) * (w // 2) if up else h * w
-        return math.ceil(ci * k * k / TILE_K), 4 * (n * ci * stored + co * ci * k * k + n * co * ho * wo)
     if kernel.startswith("conv2d_") and kernel not in ("conv2d_weights", "conv2d_finish_f32"):
-        # the direct kernels (kernels/conv.cu): a trip per slice of input channels; the input,
-        # the prepared weights and the output (each split's partial plane) once
-        s = [a for a in args if isinstance(a, list)][0]
-        n, ci, h, w, _ci1, co, k = s[:7]
-        ho, wo, up = s[10], s[11], s[12]
-        per_split = s[19]
-        stored = (h // 2) * (w // 2) if up else h * w
-        return per_split, 4 * (n * ci * stored + co * ci * k * k + grid[2] * n * co * ho * wo)
+        # the generic kernel: a trip per K-slice of 16; the direct kernels (kernels/conv.cu): a
+        # trip per slice of input channels. The input, the weights and the output once (for the
+        # direct kernels each split's partial plane)
+        s = conv_shape(args)
+        weights = s["co"] * s["ci"] * s["k"] ** 2
+        io = s["n"] * s["ci"] * s["stored"] + weights
+        if kernel == "conv2d_generic_f32":
+            return math.ceil(s["ci"] * s["k"] ** 2 / TILE_K), 4 * (io + s["n"] * s["co"] * s["ho"] * s["wo"])
+        return s["per_split"], 4 * (io + grid[2] * s["n"] * s["co"] * s["ho"] * s["wo"])
     if kernel.startswith("gemm_"):
         s = [a for a in args if isinstance(a, list)][0]
         m, n, k = s[:3]
@@ -103,7 +110,7 @@ def trips(kernel, args, grid):
     if kernel == "conv2d_finish_f32":
         # the split-K finish: the partial planes and the residual read, the output written
         n, co, hw, splits = args[5], args[6], args[7], args[8]
-        return None, 4 * n * co * hw * (splits + 1 + (1 if args[3] else 0))
+        return None, 4 * n * co * hw * (splits + 1 + (1 if args[3] is not None else 0))
     if kernel == "conv2d_weights":
         # the weights read (once, through the cache) and written in the kernel's order
         return None, 8 * grid[0] * grid[1] * grid[2] * 256

@@ -29,19 +29,8 @@ import json, os
 json.dump({"manifest_dir": os.getcwd()}, open("gpu-check/manifest.json", "w"))
 '
 # The machine-code model's prediction of the benchmark UNet's forward (batch 8, 32×32, TF32), for
-# gpu_check.py to set beside the measured kernel times: the launch plan recorded on the emulator
-# (a network of python/roofline.py's benchmark configuration, seeded random weights), then
-# python/sass_model.py on it (a few minutes on 2 cores).
-bench=$(mktemp -d)
-python3 -c '
-import json, sys
-sys.path.insert(0, "python")
-from roofline import BENCH
-json.dump(dict(BENCH, _class_name="UNet2DModel", sample_size=32), open(sys.argv[1] + "/config.json", "w"))
-' "$bench"
-rm -f gpu-check/plan.jsonl
-DYDIFF_CUDA_EMULATOR=1 DYDIFF_LAUNCH_LOG=gpu-check/plan.jsonl target/release/dydiff --device cuda \
-  bench unet --unet "$bench" --batch 8 --size 32 --reps 1 --warmup 0 > /dev/null
-rm -rf "$bench"
+# gpu_check.py to set beside the measured kernel times: the launch plan recorded on the emulator,
+# then python/sass_model.py on it (a few minutes on 2 cores).
+scripts/bench-plan.sh gpu-check/plan.jsonl
 python3 python/sass_model.py gpu-check/plan.jsonl --json gpu-check/model.json | tail -2
 du -sh gpu-check

@@ -8,9 +8,10 @@
 // would always work here. DYDIFF_EMU_ORDER=reverse runs each pass in reverse index order and
 // DYDIFF_EMU_ORDER=random[:SEED] in a seeded random order per pass and block, so that such a race
 // shows (CI runs the kernel tests in both; dydiff_emu_set_order sets it for the calling thread).
-// Between passes it releases what can go on: the block barrier once every thread waits there; a warp collective once every lane of its mask has deposited at one with the
-// same kind and mask (each released lane gets its own copy of the deposits). A pass that neither
-// runs nor releases anything is a deadlock, reported with what each thread waits for.
+// Between passes it releases what can go on: the block barrier once every thread waits there; a
+// warp collective once every lane of its mask has deposited at one with the same kind and mask
+// (each released lane gets its own copy of the deposits). A pass that neither runs nor releases
+// anything is a deadlock, reported with what each thread waits for.
 //
 // Memory. Every allocation is the end of a mapping between two inaccessible pages, its start 16-byte
 // aligned. The bytes between its end and the upper guard page (fewer than 16) and those before its

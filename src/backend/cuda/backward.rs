@@ -110,9 +110,9 @@ pub fn conv2d_backward(
     } else {
         None
     };
-    let dx = if direct_dx.is_some() {
+    let dx = if direct_dx.is_some() || !need_dx {
         direct_dx
-    } else if need_dx {
+    } else {
         let dx = Buffer::alloc(gpu, x.len())?;
         if !dx.is_empty() {
             gpu.launch(
@@ -135,8 +135,6 @@ pub fn conv2d_backward(
             )?;
         }
         Some(dx)
-    } else {
-        None
     };
     let dw = Buffer::alloc(gpu, w.len())?;
     if !dw.is_empty() {

@@ -193,10 +193,19 @@ impl Direct {
     }
     /// Dynamic shared memory in bytes (`ConvGeo`): the norm table when `act`, and two buffers
     /// of weights and patch.
+    /// Shared-memory words per slice of one weight row or patch pixel (`ConvGeo::WPC`): a
+    /// channel a word, or a bf16 pair.
+    fn words_per_slice(self, precision: Precision) -> usize {
+        if precision == Precision::Bf16 {
+            self.kc() / 2
+        } else {
+            self.kc()
+        }
+    }
     fn shared_bytes(self, precision: Precision, slices: usize, act: bool) -> usize {
         let (k, s, kc) = (self.k(), self.stride(), self.kc());
         let bf16 = precision == Precision::Bf16;
-        let wpc = if bf16 { kc / 2 } else { kc };
+        let wpc = self.words_per_slice(precision);
         let pc = (TILE - 1) * s + k;
         let ps = if s == 1 {
             let banks = if bf16 { 8 } else { 16 };
@@ -391,6 +400,7 @@ fn convolve(
     shape.tiles_x = tiles_x as i32;
     shape.tiles_y = tiles_y as i32;
     shape.kc = kc as i32;
+    let fused_norm = input.norm.filter(|_| fused);
     if !fused {
         shape.groups = 0;
         shape.silu = 0;
@@ -398,17 +408,7 @@ fn convolve(
     let struct_arg = KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec());
 
     // the weights as the kernel reads them
-    let mma = match precision {
-        Precision::Fp32 => 0,
-        Precision::Tf32 => 1,
-        Precision::Bf16 => 2,
-    };
-    let wpc = if precision == Precision::Bf16 {
-        kc / 2
-    } else {
-        kc
-    };
-    let words = 16 * g.k * g.k * wpc; // per slice and 16 rows
+    let words = 16 * g.k * g.k * direct.words_per_slice(precision); // per slice and 16 rows
     let rows16 = co_tiles * direct.block_co() / 16;
     let prepared = Buffer::alloc(gpu, slices * rows16 * words)?;
     gpu.launch(
@@ -422,7 +422,7 @@ fn convolve(
             KernelArg::Ptr(w.ptr()),
             KernelArg::Ptr(prepared.ptr()),
             struct_arg.clone(),
-            KernelArg::I32(mma),
+            KernelArg::I32(i32::from(precision.mma_code())),
             KernelArg::I32(i32::from(flipped)),
         ],
     )?;
@@ -455,9 +455,9 @@ fn convolve(
             ptr(epi.bias),
             ptr(epi.temb),
             ptr(epi.residual),
-            ptr(input.norm.filter(|_| fused).map(|n| n.stats)),
-            ptr(input.norm.filter(|_| fused).map(|n| n.gamma)),
-            ptr(input.norm.filter(|_| fused).map(|n| n.beta)),
+            ptr(fused_norm.map(|n| n.stats)),
+            ptr(fused_norm.map(|n| n.gamma)),
+            ptr(fused_norm.map(|n| n.beta)),
             KernelArg::Ptr(parts.as_ref().unwrap_or(&y).ptr()),
             struct_arg,
         ],
@@ -491,36 +491,18 @@ fn transform(
     (n, c1, c2, stored): (usize, usize, usize, usize),
 ) -> Result<Buffer> {
     let x2 = input.x2.map(|(b, _)| b);
-    match input.norm {
-        Some(norm) => {
-            let s = norm_shape(n, c1 + c2, c1, stored, norm.groups, input.silu, 0.0)?;
-            let gpu = input.x.gpu();
-            let y = Buffer::alloc(gpu, n * (c1 + c2) * stored)?;
-            gpu.launch(
-                "group_norm_apply_f32",
-                LaunchShape::linear(y.len(), 256),
-                &[
-                    KernelArg::Ptr(input.x.ptr()),
-                    ptr(x2),
-                    KernelArg::Ptr(norm.stats.ptr()),
-                    KernelArg::Ptr(norm.gamma.ptr()),
-                    KernelArg::Ptr(norm.beta.ptr()),
-                    KernelArg::Ptr(y.ptr()),
-                    KernelArg::Struct(bytemuck::bytes_of(&s).to_vec()),
-                ],
-            )?;
-            Ok(y)
-        }
-        None => {
-            let a = super::elementwise::silu(input.x)?;
-            match x2 {
-                None => Ok(a),
-                Some(b) => {
-                    let b = super::elementwise::silu(b)?;
-                    super::elementwise::concat_channels(&[&a, &b], n, &[c1, c2], stored)
-                }
-            }
-        }
+    if let Some(norm) = input.norm {
+        let s = norm_shape(n, c1 + c2, c1, stored, norm.groups, input.silu, 0.0)?;
+        return norm_apply(input.x, x2, &norm, &s);
+    }
+    match x2 {
+        None => super::elementwise::silu(input.x),
+        Some(b) => super::elementwise::silu(&super::elementwise::concat_channels(
+            &[input.x, b],
+            n,
+            &[c1, c2],
+            stored,
+        )?),
     }
 }
 
@@ -634,23 +616,36 @@ pub fn group_norm(
     check::len("group_norm", "gamma", gamma.len(), g.c)?;
     check::len("group_norm", "beta", beta.len(), g.c)?;
     let stats = group_norm_stats(x, None, (g.n, g.c, g.hw), g.groups, g.eps)?;
+    let norm = NormOnLoad {
+        stats: &stats,
+        gamma,
+        beta,
+        groups: g.groups,
+    };
+    let y = norm_apply(x, None, &norm, &s)?;
+    Ok((y, stats))
+}
+
+/// `group_norm_apply_f32`: the group norm of `s`'s tensor (its channels those of `x`, then of
+/// `x2`) from statistics computed before, then SiLU if `s.silu`.
+fn norm_apply(x: &Buffer, x2: Option<&Buffer>, norm: &NormOnLoad, s: &NormShape) -> Result<Buffer> {
     let gpu = x.gpu();
-    let y = Buffer::alloc(gpu, x.len())?;
+    let y = Buffer::alloc(gpu, s.n as usize * s.c as usize * s.hw as usize)?;
     if y.is_empty() {
-        return Ok((y, stats));
+        return Ok(y);
     }
     gpu.launch(
         "group_norm_apply_f32",
-        LaunchShape::linear(x.len(), 256),
+        LaunchShape::linear(y.len(), 256),
         &[
             KernelArg::Ptr(x.ptr()),
-            KernelArg::Ptr(DevicePtr(0)),
-            KernelArg::Ptr(stats.ptr()),
-            KernelArg::Ptr(gamma.ptr()),
-            KernelArg::Ptr(beta.ptr()),
+            ptr(x2),
+            KernelArg::Ptr(norm.stats.ptr()),
+            KernelArg::Ptr(norm.gamma.ptr()),
+            KernelArg::Ptr(norm.beta.ptr()),
             KernelArg::Ptr(y.ptr()),
-            KernelArg::Struct(bytemuck::bytes_of(&s).to_vec()),
+            KernelArg::Struct(bytemuck::bytes_of(s).to_vec()),
         ],
     )?;
-    Ok((y, stats))
+    Ok(y)
 }

@@ -173,11 +173,8 @@ impl Driver {
             }
         };
         let allowed = if shared_bytes > allowed {
-            let bytes = i32::try_from(shared_bytes).map_err(|_| {
-                Error::Backend(format!(
-                    "kernel {name}: {shared_bytes} bytes of shared memory"
-                ))
-            })?;
+            let what = format!("kernel {name}: {shared_bytes} bytes of shared memory");
+            let bytes = i32::try_from(shared_bytes).map_err(|_| Error::Backend(what.clone()))?;
             // SAFETY: `f` is a kernel of the loaded module.
             unsafe {
                 result::function::set_function_attribute(
@@ -186,12 +183,7 @@ impl Driver {
                     bytes,
                 )
             }
-            .map_err(|e| {
-                cuda(
-                    format!("kernel {name}: {shared_bytes} bytes of shared memory"),
-                    e,
-                )
-            })?;
+            .map_err(|e| cuda(what, e))?;
             shared_bytes
         } else {
             allowed

@@ -101,7 +101,7 @@ impl Emulator {
 
     /// Appends the launch to the launch log when `DYDIFF_LAUNCH_LOG` names a file: one JSON line
     /// `{"kernel", "grid", "block", "shared", "args"}`, the arguments as numbers (pointers as
-    /// `"ptr"`, a structure as its 4-byte words, integers). python/sass_model.py reads it: the
+    /// `"ptr"`, null ones as `null`, a structure as its 4-byte words, integers). python/sass_model.py reads it: the
     /// launch plan of a network on the emulator is the plan a GPU runs.
     fn log_launch(name: &str, shape: &LaunchShape, args: &[KernelArg]) -> Result<()> {
         static LOG: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
@@ -112,6 +112,7 @@ impl Emulator {
         let args: Vec<serde_json::Value> = args
             .iter()
             .map(|a| match a {
+                KernelArg::Ptr(p) if p.0 == 0 => serde_json::Value::Null,
                 KernelArg::Ptr(_) => "ptr".into(),
                 KernelArg::I32(v) => (*v).into(),
                 KernelArg::U32(v) => (*v).into(),

@@ -59,6 +59,15 @@ impl Precision {
             Precision::Bf16 => "bf16",
         }
     }
+    /// The kernels' code for this way of multiplying (`kernels/gemm_core.cuh`: `MMA_F32` 0,
+    /// `MMA_TF32` 1, `MMA_BF16` 2).
+    pub fn mma_code(self) -> u8 {
+        match self {
+            Precision::Fp32 => 0,
+            Precision::Tf32 => 1,
+            Precision::Bf16 => 2,
+        }
+    }
     /// The kernel of `family` (`gemm`, `conv2d`) at this precision.
     pub fn kernel(self, family: &str) -> String {
         let suffix = match self {
@@ -140,14 +149,7 @@ static PRECISION: AtomicU8 = AtomicU8::new(1);
 
 /// Sets the precision of the network's products on every CUDA device (default TF32).
 pub fn set_precision(p: Precision) {
-    PRECISION.store(
-        match p {
-            Precision::Fp32 => 0,
-            Precision::Tf32 => 1,
-            Precision::Bf16 => 2,
-        },
-        Ordering::Relaxed,
-    );
+    PRECISION.store(p.mma_code(), Ordering::Relaxed);
 }
 
 /// The precision of the network's products.
