@@ -1,98 +1,354 @@
-// Batched matrix products with a fused epilogue, for the network's linear layers, attention
-// projections and 1×1 convolutions:
+// Batched matrix products with a fused epilogue, for the network's linear layers and attention
+// projections:
 //
 //   C[b] = (op(A[b]) · op(B[b]) + bias + residual[b]) · scale        b = blockIdx.z
 //
 // op(A) is M×K: A row-major M×K with leading dimension lda, or (a_trans) A row-major K×M;
 // op(B) is K×N: B row-major K×N, or (b_trans) B row-major N×K (so y = x·Wᵀ is b_trans with W N×K).
 // bias (length N, per column; or per row with bias_per_row) and residual (shaped like C, same
-// ldc) are optional (null); so is a group norm of op(A)'s columns applied as A is loaded
-// (GemmNorm). All storage is float32.
+// ldc) are optional (null). All storage is float32.
 //
-// Variants: gemm_tf32 multiplies on the tensor cores (mma.sync m16n8k8, operands rounded to TF32
-// by cvt.rna, float32 accumulation); gemm_bf16 likewise with operands rounded to bf16 (m16n8k16);
-// gemm_f32 uses FFMA (`--precision fp32`).
+// The tensor-core kernels (gemm_tf32: mma.sync m16n8k8 TF32, operands rounded to nearest;
+// gemm_bf16: m16n8k16 — float32 accumulation) read both operands with K contiguous and 16-byte
+// aligned (A not transposed, B transposed; K, lda, ldb and the matrix strides multiples of 4):
+// the launcher packs any other operand into that form first (gemm_pack_f32, which also applies a
+// group norm: attention's norm before its projections). A block of 128 threads (4 warps as 2×2,
+// each a 32×32 piece) takes a 64×64 tile of C and walks K in slices of 32. Per slice each thread
+// loads its fixed share of both operands — units of one row (column of op(B)) and four consecutive
+// k, one 16-byte load each, at pointers that advance by a constant — into registers (the next
+// slice's while the current one is multiplied), rounds it (TF32 in three instructions; bf16 pairs
+// packed in one) and stores it to shared memory in the order of the MMA fragments, so that every
+// fragment is one 16-byte (bf16's B: 8-byte) shared load: two buffers, one barrier per slice.
+// Within each 16-wide piece of K the MMAs take k in the order that gives every thread four
+// consecutive k (as kernels/conv.cu's weights): TF32 step 0 reads k = 4t, 4t+2 and step 1 4t+1,
+// 4t+3; bf16 the pairs (4t, 4t+1), (4t+2, 4t+3). The one slice that may be ragged (K's last) is
+// read first with bounds, so the main loop reads whole slices without any; rows past M (columns
+// past N) read the last row instead and are not stored.
 //
-// Launch: grid (⌈N/64⌉, ⌈M/64⌉, batch), 128 threads, no dynamic shared memory; the tile product
-// is kernels/gemm_core.cuh's. Ragged edges (any M, N, K) are zero-filled on load and masked on
-// store.
+// A product with few tiles splits its slices among blockIdx.y's (split-K, chosen by the launcher
+// from the product's shape per sample, never from the batch): each split writes its partial sums
+// to a plane of its own and conv2d_finish_f32 adds them in order and applies the epilogue
+// (deterministic, no atomics).
 //
-// Benchmark: `dydiff bench unet --device cuda` (per-operation times) and the GPU check script.
+// gemm_f32 multiplies with FFMA (`--precision fp32`) through kernels/gemm_core.cuh's tile product:
+// any layout read in place, one launch, no split.
+//
+// Launch: gemm_tf32/bf16 grid (⌈N/64⌉, ⌈M/64⌉·splits, batch), 128 threads, dynamic shared memory
+// gemm_shared_bytes (src/backend/cuda/gemm.rs mirrors it); gemm_f32 grid (⌈N/64⌉, ⌈M/64⌉, batch),
+// 128 threads, none. Ragged edges (any M, N, K) are zero-filled on load and masked on store.
+//
+// Benchmark: `dydiff bench unet --device cuda` (per-operation times), the GPU check script and
+// python/sass_model.py (the model from the machine code).
 #include "gemm_core.cuh"
 
-// An optional group norm of op(A)'s columns, applied as A is loaded (attention's norm before the
-// q, k, v projections): column k is channel k of sample b (the batch index), in `groups` groups;
-// stats from kernels/norm.cu. Null stats: none.
-struct GemmNorm {
-  const float* stats;
-  const float* gamma;
-  const float* beta;
-  int groups, unused;
-};
+#define GEMM_BM 64
+#define GEMM_BN 64
+#define GEMM_KC 32  // K per slice
+#define GEMM_THREADS 128
 
 struct GemmShape {
   int m, n, k, lda, ldb, ldc;
   long long stride_a, stride_b, stride_c;
   int a_trans, b_trans, bias_per_row;
   float scale;
+  int slices;     // ⌈k / GEMM_KC⌉
+  int per_split;  // slices per split (the tensor-core kernels; gridDim.y = m tiles · splits)
 };
 
+// Words of shared memory per operand and slice: a word per element (TF32), or per bf16 pair.
+__host__ __device__ constexpr int gemm_slice_words(int mma) {
+  return (mma == MMA_BF16 ? GEMM_KC / 2 : GEMM_KC) * GEMM_BM;
+}
+// Dynamic shared memory of a tensor-core launch: two buffers of both operands.
+__host__ __device__ constexpr int gemm_shared_bytes(int mma) {
+  return 4 * 2 * 2 * gemm_slice_words(mma);
+}
+
+// One thread's unit of an operand: a row of op(A) (a column of op(B)) and k 4c … 4c+3 of a slice,
+// K contiguous. A row past the matrix reads its last row instead (finite values whose products
+// land in rows the epilogue does not store).
+struct GemmUnit {
+  const float* p;  // the unit's first element in the next slice the main loop reads
+  int k_rel;       // the unit's first k within a slice
+  __device__ __forceinline__ void init(const float* base, int row, int rows, int ld, int k,
+                                       int first_slice) {
+    k_rel = k;
+    p = base + (long long)min(row, rows - 1) * ld + first_slice * GEMM_KC + k;
+  }
+  // the unit's values in slice sl, zero past K (the one slice that may be ragged; K is a multiple
+  // of 4, so a unit is wholly inside or outside)
+  __device__ __forceinline__ float4 load_edge(int sl, int next, int K) const {
+    const float* q = p + (sl - next) * GEMM_KC;
+    return sl * GEMM_KC + k_rel < K ? load_vec<float4>(q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  // the unit's values in a whole slice, then on to the next
+  __device__ __forceinline__ float4 load_next() {
+    const float4 v = load_vec<float4>(p);
+    p += GEMM_KC;
+    return v;
+  }
+};
+
+// Word of an element as the TF32 MMA takes it (rounded to nearest).
+__device__ __forceinline__ uint4 tf32_words(float a, float b, float c, float d) {
+  return make_uint4(tf32_for_mma(a), tf32_for_mma(b), tf32_for_mma(c), tf32_for_mma(d));
+}
+
 template <int MMA>
-__device__ __forceinline__ void gemm_kernel(const float* __restrict__ A,
-                                            const float* __restrict__ B, float* __restrict__ C,
-                                            const float* __restrict__ bias,
-                                            const float* __restrict__ residual,
-                                            const GemmShape& s, const GemmNorm& nrm) {
-  long long b = blockIdx.z;
+__device__ __forceinline__ void gemm_tc(const float* __restrict__ A, const float* __restrict__ B,
+                                        float* __restrict__ C, const float* __restrict__ bias,
+                                        const float* __restrict__ residual, const GemmShape& s) {
+  constexpr int KH = GEMM_KC / 16;  // 16-wide pieces per slice
+  constexpr int WORDS = gemm_slice_words(MMA);
+  // units per thread: A's 64 rows in pairs (r, r+8) × KH × 4 quads of k; B's 64 columns × KH × 4
+  constexpr int UA = (GEMM_BM / 2) * KH * 4 / GEMM_THREADS;
+  constexpr int UB = GEMM_BN * KH * 4 / GEMM_THREADS;
+  // a slice buffer: A's words then B's; two buffers
+  DYDIFF_DYNAMIC_SHARED(unsigned, smem);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const int m_tiles = (s.m + GEMM_BM - 1) / GEMM_BM;
+  const int split = blockIdx.y / m_tiles;
+  const int m0 = (blockIdx.y - split * m_tiles) * GEMM_BM, n0 = blockIdx.x * GEMM_BN;
+  const long long b = blockIdx.z;
+  A += b * s.stride_a;
+  B += b * s.stride_b;
+
+  // The split's slices: the first one read with bounds (the ragged last slice of K when the split
+  // holds it, else its first), then whole slices [f_begin, f_end) in the main loop.
+  const int s_begin = split * s.per_split, s_end = min(s.slices, s_begin + s.per_split);
+  const bool ragged = s_end == s.slices && s.k % GEMM_KC != 0;
+  const int first = ragged ? s.slices - 1 : s_begin;
+  const int f_begin = ragged ? s_begin : s_begin + 1, f_end = ragged ? s_end - 1 : s_end;
+
+  // unit u of A: rows (16i + g', +8) of the tile, k 16h + 4t' (lane' = 4g' + t'); of B: column
+  // 8j + g', same k. Threads take consecutive lanes, so their shared stores are contiguous.
+  GemmUnit ua[UA][2];
+  GemmUnit ub[UB];
+  int a_at[UA], b_at[UB];  // the units' word offsets in a slice buffer
+#pragma unroll
+  for (int q = 0; q < UA; ++q) {
+    const int u = tid + q * GEMM_THREADS, ln = u % 32, h = (u / 32) % KH, i = u / (32 * KH);
+    a_at[q] = (i * KH + h) * (MMA == MMA_BF16 ? 128 : 256) + ln * 4;
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      ua[q][e].init(A, m0 + 16 * i + ln / 4 + 8 * e, s.m, s.lda, 16 * h + 4 * (ln % 4), f_begin);
+  }
+#pragma unroll
+  for (int q = 0; q < UB; ++q) {
+    const int u = tid + q * GEMM_THREADS, ln = u % 32, h = (u / 32) % KH, j = u / (32 * KH);
+    b_at[q] = 2 * WORDS + ((j * KH + h) * 32 + ln) * (MMA == MMA_BF16 ? 2 : 4);
+    ub[q].init(B, n0 + 8 * j + ln / 4, s.n, s.ldb, 16 * h + 4 * (ln % 4), f_begin);
+  }
+
+  float4 ra[UA][2], rb[UB];
+  // this thread's share of slice sl, from registers to the buffer at word offset `at` (0 or WORDS
+  // past each operand's start)
+  auto store = [&](int at) {
+#pragma unroll
+    for (int q = 0; q < UA; ++q) {
+      const float4 x = ra[q][0], y = ra[q][1];  // rows r and r + 8, k 4t'…4t'+3
+      unsigned* dst = smem + at + a_at[q];
+      if constexpr (MMA == MMA_BF16) {
+        store_vec<uint4>(dst, make_uint4(pack_bf16x2(x.x, x.y), pack_bf16x2(y.x, y.y),
+                                         pack_bf16x2(x.z, x.w), pack_bf16x2(y.z, y.w)));
+      } else {
+        store_vec<uint4>(dst, tf32_words(x.x, y.x, x.z, y.z));
+        store_vec<uint4>(dst + 128, tf32_words(x.y, y.y, x.w, y.w));
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < UB; ++q) {
+      const float4 v = rb[q];
+      unsigned* dst = smem + at + b_at[q];
+      if constexpr (MMA == MMA_BF16)
+        store_vec<uint2>(dst, make_uint2(pack_bf16x2(v.x, v.y), pack_bf16x2(v.z, v.w)));
+      else
+        store_vec<uint4>(dst, tf32_words(v.x, v.z, v.y, v.w));
+    }
+  };
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  // the products of the slice in the buffer at word offset `at`
+  auto multiply = [&](int at) {
+    const unsigned* ab = smem + at;
+    const unsigned* bb = smem + at + 2 * WORDS;
+#pragma unroll
+    for (int h = 0; h < KH; ++h) {
+      if constexpr (MMA == MMA_BF16) {
+        uint4 af[2];
+        uint2 bv[4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+          af[i] = load_vec<uint4>(ab + ((wm / 16 + i) * KH + h) * 128 + lane * 4);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          bv[j] = load_vec<uint2>(bb + (((wn / 8 + j) * KH + h) * 32 + lane) * 2);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) mma_m16n8k16_bf16(acc[i][j], &af[i].x, &bv[j].x, acc[i][j]);
+      } else {
+        uint4 af[2][2], bv[4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int st = 0; st < 2; ++st)
+            af[i][st] = load_vec<uint4>(ab + ((wm / 16 + i) * KH + h) * 256 + st * 128 + lane * 4);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          bv[j] = load_vec<uint4>(bb + (((wn / 8 + j) * KH + h) * 32 + lane) * 4);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const unsigned b0[2] = {bv[j].x, bv[j].y}, b1[2] = {bv[j].z, bv[j].w};
+            mma_m16n8k8_tf32(acc[i][j], &af[i][0].x, b0, acc[i][j]);
+            mma_m16n8k8_tf32(acc[i][j], &af[i][1].x, b1, acc[i][j]);
+          }
+      }
+    }
+  };
+
+  // A buffer's word offset: 0 or WORDS (each operand's two buffers are adjacent: A A B B)
+  int at = 0;
+  if (s_begin < s_end) {
+#pragma unroll
+    for (int q = 0; q < UA; ++q)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) ra[q][e] = ua[q][e].load_edge(first, f_begin, s.k);
+#pragma unroll
+    for (int q = 0; q < UB; ++q) rb[q] = ub[q].load_edge(first, f_begin, s.k);
+    store(at);
+    __syncthreads();
+    for (int sl = f_begin; sl < f_end; ++sl) {
+#pragma unroll
+      for (int q = 0; q < UA; ++q)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) ra[q][e] = ua[q][e].load_next();
+#pragma unroll
+      for (int q = 0; q < UB; ++q) rb[q] = ub[q].load_next();
+      multiply(at);
+      at ^= WORDS;
+      store(at);
+      __syncthreads();
+    }
+    multiply(at);
+  }
+
+  // the epilogue, or this split's partial sums (plane `split` of batch·m·n)
+  const bool partial = s.per_split < s.slices;
+  float* out = C + (partial ? (long long)split * gridDim.z * s.stride_c : 0) + b * s.stride_c;
+  if (residual) residual += b * s.stride_c;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int m = m0 + wm + 16 * i + g + 8 * (r / 2), n = n0 + wn + 8 * j + 2 * t + r % 2;
+        if (m >= s.m || n >= s.n) continue;
+        const long long at_c = (long long)m * s.ldc + n;
+        float v = acc[i][j][r];
+        if (!partial) {
+          if (bias) v += bias[s.bias_per_row ? m : n];
+          if (residual) v += residual[at_c];
+          v *= s.scale;
+        }
+        out[at_c] = v;
+      }
+}
+
+#define GEMM_PARAMS                                                                       \
+  const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,        \
+      const float *__restrict__ bias, const float *__restrict__ residual, GemmShape s
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_tf32(GEMM_PARAMS) {
+  gemm_tc<MMA_TF32>(A, B, C, bias, residual, s);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_bf16(GEMM_PARAMS) {
+  gemm_tc<MMA_BF16>(A, B, C, bias, residual, s);
+}
+
+// FFMA: kernels/gemm_core.cuh's tile product, the operands read in place through functors.
+extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
+    gemm_f32(GEMM_PARAMS) {
+  const long long b = blockIdx.z;
   A += b * s.stride_a;
   B += b * s.stride_b;
   C += b * s.stride_c;
   if (residual) residual += b * s.stride_c;
-  int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
+  const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
   auto a = [&](int row, int k) {
-    int m = m0 + row;
+    const int m = m0 + row;
     if (m >= s.m || k >= s.k) return 0.0f;
-    float v = s.a_trans ? A[(long long)k * s.lda + m] : A[(long long)m * s.lda + k];
-    if (nrm.stats) {
-      const float* st = nrm.stats + 2 * (b * nrm.groups + k / (s.k / nrm.groups));
-      v = (v - st[0]) * st[1] * nrm.gamma[k] + nrm.beta[k];
-    }
-    return v;
+    return s.a_trans ? A[(long long)k * s.lda + m] : A[(long long)m * s.lda + k];
   };
   auto bv = [&](int col, int k) {
-    int n = n0 + col;
+    const int n = n0 + col;
     if (n >= s.n || k >= s.k) return 0.0f;
     return s.b_trans ? B[(long long)n * s.ldb + k] : B[(long long)k * s.ldb + n];
   };
   float acc[2][4][4];
-  tile_product<MMA>(s.k, a, !s.a_trans, bv, s.b_trans != 0, acc);
+  tile_product<MMA_F32>(s.k, a, !s.a_trans, bv, s.b_trans != 0, acc);
   tile_store(acc, [&](int row, int col, float v) {
-    int m = m0 + row, n = n0 + col;
+    const int m = m0 + row, n = n0 + col;
     if (m >= s.m || n >= s.n) return;
     if (bias) v += bias[s.bias_per_row ? m : n];
-    long long at = (long long)m * s.ldc + n;
+    const long long at = (long long)m * s.ldc + n;
     if (residual) v += residual[at];
     C[at] = v * s.scale;
   });
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    gemm_tf32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
-              GemmNorm norm) {
-  gemm_kernel<MMA_TF32>(A, B, C, bias, residual, s, norm);
-}
-
-extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    gemm_bf16(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-              const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
-              GemmNorm norm) {
-  gemm_kernel<MMA_BF16>(A, B, C, bias, residual, s, norm);
-}
-
-extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    gemm_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-             const float* __restrict__ bias, const float* __restrict__ residual, GemmShape s,
-              GemmNorm norm) {
-  gemm_kernel<MMA_F32>(A, B, C, bias, residual, s, norm);
+// An operand packed for the tensor-core kernels: out[b][row][k] = op(X[b])[row][k] for k < K, zero
+// for K ≤ k < width (out's rows `width` long: K rounded up to a multiple of 4) — op(X) rows × K, stored
+// rows × K (ld, `trans` 0) or K × rows (`trans` 1), matrix b at b·stride. With `stats`, the group
+// norm of the columns (column k is channel k of sample b, `groups` groups; statistics from
+// kernels/norm.cu): (x − mean)·rstd·gamma[k] + beta[k]. Through a 32×33 shared tile, so that
+// both the reads and the writes of a warp are consecutive addresses whichever way X is stored.
+// Grid (⌈width/32⌉, ⌈rows/32⌉, batch), 32×8 threads.
+extern "C" __global__ void gemm_pack_f32(const float* __restrict__ x, float* __restrict__ out,
+                                         int rows, int k, int width, int ld, long long stride,
+                                         int trans, const float* __restrict__ stats,
+                                         const float* __restrict__ gamma,
+                                         const float* __restrict__ beta, int groups) {
+  __shared__ float tile[32][33];  // [row][k] of the block's 32 × 32 piece
+  const long long b = blockIdx.z;
+  const int k0 = blockIdx.x * 32, r0 = blockIdx.y * 32, tx = threadIdx.x, ty = threadIdx.y;
+  x += b * stride;
+#pragma unroll
+  for (int j = 0; j < 32; j += 8) {
+    // trans: threads along the row (contiguous in memory); else along k
+    const int row = r0 + (trans ? tx : ty + j), kk = k0 + (trans ? ty + j : tx);
+    float v = 0.0f;
+    if (row < rows && kk < k) v = trans ? x[(long long)kk * ld + row] : x[(long long)row * ld + kk];
+    tile[trans ? tx : ty + j][trans ? ty + j : tx] = v;
+  }
+  __syncthreads();
+  const int kk = k0 + tx;
+  float mean = 0.0f, rstd = 1.0f, ga = 1.0f, be = 0.0f;
+  if (stats && kk < k) {
+    const float* st = stats + 2 * (b * groups + kk / (k / groups));
+    mean = st[0];
+    rstd = st[1];
+    ga = gamma[kk];
+    be = beta[kk];
+  }
+#pragma unroll
+  for (int j = 0; j < 32; j += 8) {
+    const int row = r0 + ty + j;
+    if (row >= rows || kk >= width) continue;
+    float v = tile[ty + j][tx];
+    if (stats && kk < k) v = (v - mean) * rstd * ga + be;
+    out[(b * rows + row) * width + kk] = v;
+  }
 }

@@ -33,7 +33,7 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import sass  # noqa: E402
-from sass_model import conv_shape  # noqa: E402
+from sass_model import conv_shape, gemm_shape  # noqa: E402
 
 MAX_PER_HMMA = 8.0
 SMS = 132
@@ -41,10 +41,11 @@ SMS = 132
 PRODUCTS = ["conv2d_*", "gemm_*"]
 TENSOR_CORE = ["conv2d_tf32_*", "conv2d_bf16_*", "conv2d_dgrad_tf32", "conv2d_dgrad_bf16",
                "conv2d_wgrad_tf32", "conv2d_wgrad_bf16", "gemm_tf32", "gemm_bf16"]
-# not products: the direct convolutions' weight preparation and split-K finish
-HELPERS = ["conv2d_weights", "conv2d_finish_f32"]
-# still on the old tile product (kernels/gemm_core.cuh): the backward convolutions and the GEMMs
-PENDING = ["conv2d_dgrad_*", "conv2d_wgrad_*", "gemm_*", "conv2d_generic_f32"]
+# not products: the direct convolutions' weight preparation, the split-K finish, the GEMMs' operand
+# packing
+HELPERS = ["conv2d_weights", "conv2d_finish_f32", "gemm_pack_f32"]
+# still on the old tile product (kernels/gemm_core.cuh): the backward convolutions
+PENDING = ["conv2d_dgrad_*", "conv2d_wgrad_*", "conv2d_generic_f32"]
 
 
 def matches(name, patterns):
@@ -80,9 +81,11 @@ def launch_faults(plan):
         if not matches(k, PRODUCTS) or matches(k, HELPERS):
             continue
         blocks = la["grid"][0] * la["grid"][1] * la["grid"][2]
-        # a direct convolution whose blocks each take one slice of the input channels
+        # a direct convolution whose blocks each take one slice of the input channels, or a
+        # tensor-core GEMM whose blocks each take one slice of K
         one_trip = k.startswith("conv2d_") and not k.startswith(("conv2d_dgrad", "conv2d_wgrad")) \
             and k != "conv2d_generic_f32" and conv_shape(la["args"])["per_split"] == 1
+        one_trip = one_trip or (k in ("gemm_tf32", "gemm_bf16") and gemm_shape(la["args"])["per_split"] == 1)
         if blocks < SMS and not one_trip:
             out.append((k, "×".join(map(str, la["grid"])), blocks))
     return out

@@ -80,6 +80,16 @@ def conv_shape(args):
     return s
 
 
+# kernels/gemm.cu's GemmShape (64-bit strides as two words each)
+GEMM_SHAPE = ("m n k lda ldb ldc stride_a stride_a_hi stride_b stride_b_hi stride_c stride_c_hi "
+              "a_trans b_trans bias_per_row scale slices per_split").split()
+
+
+def gemm_shape(args):
+    """The GemmShape of a GEMM's launch arguments, by field name."""
+    return dict(zip(GEMM_SHAPE, [a for a in args if isinstance(a, list)][0]))
+
+
 def trips(kernel, args, grid):
     """Trips through the main loop per block, and the bytes the launch moves (None: from the
     kernel's loads and stores), for the kernels whose shape the arguments give."""
@@ -102,11 +112,18 @@ def trips(kernel, args, grid):
         if kernel == "conv2d_generic_f32":
             return math.ceil(s["ci"] * s["k"] ** 2 / TILE_K), 4 * (io + s["n"] * s["co"] * s["ho"] * s["wo"])
         return s["per_split"], 4 * (io + grid[2] * s["n"] * s["co"] * s["ho"] * s["wo"])
-    if kernel.startswith("gemm_"):
-        s = [a for a in args if isinstance(a, list)][0]
-        m, n, k = s[:3]
+    if kernel in ("gemm_tf32", "gemm_bf16"):
+        # the first slice of a split before the main loop, then a trip per slice; the operands
+        # once and each split's partial plane
+        s = gemm_shape(args)
         batch = grid[2]
-        return math.ceil(k / TILE_K), 4 * batch * (m * k + k * n + m * n)
+        splits = math.ceil(s["slices"] / s["per_split"]) if s["slices"] else 1
+        io = batch * (s["m"] * s["k"] + s["k"] * s["n"]) + splits * batch * s["m"] * s["n"]
+        return max(s["per_split"] - 1, 0), 4 * io
+    if kernel == "gemm_f32":
+        s = gemm_shape(args)
+        batch = grid[2]
+        return math.ceil(s["k"] / TILE_K), 4 * batch * (s["m"] * s["k"] + s["k"] * s["n"] + s["m"] * s["n"])
     if kernel == "conv2d_finish_f32":
         # the split-K finish: the partial planes and the residual read, the output written
         n, co, hw, splits = args[5], args[6], args[7], args[8]

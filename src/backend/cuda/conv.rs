@@ -131,13 +131,13 @@ fn ptr(b: Option<&Buffer>) -> KernelArg {
 /// Output tile of the direct kernels (pixels per side), threads per block.
 const TILE: usize = 8;
 const THREADS: u32 = 128;
-/// The split-K rule of the direct kernels: enough slices' splits that a batch of 8 puts a block
+/// The split-K rule of the direct kernels (and kernels/gemm.cu's): enough slices' splits that a batch of 8 puts a block
 /// on each of an H100's or H200's 132 SMs. It depends on the layer's shape only — never on the
 /// batch — so that a sample's result does not depend on the batch it is in.
-const SPLIT_BATCH: usize = 8;
-const SMS: usize = 132;
+pub(super) const SPLIT_BATCH: usize = 8;
+pub(super) const SMS: usize = 132;
 /// The most shared memory a block may have on sm_80 and sm_90 (227 KiB).
-const MAX_SHARED: usize = 227 * 1024;
+pub(super) const MAX_SHARED: usize = 227 * 1024;
 
 /// The direct kernels' geometries (`kernels/conv.cu`): kernel size and stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

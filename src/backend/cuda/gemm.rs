@@ -1,20 +1,24 @@
 //! Launchers of `kernels/gemm.cu`: batched matrix products with a fused epilogue (bias, output
-//! scale, residual), on the tensor cores in TF32 or with FFMA in float32. The semantics of
+//! scale, residual), on the tensor cores in TF32 or bf16 (operands packed K-contiguous first where
+//! they are not; split-K with `conv2d_finish_f32` where a product has few tiles) or with FFMA in
+//! float32; and [`pack`], an operand rewritten K-contiguous, group-normalised on the way. The semantics of
 //! [`crate::backend::BackendStorage::matmul`] and [`crate::backend::BackendStorage::linear`];
 //! `cargo test --release --test cuda_gemm` compares them with the CPU backend.
 
 use super::buffer::Buffer;
 use super::check;
-use super::conv::NormOnLoad;
+use super::conv::{NormOnLoad, SMS, SPLIT_BATCH};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape};
 use super::Precision;
 use crate::backend::MatmulGeom;
 use crate::error::{Error, Result};
 
-/// The tile of one thread block (rows and columns of C).
+/// The tile of one thread block (rows and columns of C), and K per slice of the tensor-core
+/// kernels (`kernels/gemm.cu`: `GEMM_BM`, `GEMM_BN`, `GEMM_KC`).
 const TILE: usize = 64;
+const SLICE_K: usize = 32;
 
-/// `kernels/gemm.cu`'s `GemmShape`, field for field (no padding: 64 bytes).
+/// `kernels/gemm.cu`'s `GemmShape`, field for field (no padding: 72 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct GemmShape {
@@ -31,18 +35,8 @@ struct GemmShape {
     b_trans: i32,
     bias_per_row: i32,
     scale: f32,
-}
-
-/// `kernels/gemm.cu`'s `GemmNorm` (32 bytes): device addresses of the statistics, gamma and beta,
-/// or zeros for none.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct GemmNorm {
-    stats: u64,
-    gamma: u64,
-    beta: u64,
-    groups: i32,
-    unused: i32,
+    slices: i32,
+    per_split: i32,
 }
 
 /// What is applied to each element of the product before it is stored:
@@ -56,9 +50,6 @@ pub struct Epilogue<'a> {
     pub scale: f32,
     /// Shaped like C.
     pub residual: Option<&'a Buffer>,
-    /// A group norm of `op(A)`'s columns as A is loaded: column `k` is channel `k` of sample `i`
-    /// (the batch index), statistics `(batch, groups, 2)`.
-    pub norm_a: Option<NormOnLoad<'a>>,
 }
 
 impl Epilogue<'_> {
@@ -68,7 +59,6 @@ impl Epilogue<'_> {
         bias_per_row: false,
         scale: 1.0,
         residual: None,
-        norm_a: None,
     };
 }
 
@@ -92,6 +82,7 @@ pub fn matmul(
         b_trans: g.b_trans,
         stride_a: g.m * g.k,
         stride_b: g.k * g.n,
+        rows_are_samples: false,
     };
     strided(a, b, &layout, epilogue, precision)
 }
@@ -110,6 +101,10 @@ pub struct Layout {
     pub b_trans: bool,
     pub stride_a: usize,
     pub stride_b: usize,
+    /// The rows of C are the samples (a linear layer over a batch), not the matrices: the
+    /// split-K rule, which must not depend on the number of samples, then takes a tile of rows
+    /// for all of them.
+    pub rows_are_samples: bool,
 }
 
 /// The product of [`Layout`] with an epilogue. The operands must hold every matrix the layout
@@ -141,44 +136,17 @@ pub fn strided(
     if let Some(r) = epilogue.residual {
         check::len("matmul", "the residual", r.len(), g.batch * g.m * g.n)?;
     }
-    let norm = match epilogue.norm_a {
-        Some(n) => {
-            if n.groups == 0 || !g.k.is_multiple_of(n.groups) {
-                return Err(Error::shape(
-                    "matmul",
-                    format!("{} channels in {} groups", g.k, n.groups),
-                ));
-            }
-            check::len(
-                "matmul",
-                "the statistics",
-                n.stats.len(),
-                2 * g.batch * n.groups,
-            )?;
-            check::len("matmul", "gamma", n.gamma.len(), g.k)?;
-            check::len("matmul", "beta", n.beta.len(), g.k)?;
-            GemmNorm {
-                stats: n.stats.ptr().0,
-                gamma: n.gamma.ptr().0,
-                beta: n.beta.ptr().0,
-                groups: n.groups as i32,
-                unused: 0,
-            }
-        }
-        None => GemmNorm {
-            stats: 0,
-            gamma: 0,
-            beta: 0,
-            groups: 0,
-            unused: 0,
-        },
-    };
     let gpu = a.gpu();
     let c = Buffer::alloc(gpu, g.batch * g.m * g.n)?;
     if c.is_empty() {
         return Ok(c);
     }
-    let shape = GemmShape {
+    let batch = u32::try_from(g.batch)
+        .ok()
+        .filter(|&b| b <= 65_535)
+        .ok_or_else(|| Error::shape("matmul", format!("batch {} exceeds 65535", g.batch)))?;
+    let (m_tiles, n_tiles) = (g.m.div_ceil(TILE), g.n.div_ceil(TILE));
+    let mut shape = GemmShape {
         m: check::int("matmul", "m", g.m)?,
         n: check::int("matmul", "n", g.n)?,
         k: check::int("matmul", "k", g.k)?,
@@ -192,31 +160,248 @@ pub fn strided(
         b_trans: i32::from(g.b_trans),
         bias_per_row: i32::from(epilogue.bias_per_row),
         scale: epilogue.scale,
+        slices: 0,
+        per_split: 0,
     };
-    let kernel = precision.kernel("gemm");
-    let batch = u32::try_from(g.batch)
+    let launch = |name: &str,
+                  grid: [u32; 3],
+                  shared: usize,
+                  a: &Buffer,
+                  b: &Buffer,
+                  c: &Buffer,
+                  shape: &GemmShape| {
+        gpu.launch(
+            name,
+            LaunchShape {
+                grid,
+                block: [128, 1, 1],
+                shared_bytes: shared as u32,
+            },
+            &[
+                KernelArg::Ptr(a.ptr()),
+                KernelArg::Ptr(b.ptr()),
+                KernelArg::Ptr(c.ptr()),
+                ptr(epilogue.bias),
+                ptr(epilogue.residual),
+                KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
+            ],
+        )
+    };
+    if precision == Precision::Fp32 {
+        let grid = [n_tiles as u32, m_tiles as u32, batch];
+        launch("gemm_f32", grid, 0, a, b, &c, &shape)?;
+        return Ok(c);
+    }
+
+    // the tensor-core kernels read both operands K-contiguous, 16-byte aligned, K a multiple of 4
+    let width = g.k.next_multiple_of(4);
+    let ready = |k_contiguous: bool, buf: &Buffer, stride: usize| {
+        k_contiguous
+            && g.k == width
+            && (g.batch == 1 || stride.is_multiple_of(4))
+            && buf.ptr().0.is_multiple_of(16)
+    };
+    let packed_a;
+    let a = if ready(!g.a_trans, a, g.stride_a) {
+        a
+    } else {
+        let p = Packing {
+            batch: if g.stride_a == 0 { 1 } else { g.batch },
+            rows: g.m,
+            k: g.k,
+            width,
+            stride: g.stride_a,
+            trans: g.a_trans,
+        };
+        packed_a = pack(a, &p, None)?;
+        shape.stride_a = if g.stride_a == 0 {
+            0
+        } else {
+            (g.m * width) as i64
+        };
+        &packed_a
+    };
+    let packed_b;
+    let b = if ready(g.b_trans, b, g.stride_b) {
+        b
+    } else {
+        let p = Packing {
+            batch: if g.stride_b == 0 { 1 } else { g.batch },
+            rows: g.n,
+            k: g.k,
+            width,
+            stride: g.stride_b,
+            trans: !g.b_trans,
+        };
+        packed_b = pack(b, &p, None)?;
+        shape.stride_b = if g.stride_b == 0 {
+            0
+        } else {
+            (g.n * width) as i64
+        };
+        &packed_b
+    };
+    shape.k = check::int("matmul", "k", width)?;
+    shape.lda = shape.k;
+    shape.ldb = shape.k;
+
+    // split-K: enough splits that SPLIT_BATCH samples put a block on every SM, from the shape
+    // per sample only
+    let slices = width.div_ceil(SLICE_K);
+    let per_sample = if g.rows_are_samples {
+        SPLIT_BATCH.div_ceil(TILE) * n_tiles
+    } else {
+        SPLIT_BATCH * m_tiles * n_tiles
+    };
+    let wanted = SMS.div_ceil(per_sample).clamp(1, slices.max(1));
+    let per_split = (slices / wanted).max(1);
+    let splits = slices.div_ceil(per_split).max(1);
+    shape.slices = check::int("matmul", "k", slices)?;
+    shape.per_split = per_split as i32;
+    let grid_y = u32::try_from(m_tiles * splits)
+        .ok()
+        .filter(|&y| y <= 65_535)
+        .ok_or_else(|| Error::shape("matmul", format!("{} rows", g.m)))?;
+    let parts = if splits > 1 {
+        Some(Buffer::alloc(gpu, splits * c.len())?)
+    } else {
+        None
+    };
+    launch(
+        &precision.kernel("gemm"),
+        [n_tiles as u32, grid_y, batch],
+        shared_bytes(precision),
+        a,
+        b,
+        parts.as_ref().unwrap_or(&c),
+        &shape,
+    )?;
+    if let Some(parts) = parts {
+        // the finish's bias is per channel `(i / hw) % co`: a column's (hw 1, co n) or a row's
+        // (hw n, co m)
+        let (outer, co, hw) = if epilogue.bias_per_row {
+            (g.batch, g.m, g.n)
+        } else {
+            (g.batch * g.m, g.n, 1)
+        };
+        gpu.launch(
+            "conv2d_finish_f32",
+            LaunchShape::linear(c.len(), 256),
+            &[
+                KernelArg::Ptr(parts.ptr()),
+                ptr(epilogue.bias),
+                KernelArg::Ptr(DevicePtr(0)),
+                ptr(epilogue.residual),
+                KernelArg::Ptr(c.ptr()),
+                KernelArg::I32(check::int("matmul", "rows", outer)?),
+                KernelArg::I32(check::int("matmul", "columns", co)?),
+                KernelArg::I64(hw as i64),
+                KernelArg::I32(splits as i32),
+                KernelArg::F32(epilogue.scale),
+            ],
+        )?;
+    }
+    Ok(c)
+}
+
+/// Where an operand is and how [`pack`] rewrites it: `batch` matrices `op(X[i])`, each `rows × k`,
+/// at `i·stride`; stored `rows × k` row-major, or (`trans`) `k × rows`; packed `(batch, rows,
+/// width)`, zeros past `k`.
+#[derive(Clone, Copy, Debug)]
+pub struct Packing {
+    pub batch: usize,
+    pub rows: usize,
+    pub k: usize,
+    pub width: usize,
+    pub stride: usize,
+    pub trans: bool,
+}
+
+/// An operand rewritten K-contiguous (`kernels/gemm.cu`'s `gemm_pack_f32`), as the tensor-core
+/// products read it: `(batch, rows, width)`; with `norm`, the group norm of its columns (column
+/// `k` is channel `k` of matrix `i`, statistics `(batch, groups, 2)`) applied on the way —
+/// attention's norm before its projections, the image `(n, c, l)` read as tokens `(n, l, c)`.
+/// Errors: an operand too short for the packing, or a norm whose groups do not divide `k`.
+pub fn pack(x: &Buffer, p: &Packing, norm: Option<NormOnLoad>) -> Result<Buffer> {
+    if p.batch > 0 && x.len() < (p.batch - 1) * p.stride + p.rows * p.k {
+        return Err(Error::shape(
+            "matmul",
+            format!("{} values for the operand {p:?}", x.len()),
+        ));
+    }
+    if p.width < p.k {
+        return Err(Error::shape(
+            "matmul",
+            format!("a packed width {} under k {}", p.width, p.k),
+        ));
+    }
+    if let Some(n) = norm {
+        if n.groups == 0 || !p.k.is_multiple_of(n.groups) {
+            return Err(Error::shape(
+                "matmul",
+                format!("{} channels in {} groups", p.k, n.groups),
+            ));
+        }
+        check::len(
+            "matmul",
+            "the statistics",
+            n.stats.len(),
+            2 * p.batch * n.groups,
+        )?;
+        check::len("matmul", "gamma", n.gamma.len(), p.k)?;
+        check::len("matmul", "beta", n.beta.len(), p.k)?;
+    }
+    let out = Buffer::alloc(x.gpu(), p.batch * p.rows * p.width)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let batch = u32::try_from(p.batch)
         .ok()
         .filter(|&b| b <= 65_535)
-        .ok_or_else(|| Error::shape("matmul", format!("batch {} exceeds 65535", g.batch)))?;
-    let ptr = |b: Option<&Buffer>| KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr));
-    gpu.launch(
-        &kernel,
+        .ok_or_else(|| Error::shape("matmul", format!("batch {} exceeds 65535", p.batch)))?;
+    let ld = if p.trans { p.rows } else { p.k };
+    x.gpu().launch(
+        "gemm_pack_f32",
         LaunchShape {
-            grid: [g.n.div_ceil(TILE) as u32, g.m.div_ceil(TILE) as u32, batch],
-            block: [128, 1, 1],
+            grid: [
+                p.width.div_ceil(32) as u32,
+                p.rows.div_ceil(32) as u32,
+                batch,
+            ],
+            block: [32, 8, 1],
             shared_bytes: 0,
         },
         &[
-            KernelArg::Ptr(a.ptr()),
-            KernelArg::Ptr(b.ptr()),
-            KernelArg::Ptr(c.ptr()),
-            ptr(epilogue.bias),
-            ptr(epilogue.residual),
-            KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec()),
-            KernelArg::Struct(bytemuck::bytes_of(&norm).to_vec()),
+            KernelArg::Ptr(x.ptr()),
+            KernelArg::Ptr(out.ptr()),
+            KernelArg::I32(check::int("matmul", "rows", p.rows)?),
+            KernelArg::I32(check::int("matmul", "k", p.k)?),
+            KernelArg::I32(check::int("matmul", "width", p.width)?),
+            KernelArg::I32(check::int("matmul", "ld", ld)?),
+            KernelArg::I64(p.stride as i64),
+            KernelArg::I32(i32::from(p.trans)),
+            ptr(norm.map(|n| n.stats)),
+            ptr(norm.map(|n| n.gamma)),
+            ptr(norm.map(|n| n.beta)),
+            KernelArg::I32(norm.map_or(0, |n| n.groups as i32)),
         ],
     )?;
-    Ok(c)
+    Ok(out)
+}
+
+/// `kernels/gemm.cu`'s `gemm_shared_bytes`: two buffers of both operands' slices (a word per
+/// element, or per bf16 pair).
+fn shared_bytes(precision: Precision) -> usize {
+    let words = if precision == Precision::Bf16 {
+        SLICE_K / 2
+    } else {
+        SLICE_K
+    } * TILE;
+    4 * 2 * 2 * words
+}
+
+fn ptr(b: Option<&Buffer>) -> KernelArg {
+    KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr))
 }
 
 /// PyTorch's `Linear`: `y = x·wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`.
@@ -227,17 +412,22 @@ pub fn linear(
     (m, k, n): (usize, usize, usize),
     precision: Precision,
 ) -> Result<Buffer> {
-    let g = MatmulGeom {
+    check::len("linear", "x", x.len(), m * k)?;
+    check::len("linear", "the weight", w.len(), n * k)?;
+    let layout = Layout {
         batch: 1,
         m,
         n,
         k,
         a_trans: false,
         b_trans: true,
+        stride_a: 0,
+        stride_b: 0,
+        rows_are_samples: true,
     };
     let epilogue = Epilogue {
         bias,
         ..Epilogue::NONE
     };
-    matmul(x, w, &g, epilogue, precision)
+    strided(x, w, &layout, epilogue, precision)
 }

@@ -323,7 +323,7 @@ impl BackendStorage for CudaStorage {
             )?),
             None => None,
         };
-        let norm_a = match (norm, stats.as_ref()) {
+        let norm_on_load = match (norm, stats.as_ref()) {
             (Some(f), Some(stats)) => Some(NormOnLoad {
                 stats,
                 gamma: &f.gamma.buf,
@@ -332,26 +332,36 @@ impl BackendStorage for CudaStorage {
             }),
             _ => None,
         };
-        // per image: (l × c) = xᵀ, times wᵀ; the image read in place (A transposed), w shared
+        // the images (n, c, l) as tokens (n, l, c), normalised: read once for every projection
+        let packing = gemm::Packing {
+            batch: n,
+            rows: l,
+            k: c,
+            width: c,
+            stride: c * l,
+            trans: true,
+        };
+        let tokens = gemm::pack(&self.buf, &packing, norm_on_load)?;
+        // per image: (l × c) times wᵀ, w shared
         let layout = gemm::Layout {
             batch: n,
             m: l,
             n: cout,
             k: c,
-            a_trans: true,
+            a_trans: false,
             b_trans: true,
-            stride_a: c * l,
+            stride_a: l * c,
             stride_b: 0,
+            rows_are_samples: false,
         };
         projections
             .iter()
             .map(|&(w, b)| {
                 let epi = Epilogue {
                     bias: b.map(|b| b.buffer()),
-                    norm_a,
                     ..Epilogue::NONE
                 };
-                Ok(self.wrap(gemm::strided(&self.buf, &w.buf, &layout, epi, precision())?))
+                Ok(self.wrap(gemm::strided(&tokens, &w.buf, &layout, epi, precision())?))
             })
             .collect()
     }
@@ -373,13 +383,13 @@ impl BackendStorage for CudaStorage {
             b_trans: true,
             stride_a: 0,
             stride_b: l * c,
+            rows_are_samples: false,
         };
         let epi = Epilogue {
             bias: b.map(|b| b.buffer()),
             bias_per_row: true,
             scale,
             residual: residual.map(|r| r.buffer()),
-            norm_a: None,
         };
         Ok(self.wrap(gemm::strided(&w.buf, &self.buf, &layout, epi, precision())?))
     }
