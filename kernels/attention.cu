@@ -19,7 +19,23 @@
 // m + log ℓ, which the backward (kernels/attention_backward.cu) recomputes the probabilities from.
 //
 // Launch: grid (⌈l/32⌉, heads, n), 128 threads, no dynamic shared memory (32 KiB static).
-// Benchmark: `cargo bench --bench ops -- attention` (CPU) and the GPU check script.
+//
+// attention_tf32_d{16,32,64,128} do the same on the tensor cores (the TF32 and bf16 precisions;
+// FlashAttention-2's structure): a block takes 64 query rows, each of its 4 warps 16, and walks
+// the keys in tiles of 64 (32 at d = 128) staged in shared memory — K as rows of d (the B
+// fragments of QKᵀ one 16-byte load), V transposed (those of PV one 8-byte load), rounded to TF32
+// once. A warp keeps its queries as A fragments in registers (scaled by scale·log₂e, so that the
+// softmax is exp2), forms its 16 × 64 scores with mma.m16n8k8, takes the online softmax on the
+// accumulators (row maxima over the four threads of a row by two shuffles; the sums kept per
+// thread and added once at the end) and multiplies P·V with P straight from the accumulators:
+// within each 8 keys the MMA takes key 2t at position t and 2t+1 at t+4, which is where the
+// accumulator layout holds them. Within 16 dimensions QKᵀ takes d = 4t, 4t+2 in its first step
+// and 4t+1, 4t+3 in its second (one 16-byte load per thread and row, as kernels/gemm.cu).
+// Launch: grid (⌈l/64⌉, heads, n), 128 threads, no dynamic shared memory.
+//
+// Benchmark: `cargo bench --bench ops -- attention` (CPU), the GPU check script and
+// python/sass_model.py.
+#include "ptx.cuh"
 
 #define ATT_ROWS 32
 #define ATT_KEYS 32
@@ -103,4 +119,171 @@ extern "C" __global__ void __launch_bounds__(ATT_ROWS* ATT_SPLIT)
   if (lse && t == 0) lse[((long long)n * s.heads + h) * s.l + row] = m + logf(sum);
   float inv = 1.0f / sum;
   for (int i = 0; i < dims; ++i) out[base + (long long)row * c + t + ATT_SPLIT * i] = o[i] * inv;
+}
+
+#define FA_ROWS 64  // query rows per block (16 per warp)
+
+// Shared-memory row strides (words): K's rows of d ≡ 16 (mod 32), so that the 16-byte fragment
+// reads of 8 keys × 4 threads fall in distinct banks; V's transposed rows of keys ≡ 8 (mod 32),
+// for the 8-byte reads of 4 dimensions × 4 threads.
+template <int D>
+struct FaGeo {
+  static constexpr int KT = D <= 64 ? 64 : 32;  // keys per tile
+  static constexpr int KS = D + (16 - D % 32 + 32) % 32;
+  static constexpr int VS = KT + (8 - KT % 32 + 32) % 32;
+};
+
+template <int D>
+__device__ __forceinline__ void flash_attention(const float* __restrict__ q,
+                                                const float* __restrict__ k,
+                                                const float* __restrict__ v,
+                                                float* __restrict__ out, float* __restrict__ lse,
+                                                const AttnShape& s) {
+  using G = FaGeo<D>;
+  constexpr int KT = G::KT, PD = D / 16, NT = KT / 8, DT = D / 8;
+  __shared__ unsigned ks[KT * G::KS];
+  __shared__ unsigned vt[D * G::VS];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int c = s.heads * D, h = blockIdx.y, n = blockIdx.z;
+  const long long base = (long long)n * s.l * c + h * D;
+  const int r0 = blockIdx.x * FA_ROWS + warp * 16;
+  constexpr float LOG2E = 1.4426950408889634f;
+
+  // the warp's queries as A fragments: rows r0 + g and + 8 (past l: the last row, not stored)
+  unsigned qf[PD][2][4];
+  {
+    const float qs = s.scale * LOG2E;
+    const float* q0 = q + base + (long long)min(r0 + g, s.l - 1) * c;
+    const float* q1 = q + base + (long long)min(r0 + g + 8, s.l - 1) * c;
+#pragma unroll
+    for (int p = 0; p < PD; ++p) {
+      const float4 x = load_vec<float4>(q0 + 16 * p + 4 * t);
+      const float4 y = load_vec<float4>(q1 + 16 * p + 4 * t);
+      qf[p][0][0] = tf32_for_mma(x.x * qs);
+      qf[p][0][1] = tf32_for_mma(y.x * qs);
+      qf[p][0][2] = tf32_for_mma(x.z * qs);
+      qf[p][0][3] = tf32_for_mma(y.z * qs);
+      qf[p][1][0] = tf32_for_mma(x.y * qs);
+      qf[p][1][1] = tf32_for_mma(y.y * qs);
+      qf[p][1][2] = tf32_for_mma(x.w * qs);
+      qf[p][1][3] = tf32_for_mma(y.w * qs);
+    }
+  }
+  float o[DT][4];
+#pragma unroll
+  for (int j = 0; j < DT; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) o[j][r] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};  // rows g, g + 8
+
+  for (int j0 = 0; j0 < s.l; j0 += KT) {
+    // stage the tile: K row-major (a key's 4 dimensions per thread, consecutive threads along d);
+    // V transposed (consecutive threads along the keys, so their shared stores are consecutive)
+#pragma unroll
+    for (int i = 0; i < KT * D / 4 / 128; ++i) {
+      const int u = tid + 128 * i;
+      const int key = u / (D / 4), d4 = u % (D / 4);
+      float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (j0 + key < s.l) x = load_vec<float4>(k + base + (long long)(j0 + key) * c + 4 * d4);
+      store_vec<uint4>(ks + key * G::KS + 4 * d4,
+                       make_uint4(tf32_for_mma(x.x), tf32_for_mma(x.y), tf32_for_mma(x.z),
+                                  tf32_for_mma(x.w)));
+      const int vkey = u % KT, vd4 = u / KT;
+      float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (j0 + vkey < s.l) y = load_vec<float4>(v + base + (long long)(j0 + vkey) * c + 4 * vd4);
+      vt[(4 * vd4 + 0) * G::VS + vkey] = tf32_for_mma(y.x);
+      vt[(4 * vd4 + 1) * G::VS + vkey] = tf32_for_mma(y.y);
+      vt[(4 * vd4 + 2) * G::VS + vkey] = tf32_for_mma(y.z);
+      vt[(4 * vd4 + 3) * G::VS + vkey] = tf32_for_mma(y.w);
+    }
+    __syncthreads();
+
+    // scores (log₂ units): 16 rows × KT keys, accumulator layout
+    float sc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) sc[j][r] = 0.0f;
+#pragma unroll
+      for (int p = 0; p < PD; ++p) {
+        const uint4 kb = load_vec<uint4>(ks + (8 * j + g) * G::KS + 16 * p + 4 * t);
+        const unsigned b0[2] = {kb.x, kb.z}, b1[2] = {kb.y, kb.w};
+        mma_m16n8k8_tf32(sc[j], qf[p][0], b0, sc[j]);
+        mma_m16n8k8_tf32(sc[j], qf[p][1], b1, sc[j]);
+      }
+    }
+    // the online softmax: keys past l score −∞
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        if (j0 + 8 * j + 2 * t + (r & 1) >= s.l) sc[j][r] = -INFINITY;
+        mx[r / 2] = fmaxf(mx[r / 2], sc[j][r]);
+      }
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      mx[e] = fmaxf(mx[e], __shfl_xor_sync(0xffffffffu, mx[e], 1));
+      mx[e] = fmaxf(mx[e], __shfl_xor_sync(0xffffffffu, mx[e], 2));
+      const float corr = exp2f(m[e] - mx[e]);  // 0 on the first tile (m = −∞)
+      sum[e] *= corr;
+#pragma unroll
+      for (int j = 0; j < DT; ++j) {
+        o[j][2 * e] *= corr;
+        o[j][2 * e + 1] *= corr;
+      }
+      m[e] = mx[e];
+    }
+    // P·V, P from the accumulators: keys 8j + 2t and 2t + 1 at positions t and t + 4
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      float p[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        p[r] = exp2f(sc[j][r] - m[r / 2]);
+        sum[r / 2] += p[r];
+      }
+      const unsigned a[4] = {tf32_for_mma(p[0]), tf32_for_mma(p[2]), tf32_for_mma(p[1]),
+                             tf32_for_mma(p[3])};
+#pragma unroll
+      for (int dn = 0; dn < DT; ++dn) {
+        const uint2 vb = load_vec<uint2>(vt + (8 * dn + g) * G::VS + 8 * j + 2 * t);
+        const unsigned b[2] = {vb.x, vb.y};
+        mma_m16n8k8_tf32(o[dn], a, b, o[dn]);
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    sum[e] += __shfl_xor_sync(0xffffffffu, sum[e], 1);
+    sum[e] += __shfl_xor_sync(0xffffffffu, sum[e], 2);
+    const int row = r0 + g + 8 * e;
+    if (row >= s.l) continue;
+    if (lse && t == 0)
+      lse[((long long)n * s.heads + h) * s.l + row] = (m[e] + log2f(sum[e])) * 0.6931471805599453f;
+    const float inv = 1.0f / sum[e];
+    float* dst = out + base + (long long)row * c + 2 * t;
+#pragma unroll
+    for (int dn = 0; dn < DT; ++dn)
+      store_vec<float2>(dst + 8 * dn, make_float2(o[dn][2 * e] * inv, o[dn][2 * e + 1] * inv));
+  }
+}
+
+#define FA_PARAMS                                                                             \
+  const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,     \
+      float *__restrict__ out, float *__restrict__ lse, AttnShape s
+
+extern "C" __global__ void __launch_bounds__(128) attention_tf32_d16(FA_PARAMS) {
+  flash_attention<16>(q, k, v, out, lse, s);
+}
+extern "C" __global__ void __launch_bounds__(128) attention_tf32_d32(FA_PARAMS) {
+  flash_attention<32>(q, k, v, out, lse, s);
+}
+extern "C" __global__ void __launch_bounds__(128) attention_tf32_d64(FA_PARAMS) {
+  flash_attention<64>(q, k, v, out, lse, s);
+}
+extern "C" __global__ void __launch_bounds__(128) attention_tf32_d128(FA_PARAMS) {
+  flash_attention<128>(q, k, v, out, lse, s);
 }

@@ -131,10 +131,12 @@ def trips(kernel, args, grid):
     if kernel == "conv2d_weights":
         # the weights read (once, through the cache) and written in the kernel's order
         return None, 8 * grid[0] * grid[1] * grid[2] * 256
-    if kernel == "attention_f32":
+    if kernel == "attention_f32" or kernel.startswith("attention_tf32_d"):
+        # a trip per tile of keys (kernels/attention.cu: 32; 64 on the tensor cores, 32 at d 128)
         s = [a for a in args if isinstance(a, list)][0]
         n, l, heads, d = s[:4]
-        return math.ceil(l / ATT_KEYS), 4 * n * l * heads * d * 4
+        keys = ATT_KEYS if kernel == "attention_f32" or d > 64 else 64
+        return math.ceil(l / keys), 4 * n * l * heads * d * 4
     return None, None
 
 

@@ -7,6 +7,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{KernelArg, LaunchShape};
+use super::Precision;
 use crate::backend::{AttnGeom, BinaryOp};
 use crate::error::{Error, Result};
 
@@ -251,7 +252,8 @@ struct AttnShape {
 }
 
 /// Softmax attention per head, `softmax(q kᵀ·scale) v`, on token-major `(n, l, heads·d)`
-/// operands, head dimensions 1 to 128.
+/// operands, head dimensions 1 to 128: on the tensor cores (TF32 products) at the TF32 and bf16
+/// precisions for head dimensions 16, 32, 64 and 128, in float32 otherwise.
 pub fn attention(q: &Buffer, k: &Buffer, v: &Buffer, g: &AttnGeom) -> Result<Buffer> {
     launch_attention(q, k, v, g, None)
 }
@@ -308,10 +310,20 @@ fn launch_attention(
             format!("{} heads × {} samples: at most 65535 each", g.heads, g.n),
         ));
     }
+    // on the tensor cores at the TF32 and bf16 precisions where the head dimension has a kernel
+    // (and the operands allow its 16-byte loads); float32 FFMA otherwise
+    let tensor_cores = super::precision() != Precision::Fp32
+        && matches!(g.d, 16 | 32 | 64 | 128)
+        && [q, k, v, &out].iter().all(|b| b.ptr().0.is_multiple_of(16));
+    let (name, rows) = if tensor_cores {
+        (format!("attention_tf32_d{}", g.d), 64)
+    } else {
+        ("attention_f32".to_string(), 32)
+    };
     q.gpu().launch(
-        "attention_f32",
+        &name,
         LaunchShape {
-            grid: [g.l.div_ceil(32) as u32, heads, n],
+            grid: [g.l.div_ceil(rows) as u32, heads, n],
             block: [128, 1, 1],
             shared_bytes: 0,
         },
