@@ -41,8 +41,9 @@
 //     slice;
 //   - split-K: the slices are shared among gridDim.z blocks when a layer has few tiles (chosen
 //     from the layer's shape alone, never the batch, so that results do not depend on the batch
-//     size); the partial sums go to their own planes and conv2d_finish_f32 adds them in order and
-//     applies the epilogue (deterministic, no atomics).
+//     size); the partial sums go to their own planes and the block that arrives last for its
+//     tile adds them in order and applies the epilogue (kernels/splitk.cuh: deterministic, the
+//     atomics only count) — or, without the device's tile counters, conv2d_finish_f32 does.
 // Three ways to multiply: FFMA (`f32`), TF32 tensor cores (mma.m16n8k8, operands rounded to
 // nearest), bf16 tensor cores (mma.m16n8k16) — always float32 accumulation.
 //
@@ -60,6 +61,7 @@
 // Benchmark: `dydiff bench unet --device cuda`, the GPU check script (per-kernel times) and
 // python/sass_model.py (the model from the machine code).
 #include "gemm_core.cuh"
+#include "splitk.cuh"
 
 struct ConvShape {
   int n, ci, h, w;  // the input as the convolution sees it (after upsampling)
@@ -140,7 +142,8 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
                                             const float* __restrict__ stats,
                                             const float* __restrict__ gamma,
                                             const float* __restrict__ beta,
-                                            float* __restrict__ y, const ConvShape& s) {
+                                            float* __restrict__ y, float* __restrict__ parts,
+                                            unsigned* __restrict__ counters, const ConvShape& s) {
   using G = ConvGeo<MMA, KS, S>;
   DYDIFF_DYNAMIC_SHARED(unsigned, smem);
   float4* table = reinterpret_cast<float4*>(smem);  // (scale, shift, mean, beta) per channel
@@ -393,29 +396,42 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
     __syncthreads();
   }
 
-  // the epilogue, or this split's partial sums (plane blockIdx.z of n·co·ho·wo)
-  const long long hw_out = (long long)s.ho * s.wo;
+  // the epilogue; or, split, this split's partial sums (plane blockIdx.z of n·co·ho·wo), then in
+  // the block that arrives last for the tile (kernels/splitk.cuh) their sum and the epilogue
+  const long long hw_out = (long long)s.ho * s.wo, plane = (long long)s.n * s.co * hw_out;
+  auto finish = [&](int co, long long at, float v) {
+    if (bias) v += bias[co];
+    if (temb) v += temb[(long long)n * s.co + co];
+    if (residual) v += residual[at];
+    return v * s.scale;
+  };
   const bool split = gridDim.z > 1;
-  float* out = split ? y + (long long)blockIdx.z * s.n * s.co * hw_out : y;
+  float* out = split ? parts + blockIdx.z * plane : y;
 #pragma unroll
   for (int i = 0; i < G::MT; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        int co = co0 + wm + 16 * i + g + 8 * (r / 2);
-        int oy = oy0 + wr + j, ox = ox0 + 2 * t + r % 2;
+        const int co = co0 + wm + 16 * i + g + 8 * (r / 2);
+        const int oy = oy0 + wr + j, ox = ox0 + 2 * t + r % 2;
         if (co >= s.co || oy >= s.ho || ox >= s.wo) continue;
-        long long at = ((long long)n * s.co + co) * hw_out + (long long)oy * s.wo + ox;
-        float v = acc[i][j][r];
-        if (!split) {
-          if (bias) v += bias[co];
-          if (temb) v += temb[(long long)n * s.co + co];
-          if (residual) v += residual[at];
-          v *= s.scale;
-        }
-        out[at] = v;
+        const long long at = ((long long)n * s.co + co) * hw_out + (long long)oy * s.wo + ox;
+        out[at] = split ? acc[i][j][r] : finish(co, at, acc[i][j][r]);
       }
+  if (!split || !counters ||
+      !splitk_arrive_last(counters + blockIdx.x + gridDim.x * blockIdx.y, gridDim.z))
+    return;
+  // the tile's BM channels × 8×8 pixels, a rolled loop (consecutive threads, consecutive pixels)
+  constexpr int PIX = CONV_TILE * CONV_TILE;
+  for (int e = tid; e < G::BM * PIX; e += CONV_THREADS) {
+    const int co = co0 + e / PIX, oy = oy0 + e % PIX / CONV_TILE, ox = ox0 + e % CONV_TILE;
+    if (co >= s.co || oy >= s.ho || ox >= s.wo) continue;
+    const long long at = ((long long)n * s.co + co) * hw_out + (long long)oy * s.wo + ox;
+    float v = 0.0f;
+    for (unsigned z = 0; z < gridDim.z; ++z) v += splitk_load(parts + z * plane + at);
+    y[at] = finish(co, at, v);
+  }
 }
 
 #define CONV_DIRECT_PARAMS                                                                      \
@@ -423,8 +439,8 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
       const float *__restrict__ bias, const float *__restrict__ temb,                            \
       const float *__restrict__ residual, const float *__restrict__ stats,                       \
       const float *__restrict__ gamma, const float *__restrict__ beta, float *__restrict__ y,    \
-      ConvShape s
-#define CONV_DIRECT_ARGS x, x2, w, bias, temb, residual, stats, gamma, beta, y, s
+      float *__restrict__ parts, unsigned *__restrict__ counters, ConvShape s
+#define CONV_DIRECT_ARGS x, x2, w, bias, temb, residual, stats, gamma, beta, y, parts, counters, s
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
     conv2d_f32_k3s1(CONV_DIRECT_PARAMS) {

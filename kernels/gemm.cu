@@ -27,8 +27,9 @@
 //
 // A product with few tiles splits its slices among blockIdx.y's (split-K, chosen by the launcher
 // from the product's shape per sample, never from the batch): each split writes its partial sums
-// to a plane of its own and conv2d_finish_f32 adds them in order and applies the epilogue
-// (deterministic, no atomics).
+// to a plane of its own and the block that arrives last for its tile adds them in order and
+// applies the epilogue (kernels/splitk.cuh: deterministic, the atomics only count) — or, without
+// the device's tile counters, conv2d_finish_f32 does.
 //
 // gemm_f32 multiplies with FFMA (`--precision fp32`) through kernels/gemm_core.cuh's tile product:
 // any layout read in place, one launch, no split.
@@ -40,6 +41,7 @@
 // Benchmark: `dydiff bench unet --device cuda` (per-operation times), the GPU check script and
 // python/sass_model.py (the model from the machine code).
 #include "gemm_core.cuh"
+#include "splitk.cuh"
 
 #define GEMM_BM 64
 #define GEMM_BN 64
@@ -97,7 +99,9 @@ __device__ __forceinline__ uint4 tf32_words(float a, float b, float c, float d) 
 template <int MMA>
 __device__ __forceinline__ void gemm_tc(const float* __restrict__ A, const float* __restrict__ B,
                                         float* __restrict__ C, const float* __restrict__ bias,
-                                        const float* __restrict__ residual, const GemmShape& s) {
+                                        const float* __restrict__ residual,
+                                        float* __restrict__ parts, unsigned* __restrict__ counters,
+                                        const GemmShape& s) {
   constexpr int KH = GEMM_KC / 16;  // 16-wide pieces per slice
   constexpr int WORDS = gemm_slice_words(MMA);
   // units per thread: A's 64 rows in pairs (r, r+8) × KH × 4 quads of k; B's 64 columns × KH × 4
@@ -243,10 +247,17 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ A, const float
     multiply(at);
   }
 
-  // the epilogue, or this split's partial sums (plane `split` of batch·m·n)
-  const bool partial = s.per_split < s.slices;
-  float* out = C + (partial ? (long long)split * gridDim.z * s.stride_c : 0) + b * s.stride_c;
+  // the epilogue; or, split, this split's partial sums (plane `split` of batch·m·n), then in the
+  // block that arrives last for the tile (kernels/splitk.cuh) their sum and the epilogue
   if (residual) residual += b * s.stride_c;
+  auto finish = [&](int m, int n, long long at, float v) {
+    if (bias) v += bias[s.bias_per_row ? m : n];
+    if (residual) v += residual[at];
+    return v * s.scale;
+  };
+  const int splits = gridDim.y / m_tiles;
+  const long long plane = (long long)gridDim.z * s.stride_c;
+  float* out = (splits > 1 ? parts + split * plane : C) + b * s.stride_c;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -255,27 +266,38 @@ __device__ __forceinline__ void gemm_tc(const float* __restrict__ A, const float
       for (int r = 0; r < 4; ++r) {
         const int m = m0 + wm + 16 * i + g + 8 * (r / 2), n = n0 + wn + 8 * j + 2 * t + r % 2;
         if (m >= s.m || n >= s.n) continue;
-        const long long at_c = (long long)m * s.ldc + n;
-        float v = acc[i][j][r];
-        if (!partial) {
-          if (bias) v += bias[s.bias_per_row ? m : n];
-          if (residual) v += residual[at_c];
-          v *= s.scale;
-        }
-        out[at_c] = v;
+        const long long at = (long long)m * s.ldc + n;
+        out[at] = splits > 1 ? acc[i][j][r] : finish(m, n, at, acc[i][j][r]);
       }
+  const int tile = blockIdx.x + gridDim.x * ((blockIdx.y - split * m_tiles) + m_tiles * blockIdx.z);
+  if (splits == 1 || !counters || !splitk_arrive_last(counters + tile, splits)) return;
+  parts += b * s.stride_c;
+  C += b * s.stride_c;
+  // the tile's 64 × 64 outputs, a rolled loop (consecutive threads, consecutive columns)
+  for (int e = tid; e < GEMM_BM * GEMM_BN; e += GEMM_THREADS) {
+    const int m = m0 + e / GEMM_BN, n = n0 + e % GEMM_BN;
+    if (m >= s.m || n >= s.n) continue;
+    const long long at = (long long)m * s.ldc + n;
+    float v = 0.0f;
+    for (int z = 0; z < splits; ++z) v += splitk_load(parts + z * plane + at);
+    C[at] = finish(m, n, at, v);
+  }
 }
 
 #define GEMM_PARAMS                                                                       \
   const float *__restrict__ A, const float *__restrict__ B, float *__restrict__ C,        \
       const float *__restrict__ bias, const float *__restrict__ residual, GemmShape s
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_tf32(GEMM_PARAMS) {
-  gemm_tc<MMA_TF32>(A, B, C, bias, residual, s);
+// `parts` (split: splits planes of batch·m·n) and `counters` (the device's tile counters, or null:
+// conv2d_finish_f32 finishes) are for split-K.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2)
+    gemm_tf32(GEMM_PARAMS, float* __restrict__ parts, unsigned* __restrict__ counters) {
+  gemm_tc<MMA_TF32>(A, B, C, bias, residual, parts, counters, s);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_bf16(GEMM_PARAMS) {
-  gemm_tc<MMA_BF16>(A, B, C, bias, residual, s);
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2)
+    gemm_bf16(GEMM_PARAMS, float* __restrict__ parts, unsigned* __restrict__ counters) {
+  gemm_tc<MMA_BF16>(A, B, C, bias, residual, parts, counters, s);
 }
 
 // FFMA: kernels/gemm_core.cuh's tile product, the operands read in place through functors.

@@ -104,21 +104,23 @@ def trips(kernel, args, grid):
         return math.ceil(slice_len / TILE_K), 4 * (n * co * ho * wo + n * ci * h * w + grid[2] * co * ci * k * k)
     if kernel.startswith("conv2d_") and kernel not in ("conv2d_weights", "conv2d_finish_f32"):
         # the generic kernel: a trip per K-slice of 16; the direct kernels (kernels/conv.cu): a
-        # trip per slice of input channels. The input, the weights and the output once (for the
-        # direct kernels each split's partial plane)
+        # trip per slice of input channels. The input, the weights and the output once; split,
+        # also each split's partial plane written and read back by the tile's last block
         s = conv_shape(args)
         weights = s["co"] * s["ci"] * s["k"] ** 2
         io = s["n"] * s["ci"] * s["stored"] + weights
         if kernel == "conv2d_generic_f32":
             return math.ceil(s["ci"] * s["k"] ** 2 / TILE_K), 4 * (io + s["n"] * s["co"] * s["ho"] * s["wo"])
-        return s["per_split"], 4 * (io + grid[2] * s["n"] * s["co"] * s["ho"] * s["wo"])
+        out = s["n"] * s["co"] * s["ho"] * s["wo"]
+        return s["per_split"], 4 * (io + (2 * grid[2] + 1 if grid[2] > 1 else 1) * out)
     if kernel in ("gemm_tf32", "gemm_bf16"):
         # the first slice of a split before the main loop, then a trip per slice; the operands
-        # once and each split's partial plane
+        # and the output once, split also each split's partial plane written and read back
         s = gemm_shape(args)
         batch = grid[2]
         splits = math.ceil(s["slices"] / s["per_split"]) if s["slices"] else 1
-        io = batch * (s["m"] * s["k"] + s["k"] * s["n"]) + splits * batch * s["m"] * s["n"]
+        planes = 2 * splits + 1 if splits > 1 else 1
+        io = batch * (s["m"] * s["k"] + s["k"] * s["n"]) + planes * batch * s["m"] * s["n"]
         return max(s["per_split"] - 1, 0), 4 * io
     if kernel == "gemm_f32":
         s = gemm_shape(args)

@@ -234,6 +234,48 @@ fn the_fused_resnet_head_matches_norm_silu_conv_bias_temb_residual_scale() {
     }
 }
 
+/// A convolution split among blocks (8×8 pixels, 64 → 64 channels: one tile per sample, so its 4
+/// slices of 16 channels go to 4 blocks) ends the same, bit for bit, whether the last block of a
+/// tile sums the partial planes (the device's tile counters) or a finishing launch does.
+#[test]
+fn split_k_finished_in_the_kernel_equals_the_finishing_launch() {
+    use dydiff::backend::cuda::emu::Emulator;
+    let (n, ci, co) = (3, 64, 64);
+    let g = geom(n, ci, (8, 8), co, 3, 1, [1, 1, 1, 1]);
+    let (x, wt) = (rand_vec(n * ci * 64, 700), rand_vec(co * ci * 9, 701));
+    let (b, temb, res) = (
+        rand_vec(co, 702),
+        rand_vec(n * co, 703),
+        rand_vec(n * co * 64, 704),
+    );
+    let run = |gpu: Arc<dyn Gpu>, p: Precision| {
+        let up = |v: &[f32]| Buffer::from_f32(&gpu, v).unwrap();
+        let (dx, dw, db, dt, dr) = (up(&x), up(&wt), up(&b), up(&temb), up(&res));
+        let epi = ConvEpilogue {
+            bias: Some(&db),
+            temb: Some(&dt),
+            residual: Some(&dr),
+            scale: 0.5,
+        };
+        conv::conv2d(&ConvInput::plain(&dx), &dw, &g, &epi, p)
+            .unwrap()
+            .to_f32()
+            .unwrap()
+    };
+    for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+        let with = Arc::new(Emulator::default());
+        assert!(with.tile_counters().is_some());
+        let in_kernel = run(with.clone(), p);
+        let launched = run(Arc::new(Emulator::without_tile_counters()), p);
+        assert_eq!(in_kernel, launched, "{p:?}");
+        // the counters are back to zero for the next launch
+        let mut counts = vec![0u8; 4 * 64];
+        with.copy_from_device(with.tile_counters().unwrap(), &mut counts)
+            .unwrap();
+        assert!(counts.iter().all(|&c| c == 0), "{p:?}");
+    }
+}
+
 #[test]
 fn the_skip_concatenation_and_upsampling_are_read_in_place() {
     let gpu = gpu();

@@ -117,6 +117,11 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   ::emu::warp_exchange(mask, nullptr, 0, "__syncwarp");
 }
 inline void __threadfence() {}
+// A load that bypasses L1 (ld.global.cg): the same load here, where memory has no caches.
+template <typename T>
+T __ldcg(const T* p) {
+  return *p;
+}
 inline void __threadfence_block() {}
 inline unsigned __activemask() {
   // Every lane of the warp that exists is active at a convergence point in this model.

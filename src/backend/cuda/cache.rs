@@ -318,6 +318,10 @@ impl<G: Gpu> Gpu for Cached<G> {
         self.inner.sum_over_ranks(src, dst, len)
     }
 
+    fn tile_counters(&self) -> Option<DevicePtr> {
+        self.inner.tile_counters()
+    }
+
     fn memory_stats(&self) -> MemoryStats {
         self.lock().stats
     }

@@ -7,7 +7,8 @@
 //! Which kernel runs: the network's geometries (3×3 at stride 1 and 2, 1×1 at stride 1) run the
 //! direct kernels — `conv2d_weights` first prepares the weights in the kernel's order, then
 //! `conv2d_{precision}_{k3s1,k3s2,k1s1}` (`_norm_silu` when a 3×3 stride-1 input is normalised
-//! and activated: fused), then `conv2d_finish_f32` when the slices were split among blocks; a norm
+//! and activated: fused), whose last block per tile sums the partials when the slices were split
+//! among blocks (`conv2d_finish_f32` does where the device has no tile counters left); a norm
 //! or SiLU the direct kernel does not fuse runs as a pass of its own first. Any other kernel size
 //! or stride runs `conv2d_generic_f32` (float32 whatever the precision).
 //!
@@ -22,7 +23,7 @@
 
 use super::buffer::Buffer;
 use super::check;
-use super::gpu::{DevicePtr, KernelArg, LaunchShape};
+use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::Precision;
 use crate::backend::{ConvGeom, NormGeom};
 use crate::error::{Error, Result};
@@ -441,6 +442,11 @@ fn convolve(
     } else {
         None
     };
+    // split, the last block of each tile finishes it (kernels/splitk.cuh) where the device's
+    // counters cover the tiles; a launch of its own otherwise
+    let counters = gpu
+        .tile_counters()
+        .filter(|_| splits > 1 && grid_x as usize * co_tiles <= TILE_COUNTERS);
     gpu.launch(
         &name,
         LaunchShape {
@@ -458,11 +464,13 @@ fn convolve(
             ptr(fused_norm.map(|n| n.stats)),
             ptr(fused_norm.map(|n| n.gamma)),
             ptr(fused_norm.map(|n| n.beta)),
-            KernelArg::Ptr(parts.as_ref().unwrap_or(&y).ptr()),
+            KernelArg::Ptr(y.ptr()),
+            ptr(parts.as_ref()),
+            KernelArg::Ptr(counters.unwrap_or(DevicePtr(0))),
             struct_arg,
         ],
     )?;
-    if let Some(parts) = parts {
+    if let (Some(parts), None) = (parts, counters) {
         gpu.launch(
             "conv2d_finish_f32",
             LaunchShape::linear(y.len(), 256),

@@ -27,6 +27,8 @@ pub struct Driver {
     /// is not available on every rank).
     #[cfg(feature = "mpi")]
     nccl: std::sync::OnceLock<Option<super::nccl::Communicator>>,
+    /// [`Gpu::tile_counters`], allocated and zeroed when the device is opened.
+    counters: DevicePtr,
 }
 
 /// An instantiated graph.
@@ -127,7 +129,7 @@ impl Driver {
                     kernels::architectures().unwrap_or("?").replace(';', ", sm_"),
                 ))
             })?;
-        Ok(Driver {
+        let mut driver = Driver {
             ctx,
             stream,
             module: Module(module),
@@ -136,7 +138,13 @@ impl Driver {
             graphs: Mutex::new((HashMap::new(), 0)),
             #[cfg(feature = "mpi")]
             nccl: std::sync::OnceLock::new(),
-        })
+            counters: DevicePtr(0),
+        };
+        // the split-K tile counters, zeroed once here (the kernels leave them zero)
+        let bytes = 4 * super::gpu::TILE_COUNTERS;
+        driver.counters = driver.alloc(bytes)?;
+        driver.copy_to_device(driver.counters, &vec![0u8; bytes])?;
+        Ok(driver)
     }
 
     /// The device's name, compute capability and memory in bytes.
@@ -194,6 +202,10 @@ impl Driver {
 }
 
 impl Gpu for Driver {
+    fn tile_counters(&self) -> Option<DevicePtr> {
+        Some(self.counters)
+    }
+
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         self.bind()?;
         // SAFETY: a plain allocation on the bound context.

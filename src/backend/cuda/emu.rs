@@ -62,9 +62,28 @@ pub fn set_thread_order(order: ThreadOrder) {
 
 /// The CPU emulator of a GPU: launch timings and graphs (allocations are tracked by the
 /// runtime of `kernels/emu/emu.cpp`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Emulator {
     state: Mutex<State>,
+    /// [`Gpu::tile_counters`], zeroed; null if the allocation failed (split-K then finishes with
+    /// a launch).
+    counters: DevicePtr,
+}
+
+impl Default for Emulator {
+    fn default() -> Emulator {
+        let bytes = 4 * super::gpu::TILE_COUNTERS;
+        // SAFETY: plain allocation call; a null result is handled; the memory is the host's.
+        let p = unsafe { dydiff_emu_alloc(bytes) };
+        if !p.is_null() {
+            // SAFETY: `p` holds `bytes` bytes.
+            unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0, bytes) };
+        }
+        Emulator {
+            state: Mutex::default(),
+            counters: DevicePtr(p as u64),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -195,7 +214,34 @@ fn emulated(what: String) -> Error {
     Error::Backend(format!("CUDA emulator: {what}"))
 }
 
+impl Emulator {
+    /// An emulator without [`Gpu::tile_counters`]: split-K launches finish with a launch of their
+    /// own, as on a device whose counters do not cover a launch's tiles (tests compare the two).
+    pub fn without_tile_counters() -> Emulator {
+        let mut e = Emulator::default();
+        if e.counters.0 != 0 {
+            // SAFETY: the allocation made in `default`, freed once (the field is cleared).
+            unsafe { dydiff_emu_free(e.counters.0 as *mut c_void) };
+            e.counters = DevicePtr(0);
+        }
+        e
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if self.counters.0 != 0 {
+            // SAFETY: the allocation made in `default`, freed once.
+            unsafe { dydiff_emu_free(self.counters.0 as *mut c_void) };
+        }
+    }
+}
+
 impl Gpu for Emulator {
+    fn tile_counters(&self) -> Option<DevicePtr> {
+        (self.counters.0 != 0).then_some(self.counters)
+    }
+
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         // SAFETY: plain allocation call; a null result is handled.
         let p = unsafe { dydiff_emu_alloc(bytes) };

@@ -1,6 +1,7 @@
 //! Launchers of `kernels/gemm.cu`: batched matrix products with a fused epilogue (bias, output
 //! scale, residual), on the tensor cores in TF32 or bf16 (operands packed K-contiguous first where
-//! they are not; split-K with `conv2d_finish_f32` where a product has few tiles) or with FFMA in
+//! they are not; split-K where a product has few tiles, finished by the last block of each tile)
+//! or with FFMA in
 //! float32; and [`pack`], an operand rewritten K-contiguous, group-normalised on the way. The semantics of
 //! [`crate::backend::BackendStorage::matmul`] and [`crate::backend::BackendStorage::linear`];
 //! `cargo test --release --test cuda_gemm` compares them with the CPU backend.
@@ -8,7 +9,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::conv::{NormOnLoad, SMS, SPLIT_BATCH};
-use super::gpu::{DevicePtr, KernelArg, LaunchShape};
+use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::Precision;
 use crate::backend::MatmulGeom;
 use crate::error::{Error, Result};
@@ -163,33 +164,28 @@ pub fn strided(
         slices: 0,
         per_split: 0,
     };
-    let launch = |name: &str,
-                  grid: [u32; 3],
-                  shared: usize,
-                  a: &Buffer,
-                  b: &Buffer,
-                  c: &Buffer,
-                  shape: &GemmShape| {
-        gpu.launch(
-            name,
-            LaunchShape {
-                grid,
-                block: [128, 1, 1],
-                shared_bytes: shared as u32,
-            },
-            &[
-                KernelArg::Ptr(a.ptr()),
-                KernelArg::Ptr(b.ptr()),
-                KernelArg::Ptr(c.ptr()),
-                ptr(epilogue.bias),
-                ptr(epilogue.residual),
-                KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
-            ],
-        )
+    // the arguments every variant takes: the operands, C, bias, residual, shape
+    let args = |a: &Buffer, b: &Buffer, shape: &GemmShape| {
+        vec![
+            KernelArg::Ptr(a.ptr()),
+            KernelArg::Ptr(b.ptr()),
+            KernelArg::Ptr(c.ptr()),
+            ptr(epilogue.bias),
+            ptr(epilogue.residual),
+            KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
+        ]
     };
     if precision == Precision::Fp32 {
         let grid = [n_tiles as u32, m_tiles as u32, batch];
-        launch("gemm_f32", grid, 0, a, b, &c, &shape)?;
+        gpu.launch(
+            "gemm_f32",
+            LaunchShape {
+                grid,
+                block: [128, 1, 1],
+                shared_bytes: 0,
+            },
+            &args(a, b, &shape),
+        )?;
         return Ok(c);
     }
 
@@ -267,16 +263,24 @@ pub fn strided(
     } else {
         None
     };
-    launch(
+    // split, the last block of each tile finishes it (kernels/splitk.cuh) where the device's
+    // counters cover the tiles; a launch of its own otherwise
+    let counters = gpu
+        .tile_counters()
+        .filter(|_| splits > 1 && n_tiles * m_tiles * g.batch <= TILE_COUNTERS);
+    let mut tc_args = args(a, b, &shape);
+    tc_args.push(ptr(parts.as_ref()));
+    tc_args.push(KernelArg::Ptr(counters.unwrap_or(DevicePtr(0))));
+    gpu.launch(
         &precision.kernel("gemm"),
-        [n_tiles as u32, grid_y, batch],
-        shared_bytes(precision),
-        a,
-        b,
-        parts.as_ref().unwrap_or(&c),
-        &shape,
+        LaunchShape {
+            grid: [n_tiles as u32, grid_y, batch],
+            block: [128, 1, 1],
+            shared_bytes: shared_bytes(precision) as u32,
+        },
+        &tc_args,
     )?;
-    if let Some(parts) = parts {
+    if let (Some(parts), None) = (parts, counters) {
         // the finish's bias is per channel `(i / hw) % co`: a column's (hw 1, co n) or a row's
         // (hw n, co m)
         let (outer, co, hw) = if epilogue.bias_per_row {

@@ -64,8 +64,19 @@ impl LaunchShape {
     }
 }
 
+/// Counters in a device's [`Gpu::tile_counters`] table: one per output tile of a split-K launch
+/// that finishes in the kernel (`kernels/splitk.cuh`); a launch with more tiles finishes with a
+/// launch of its own.
+pub const TILE_COUNTERS: usize = 1 << 16;
+
 /// A device that runs dydiff's kernels. Errors are one line naming the kernel or the request.
 pub trait Gpu: Send + Sync {
+    /// [`TILE_COUNTERS`] 32-bit counters, zero between launches (each split-K launch that uses
+    /// them puts back what it took), allocated when the device is opened — never during a
+    /// capture; `None` where the device has none (split-K then finishes with a launch).
+    fn tile_counters(&self) -> Option<DevicePtr> {
+        None
+    }
     /// `bytes` of device memory (contents undefined).
     fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
     /// Returns memory from [`alloc`](Gpu::alloc).
