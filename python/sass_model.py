@@ -191,7 +191,9 @@ def main():
     ap.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     ap.add_argument("--by-kernel", action="store_true", help="one row per kernel, not per launch")
     ap.add_argument("--all", action="store_true",
-                    help="every launch of the plan (default: its first repetition, up to the next launch of its first kernel)")
+                    help="every launch of the plan (default: its last repetition, from the last launch of its first kernel)")
+    ap.add_argument("--first", action="store_true",
+                    help="the plan's first repetition instead: with the work done once per model (the weights prepared)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", type=pathlib.Path,
                     help="also write the per-kernel predictions (seconds per scenario) as JSON")
@@ -199,11 +201,13 @@ def main():
     gpu = GPUS[args.gpu]
     launches = [json.loads(l) for l in args.plan.read_text().splitlines() if l.strip()]
     if not args.all:
-        # a bench repeats its work (timed, then profiled): the launches up to the next one of the
-        # first launch's kernel are one repetition
-        again = [i for i, la in enumerate(launches) if i and la["kernel"] == launches[0]["kernel"]]
-        if again:
-            launches = launches[:again[0]]
+        # a bench repeats its work (timed, then profiled): the launches from one of the first
+        # launch's kernel to the next are one repetition. The last is the steady state (what a
+        # sampler's every step runs); the first also does the work done once per model, such as
+        # the convolutions' weights prepared in their kernels' order
+        starts = [i for i, la in enumerate(launches) if la["kernel"] == launches[0]["kernel"]]
+        if len(starts) > 1:
+            launches = launches[:starts[1]] if args.first else launches[starts[-1]:]
     fatbin, figures = sass.read(args.fatbin, 90)
     rows, totals = [], {s: 0.0 for s in SCENARIOS}
     for la in launches:

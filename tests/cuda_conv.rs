@@ -276,6 +276,148 @@ fn split_k_finished_in_the_kernel_equals_the_finishing_launch() {
     }
 }
 
+/// The weights prepared in the kernel's order are made once per weights, layout and precision
+/// and kept while the weights do not change: the same convolution again launches no
+/// `conv2d_weights` and gives the same values; after the optimizer writes the parameters in place
+/// (the weights being a view of them, as a network's are), or a copy into them that says so, the
+/// preparation runs again and the result is that of the new weights.
+#[test]
+fn prepared_weights_are_kept_until_the_weights_change() {
+    use dydiff::backend::cuda::optim;
+    use dydiff::backend::AdamStep;
+    let gpu = gpu();
+    let (n, ci, co) = (2, 24, 40);
+    let g = geom(n, ci, (9, 7), co, 3, 1, [1, 1, 1, 1]);
+    let len = co * ci * 9;
+    let x = Buffer::from_f32(&gpu, &rand_vec(n * ci * 63, 710)).unwrap();
+    let whole = Arc::new(Buffer::from_f32(&gpu, &rand_vec(len + 5, 711)).unwrap());
+    let views = Buffer::views(&whole, &[len, 5]).unwrap();
+    let w = &views[0];
+    let conv = |w: &Buffer, p: Precision| {
+        conv::conv2d(&ConvInput::plain(&x), w, &g, &ConvEpilogue::NONE, p)
+            .unwrap()
+            .to_f32()
+            .unwrap()
+    };
+    // a fresh buffer holding `w`'s present values: nothing prepared yet
+    let fresh = |p: Precision| {
+        let copy = Buffer::from_f32(&gpu, &w.to_f32().unwrap()).unwrap();
+        conv(&copy, p)
+    };
+    let preparations = || {
+        let times = gpu.kernel_times().unwrap();
+        let t = times.iter().find(|t| t.name == "conv2d_weights");
+        t.map_or(0, |t| t.launches)
+    };
+    gpu.set_timing(true);
+    let first = conv(w, Precision::Tf32);
+    assert_eq!(preparations(), 1);
+    assert_eq!(conv(w, Precision::Tf32), first, "kept weights");
+    assert_eq!(
+        preparations(),
+        1,
+        "the same convolution again prepares nothing"
+    );
+    let bf16 = conv(w, Precision::Bf16);
+    assert_eq!(preparations(), 2, "another precision, another layout");
+    assert_eq!(conv(w, Precision::Tf32), first);
+    assert_eq!(conv(w, Precision::Bf16), bf16);
+    assert_eq!(preparations(), 2, "both layouts kept");
+
+    // the optimizer writes the parameters (and so the weights' view) in place
+    let grads = Buffer::from_f32(&gpu, &rand_vec(len + 5, 712)).unwrap();
+    let zeros = || Buffer::from_f32(&gpu, &vec![0.0; len + 5]).unwrap();
+    let (m, v, ema) = (zeros(), zeros(), zeros());
+    let loss = Buffer::from_f32(&gpu, &[1.0]).unwrap();
+    let step = AdamStep {
+        lr: 0.05,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        bc1: 0.1,
+        bc2: 0.001,
+        max_norm: 1e9,
+        ema_decay: 0.5,
+    };
+    optim::adamw(&whole, &[&grads], (&m, &v, &ema), &loss, &step).unwrap();
+    let before = preparations();
+    let updated = conv(w, Precision::Tf32);
+    assert_ne!(updated, first, "the update changed the weights");
+    assert_eq!(
+        updated,
+        fresh(Precision::Tf32),
+        "prepared again from the new weights"
+    );
+    assert_eq!(
+        preparations(),
+        before + 2,
+        "once for the view, once for the fresh copy"
+    );
+
+    // a copy into the buffer that says so (as a captured step's inputs are refilled)
+    let values = rand_vec(len + 5, 713);
+    gpu.copy_to_device(whole.ptr(), bytemuck::cast_slice(&values))
+        .unwrap();
+    whole.touch();
+    assert_eq!(conv(w, Precision::Bf16), fresh(Precision::Bf16));
+    gpu.set_timing(false);
+}
+
+/// In a graph capture (behind the caching allocator, as every device is opened), weights already
+/// prepared are used — the graph replays them, no `conv2d_weights` in it — and weights not yet
+/// prepared are prepared inside the graph but not kept (their memory is the graph's).
+#[test]
+fn a_capture_uses_prepared_weights_and_keeps_none_of_its_own() {
+    use dydiff::backend::cuda::cache::Cached;
+    use dydiff::backend::cuda::emu::Emulator;
+    let gpu: Arc<dyn Gpu> = Arc::new(Cached::new(Emulator::default()));
+    let (n, ci, co) = (2, 16, 24);
+    let g = geom(n, ci, (8, 8), co, 3, 1, [1, 1, 1, 1]);
+    let x = Buffer::from_f32(&gpu, &rand_vec(n * ci * 64, 720)).unwrap();
+    let (w1, w2) = (
+        Buffer::from_f32(&gpu, &rand_vec(co * ci * 9, 721)).unwrap(),
+        Buffer::from_f32(&gpu, &rand_vec(co * ci * 9, 722)).unwrap(),
+    );
+    let conv = |w: &Buffer| {
+        conv::conv2d(
+            &ConvInput::plain(&x),
+            w,
+            &g,
+            &ConvEpilogue::NONE,
+            Precision::Tf32,
+        )
+        .unwrap()
+    };
+    let want1 = conv(&w1).to_f32().unwrap();
+    let want2 = conv(&w2).to_f32().unwrap();
+    let w2_again = Buffer::from_f32(&gpu, &w2.to_f32().unwrap()).unwrap(); // nothing prepared
+    gpu.begin_capture().unwrap();
+    let (y1, y2) = (conv(&w1), conv(&w2_again));
+    let graph = gpu.end_capture().unwrap();
+    gpu.set_timing(true);
+    gpu.replay(graph).unwrap();
+    assert_eq!(y1.to_f32().unwrap(), want1);
+    assert_eq!(y2.to_f32().unwrap(), want2);
+    let preparations = || {
+        let times = gpu.kernel_times().unwrap();
+        let t = times.iter().find(|t| t.name == "conv2d_weights");
+        t.map_or(0, |t| t.launches)
+    };
+    assert_eq!(preparations(), 1, "the graph prepares w2's copy, not w1");
+    gpu.set_timing(false);
+    gpu.set_timing(true);
+    conv(&w1);
+    conv(&w2_again);
+    assert_eq!(
+        preparations(),
+        1,
+        "w1 kept from before the capture, w2's copy not kept by it"
+    );
+    gpu.set_timing(false);
+    gpu.drop_graph(graph).unwrap();
+}
+
 #[test]
 fn the_skip_concatenation_and_upsampling_are_read_in_place() {
     let gpu = gpu();

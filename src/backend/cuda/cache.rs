@@ -268,6 +268,10 @@ impl<G: Gpu> Gpu for Cached<G> {
         Ok(())
     }
 
+    fn capturing(&self) -> bool {
+        self.lock().capturing.is_some()
+    }
+
     fn end_capture(&self) -> Result<GraphId> {
         let result = self.inner.end_capture();
         {

@@ -5,7 +5,8 @@
 //! the CPU backend's unfused operations.
 //!
 //! Which kernel runs: the network's geometries (3×3 at stride 1 and 2, 1×1 at stride 1) run the
-//! direct kernels — `conv2d_weights` first prepares the weights in the kernel's order, then
+//! direct kernels — `conv2d_weights` first prepares the weights in the kernel's order (once per
+//! weights and layout: kept with the weights' buffer until they change, [`Buffer::derived`]), then
 //! `conv2d_{precision}_{k3s1,k3s2,k1s1}` (`_norm_silu` when a 3×3 stride-1 input is normalised
 //! and activated: fused), whose last block per tile sums the partials when the slices were split
 //! among blocks (`conv2d_finish_f32` does where the device has no tile counters left); a norm
@@ -224,8 +225,9 @@ impl Direct {
 /// (`pad[0]` on top, `pad[2]` on the left; the output size comes from `g`).
 ///
 /// 3×3 kernels at stride 1 and 2 and 1×1 kernels at stride 1 — every convolution of the network
-/// — run the direct kernels at `precision` (the weights prepared first by `conv2d_weights`;
-/// split-K with a finishing sum where a layer has few tiles); a group norm or SiLU on load is
+/// — run the direct kernels at `precision` (the weights prepared by `conv2d_weights` the first
+/// time, then kept with `w` until it is written in place; split-K with a finishing sum where a
+/// layer has few tiles); a group norm or SiLU on load is
 /// fused into the 3×3 stride-1 kernel when it ends in SiLU, and otherwise applied by a separate
 /// pass before the convolution. Other kernel sizes and strides run the generic kernel in float32.
 pub fn conv2d(
@@ -408,25 +410,35 @@ fn convolve(
     }
     let struct_arg = KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec());
 
-    // the weights as the kernel reads them
+    // the weights as the kernel reads them: prepared once and kept with the weights while they
+    // do not change (a sampler's every step reuses them)
     let words = 16 * g.k * g.k * direct.words_per_slice(precision); // per slice and 16 rows
     let rows16 = co_tiles * direct.block_co() / 16;
-    let prepared = Buffer::alloc(gpu, slices * rows16 * words)?;
-    gpu.launch(
-        "conv2d_weights",
-        LaunchShape {
-            grid: [words.div_ceil(256) as u32, rows16 as u32, slices as u32],
-            block: [256, 1, 1],
-            shared_bytes: 0,
-        },
-        &[
-            KernelArg::Ptr(w.ptr()),
-            KernelArg::Ptr(prepared.ptr()),
-            struct_arg.clone(),
-            KernelArg::I32(i32::from(precision.mma_code())),
-            KernelArg::I32(i32::from(flipped)),
-        ],
-    )?;
+    let key = [g.co, g.ci, c1, g.k, kc, rows16, words, slices].map(|v| v as i64);
+    let key = [
+        &key[..],
+        &[i64::from(precision.mma_code()), i64::from(flipped)],
+    ]
+    .concat();
+    let prepared = w.derived(&key, || {
+        let prepared = Buffer::alloc(gpu, slices * rows16 * words)?;
+        gpu.launch(
+            "conv2d_weights",
+            LaunchShape {
+                grid: [words.div_ceil(256) as u32, rows16 as u32, slices as u32],
+                block: [256, 1, 1],
+                shared_bytes: 0,
+            },
+            &[
+                KernelArg::Ptr(w.ptr()),
+                KernelArg::Ptr(prepared.ptr()),
+                struct_arg.clone(),
+                KernelArg::I32(i32::from(precision.mma_code())),
+                KernelArg::I32(i32::from(flipped)),
+            ],
+        )?;
+        Ok(prepared)
+    })?;
 
     let grid_x = u32::try_from(g.n * tiles_x * tiles_y)
         .map_err(|_| Error::shape(OP, format!("{} output tiles", g.n * tiles_x * tiles_y)))?;

@@ -331,6 +331,12 @@ impl Gpu for Driver {
             .map_err(|e| cuda("cannot begin a graph capture", e))
     }
 
+    fn capturing(&self) -> bool {
+        self.stream
+            .capture_status()
+            .is_ok_and(|s| s == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE)
+    }
+
     fn end_capture(&self) -> Result<GraphId> {
         let graph = self
             .stream

@@ -315,6 +315,10 @@ impl Gpu for Emulator {
         Ok(())
     }
 
+    fn capturing(&self) -> bool {
+        self.lock().capture.is_some()
+    }
+
     fn end_capture(&self) -> Result<GraphId> {
         let mut s = self.lock();
         let Some(list) = s.capture.take() else {

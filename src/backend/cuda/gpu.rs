@@ -98,6 +98,9 @@ pub trait Gpu: Send + Sync {
     /// Allocation and free stay allowed; the memory a graph uses must outlive it
     /// ([`super::cache::Cached`] keeps it).
     fn begin_capture(&self) -> Result<()>;
+    /// Whether a graph is being captured ([`begin_capture`](Gpu::begin_capture) without its
+    /// end yet).
+    fn capturing(&self) -> bool;
     /// Ends the capture and instantiates what was recorded.
     fn end_capture(&self) -> Result<GraphId>;
     /// Runs a graph's launches and copies, in order with everything else.

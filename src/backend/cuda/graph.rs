@@ -88,6 +88,7 @@ impl StepGraph {
             let (dst, src) = (cuda_storage(fixed)?.buffer(), cuda_storage(new)?.buffer());
             self.gpu
                 .copy_on_device(dst.ptr(), src.ptr(), 4 * dst.len())?;
+            dst.touch();
         }
         self.gpu.replay(c.graph)?;
         c.outputs.iter().map(duplicate).collect()

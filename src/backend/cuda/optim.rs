@@ -181,5 +181,9 @@ pub fn adamw(
         .collect();
     args.push(KernelArg::Struct(bytemuck::bytes_of(&hyper).to_vec()));
     gpu.launch("adamw_fused_f32", blocks, &args)?;
+    // written in place: what was derived from them (prepared convolution weights) is stale
+    for b in [p, m, v, e] {
+        b.touch();
+    }
     Ok(norm)
 }
