@@ -5,8 +5,13 @@
 //!   every `kernels/NAME.cu` (and the emulator's own test kernels, `kernels/emu/selftest.cu`) it
 //!   writes a translation unit that includes the source and lists its kernels — every
 //!   `extern "C" __global__ void KERNEL(` — in a table (`kernels/emu/registry.h`), and one
-//!   function, `dydiff_emu_find`, that looks a kernel up by name across all tables. This needs a
-//!   C++ compiler (the `cc` crate finds it).
+//!   function, `dydiff_emu_find`, that looks a kernel up by name across all tables. Each entry
+//!   also carries what the GPU would hold a launch to: the kernel's `__launch_bounds__` (its most
+//!   threads per block) and, where nvcc built the kernels, the registers per thread and static
+//!   shared memory of its machine code (the most over the architectures, from `cuobjdump
+//!   -res-usage`; the emulator's own test kernels compiled to a cubin for this alone), so that
+//!   the emulator refuses a launch the GPU would. This needs a C++ compiler (the `cc` crate
+//!   finds it).
 //! - For the GPU, with the `cuda` feature: with `nvcc` (from `NVCC`, then `CUDA_HOME` or
 //!   `CUDA_PATH`, then `PATH`) into one fatbin, `OUT_DIR/dydiff.fatbin`, holding machine code for
 //!   every architecture of `DYDIFF_CUDA_ARCHS` (default `80;90`) and PTX of the highest; the crate
@@ -46,6 +51,35 @@ fn main() {
         .warnings(true)
         .file(kernels.join("emu").join("emu.cpp"));
 
+    // the GPU's build first: the emulator's tables carry its resource figures
+    println!("cargo::rustc-check-cfg=cfg(dydiff_kernels)");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=CUDA_PATH");
+    println!("cargo:rerun-if-env-changed=DYDIFF_CUDA_ARCHS");
+    let mut resources = Resources::new();
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        let archs = std::env::var("DYDIFF_CUDA_ARCHS").unwrap_or_else(|_| "80;90".into());
+        println!("cargo:rustc-env=DYDIFF_CUDA_ARCHS={archs}");
+        let device_sources: Vec<&PathBuf> = sources
+            .iter()
+            .filter(|p| p.parent() == Some(kernels.as_path()))
+            .collect();
+        match find_nvcc() {
+            None => println!(
+                "cargo:warning=nvcc not found (NVCC, CUDA_HOME/CUDA_PATH, PATH): building without CUDA kernels; --device cuda will say so"
+            ),
+            Some(nvcc) => {
+                let fatbin = out.join("dydiff.fatbin");
+                compile_fatbin(&nvcc, &archs, &device_sources, &kernels, &fatbin);
+                println!("cargo:rustc-cfg=dydiff_kernels");
+                let selftest = out.join("selftest.cubin");
+                compile_selftest(&nvcc, &kernels, &selftest);
+                resources = read_resources(&nvcc, &[(&fatbin, 0), (&selftest, 90)]);
+            }
+        }
+    }
+
     let mut find = String::from("#include \"registry.h\"\n#include <cstring>\n\n");
     let mut lookups = String::new();
     for (i, src) in sources.iter().enumerate() {
@@ -56,11 +90,16 @@ fn main() {
             "#include \"emu.h\"\n#include \"registry.h\"\n#include \"{}\"\n\nstatic const ::emu::Kernel kTable[] = {{\n",
             src.display()
         );
-        for n in &names {
-            let _ = writeln!(body, "    EMU_KERNEL({n}),");
+        for (n, bounds) in &names {
+            let (registers, shared) = resources.get(n.as_str()).copied().unwrap_or((0, 0));
+            let bounds = bounds.as_deref().unwrap_or("0");
+            let _ = writeln!(
+                body,
+                "    EMU_KERNEL({n}, {bounds}, {registers}, {shared}),"
+            );
         }
         if names.is_empty() {
-            body.push_str("    {nullptr, 0, nullptr, nullptr},\n");
+            body.push_str("    {nullptr, 0, nullptr, nullptr, 0, 0, 0},\n");
         }
         let _ = write!(
             body,
@@ -83,30 +122,11 @@ fn main() {
     write_if_changed(&find_unit, &find);
     build.file(&find_unit);
     build.compile("dydiff_emu");
-
-    println!("cargo::rustc-check-cfg=cfg(dydiff_kernels)");
-    println!("cargo:rerun-if-env-changed=NVCC");
-    println!("cargo:rerun-if-env-changed=CUDA_HOME");
-    println!("cargo:rerun-if-env-changed=CUDA_PATH");
-    println!("cargo:rerun-if-env-changed=DYDIFF_CUDA_ARCHS");
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        let archs = std::env::var("DYDIFF_CUDA_ARCHS").unwrap_or_else(|_| "80;90".into());
-        println!("cargo:rustc-env=DYDIFF_CUDA_ARCHS={archs}");
-        let device_sources: Vec<&PathBuf> = sources
-            .iter()
-            .filter(|p| p.parent() == Some(kernels.as_path()))
-            .collect();
-        match find_nvcc() {
-            None => println!(
-                "cargo:warning=nvcc not found (NVCC, CUDA_HOME/CUDA_PATH, PATH): building without CUDA kernels; --device cuda will say so"
-            ),
-            Some(nvcc) => {
-                compile_fatbin(&nvcc, &archs, &device_sources, &kernels, &out);
-                println!("cargo:rustc-cfg=dydiff_kernels");
-            }
-        }
-    }
 }
+
+/// Per kernel: registers per thread and static shared bytes of its machine code, the most over
+/// the architectures built.
+type Resources = std::collections::HashMap<String, (u32, u32)>;
 
 /// `nvcc` from `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`; only one that runs.
 fn find_nvcc() -> Option<PathBuf> {
@@ -128,9 +148,9 @@ fn find_nvcc() -> Option<PathBuf> {
     })
 }
 
-/// One translation unit including every kernel source, compiled to `OUT_DIR/dydiff.fatbin` with
-/// machine code for each architecture of `archs` (`80;90`) and PTX of the highest.
-fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[&PathBuf], kernels: &Path, out: &Path) {
+/// One translation unit including every kernel source, compiled to `fatbin` with machine code
+/// for each architecture of `archs` (`80;90`) and PTX of the highest.
+fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[&PathBuf], kernels: &Path, fatbin: &Path) {
     let mut list: Vec<u32> = archs
         .split([';', ','])
         .filter_map(|a| a.trim().parse().ok())
@@ -141,7 +161,7 @@ fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[&PathBuf], kernels: &Path
         eprintln!("DYDIFF_CUDA_ARCHS: expected compute capabilities like 80;90, found {archs:?}");
         std::process::exit(1);
     }
-    let unit = out.join("kernels_all.cu");
+    let unit = fatbin.with_file_name("kernels_all.cu");
     let text: String = sources
         .iter()
         .map(|s| format!("#include \"{}\"\n", s.display()))
@@ -154,47 +174,115 @@ fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[&PathBuf], kernels: &Path
         .arg("-I")
         .arg(kernels)
         .arg("-o")
-        .arg(out.join("dydiff.fatbin"));
+        .arg(fatbin);
     for a in &list {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }
     let top = list[list.len() - 1];
     cmd.arg(format!("-gencode=arch=compute_{top},code=compute_{top}"));
     cmd.arg(&unit);
+    run_or_exit(cmd, "the kernels");
+}
+
+/// The emulator's test kernels (`kernels/emu/selftest.cu`) as a cubin for sm_90, only for their
+/// resource figures (they are never loaded on a GPU).
+fn compile_selftest(nvcc: &Path, kernels: &Path, cubin: &Path) {
+    let mut cmd = std::process::Command::new(nvcc);
+    cmd.args(["-cubin", "-O3", "-std=c++17", "-arch=sm_90", "-I"])
+        .arg(kernels)
+        .arg("-o")
+        .arg(cubin)
+        .arg(kernels.join("emu").join("selftest.cu"));
+    run_or_exit(cmd, "the emulator's test kernels");
+}
+
+/// Runs an nvcc command; stops the build with its message if it fails.
+fn run_or_exit(mut cmd: std::process::Command, what: &str) {
     match cmd.output() {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             eprintln!(
-                "nvcc failed on the kernels:\n{}{}",
+                "nvcc failed on {what}:\n{}{}",
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr)
             );
             std::process::exit(1);
         }
         Err(e) => {
-            eprintln!("cannot run {}: {e}", nvcc.display());
+            eprintln!("cannot run {}: {e}", cmd.get_program().to_string_lossy());
             std::process::exit(1);
         }
     }
 }
 
-/// The names of the `extern "C" __global__ void [__launch_bounds__(…)] NAME(` kernels in a
-/// source, in order.
-fn kernel_names(text: &str) -> Vec<String> {
+/// The registers and static shared memory of every kernel in `files` (fatbins, whose listing
+/// names each architecture, and cubins of the architecture given beside them), from `cuobjdump
+/// -res-usage` beside nvcc: the most over the architectures, less the 1 KiB that sm_90's figure
+/// holds for the system (CUDA C++ Programming Guide, “Shared Memory”, compute capability 9.0).
+/// Without cuobjdump, none (with a cargo warning: the emulator then checks launch bounds only).
+fn read_resources(nvcc: &Path, files: &[(&Path, u32)]) -> Resources {
+    let cuobjdump = nvcc.with_file_name("cuobjdump");
+    let mut res = Resources::new();
+    for &(f, mut arch) in files {
+        let out = match std::process::Command::new(&cuobjdump)
+            .arg("-res-usage")
+            .arg(f)
+            .output()
+        {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            _ => {
+                println!(
+                    "cargo:warning=cannot run {} -res-usage: the emulator will not check registers per launch",
+                    cuobjdump.display()
+                );
+                return Resources::new();
+            }
+        };
+        let mut name: Option<String> = None;
+        for line in out.lines() {
+            let line = line.trim();
+            if let Some(a) = line.strip_prefix("arch = sm_") {
+                arch = a.trim().parse().unwrap_or(0);
+            } else if let Some(n) = line.strip_prefix("Function ") {
+                name = Some(n.trim_end_matches(':').to_string());
+            } else if let (Some(n), true) = (name.take(), line.starts_with("REG:")) {
+                let field = |key: &str| -> u32 {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(key))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                let e = res.entry(n).or_insert((0, 0));
+                e.0 = e.0.max(field("REG:"));
+                let reserved = if arch >= 90 { 1024 } else { 0 };
+                e.1 = e.1.max(field("SHARED:").saturating_sub(reserved));
+            }
+        }
+    }
+    res
+}
+
+/// The `extern "C" __global__ void [__launch_bounds__(MAX, …)] NAME(` kernels of a source, in
+/// order: each name with the text of its `MAX` (an expression the kernel's source defines).
+fn kernel_names(text: &str) -> Vec<(String, Option<String>)> {
     const OPEN: &str = "extern \"C\" __global__ void ";
     let mut names = Vec::new();
     let mut rest = text;
     while let Some(i) = rest.find(OPEN) {
         rest = rest[i + OPEN.len()..].trim_start();
+        let mut bounds = None;
         if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
-            rest = after[after.find(')').map_or(0, |j| j + 1)..].trim_start();
+            let close = after.find(')').map_or(0, |j| j + 1);
+            let inside = &after[..close.saturating_sub(1)];
+            bounds = inside.split(',').next().map(|b| b.trim().to_string());
+            rest = after[close..].trim_start();
         }
         let name: String = rest
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
         if !name.is_empty() {
-            names.push(name);
+            names.push((name, bounds));
         }
     }
     names

@@ -62,8 +62,8 @@ extern "C" __global__ void __launch_bounds__(ATT_ROWS* ATT_SPLIT)
     attention_f32(const float* __restrict__ q, const float* __restrict__ k,
                   const float* __restrict__ v, float* __restrict__ out, float* __restrict__ lse,
                   AttnShape s) {
-  __shared__ float ks[ATT_KEYS][ATT_DMAX];
-  __shared__ float vs[ATT_KEYS][ATT_DMAX];
+  DYDIFF_SHARED(float, ks, [ATT_KEYS][ATT_DMAX]);
+  DYDIFF_SHARED(float, vs, [ATT_KEYS][ATT_DMAX]);
   const int c = s.heads * s.d;
   const int t = threadIdx.x % ATT_SPLIT, r = threadIdx.x / ATT_SPLIT;
   const int row = blockIdx.x * ATT_ROWS + r, h = blockIdx.y, n = blockIdx.z;
@@ -141,8 +141,8 @@ __device__ __forceinline__ void flash_attention(const float* __restrict__ q,
                                                 const AttnShape& s) {
   using G = FaGeo<D>;
   constexpr int KT = G::KT, PD = D / 16, NT = KT / 8, DT = D / 8;
-  __shared__ unsigned ks[KT * G::KS];
-  __shared__ unsigned vt[D * G::VS];
+  DYDIFF_SHARED(unsigned, ks, [KT * G::KS]);
+  DYDIFF_SHARED(unsigned, vt, [D * G::VS]);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int c = s.heads * D, h = blockIdx.y, n = blockIdx.z;
   const long long base = (long long)n * s.l * c + h * D;

@@ -17,6 +17,7 @@
 //
 // Launch: grid (⌈l/16⌉, heads, n), 128 threads (16 rows of 8), no dynamic shared memory.
 // Benchmark: `dydiff bench train --device cuda` (per-kernel times).
+#include "ptx.cuh"
 
 #define AB_ROWS 16
 #define AB_TILE 32
@@ -72,8 +73,8 @@ extern "C" __global__ void __launch_bounds__(AB_ROWS* AB_SPLIT)
     attention_bwd_rows_f32(const float* __restrict__ q, const float* __restrict__ k,
                            const float* __restrict__ v, const float* __restrict__ dout,
                            float* __restrict__ lse, float* __restrict__ dsum, AttnBwdShape s) {
-  __shared__ float ks[AB_TILE][AB_DMAX];
-  __shared__ float vs[AB_TILE][AB_DMAX];
+  DYDIFF_SHARED(float, ks, [AB_TILE][AB_DMAX]);
+  DYDIFF_SHARED(float, vs, [AB_TILE][AB_DMAX]);
   const int c = s.heads * s.d, t = threadIdx.x % AB_SPLIT;
   const int row = blockIdx.x * AB_ROWS + threadIdx.x / AB_SPLIT, h = blockIdx.y, n = blockIdx.z;
   const long long base = (long long)n * s.l * c + h * s.d;
@@ -125,8 +126,8 @@ extern "C" __global__ void __launch_bounds__(AB_ROWS* AB_SPLIT)
                          const float* __restrict__ v, const float* __restrict__ dout,
                          const float* __restrict__ lse, const float* __restrict__ dsum,
                          float* __restrict__ dq, AttnBwdShape s) {
-  __shared__ float ks[AB_TILE][AB_DMAX];
-  __shared__ float vs[AB_TILE][AB_DMAX];
+  DYDIFF_SHARED(float, ks, [AB_TILE][AB_DMAX]);
+  DYDIFF_SHARED(float, vs, [AB_TILE][AB_DMAX]);
   const int c = s.heads * s.d, t = threadIdx.x % AB_SPLIT;
   const int row = blockIdx.x * AB_ROWS + threadIdx.x / AB_SPLIT, h = blockIdx.y, n = blockIdx.z;
   const long long base = (long long)n * s.l * c + h * s.d;
@@ -161,9 +162,10 @@ extern "C" __global__ void __launch_bounds__(AB_ROWS* AB_SPLIT)
                           const float* __restrict__ v, const float* __restrict__ dout,
                           const float* __restrict__ lse, const float* __restrict__ dsum,
                           float* __restrict__ dk, float* __restrict__ dv, AttnBwdShape s) {
-  __shared__ float qs[AB_TILE][AB_DMAX];
-  __shared__ float dos[AB_TILE][AB_DMAX];
-  __shared__ float ls[AB_TILE], dss[AB_TILE];
+  DYDIFF_SHARED(float, qs, [AB_TILE][AB_DMAX]);
+  DYDIFF_SHARED(float, dos, [AB_TILE][AB_DMAX]);
+  DYDIFF_SHARED(float, ls, [AB_TILE]);
+  DYDIFF_SHARED(float, dss, [AB_TILE]);
   const int c = s.heads * s.d, t = threadIdx.x % AB_SPLIT;
   const int row = blockIdx.x * AB_ROWS + threadIdx.x / AB_SPLIT, h = blockIdx.y, n = blockIdx.z;
   const long long base = (long long)n * s.l * c + h * s.d;

@@ -197,7 +197,7 @@ extern "C" __global__ void sum_splits_f32(const float* __restrict__ parts, float
 
 // The sum of this block's 256 values `v` (every thread gets it).
 __device__ __forceinline__ float block_sum(float v) {
-  __shared__ float red[256];
+  DYDIFF_SHARED(float, red, [256]);
   red[threadIdx.x] = v;
   __syncthreads();
   for (unsigned h = blockDim.x / 2; h > 0; h /= 2) {

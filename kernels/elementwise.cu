@@ -8,6 +8,7 @@
 // threads per 32×32 tile staged in shared memory (rows padded to 33 floats), so that both the
 // reads and the writes of a warp are consecutive addresses; grid (⌈b/32⌉, ⌈a/32⌉, n).
 // Benchmark: the GPU check script (per-kernel times).
+#include "ptx.cuh"
 
 #define EW_INDEX() ((long long)blockIdx.x * blockDim.x + threadIdx.x)
 
@@ -79,7 +80,7 @@ extern "C" __global__ void channel_copy_f32(const float* __restrict__ src, float
 // (n, a, b) → (n, b, a).
 extern "C" __global__ void transpose12_f32(const float* __restrict__ x, float* __restrict__ y,
                                            int a, int b) {
-  __shared__ float tile[32][33];
+  DYDIFF_SHARED(float, tile, [32][33]);
   long long base = (long long)blockIdx.z * a * b;
   int b0 = blockIdx.x * 32, a0 = blockIdx.y * 32;
   for (int r = threadIdx.y; r < 32; r += blockDim.y) {

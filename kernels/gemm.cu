@@ -343,7 +343,7 @@ extern "C" __global__ void gemm_pack_f32(const float* __restrict__ x, float* __r
                                          int trans, const float* __restrict__ stats,
                                          const float* __restrict__ gamma,
                                          const float* __restrict__ beta, int groups) {
-  __shared__ float tile[32][33];  // [row][k] of the block's 32 × 32 piece
+  DYDIFF_SHARED(float, tile, [32][33]);  // [row][k] of the block's 32 × 32 piece
   const long long b = blockIdx.z;
   const int k0 = blockIdx.x * 32, r0 = blockIdx.y * 32, tx = threadIdx.x, ty = threadIdx.y;
   x += b * stride;

@@ -61,8 +61,8 @@ template <int MMA, class LoadA, class LoadB>
 __device__ __forceinline__ void tile_product(int K, const LoadA& a, bool a_k_contiguous,
                                              const LoadB& b, bool b_k_contiguous,
                                              float acc[2][4][4]) {
-  __shared__ float As[TILE_M][TILE_K];
-  __shared__ float Bs[TILE_N][TILE_K];
+  DYDIFF_SHARED(float, As, [TILE_M][TILE_K]);
+  DYDIFF_SHARED(float, Bs, [TILE_N][TILE_K]);
   // the slices' values at tile-local (row, k)
   auto sa = [&](int row, int k) { return As[row][tile_col<MMA>(row, k)]; };
   auto sb = [&](int col, int k) { return Bs[col][tile_col<MMA>(col, k)]; };

@@ -11,6 +11,7 @@
 // (sample, group), each thread summing a strided share (consecutive threads, consecutive addresses),
 // then a tree in shared memory; bound by memory bandwidth (one read). Apply: one thread per element.
 // Benchmark: the GPU check script (per-kernel times).
+#include "ptx.cuh"
 
 struct NormShape {
   int n, c, c1, hw, groups, silu;
@@ -26,7 +27,8 @@ __device__ __forceinline__ float norm_input(const float* __restrict__ x, const f
 extern "C" __global__ void __launch_bounds__(256)
     group_norm_stats_f32(const float* __restrict__ x, const float* __restrict__ x2,
                          float* __restrict__ stats, NormShape s) {
-  __shared__ double sum[256], sq[256];
+  DYDIFF_SHARED(double, sum, [256]);
+  DYDIFF_SHARED(double, sq, [256]);
   int n = blockIdx.x / s.groups, g = blockIdx.x % s.groups;
   int per = s.c / s.groups;
   long long len = (long long)per * s.hw;

@@ -21,6 +21,7 @@
 // Launch: losses: LOSS_BLOCKS blocks of 256 threads, then one; the optimizer: one block of 256
 // threads per chunk. Bound by memory bandwidth (the update reads 5 and writes 4 arrays).
 // Benchmark: `dydiff bench train --device cuda` (per-kernel times).
+#include "ptx.cuh"
 
 #define OPT_THREADS 256
 
@@ -36,7 +37,7 @@ struct AdamHyper {
 };
 
 __device__ __forceinline__ double opt_block_sum(double v) {
-  __shared__ double red[OPT_THREADS];
+  DYDIFF_SHARED(double, red, [OPT_THREADS]);
   red[threadIdx.x] = v;
   __syncthreads();
   for (unsigned h = OPT_THREADS / 2; h > 0; h /= 2) {

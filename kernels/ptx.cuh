@@ -23,6 +23,12 @@
   extern __shared__ __align__(16) unsigned char dydiff_dynamic_shared_[]; \
   T* name = reinterpret_cast<T*>(dydiff_dynamic_shared_)
 
+// Static shared memory: `DYDIFF_SHARED(float, tile, [32][33]);` declares `__shared__ float
+// tile[32][33]` (16-byte aligned); `DYDIFF_SHARED(int, flag, );` a scalar. On the emulator
+// (kernels/emu/emu.h) the same declaration gets memory between guard pages, filled with NaN bytes
+// at every block's start — the checks dynamic shared memory has.
+#define DYDIFF_SHARED(T, name, dims) __shared__ __align__(16) T name dims
+
 // The float x rounded to TF32 (to nearest, ties away from zero), in a 32-bit register.
 __device__ __forceinline__ unsigned f32_to_tf32(float x) {
   unsigned r;

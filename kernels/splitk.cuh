@@ -10,7 +10,7 @@
 // Called by every thread of the block after it stored its partial sums; true in the block that
 // arrives last among the `splits` blocks counting on `counter`.
 __device__ __forceinline__ bool splitk_arrive_last(unsigned* counter, unsigned splits) {
-  __shared__ int last;
+  DYDIFF_SHARED(int, last, );
   __threadfence();  // this thread's partial sums visible to the whole device first
   __syncthreads();
   if (threadIdx.x == 0 && threadIdx.y == 0) {

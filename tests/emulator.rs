@@ -609,3 +609,127 @@ fn cp_async_copies_arrive_when_their_group_is_waited_for() {
         }
     }
 }
+
+/// Static shared memory has dynamic shared memory's checks: a block reads NaN where none of its
+/// threads wrote (a planted fault: only block 0 fills the tile), a write past the end is caught
+/// in the rounding slack and on the guard page, and more than a block may declare is refused.
+#[test]
+fn static_shared_memory_is_poisoned_bounded_and_limited() {
+    let g = Emulator::default();
+    let out = g.alloc(3 * 256 * 4).unwrap();
+    g.launch(
+        "emu_test_static_shared_unwritten",
+        shape([3, 1, 1], [256, 1, 1], 0),
+        &[KernelArg::Ptr(out)],
+    )
+    .unwrap();
+    let got = download_f32(&g, out, 3 * 256);
+    for t in 0..256 {
+        assert_eq!(got[t], t as f32, "block 0 wrote its tile");
+        assert!(got[256 + t].is_nan() && got[512 + t].is_nan(), "[{t}]");
+    }
+
+    g.launch(
+        "emu_test_static_shared_past_end",
+        shape([2, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::I32(2), KernelArg::Ptr(out)],
+    )
+    .unwrap();
+    assert_eq!(download_f32(&g, out, 3), [1.0, 1.0, 2.0]);
+    let slack = error_of(g.launch(
+        "emu_test_static_shared_past_end",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::I32(3), KernelArg::Ptr(out)],
+    ));
+    assert!(
+        slack.contains("emu_test_static_shared_past_end")
+            && slack.contains("past the end of its static shared memory (12 bytes)"),
+        "{slack}"
+    );
+    let guard = error_of(g.launch(
+        "emu_test_static_shared_past_end",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::I32(4), KernelArg::Ptr(out)],
+    ));
+    assert!(
+        guard.contains("block (0, 0, 0) thread (0, 0, 0)") && guard.contains("invalid access"),
+        "{guard}"
+    );
+
+    let e = error_of(g.launch(
+        "emu_test_static_shared_too_much",
+        shape([1, 1, 1], [32, 1, 1], 0),
+        &[KernelArg::Ptr(out)],
+    ));
+    assert!(
+        e.contains("53248 bytes of static shared memory") && e.contains("49152 static"),
+        "{e}"
+    );
+}
+
+/// The emulator refuses what the GPU refuses at launch, from the kernel's launch bounds and its
+/// machine code's resource figures (build.rs): a planted block of 128 threads for a kernel bounded
+/// to 64; and a block of 1 024 threads of a kernel of over 64 registers per thread — where nvcc
+/// built the kernels and the registers are known (CI's build; with `NVCC` set this test insists
+/// on it).
+#[test]
+fn launches_beyond_a_kernels_resources_are_refused() {
+    let g = Emulator::default();
+    let out = g.alloc(1024 * 4).unwrap();
+    let bounded = g.resources("emu_test_bounded").unwrap();
+    assert_eq!(bounded.max_threads, 64);
+    g.launch(
+        "emu_test_bounded",
+        shape([2, 1, 1], [64, 1, 1], 0),
+        &[KernelArg::Ptr(out)],
+    )
+    .unwrap();
+    let e = error_of(g.launch(
+        "emu_test_bounded",
+        shape([1, 1, 1], [128, 1, 1], 0),
+        &[KernelArg::Ptr(out)],
+    ));
+    assert!(
+        e.contains("a block of 128 threads, more than its __launch_bounds__ allow (64)"),
+        "{e}"
+    );
+
+    let hungry = g.resources("emu_test_many_registers").unwrap();
+    if hungry.registers == 0 {
+        assert!(
+            std::env::var_os("NVCC").is_none(),
+            "NVCC is set but the emulator knows no registers: build.rs did not read them"
+        );
+        return;
+    }
+    assert!(hungry.registers > 64, "{hungry:?}");
+    let input = upload_f32(&g, &vec![0.5; 128]);
+    let args = [
+        KernelArg::Ptr(input),
+        KernelArg::Ptr(out),
+        KernelArg::I32(2),
+    ];
+    g.launch(
+        "emu_test_many_registers",
+        shape([1, 1, 1], [256, 1, 1], 0),
+        &args,
+    )
+    .unwrap();
+    let e = error_of(g.launch(
+        "emu_test_many_registers",
+        shape([1, 1, 1], [1024, 1, 1], 0),
+        &args,
+    ));
+    assert!(
+        e.contains("too many resources requested for launch")
+            && e.contains(&format!(
+                "{} registers per thread × 1024 threads",
+                hungry.registers
+            )),
+        "{e}"
+    );
+    // the network's kernels carry their figures too
+    let gemm = g.resources("gemm_tf32").unwrap();
+    assert_eq!(gemm.max_threads, 128);
+    assert!(gemm.registers > 0, "{gemm:?}");
+}

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -38,6 +39,8 @@
 #include "registry.h"
 
 extern "C" const emu::Kernel* dydiff_emu_find(const char* name);
+extern "C" void* dydiff_emu_alloc(size_t bytes);
+extern "C" int dydiff_emu_free(void* p);
 
 namespace emu {
 namespace {
@@ -46,6 +49,8 @@ constexpr unsigned char kCanary = 0xA5;
 constexpr size_t kStackBytes = 512 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 constexpr size_t kMaxShared = 227 * 1024;
+constexpr size_t kMaxStaticShared = 48 * 1024;
+constexpr unsigned kRegistersPerSm = 64 * 1024;
 
 size_t page_size() {
   static const size_t p = size_t(sysconf(_SC_PAGESIZE));
@@ -142,12 +147,22 @@ struct Fiber {
   unsigned char* stack = nullptr;  // lowest page is the guard
 };
 
+// The static shared memory of one declaration (DYDIFF_SHARED) in a launch.
+struct StaticShared {
+  const void* site;
+  unsigned char* region;
+  size_t bytes;
+};
+
 struct Launch {
   const Kernel* kernel = nullptr;
   void** args = nullptr;
   dim3 grid, block;
   unsigned char* shared = nullptr;
   size_t shared_bytes = 0;
+  std::vector<StaticShared> statics;  // in the order the declarations were first reached
+  size_t static_bytes = 0;
+  unsigned long long block_serial = 0;
   unsigned threads = 0;
   std::vector<Fiber>* fibers = nullptr;
   jmp_buf sched;  // where the scheduler waits while a fiber runs
@@ -363,8 +378,11 @@ __attribute__((noinline)) void start_context(Fiber& f) {
   f.started = false;
 }
 
+std::atomic<unsigned long long> g_block_serial{0};
+
 void run_block(Launch& L, uint3 bidx) {
   auto& fs = *L.fibers;
+  L.block_serial = ++g_block_serial;
   for (unsigned i = 0; i < L.threads; ++i) {
     Fiber& f = fs[i];
     unsigned x = i % L.block.x, y = i / L.block.x % L.block.y, z = i / (L.block.x * L.block.y);
@@ -463,6 +481,32 @@ const ThreadState& self() { return g_launch->cur->ts; }
 
 void* dynamic_shared() { return g_launch->shared; }
 
+unsigned long long block_serial() { return g_launch->block_serial; }
+
+void* static_shared(const void* site, size_t bytes) {
+  Launch& L = *g_launch;
+  unsigned char* region = nullptr;
+  for (const StaticShared& s : L.statics)
+    if (s.site == site) region = s.region;
+  if (!region) {
+    // the GPU's limits: 48 KiB of static shared memory, 227 KiB with the dynamic
+    if (L.static_bytes + bytes > kMaxStaticShared || L.static_bytes + bytes + L.shared_bytes > kMaxShared) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf,
+                    "%zu bytes of static shared memory with %zu dynamic: more than a block has "
+                    "(%zu static, %zu in all)",
+                    L.static_bytes + bytes, L.shared_bytes, kMaxStaticShared, kMaxShared);
+      fail(buf);
+    }
+    region = static_cast<unsigned char*>(dydiff_emu_alloc(bytes ? bytes : 1));
+    if (!region) fail("cannot map static shared memory");
+    L.statics.push_back({site, region, bytes});
+    L.static_bytes += bytes;
+  }
+  std::memset(region, 0xff, bytes);  // uninitialised: NaN
+  return region;
+}
+
 void block_barrier() {
   g_launch->cur->wait = Wait::Barrier;
   yield();
@@ -552,6 +596,17 @@ int dydiff_emu_free(void* p) {
 // 1 if the emulator holds kernel `name`.
 int dydiff_emu_has_kernel(const char* name) { return dydiff_emu_find(name) != nullptr; }
 
+// Kernel `name`'s resource figures (registry.h; 0 where not known): its launch bounds' most
+// threads, registers per thread, static shared bytes. 0 if there is no such kernel.
+int dydiff_emu_resources(const char* name, unsigned out[3]) {
+  const emu::Kernel* k = dydiff_emu_find(name);
+  if (!k) return 0;
+  out[0] = k->max_threads;
+  out[1] = k->registers;
+  out[2] = k->static_shared;
+  return 1;
+}
+
 // The pass order of the launches of the calling thread: mode 0 forward, 1 reverse, 2 random with
 // `seed`; mode -1 returns to DYDIFF_EMU_ORDER's.
 void dydiff_emu_set_order(int mode, unsigned long long seed) {
@@ -598,6 +653,34 @@ int dydiff_emu_launch(const char* name, const unsigned grid[3], const unsigned b
     write_error(err, err_len, buf);
     return 1;
   }
+  // what the GPU refuses: more threads than the kernel's launch bounds, more registers than an
+  // SM has for the block (allocated per warp in units of 256), more shared memory than a block may
+  // have
+  const unsigned warps = (threads + 31) / 32;
+  const unsigned long long per_warp = (k->registers * 32ull + 255) / 256 * 256;
+  if (k->max_threads && threads > k->max_threads) {
+    std::snprintf(buf, sizeof buf,
+                  "kernel %s: a block of %u threads, more than its __launch_bounds__ allow (%u)",
+                  name, threads, k->max_threads);
+    write_error(err, err_len, buf);
+    return 1;
+  }
+  if (warps * per_warp > kRegistersPerSm) {
+    std::snprintf(buf, sizeof buf,
+                  "kernel %s: too many resources requested for launch: %u registers per thread × "
+                  "%u threads need %llu of an SM's %u",
+                  name, k->registers, threads, warps * per_warp, kRegistersPerSm);
+    write_error(err, err_len, buf);
+    return 1;
+  }
+  if (k->static_shared + shared_bytes > kMaxShared) {
+    std::snprintf(buf, sizeof buf,
+                  "kernel %s: %u bytes of static and %zu of dynamic shared memory, more than a "
+                  "block may have (%zu)",
+                  name, k->static_shared, shared_bytes, kMaxShared);
+    write_error(err, err_len, buf);
+    return 1;
+  }
   auto& pool = fiber_pool(threads);
   if (pool.size() < threads) {
     write_error(err, err_len, std::string("kernel ") + name + ": cannot map the threads' stacks");
@@ -624,7 +707,23 @@ int dydiff_emu_launch(const char* name, const unsigned grid[3], const unsigned b
     set_error(L, L.cur, fault_message(L, sig));
   }
   g_launch = outer;
+  {
+    // shared memory written inside the slack before a guard page (16-byte rounding)
+    std::lock_guard<std::mutex> lock(g_alloc_mutex);
+    auto check = [&](const void* p, const char* what) {
+      auto it = g_allocs.find(uintptr_t(p));
+      if (L.failed || it == g_allocs.end() || !broken_canary(it->second)) return;
+      std::snprintf(buf, sizeof buf, "kernel %s wrote past the end of its %s shared memory (%zu bytes)",
+                    name, what, it->second.bytes);
+      L.failed = true;
+      L.error = buf;
+      restore_canary(it->second);
+    };
+    if (L.shared) check(L.shared, "dynamic");
+    for (const StaticShared& s : L.statics) check(s.region, "static");
+  }
   if (L.shared) dydiff_emu_free(L.shared);
+  for (const StaticShared& s : L.statics) dydiff_emu_free(s.region);
   if (!L.failed) {
     // The canaries of the allocations the kernel was given (a pointer argument anywhere inside).
     std::lock_guard<std::mutex> lock(g_alloc_mutex);

@@ -5,12 +5,14 @@
 // A launch runs its blocks one after another on the calling OS thread; each block's threads are
 // fibers (kernels/emu/emu.cpp) that run until they reach a point where CUDA threads wait for one
 // another — __syncthreads, a warp collective (__syncwarp, shuffles, votes, the tensor-core
-// instructions of kernels/ptx.cuh) — or finish. Because a block's fibers share the OS thread,
-// `__shared__` variables are `static thread_local`: one copy per block in flight, as on the GPU.
-// Anything that cannot happen on a GPU without undefined behaviour is an error naming the kernel,
-// the block and the thread: a barrier that not every thread of the block reaches, a warp
-// collective whose mask names a lane that has exited, does not exist or waits elsewhere, an
-// access outside an allocation (allocations sit between guard pages) or a fiber's stack overflow.
+// instructions of kernels/ptx.cuh) — or finish. Static shared memory (DYDIFF_SHARED) is a guarded
+// region per declaration and launch, refilled with NaN bytes for every block, as dynamic shared
+// memory is. Anything that cannot happen on a GPU without undefined behaviour is an error naming
+// the kernel, the block and the thread: a barrier that not every thread of the block reaches, a
+// warp collective whose mask names a lane that has exited, does not exist or waits elsewhere, an
+// access outside an allocation or shared memory (they sit between guard pages) or a fiber's stack
+// overflow; and a launch the GPU would refuse (kernels/emu/emu.cpp: launch bounds, registers,
+// shared memory) is refused.
 //
 // Not modelled: timing, memory ordering between blocks (blocks run one at a time, so atomics are
 // trivially atomic), texture and constant memory, cooperative groups, clusters.
@@ -29,12 +31,24 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
-#define __shared__ static thread_local
+// Static shared memory is declared with DYDIFF_SHARED (below), which the emulator can check.
+#define __shared__ \
+  static_assert(false, "declare static shared memory with DYDIFF_SHARED (kernels/ptx.cuh)");
 #define __constant__ static const
 #define __align__(n) __attribute__((aligned(n)))
 
 // Dynamic shared memory (`extern __shared__ T name[]` on the device): the launch's shared bytes.
 #define DYDIFF_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_shared())
+
+// Static shared memory (`__shared__ T name dims;` on the device, kernels/ptx.cuh): one region per
+// declaration and launch, between guard pages like every allocation (an access past either end
+// is an error) and filled with NaN bytes when a block first reaches the declaration, so that a
+// read of what no thread of the block wrote shows. The site (one per declaration, per OS thread)
+// remembers its region for the block it was last reached in.
+#define DYDIFF_SHARED(T, name, dims)                  \
+  using name##_type_ = T dims;                        \
+  static thread_local ::emu::SharedSite name##_site_; \
+  name##_type_& name = *static_cast<name##_type_*>(name##_site_.get(sizeof(name##_type_)))
 
 // ---------------------------------------------------------------- built-in variables
 struct uint3 {
@@ -75,6 +89,25 @@ struct ThreadState {
 
 __attribute__((pure)) const ThreadState& self();
 void* dynamic_shared();
+
+// The running block's number, unique among all blocks of all launches.
+unsigned long long block_serial();
+// The region of `bytes` for static shared memory declared at `site` in the running launch,
+// filled with NaN bytes (a new block).
+void* static_shared(const void* site, size_t bytes);
+
+struct SharedSite {
+  unsigned long long block = 0;
+  void* region = nullptr;
+  void* get(size_t bytes) {
+    const unsigned long long b = block_serial();
+    if (b != block) {
+      region = static_shared(this, bytes);
+      block = b;
+    }
+    return region;
+  }
+};
 
 // Waits until every thread of the block is here (__syncthreads).
 void block_barrier();

@@ -6,7 +6,7 @@
 // out[block] = sum of in[block*blockDim.x .. +blockDim.x] by a shared-memory tree (blockDim.x a power
 // of two); exercises static shared memory and __syncthreads.
 extern "C" __global__ void emu_test_block_sum(const float* in, float* out) {
-  __shared__ float buf[1024];
+  DYDIFF_SHARED(float, buf, [1024]);
   unsigned t = threadIdx.x;
   buf[t] = in[blockIdx.x * blockDim.x + t];
   __syncthreads();
@@ -147,7 +147,8 @@ extern "C" __global__ void emu_test_mma_bf16(const unsigned short* A, const unsi
 // ldmatrix and mma must agree for this to be the matrix product. One warp.
 extern "C" __global__ void emu_test_ldmatrix_mma(const unsigned short* A, const unsigned short* B,
                                                  float* D) {
-  __shared__ __align__(16) unsigned short sa[16 * 16], sb[16 * 16];
+  DYDIFF_SHARED(unsigned short, sa, [16 * 16]);
+  DYDIFF_SHARED(unsigned short, sb, [16 * 16]);
   unsigned lane = threadIdx.x, g = lane / 4, t = lane % 4;
   // 512 bytes each: 32 copies of 16 bytes, one per lane and matrix
   cp_async_16(sa + 8 * lane, A + 8 * lane);
@@ -191,7 +192,7 @@ extern "C" __global__ void emu_test_cp_async(const float* src, float* out, unsig
 
 // ldmatrix with a misaligned row address.
 extern "C" __global__ void emu_test_ldmatrix_misaligned(float* out) {
-  __shared__ __align__(16) unsigned short s[16 * 16 + 8];
+  DYDIFF_SHARED(unsigned short, s, [16 * 16 + 8]);
   unsigned r[4];
   ldmatrix_x4(r, s + 16 * (threadIdx.x % 16) + 1);
   out[threadIdx.x] = float(r[0]);
@@ -200,7 +201,7 @@ extern "C" __global__ void emu_test_ldmatrix_misaligned(float* out) {
 // Vector accesses through load_vec / store_vec (kernels/ptx.cuh): aligned ones copy 16 bytes per
 // thread; with `misalign` 1 the loads start one float late, which a GPU faults on.
 extern "C" __global__ void emu_test_vector_access(const float* in, float* out, int misalign) {
-  __shared__ __align__(16) float s[4 * 32 + 4];
+  DYDIFF_SHARED(float, s, [4 * 32 + 4]);
   unsigned t = threadIdx.x;
   store_vec<float4>(s + 4 * t, load_vec<float4>(in + 4 * t));
   __syncthreads();
@@ -215,4 +216,58 @@ extern "C" __global__ void emu_test_unsynced_neighbour(float* out) {
   unsigned t = threadIdx.x;
   sh[t] = float(t);
   out[t] = t ? sh[t - 1] : -1.0f;
+}
+
+// A planted fault: static shared memory read where no thread of the block wrote it — block 0
+// fills the tile, the other blocks only read it (out[block·blockDim.x + t] = tile[t]). On a GPU
+// they read whatever the SM's shared memory held; the emulator gives them NaN (static shared
+// memory as a `static thread_local`, as it once was, kept block 0's values for them).
+extern "C" __global__ void emu_test_static_shared_unwritten(float* out) {
+  DYDIFF_SHARED(float, tile, [256]);
+  if (blockIdx.x == 0) tile[threadIdx.x] = float(threadIdx.x);
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = tile[threadIdx.x];
+}
+
+// A planted fault: thread 0 writes element i of a static shared array of 3 floats (i = 3 lies in
+// the 16-byte rounding before the guard page, i = 4 on it).
+extern "C" __global__ void emu_test_static_shared_past_end(int i, float* out) {
+  DYDIFF_SHARED(float, small, [3]);
+  if (threadIdx.x < 3) small[threadIdx.x] = 1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) small[i] = 2.0f;
+  __syncthreads();
+  if (threadIdx.x < 3) out[threadIdx.x] = small[threadIdx.x];
+}
+
+// A planted fault: 52 KiB of static shared memory, more than a block may declare (48 KiB) — which
+// ptxas refuses, so its device build (build.rs compiles this file for resource figures) leaves
+// it out.
+#if !defined(__CUDA_ARCH__)
+extern "C" __global__ void emu_test_static_shared_too_much(float* out) {
+  DYDIFF_SHARED(float, big, [13 * 1024]);
+  big[threadIdx.x] = 1.0f;
+  out[threadIdx.x] = big[threadIdx.x];
+}
+#endif
+
+// A planted fault: a launch of more threads than the kernel's launch bounds allow (64).
+extern "C" __global__ void __launch_bounds__(64) emu_test_bounded(float* out) {
+  out[blockIdx.x * blockDim.x + threadIdx.x] = 1.0f;
+}
+
+// A register-hungry kernel without launch bounds: 96 accumulators live through a loop whose trip
+// count the compiler does not know (over 100 registers per thread on sm_90), so that a block of
+// 1 024 threads needs more registers than an SM has — a launch the GPU refuses.
+extern "C" __global__ void emu_test_many_registers(const float* in, float* out, int n) {
+  float acc[96];
+#pragma unroll
+  for (int j = 0; j < 96; ++j) acc[j] = in[j];
+  for (int i = 0; i < n; ++i)
+#pragma unroll
+    for (int j = 0; j < 96; ++j) acc[j] = acc[j] * acc[(j + 1) % 96] + in[(i + j) % 128];
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 96; ++j) s += acc[j];
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s;
 }

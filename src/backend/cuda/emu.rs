@@ -18,6 +18,7 @@ extern "C" {
     fn dydiff_emu_alloc(bytes: usize) -> *mut c_void;
     fn dydiff_emu_free(ptr: *mut c_void) -> c_int;
     fn dydiff_emu_has_kernel(name: *const c_char) -> c_int;
+    fn dydiff_emu_resources(name: *const c_char, out: *mut [u32; 3]) -> c_int;
     fn dydiff_emu_set_order(mode: c_int, seed: u64);
     fn dydiff_emu_launch(
         name: *const c_char,
@@ -208,6 +209,31 @@ impl Emulator {
         // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
         unsafe { dydiff_emu_has_kernel(c.as_ptr()) != 0 }
     }
+
+    /// What the GPU holds a launch of kernel `name` to, as the emulator enforces it (`None`: no
+    /// such kernel).
+    pub fn resources(&self, name: &str) -> Option<KernelResources> {
+        let c = CString::new(name).ok()?;
+        let mut out = [0u32; 3];
+        // SAFETY: `c` is a valid NUL-terminated string and `out` three writable u32s.
+        let found = unsafe { dydiff_emu_resources(c.as_ptr(), &mut out) } != 0;
+        found.then_some(KernelResources {
+            max_threads: out[0],
+            registers: out[1],
+            static_shared: out[2],
+        })
+    }
+}
+
+/// A kernel's resource figures, 0 where not known (docs/devices.md, “The emulator”): the most
+/// threads per block its `__launch_bounds__` allow, and its machine code's registers per thread
+/// and static shared memory in bytes (the most over the architectures nvcc built; unknown in a
+/// build without nvcc). A launch beyond them is refused, as the GPU refuses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelResources {
+    pub max_threads: u32,
+    pub registers: u32,
+    pub static_shared: u32,
 }
 
 fn emulated(what: String) -> Error {
