@@ -74,8 +74,8 @@ fn main() {
                 compile_fatbin(&nvcc, &archs, &device_sources, &kernels, &fatbin);
                 println!("cargo:rustc-cfg=dydiff_kernels");
                 let selftest = out.join("selftest.cubin");
-                compile_selftest(&nvcc, &kernels, &selftest);
-                resources = read_resources(&nvcc, &[(&fatbin, 0), (&selftest, 90)]);
+                let top = compile_selftest(&nvcc, &archs, &kernels, &selftest);
+                resources = read_resources(&nvcc, &[(&fatbin, 0), (&selftest, top)]);
             }
         }
     }
@@ -184,16 +184,25 @@ fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[&PathBuf], kernels: &Path
     run_or_exit(cmd, "the kernels");
 }
 
-/// The emulator's test kernels (`kernels/emu/selftest.cu`) as a cubin for sm_90, only for their
-/// resource figures (they are never loaded on a GPU).
-fn compile_selftest(nvcc: &Path, kernels: &Path, cubin: &Path) {
+/// The emulator's test kernels (`kernels/emu/selftest.cu`) as a cubin for the highest
+/// architecture of `archs`, only for their resource figures (they are never loaded on a GPU).
+/// Returns that architecture.
+fn compile_selftest(nvcc: &Path, archs: &str, kernels: &Path, cubin: &Path) -> u32 {
+    let top = archs
+        .split([';', ','])
+        .filter_map(|a| a.trim().parse().ok())
+        .max()
+        .unwrap_or(90);
     let mut cmd = std::process::Command::new(nvcc);
-    cmd.args(["-cubin", "-O3", "-std=c++17", "-arch=sm_90", "-I"])
+    cmd.args(["-cubin", "-O3", "-std=c++17"])
+        .arg(format!("-arch=sm_{top}"))
+        .arg("-I")
         .arg(kernels)
         .arg("-o")
         .arg(cubin)
         .arg(kernels.join("emu").join("selftest.cu"));
     run_or_exit(cmd, "the emulator's test kernels");
+    top
 }
 
 /// Runs an nvcc command; stops the build with its message if it fails.
@@ -272,10 +281,22 @@ fn kernel_names(text: &str) -> Vec<(String, Option<String>)> {
         rest = rest[i + OPEN.len()..].trim_start();
         let mut bounds = None;
         if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
-            let close = after.find(')').map_or(0, |j| j + 1);
-            let inside = &after[..close.saturating_sub(1)];
-            bounds = inside.split(',').next().map(|b| b.trim().to_string());
-            rest = after[close..].trim_start();
+            // the closing parenthesis at depth 0, and the first argument (up to a comma at depth 0)
+            let (mut depth, mut close, mut comma) = (0i32, after.len(), None);
+            for (j, c) in after.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' if depth == 0 => {
+                        close = j;
+                        break;
+                    }
+                    ')' => depth -= 1,
+                    ',' if depth == 0 && comma.is_none() => comma = Some(j),
+                    _ => {}
+                }
+            }
+            bounds = Some(after[..comma.unwrap_or(close)].trim().to_string());
+            rest = after[(close + 1).min(after.len())..].trim_start();
         }
         let name: String = rest
             .chars()

@@ -18,6 +18,7 @@ __device__ __forceinline__ bool splitk_arrive_last(unsigned* counter, unsigned s
     if (last) *counter = 0u;  // every block of the tile has counted: ready for the next launch
   }
   __syncthreads();
+  if (last) __threadfence();  // and the other blocks' partial sums read only after the count
   return last;
 }
 

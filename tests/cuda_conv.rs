@@ -418,6 +418,71 @@ fn a_capture_uses_prepared_weights_and_keeps_none_of_its_own() {
     gpu.drop_graph(graph).unwrap();
 }
 
+/// On a device that gives a block less shared memory (sm_86 and sm_89, 99 KiB, run the sm_80
+/// machine code), a normalised 3×3 convolution whose per-channel norm table would not fit beside
+/// the buffers runs its norm and SiLU as a pass of their own — the emulator refuses a launch over
+/// the device's limit (`tests/emulator.rs`), so the fused kernel would fail — and gives the fused
+/// result of a device with room for it, within float32 rounding.
+#[test]
+fn a_norm_table_the_device_cannot_hold_is_applied_by_a_pass() {
+    use dydiff::backend::cuda::emu::Emulator;
+    let (n, ci, co, groups) = (1, 2048, 8, 32);
+    let g = geom(n, ci, (8, 8), co, 3, 1, [1, 1, 1, 1]);
+    let x: Vec<f32> = rand_vec(n * ci * 64, 730)
+        .iter()
+        .map(|v| 2.0 * v + 0.3)
+        .collect();
+    let (gamma, beta, wt) = (
+        rand_vec(ci, 731),
+        rand_vec(ci, 732),
+        rand_vec(co * ci * 9, 733),
+    );
+    let run = |gpu: Arc<dyn Gpu>| {
+        let up = |v: &[f32]| Buffer::from_f32(&gpu, v).unwrap();
+        let (dx, dg, db, dw) = (up(&x), up(&gamma), up(&beta), up(&wt));
+        let stats = conv::group_norm_stats(&dx, None, (n, ci, 64), groups, 1e-5).unwrap();
+        let input = ConvInput {
+            x: &dx,
+            x2: None,
+            upsample: false,
+            norm: Some(NormOnLoad {
+                stats: &stats,
+                gamma: &dg,
+                beta: &db,
+                groups,
+            }),
+            silu: true,
+        };
+        gpu.set_timing(true);
+        let y = conv::conv2d(&input, &dw, &g, &ConvEpilogue::NONE, Precision::Fp32)
+            .unwrap()
+            .to_f32()
+            .unwrap();
+        let names: Vec<String> = gpu
+            .kernel_times()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        (y, names)
+    };
+    let (fused, fused_kernels) = run(Arc::new(Emulator::default()));
+    assert!(
+        fused_kernels.iter().any(|k| k.ends_with("_norm_silu")),
+        "{fused_kernels:?}"
+    );
+    let (small, small_kernels) = run(Arc::new(Emulator::with_max_shared(99 * 1024)));
+    assert!(
+        !small_kernels.iter().any(|k| k.ends_with("_norm_silu")),
+        "{small_kernels:?}"
+    );
+    let tol = (ci * 9 + 16) as f64 * U;
+    for (i, (a, b)) in small.iter().zip(&fused).enumerate() {
+        let bound = tol * f64::from(b.abs().max(1.0)) * 8.0;
+        assert!(f64::from(a - b).abs() <= bound, "[{i}] {a} vs fused {b}");
+    }
+}
+
 #[test]
 fn the_skip_concatenation_and_upsampling_are_read_in_place() {
     let gpu = gpu();

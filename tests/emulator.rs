@@ -699,7 +699,8 @@ fn launches_beyond_a_kernels_resources_are_refused() {
         // known exactly where nvcc built the kernels (CI's `--features cuda` build)
         assert!(
             dydiff::backend::cuda::kernels::FATBIN.is_empty(),
-            "the kernels were built with nvcc but the emulator knows no registers"
+            "the kernels were built with nvcc but the emulator knows no registers (build.rs could \
+             not run cuobjdump beside nvcc: see its warning)"
         );
         return;
     }
@@ -733,4 +734,29 @@ fn launches_beyond_a_kernels_resources_are_refused() {
     let gemm = g.resources("gemm_tf32").unwrap();
     assert_eq!(gemm.max_threads, 128);
     assert!(gemm.registers > 0, "{gemm:?}");
+}
+
+/// A launch asking for more shared memory than the device gives a block is refused: the
+/// emulator of a device with 99 KiB (sm_86, sm_89) refuses 100 KiB of dynamic shared memory that
+/// an H100's 227 KiB hold.
+#[test]
+fn shared_memory_beyond_the_devices_limit_is_refused() {
+    let (grid, block) = ([1u32, 1, 1], [4u32, 1, 1]);
+    let bytes = 100 * 1024;
+    let run = |g: &Emulator| {
+        let po = g.alloc(16).unwrap();
+        g.launch(
+            "emu_test_indices",
+            shape(grid, block, bytes),
+            &[KernelArg::Ptr(po)],
+        )
+    };
+    run(&Emulator::default()).unwrap();
+    let small = Emulator::with_max_shared(99 * 1024);
+    assert_eq!(small.max_shared_per_block(), 99 * 1024);
+    let e = error_of(run(&small));
+    assert!(
+        e.contains("emu_test_indices") && e.contains("102400 shared bytes"),
+        "{e}"
+    );
 }

@@ -48,7 +48,6 @@ namespace {
 constexpr unsigned char kCanary = 0xA5;
 constexpr size_t kStackBytes = 512 * 1024;
 constexpr unsigned kMaxThreads = 1024;
-constexpr size_t kMaxShared = 227 * 1024;
 constexpr size_t kMaxStaticShared = 48 * 1024;
 constexpr unsigned kRegistersPerSm = 64 * 1024;
 
@@ -162,6 +161,7 @@ struct Launch {
   size_t shared_bytes = 0;
   std::vector<StaticShared> statics;  // in the order the declarations were first reached
   size_t static_bytes = 0;
+  size_t max_shared = 0;  // the device's shared memory per block
   unsigned long long block_serial = 0;
   unsigned threads = 0;
   std::vector<Fiber>* fibers = nullptr;
@@ -490,12 +490,13 @@ void* static_shared(const void* site, size_t bytes) {
     if (s.site == site) region = s.region;
   if (!region) {
     // the GPU's limits: 48 KiB of static shared memory, 227 KiB with the dynamic
-    if (L.static_bytes + bytes > kMaxStaticShared || L.static_bytes + bytes + L.shared_bytes > kMaxShared) {
+    if (L.static_bytes + bytes > kMaxStaticShared ||
+        L.static_bytes + bytes + L.shared_bytes > L.max_shared) {
       char buf[160];
       std::snprintf(buf, sizeof buf,
                     "%zu bytes of static shared memory with %zu dynamic: more than a block has "
                     "(%zu static, %zu in all)",
-                    L.static_bytes + bytes, L.shared_bytes, kMaxStaticShared, kMaxShared);
+                    L.static_bytes + bytes, L.shared_bytes, kMaxStaticShared, L.max_shared);
       fail(buf);
     }
     region = static_cast<unsigned char*>(dydiff_emu_alloc(bytes ? bytes : 1));
@@ -616,11 +617,12 @@ void dydiff_emu_set_order(int mode, unsigned long long seed) {
 }
 
 // Runs kernel `name` on a grid of `grid` blocks of `block` threads with `shared_bytes` of dynamic
-// shared memory; `args[i]` points at the value of parameter i, `arg_sizes[i]` its size in bytes.
+// shared memory on a device that gives a block `max_shared` bytes in all; `args[i]` points at the
+// value of parameter i, `arg_sizes[i]` its size in bytes.
 // 0 on success; otherwise non-zero with a one-line message in `err`.
 int dydiff_emu_launch(const char* name, const unsigned grid[3], const unsigned block[3],
-                      size_t shared_bytes, void** args, const size_t* arg_sizes, size_t nargs,
-                      char* err, size_t err_len) {
+                      size_t shared_bytes, size_t max_shared, void** args, const size_t* arg_sizes,
+                      size_t nargs, char* err, size_t err_len) {
   using namespace emu;
   const Kernel* k = dydiff_emu_find(name);
   char buf[256];
@@ -645,7 +647,7 @@ int dydiff_emu_launch(const char* name, const unsigned grid[3], const unsigned b
   unsigned threads = block[0] * block[1] * block[2];
   if (threads == 0 || threads > kMaxThreads || block[2] > 64 || grid[0] == 0 || grid[1] == 0 ||
       grid[2] == 0 || grid[0] > 0x7fffffffu || grid[1] > 65535 || grid[2] > 65535 ||
-      shared_bytes > kMaxShared) {
+      shared_bytes > max_shared) {
     std::snprintf(buf, sizeof buf,
                   "kernel %s: invalid launch: grid (%u, %u, %u), block (%u, %u, %u), %zu shared "
                   "bytes",
@@ -654,9 +656,9 @@ int dydiff_emu_launch(const char* name, const unsigned grid[3], const unsigned b
     return 1;
   }
   // what the GPU refuses: more threads than the kernel's launch bounds, more registers than an
-  // SM has for the block (allocated per warp in units of 256), more shared memory than a block may
-  // have
-  const unsigned warps = (threads + 31) / 32;
+  // SM has for the block (allocated per warp in units of 256, to warps in fours: one per
+  // scheduler, as cuda_occupancy.h counts them), more shared memory than a block may have
+  const unsigned warps = (threads + 127) / 128 * 4;
   const unsigned long long per_warp = (k->registers * 32ull + 255) / 256 * 256;
   if (k->max_threads && threads > k->max_threads) {
     std::snprintf(buf, sizeof buf,
@@ -673,11 +675,11 @@ int dydiff_emu_launch(const char* name, const unsigned grid[3], const unsigned b
     write_error(err, err_len, buf);
     return 1;
   }
-  if (k->static_shared + shared_bytes > kMaxShared) {
+  if (k->static_shared + shared_bytes > max_shared) {
     std::snprintf(buf, sizeof buf,
                   "kernel %s: %u bytes of static and %zu of dynamic shared memory, more than a "
                   "block may have (%zu)",
-                  name, k->static_shared, shared_bytes, kMaxShared);
+                  name, k->static_shared, shared_bytes, max_shared);
     write_error(err, err_len, buf);
     return 1;
   }
@@ -694,6 +696,7 @@ int dydiff_emu_launch(const char* name, const unsigned grid[3], const unsigned b
   L.threads = threads;
   L.fibers = &pool;
   L.shared_bytes = shared_bytes;
+  L.max_shared = max_shared;
   if (shared_bytes) L.shared = static_cast<unsigned char*>(dydiff_emu_alloc(shared_bytes));
   install_handler();
   Launch* outer = g_launch;

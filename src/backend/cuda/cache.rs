@@ -326,6 +326,10 @@ impl<G: Gpu> Gpu for Cached<G> {
         self.inner.tile_counters()
     }
 
+    fn max_shared_per_block(&self) -> usize {
+        self.inner.max_shared_per_block()
+    }
+
     fn memory_stats(&self) -> MemoryStats {
         self.lock().stats
     }

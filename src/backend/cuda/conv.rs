@@ -138,8 +138,9 @@ const THREADS: u32 = 128;
 /// batch — so that a sample's result does not depend on the batch it is in.
 pub(super) const SPLIT_BATCH: usize = 8;
 pub(super) const SMS: usize = 132;
-/// The most shared memory a block may have on sm_80 and sm_90 (227 KiB).
-pub(super) const MAX_SHARED: usize = 227 * 1024;
+/// Static shared memory of the direct kernels (and the GEMMs): the split-K flag of
+/// kernels/splitk.cuh, 16-byte aligned.
+const STATIC_SHARED: usize = 16;
 
 /// The direct kernels' geometries (`kernels/conv.cu`): kernel size and stride.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,10 +376,12 @@ fn convolve(
         generic(input, w, g, epi, &shape, &y)?;
         return Ok(y);
     };
-    // fused when the per-channel norm table fits beside the buffers (ci up to about 8 000)
+    // fused when the per-channel norm table fits beside the buffers in what the device gives a
+    // block (ci up to about 8 000 on sm_90, 800 on sm_86/89)
     let fused = direct == Direct::K3S1
         && input.silu
-        && direct.shared_bytes(precision, c1.div_ceil(16) + c2.div_ceil(16), true) <= MAX_SHARED;
+        && direct.shared_bytes(precision, c1.div_ceil(16) + c2.div_ceil(16), true)
+            <= gpu.max_shared_per_block().saturating_sub(STATIC_SHARED);
     let transformed;
     let (x, x2, c1) = if !fused && (input.norm.is_some() || input.silu) {
         transformed = transform(input, (g.n, c1, c2, stored))?;

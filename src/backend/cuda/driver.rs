@@ -29,6 +29,8 @@ pub struct Driver {
     nccl: std::sync::OnceLock<Option<super::nccl::Communicator>>,
     /// [`Gpu::tile_counters`], allocated and zeroed when the device is opened.
     counters: DevicePtr,
+    /// [`Gpu::max_shared_per_block`], the device's attribute.
+    max_shared: usize,
 }
 
 /// An instantiated graph.
@@ -139,7 +141,15 @@ impl Driver {
             #[cfg(feature = "mpi")]
             nccl: std::sync::OnceLock::new(),
             counters: DevicePtr(0),
+            max_shared: 0,
         };
+        driver.max_shared = driver
+            .ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| cuda("cannot read the device's shared memory per block", e))?
+            as usize;
         // the split-K tile counters, zeroed once here (the kernels leave them zero)
         let bytes = 4 * super::gpu::TILE_COUNTERS;
         driver.counters = driver.alloc(bytes)?;
@@ -204,6 +214,10 @@ impl Driver {
 impl Gpu for Driver {
     fn tile_counters(&self) -> Option<DevicePtr> {
         Some(self.counters)
+    }
+
+    fn max_shared_per_block(&self) -> usize {
+        self.max_shared
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {

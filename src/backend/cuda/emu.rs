@@ -25,6 +25,7 @@ extern "C" {
         grid: *const u32,
         block: *const u32,
         shared_bytes: usize,
+        max_shared: usize,
         args: *mut *mut c_void,
         arg_sizes: *const usize,
         nargs: usize,
@@ -69,6 +70,11 @@ pub struct Emulator {
     /// [`Gpu::tile_counters`], zeroed; null if the allocation failed (split-K then finishes with
     /// a launch).
     counters: DevicePtr,
+    /// Held while a launch runs: launches from several threads run one after another, as a GPU's
+    /// one stream orders them (split-K launches share the tile counters).
+    stream: Mutex<()>,
+    /// [`Gpu::max_shared_per_block`]: an H100's 227 KiB unless made otherwise.
+    max_shared: usize,
 }
 
 impl Default for Emulator {
@@ -83,6 +89,8 @@ impl Default for Emulator {
         Emulator {
             state: Mutex::default(),
             counters: DevicePtr(p as u64),
+            stream: Mutex::default(),
+            max_shared: 227 * 1024,
         }
     }
 }
@@ -174,6 +182,7 @@ impl Emulator {
             .map(|v| v.as_mut_ptr().cast::<c_void>())
             .collect();
         let mut err = vec![0u8; 512];
+        let _in_order = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         let start = Instant::now();
         // SAFETY: every pointer is valid for the call: the name and error buffer are owned here,
         // `ptrs[i]` points at `sizes[i]` bytes of `values[i]`, which outlive the call, and the
@@ -184,6 +193,7 @@ impl Emulator {
                 shape.grid.as_ptr(),
                 shape.block.as_ptr(),
                 shape.shared_bytes as usize,
+                self.max_shared,
                 ptrs.as_mut_ptr(),
                 sizes.as_ptr(),
                 ptrs.len(),
@@ -252,6 +262,14 @@ impl Emulator {
         }
         e
     }
+
+    /// An emulator of a device that gives a block `bytes` of shared memory (static and dynamic
+    /// together; sm_86 and sm_89 give 99 KiB) and refuses launches that ask for more.
+    pub fn with_max_shared(bytes: usize) -> Emulator {
+        let mut e = Emulator::default();
+        e.max_shared = bytes;
+        e
+    }
 }
 
 impl Drop for Emulator {
@@ -266,6 +284,10 @@ impl Drop for Emulator {
 impl Gpu for Emulator {
     fn tile_counters(&self) -> Option<DevicePtr> {
         (self.counters.0 != 0).then_some(self.counters)
+    }
+
+    fn max_shared_per_block(&self) -> usize {
+        self.max_shared
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {

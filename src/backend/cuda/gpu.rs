@@ -77,6 +77,12 @@ pub trait Gpu: Send + Sync {
     fn tile_counters(&self) -> Option<DevicePtr> {
         None
     }
+    /// The most shared memory one block may have, static and dynamic together, in bytes (the
+    /// device's opt-in limit: 227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on sm_86 and sm_89,
+    /// which run the sm_80 machine code).
+    fn max_shared_per_block(&self) -> usize {
+        227 * 1024
+    }
     /// `bytes` of device memory (contents undefined).
     fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
     /// Returns memory from [`alloc`](Gpu::alloc).
