@@ -18,6 +18,7 @@ use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::conv::{self, ConvEpilogue, ConvInput, NormOnLoad};
 use dydiff::backend::cuda::gpu::Gpu;
+use dydiff::backend::cuda::kernels::names;
 use dydiff::backend::cuda::Precision;
 use dydiff::backend::{BackendStorage, BinaryOp, ConvGeom, NormGeom, PadMode};
 use std::sync::Arc;
@@ -306,7 +307,7 @@ fn prepared_weights_are_kept_until_the_weights_change() {
     };
     let preparations = || {
         let times = gpu.kernel_times().unwrap();
-        let t = times.iter().find(|t| t.name == "conv2d_weights");
+        let t = times.iter().find(|t| t.name == names::CONV2D_WEIGHTS);
         t.map_or(0, |t| t.launches)
     };
     gpu.set_timing(true);
@@ -401,7 +402,7 @@ fn a_capture_uses_prepared_weights_and_keeps_none_of_its_own() {
     assert_eq!(y2.to_f32().unwrap(), want2);
     let preparations = || {
         let times = gpu.kernel_times().unwrap();
-        let t = times.iter().find(|t| t.name == "conv2d_weights");
+        let t = times.iter().find(|t| t.name == names::CONV2D_WEIGHTS);
         t.map_or(0, |t| t.launches)
     };
     assert_eq!(preparations(), 1, "the graph prepares w2's copy, not w1");

@@ -7,6 +7,7 @@ use super::buffer::Buffer;
 use super::check;
 use super::elementwise::map;
 use super::gpu::{KernelArg, LaunchShape};
+use super::kernels::names;
 use super::Precision;
 use crate::backend::{AttnGeom, ConvGeom, NormGeom};
 use crate::error::{Error, Result};
@@ -116,7 +117,11 @@ pub fn conv2d_backward(
         let dx = Buffer::alloc(gpu, x.len())?;
         if !dx.is_empty() {
             gpu.launch(
-                &precision.kernel("conv2d_dgrad"),
+                precision.pick([
+                    names::CONV2D_DGRAD_F32,
+                    names::CONV2D_DGRAD_TF32,
+                    names::CONV2D_DGRAD_BF16,
+                ]),
                 LaunchShape {
                     grid: [
                         grid(OP, "input pixels", (g.n * g.h * g.w).div_ceil(64))?,
@@ -144,7 +149,11 @@ pub fn conv2d_backward(
             None
         };
         gpu.launch(
-            &precision.kernel("conv2d_wgrad"),
+            precision.pick([
+                names::CONV2D_WGRAD_F32,
+                names::CONV2D_WGRAD_TF32,
+                names::CONV2D_WGRAD_BF16,
+            ]),
             LaunchShape {
                 grid: [
                     grid(OP, "weight columns", (g.ci * kk).div_ceil(64))?,
@@ -163,7 +172,7 @@ pub fn conv2d_backward(
         )?;
         if let Some(parts) = parts {
             gpu.launch(
-                "sum_splits_f32",
+                names::SUM_SPLITS_F32,
                 LaunchShape::linear(w.len(), 256),
                 &[
                     KernelArg::Ptr(parts.ptr()),
@@ -191,7 +200,7 @@ pub fn reduce_channels(
         return Ok(y);
     }
     x.gpu().launch(
-        "reduce_channels_f32",
+        names::REDUCE_CHANNELS_F32,
         LaunchShape {
             grid: [grid(OP, "channels", channels)?, 1, 1],
             block: [256, 1, 1],
@@ -253,7 +262,7 @@ pub fn group_norm_backward(
             shared_bytes: 0,
         };
         gpu.launch(
-            "group_norm_bwd_channel_f32",
+            names::GROUP_NORM_BWD_CHANNEL_F32,
             block(grid(OP, "channels", g.n * g.c)?),
             &[
                 KernelArg::Ptr(x.ptr()),
@@ -265,7 +274,7 @@ pub fn group_norm_backward(
             ],
         )?;
         gpu.launch(
-            "group_norm_bwd_dx_f32",
+            names::GROUP_NORM_BWD_DX_F32,
             block(grid(OP, "groups", g.n * g.groups)?),
             &[
                 KernelArg::Ptr(x.ptr()),
@@ -287,7 +296,7 @@ pub fn group_norm_backward(
 /// `dy·σ(x)·(1 + x·(1 − σ(x)))`.
 pub fn silu_backward(x: &Buffer, dy: &Buffer) -> Result<Buffer> {
     check::len("silu_backward", "the output gradient", dy.len(), x.len())?;
-    map(x, x.len(), "silu_backward_f32", |dx| {
+    map(x, x.len(), names::SILU_BACKWARD_F32, |dx| {
         vec![
             KernelArg::Ptr(x.ptr()),
             KernelArg::Ptr(dy.ptr()),
@@ -309,15 +318,20 @@ pub fn upsample_nearest2x_backward(
         check::int(OP, "height", h)?,
         check::int(OP, "width", w)?,
     );
-    map(dy, dy.len() / 4, "upsample_nearest2x_backward_f32", |dx| {
-        vec![
-            KernelArg::Ptr(dy.ptr()),
-            KernelArg::Ptr(dx.ptr()),
-            KernelArg::I32(nc),
-            KernelArg::I32(h),
-            KernelArg::I32(w),
-        ]
-    })
+    map(
+        dy,
+        dy.len() / 4,
+        names::UPSAMPLE_NEAREST2X_BACKWARD_F32,
+        |dx| {
+            vec![
+                KernelArg::Ptr(dy.ptr()),
+                KernelArg::Ptr(dx.ptr()),
+                KernelArg::I32(nc),
+                KernelArg::I32(h),
+                KernelArg::I32(w),
+            ]
+        },
+    )
 }
 
 /// The adjoint of slicing channels `start..end` of `(n, c, hw)`: `g` `(n, end − start, hw)` placed
@@ -340,7 +354,7 @@ pub fn slice_channels_backward(
         start as i32,
         end as i32,
     ];
-    map(g, n * c * hw, "slice_channels_backward_f32", |y| {
+    map(g, n * c * hw, names::SLICE_CHANNELS_BACKWARD_F32, |y| {
         let mut a = vec![KernelArg::Ptr(g.ptr()), KernelArg::Ptr(y.ptr())];
         a.extend(args.map(KernelArg::I32));
         a
@@ -412,7 +426,7 @@ pub fn attention_backward(
     let lse = match saved {
         Some((out, lse)) => {
             gpu.launch(
-                "attention_bwd_dsum_f32",
+                names::ATTENTION_BWD_DSUM_F32,
                 shape,
                 &[
                     KernelArg::Ptr(out.ptr()),
@@ -431,7 +445,7 @@ pub fn attention_backward(
                 KernelArg::Ptr(dsum.ptr()),
                 shape_arg(&s),
             ]);
-            gpu.launch("attention_bwd_rows_f32", shape, &args)?;
+            gpu.launch(names::ATTENTION_BWD_ROWS_F32, shape, &args)?;
             &computed
         }
     };
@@ -442,7 +456,7 @@ pub fn attention_backward(
         KernelArg::Ptr(dq.ptr()),
         shape_arg(&s),
     ]);
-    gpu.launch("attention_bwd_dq_f32", shape, &args)?;
+    gpu.launch(names::ATTENTION_BWD_DQ_F32, shape, &args)?;
     let mut args = qkvo.to_vec();
     args.extend([
         KernelArg::Ptr(lse.ptr()),
@@ -451,6 +465,6 @@ pub fn attention_backward(
         KernelArg::Ptr(dv.ptr()),
         shape_arg(&s),
     ]);
-    gpu.launch("attention_bwd_dkv_f32", shape, &args)?;
+    gpu.launch(names::ATTENTION_BWD_DKV_F32, shape, &args)?;
     Ok((dq, dk, dv))
 }

@@ -25,6 +25,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
+use super::kernels::names;
 use super::Precision;
 use crate::backend::{ConvGeom, NormGeom};
 use crate::error::{Error, Result};
@@ -159,12 +160,31 @@ impl Direct {
             _ => None,
         }
     }
-    fn name(self) -> &'static str {
-        match self {
-            Direct::K3S1 => "k3s1",
-            Direct::K3S2 => "k3s2",
-            Direct::K1S1 => "k1s1",
-        }
+    /// The kernel at `precision`, with the norm and SiLU on load when `fused` (3×3 stride 1
+    /// only: the others never fuse).
+    fn kernel(self, precision: Precision, fused: bool) -> &'static str {
+        precision.pick(match (self, fused) {
+            (Direct::K3S1, false) => [
+                names::CONV2D_F32_K3S1,
+                names::CONV2D_TF32_K3S1,
+                names::CONV2D_BF16_K3S1,
+            ],
+            (Direct::K3S1, true) => [
+                names::CONV2D_F32_K3S1_NORM_SILU,
+                names::CONV2D_TF32_K3S1_NORM_SILU,
+                names::CONV2D_BF16_K3S1_NORM_SILU,
+            ],
+            (Direct::K3S2, _) => [
+                names::CONV2D_F32_K3S2,
+                names::CONV2D_TF32_K3S2,
+                names::CONV2D_BF16_K3S2,
+            ],
+            (Direct::K1S1, _) => [
+                names::CONV2D_F32_K1S1,
+                names::CONV2D_TF32_K1S1,
+                names::CONV2D_BF16_K1S1,
+            ],
+        })
     }
     fn k(self) -> usize {
         match self {
@@ -426,7 +446,7 @@ fn convolve(
     let prepared = w.derived(&key, || {
         let prepared = Buffer::alloc(gpu, slices * rows16 * words)?;
         gpu.launch(
-            "conv2d_weights",
+            names::CONV2D_WEIGHTS,
             LaunchShape {
                 grid: [words.div_ceil(256) as u32, rows16 as u32, slices as u32],
                 block: [256, 1, 1],
@@ -446,12 +466,7 @@ fn convolve(
     let grid_x = u32::try_from(g.n * tiles_x * tiles_y)
         .map_err(|_| Error::shape(OP, format!("{} output tiles", g.n * tiles_x * tiles_y)))?;
     let shared = direct.shared_bytes(precision, slices, fused);
-    let name = format!(
-        "{}_{}{}",
-        precision.kernel("conv2d"),
-        direct.name(),
-        if fused { "_norm_silu" } else { "" }
-    );
+    let name = direct.kernel(precision, fused);
     let parts = if splits > 1 {
         Some(Buffer::alloc(gpu, splits * y.len())?)
     } else {
@@ -463,7 +478,7 @@ fn convolve(
         .tile_counters()
         .filter(|_| splits > 1 && grid_x as usize * co_tiles <= TILE_COUNTERS);
     gpu.launch(
-        &name,
+        name,
         LaunchShape {
             grid: [grid_x, co_tiles as u32, splits as u32],
             block: [THREADS, 1, 1],
@@ -487,7 +502,7 @@ fn convolve(
     )?;
     if let (Some(parts), None) = (parts, counters) {
         gpu.launch(
-            "conv2d_finish_f32",
+            names::CONV2D_FINISH_F32,
             LaunchShape::linear(y.len(), 256),
             &[
                 KernelArg::Ptr(parts.ptr()),
@@ -543,7 +558,7 @@ fn generic(
     let grid_x = u32::try_from(pixels.div_ceil(64))
         .map_err(|_| Error::shape("conv2d", format!("{pixels} output pixels")))?;
     input.x.gpu().launch(
-        "conv2d_generic_f32",
+        names::CONV2D_GENERIC_F32,
         LaunchShape {
             grid: [grid_x, g.co.div_ceil(64) as u32, 1],
             block: [128, 1, 1],
@@ -610,7 +625,7 @@ pub fn group_norm_stats(
         return Ok(stats);
     }
     gpu.launch(
-        "group_norm_stats_f32",
+        names::GROUP_NORM_STATS_F32,
         LaunchShape {
             grid: [(n * groups) as u32, 1, 1],
             block: [256, 1, 1],
@@ -658,7 +673,7 @@ fn norm_apply(x: &Buffer, x2: Option<&Buffer>, norm: &NormOnLoad, s: &NormShape)
         return Ok(y);
     }
     gpu.launch(
-        "group_norm_apply_f32",
+        names::GROUP_NORM_APPLY_F32,
         LaunchShape::linear(y.len(), 256),
         &[
             KernelArg::Ptr(x.ptr()),

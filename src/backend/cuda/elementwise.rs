@@ -7,6 +7,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{KernelArg, LaunchShape};
+use super::kernels::names;
 use super::Precision;
 use crate::backend::{AttnGeom, BinaryOp};
 use crate::error::{Error, Result};
@@ -31,7 +32,7 @@ pub(super) fn map(
 
 /// `x·σ(x)`.
 pub fn silu(x: &Buffer) -> Result<Buffer> {
-    map(x, x.len(), "silu_f32", |y| {
+    map(x, x.len(), names::SILU_F32, |y| {
         vec![
             KernelArg::Ptr(x.ptr()),
             KernelArg::Ptr(y.ptr()),
@@ -50,7 +51,7 @@ pub fn binary(a: &Buffer, b: &Buffer, op: BinaryOp) -> Result<Buffer> {
         BinaryOp::AbsDiff => 3,
         BinaryOp::SignDiff => 4,
     };
-    map(a, a.len(), "binary_f32", |y| {
+    map(a, a.len(), names::BINARY_F32, |y| {
         vec![
             KernelArg::Ptr(a.ptr()),
             KernelArg::Ptr(b.ptr()),
@@ -63,7 +64,7 @@ pub fn binary(a: &Buffer, b: &Buffer, op: BinaryOp) -> Result<Buffer> {
 
 /// `x·mul + add`.
 pub fn affine(x: &Buffer, mul: f32, add: f32) -> Result<Buffer> {
-    map(x, x.len(), "affine_f32", |y| {
+    map(x, x.len(), names::AFFINE_F32, |y| {
         vec![
             KernelArg::Ptr(x.ptr()),
             KernelArg::Ptr(y.ptr()),
@@ -84,7 +85,7 @@ pub fn add_channel_bias(
     check::len(OP, "x", x.len(), n * c * hw)?;
     check::len(OP, "the bias", b.len(), n * c)?;
     let hw = check::int(OP, "positions", hw.max(1))?;
-    map(x, x.len(), "add_channel_bias_f32", |y| {
+    map(x, x.len(), names::ADD_CHANNEL_BIAS_F32, |y| {
         vec![
             KernelArg::Ptr(x.ptr()),
             KernelArg::Ptr(b.ptr()),
@@ -104,7 +105,7 @@ pub fn upsample_nearest2x(x: &Buffer, (nc, h, w): (usize, usize, usize)) -> Resu
         check::int(OP, "height", h)?,
         check::int(OP, "width", w)?,
     );
-    map(x, 4 * x.len(), "upsample_nearest2x_f32", |y| {
+    map(x, 4 * x.len(), names::UPSAMPLE_NEAREST2X_F32, |y| {
         vec![
             KernelArg::Ptr(x.ptr()),
             KernelArg::Ptr(y.ptr()),
@@ -128,7 +129,7 @@ pub fn transpose12(x: &Buffer, (n, a, b): (usize, usize, usize)) -> Result<Buffe
         .filter(|&v| v <= 65_535)
         .ok_or_else(|| Error::shape(OP, format!("batch {n} exceeds 65535")))?;
     x.gpu().launch(
-        "transpose12_f32",
+        names::TRANSPOSE12_F32,
         LaunchShape {
             grid: [b.div_ceil(32) as u32, a.div_ceil(32) as u32, batch],
             block: [32, 8, 1],
@@ -162,7 +163,7 @@ fn channel_copy(
         return Ok(());
     }
     src.gpu().launch(
-        "channel_copy_f32",
+        names::CHANNEL_COPY_F32,
         LaunchShape::linear(len, BLOCK),
         &[
             KernelArg::Ptr(src.ptr()),
@@ -228,7 +229,7 @@ pub fn timestep_embedding(
     const OP: &str = "timestep_embedding";
     let rows = check::int(OP, "timesteps", t.len())?;
     let d = check::int(OP, "dim", dim)?;
-    map(t, t.len() * dim, "timestep_embedding_f32", |y| {
+    map(t, t.len() * dim, names::TIMESTEP_EMBEDDING_F32, |y| {
         vec![
             KernelArg::Ptr(t.ptr()),
             KernelArg::Ptr(y.ptr()),
@@ -315,13 +316,15 @@ fn launch_attention(
     let tensor_cores = super::precision() != Precision::Fp32
         && matches!(g.d, 16 | 32 | 64 | 128)
         && [q, k, v, &out].iter().all(|b| b.ptr().0.is_multiple_of(16));
-    let (name, rows) = if tensor_cores {
-        (format!("attention_tf32_d{}", g.d), 64)
-    } else {
-        ("attention_f32".to_string(), 32)
+    let (name, rows) = match (tensor_cores, g.d) {
+        (true, 16) => (names::ATTENTION_TF32_D16, 64),
+        (true, 32) => (names::ATTENTION_TF32_D32, 64),
+        (true, 64) => (names::ATTENTION_TF32_D64, 64),
+        (true, 128) => (names::ATTENTION_TF32_D128, 64),
+        _ => (names::ATTENTION_F32, 32),
     };
     q.gpu().launch(
-        &name,
+        name,
         LaunchShape {
             grid: [g.l.div_ceil(rows) as u32, heads, n],
             block: [128, 1, 1],

@@ -10,6 +10,7 @@ use super::buffer::Buffer;
 use super::check;
 use super::conv::{NormOnLoad, SMS, SPLIT_BATCH};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
+use super::kernels::names;
 use super::Precision;
 use crate::backend::MatmulGeom;
 use crate::error::{Error, Result};
@@ -178,7 +179,7 @@ pub fn strided(
     if precision == Precision::Fp32 {
         let grid = [n_tiles as u32, m_tiles as u32, batch];
         gpu.launch(
-            "gemm_f32",
+            names::GEMM_F32,
             LaunchShape {
                 grid,
                 block: [128, 1, 1],
@@ -272,7 +273,8 @@ pub fn strided(
     tc_args.push(ptr(parts.as_ref()));
     tc_args.push(KernelArg::Ptr(counters.unwrap_or(DevicePtr(0))));
     gpu.launch(
-        &precision.kernel("gemm"),
+        // (float32 took the FFMA kernel above)
+        precision.pick([names::GEMM_TF32, names::GEMM_TF32, names::GEMM_BF16]),
         LaunchShape {
             grid: [n_tiles as u32, grid_y, batch],
             block: [128, 1, 1],
@@ -289,7 +291,7 @@ pub fn strided(
             (g.batch * g.m, g.n, 1)
         };
         gpu.launch(
-            "conv2d_finish_f32",
+            names::CONV2D_FINISH_F32,
             LaunchShape::linear(c.len(), 256),
             &[
                 KernelArg::Ptr(parts.ptr()),
@@ -365,7 +367,7 @@ pub fn pack(x: &Buffer, p: &Packing, norm: Option<NormOnLoad>) -> Result<Buffer>
         .ok_or_else(|| Error::shape("matmul", format!("batch {} exceeds 65535", p.batch)))?;
     let ld = if p.trans { p.rows } else { p.k };
     x.gpu().launch(
-        "gemm_pack_f32",
+        names::GEMM_PACK_F32,
         LaunchShape {
             grid: [
                 p.width.div_ceil(32) as u32,

@@ -68,14 +68,10 @@ impl Precision {
             Precision::Bf16 => 2,
         }
     }
-    /// The kernel of `family` (`gemm`, `conv2d`) at this precision.
-    pub fn kernel(self, family: &str) -> String {
-        let suffix = match self {
-            Precision::Fp32 => "f32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        };
-        format!("{family}_{suffix}")
+    /// Of three kernels, one per way of multiplying (`[f32, tf32, bf16]`), the one for this
+    /// precision.
+    pub fn pick(self, kernels: [&'static str; 3]) -> &'static str {
+        kernels[usize::from(self.mma_code())]
     }
 }
 

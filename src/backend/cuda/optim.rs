@@ -5,6 +5,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{KernelArg, LaunchShape};
+use super::kernels::names;
 use crate::backend::{AdamStep, LossKind};
 use crate::error::{Error, Result};
 
@@ -34,7 +35,7 @@ pub fn loss(a: &Buffer, b: &Buffer, kind: LossKind) -> Result<Buffer> {
         shared_bytes: 0,
     };
     gpu.launch(
-        "loss_partial_f32",
+        names::LOSS_PARTIAL_F32,
         shape(blocks),
         &[
             KernelArg::Ptr(a.ptr()),
@@ -47,7 +48,7 @@ pub fn loss(a: &Buffer, b: &Buffer, kind: LossKind) -> Result<Buffer> {
     )?;
     let blocks_arg = check::int(OP, "blocks", blocks)?;
     gpu.launch(
-        "loss_finish_f32",
+        names::LOSS_FINISH_F32,
         shape(1),
         &[
             KernelArg::Ptr(partial.ptr()),
@@ -67,7 +68,7 @@ pub fn loss_backward(a: &Buffer, b: &Buffer, g: &Buffer, kind: LossKind) -> Resu
     let da = Buffer::alloc(a.gpu(), a.len())?;
     if !da.is_empty() {
         a.gpu().launch(
-            "loss_backward_f32",
+            names::LOSS_BACKWARD_F32,
             LaunchShape::linear(a.len(), 256),
             &[
                 KernelArg::Ptr(a.ptr()),
@@ -156,7 +157,7 @@ pub fn adamw(
         shared_bytes: 0,
     };
     gpu.launch(
-        "grad_sq_partial_f32",
+        names::GRAD_SQ_PARTIAL_F32,
         blocks,
         &[
             KernelArg::Ptr(table_buf.ptr()),
@@ -180,7 +181,7 @@ pub fn adamw(
         .map(|b| KernelArg::Ptr(b.ptr()))
         .collect();
     args.push(KernelArg::Struct(bytemuck::bytes_of(&hyper).to_vec()));
-    gpu.launch("adamw_fused_f32", blocks, &args)?;
+    gpu.launch(names::ADAMW_FUSED_F32, blocks, &args)?;
     // written in place: what was derived from them (prepared convolution weights) is stale
     for b in [p, m, v, e] {
         b.touch();

@@ -8,6 +8,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{DevicePtr, Gpu, KernelArg, LaunchShape};
+use super::kernels::names;
 use crate::backend::{
     check_dropout, row_words, DdimCoef, DdimStep, DropoutGeom, DynCoef, ProcessGeom, QSampleCoef,
     SeqGeom,
@@ -37,7 +38,7 @@ pub fn dynamics(x: &Buffer, g: &SeqGeom, coefs: &[DynCoef], inverse: bool) -> Re
     let c: Vec<f32> = coefs.iter().flat_map(|c| [c.sqrt_g, c.sqrt_1mg]).collect();
     let c = Buffer::from_f32(gpu, &c)?;
     gpu.launch(
-        "dynamics_f32",
+        names::DYNAMICS_F32,
         LaunchShape::linear(g.batch * g.elems, BLOCK),
         &[
             KernelArg::Ptr(x.ptr()),
@@ -87,7 +88,7 @@ pub fn q_sample(
         .collect();
     let c = Buffer::from_f32(gpu, &c)?;
     gpu.launch(
-        "q_sample_f32",
+        names::Q_SAMPLE_F32,
         LaunchShape::linear(g.batch * g.elems, BLOCK),
         &[
             KernelArg::Ptr(x0.ptr()),
@@ -168,7 +169,7 @@ pub fn ddim_step(
     };
     let next = Buffer::alloc(gpu, state.len())?;
     gpu.launch(
-        "ddim_step_f32",
+        names::DDIM_STEP_F32,
         LaunchShape::linear(g.batch * g.elems, BLOCK),
         &[
             KernelArg::Ptr(state.ptr()),
@@ -228,7 +229,7 @@ pub fn randn(
     row_len: usize,
 ) -> Result<Buffer> {
     let len = rows.len() * row_len;
-    per_row(gpu, ("randn_f32", "randn"), key, rows, row_len, len)
+    per_row(gpu, (names::RANDN_F32, "randn"), key, rows, row_len, len)
 }
 
 /// The Philox words of calls `c0 = 0 … blocks − 1` of each row: `(rows, blocks, 4)` `u32`.
@@ -241,7 +242,7 @@ pub fn philox_words(
     let len = rows.len() * blocks * 4;
     per_row(
         gpu,
-        ("philox_words_u32", "philox_words"),
+        (names::PHILOX_WORDS_U32, "philox_words"),
         key,
         rows,
         blocks,
@@ -261,7 +262,7 @@ pub fn dropout(x: &Buffer, rows: &Buffer, g: &DropoutGeom) -> Result<Buffer> {
     }
     let calls = g.rows * g.row_len.div_ceil(4);
     gpu.launch(
-        "dropout_f32",
+        names::DROPOUT_F32,
         LaunchShape::linear(calls, BLOCK),
         &[
             KernelArg::Ptr(x.ptr()),
