@@ -7,7 +7,7 @@ use super::buffer::Buffer;
 use super::check;
 use super::elementwise::map;
 use super::gpu::{KernelArg, LaunchShape};
-use super::kernels::names;
+use super::kernels::{consts, names};
 use super::Precision;
 use crate::backend::{AttnGeom, ConvGeom, NormGeom};
 use crate::error::{Error, Result};
@@ -88,7 +88,7 @@ pub fn conv2d_backward(
     check::len(OP, "the output gradient", dy.len(), g.n * g.co * ho * wo)?;
     let kk = g.k * g.k;
     let reduction = g.n * ho * wo;
-    let tiles = g.co.div_ceil(64) * (g.ci * kk).div_ceil(64);
+    let tiles = g.co.div_ceil(consts::TILE_M) * (g.ci * kk).div_ceil(consts::TILE_N);
     let (splits, slice) = wgrad_slices(tiles, reduction);
     let s = ConvBwdShape {
         n: check::int(OP, "batch", g.n)?,
@@ -124,11 +124,15 @@ pub fn conv2d_backward(
                 ]),
                 LaunchShape {
                     grid: [
-                        grid(OP, "input pixels", (g.n * g.h * g.w).div_ceil(64))?,
-                        grid(OP, "input channels", g.ci.div_ceil(64))?,
+                        grid(
+                            OP,
+                            "input pixels",
+                            (g.n * g.h * g.w).div_ceil(consts::TILE_N),
+                        )?,
+                        grid(OP, "input channels", g.ci.div_ceil(consts::TILE_M))?,
                         1,
                     ],
-                    block: [128, 1, 1],
+                    block: [consts::TILE_THREADS as u32, 1, 1],
                     shared_bytes: 0,
                 },
                 &[
@@ -156,11 +160,11 @@ pub fn conv2d_backward(
             ]),
             LaunchShape {
                 grid: [
-                    grid(OP, "weight columns", (g.ci * kk).div_ceil(64))?,
-                    grid(OP, "output channels", g.co.div_ceil(64))?,
+                    grid(OP, "weight columns", (g.ci * kk).div_ceil(consts::TILE_N))?,
+                    grid(OP, "output channels", g.co.div_ceil(consts::TILE_M))?,
                     grid(OP, "slices", splits)?,
                 ],
-                block: [128, 1, 1],
+                block: [consts::TILE_THREADS as u32, 1, 1],
                 shared_bytes: 0,
             },
             &[

@@ -25,7 +25,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
-use super::kernels::names;
+use super::kernels::{consts, names};
 use super::Precision;
 use crate::backend::{ConvGeom, NormGeom};
 use crate::error::{Error, Result};
@@ -131,9 +131,9 @@ fn ptr(b: Option<&Buffer>) -> KernelArg {
     KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr))
 }
 
-/// Output tile of the direct kernels (pixels per side), threads per block.
-const TILE: usize = 8;
-const THREADS: u32 = 128;
+/// Output tile of the direct kernels (pixels per side), threads per block (kernels/conv.cu).
+const TILE: usize = consts::CONV_TILE;
+const THREADS: u32 = consts::CONV_THREADS as u32;
 /// The split-K rule of the direct kernels (and kernels/gemm.cu's): enough slices' splits that a batch of 8 puts a block
 /// on each of an H100's or H200's 132 SMs. It depends on the layer's shape only — never on the
 /// batch — so that a sample's result does not depend on the batch it is in.

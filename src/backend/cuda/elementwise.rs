@@ -7,7 +7,7 @@
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{KernelArg, LaunchShape};
-use super::kernels::names;
+use super::kernels::{consts, names};
 use super::Precision;
 use crate::backend::{AttnGeom, BinaryOp};
 use crate::error::{Error, Result};
@@ -317,11 +317,11 @@ fn launch_attention(
         && matches!(g.d, 16 | 32 | 64 | 128)
         && [q, k, v, &out].iter().all(|b| b.ptr().0.is_multiple_of(16));
     let (name, rows) = match (tensor_cores, g.d) {
-        (true, 16) => (names::ATTENTION_TF32_D16, 64),
-        (true, 32) => (names::ATTENTION_TF32_D32, 64),
-        (true, 64) => (names::ATTENTION_TF32_D64, 64),
-        (true, 128) => (names::ATTENTION_TF32_D128, 64),
-        _ => (names::ATTENTION_F32, 32),
+        (true, 16) => (names::ATTENTION_TF32_D16, consts::FA_ROWS),
+        (true, 32) => (names::ATTENTION_TF32_D32, consts::FA_ROWS),
+        (true, 64) => (names::ATTENTION_TF32_D64, consts::FA_ROWS),
+        (true, 128) => (names::ATTENTION_TF32_D128, consts::FA_ROWS),
+        _ => (names::ATTENTION_F32, consts::ATT_ROWS),
     };
     q.gpu().launch(
         name,

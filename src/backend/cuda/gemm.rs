@@ -10,15 +10,16 @@ use super::buffer::Buffer;
 use super::check;
 use super::conv::{NormOnLoad, SMS, SPLIT_BATCH};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
-use super::kernels::names;
+use super::kernels::{consts, names};
 use super::Precision;
 use crate::backend::MatmulGeom;
 use crate::error::{Error, Result};
 
-/// The tile of one thread block (rows and columns of C), and K per slice of the tensor-core
-/// kernels (`kernels/gemm.cu`: `GEMM_BM`, `GEMM_BN`, `GEMM_KC`).
-const TILE: usize = 64;
-const SLICE_K: usize = 32;
+/// The tile of one thread block (rows and columns of C: square), and K per slice of the
+/// tensor-core kernels (`kernels/gemm.cu`).
+const TILE: usize = consts::GEMM_BM;
+const SLICE_K: usize = consts::GEMM_KC;
+const _: () = assert!(consts::GEMM_BM == consts::GEMM_BN);
 
 /// `kernels/gemm.cu`'s `GemmShape`, field for field (no padding: 72 bytes).
 #[repr(C)]
@@ -182,7 +183,7 @@ pub fn strided(
             names::GEMM_F32,
             LaunchShape {
                 grid,
-                block: [128, 1, 1],
+                block: [consts::TILE_THREADS as u32, 1, 1],
                 shared_bytes: 0,
             },
             &args(a, b, &shape),
@@ -277,7 +278,7 @@ pub fn strided(
         precision.pick([names::GEMM_TF32, names::GEMM_TF32, names::GEMM_BF16]),
         LaunchShape {
             grid: [n_tiles as u32, grid_y, batch],
-            block: [128, 1, 1],
+            block: [consts::GEMM_THREADS as u32, 1, 1],
             shared_bytes: shared_bytes(precision) as u32,
         },
         &tc_args,

@@ -62,11 +62,11 @@ impl Precision {
     /// The kernels' code for this way of multiplying (`kernels/gemm_core.cuh`: `MMA_F32` 0,
     /// `MMA_TF32` 1, `MMA_BF16` 2).
     pub fn mma_code(self) -> u8 {
-        match self {
-            Precision::Fp32 => 0,
-            Precision::Tf32 => 1,
-            Precision::Bf16 => 2,
-        }
+        (match self {
+            Precision::Fp32 => kernels::consts::MMA_F32,
+            Precision::Tf32 => kernels::consts::MMA_TF32,
+            Precision::Bf16 => kernels::consts::MMA_BF16,
+        }) as u8
     }
     /// Of three kernels, one per way of multiplying (`[f32, tf32, bf16]`), the one for this
     /// precision.
