@@ -48,16 +48,16 @@
 // nearest), bf16 tensor cores (mma.m16n8k16) — always float32 accumulation.
 //
 // The same kernels compute the input gradient of a stride-1 convolution (conv2d_weights reads the
-// weights transposed and rotated; kernels/backward.cu).
+// weights transposed and rotated; kernels/conv_backward.cu).
 //
-// Other geometries (kernel sizes other than 1 and 3, other strides) run conv2d_generic_f32, an
-// implicit GEMM over kernels/gemm_core.cuh's tile product in float32 whatever the precision: the
+// Other geometries (kernel sizes other than 1 and 3, other strides) write the transformed input's
+// columns (conv2d_im2col_f32) for a batched GEMM of kernels/gemm.cu at the same precision: the
 // network never uses them (src/backend/cuda/conv.rs says when each kernel runs).
 //
 // Launch (direct): grid (n·tiles_y·tiles_x, ⌈co/64⌉ (⌈co/128⌉ for 1×1), splits), 128 threads,
 // dynamic shared memory for the norm table (16 bytes per slice channel) and two buffers of
-// weights and patch (src/backend/cuda/conv.rs, `Direct::shared_bytes`). Generic: grid
-// (⌈n·ho·wo/64⌉, ⌈co/64⌉), 128 threads, none.
+// weights and patch (src/backend/cuda/conv.rs, `Direct::shared_bytes`). Columns: one thread per
+// value, 256 per block.
 // Benchmark: `dydiff bench unet --device cuda`, the GPU check script (per-kernel times) and
 // python/sass_model.py (the model from the machine code).
 #include "gemm_core.cuh"
@@ -569,63 +569,48 @@ extern "C" __global__ void conv2d_finish_f32(const float* __restrict__ parts,
   y[i] = v * scale;
 }
 
-// The generic path (any kernel size, stride and padding): an implicit GEMM with rows the output
-// channels, columns the output pixels of every image, reduction ci·k·k, the input gathered (and
-// transformed) per element through kernels/gemm_core.cuh's tile product with FFMA.
-extern "C" __global__ void __launch_bounds__(TILE_THREADS, 2)
-    conv2d_generic_f32(const float* __restrict__ x, const float* __restrict__ x2,
-                       const float* __restrict__ w, const float* __restrict__ bias,
-                       const float* __restrict__ temb, const float* __restrict__ residual,
-                       const float* __restrict__ stats, const float* __restrict__ gamma,
-                       const float* __restrict__ beta, float* __restrict__ y, ConvShape s) {
+// The generic path (any kernel size, stride and padding): the input's columns, transformed as
+// the direct kernels transform it (group norm, SiLU, upsampling, concatenation, circular padding),
+// for a batched GEMM of kernels/gemm.cu with the weights (rows the output channels, columns the
+// output pixels of each image, reduction ci·k²):
+//
+//   cols[n][oy·wo + ox][c·k² + ky·k + kx] = x̃[n, c, oy·stride + ky − pad_top, ox·stride + kx − pad_left]
+//
+// One thread per value, 256 per block.
+extern "C" __global__ void conv2d_im2col_f32(const float* __restrict__ x,
+                                             const float* __restrict__ x2,
+                                             const float* __restrict__ stats,
+                                             const float* __restrict__ gamma,
+                                             const float* __restrict__ beta,
+                                             float* __restrict__ cols, ConvShape s) {
   const int kk = s.k * s.k, K = s.ci * kk;
-  const long long hw_out = (long long)s.ho * s.wo, pixels = s.n * hw_out;
+  const long long hw_out = (long long)s.ho * s.wo;
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= s.n * hw_out * K) return;
+  const long long np = i / K;  // n·hw_out + p
+  const int k = int(i - np * K), n = int(np / hw_out), p = int(np - n * hw_out);
   const int sh = s.upsample ? s.h / 2 : s.h, sw = s.upsample ? s.w / 2 : s.w;  // stored size
-  const int per_group = s.groups ? s.ci / s.groups : 1;
-  long long p0 = (long long)blockIdx.x * TILE_N;
-  int co0 = blockIdx.y * TILE_M;
-  auto a = [&](int row, int k) {
-    int co = co0 + row;
-    return co < s.co && k < K ? w[(long long)co * K + k] : 0.0f;
-  };
-  auto b = [&](int col, int k) {
-    long long p = p0 + col;
-    if (p >= pixels || k >= K) return 0.0f;
-    int n = int(p / hw_out);
-    int rem = int(p - n * hw_out);
-    int oy = rem / s.wo, ox = rem - oy * s.wo;
-    int c = k / kk, tap = k - c * kk;
-    int ky = tap / s.k, kx = tap - ky * s.k;
-    int iy = oy * s.stride + ky - s.pad_top, ix = ox * s.stride + kx - s.pad_left;
-    if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) {  // padding of the transformed input
-      if (!s.circular) return 0.0f;
-      iy += iy < 0 ? s.h : (iy >= s.h ? -s.h : 0);
-      ix += ix < 0 ? s.w : (ix >= s.w ? -s.w : 0);
+  const int oy = p / s.wo, ox = p - oy * s.wo;
+  const int c = k / kk, tap = k - c * kk, ky = tap / s.k, kx = tap - ky * s.k;
+  int iy = oy * s.stride + ky - s.pad_top, ix = ox * s.stride + kx - s.pad_left;
+  if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) {  // padding of the transformed input
+    if (!s.circular) {
+      cols[i] = 0.0f;
+      return;
     }
-    if (s.upsample) {
-      iy /= 2;
-      ix /= 2;
-    }
-    float v = c < s.ci1 ? x[(((long long)n * s.ci1 + c) * sh + iy) * sw + ix]
-                        : x2[(((long long)n * (s.ci - s.ci1) + (c - s.ci1)) * sh + iy) * sw + ix];
-    if (s.groups) {
-      const float* st = stats + 2 * ((long long)n * s.groups + c / per_group);
-      v = (v - st[0]) * st[1] * gamma[c] + beta[c];
-    }
-    if (s.silu) v = v / (1.0f + expf(-v));
-    return v;
-  };
-  float acc[2][4][4];
-  tile_product<MMA_F32>(K, a, true, b, false, acc);
-  tile_store(acc, [&](int row, int col, float v) {
-    int co = co0 + row;
-    long long p = p0 + col;
-    if (co >= s.co || p >= pixels) return;
-    int n = int(p / hw_out);
-    long long at = ((long long)n * s.co + co) * hw_out + (p - n * hw_out);
-    if (bias) v += bias[co];
-    if (temb) v += temb[(long long)n * s.co + co];
-    if (residual) v += residual[at];
-    y[at] = v * s.scale;
-  });
+    iy += iy < 0 ? s.h : (iy >= s.h ? -s.h : 0);
+    ix += ix < 0 ? s.w : (ix >= s.w ? -s.w : 0);
+  }
+  if (s.upsample) {
+    iy /= 2;
+    ix /= 2;
+  }
+  float v = c < s.ci1 ? x[(((long long)n * s.ci1 + c) * sh + iy) * sw + ix]
+                      : x2[(((long long)n * (s.ci - s.ci1) + (c - s.ci1)) * sh + iy) * sw + ix];
+  if (s.groups) {
+    const float* st = stats + 2 * ((long long)n * s.groups + c / (s.ci / s.groups));
+    v = (v - st[0]) * st[1] * gamma[c] + beta[c];
+  }
+  if (s.silu) v = v / (1.0f + expf(-v));
+  cols[i] = v;
 }

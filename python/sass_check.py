@@ -14,9 +14,7 @@ fatbin's sm_90 SASS by python/sass.py). It fails (exit status 1) when a rule is 
    of its blocks makes one trip through the main loop (one slice of the reduction; such a layer
    is a few microseconds whatever its grid).
 
-Kernels that are still to be rewritten for these rules are listed in PENDING: they are measured
-and reported on every run but do not fail it; a pending kernel that already passes is reported
-too, so that it can leave the list. Standard library only.
+Every product kernel is held to the rules: none is exempt. Standard library only.
 
     python3 python/sass_check.py [--fatbin F] [--plan PLAN.jsonl]
     python3 python/sass_check.py --self-test     (the rules catch planted faults; needs $NVCC)
@@ -39,13 +37,13 @@ MAX_PER_HMMA = 8.0
 SMS = 132
 # the product kernels: convolutions and GEMMs (tensor-core variants and float32 twins)
 PRODUCTS = ["conv2d_*", "gemm_*"]
-TENSOR_CORE = ["conv2d_tf32_*", "conv2d_bf16_*", "conv2d_dgrad_tf32", "conv2d_dgrad_bf16",
-               "conv2d_wgrad_tf32", "conv2d_wgrad_bf16", "gemm_tf32", "gemm_bf16"]
-# not products: the direct convolutions' weight preparation, the split-K finish, the GEMMs' operand
-# packing
-HELPERS = ["conv2d_weights", "conv2d_finish_f32", "gemm_pack_f32"]
-# still on the old tile product (kernels/gemm_core.cuh): the backward convolutions
-PENDING = ["conv2d_dgrad_*", "conv2d_wgrad_*", "conv2d_generic_f32"]
+TENSOR_CORE = ["conv2d_tf32_*", "conv2d_bf16_*", "conv2d_wgrad_tf32", "conv2d_wgrad_bf16",
+               "gemm_tf32", "gemm_bf16"]
+# not products: the direct convolutions' weight preparation, the split-K finish, the operand
+# layouts of the GEMMs (their packing, the generic convolution's columns, the weight gradient's
+# grids) and the input gradient's gather from columns
+HELPERS = ["conv2d_weights", "conv2d_finish_f32", "gemm_pack_f32", "conv2d_im2col_f32",
+           "conv2d_phase_pack_f32", "conv2d_grid_pack_f32", "conv2d_col2im_f32"]
 
 
 def matches(name, patterns):
@@ -83,9 +81,10 @@ def launch_faults(plan):
         blocks = la["grid"][0] * la["grid"][1] * la["grid"][2]
         # a direct convolution whose blocks each take one slice of the input channels, or a
         # tensor-core GEMM whose blocks each take one slice of K
-        one_trip = k.startswith("conv2d_") and not k.startswith(("conv2d_dgrad", "conv2d_wgrad")) \
-            and k != "conv2d_generic_f32" and conv_shape(la["args"])["per_split"] == 1
-        one_trip = one_trip or (k in ("gemm_tf32", "gemm_bf16") and gemm_shape(la["args"])["per_split"] == 1)
+        direct = k.startswith(("conv2d_tf32_", "conv2d_bf16_", "conv2d_f32_"))
+        one_trip = direct and conv_shape(la["args"])["per_split"] == 1
+        one_trip = one_trip or (k in ("gemm_tf32", "gemm_bf16", "conv2d_wgrad_tf32", "conv2d_wgrad_bf16")
+                                and gemm_shape(la["args"])["per_split"] == 1)
         if blocks < SMS and not one_trip:
             out.append((k, "×".join(map(str, la["grid"])), blocks))
     return out
@@ -153,42 +152,24 @@ def main():
         return
     fatbin, figures = sass.read(args.fatbin, 90)
     print(f"# sass_check: {fatbin} (sm_90), {len(figures)} kernels")
-    failed, pending_faults, pending_clean = [], [], []
+    failed = []
     for name, fig in sorted(figures.items()):
         faults = kernel_faults(name, fig)
         loop = fig["main_loop"]
         if matches(name, TENSOR_CORE) and loop and loop["hmma"]:
             print(f"{name:32s} {loop['instructions'] / loop['hmma']:6.1f} instructions/HMMA, "
                   f"{loop['division_sequences']} division sequences")
-        if matches(name, PENDING):
-            (pending_faults if faults else pending_clean).append((name, faults))
-        elif faults:
-            failed += [f"{name}: {f}" for f in faults]
+        failed += [f"{name}: {f}" for f in faults]
     if args.plan:
         idle = launch_faults(args.plan)
         for k, grid, blocks in idle:
-            msg = f"{k}: a launch of grid {grid} ({blocks} blocks) leaves SMs of {SMS} idle"
-            if matches(k, PENDING):
-                pending_faults.append((k, [msg]))
-            else:
-                failed.append(msg)
+            failed.append(f"{k}: a launch of grid {grid} ({blocks} blocks) leaves SMs of {SMS} idle")
         print(f"plan {args.plan}: {len(idle)} product launches under one block per SM")
-    grouped = {}
-    for name, faults in pending_faults:
-        for f in faults:
-            key = (name, "launch" if "a launch of grid" in f else f)
-            grouped[key] = grouped.get(key, 0) + 1
-    for (name, what), count in grouped.items():
-        if what == "launch":
-            what = f"{count} launches leave SMs of {SMS} idle"
-        print(f"pending (still to be rewritten): {name}: {what}")
-    for name, _ in pending_clean:
-        print(f"pending but passing: {name} (can leave PENDING)")
     for f in failed:
         print(f"FAIL {f}", file=sys.stderr)
     if failed:
         sys.exit(1)
-    print("sass_check: every rule holds outside the pending kernels")
+    print("sass_check: every rule holds")
 
 
 if __name__ == "__main__":

@@ -93,29 +93,27 @@ def gemm_shape(args):
 def trips(kernel, args, grid):
     """Trips through the main loop per block, and the bytes the launch moves (None: from the
     kernel's loads and stores), for the kernels whose shape the arguments give."""
-    if kernel.startswith("conv2d_dgrad"):
-        s = [a for a in args if isinstance(a, list)][0]
-        n, ci, h, w, co, k, _st, _pt, _pl, ho, wo = s[:11]
-        return math.ceil(co * k * k / TILE_K), 4 * (n * co * ho * wo + co * ci * k * k + n * ci * h * w)
-    if kernel.startswith("conv2d_wgrad"):
-        s = [a for a in args if isinstance(a, list)][0]
-        n, ci, h, w, co, k, _st, _pt, _pl, ho, wo = s[:11]
-        slice_len = s[12] | (s[13] << 32) if len(s) > 13 else s[12]
-        return math.ceil(slice_len / TILE_K), 4 * (n * co * ho * wo + n * ci * h * w + grid[2] * co * ci * k * k)
-    if kernel.startswith("conv2d_") and kernel not in ("conv2d_weights", "conv2d_finish_f32"):
-        # the generic kernel: a trip per K-slice of 16; the direct kernels (kernels/conv.cu): a
-        # trip per slice of input channels. The input, the weights and the output once; split,
+    if kernel == "conv2d_wgrad_f32":
+        # kernels/conv_backward.cu: a trip per K-slice of 16 of the split's run; both grids once,
+        # each split's plane written
+        g = [a for a in args if isinstance(a, list)][0]
+        co, ci, k = g[4], g[1], g[5]
+        ld, k_len = g[16] | (g[17] << 32), g[18] | (g[19] << 32)
+        slice_len = args[-1]
+        phases = g[6] ** 2
+        return math.ceil(slice_len / TILE_K), 4 * (co * k_len + phases * ci * ld + grid[2] * co * ci * k * k)
+    if kernel.startswith(("conv2d_tf32_", "conv2d_bf16_", "conv2d_f32_")):
+        # the direct kernels (kernels/conv.cu): a trip per slice of input channels. The input, the weights and the output once; split,
         # also each split's partial plane written and read back by the tile's last block
         s = conv_shape(args)
         weights = s["co"] * s["ci"] * s["k"] ** 2
         io = s["n"] * s["ci"] * s["stored"] + weights
-        if kernel == "conv2d_generic_f32":
-            return math.ceil(s["ci"] * s["k"] ** 2 / TILE_K), 4 * (io + s["n"] * s["co"] * s["ho"] * s["wo"])
         out = s["n"] * s["co"] * s["ho"] * s["wo"]
         return s["per_split"], 4 * (io + (2 * grid[2] + 1 if grid[2] > 1 else 1) * out)
-    if kernel in ("gemm_tf32", "gemm_bf16"):
+    if kernel in ("gemm_tf32", "gemm_bf16", "conv2d_wgrad_tf32", "conv2d_wgrad_bf16"):
         # the first slice of a split before the main loop, then a trip per slice; the operands
-        # and the output once, split also each split's partial plane written and read back
+        # and the output once, split also each split's partial plane written and read back (the
+        # weight gradient's B: its phase planes, about K per column of ci, read for every tap)
         s = gemm_shape(args)
         batch = grid[2]
         splits = math.ceil(s["slices"] / s["per_split"]) if s["slices"] else 1

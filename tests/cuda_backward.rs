@@ -93,6 +93,14 @@ fn conv_geoms() -> Vec<ConvGeom> {
         circular(g(2, 3, 8, 6, 4, 3, 2, [1; 4])),
         circular(g(1, 2, 1, 2, 3, 3, 1, [1; 4])),
         circular(g(4, 3, 32, 32, 4, 3, 1, [1; 4])),
+        // other kernel sizes and strides, padding wider than the kernel: the input gradient
+        // through the columns, the weight gradient over several phase planes
+        g(2, 3, 9, 8, 4, 5, 1, [2; 4]),
+        g(2, 4, 8, 7, 3, 2, 2, [0; 4]),
+        g(3, 2, 7, 9, 5, 4, 3, [1, 2, 0, 3]),
+        g(1, 2, 4, 5, 3, 3, 1, [3; 4]),
+        circular(g(2, 3, 8, 8, 4, 5, 2, [2; 4])),
+        circular(g(2, 2, 5, 6, 3, 2, 1, [1, 0, 0, 1])),
     ]
 }
 

@@ -330,7 +330,9 @@ fn bench_on_the_cuda_backend_times_every_kernel() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let k = r["kernels"].as_object().expect("a kernels map");
     for name in [
-        "conv2d_dgrad_f32",
+        // the downsamplers' input gradient (stride 2: columns gathered back) and every weight
+        // gradient
+        "conv2d_col2im_f32",
         "conv2d_wgrad_f32",
         "group_norm_bwd_dx_f32",
         "attention_bwd_dkv_f32",

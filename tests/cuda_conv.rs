@@ -1,7 +1,8 @@
 //! The convolution and group-norm kernels (kernels/conv.cu, kernels/norm.cu) on the emulator (or
 //! GPU 0 with DYDIFF_TEST_DEVICE=cuda) against the CPU backend's unfused operations, on ragged
 //! shapes (batch 1 and 17, 1 to 70 channels, odd and non-square images, 3×3 stride 1 and 2 with
-//! diffusers' one-sided downsampling pad, 1×1), in every precision: plain convolutions with bias;
+//! diffusers' one-sided downsampling pad, 1×1; 5×5 and 2×2 on the generic path: columns and a
+//! GEMM), in every precision: plain convolutions with bias;
 //! the fused resnet head (group norm + SiLU on load, bias, time embedding, residual, output scale);
 //! the skip concatenation and the 2× upsampling read in place; the norm and SiLU on load at every
 //! geometry (fused, or a pass of their own); the group norm itself.
@@ -136,15 +137,18 @@ fn plain_convolutions_match_the_cpu() {
 #[test]
 fn the_fused_resnet_head_matches_norm_silu_conv_bias_temb_residual_scale() {
     let gpu = gpu();
-    for (i, &(n, ci, (h, w), co, groups)) in [
-        (1, 8, (8, 8), 16, 4),
-        (17, 4, (5, 7), 6, 2),
-        (2, 64, (8, 8), 64, 32),
+    // (batch, channels, image, output channels, groups, kernel size: 5 runs the generic path,
+    // its time embedding added after the GEMM)
+    for (i, &(n, ci, (h, w), co, groups, k)) in [
+        (1, 8, (8, 8), 16, 4, 3),
+        (17, 4, (5, 7), 6, 2, 3),
+        (2, 64, (8, 8), 64, 32, 3),
+        (3, 6, (7, 6), 5, 3, 5),
     ]
     .iter()
     .enumerate()
     {
-        let g = geom(n, ci, (h, w), co, 3, 1, [1, 1, 1, 1]);
+        let g = geom(n, ci, (h, w), co, k, 1, [k / 2; 4]);
         // the second case with circular padding
         let g = if i == 1 { circular(g) } else { g };
         let seed = 100 + 10 * i as u64;
@@ -153,7 +157,7 @@ fn the_fused_resnet_head_matches_norm_silu_conv_bias_temb_residual_scale() {
             .map(|v| 3.0 * v + 0.7)
             .collect();
         let (gamma, beta) = (rand_vec(ci, seed + 1), rand_vec(ci, seed + 2));
-        let wt = rand_vec(co * ci * 9, seed + 3);
+        let wt = rand_vec(co * ci * k * k, seed + 3);
         let b = rand_vec(co, seed + 4);
         let temb = rand_vec(n * co, seed + 5);
         let res = rand_vec(n * co * h * w, seed + 6);
@@ -224,7 +228,7 @@ fn the_fused_resnet_head_matches_norm_silu_conv_bias_temb_residual_scale() {
             let s_scaled: Vec<f32> = s.iter().map(|v| v * scale + 1e-6).collect();
             within(
                 p,
-                ci * 9,
+                ci * k * k,
                 &got,
                 &want,
                 &s_scaled,
@@ -487,10 +491,14 @@ fn a_norm_table_the_device_cannot_hold_is_applied_by_a_pass() {
 #[test]
 fn the_skip_concatenation_and_upsampling_are_read_in_place() {
     let gpu = gpu();
-    for (i, &(n, c1, c2, (h, w), co, upsample)) in [
-        (2, 4, 4, (6, 8), 5, false),
-        (1, 6, 2, (8, 6), 7, true),
-        (17, 3, 1, (4, 4), 2, true),
+    // (batch, channels of x and x2, image, output channels, upsampled, kernel size: 5 and 2 run
+    // the generic path)
+    for (i, &(n, c1, c2, (h, w), co, upsample, k)) in [
+        (2, 4, 4, (6, 8), 5, false, 3),
+        (1, 6, 2, (8, 6), 7, true, 3),
+        (17, 3, 1, (4, 4), 2, true, 3),
+        (2, 3, 2, (6, 4), 4, true, 5),
+        (1, 2, 3, (5, 7), 3, false, 2),
     ]
     .iter()
     .enumerate()
@@ -502,10 +510,10 @@ fn the_skip_concatenation_and_upsampling_are_read_in_place() {
             rand_vec(n * c1 * sh * sw, seed),
             rand_vec(n * c2 * sh * sw, seed + 1),
         );
-        let g = geom(n, c1 + c2, (h, w), co, 3, 1, [1, 1, 1, 1]);
+        let g = geom(n, c1 + c2, (h, w), co, k, 1, [k / 2; 4]);
         // odd cases with circular padding (read wrapped around the upsampled image)
         let g = if i % 2 == 1 { circular(g) } else { g };
-        let wt = rand_vec(co * (c1 + c2) * 9, seed + 2);
+        let wt = rand_vec(co * (c1 + c2) * k * k, seed + 2);
         let cat =
             CpuStorage::concat_channels(&[&cpu(&x), &cpu(&x2)], n, &[c1, c2], sh * sw).unwrap();
         let input_cpu = if upsample {
@@ -542,7 +550,7 @@ fn the_skip_concatenation_and_upsampling_are_read_in_place() {
                 .unwrap();
             within(
                 p,
-                (c1 + c2) * 9,
+                (c1 + c2) * k * k,
                 &got,
                 &want,
                 &s,

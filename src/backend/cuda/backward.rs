@@ -5,14 +5,16 @@
 
 use super::buffer::Buffer;
 use super::check;
+use super::conv::SMS;
 use super::elementwise::map;
-use super::gpu::{KernelArg, LaunchShape};
+use super::gemm::{strided, Epilogue, GemmShape, Layout, TensorCore};
+use super::gpu::{DevicePtr, KernelArg, LaunchShape};
 use super::kernels::{consts, names};
 use super::Precision;
 use crate::backend::{AttnGeom, ConvGeom, NormGeom};
 use crate::error::{Error, Result};
 
-/// `kernels/backward.cu`'s `ConvBwdShape` (56 bytes).
+/// `kernels/conv_backward.cu`'s `ConvBwdShape` (48 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct ConvBwdShape {
@@ -28,7 +30,29 @@ struct ConvBwdShape {
     ho: i32,
     wo: i32,
     circular: i32,
-    slice_len: i64,
+}
+
+/// `kernels/conv_backward.cu`'s `WgradGrid` (88 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct WgradGrid {
+    n: i32,
+    ci: i32,
+    h: i32,
+    w: i32,
+    co: i32,
+    k: i32,
+    stride: i32,
+    pad_top: i32,
+    pad_left: i32,
+    ho: i32,
+    wo: i32,
+    circular: i32,
+    hq: i32,
+    wq: i32,
+    cells: i64,
+    ld: i64,
+    k_len: i64,
 }
 
 /// `kernels/backward.cu`'s `NormBwdShape` (16 bytes).
@@ -60,19 +84,11 @@ fn grid(op: &'static str, what: &str, n: usize) -> Result<u32> {
     u32::try_from(n.max(1)).map_err(|_| Error::shape(op, format!("{n} {what}")))
 }
 
-/// Slices of the weight gradient's reduction (`n·ho·wo` values): enough blocks to fill a large
-/// GPU (about 256) when the output has few 64×64 tiles, each slice at least 1024 values and a
-/// multiple of 16. A function of the shapes only, so the sums are the same bits on every GPU.
-fn wgrad_slices(tiles: usize, reduction: usize) -> (usize, usize) {
-    let splits = (256 / tiles.max(1)).clamp(1, (reduction / 1024).max(1));
-    let slice = reduction.div_ceil(splits).next_multiple_of(16).max(16);
-    (reduction.div_ceil(slice).max(1), slice)
-}
-
-/// Gradients of the convolution `y = conv(x, w) + b` (see `kernels/backward.cu`): `(dx if
-/// need_dx, dw, db)` for `dy` `(n, co, ho, wo)`. The input gradient of a stride-1 convolution
-/// runs the forward's direct kernels ([`super::conv::input_gradient`]); of the others,
-/// `conv2d_dgrad_*`.
+/// Gradients of the convolution `y = conv(x, w) + b` (see `kernels/conv_backward.cu`): `(dx if
+/// need_dx, dw, db)` for `dy` `(n, co, ho, wo)`. The input gradient of a 3×3 or 1×1 stride-1
+/// convolution runs the forward's direct kernels ([`super::conv::input_gradient`]); of the
+/// others, a GEMM into columns and `conv2d_col2im_f32`. The weight gradient is a GEMM over the
+/// phase-split padded input ([`weight_gradient`]).
 pub fn conv2d_backward(
     x: &Buffer,
     w: &Buffer,
@@ -86,11 +102,21 @@ pub fn conv2d_backward(
     check::len(OP, "x", x.len(), g.n * g.ci * g.h * g.w)?;
     check::len(OP, "the weights", w.len(), g.co * g.ci * g.k * g.k)?;
     check::len(OP, "the output gradient", dy.len(), g.n * g.co * ho * wo)?;
-    let kk = g.k * g.k;
-    let reduction = g.n * ho * wo;
-    let tiles = g.co.div_ceil(consts::TILE_M) * (g.ci * kk).div_ceil(consts::TILE_N);
-    let (splits, slice) = wgrad_slices(tiles, reduction);
-    let s = ConvBwdShape {
+    let dx = if !need_dx {
+        None
+    } else if let Some(dx) = super::conv::input_gradient(dy, w, g, precision)? {
+        Some(dx)
+    } else {
+        Some(input_gradient_by_columns(dy, w, g, precision)?)
+    };
+    let dw = weight_gradient(x, dy, g, precision)?;
+    let db = reduce_channels(dy, (g.n, g.co, ho * wo))?;
+    Ok((dx, dw, db))
+}
+
+fn bwd_shape(g: &ConvGeom) -> Result<ConvBwdShape> {
+    const OP: &str = "conv2d_backward";
+    Ok(ConvBwdShape {
         n: check::int(OP, "batch", g.n)?,
         ci: check::int(OP, "channels", g.ci)?,
         h: check::int(OP, "height", g.h)?,
@@ -100,95 +126,196 @@ pub fn conv2d_backward(
         stride: check::int(OP, "stride", g.stride)?,
         pad_top: check::int(OP, "padding", g.pad[0])?,
         pad_left: check::int(OP, "padding", g.pad[2])?,
-        ho: check::int(OP, "output height", ho)?,
-        wo: check::int(OP, "output width", wo)?,
+        ho: check::int(OP, "output height", g.ho())?,
+        wo: check::int(OP, "output width", g.wo())?,
         circular: i32::from(g.circular()),
-        slice_len: slice as i64,
+    })
+}
+
+/// `dx` `(n, ci, h, w)` as the columns `G[n] = wᵀ·dy[n]` (`(ci·k², ho·wo)` per sample, a batched
+/// GEMM at `precision`) gathered back onto the input's pixels by `conv2d_col2im_f32`.
+fn input_gradient_by_columns(
+    dy: &Buffer,
+    w: &Buffer,
+    g: &ConvGeom,
+    precision: Precision,
+) -> Result<Buffer> {
+    let (kk, hw_out) = (g.k * g.k, g.ho() * g.wo());
+    let layout = Layout {
+        batch: g.n,
+        m: g.ci * kk,
+        n: hw_out,
+        k: g.co,
+        a_trans: true,
+        b_trans: false,
+        stride_a: 0,
+        stride_b: g.co * hw_out,
+        rows_are_samples: false,
     };
+    let cols = strided(w, dy, &layout, Epilogue::NONE, precision)?;
+    let dx = Buffer::alloc(dy.gpu(), g.n * g.ci * g.h * g.w)?;
+    if !dx.is_empty() {
+        dy.gpu().launch(
+            names::CONV2D_COL2IM_F32,
+            LaunchShape::linear(dx.len(), 256),
+            &[
+                KernelArg::Ptr(cols.ptr()),
+                KernelArg::Ptr(dx.ptr()),
+                shape_arg(&bwd_shape(g)?),
+            ],
+        )?;
+    }
+    Ok(dx)
+}
+
+/// `dw` `(co, ci, k, k)`: the output gradient laid on the grid of the padded input's phase planes
+/// (`conv2d_grid_pack_f32`, `conv2d_phase_pack_f32`), then their product (`conv2d_wgrad_*`; see
+/// `kernels/conv_backward.cu`). The splits of the reduction are a function of the shapes only, so
+/// the sums are the same bits on every GPU.
+fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) -> Result<Buffer> {
+    const OP: &str = "conv2d_backward";
     let gpu = x.gpu();
-    let direct_dx = if need_dx {
-        super::conv::input_gradient(dy, w, g, precision)?
-    } else {
-        None
+    let dw = Buffer::alloc(gpu, g.co * g.ci * g.k * g.k)?;
+    if dw.is_empty() {
+        return Ok(dw);
+    }
+    let s = g.stride;
+    let (hq, wq) = (
+        (g.h + g.pad[0] + g.pad[1]).div_ceil(s),
+        (g.w + g.pad[2] + g.pad[3]).div_ceil(s),
+    );
+    let cells = g.n * hq * wq;
+    let k_len = cells.next_multiple_of(consts::GEMM_KC);
+    let reach = (g.k - 1) / s * wq + (g.k - 1) / s;
+    let ld = (k_len + reach).next_multiple_of(4);
+    let b = bwd_shape(g)?;
+    let cells_grid = WgradGrid {
+        n: b.n,
+        ci: b.ci,
+        h: b.h,
+        w: b.w,
+        co: b.co,
+        k: b.k,
+        stride: b.stride,
+        pad_top: b.pad_top,
+        pad_left: b.pad_left,
+        ho: b.ho,
+        wo: b.wo,
+        circular: b.circular,
+        hq: check::int(OP, "grid rows", hq)?,
+        wq: check::int(OP, "grid columns", wq)?,
+        cells: cells as i64,
+        ld: ld as i64,
+        k_len: k_len as i64,
     };
-    let dx = if direct_dx.is_some() || !need_dx {
-        direct_dx
-    } else {
-        let dx = Buffer::alloc(gpu, x.len())?;
-        if !dx.is_empty() {
-            gpu.launch(
-                precision.pick([
-                    names::CONV2D_DGRAD_F32,
-                    names::CONV2D_DGRAD_TF32,
-                    names::CONV2D_DGRAD_BF16,
-                ]),
-                LaunchShape {
-                    grid: [
-                        grid(
-                            OP,
-                            "input pixels",
-                            (g.n * g.h * g.w).div_ceil(consts::TILE_N),
-                        )?,
-                        grid(OP, "input channels", g.ci.div_ceil(consts::TILE_M))?,
-                        1,
-                    ],
-                    block: [consts::TILE_THREADS as u32, 1, 1],
-                    shared_bytes: 0,
-                },
-                &[
-                    KernelArg::Ptr(dy.ptr()),
-                    KernelArg::Ptr(w.ptr()),
-                    KernelArg::Ptr(dx.ptr()),
-                    shape_arg(&s),
-                ],
-            )?;
-        }
-        Some(dx)
-    };
-    let dw = Buffer::alloc(gpu, w.len())?;
-    if !dw.is_empty() {
+    let xp = Buffer::alloc(gpu, s * s * g.ci * ld)?;
+    let dyp = Buffer::alloc(gpu, g.co * k_len)?;
+    for (kernel, out, input) in [
+        (names::CONV2D_PHASE_PACK_F32, &xp, x),
+        (names::CONV2D_GRID_PACK_F32, &dyp, dy),
+    ] {
+        gpu.launch(
+            kernel,
+            LaunchShape::linear(out.len(), 256),
+            &[
+                KernelArg::Ptr(input.ptr()),
+                KernelArg::Ptr(out.ptr()),
+                shape_arg(&cells_grid),
+            ],
+        )?;
+    }
+    let (m, n) = (g.co, g.ci * g.k * g.k);
+    let tiles = m.div_ceil(consts::GEMM_BM) * n.div_ceil(consts::GEMM_BN);
+    // about two blocks on every SM (the kernels hold two per SM)
+    let wanted = (2 * SMS).div_ceil(tiles);
+    if precision == Precision::Fp32 {
+        let slices = k_len / consts::TILE_K;
+        let per_split = slices.div_ceil(wanted.clamp(1, slices));
+        let slice_len = per_split * consts::TILE_K;
+        let splits = k_len.div_ceil(slice_len);
         let parts = if splits > 1 {
-            Some(Buffer::alloc(gpu, splits * w.len())?)
+            Some(Buffer::alloc(gpu, splits * dw.len())?)
         } else {
             None
         };
         gpu.launch(
-            precision.pick([
-                names::CONV2D_WGRAD_F32,
-                names::CONV2D_WGRAD_TF32,
-                names::CONV2D_WGRAD_BF16,
-            ]),
+            names::CONV2D_WGRAD_F32,
             LaunchShape {
                 grid: [
-                    grid(OP, "weight columns", (g.ci * kk).div_ceil(consts::TILE_N))?,
-                    grid(OP, "output channels", g.co.div_ceil(consts::TILE_M))?,
+                    grid(OP, "weight columns", n.div_ceil(consts::TILE_N))?,
+                    grid(OP, "output channels", m.div_ceil(consts::TILE_M))?,
                     grid(OP, "slices", splits)?,
                 ],
                 block: [consts::TILE_THREADS as u32, 1, 1],
                 shared_bytes: 0,
             },
             &[
-                KernelArg::Ptr(x.ptr()),
-                KernelArg::Ptr(dy.ptr()),
+                KernelArg::Ptr(dyp.ptr()),
+                KernelArg::Ptr(xp.ptr()),
                 KernelArg::Ptr(parts.as_ref().unwrap_or(&dw).ptr()),
-                shape_arg(&s),
+                shape_arg(&cells_grid),
+                KernelArg::I64(slice_len as i64),
             ],
         )?;
         if let Some(parts) = parts {
             gpu.launch(
-                names::SUM_SPLITS_F32,
-                LaunchShape::linear(w.len(), 256),
+                names::CONV2D_FINISH_F32,
+                LaunchShape::linear(dw.len(), 256),
                 &[
                     KernelArg::Ptr(parts.ptr()),
+                    KernelArg::Ptr(DevicePtr(0)),
+                    KernelArg::Ptr(DevicePtr(0)),
+                    KernelArg::Ptr(DevicePtr(0)),
                     KernelArg::Ptr(dw.ptr()),
-                    KernelArg::I64(w.len() as i64),
+                    KernelArg::I32(1),
+                    KernelArg::I32(1),
+                    KernelArg::I64(dw.len() as i64),
                     KernelArg::I32(check::int(OP, "slices", splits)?),
+                    KernelArg::F32(1.0),
                 ],
             )?;
         }
+        return Ok(dw);
     }
-    let db = reduce_channels(dy, (g.n, g.co, ho * wo))?;
-    Ok((dx, dw, db))
+    let shape = GemmShape {
+        m: b.co,
+        n: check::int(OP, "weight columns", n)?,
+        k: check::int(OP, "reduction", k_len)?,
+        lda: check::int(OP, "reduction", k_len)?,
+        ldb: 0,
+        ldc: check::int(OP, "weight columns", n)?,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: (m * n) as i64,
+        a_trans: 0,
+        b_trans: 1,
+        bias_per_row: 0,
+        scale: 1.0,
+        slices: 0,
+        per_split: 0,
+    };
+    let launch = TensorCore {
+        kernel: precision.pick([
+            names::CONV2D_WGRAD_TF32,
+            names::CONV2D_WGRAD_TF32,
+            names::CONV2D_WGRAD_BF16,
+        ]),
+        shape,
+        batch: 1,
+        wanted_splits: wanted,
+        epilogue: Epilogue::NONE,
+        precision,
+    };
+    launch.run(&dw, |shape| {
+        vec![
+            KernelArg::Ptr(dyp.ptr()),
+            KernelArg::Ptr(xp.ptr()),
+            KernelArg::Ptr(dw.ptr()),
+            shape_arg(shape),
+            shape_arg(&cells_grid),
+        ]
+    })?;
+    Ok(dw)
 }
 
 /// `y[c] = Σ_{o, i} x[o, c, i]` for `x` `(outer, channels, inner)`: a convolution's bias gradient,

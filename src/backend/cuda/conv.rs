@@ -11,7 +11,8 @@
 //! and activated: fused), whose last block per tile sums the partials when the slices were split
 //! among blocks (`conv2d_finish_f32` does where the device has no tile counters left); a norm
 //! or SiLU the direct kernel does not fuse runs as a pass of its own first. Any other kernel size
-//! or stride runs `conv2d_generic_f32` (float32 whatever the precision).
+//! or stride writes the transformed input's columns (`conv2d_im2col_f32`) for a batched GEMM
+//! ([`super::gemm`]) at the same precision.
 //!
 //! Layout: NCHW, as on the CPU. The direct kernels load a patch's rows as consecutive pixels of a
 //! channel (coalesced) and store consecutive pixels of an output channel; they transpose to
@@ -24,6 +25,7 @@
 
 use super::buffer::Buffer;
 use super::check;
+use super::gemm::{strided, Epilogue, Layout};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
 use super::Precision;
@@ -250,7 +252,8 @@ impl Direct {
 /// time, then kept with `w` until it is written in place; split-K with a finishing sum where a
 /// layer has few tiles); a group norm or SiLU on load is
 /// fused into the 3×3 stride-1 kernel when it ends in SiLU, and otherwise applied by a separate
-/// pass before the convolution. Other kernel sizes and strides run the generic kernel in float32.
+/// pass before the convolution. Other kernel sizes and strides run as a GEMM over the input's
+/// columns at `precision`.
 pub fn conv2d(
     input: &ConvInput,
     w: &Buffer,
@@ -355,9 +358,8 @@ fn convolve(
         check::len(OP, "the residual", r.len(), g.n * g.co * ho * wo)?;
     }
     let gpu = input.x.gpu();
-    let y = Buffer::alloc(gpu, g.n * g.co * ho * wo)?;
-    if y.is_empty() {
-        return Ok(y);
+    if g.n * g.co * ho * wo == 0 {
+        return Buffer::alloc(gpu, 0);
     }
     let mut shape = ConvShape {
         n: check::int(OP, "batch", g.n)?,
@@ -393,9 +395,9 @@ fn convolve(
                 "transposed weights need a direct kernel's geometry",
             ));
         }
-        generic(input, w, g, epi, &shape, &y)?;
-        return Ok(y);
+        return generic(input, w, g, epi, &shape, precision);
     };
+    let y = Buffer::alloc(gpu, g.n * g.co * ho * wo)?;
     // fused when the per-channel norm table fits beside the buffers in what the device gives a
     // block (ci up to about 8 000 on sm_90, 800 on sm_86/89)
     let fused = direct == Direct::K3S1
@@ -544,40 +546,76 @@ fn transform(
     }
 }
 
-/// The generic kernel (any kernel size and stride; float32): the input transformed, upsampled
-/// and concatenated as it is loaded, the epilogue fused.
+/// The generic path (any kernel size and stride): the transformed, upsampled and concatenated
+/// input's columns (`conv2d_im2col_f32`, `(n, ho·wo, ci·k²)`), then the batched GEMM
+/// `y[n] = w · cols[n]ᵀ` at `precision` with the bias, residual and scale in its epilogue — the
+/// time embedding, per sample and channel, added with them by `conv2d_finish_f32` when there is
+/// one.
 fn generic(
     input: &ConvInput,
     w: &Buffer,
     g: &ConvGeom,
     epi: &ConvEpilogue,
     shape: &ConvShape,
-    y: &Buffer,
-) -> Result<()> {
-    let pixels = g.n * g.ho() * g.wo();
-    let grid_x = u32::try_from(pixels.div_ceil(64))
-        .map_err(|_| Error::shape("conv2d", format!("{pixels} output pixels")))?;
-    input.x.gpu().launch(
-        names::CONV2D_GENERIC_F32,
-        LaunchShape {
-            grid: [grid_x, g.co.div_ceil(64) as u32, 1],
-            block: [128, 1, 1],
-            shared_bytes: 0,
-        },
+    precision: Precision,
+) -> Result<Buffer> {
+    let gpu = input.x.gpu();
+    let (hw_out, kdim) = (g.ho() * g.wo(), g.ci * g.k * g.k);
+    let cols = Buffer::alloc(gpu, g.n * hw_out * kdim)?;
+    if !cols.is_empty() {
+        gpu.launch(
+            names::CONV2D_IM2COL_F32,
+            LaunchShape::linear(cols.len(), 256),
+            &[
+                KernelArg::Ptr(input.x.ptr()),
+                ptr(input.x2.map(|(b, _)| b)),
+                ptr(input.norm.map(|n| n.stats)),
+                ptr(input.norm.map(|n| n.gamma)),
+                ptr(input.norm.map(|n| n.beta)),
+                KernelArg::Ptr(cols.ptr()),
+                KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
+            ],
+        )?;
+    }
+    let layout = Layout {
+        batch: g.n,
+        m: g.co,
+        n: hw_out,
+        k: kdim,
+        a_trans: false,
+        b_trans: true,
+        stride_a: 0,
+        stride_b: hw_out * kdim,
+        rows_are_samples: false,
+    };
+    let Some(temb) = epi.temb else {
+        let epilogue = Epilogue {
+            bias: epi.bias,
+            bias_per_row: true,
+            scale: epi.scale,
+            residual: epi.residual,
+        };
+        return strided(w, &cols, &layout, epilogue, precision);
+    };
+    let product = strided(w, &cols, &layout, Epilogue::NONE, precision)?;
+    let y = Buffer::alloc(gpu, product.len())?;
+    gpu.launch(
+        names::CONV2D_FINISH_F32,
+        LaunchShape::linear(y.len(), 256),
         &[
-            KernelArg::Ptr(input.x.ptr()),
-            ptr(input.x2.map(|(b, _)| b)),
-            KernelArg::Ptr(w.ptr()),
+            KernelArg::Ptr(product.ptr()),
             ptr(epi.bias),
-            ptr(epi.temb),
+            KernelArg::Ptr(temb.ptr()),
             ptr(epi.residual),
-            ptr(input.norm.map(|n| n.stats)),
-            ptr(input.norm.map(|n| n.gamma)),
-            ptr(input.norm.map(|n| n.beta)),
             KernelArg::Ptr(y.ptr()),
-            KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
+            KernelArg::I32(shape.n),
+            KernelArg::I32(shape.co),
+            KernelArg::I64(hw_out as i64),
+            KernelArg::I32(1),
+            KernelArg::F32(epi.scale),
         ],
-    )
+    )?;
+    Ok(y)
 }
 
 fn norm_shape(

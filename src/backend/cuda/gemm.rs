@@ -21,25 +21,25 @@ const TILE: usize = consts::GEMM_BM;
 const SLICE_K: usize = consts::GEMM_KC;
 const _: () = assert!(consts::GEMM_BM == consts::GEMM_BN);
 
-/// `kernels/gemm.cu`'s `GemmShape`, field for field (no padding: 72 bytes).
+/// `kernels/gemm_tc.cuh`'s `GemmShape`, field for field (no padding: 72 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct GemmShape {
-    m: i32,
-    n: i32,
-    k: i32,
-    lda: i32,
-    ldb: i32,
-    ldc: i32,
-    stride_a: i64,
-    stride_b: i64,
-    stride_c: i64,
-    a_trans: i32,
-    b_trans: i32,
-    bias_per_row: i32,
-    scale: f32,
-    slices: i32,
-    per_split: i32,
+pub(super) struct GemmShape {
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub lda: i32,
+    pub ldb: i32,
+    pub ldc: i32,
+    pub stride_a: i64,
+    pub stride_b: i64,
+    pub stride_c: i64,
+    pub a_trans: i32,
+    pub b_trans: i32,
+    pub bias_per_row: i32,
+    pub scale: f32,
+    pub slices: i32,
+    pub per_split: i32,
 }
 
 /// What is applied to each element of the product before it is stored:
@@ -245,70 +245,113 @@ pub fn strided(
 
     // split-K: enough splits that SPLIT_BATCH samples put a block on every SM, from the shape
     // per sample only
-    let slices = width.div_ceil(SLICE_K);
     let per_sample = if g.rows_are_samples {
         SPLIT_BATCH.div_ceil(TILE) * n_tiles
     } else {
         SPLIT_BATCH * m_tiles * n_tiles
     };
-    let wanted = SMS.div_ceil(per_sample).clamp(1, slices.max(1));
-    let per_split = (slices / wanted).max(1);
-    let splits = slices.div_ceil(per_split).max(1);
-    shape.slices = check::int("matmul", "k", slices)?;
-    shape.per_split = per_split as i32;
-    let grid_y = u32::try_from(m_tiles * splits)
-        .ok()
-        .filter(|&y| y <= 65_535)
-        .ok_or_else(|| Error::shape("matmul", format!("{} rows", g.m)))?;
-    let parts = if splits > 1 {
-        Some(Buffer::alloc(gpu, splits * c.len())?)
-    } else {
-        None
-    };
-    // split, the last block of each tile finishes it (kernels/splitk.cuh) where the device's
-    // counters cover the tiles; a launch of its own otherwise
-    let counters = gpu
-        .tile_counters()
-        .filter(|_| splits > 1 && n_tiles * m_tiles * g.batch <= TILE_COUNTERS);
-    let mut tc_args = args(a, b, &shape);
-    tc_args.push(ptr(parts.as_ref()));
-    tc_args.push(KernelArg::Ptr(counters.unwrap_or(DevicePtr(0))));
-    gpu.launch(
+    let launch = TensorCore {
         // (float32 took the FFMA kernel above)
-        precision.pick([names::GEMM_TF32, names::GEMM_TF32, names::GEMM_BF16]),
-        LaunchShape {
-            grid: [n_tiles as u32, grid_y, batch],
-            block: [consts::GEMM_THREADS as u32, 1, 1],
-            shared_bytes: shared_bytes(precision) as u32,
-        },
-        &tc_args,
-    )?;
-    if let (Some(parts), None) = (parts, counters) {
-        // the finish's bias is per channel `(i / hw) % co`: a column's (hw 1, co n) or a row's
-        // (hw n, co m)
-        let (outer, co, hw) = if epilogue.bias_per_row {
-            (g.batch, g.m, g.n)
-        } else {
-            (g.batch * g.m, g.n, 1)
-        };
-        gpu.launch(
-            names::CONV2D_FINISH_F32,
-            LaunchShape::linear(c.len(), 256),
-            &[
-                KernelArg::Ptr(parts.ptr()),
-                ptr(epilogue.bias),
-                KernelArg::Ptr(DevicePtr(0)),
-                ptr(epilogue.residual),
-                KernelArg::Ptr(c.ptr()),
-                KernelArg::I32(check::int("matmul", "rows", outer)?),
-                KernelArg::I32(check::int("matmul", "columns", co)?),
-                KernelArg::I64(hw as i64),
-                KernelArg::I32(splits as i32),
-                KernelArg::F32(epilogue.scale),
-            ],
-        )?;
-    }
+        kernel: precision.pick([names::GEMM_TF32, names::GEMM_TF32, names::GEMM_BF16]),
+        shape,
+        batch,
+        wanted_splits: SMS.div_ceil(per_sample),
+        epilogue,
+        precision,
+    };
+    launch.run(&c, |shape| args(a, b, shape))?;
     Ok(c)
+}
+
+/// A launch of a tensor-core product (`gemm_tf32`/`gemm_bf16`, or a kernel that is one over
+/// operands laid out for it, `conv2d_wgrad_*`): K split into `wanted_splits` runs of whole slices
+/// at most (one slice each at most), each split's partial sums added in order and the epilogue
+/// applied by the last block of each tile (`kernels/splitk.cuh`) where the device's tile counters
+/// cover the tiles, by `conv2d_finish_f32` otherwise.
+pub(super) struct TensorCore<'a> {
+    pub kernel: &'static str,
+    /// The product's shape; `slices` and `per_split` are set by [`TensorCore::run`].
+    pub shape: GemmShape,
+    pub batch: u32,
+    pub wanted_splits: usize,
+    pub epilogue: Epilogue<'a>,
+    pub precision: Precision,
+}
+
+impl TensorCore<'_> {
+    /// Launches into `c` (`batch × m × n`); `args(shape)` gives the kernel's arguments before its
+    /// last two, the split planes and the tile counters.
+    pub fn run(self, c: &Buffer, args: impl Fn(&GemmShape) -> Vec<KernelArg>) -> Result<()> {
+        let TensorCore {
+            kernel,
+            mut shape,
+            batch,
+            wanted_splits,
+            epilogue,
+            precision,
+        } = self;
+        let gpu = c.gpu();
+        let (m, n, width) = (shape.m as usize, shape.n as usize, shape.k as usize);
+        let (m_tiles, n_tiles) = (m.div_ceil(TILE), n.div_ceil(TILE));
+        let slices = width.div_ceil(SLICE_K);
+        let wanted = wanted_splits.clamp(1, slices.max(1));
+        let per_split = (slices / wanted).max(1);
+        let splits = slices.div_ceil(per_split).max(1);
+        shape.slices = check::int("matmul", "k", slices)?;
+        shape.per_split = per_split as i32;
+        let grid_y = u32::try_from(m_tiles * splits)
+            .ok()
+            .filter(|&y| y <= 65_535)
+            .ok_or_else(|| Error::shape("matmul", format!("{m} rows")))?;
+        let parts = if splits > 1 {
+            Some(Buffer::alloc(gpu, splits * c.len())?)
+        } else {
+            None
+        };
+        // split, the last block of each tile finishes it (kernels/splitk.cuh) where the device's
+        // counters cover the tiles; a launch of its own otherwise
+        let counters = gpu
+            .tile_counters()
+            .filter(|_| splits > 1 && n_tiles * m_tiles * batch as usize <= TILE_COUNTERS);
+        let mut tc_args = args(&shape);
+        tc_args.push(ptr(parts.as_ref()));
+        tc_args.push(KernelArg::Ptr(counters.unwrap_or(DevicePtr(0))));
+        gpu.launch(
+            kernel,
+            LaunchShape {
+                grid: [n_tiles as u32, grid_y, batch],
+                block: [consts::GEMM_THREADS as u32, 1, 1],
+                shared_bytes: shared_bytes(precision) as u32,
+            },
+            &tc_args,
+        )?;
+        if let (Some(parts), None) = (parts, counters) {
+            // the finish's bias is per channel `(i / hw) % co`: a column's (hw 1, co n) or a
+            // row's (hw n, co m)
+            let (outer, co, hw) = if epilogue.bias_per_row {
+                (batch as usize, m, n)
+            } else {
+                (batch as usize * m, n, 1)
+            };
+            gpu.launch(
+                names::CONV2D_FINISH_F32,
+                LaunchShape::linear(c.len(), 256),
+                &[
+                    KernelArg::Ptr(parts.ptr()),
+                    ptr(epilogue.bias),
+                    KernelArg::Ptr(DevicePtr(0)),
+                    ptr(epilogue.residual),
+                    KernelArg::Ptr(c.ptr()),
+                    KernelArg::I32(check::int("matmul", "rows", outer)?),
+                    KernelArg::I32(check::int("matmul", "columns", co)?),
+                    KernelArg::I64(hw as i64),
+                    KernelArg::I32(splits as i32),
+                    KernelArg::F32(epilogue.scale),
+                ],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Where an operand is and how [`pack`] rewrites it: `batch` matrices `op(X[i])`, each `rows × k`,
