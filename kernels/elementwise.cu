@@ -1,7 +1,8 @@
 // The network's element-wise and data-movement operations, as the CPU backend defines them
 // (src/backend/cpu/elementwise.rs): SiLU, binary add/sub/mul, affine, the per-(sample, channel)
 // bias, nearest 2× upsampling, the (n, a, b) → (n, b, a) transpose, channel copies (concatenation
-// and slicing), and the sinusoidal timestep embedding. Each reads its input once and writes its
+// and slicing), and the sinusoidal timestep embedding; and the gradients of SiLU, of the
+// upsampling (its adjoint: 2×2 sums) and of slicing (a copy into zeros). Each reads its input once and writes its
 // output once: bound by memory bandwidth, except the embedding (a few hundred values).
 //
 // Launch: one thread per output element, 256 per block (1-D grid), except transpose12_f32: 32×8
@@ -113,4 +114,40 @@ extern "C" __global__ void timestep_embedding_f32(const float* __restrict__ t,
   float a = t[r] * e;
   bool first = j < half;  // the first half: sin, or cos with flip
   y[i] = first != (flip != 0) ? sinf(a) : cosf(a);
+}
+
+// dx = dy·σ(x)·(1 + x·(1 − σ(x))).
+extern "C" __global__ void silu_backward_f32(const float* __restrict__ x,
+                                             const float* __restrict__ dy,
+                                             float* __restrict__ dx, long long len) {
+  long long i = EW_INDEX();
+  if (i >= len) return;
+  float v = x[i], sg = 1.0f / (1.0f + expf(-v));
+  dx[i] = dy[i] * sg * (1.0f + v * (1.0f - sg));
+}
+
+// (nc, 2h, 2w) → (nc, h, w): each value the sum of its 2×2 block.
+extern "C" __global__ void upsample_nearest2x_backward_f32(const float* __restrict__ dy,
+                                                          float* __restrict__ dx, int nc, int h,
+                                                          int w) {
+  long long i = EW_INDEX();
+  if (i >= (long long)nc * h * w) return;
+  int x = int(i % w);
+  long long r = i / w;
+  int y = int(r % h);
+  long long plane = r / h;
+  const float* src = dy + (plane * 2 * h + 2 * y) * 2 * w + 2 * x;
+  dx[i] = (src[0] + src[1]) + (src[2 * w] + src[2 * w + 1]);
+}
+
+// y (n, c, hw): channels start…end from g (n, end − start, hw), zeros elsewhere.
+extern "C" __global__ void slice_channels_backward_f32(const float* __restrict__ g,
+                                                       float* __restrict__ y, int n, int c,
+                                                       int hw, int start, int end) {
+  long long i = EW_INDEX();
+  if (i >= (long long)n * c * hw) return;
+  int p = int(i % hw);
+  long long nc = i / hw;
+  int ch = int(nc % c), b = int(nc / c);
+  y[i] = ch >= start && ch < end ? g[((long long)b * (end - start) + (ch - start)) * hw + p] : 0.0f;
 }

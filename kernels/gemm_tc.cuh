@@ -1,6 +1,6 @@
 // The tensor-core tile product of kernels/gemm.cu (its comment describes it), shared with the
 // kernels that are a GEMM over operands laid out for it: the convolution's weight gradient
-// (kernels/conv_backward.cu) reads its B operand at a row pointer per column, unaligned.
+// (kernels/conv.cu) reads its B operand at a row pointer per column, unaligned.
 #pragma once
 #include "gemm_core.cuh"
 #include "splitk.cuh"

@@ -112,11 +112,11 @@ def sanitizer(d, env):
     if not tool:
         return {"skipped": "compute-sanitizer not found"}
     out = {}
-    for name, filt in [("cuda_gemm", "products_match"), ("cuda_conv", "plain_convolutions")]:
-        rc, o, e, secs = run([tool, "--tool", "memcheck", "--error-exitcode", "1", str(d / "tests" / name),
+    for filt in ["gemm::products_match", "conv::plain_convolutions"]:
+        rc, o, e, secs = run([tool, "--tool", "memcheck", "--error-exitcode", "1", str(d / "tests" / "cuda_ops"),
                               filt, "--test-threads", "1"], 240, env)
-        out[name] = {"rc": rc, "seconds": round(secs, 1), "tail": (o + e)[-2000:]}
-        log(f"compute-sanitizer {name}: rc {rc} ({secs:.1f} s)")
+        out[filt] = {"rc": rc, "seconds": round(secs, 1), "tail": (o + e)[-2000:]}
+        log(f"compute-sanitizer {filt}: rc {rc} ({secs:.1f} s)")
     return out
 
 

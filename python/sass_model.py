@@ -94,7 +94,7 @@ def trips(kernel, args, grid):
     """Trips through the main loop per block, and the bytes the launch moves (None: from the
     kernel's loads and stores), for the kernels whose shape the arguments give."""
     if kernel == "conv2d_wgrad_f32":
-        # kernels/conv_backward.cu: a trip per K-slice of 16 of the split's run; both grids once,
+        # kernels/conv.cu: a trip per K-slice of 16 of the split's run; both grids once,
         # each split's plane written
         g = [a for a in args if isinstance(a, list)][0]
         co, ci, k = g[4], g[1], g[5]

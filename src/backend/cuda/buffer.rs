@@ -2,7 +2,7 @@
 //! the forms of its values that kernels derive from them kept while the values do not change
 //! ([`Buffer::derived`]: a convolution's weights in its kernel's order).
 
-use super::gpu::{DevicePtr, Gpu};
+use super::gpu::{DevicePtr, Gpu, KernelArg};
 use crate::error::Result;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -146,4 +146,9 @@ impl Drop for Buffer {
         // A failed free (a lost context) leaves nothing the caller could do.
         let _ = self.gpu.free(self.ptr);
     }
+}
+
+/// A kernel's pointer argument for an optional buffer: null where there is none.
+pub(super) fn ptr(b: Option<&Buffer>) -> KernelArg {
+    KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr))
 }

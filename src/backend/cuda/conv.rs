@@ -1,8 +1,8 @@
-//! Launchers of `kernels/conv.cu` and `kernels/norm.cu`: convolutions with the group norm (+ SiLU)
-//! of their input applied as it is loaded, the skip concatenation and the 2× upsampling read in
-//! place, and bias, time embedding, residual and output scale in the epilogue; group-norm
-//! statistics and the plain group norm. `cargo test --release --test cuda_conv` compares them with
-//! the CPU backend's unfused operations.
+//! Launchers of `kernels/conv.cu`: convolutions with the group norm (+ SiLU) of their input applied
+//! as it is loaded, the skip concatenation and the 2× upsampling read in place, and bias, time
+//! embedding, residual and output scale in the epilogue; and their gradients ([`conv2d_backward`]).
+//! `cargo test --release --features cuda --test cuda_ops conv` compares them with the CPU backend's
+//! unfused operations.
 //!
 //! Which kernel runs: the network's geometries (3×3 at stride 1 and 2, 1×1 at stride 1) run the
 //! direct kernels — `conv2d_weights` first prepares the weights in the kernel's order (once per
@@ -23,13 +23,14 @@
 //! backends share; the machine-code model (BENCHMARKS.md) puts the loads at under two
 //! instructions per HMMA in NCHW, so the conversion would not pay.
 
-use super::buffer::Buffer;
+use super::buffer::{ptr, Buffer};
 use super::check;
-use super::gemm::{strided, Epilogue, Layout};
+use super::gemm::{strided, Epilogue, GemmShape, Layout, TensorCore};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
+use super::norm::{reduce_channels, NormOnLoad};
 use super::Precision;
-use crate::backend::{ConvGeom, NormGeom};
+use crate::backend::ConvGeom;
 use crate::error::{Error, Result};
 
 /// `kernels/conv.cu`'s `ConvShape` (92 bytes, no padding).
@@ -59,30 +60,6 @@ struct ConvShape {
     tiles_x: i32,
     tiles_y: i32,
     kc: i32,
-}
-
-/// `kernels/norm.cu`'s `NormShape` (28 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct NormShape {
-    n: i32,
-    c: i32,
-    c1: i32,
-    hw: i32,
-    groups: i32,
-    silu: i32,
-    eps: f32,
-}
-
-/// A group norm applied to the convolution's input as it is loaded: statistics from
-/// [`group_norm_stats`] of the same input, `groups` groups, affine `gamma`, `beta` (per input
-/// channel).
-#[derive(Clone, Copy, Debug)]
-pub struct NormOnLoad<'a> {
-    pub stats: &'a Buffer,
-    pub gamma: &'a Buffer,
-    pub beta: &'a Buffer,
-    pub groups: usize,
 }
 
 /// The convolution's input as it reads it: the channels of `x`, then those of `x2` if given
@@ -127,10 +104,6 @@ impl ConvEpilogue<'_> {
         residual: None,
         scale: 1.0,
     };
-}
-
-fn ptr(b: Option<&Buffer>) -> KernelArg {
-    KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr))
 }
 
 /// Output tile of the direct kernels (pixels per side), threads per block (kernels/conv.cu).
@@ -433,7 +406,7 @@ fn convolve(
         shape.groups = 0;
         shape.silu = 0;
     }
-    let struct_arg = KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec());
+    let struct_arg = KernelArg::pod(&shape);
 
     // the weights as the kernel reads them: prepared once and kept with the weights while they
     // do not change (a sampler's every step reuses them)
@@ -532,8 +505,7 @@ fn transform(
 ) -> Result<Buffer> {
     let x2 = input.x2.map(|(b, _)| b);
     if let Some(norm) = input.norm {
-        let s = norm_shape(n, c1 + c2, c1, stored, norm.groups, input.silu, 0.0)?;
-        return norm_apply(input.x, x2, &norm, &s);
+        return super::norm::apply(input.x, x2, &norm, (n, c1, c2, stored), input.silu);
     }
     match x2 {
         None => super::elementwise::silu(input.x),
@@ -573,7 +545,7 @@ fn generic(
                 ptr(input.norm.map(|n| n.gamma)),
                 ptr(input.norm.map(|n| n.beta)),
                 KernelArg::Ptr(cols.ptr()),
-                KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
+                KernelArg::pod(shape),
             ],
         )?;
     }
@@ -618,110 +590,277 @@ fn generic(
     Ok(y)
 }
 
-fn norm_shape(
-    n: usize,
-    c: usize,
-    c1: usize,
-    hw: usize,
-    groups: usize,
-    silu: bool,
-    eps: f32,
-) -> Result<NormShape> {
-    const OP: &str = "group_norm";
-    if groups == 0 || !c.is_multiple_of(groups) {
-        return Err(Error::shape(OP, format!("{c} channels in {groups} groups")));
-    }
-    Ok(NormShape {
-        n: check::int(OP, "batch", n)?,
-        c: check::int(OP, "channels", c)?,
-        c1: c1 as i32,
-        hw: check::int(OP, "positions", hw)?,
-        groups: groups as i32,
-        silu: i32::from(silu),
-        eps,
+/// `kernels/conv.cu`'s `ConvBwdShape` (48 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvBwdShape {
+    n: i32,
+    ci: i32,
+    h: i32,
+    w: i32,
+    co: i32,
+    k: i32,
+    stride: i32,
+    pad_top: i32,
+    pad_left: i32,
+    ho: i32,
+    wo: i32,
+    circular: i32,
+}
+
+/// `kernels/conv.cu`'s `WgradGrid` (88 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct WgradGrid {
+    n: i32,
+    ci: i32,
+    h: i32,
+    w: i32,
+    co: i32,
+    k: i32,
+    stride: i32,
+    pad_top: i32,
+    pad_left: i32,
+    ho: i32,
+    wo: i32,
+    circular: i32,
+    hq: i32,
+    wq: i32,
+    cells: i64,
+    ld: i64,
+    k_len: i64,
+}
+
+/// Gradients of the convolution `y = conv(x, w) + b` (see the end of `kernels/conv.cu`): `(dx if
+/// need_dx, dw, db)` for `dy` `(n, co, ho, wo)`. The input gradient of a 3×3 or 1×1 stride-1
+/// convolution runs the forward's direct kernels ([`input_gradient`]); of the
+/// others, a GEMM into columns and `conv2d_col2im_f32`. The weight gradient is a GEMM over the
+/// phase-split padded input (`weight_gradient`).
+pub fn conv2d_backward(
+    x: &Buffer,
+    w: &Buffer,
+    dy: &Buffer,
+    g: &ConvGeom,
+    need_dx: bool,
+    precision: Precision,
+) -> Result<(Option<Buffer>, Buffer, Buffer)> {
+    const OP: &str = "conv2d_backward";
+    let (ho, wo) = (g.ho(), g.wo());
+    check::len(OP, "x", x.len(), g.n * g.ci * g.h * g.w)?;
+    check::len(OP, "the weights", w.len(), g.co * g.ci * g.k * g.k)?;
+    check::len(OP, "the output gradient", dy.len(), g.n * g.co * ho * wo)?;
+    let dx = if !need_dx {
+        None
+    } else if let Some(dx) = input_gradient(dy, w, g, precision)? {
+        Some(dx)
+    } else {
+        Some(input_gradient_by_columns(dy, w, g, precision)?)
+    };
+    let dw = weight_gradient(x, dy, g, precision)?;
+    let db = reduce_channels(dy, (g.n, g.co, ho * wo))?;
+    Ok((dx, dw, db))
+}
+
+fn bwd_shape(g: &ConvGeom) -> Result<ConvBwdShape> {
+    const OP: &str = "conv2d_backward";
+    Ok(ConvBwdShape {
+        n: check::int(OP, "batch", g.n)?,
+        ci: check::int(OP, "channels", g.ci)?,
+        h: check::int(OP, "height", g.h)?,
+        w: check::int(OP, "width", g.w)?,
+        co: check::int(OP, "output channels", g.co)?,
+        k: check::int(OP, "kernel size", g.k)?,
+        stride: check::int(OP, "stride", g.stride)?,
+        pad_top: check::int(OP, "padding", g.pad[0])?,
+        pad_left: check::int(OP, "padding", g.pad[2])?,
+        ho: check::int(OP, "output height", g.ho())?,
+        wo: check::int(OP, "output width", g.wo())?,
+        circular: i32::from(g.circular()),
     })
 }
 
-/// Group-norm statistics of `(n, c, hw)`, its channels those of `x` then of `x2` (`(tensor, its
-/// channels)`): `(n, groups, 2)` = mean, `1/√(var + eps)` per sample and group.
-pub fn group_norm_stats(
-    x: &Buffer,
-    x2: Option<(&Buffer, usize)>,
-    (n, c, hw): (usize, usize, usize),
-    groups: usize,
-    eps: f32,
+/// `dx` `(n, ci, h, w)` as the columns `G[n] = wᵀ·dy[n]` (`(ci·k², ho·wo)` per sample, a batched
+/// GEMM at `precision`) gathered back onto the input's pixels by `conv2d_col2im_f32`.
+fn input_gradient_by_columns(
+    dy: &Buffer,
+    w: &Buffer,
+    g: &ConvGeom,
+    precision: Precision,
 ) -> Result<Buffer> {
-    let c2 = x2.map_or(0, |(_, c2)| c2);
-    let s = norm_shape(n, c, c.saturating_sub(c2), hw, groups, false, eps)?;
-    check::len("group_norm", "x", x.len(), n * (c - c2.min(c)) * hw)?;
-    if let Some((b, _)) = x2 {
-        check::len("group_norm", "x2", b.len(), n * c2 * hw)?;
-    }
-    let gpu = x.gpu();
-    let stats = Buffer::alloc(gpu, 2 * n * groups)?;
-    if stats.is_empty() {
-        return Ok(stats);
-    }
-    gpu.launch(
-        names::GROUP_NORM_STATS_F32,
-        LaunchShape {
-            grid: [(n * groups) as u32, 1, 1],
-            block: [256, 1, 1],
-            shared_bytes: 0,
-        },
-        &[
-            KernelArg::Ptr(x.ptr()),
-            ptr(x2.map(|(b, _)| b)),
-            KernelArg::Ptr(stats.ptr()),
-            KernelArg::Struct(bytemuck::bytes_of(&s).to_vec()),
-        ],
-    )?;
-    Ok(stats)
-}
-
-/// Group normalisation with affine `gamma`, `beta` (and SiLU if `g.silu`), as
-/// [`crate::backend::BackendStorage::group_norm`]: `(y, statistics)`, the statistics as
-/// [`group_norm_stats`] lays them out.
-pub fn group_norm(
-    x: &Buffer,
-    gamma: &Buffer,
-    beta: &Buffer,
-    g: &NormGeom,
-) -> Result<(Buffer, Buffer)> {
-    let s = norm_shape(g.n, g.c, g.c, g.hw, g.groups, g.silu, g.eps)?;
-    check::len("group_norm", "gamma", gamma.len(), g.c)?;
-    check::len("group_norm", "beta", beta.len(), g.c)?;
-    let stats = group_norm_stats(x, None, (g.n, g.c, g.hw), g.groups, g.eps)?;
-    let norm = NormOnLoad {
-        stats: &stats,
-        gamma,
-        beta,
-        groups: g.groups,
+    let (kk, hw_out) = (g.k * g.k, g.ho() * g.wo());
+    let layout = Layout {
+        batch: g.n,
+        m: g.ci * kk,
+        n: hw_out,
+        k: g.co,
+        a_trans: true,
+        b_trans: false,
+        stride_a: 0,
+        stride_b: g.co * hw_out,
+        rows_are_samples: false,
     };
-    let y = norm_apply(x, None, &norm, &s)?;
-    Ok((y, stats))
+    let cols = strided(w, dy, &layout, Epilogue::NONE, precision)?;
+    let dx = Buffer::alloc(dy.gpu(), g.n * g.ci * g.h * g.w)?;
+    if !dx.is_empty() {
+        dy.gpu().launch(
+            names::CONV2D_COL2IM_F32,
+            LaunchShape::linear(dx.len(), 256),
+            &[
+                KernelArg::Ptr(cols.ptr()),
+                KernelArg::Ptr(dx.ptr()),
+                KernelArg::pod(&bwd_shape(g)?),
+            ],
+        )?;
+    }
+    Ok(dx)
 }
 
-/// `group_norm_apply_f32`: the group norm of `s`'s tensor (its channels those of `x`, then of
-/// `x2`) from statistics computed before, then SiLU if `s.silu`.
-fn norm_apply(x: &Buffer, x2: Option<&Buffer>, norm: &NormOnLoad, s: &NormShape) -> Result<Buffer> {
+/// `dw` `(co, ci, k, k)`: the output gradient laid on the grid of the padded input's phase planes
+/// (`conv2d_grid_pack_f32`, `conv2d_phase_pack_f32`), then their product (`conv2d_wgrad_*`; see
+/// `kernels/conv.cu`). The splits of the reduction are a function of the shapes only, so
+/// the sums are the same bits on every GPU.
+fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) -> Result<Buffer> {
+    const OP: &str = "conv2d_backward";
     let gpu = x.gpu();
-    let y = Buffer::alloc(gpu, s.n as usize * s.c as usize * s.hw as usize)?;
-    if y.is_empty() {
-        return Ok(y);
+    let dw = Buffer::alloc(gpu, g.co * g.ci * g.k * g.k)?;
+    if dw.is_empty() {
+        return Ok(dw);
     }
-    gpu.launch(
-        names::GROUP_NORM_APPLY_F32,
-        LaunchShape::linear(y.len(), 256),
-        &[
-            KernelArg::Ptr(x.ptr()),
-            ptr(x2),
-            KernelArg::Ptr(norm.stats.ptr()),
-            KernelArg::Ptr(norm.gamma.ptr()),
-            KernelArg::Ptr(norm.beta.ptr()),
-            KernelArg::Ptr(y.ptr()),
-            KernelArg::Struct(bytemuck::bytes_of(s).to_vec()),
-        ],
-    )?;
-    Ok(y)
+    let s = g.stride;
+    let (hq, wq) = (
+        (g.h + g.pad[0] + g.pad[1]).div_ceil(s),
+        (g.w + g.pad[2] + g.pad[3]).div_ceil(s),
+    );
+    let cells = g.n * hq * wq;
+    let k_len = cells.next_multiple_of(consts::GEMM_KC);
+    let reach = (g.k - 1) / s * wq + (g.k - 1) / s;
+    let ld = (k_len + reach).next_multiple_of(4);
+    let b = bwd_shape(g)?;
+    let cells_grid = WgradGrid {
+        n: b.n,
+        ci: b.ci,
+        h: b.h,
+        w: b.w,
+        co: b.co,
+        k: b.k,
+        stride: b.stride,
+        pad_top: b.pad_top,
+        pad_left: b.pad_left,
+        ho: b.ho,
+        wo: b.wo,
+        circular: b.circular,
+        hq: check::int(OP, "grid rows", hq)?,
+        wq: check::int(OP, "grid columns", wq)?,
+        cells: cells as i64,
+        ld: ld as i64,
+        k_len: k_len as i64,
+    };
+    let xp = Buffer::alloc(gpu, s * s * g.ci * ld)?;
+    let dyp = Buffer::alloc(gpu, g.co * k_len)?;
+    for (kernel, out, input) in [
+        (names::CONV2D_PHASE_PACK_F32, &xp, x),
+        (names::CONV2D_GRID_PACK_F32, &dyp, dy),
+    ] {
+        gpu.launch(
+            kernel,
+            LaunchShape::linear(out.len(), 256),
+            &[
+                KernelArg::Ptr(input.ptr()),
+                KernelArg::Ptr(out.ptr()),
+                KernelArg::pod(&cells_grid),
+            ],
+        )?;
+    }
+    let (m, n) = (g.co, g.ci * g.k * g.k);
+    let tiles = m.div_ceil(consts::GEMM_BM) * n.div_ceil(consts::GEMM_BN);
+    // about two blocks on every SM (the kernels hold two per SM)
+    let wanted = (2 * SMS).div_ceil(tiles);
+    if precision == Precision::Fp32 {
+        let slices = k_len / consts::TILE_K;
+        let per_split = slices.div_ceil(wanted.clamp(1, slices));
+        let slice_len = per_split * consts::TILE_K;
+        let splits = k_len.div_ceil(slice_len);
+        let parts = if splits > 1 {
+            Some(Buffer::alloc(gpu, splits * dw.len())?)
+        } else {
+            None
+        };
+        gpu.launch(
+            names::CONV2D_WGRAD_F32,
+            LaunchShape {
+                grid: [
+                    check::grid(OP, "weight columns", n.div_ceil(consts::TILE_N))?,
+                    check::grid(OP, "output channels", m.div_ceil(consts::TILE_M))?,
+                    check::grid(OP, "slices", splits)?,
+                ],
+                block: [consts::TILE_THREADS as u32, 1, 1],
+                shared_bytes: 0,
+            },
+            &[
+                KernelArg::Ptr(dyp.ptr()),
+                KernelArg::Ptr(xp.ptr()),
+                KernelArg::Ptr(parts.as_ref().unwrap_or(&dw).ptr()),
+                KernelArg::pod(&cells_grid),
+                KernelArg::I64(slice_len as i64),
+            ],
+        )?;
+        if let Some(parts) = parts {
+            gpu.launch(
+                names::CONV2D_FINISH_F32,
+                LaunchShape::linear(dw.len(), 256),
+                &[
+                    KernelArg::Ptr(parts.ptr()),
+                    KernelArg::Ptr(DevicePtr(0)),
+                    KernelArg::Ptr(DevicePtr(0)),
+                    KernelArg::Ptr(DevicePtr(0)),
+                    KernelArg::Ptr(dw.ptr()),
+                    KernelArg::I32(1),
+                    KernelArg::I32(1),
+                    KernelArg::I64(dw.len() as i64),
+                    KernelArg::I32(check::int(OP, "slices", splits)?),
+                    KernelArg::F32(1.0),
+                ],
+            )?;
+        }
+        return Ok(dw);
+    }
+    let shape = GemmShape {
+        m: b.co,
+        n: check::int(OP, "weight columns", n)?,
+        k: check::int(OP, "reduction", k_len)?,
+        lda: check::int(OP, "reduction", k_len)?,
+        ldb: 0,
+        ldc: check::int(OP, "weight columns", n)?,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: (m * n) as i64,
+        a_trans: 0,
+        b_trans: 1,
+        bias_per_row: 0,
+        scale: 1.0,
+        slices: 0,
+        per_split: 0,
+    };
+    let launch = TensorCore {
+        kernel: precision.pick([
+            names::CONV2D_WGRAD_TF32,
+            names::CONV2D_WGRAD_TF32,
+            names::CONV2D_WGRAD_BF16,
+        ]),
+        shape,
+        batch: 1,
+        wanted_splits: wanted,
+        epilogue: Epilogue::NONE,
+        precision,
+    };
+    launch.run(&dw, |shape| {
+        vec![
+            KernelArg::Ptr(dyp.ptr()),
+            KernelArg::Ptr(xp.ptr()),
+            KernelArg::Ptr(dw.ptr()),
+            KernelArg::pod(shape),
+            KernelArg::pod(&cells_grid),
+        ]
+    })?;
+    Ok(dw)
 }

@@ -1,15 +1,14 @@
-//! Launchers of `kernels/elementwise.cu` and `kernels/attention.cu`: SiLU, binary operations,
-//! affine, the per-(sample, channel) bias, nearest 2× upsampling, the (n, a, b) transpose,
-//! concatenation and slicing along channels, the timestep embedding, and fused softmax attention —
-//! the semantics of the [`crate::backend::BackendStorage`] operations of the same names.
-//! `cargo test --release --test cuda_elementwise` compares them with the CPU backend.
+//! Launchers of `kernels/elementwise.cu`: SiLU, binary operations, affine, the per-(sample,
+//! channel) bias, nearest 2× upsampling, the (n, a, b) transpose, concatenation and slicing along
+//! channels, the timestep embedding, and the gradients of SiLU, upsampling and slicing — the
+//! semantics of the [`crate::backend::BackendStorage`] operations of the same names. `cargo test
+//! --release --features cuda --test cuda_ops elementwise` compares them with the CPU backend.
 
 use super::buffer::Buffer;
 use super::check;
 use super::gpu::{KernelArg, LaunchShape};
-use super::kernels::{consts, names};
-use super::Precision;
-use crate::backend::{AttnGeom, BinaryOp};
+use super::kernels::names;
+use crate::backend::BinaryOp;
 use crate::error::{Error, Result};
 
 const BLOCK: u32 = 256;
@@ -241,103 +240,70 @@ pub fn timestep_embedding(
     })
 }
 
-/// `kernels/attention.cu`'s `AttnShape` (20 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct AttnShape {
-    n: i32,
-    l: i32,
-    heads: i32,
-    d: i32,
-    scale: f32,
+/// `dy·σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_backward(x: &Buffer, dy: &Buffer) -> Result<Buffer> {
+    check::len("silu_backward", "the output gradient", dy.len(), x.len())?;
+    map(x, x.len(), names::SILU_BACKWARD_F32, |dx| {
+        vec![
+            KernelArg::Ptr(x.ptr()),
+            KernelArg::Ptr(dy.ptr()),
+            KernelArg::Ptr(dx.ptr()),
+            KernelArg::I64(x.len() as i64),
+        ]
+    })
 }
 
-/// Softmax attention per head, `softmax(q kᵀ·scale) v`, on token-major `(n, l, heads·d)`
-/// operands, head dimensions 1 to 128: on the tensor cores (TF32 products) at the TF32 and bf16
-/// precisions for head dimensions 16, 32, 64 and 128, in float32 otherwise.
-pub fn attention(q: &Buffer, k: &Buffer, v: &Buffer, g: &AttnGeom) -> Result<Buffer> {
-    launch_attention(q, k, v, g, None)
-}
-
-/// [`attention`] for training: the output and each row's log-sum-exp of the scaled scores,
-/// `(n, heads, l)`, which the backward pass reuses.
-pub fn attention_with_lse(
-    q: &Buffer,
-    k: &Buffer,
-    v: &Buffer,
-    g: &AttnGeom,
-) -> Result<(Buffer, Buffer)> {
-    let lse = Buffer::alloc(q.gpu(), g.n * g.heads * g.l)?;
-    let out = launch_attention(q, k, v, g, Some(&lse))?;
-    Ok((out, lse))
-}
-
-fn launch_attention(
-    q: &Buffer,
-    k: &Buffer,
-    v: &Buffer,
-    g: &AttnGeom,
-    lse: Option<&Buffer>,
+/// The adjoint of nearest 2× upsampling: `(nc, 2h, 2w)` → `(nc, h, w)`, sums of 2×2 blocks.
+pub fn upsample_nearest2x_backward(
+    dy: &Buffer,
+    (nc, h, w): (usize, usize, usize),
 ) -> Result<Buffer> {
-    const OP: &str = "attention";
-    let len = g.n * g.l * g.heads * g.d;
-    for (what, b) in [("q", q), ("k", k), ("v", v)] {
-        check::len(OP, what, b.len(), len)?;
-    }
-    if g.d == 0 || g.d > 128 {
-        return Err(Error::shape(
-            OP,
-            format!("head dimension {} (1 to 128)", g.d),
-        ));
-    }
-    let out = Buffer::alloc(q.gpu(), len)?;
-    if out.is_empty() {
-        return Ok(out);
-    }
-    let shape = AttnShape {
-        n: check::int(OP, "batch", g.n)?,
-        l: check::int(OP, "tokens", g.l)?,
-        heads: check::int(OP, "heads", g.heads)?,
-        d: g.d as i32,
-        scale: g.scale,
-    };
-    let (heads, n) = (u32::try_from(g.heads), u32::try_from(g.n));
-    let (Ok(heads), Ok(n)) = (heads, n) else {
-        return Err(Error::shape(OP, "too many heads or samples".to_string()));
-    };
-    if heads > 65_535 || n > 65_535 {
-        return Err(Error::shape(
-            OP,
-            format!("{} heads × {} samples: at most 65535 each", g.heads, g.n),
-        ));
-    }
-    // on the tensor cores at the TF32 and bf16 precisions where the head dimension has a kernel
-    // (and the operands allow its 16-byte loads); float32 FFMA otherwise
-    let tensor_cores = super::precision() != Precision::Fp32
-        && matches!(g.d, 16 | 32 | 64 | 128)
-        && [q, k, v, &out].iter().all(|b| b.ptr().0.is_multiple_of(16));
-    let (name, rows) = match (tensor_cores, g.d) {
-        (true, 16) => (names::ATTENTION_TF32_D16, consts::FA_ROWS),
-        (true, 32) => (names::ATTENTION_TF32_D32, consts::FA_ROWS),
-        (true, 64) => (names::ATTENTION_TF32_D64, consts::FA_ROWS),
-        (true, 128) => (names::ATTENTION_TF32_D128, consts::FA_ROWS),
-        _ => (names::ATTENTION_F32, consts::ATT_ROWS),
-    };
-    q.gpu().launch(
-        name,
-        LaunchShape {
-            grid: [g.l.div_ceil(rows) as u32, heads, n],
-            block: [128, 1, 1],
-            shared_bytes: 0,
+    const OP: &str = "upsample_backward";
+    check::len(OP, "the output gradient", dy.len(), nc * 4 * h * w)?;
+    let (nc, h, w) = (
+        check::int(OP, "planes", nc)?,
+        check::int(OP, "height", h)?,
+        check::int(OP, "width", w)?,
+    );
+    map(
+        dy,
+        dy.len() / 4,
+        names::UPSAMPLE_NEAREST2X_BACKWARD_F32,
+        |dx| {
+            vec![
+                KernelArg::Ptr(dy.ptr()),
+                KernelArg::Ptr(dx.ptr()),
+                KernelArg::I32(nc),
+                KernelArg::I32(h),
+                KernelArg::I32(w),
+            ]
         },
-        &[
-            KernelArg::Ptr(q.ptr()),
-            KernelArg::Ptr(k.ptr()),
-            KernelArg::Ptr(v.ptr()),
-            KernelArg::Ptr(out.ptr()),
-            KernelArg::Ptr(lse.map_or(super::gpu::DevicePtr(0), Buffer::ptr)),
-            KernelArg::Struct(bytemuck::bytes_of(&shape).to_vec()),
-        ],
-    )?;
-    Ok(out)
+    )
+}
+
+/// The adjoint of slicing channels `start..end` of `(n, c, hw)`: `g` `(n, end − start, hw)` placed
+/// into zeros.
+pub fn slice_channels_backward(
+    g: &Buffer,
+    (n, c, hw): (usize, usize, usize),
+    start: usize,
+    end: usize,
+) -> Result<Buffer> {
+    const OP: &str = "slice_backward";
+    if start > end || end > c {
+        return Err(Error::shape(OP, format!("channels {start}..{end} of {c}")));
+    }
+    check::len(OP, "the gradient", g.len(), n * (end - start) * hw)?;
+    let args = [
+        check::int(OP, "batch", n)?,
+        check::int(OP, "channels", c)?,
+        check::int(OP, "positions", hw)?,
+        start as i32,
+        end as i32,
+    ];
+    map(g, n * c * hw, names::SLICE_CHANNELS_BACKWARD_F32, |y| {
+        let mut a = vec![KernelArg::Ptr(g.ptr()), KernelArg::Ptr(y.ptr())];
+        a.extend(args.map(KernelArg::I32));
+        a
+    })
 }

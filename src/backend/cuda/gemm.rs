@@ -1,16 +1,17 @@
 //! Launchers of `kernels/gemm.cu`: batched matrix products with a fused epilogue (bias, output
 //! scale, residual), on the tensor cores in TF32 or bf16 (operands packed K-contiguous first where
-//! they are not; split-K where a product has few tiles, finished by the last block of each tile)
-//! or with FFMA in
-//! float32; and [`pack`], an operand rewritten K-contiguous, group-normalised on the way. The semantics of
-//! [`crate::backend::BackendStorage::matmul`] and [`crate::backend::BackendStorage::linear`];
-//! `cargo test --release --test cuda_gemm` compares them with the CPU backend.
+//! they are not; split-K where a product has few tiles, finished by the last block of each tile) or
+//! with FFMA in float32; and [`pack`], an operand rewritten K-contiguous, group-normalised on the
+//! way. The semantics of [`crate::backend::BackendStorage::matmul`] and
+//! [`crate::backend::BackendStorage::linear`]; `cargo test --release --features cuda --test
+//! cuda_ops gemm` compares them with the CPU backend.
 
-use super::buffer::Buffer;
+use super::buffer::{ptr, Buffer};
 use super::check;
-use super::conv::{NormOnLoad, SMS, SPLIT_BATCH};
+use super::conv::{SMS, SPLIT_BATCH};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
+use super::norm::NormOnLoad;
 use super::Precision;
 use crate::backend::MatmulGeom;
 use crate::error::{Error, Result};
@@ -174,7 +175,7 @@ pub fn strided(
             KernelArg::Ptr(c.ptr()),
             ptr(epilogue.bias),
             ptr(epilogue.residual),
-            KernelArg::Struct(bytemuck::bytes_of(shape).to_vec()),
+            KernelArg::pod(shape),
         ]
     };
     if precision == Precision::Fp32 {
@@ -448,10 +449,6 @@ fn shared_bytes(precision: Precision) -> usize {
         SLICE_K
     } * TILE;
     4 * 2 * 2 * words
-}
-
-fn ptr(b: Option<&Buffer>) -> KernelArg {
-    KernelArg::Ptr(b.map_or(DevicePtr(0), Buffer::ptr))
 }
 
 /// PyTorch's `Linear`: `y = x·wᵀ + b` for `x (m, k)`, `w (n, k)`, `b (n)`.

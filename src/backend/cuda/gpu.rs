@@ -30,6 +30,11 @@ pub enum KernelArg {
 }
 
 impl KernelArg {
+    /// A `#[repr(C)]` structure passed by value (the kernels' shape parameters).
+    pub fn pod<T: bytemuck::Pod>(s: &T) -> KernelArg {
+        KernelArg::Struct(bytemuck::bytes_of(s).to_vec())
+    }
+
     /// The argument's bytes, as the kernel's parameter holds them.
     pub fn bytes(&self) -> Vec<u8> {
         match *self {

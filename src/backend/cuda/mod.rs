@@ -1,14 +1,16 @@
 //! The CUDA backend: the kernels of `kernels/*.cu`, launched through the [`gpu::Gpu`] seam on a
 //! GPU (`driver.rs`, with the `cuda` feature) or on the CPU [emulator](emu) (docs/devices.md).
 //! [`CudaStorage`] implements every operation of [`BackendStorage`]: inference's, and training's
-//! gradients, losses and optimizer step ([`backward`], [`optim`]).
+//! gradients, losses and optimizer step. One launcher module per op family, as the kernels'
+//! files: [`conv`], [`gemm`], [`norm`], [`attention`], [`elementwise`], [`process`], [`optim`] —
+//! each with its forward and backward operations.
 //!
 //! Devices: `cuda:N` is GPU `N` through the driver; with the environment variable
 //! `DYDIFF_CUDA_EMULATOR=1` every `cuda:N` is the emulator instead (for tests and debugging:
 //! slow, exact about memory errors). Each device is opened once per process, behind a caching
 //! allocator ([`cache::Cached`]).
 
-pub mod backward;
+pub mod attention;
 pub mod buffer;
 pub mod cache;
 pub mod check;
@@ -23,13 +25,15 @@ pub mod graph;
 pub mod kernels;
 #[cfg(all(feature = "cuda", feature = "mpi"))]
 pub mod nccl;
+pub mod norm;
 pub mod optim;
 pub mod process;
 
 use self::buffer::Buffer;
-use self::conv::{ConvEpilogue, ConvInput, NormOnLoad};
+use self::conv::{ConvEpilogue, ConvInput};
 use self::gemm::Epilogue;
 use self::gpu::Gpu;
+use self::norm::NormOnLoad;
 use super::{
     AdamStep, AttnGeom, BackendStorage, BinaryOp, ConvGeom, DdimCoef, DropoutGeom, DynCoef,
     FusedConv, FusedNorm, LossKind, MatmulGeom, NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
@@ -228,7 +232,7 @@ impl BackendStorage for CudaStorage {
         let up = if f.upsample { 2 } else { 1 };
         // statistics of the stored input: upsampling repeats each value four times
         let stats = match f.norm {
-            Some(n) => Some(conv::group_norm_stats(
+            Some(n) => Some(norm::group_norm_stats(
                 &self.buf,
                 x2,
                 (g.n, g.ci, (g.h / up) * (g.w / up)),
@@ -286,7 +290,7 @@ impl BackendStorage for CudaStorage {
         need_dx: bool,
     ) -> Result<(Option<Self>, Self, Self)> {
         let (dx, dw, db) =
-            backward::conv2d_backward(&self.buf, &w.buf, &dy.buf, g, need_dx, precision())?;
+            conv::conv2d_backward(&self.buf, &w.buf, &dy.buf, g, need_dx, precision())?;
         Ok((dx.map(|b| self.wrap(b)), self.wrap(dw), self.wrap(db)))
     }
     fn matmul(&self, b: &Self, g: &MatmulGeom) -> Result<Self> {
@@ -310,7 +314,7 @@ impl BackendStorage for CudaStorage {
         (n, c, l, cout): (usize, usize, usize, usize),
     ) -> Result<Vec<Self>> {
         let stats = match norm {
-            Some(f) => Some(conv::group_norm_stats(
+            Some(f) => Some(norm::group_norm_stats(
                 &self.buf,
                 None,
                 (n, c, l),
@@ -390,10 +394,10 @@ impl BackendStorage for CudaStorage {
         Ok(self.wrap(gemm::strided(&w.buf, &self.buf, &layout, epi, precision())?))
     }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
-        Ok(self.wrap(backward::reduce_channels(&self.buf, (rows, cols, 1))?))
+        Ok(self.wrap(norm::reduce_channels(&self.buf, (rows, cols, 1))?))
     }
     fn group_norm(&self, gamma: &Self, beta: &Self, g: &NormGeom) -> Result<(Self, Self)> {
-        let (y, stats) = conv::group_norm(&self.buf, &gamma.buf, &beta.buf, g)?;
+        let (y, stats) = norm::group_norm(&self.buf, &gamma.buf, &beta.buf, g)?;
         Ok((self.wrap(y), self.wrap(stats)))
     }
     fn group_norm_backward(
@@ -404,17 +408,17 @@ impl BackendStorage for CudaStorage {
         g: &NormGeom,
     ) -> Result<(Self, Self, Self)> {
         let (dx, dgamma, dbeta) =
-            backward::group_norm_backward(&self.buf, &gamma.buf, &stats.buf, &dy.buf, g)?;
+            norm::group_norm_backward(&self.buf, &gamma.buf, &stats.buf, &dy.buf, g)?;
         Ok((self.wrap(dx), self.wrap(dgamma), self.wrap(dbeta)))
     }
     fn silu(&self) -> Result<Self> {
         Ok(self.wrap(elementwise::silu(&self.buf)?))
     }
     fn silu_backward(&self, dy: &Self) -> Result<Self> {
-        Ok(self.wrap(backward::silu_backward(&self.buf, &dy.buf)?))
+        Ok(self.wrap(elementwise::silu_backward(&self.buf, &dy.buf)?))
     }
     fn attention(&self, k: &Self, v: &Self, g: &AttnGeom) -> Result<Self> {
-        Ok(self.wrap(elementwise::attention(&self.buf, &k.buf, &v.buf, g)?))
+        Ok(self.wrap(attention::attention(&self.buf, &k.buf, &v.buf, g)?))
     }
     fn attention_for_training(
         &self,
@@ -422,7 +426,7 @@ impl BackendStorage for CudaStorage {
         v: &Self,
         g: &AttnGeom,
     ) -> Result<(Self, Option<Self>)> {
-        let (out, lse) = elementwise::attention_with_lse(&self.buf, &k.buf, &v.buf, g)?;
+        let (out, lse) = attention::attention_with_lse(&self.buf, &k.buf, &v.buf, g)?;
         Ok((self.wrap(out), Some(self.wrap(lse))))
     }
     fn attention_backward(
@@ -435,14 +439,14 @@ impl BackendStorage for CudaStorage {
     ) -> Result<(Self, Self, Self)> {
         let saved = saved.map(|(o, l)| (o.buffer(), l.buffer()));
         let (dq, dk, dv) =
-            backward::attention_backward(&self.buf, &k.buf, &v.buf, &dout.buf, saved, g)?;
+            attention::attention_backward(&self.buf, &k.buf, &v.buf, &dout.buf, saved, g)?;
         Ok((self.wrap(dq), self.wrap(dk), self.wrap(dv)))
     }
     fn upsample_nearest2x(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
         Ok(self.wrap(elementwise::upsample_nearest2x(&self.buf, (nc, h, w))?))
     }
     fn upsample_nearest2x_backward(&self, nc: usize, h: usize, w: usize) -> Result<Self> {
-        Ok(self.wrap(backward::upsample_nearest2x_backward(
+        Ok(self.wrap(elementwise::upsample_nearest2x_backward(
             &self.buf,
             (nc, h, w),
         )?))
@@ -493,7 +497,7 @@ impl BackendStorage for CudaStorage {
         start: usize,
         end: usize,
     ) -> Result<Self> {
-        Ok(self.wrap(backward::slice_channels_backward(
+        Ok(self.wrap(elementwise::slice_channels_backward(
             &self.buf,
             (n, c, hw),
             start,

@@ -5,20 +5,16 @@
 //! element (docs/devices.md, “Precision”): `k·u·Σ|a||b|` in float32, `(2·2⁻¹¹ + k·u)·Σ|a||b|` with
 //! TF32 operands, `(2·2⁻⁸ + k·u)·Σ|a||b|` with bf16 operands.
 
-mod common;
-
-use common::rand_vec;
+use crate::common::rand_vec;
+use crate::gpu;
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::gemm::{self, Epilogue};
 use dydiff::backend::cuda::gpu::Gpu;
+use dydiff::backend::cuda::norm;
 use dydiff::backend::cuda::Precision;
 use dydiff::backend::{BackendStorage, MatmulGeom};
 use std::sync::Arc;
-
-fn gpu() -> Arc<dyn Gpu> {
-    common::test_gpu()
-}
 
 const U: f64 = 1.0 / 16_777_216.0;
 
@@ -265,7 +261,7 @@ fn a_normalised_image_read_as_tokens_equals_norm_then_linear() {
 }
 
 fn normalised_tokens((n, c, l, cout, groups): (usize, usize, usize, usize, usize)) {
-    use dydiff::backend::cuda::conv::{self, NormOnLoad};
+    use dydiff::backend::cuda::norm::NormOnLoad;
     use dydiff::backend::NormGeom;
     let gpu = gpu();
     let x: Vec<f32> = rand_vec(n * c * l, 80)
@@ -293,7 +289,7 @@ fn normalised_tokens((n, c, l, cout, groups): (usize, usize, usize, usize, usize
         .to_vec()
         .unwrap();
     let dx = Buffer::from_f32(&gpu, &x).unwrap();
-    let stats = conv::group_norm_stats(&dx, None, (n, c, l), groups, 1e-5).unwrap();
+    let stats = norm::group_norm_stats(&dx, None, (n, c, l), groups, 1e-5).unwrap();
     let (dg, dbeta) = (
         Buffer::from_f32(&gpu, &gamma).unwrap(),
         Buffer::from_f32(&gpu, &beta).unwrap(),

@@ -1,4 +1,4 @@
-//! The convolution and group-norm kernels (kernels/conv.cu, kernels/norm.cu) on the emulator (or
+//! The convolution kernels (kernels/conv.cu) on the emulator (or
 //! GPU 0 with DYDIFF_TEST_DEVICE=cuda) against the CPU backend's unfused operations, on ragged
 //! shapes (batch 1 and 17, 1 to 70 channels, odd and non-square images, 3×3 stride 1 and 2 with
 //! diffusers' one-sided downsampling pad, 1×1; 5×5 and 2×2 on the generic path: columns and a
@@ -11,28 +11,24 @@
 //! absolute values), `(K·u + 8u)·S` in float32, `(2·2⁻¹¹ + K·u + 8u)·S` with TF32 operands and
 //! `(2·2⁻⁸ + K·u + 8u)·S` with bf16 operands — the
 //! `8u` for the input transform computed in a different order — plus a few ulp of the epilogue.
+//! The gradients (the Storage API, at each precision under the crate's lock): the input and
+//! weight gradients within 2e-6 (float32; 1e-5 for the weight gradient, sums of up to 4 096
+//! terms), 2e-3 (TF32) and 1.6e-2 (bf16) of the largest CPU value, on the network's geometries and
+//! others (kernel sizes 1 to 5, strides 1 to 3, padding wider than the kernel, circular).
 
-mod common;
-
-use common::rand_vec;
+use crate::common::rand_vec;
+use crate::{both, close, cpu, gpu, precision};
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
-use dydiff::backend::cuda::conv::{self, ConvEpilogue, ConvInput, NormOnLoad};
+use dydiff::backend::cuda::conv::{self, ConvEpilogue, ConvInput};
 use dydiff::backend::cuda::gpu::Gpu;
 use dydiff::backend::cuda::kernels::names;
+use dydiff::backend::cuda::norm::{self, NormOnLoad};
 use dydiff::backend::cuda::Precision;
 use dydiff::backend::{BackendStorage, BinaryOp, ConvGeom, NormGeom, PadMode};
 use std::sync::Arc;
 
 const U: f64 = 1.0 / 16_777_216.0;
-
-fn gpu() -> Arc<dyn Gpu> {
-    common::test_gpu()
-}
-
-fn cpu(v: &[f32]) -> CpuStorage {
-    CpuStorage::from_vec(v.to_vec())
-}
 
 fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()
@@ -190,7 +186,7 @@ fn the_fused_resnet_head_matches_norm_silu_conv_bias_temb_residual_scale() {
             .unwrap();
         // the GPU: statistics, then one convolution
         let dx = Buffer::from_f32(&gpu, &x).unwrap();
-        let stats = conv::group_norm_stats(&dx, None, (n, ci, h * w), groups, 1e-5).unwrap();
+        let stats = norm::group_norm_stats(&dx, None, (n, ci, h * w), groups, 1e-5).unwrap();
         let (dg, dbeta) = (
             Buffer::from_f32(&gpu, &gamma).unwrap(),
             Buffer::from_f32(&gpu, &beta).unwrap(),
@@ -445,7 +441,7 @@ fn a_norm_table_the_device_cannot_hold_is_applied_by_a_pass() {
     let run = |gpu: Arc<dyn Gpu>| {
         let up = |v: &[f32]| Buffer::from_f32(&gpu, v).unwrap();
         let (dx, dg, db, dw) = (up(&x), up(&gamma), up(&beta), up(&wt));
-        let stats = conv::group_norm_stats(&dx, None, (n, ci, 64), groups, 1e-5).unwrap();
+        let stats = norm::group_norm_stats(&dx, None, (n, ci, 64), groups, 1e-5).unwrap();
         let input = ConvInput {
             x: &dx,
             x2: None,
@@ -625,7 +621,7 @@ fn norm_and_silu_on_load_at_every_geometry() {
             Buffer::from_f32(&gpu, &x2).unwrap(),
         );
         let stats =
-            conv::group_norm_stats(&dx, Some((&dx2, c2)), (n, ci, h * w), groups, 1e-5).unwrap();
+            norm::group_norm_stats(&dx, Some((&dx2, c2)), (n, ci, h * w), groups, 1e-5).unwrap();
         let (dg, dbeta, dw, db) = (
             Buffer::from_f32(&gpu, &gamma).unwrap(),
             Buffer::from_f32(&gpu, &beta).unwrap(),
@@ -666,47 +662,74 @@ fn norm_and_silu_on_load_at_every_geometry() {
     }
 }
 
-#[test]
-fn group_norm_matches_the_cpu() {
-    let gpu = gpu();
-    for (i, &(n, c, hw, groups, silu)) in [
-        (1, 4, 1, 1, false),
-        (17, 6, 35, 3, true),
-        (2, 64, 256, 32, false),
-        (3, 32, 64, 32, true),
+fn conv_geoms() -> Vec<ConvGeom> {
+    let g = |n, ci, h, w, co, k, stride, pad| ConvGeom {
+        n,
+        ci,
+        h,
+        w,
+        co,
+        k,
+        stride,
+        pad,
+        pad_mode: PadMode::Zeros,
+    };
+    let circular = |g: ConvGeom| ConvGeom {
+        pad_mode: PadMode::Circular,
+        ..g
+    };
+    vec![
+        g(2, 5, 7, 6, 9, 3, 1, [1; 4]),
+        // diffusers' Downsample2D(padding=0): bottom and right only
+        g(3, 4, 8, 6, 5, 3, 2, [0, 1, 0, 1]),
+        g(2, 3, 9, 7, 4, 3, 2, [1; 4]),
+        g(2, 70, 5, 5, 66, 1, 1, [0; 4]),
+        // a small output with a long reduction: split into slices
+        g(4, 3, 32, 32, 4, 3, 1, [1; 4]),
+        // periodic fields: the padding wraps around (a tap may land on an output position
+        // from both sides, and at stride 2 on none)
+        circular(g(2, 5, 7, 6, 9, 3, 1, [1; 4])),
+        circular(g(2, 3, 8, 6, 4, 3, 2, [1; 4])),
+        circular(g(1, 2, 1, 2, 3, 3, 1, [1; 4])),
+        circular(g(4, 3, 32, 32, 4, 3, 1, [1; 4])),
+        // other kernel sizes and strides, padding wider than the kernel: the input gradient
+        // through the columns, the weight gradient over several phase planes
+        g(2, 3, 9, 8, 4, 5, 1, [2; 4]),
+        g(2, 4, 8, 7, 3, 2, 2, [0; 4]),
+        g(3, 2, 7, 9, 5, 4, 3, [1, 2, 0, 3]),
+        g(1, 2, 4, 5, 3, 3, 1, [3; 4]),
+        circular(g(2, 3, 8, 8, 4, 5, 2, [2; 4])),
+        circular(g(2, 2, 5, 6, 3, 2, 1, [1, 0, 0, 1])),
     ]
-    .iter()
-    .enumerate()
-    {
-        let x: Vec<f32> = rand_vec(n * c * hw, 300 + i as u64)
-            .iter()
-            .map(|v| 2.0 * v - 0.3)
-            .collect();
-        let (gamma, beta) = (rand_vec(c, 310 + i as u64), rand_vec(c, 320 + i as u64));
-        let g = NormGeom {
-            n,
-            c,
-            hw,
-            groups,
-            eps: 1e-6,
-            silu,
-        };
-        let (want, _) = cpu(&x).group_norm(&cpu(&gamma), &cpu(&beta), &g).unwrap();
-        let (got, _) = conv::group_norm(
-            &Buffer::from_f32(&gpu, &x).unwrap(),
-            &Buffer::from_f32(&gpu, &gamma).unwrap(),
-            &Buffer::from_f32(&gpu, &beta).unwrap(),
-            &g,
-        )
-        .unwrap();
-        common::assert_close(
-            &got.to_f32().unwrap(),
-            &want.to_vec().unwrap(),
-            2e-6,
-            2e-6,
-            &format!("{g:?}"),
-        );
+}
+
+fn conv_backward_at(p: Precision, rel: f32) {
+    let _p = precision(p);
+    for (i, g) in conv_geoms().into_iter().enumerate() {
+        let s = i as u64 * 10;
+        let (xc, xg) = both(&rand_vec(g.n * g.ci * g.h * g.w, s));
+        let (wc, wg) = both(&rand_vec(g.co * g.ci * g.k * g.k, s + 1));
+        let (dc, dg) = both(&rand_vec(g.n * g.co * g.ho() * g.wo(), s + 2));
+        for need_dx in [true, false] {
+            let (dx_c, dw_c, db_c) = xc.conv2d_backward(&wc, &dc, &g, need_dx).unwrap();
+            let (dx_g, dw_g, db_g) = xg.conv2d_backward(&wg, &dg, &g, need_dx).unwrap();
+            let what = format!("{p:?} {g:?}");
+            assert_eq!(dx_g.is_some(), need_dx);
+            if let (Some(a), Some(b)) = (&dx_g, &dx_c) {
+                close(a, b, rel, &format!("dx {what}"));
+            }
+            // dw sums n·ho·wo terms (4096 in the last geometry) in another order than the CPU
+            close(&dw_g, &dw_c, rel.max(1e-5), &format!("dw {what}"));
+            close(&db_g, &db_c, 2e-6, &format!("db {what}"));
+        }
     }
+}
+
+#[test]
+fn conv2d_backward_matches_the_cpu() {
+    conv_backward_at(Precision::Fp32, 2e-6);
+    conv_backward_at(Precision::Tf32, 2e-3);
+    conv_backward_at(Precision::Bf16, 1.6e-2);
 }
 
 #[test]

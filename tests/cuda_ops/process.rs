@@ -9,23 +9,16 @@
 //! FMAs, the CPU does not); normals within 1e-6 relative (float64 log/sin/cos of the device
 //! against the host's, rounded to f32).
 
-mod common;
-
-use common::{assert_close, rand_vec};
+use crate::common::{assert_close, rand_vec};
+use crate::gpu;
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
-use dydiff::backend::cuda::gpu::Gpu;
 use dydiff::backend::cuda::process::{self, StepValues};
 use dydiff::backend::{
     row_words, BackendStorage, DdimCoef, DdimStep, DynCoef, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use dydiff::diffusion::schedule::Prediction;
 use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
-use std::sync::Arc;
-
-fn gpu() -> Arc<dyn Gpu> {
-    common::test_gpu()
-}
 
 fn close(got: &[f32], want: &[f32], what: &str) {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
