@@ -653,7 +653,7 @@ extern "C" __global__ void conv2d_im2col_f32(const float* __restrict__ x,
 // split along K into planes that conv2d_finish_f32 adds in order. Every sum runs in an order fixed
 // by the shapes, so a training step is the same bits on every run.
 //
-// Launch: the packs and conv2d_col2im_f32 one thread per output value, 256 per block;
+// Launch: conv2d_col2im_f32 one thread per output value, 256 per block; the packs below;
 // conv2d_wgrad_tf32/bf16 as gemm_tf32 (grid (⌈ci·k²/64⌉, ⌈co/64⌉·splits, 1), 128 threads,
 // gemm_shared_bytes); conv2d_wgrad_f32 grid (⌈ci·k²/64⌉, ⌈co/64⌉, splits), 128 threads.
 // Benchmark: `dydiff bench train --device cuda` (per-kernel times), the GPU check script and
@@ -712,47 +712,54 @@ struct WgradGrid {
   long long cells, ld, k_len;
 };
 
+// The packs walk the grid by rows of wq cells: block (32, 4), threadIdx.y one of 4 grid rows r
+// (cells r·wq …; the rows past n·hq are the slack, zeros), threadIdx.x the row's cells by 32;
+// grid (⌈rows/4⌉, channels, phases) — so a thread divides once (r by hq), not per cell.
+//
 // xp[(phase·ci + c)·ld + q]: the padded input at phase (a, b) = (phase / s, phase mod s), cell q =
 // (n, i, j) → padded row s·i + a, column s·j + b; zero past the cells and in zero padding.
 extern "C" __global__ void conv2d_phase_pack_f32(const float* __restrict__ x,
                                                  float* __restrict__ xp, WgradGrid g) {
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  const long long rows = (long long)g.stride * g.stride * g.ci;
-  if (i >= rows * g.ld) return;
-  const long long row = i / g.ld, q = i - row * g.ld;
-  float v = 0.0f;
-  if (q < g.cells) {
-    const int phase = int(row / g.ci), c = int(row - (long long)phase * g.ci);
-    const long long per_sample = (long long)g.hq * g.wq;
-    const int n = int(q / per_sample), cell = int(q - n * per_sample);
-    const int ci = cell / g.wq, cj = cell - ci * g.wq;
-    int y = g.stride * ci + phase / g.stride - g.pad_top;
-    int xx = g.stride * cj + phase % g.stride - g.pad_left;
-    if (g.circular) {
-      y = ((y % g.h) + g.h) % g.h;
-      xx = ((xx % g.w) + g.w) % g.w;
-    }
-    if (y >= 0 && y < g.h && xx >= 0 && xx < g.w)
-      v = x[(((long long)n * g.ci + c) * g.h + y) * g.w + xx];
+  const long long r = (long long)blockIdx.x * 4 + threadIdx.y, first = r * g.wq;
+  if (first >= g.ld) return;
+  const int c = blockIdx.y, phase = blockIdx.z;
+  float* out = xp + ((long long)phase * g.ci + c) * g.ld + first;
+  const float* row = nullptr;  // the input row this grid row reads; null: zeros
+  if (r < (long long)g.n * g.hq) {
+    const int n = int(r / g.hq), i = int(r - (long long)n * g.hq);
+    int y = g.stride * i + phase / g.stride - g.pad_top;
+    if (g.circular) y += y < 0 ? g.h : (y >= g.h ? -g.h : 0);
+    if (y >= 0 && y < g.h) row = x + (((long long)n * g.ci + c) * g.h + y) * g.w;
   }
-  xp[i] = v;
+  const int x0 = phase % g.stride - g.pad_left;
+  const int len = int(min((long long)g.wq, g.ld - first));
+  for (int j = threadIdx.x; j < len; j += 32) {
+    float v = 0.0f;
+    if (row) {
+      int xx = g.stride * j + x0;
+      // one wrap: the padding is at most the image (cells read past it meet dy = 0: zeros)
+      if (g.circular) xx += xx < 0 ? g.w : (xx >= g.w ? -g.w : 0);
+      if (xx >= 0 && xx < g.w) v = row[xx];
+    }
+    out[j] = v;
+  }
 }
 
-// dyp[co][q] (rows k_len long): dy at cell q = (n, i, j) when i < ho and j < wo, else zero.
+// dyp[co][q] (rows k_len long): dy at cell q = (n, i, j) when i < ho and j < wo, else zero. Grid
+// (⌈k_len/wq/4⌉, co, 1).
 extern "C" __global__ void conv2d_grid_pack_f32(const float* __restrict__ dy,
                                                 float* __restrict__ dyp, WgradGrid g) {
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= g.co * g.k_len) return;
-  const int co = int(i / g.k_len);
-  const long long q = i - co * g.k_len;
-  float v = 0.0f;
-  if (q < g.cells) {
-    const long long per_sample = (long long)g.hq * g.wq;
-    const int n = int(q / per_sample), cell = int(q - n * per_sample);
-    const int oy = cell / g.wq, ox = cell - oy * g.wq;
-    if (oy < g.ho && ox < g.wo) v = dy[(((long long)n * g.co + co) * g.ho + oy) * g.wo + ox];
+  const long long r = (long long)blockIdx.x * 4 + threadIdx.y, first = r * g.wq;
+  if (first >= g.k_len) return;
+  const int co = blockIdx.y;
+  float* out = dyp + (long long)co * g.k_len + first;
+  const float* row = nullptr;
+  if (r < (long long)g.n * g.hq) {
+    const int n = int(r / g.hq), i = int(r - (long long)n * g.hq);
+    if (i < g.ho) row = dy + (((long long)n * g.co + co) * g.ho + i) * g.wo;
   }
-  dyp[i] = v;
+  const int len = int(min((long long)g.wq, g.k_len - first));
+  for (int j = threadIdx.x; j < len; j += 32) out[j] = row && j < g.wo ? row[j] : 0.0f;
 }
 
 // Where B's row of weight-gradient column c = ci·k² + ky·k + kx starts: its phase plane's row of

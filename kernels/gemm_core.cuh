@@ -85,7 +85,7 @@ __device__ __forceinline__ void tile_product(int K, const LoadA& a, bool a_k_con
       rb[q] = b(row, k0 + k);
     }
   };
-  load(0);
+  if (K > 0) load(0);  // (an empty reduction reads nothing: its operands may be empty)
   for (int k0 = 0; k0 < K; k0 += TILE_K) {
 #pragma unroll
     for (int q = 0; q < 8; ++q) {

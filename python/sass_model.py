@@ -113,13 +113,18 @@ def trips(kernel, args, grid):
     if kernel in ("gemm_tf32", "gemm_bf16", "conv2d_wgrad_tf32", "conv2d_wgrad_bf16"):
         # the first slice of a split before the main loop, then a trip per slice; the operands
         # and the output once, split also each split's partial plane written and read back (the
-        # weight gradient's B: its phase planes, about K per column of ci, read for every tap)
+        # weight gradient's B is its phase planes, read once: a channel's taps are neighbouring
+        # columns of a tile, reading the same row at shifts of a few cells)
         s = gemm_shape(args)
         batch = grid[2]
         splits = math.ceil(s["slices"] / s["per_split"]) if s["slices"] else 1
         planes = 2 * splits + 1 if splits > 1 else 1
-        io = batch * (s["m"] * s["k"] + s["k"] * s["n"]) + planes * batch * s["m"] * s["n"]
-        return max(s["per_split"] - 1, 0), 4 * io
+        b_bytes = 4 * batch * s["k"] * s["n"]
+        if kernel.startswith("conv2d_wgrad"):
+            g = [a for a in args if isinstance(a, list)][1]  # WgradGrid: stride, ci, ld
+            b_bytes = 4 * g[6] ** 2 * g[1] * (g[16] | (g[17] << 32))
+        io = batch * s["m"] * s["k"] + planes * batch * s["m"] * s["n"]
+        return max(s["per_split"] - 1, 0), 4 * io + b_bytes
     if kernel == "gemm_f32":
         s = gemm_shape(args)
         batch = grid[2]

@@ -700,6 +700,9 @@ fn conv_geoms() -> Vec<ConvGeom> {
         g(1, 2, 4, 5, 3, 3, 1, [3; 4]),
         circular(g(2, 3, 8, 8, 4, 5, 2, [2; 4])),
         circular(g(2, 2, 5, 6, 3, 2, 1, [1, 0, 0, 1])),
+        // an empty batch: zero gradients
+        g(0, 3, 5, 5, 2, 3, 1, [1; 4]),
+        g(0, 3, 6, 6, 2, 5, 2, [2; 4]),
     ]
 }
 

@@ -105,6 +105,8 @@ fn products_match_float64_on_ragged_shapes_and_every_transpose() {
             (2, 70, 130, 33),
             (1, 129, 65, 600),
             (3, 5, 200, 17),
+            // an empty reduction: zeros (the operands are empty and never read)
+            (2, 9, 7, 0),
         ] {
             for (a_trans, b_trans) in [(false, false), (false, true), (true, false), (true, true)] {
                 let g = MatmulGeom {

@@ -573,7 +573,7 @@ fn backward_in_chunks(
     let (ci, co, hw) = (g.ci, g.co, g.h * g.w);
     let (cp, cop) = (ci.div_ceil(L) * L, co.div_ceil(L) * L);
     let per_image = g.h.div_ceil(M) * g.w.div_ceil(M);
-    let images = (chunk_floats / (T * T * per_image * cp.max(cop))).clamp(1, g.n);
+    let images = (chunk_floats / (T * T * per_image * cp.max(cop))).clamp(1, g.n.max(1));
     let threads = rayon::current_num_threads().max(1);
     let mut du = vec![0.0f32; T * T * co * ci];
     let dup = SendPtr(du.as_mut_ptr());

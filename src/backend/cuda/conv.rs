@@ -330,6 +330,9 @@ fn convolve(
     if let Some(r) = epi.residual {
         check::len(OP, "the residual", r.len(), g.n * g.co * ho * wo)?;
     }
+    if g.ci == 0 {
+        return Err(Error::shape(OP, "a convolution of no input channels"));
+    }
     let gpu = input.x.gpu();
     if g.n * g.co * ho * wo == 0 {
         return Buffer::alloc(gpu, 0);
@@ -757,13 +760,28 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
     };
     let xp = Buffer::alloc(gpu, s * s * g.ci * ld)?;
     let dyp = Buffer::alloc(gpu, g.co * k_len)?;
-    for (kernel, out, input) in [
-        (names::CONV2D_PHASE_PACK_F32, &xp, x),
-        (names::CONV2D_GRID_PACK_F32, &dyp, dy),
+    // by rows of wq cells, 4 per block, a block's rows of one channel (and phase)
+    for (kernel, input, out, len, channels, phases) in [
+        (names::CONV2D_PHASE_PACK_F32, x, &xp, ld, g.ci, s * s),
+        (names::CONV2D_GRID_PACK_F32, dy, &dyp, k_len, g.co, 1),
     ] {
+        if channels > 65_535 {
+            return Err(Error::shape(
+                OP,
+                format!("{channels} channels (at most 65535)"),
+            ));
+        }
         gpu.launch(
             kernel,
-            LaunchShape::linear(out.len(), 256),
+            LaunchShape {
+                grid: [
+                    check::grid(OP, "grid rows", len.div_ceil(wq).div_ceil(4))?,
+                    channels as u32,
+                    phases as u32,
+                ],
+                block: [32, 4, 1],
+                shared_bytes: 0,
+            },
             &[
                 KernelArg::Ptr(input.ptr()),
                 KernelArg::Ptr(out.ptr()),
@@ -776,7 +794,7 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
     // about two blocks on every SM (the kernels hold two per SM)
     let wanted = (2 * SMS).div_ceil(tiles);
     if precision == Precision::Fp32 {
-        let slices = k_len / consts::TILE_K;
+        let slices = (k_len / consts::TILE_K).max(1); // (none for an empty batch)
         let per_split = slices.div_ceil(wanted.clamp(1, slices));
         let slice_len = per_split * consts::TILE_K;
         let splits = k_len.div_ceil(slice_len);
