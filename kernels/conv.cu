@@ -653,7 +653,8 @@ extern "C" __global__ void conv2d_im2col_f32(const float* __restrict__ x,
 // split along K into planes that conv2d_finish_f32 adds in order. Every sum runs in an order fixed
 // by the shapes, so a training step is the same bits on every run.
 //
-// Launch: conv2d_col2im_f32 one thread per output value, 256 per block; the packs below;
+// Launch: conv2d_col2im_f32 one thread per output value, 256 per block; the packs one thread per
+// value, grid (⌈row length/256⌉, rows);
 // conv2d_wgrad_tf32/bf16 as gemm_tf32 (grid (⌈ci·k²/64⌉, ⌈co/64⌉·splits, 1), 128 threads,
 // gemm_shared_bytes); conv2d_wgrad_f32 grid (⌈ci·k²/64⌉, ⌈co/64⌉, splits), 128 threads.
 // Benchmark: `dydiff bench train --device cuda` (per-kernel times), the GPU check script and
@@ -709,57 +710,61 @@ extern "C" __global__ void conv2d_col2im_f32(const float* __restrict__ cols,
 struct WgradGrid {
   int n, ci, h, w, co, k, stride, pad_top, pad_left, ho, wo, circular;
   int hq, wq;
-  long long cells, ld, k_len;
+  long long cells, ld, k_len;  // cells below 2^31
+  unsigned cells_mul, cells_shift, wq_mul, wq_shift;  // division by hq·wq and by wq (fast_div)
 };
 
-// The packs walk the grid by rows of wq cells: block (32, 4), threadIdx.y one of 4 grid rows r
-// (cells r·wq …; the rows past n·hq are the slack, zeros), threadIdx.x the row's cells by 32;
-// grid (⌈rows/4⌉, channels, phases) — so a thread divides once (r by hq), not per cell.
-//
-// xp[(phase·ci + c)·ld + q]: the padded input at phase (a, b) = (phase / s, phase mod s), cell q =
-// (n, i, j) → padded row s·i + a, column s·j + b; zero past the cells and in zero padding.
+// The packs: one thread per cell q, 256 per block, grid (⌈row length/256⌉, channels, s): a block's
+// cells of one channel (and, for the input, one phase row a: the thread writes phases (a, 0 … s−1)),
+// each thread's cell (n, i, j) from q by two divisions by a multiply and a shift (the constants in
+// the grid, made on the host).
+__device__ __forceinline__ void wgrad_cell(const WgradGrid& g, unsigned q, int* n, int* i, int* j) {
+  *n = int(fast_div(q, g.cells_mul, g.cells_shift));
+  const unsigned cell = q - unsigned(*n) * unsigned(g.hq * g.wq);
+  *i = int(fast_div(cell, g.wq_mul, g.wq_shift));
+  *j = int(cell) - *i * g.wq;
+}
+
+// xp[(phase·ci + c)·ld + q]: the padded input at phase (a, b) (phase = a·s + b), cell q =
+// (n, i, j) → padded row s·i + a, column s·j + b; zero past the cells and in zero padding (one
+// wrap with circular padding, which is at most the image: the cells read past it meet dy = 0).
 extern "C" __global__ void conv2d_phase_pack_f32(const float* __restrict__ x,
                                                  float* __restrict__ xp, WgradGrid g) {
-  const long long r = (long long)blockIdx.x * 4 + threadIdx.y, first = r * g.wq;
-  if (first >= g.ld) return;
-  const int c = blockIdx.y, phase = blockIdx.z;
-  float* out = xp + ((long long)phase * g.ci + c) * g.ld + first;
-  const float* row = nullptr;  // the input row this grid row reads; null: zeros
-  if (r < (long long)g.n * g.hq) {
-    const int n = int(r / g.hq), i = int(r - (long long)n * g.hq);
-    int y = g.stride * i + phase / g.stride - g.pad_top;
+  const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (q >= g.ld) return;
+  const int c = blockIdx.y, a = blockIdx.z;
+  const float* row = nullptr;  // the input row of the cell's phase row; null: zeros
+  int x0 = 0;
+  if (q < g.cells) {
+    int n, i, j;
+    wgrad_cell(g, unsigned(q), &n, &i, &j);
+    int y = g.stride * i + a - g.pad_top;
     if (g.circular) y += y < 0 ? g.h : (y >= g.h ? -g.h : 0);
     if (y >= 0 && y < g.h) row = x + (((long long)n * g.ci + c) * g.h + y) * g.w;
+    x0 = g.stride * j - g.pad_left;
   }
-  const int x0 = phase % g.stride - g.pad_left;
-  const int len = int(min((long long)g.wq, g.ld - first));
-  for (int j = threadIdx.x; j < len; j += 32) {
-    float v = 0.0f;
-    if (row) {
-      int xx = g.stride * j + x0;
-      // one wrap: the padding is at most the image (cells read past it meet dy = 0: zeros)
-      if (g.circular) xx += xx < 0 ? g.w : (xx >= g.w ? -g.w : 0);
-      if (xx >= 0 && xx < g.w) v = row[xx];
-    }
-    out[j] = v;
+  float* out = xp + ((long long)a * g.stride * g.ci + c) * g.ld + q;
+  const long long phase_step = (long long)g.ci * g.ld;
+  for (int b = 0; b < g.stride; ++b, out += phase_step) {
+    int xx = x0 + b;
+    if (g.circular) xx += xx < 0 ? g.w : (xx >= g.w ? -g.w : 0);
+    *out = row && xx >= 0 && xx < g.w ? row[xx] : 0.0f;
   }
 }
 
-// dyp[co][q] (rows k_len long): dy at cell q = (n, i, j) when i < ho and j < wo, else zero. Grid
-// (⌈k_len/wq/4⌉, co, 1).
+// dyp[co][q] (rows k_len long): dy at cell q = (n, i, j) when i < ho and j < wo, else zero.
 extern "C" __global__ void conv2d_grid_pack_f32(const float* __restrict__ dy,
                                                 float* __restrict__ dyp, WgradGrid g) {
-  const long long r = (long long)blockIdx.x * 4 + threadIdx.y, first = r * g.wq;
-  if (first >= g.k_len) return;
+  const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (q >= g.k_len) return;
   const int co = blockIdx.y;
-  float* out = dyp + (long long)co * g.k_len + first;
-  const float* row = nullptr;
-  if (r < (long long)g.n * g.hq) {
-    const int n = int(r / g.hq), i = int(r - (long long)n * g.hq);
-    if (i < g.ho) row = dy + (((long long)n * g.co + co) * g.ho + i) * g.wo;
+  float v = 0.0f;
+  if (q < g.cells) {
+    int n, i, j;
+    wgrad_cell(g, unsigned(q), &n, &i, &j);
+    if (i < g.ho && j < g.wo) v = dy[(((long long)n * g.co + co) * g.ho + i) * g.wo + j];
   }
-  const int len = int(min((long long)g.wq, g.k_len - first));
-  for (int j = threadIdx.x; j < len; j += 32) out[j] = row && j < g.wo ? row[j] : 0.0f;
+  dyp[(long long)co * g.k_len + q] = v;
 }
 
 // Where B's row of weight-gradient column c = ci·k² + ky·k + kx starts: its phase plane's row of

@@ -16,7 +16,7 @@
 //
 //   a[n, c] = Σ_p dy·x̂,  b[n, c] = Σ_p dy                 (group_norm_bwd_channel_f32)
 //   dx = rstd·(γ[c]·dy − (Σ_{c∈g} γ·b + x̂·Σ_{c∈g} γ·a) / len)   (group_norm_bwd_dx_f32)
-//   dγ[c] = Σ_n a[n, c],  dβ[c] = Σ_n b[n, c]             (reduce_channels_f32)
+//   dγ[c] = Σ_n a[n, c],  dβ[c] = Σ_n b[n, c]             (reduce_channels_f32, both at once)
 //
 // reduce_channels_f32 also serves the column sums of a linear layer's bias gradient and a
 // convolution's bias gradient. Every sum in a fixed order that depends only on the shapes (no
@@ -120,11 +120,12 @@ struct NormBwdShape {
   int n, c, hw, groups;
 };
 
-// a[n, c] = Σ_p dy·x̂ and b[n, c] = Σ_p dy: one block per (sample, channel).
+// a[n, c] = Σ_p dy·x̂ and b[n, c] = Σ_p dy, into ab (n, 2, c) — a's row of each sample, then
+// b's, so that one channel sum gives dγ and dβ together: one block per (sample, channel).
 extern "C" __global__ void __launch_bounds__(256)
     group_norm_bwd_channel_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                               const float* __restrict__ stats, float* __restrict__ a,
-                               float* __restrict__ b, NormBwdShape s) {
+                               const float* __restrict__ stats, float* __restrict__ ab,
+                               NormBwdShape s) {
   int nc = blockIdx.x, n = nc / s.c, c = nc % s.c;
   const float* st = stats + 2 * ((long long)n * s.groups + c / (s.c / s.groups));
   const float* xs = x + (long long)nc * s.hw;
@@ -137,8 +138,8 @@ extern "C" __global__ void __launch_bounds__(256)
   }
   float ta = block_sum(sa), tb = block_sum(sb);
   if (threadIdx.x == 0) {
-    a[nc] = ta;
-    b[nc] = tb;
+    ab[(2LL * n) * s.c + c] = ta;
+    ab[(2LL * n + 1) * s.c + c] = tb;
   }
 }
 
@@ -146,16 +147,16 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     group_norm_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ dy,
                           const float* __restrict__ stats, const float* __restrict__ gamma,
-                          const float* __restrict__ a, const float* __restrict__ b,
-                          float* __restrict__ dx, NormBwdShape s) {
+                          const float* __restrict__ ab, float* __restrict__ dx,
+                          NormBwdShape s) {
   int n = blockIdx.x / s.groups, g = blockIdx.x % s.groups;
   int per = s.c / s.groups;
   float mean = stats[2 * blockIdx.x], rstd = stats[2 * blockIdx.x + 1];
   float ga = 0.0f, gb = 0.0f;
   for (int j = 0; j < per; ++j) {
     int c = g * per + j;
-    ga += gamma[c] * a[n * s.c + c];
-    gb += gamma[c] * b[n * s.c + c];
+    ga += gamma[c] * ab[(2LL * n) * s.c + c];
+    gb += gamma[c] * ab[(2LL * n + 1) * s.c + c];
   }
   float inv_len = 1.0f / float((long long)per * s.hw);
   long long base = ((long long)n * s.c + g * per) * s.hw, len = (long long)per * s.hw;

@@ -269,3 +269,10 @@ void cp_async_wait() {
 }
 
 #endif
+
+// q / d for q below 2^31 by a multiply and a shift (Granlund and Montgomery's round-up method, as
+// CUTLASS's FastDivmod): shift = ⌈log₂ d⌉, mul = ⌊2³²·(2^shift − d)/d⌋ + 1, made once on the host
+// (src/backend/cuda/check.rs, `fast_div`) — where a run-time division is some twenty instructions.
+__device__ __forceinline__ unsigned fast_div(unsigned q, unsigned mul, unsigned shift) {
+  return (__umulhi(q, mul) + q) >> shift;
+}

@@ -611,7 +611,7 @@ struct ConvBwdShape {
     circular: i32,
 }
 
-/// `kernels/conv.cu`'s `WgradGrid` (88 bytes).
+/// `kernels/conv.cu`'s `WgradGrid` (96 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct WgradGrid {
@@ -632,6 +632,10 @@ struct WgradGrid {
     cells: i64,
     ld: i64,
     k_len: i64,
+    cells_mul: u32,
+    cells_shift: u32,
+    wq_mul: u32,
+    wq_shift: u32,
 }
 
 /// Gradients of the convolution `y = conv(x, w) + b` (see the end of `kernels/conv.cu`): `(dx if
@@ -739,6 +743,8 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
     let reach = (g.k - 1) / s * wq + (g.k - 1) / s;
     let ld = (k_len + reach).next_multiple_of(4);
     let b = bwd_shape(g)?;
+    let cells_div = check::fast_div(OP, "grid cells per sample", hq * wq)?;
+    let wq_div = check::fast_div(OP, "grid columns", wq)?;
     let cells_grid = WgradGrid {
         n: b.n,
         ci: b.ci,
@@ -754,32 +760,36 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
         circular: b.circular,
         hq: check::int(OP, "grid rows", hq)?,
         wq: check::int(OP, "grid columns", wq)?,
-        cells: cells as i64,
+        cells: i64::from(check::int(OP, "grid cells", cells)?),
         ld: ld as i64,
         k_len: k_len as i64,
+        cells_mul: cells_div[0],
+        cells_shift: cells_div[1],
+        wq_mul: wq_div[0],
+        wq_shift: wq_div[1],
     };
     let xp = Buffer::alloc(gpu, s * s * g.ci * ld)?;
     let dyp = Buffer::alloc(gpu, g.co * k_len)?;
-    // by rows of wq cells, 4 per block, a block's rows of one channel (and phase)
-    for (kernel, input, out, len, channels, phases) in [
-        (names::CONV2D_PHASE_PACK_F32, x, &xp, ld, g.ci, s * s),
+    // one thread per cell, a block's cells of one channel (and phase row)
+    for (kernel, input, out, len, channels, phase_rows) in [
+        (names::CONV2D_PHASE_PACK_F32, x, &xp, ld, g.ci, s),
         (names::CONV2D_GRID_PACK_F32, dy, &dyp, k_len, g.co, 1),
     ] {
-        if channels > 65_535 {
+        if channels > 65_535 || phase_rows > 65_535 {
             return Err(Error::shape(
                 OP,
-                format!("{channels} channels (at most 65535)"),
+                format!("{channels} channels at stride {s} (at most 65535 each)"),
             ));
         }
         gpu.launch(
             kernel,
             LaunchShape {
                 grid: [
-                    check::grid(OP, "grid rows", len.div_ceil(wq).div_ceil(4))?,
+                    check::grid(OP, "cells", len.div_ceil(256))?,
                     channels as u32,
-                    phases as u32,
+                    phase_rows as u32,
                 ],
-                block: [32, 4, 1],
+                block: [256, 1, 1],
                 shared_bytes: 0,
             },
             &[

@@ -10,6 +10,7 @@ use super::gpu::{KernelArg, LaunchShape};
 use super::kernels::names;
 use crate::backend::NormGeom;
 use crate::error::{Error, Result};
+use std::sync::Arc;
 
 /// `kernels/norm.cu`'s `NormShape` (28 bytes).
 #[repr(C)]
@@ -230,17 +231,15 @@ pub fn group_norm_backward(
         groups: g.groups as i32,
     };
     let gpu = x.gpu();
-    let (a, b) = (
-        Buffer::alloc(gpu, g.n * g.c)?,
-        Buffer::alloc(gpu, g.n * g.c)?,
-    );
+    // a and b of each sample side by side, (n, 2, c): one channel sum gives dγ and dβ
+    let ab = Buffer::alloc(gpu, 2 * g.n * g.c)?;
     let dx = Buffer::alloc(gpu, len)?;
-    if len > 0 {
-        let block = |blocks| LaunchShape {
-            grid: [blocks, 1, 1],
-            block: [256, 1, 1],
-            shared_bytes: 0,
-        };
+    let block = |blocks| LaunchShape {
+        grid: [blocks, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    };
+    if !ab.is_empty() {
         gpu.launch(
             names::GROUP_NORM_BWD_CHANNEL_F32,
             block(check::grid(OP, "channels", g.n * g.c)?),
@@ -248,11 +247,12 @@ pub fn group_norm_backward(
                 KernelArg::Ptr(x.ptr()),
                 KernelArg::Ptr(dy.ptr()),
                 KernelArg::Ptr(stats.ptr()),
-                KernelArg::Ptr(a.ptr()),
-                KernelArg::Ptr(b.ptr()),
+                KernelArg::Ptr(ab.ptr()),
                 KernelArg::pod(&s),
             ],
         )?;
+    }
+    if len > 0 {
         gpu.launch(
             names::GROUP_NORM_BWD_DX_F32,
             block(check::grid(OP, "groups", g.n * g.groups)?),
@@ -261,14 +261,15 @@ pub fn group_norm_backward(
                 KernelArg::Ptr(dy.ptr()),
                 KernelArg::Ptr(stats.ptr()),
                 KernelArg::Ptr(gamma.ptr()),
-                KernelArg::Ptr(a.ptr()),
-                KernelArg::Ptr(b.ptr()),
+                KernelArg::Ptr(ab.ptr()),
                 KernelArg::Ptr(dx.ptr()),
                 KernelArg::pod(&s),
             ],
         )?;
     }
-    let dgamma = reduce_channels(&a, (g.n, g.c, 1))?;
-    let dbeta = reduce_channels(&b, (g.n, g.c, 1))?;
+    let sums = Arc::new(reduce_channels(&ab, (g.n, 2 * g.c, 1))?);
+    let [dgamma, dbeta]: [Buffer; 2] = Buffer::views(&sums, &[g.c, g.c])?
+        .try_into()
+        .map_err(|_| Error::shape(OP, "two halves of the channel sums"))?;
     Ok((dx, dgamma, dbeta))
 }
