@@ -745,6 +745,7 @@ extern "C" __global__ void conv2d_phase_pack_f32(const float* __restrict__ x,
   }
   float* out = xp + ((long long)a * g.stride * g.ci + c) * g.ld + q;
   const long long phase_step = (long long)g.ci * g.ld;
+#pragma unroll 1  // (s is 1 or 2 in practice: a rolled loop issues what runs)
   for (int b = 0; b < g.stride; ++b, out += phase_step) {
     int xx = x0 + b;
     if (g.circular) xx += xx < 0 ? g.w : (xx >= g.w ? -g.w : 0);

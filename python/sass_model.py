@@ -102,6 +102,12 @@ def trips(kernel, args, grid):
         slice_len = args[-1]
         phases = g[6] ** 2
         return math.ceil(slice_len / TILE_K), 4 * (co * k_len + phases * ci * ld + grid[2] * co * ci * k * k)
+    if kernel == "conv2d_phase_pack_f32":
+        # kernels/conv.cu: a thread per cell writes its phase row's s phases (a trip each); the
+        # input read once, the phase planes written once
+        g = [a for a in args if isinstance(a, list)][0]  # WgradGrid
+        n, ci, h, w, stride, ld = g[0], g[1], g[2], g[3], g[6], g[16] | (g[17] << 32)
+        return stride, 4 * (n * ci * h * w + stride ** 2 * ci * ld)
     if kernel.startswith(("conv2d_tf32_", "conv2d_bf16_", "conv2d_f32_")):
         # the direct kernels (kernels/conv.cu): a trip per slice of input channels. The input, the weights and the output once; split,
         # also each split's partial plane written and read back by the tile's last block
