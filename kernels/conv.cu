@@ -79,10 +79,18 @@ struct ConvShape {
 
 // Input channels per slice of a direct kernel: a 1×1 kernel has one tap, so its slices are wider
 // to give each trip through the main loop enough MMAs to cover its loads.
-__host__ __device__ constexpr int conv_slice_channels(int k) { return k == 1 ? 64 : 16; }
+#define CONV_SLICE_K3 16
+#define CONV_SLICE_K1 64
+__host__ __device__ constexpr int conv_slice_channels(int k) {
+  return k == 1 ? CONV_SLICE_K1 : CONV_SLICE_K3;
+}
 // Output channels per block: 64, and 128 for a 1×1 kernel (whose loads are per MMA twice a 3×3
 // kernel's otherwise).
-__host__ __device__ constexpr int conv_block_channels(int k) { return k == 1 ? 128 : 64; }
+#define CONV_BLOCK_K3 64
+#define CONV_BLOCK_K1 128
+__host__ __device__ constexpr int conv_block_channels(int k) {
+  return k == 1 ? CONV_BLOCK_K1 : CONV_BLOCK_K3;
+}
 
 #define CONV_TILE 8       // output tile: 8×8 pixels of one image
 #define CONV_THREADS 128

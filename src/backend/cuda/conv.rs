@@ -176,17 +176,17 @@ impl Direct {
     /// Channels per slice (`conv_slice_channels`).
     fn kc(self) -> usize {
         if self.k() == 1 {
-            64
+            consts::CONV_SLICE_K1
         } else {
-            16
+            consts::CONV_SLICE_K3
         }
     }
     /// Output channels per block (`conv_block_channels`).
     fn block_co(self) -> usize {
         if self.k() == 1 {
-            128
+            consts::CONV_BLOCK_K1
         } else {
-            64
+            consts::CONV_BLOCK_K3
         }
     }
     /// Dynamic shared memory in bytes (`ConvGeo`): the norm table when `act`, and two buffers
