@@ -25,7 +25,7 @@
 //     exponential and reciprocal on the tensor-core paths), rounded to the MMA's operand type,
 //     and stored channel-contiguous; every tap then reads its shifted window of the patch, so an
 //     input element is loaded and transformed once per slice instead of once per tap (k² times);
-//   - the weights come prepared (conv2d_weights: per slice and output channel, zero-padded,
+//   - the weights come prepared (conv2d_weights_*: per slice and output channel, zero-padded,
 //     rounded to TF32 or packed to bf16 pairs, in the order of the MMA's A fragments), so that a
 //     block's slice is one contiguous range, copied with 16-byte cp.async at immediate offsets;
 //   - every thread's patch pixels and their source offsets (padding, wrap-around, upsampling) are
@@ -47,7 +47,7 @@
 // Three ways to multiply: FFMA (`f32`), TF32 tensor cores (mma.m16n8k8, operands rounded to
 // nearest), bf16 tensor cores (mma.m16n8k16) — always float32 accumulation.
 //
-// The same kernels compute the input gradient of a stride-1 convolution (conv2d_weights reads the
+// The same kernels compute the input gradient of a stride-1 convolution (conv2d_weights_* read the
 // weights transposed and rotated; the gradients at the end of this file).
 //
 // Other geometries (kernel sizes other than 1 and 3, other strides) write the transformed input's
@@ -525,11 +525,13 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS, 1)
 // (ci, co, k, k) in this one's terms, read transposed and rotated by 180°: the input gradient of
 // a stride-1 convolution is the convolution of the output gradient with those weights.
 // One thread per word: grid (⌈words / 256⌉, co_pad / 16, slices), 256 threads.
-extern "C" __global__ void conv2d_weights(const float* __restrict__ w, unsigned* __restrict__ wp,
-                                          ConvShape s, int mma, int flipped) {
-  // grid (⌈words / 256⌉, co_pad / 16, slices): word r of the 16 rows blockIdx.y of slice blockIdx.z
-  const int kk = s.k * s.k, kc = s.kc, subs = kc / 16;
-  const int words = 16 * kk * (mma == MMA_BF16 ? kc / 2 : kc);  // per slice and 16 rows
+// The body for kernel size KS and multiply MMA: every index a division by a constant.
+template <int KS, int MMA>
+__device__ __forceinline__ void prepare_weights(const float* __restrict__ w,
+                                                unsigned* __restrict__ wp, const ConvShape& s,
+                                                int flipped) {
+  constexpr int kk = KS * KS, kc = conv_slice_channels(KS), subs = kc / 16;
+  constexpr int words = 16 * kk * (MMA == MMA_BF16 ? kc / 2 : kc);  // per slice and 16 rows
   const int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= words) return;
   const int blk = blockIdx.y, sl = blockIdx.z;
@@ -541,20 +543,54 @@ extern "C" __global__ void conv2d_weights(const float* __restrict__ w, unsigned*
     return flipped ? w[((long long)c * s.co + co) * kk + (kk - 1 - tap)]
                    : w[((long long)co * s.ci + c) * kk + tap];
   };
-  if (mma == MMA_F32) {  // r = (row·kk + tap)·kc + j
-    int j = r % kc, tap = (r / kc) % kk, row = r / (kc * kk);
+  if constexpr (MMA == MMA_F32) {  // r = (row·kk + tap)·kc + j
+    const int j = r % kc, tap = (r / kc) % kk, row = r / (kc * kk);
     *out = __float_as_uint(value(blk * 16 + row, j, tap));
     return;
   }
-  int e = r % 4, lane = (r / 4) % 32, g = lane / 4, t = lane % 4;
-  int co = blk * 16 + g + 8 * (e & 1);
-  if (mma == MMA_TF32) {  // r = (((tap·subs + sub)·2 + q)·32 + lane)·4 + e
-    int q = (r / 128) % 2, sub = (r / 256) % subs, tap = r / (256 * subs);
+  const int e = r % 4, lane = (r / 4) % 32, g = lane / 4, t = lane % 4;
+  const int co = blk * 16 + g + 8 * (e & 1);
+  if constexpr (MMA == MMA_TF32) {  // r = (((tap·subs + sub)·2 + q)·32 + lane)·4 + e
+    const int q = (r / 128) % 2, sub = (r / 256) % subs, tap = r / (256 * subs);
     *out = f32_to_tf32(value(co, 16 * sub + 4 * t + q + 2 * (e >> 1), tap));
   } else {  // r = ((tap·subs + sub)·32 + lane)·4 + e
-    int sub = (r / 128) % subs, tap = r / (128 * subs), p = 2 * t + (e >> 1);
+    const int sub = (r / 128) % subs, tap = r / (128 * subs), p = 2 * t + (e >> 1);
     *out = pack_bf16x2(value(co, 16 * sub + 2 * p, tap), value(co, 16 * sub + 2 * p + 1, tap));
   }
+}
+
+// conv2d_weights_k{1,3}_{f32,tf32,bf16}: grid (⌈words / 256⌉, co_pad / 16, slices), word r of the
+// 16 rows blockIdx.y of slice blockIdx.z — a kernel per size and multiply, so that each holds only
+// its own index arithmetic.
+extern "C" __global__ void conv2d_weights_k1_f32(const float* __restrict__ w,
+                                                 unsigned* __restrict__ wp, ConvShape s,
+                                                 int flipped) {
+  prepare_weights<1, MMA_F32>(w, wp, s, flipped);
+}
+extern "C" __global__ void conv2d_weights_k1_tf32(const float* __restrict__ w,
+                                                 unsigned* __restrict__ wp, ConvShape s,
+                                                 int flipped) {
+  prepare_weights<1, MMA_TF32>(w, wp, s, flipped);
+}
+extern "C" __global__ void conv2d_weights_k1_bf16(const float* __restrict__ w,
+                                                 unsigned* __restrict__ wp, ConvShape s,
+                                                 int flipped) {
+  prepare_weights<1, MMA_BF16>(w, wp, s, flipped);
+}
+extern "C" __global__ void conv2d_weights_k3_f32(const float* __restrict__ w,
+                                                 unsigned* __restrict__ wp, ConvShape s,
+                                                 int flipped) {
+  prepare_weights<3, MMA_F32>(w, wp, s, flipped);
+}
+extern "C" __global__ void conv2d_weights_k3_tf32(const float* __restrict__ w,
+                                                 unsigned* __restrict__ wp, ConvShape s,
+                                                 int flipped) {
+  prepare_weights<3, MMA_TF32>(w, wp, s, flipped);
+}
+extern "C" __global__ void conv2d_weights_k3_bf16(const float* __restrict__ w,
+                                                 unsigned* __restrict__ wp, ConvShape s,
+                                                 int flipped) {
+  prepare_weights<3, MMA_BF16>(w, wp, s, flipped);
 }
 
 // The split-K finish of the direct kernels: y = (Σ_z parts[z] + bias[c] + temb[n, c] +

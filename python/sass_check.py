@@ -42,7 +42,7 @@ TENSOR_CORE = ["conv2d_tf32_*", "conv2d_bf16_*", "conv2d_wgrad_tf32", "conv2d_wg
 # not products: the direct convolutions' weight preparation, the split-K finish, the operand
 # layouts of the GEMMs (their packing, the generic convolution's columns, the weight gradient's
 # grids) and the input gradient's gather from columns
-HELPERS = ["conv2d_weights", "conv2d_finish_f32", "gemm_pack_f32", "conv2d_im2col_f32",
+HELPERS = ["conv2d_weights_*", "conv2d_finish_f32", "gemm_pack_f32", "conv2d_im2col_f32",
            "conv2d_phase_pack_f32", "conv2d_grid_pack_f32", "conv2d_col2im_f32"]
 
 

@@ -139,7 +139,7 @@ def trips(kernel, args, grid):
         # the split-K finish: the partial planes and the residual read, the output written
         n, co, hw, splits = args[5], args[6], args[7], args[8]
         return None, 4 * n * co * hw * (splits + 1 + (1 if args[3] is not None else 0))
-    if kernel == "conv2d_weights":
+    if kernel.startswith("conv2d_weights_"):
         # the weights read (once, through the cache) and written in the kernel's order
         return None, 8 * grid[0] * grid[1] * grid[2] * 256
     if kernel == "attention_f32" or kernel.startswith("attention_tf32_d"):

@@ -300,7 +300,7 @@ fn bench_on_the_cuda_backend_times_every_kernel() {
     // their norm fused, the weights prepared), products, attention
     for name in [
         "conv2d_f32_k3s1_norm_silu",
-        "conv2d_weights",
+        "conv2d_weights_k3_f32",
         "gemm_f32",
         "attention_f32",
         "group_norm_stats_f32",

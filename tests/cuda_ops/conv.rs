@@ -21,8 +21,7 @@ use crate::{both, close, cpu, gpu, precision};
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::conv::{self, ConvEpilogue, ConvInput};
-use dydiff::backend::cuda::gpu::Gpu;
-use dydiff::backend::cuda::kernels::names;
+use dydiff::backend::cuda::gpu::{Gpu, KernelTime};
 use dydiff::backend::cuda::norm::{self, NormOnLoad};
 use dydiff::backend::cuda::Precision;
 use dydiff::backend::{BackendStorage, BinaryOp, ConvGeom, NormGeom, PadMode};
@@ -279,7 +278,7 @@ fn split_k_finished_in_the_kernel_equals_the_finishing_launch() {
 
 /// The weights prepared in the kernel's order are made once per weights, layout and precision
 /// and kept while the weights do not change: the same convolution again launches no
-/// `conv2d_weights` and gives the same values; after the optimizer writes the parameters in place
+/// `conv2d_weights_*` and gives the same values; after the optimizer writes the parameters in place
 /// (the weights being a view of them, as a network's are), or a copy into them that says so, the
 /// preparation runs again and the result is that of the new weights.
 #[test]
@@ -307,8 +306,12 @@ fn prepared_weights_are_kept_until_the_weights_change() {
     };
     let preparations = || {
         let times = gpu.kernel_times().unwrap();
-        let t = times.iter().find(|t| t.name == names::CONV2D_WEIGHTS);
-        t.map_or(0, |t| t.launches)
+        let prepare = |t: &&KernelTime| t.name.starts_with("conv2d_weights_");
+        times
+            .iter()
+            .filter(prepare)
+            .map(|t| t.launches)
+            .sum::<u64>()
     };
     gpu.set_timing(true);
     let first = conv(w, Precision::Tf32);
@@ -366,7 +369,7 @@ fn prepared_weights_are_kept_until_the_weights_change() {
 }
 
 /// In a graph capture (behind the caching allocator, as every device is opened), weights already
-/// prepared are used — the graph replays them, no `conv2d_weights` in it — and weights not yet
+/// prepared are used — the graph replays them, no `conv2d_weights_*` in it — and weights not yet
 /// prepared are prepared inside the graph but not kept (their memory is the graph's).
 #[test]
 fn a_capture_uses_prepared_weights_and_keeps_none_of_its_own() {
@@ -402,8 +405,12 @@ fn a_capture_uses_prepared_weights_and_keeps_none_of_its_own() {
     assert_eq!(y2.to_f32().unwrap(), want2);
     let preparations = || {
         let times = gpu.kernel_times().unwrap();
-        let t = times.iter().find(|t| t.name == names::CONV2D_WEIGHTS);
-        t.map_or(0, |t| t.launches)
+        let prepare = |t: &&KernelTime| t.name.starts_with("conv2d_weights_");
+        times
+            .iter()
+            .filter(prepare)
+            .map(|t| t.launches)
+            .sum::<u64>()
     };
     assert_eq!(preparations(), 1, "the graph prepares w2's copy, not w1");
     gpu.set_timing(false);

@@ -5,7 +5,7 @@
 //! unfused operations.
 //!
 //! Which kernel runs: the network's geometries (3×3 at stride 1 and 2, 1×1 at stride 1) run the
-//! direct kernels — `conv2d_weights` first prepares the weights in the kernel's order (once per
+//! direct kernels — `conv2d_weights_k{1,3}_{precision}` first prepares the weights in the kernel's order (once per
 //! weights and layout: kept with the weights' buffer until they change, [`Buffer::derived`]), then
 //! `conv2d_{precision}_{k3s1,k3s2,k1s1}` (`_norm_silu` when a 3×3 stride-1 input is normalised
 //! and activated: fused), whose last block per tile sums the partials when the slices were split
@@ -221,7 +221,7 @@ impl Direct {
 /// (`pad[0]` on top, `pad[2]` on the left; the output size comes from `g`).
 ///
 /// 3×3 kernels at stride 1 and 2 and 1×1 kernels at stride 1 — every convolution of the network
-/// — run the direct kernels at `precision` (the weights prepared by `conv2d_weights` the first
+/// — run the direct kernels at `precision` (the weights prepared by `conv2d_weights_*` the first
 /// time, then kept with `w` until it is written in place; split-K with a finishing sum where a
 /// layer has few tiles); a group norm or SiLU on load is
 /// fused into the 3×3 stride-1 kernel when it ends in SiLU, and otherwise applied by a separate
@@ -423,8 +423,21 @@ fn convolve(
     .concat();
     let prepared = w.derived(&key, || {
         let prepared = Buffer::alloc(gpu, slices * rows16 * words)?;
+        let kernel = if g.k == 1 {
+            precision.pick([
+                names::CONV2D_WEIGHTS_K1_F32,
+                names::CONV2D_WEIGHTS_K1_TF32,
+                names::CONV2D_WEIGHTS_K1_BF16,
+            ])
+        } else {
+            precision.pick([
+                names::CONV2D_WEIGHTS_K3_F32,
+                names::CONV2D_WEIGHTS_K3_TF32,
+                names::CONV2D_WEIGHTS_K3_BF16,
+            ])
+        };
         gpu.launch(
-            names::CONV2D_WEIGHTS,
+            kernel,
             LaunchShape {
                 grid: [words.div_ceil(256) as u32, rows16 as u32, slices as u32],
                 block: [256, 1, 1],
@@ -434,7 +447,6 @@ fn convolve(
                 KernelArg::Ptr(w.ptr()),
                 KernelArg::Ptr(prepared.ptr()),
                 struct_arg.clone(),
-                KernelArg::I32(i32::from(precision.mma_code())),
                 KernelArg::I32(i32::from(flipped)),
             ],
         )?;
