@@ -491,22 +491,7 @@ fn convolve(
         ],
     )?;
     if let (Some(parts), None) = (parts, counters) {
-        gpu.launch(
-            names::CONV2D_FINISH_F32,
-            LaunchShape::linear(y.len(), 256),
-            &[
-                KernelArg::Ptr(parts.ptr()),
-                ptr(epi.bias),
-                ptr(epi.temb),
-                ptr(epi.residual),
-                KernelArg::Ptr(y.ptr()),
-                KernelArg::I32(shape.n),
-                KernelArg::I32(shape.co),
-                KernelArg::I64((ho * wo) as i64),
-                KernelArg::I32(splits as i32),
-                KernelArg::F32(epi.scale),
-            ],
-        )?;
+        finish(&parts, &y, (g.n, g.co, ho * wo), splits, epi)?;
     }
     Ok(y)
 }
@@ -575,7 +560,7 @@ fn generic(
         stride_b: hw_out * kdim,
         rows_are_samples: false,
     };
-    let Some(temb) = epi.temb else {
+    if epi.temb.is_none() {
         let epilogue = Epilogue {
             bias: epi.bias,
             bias_per_row: true,
@@ -583,26 +568,41 @@ fn generic(
             residual: epi.residual,
         };
         return strided(w, &cols, &layout, epilogue, precision);
-    };
+    }
     let product = strided(w, &cols, &layout, Epilogue::NONE, precision)?;
     let y = Buffer::alloc(gpu, product.len())?;
-    gpu.launch(
+    finish(&product, &y, (g.n, g.co, hw_out), 1, epi)?;
+    Ok(y)
+}
+
+/// `conv2d_finish_f32`: `y = (Σ_z parts[z] + bias[c] + temb[n, c] + residual)·scale` over `y`
+/// `(n, co, hw)`, the `splits` planes of `parts` (each shaped like `y`) added in order — a split-K
+/// product's finish where the device's tile counters do not cover it, or an epilogue the product
+/// itself does not apply.
+pub(super) fn finish(
+    parts: &Buffer,
+    y: &Buffer,
+    (n, co, hw): (usize, usize, usize),
+    splits: usize,
+    epi: &ConvEpilogue,
+) -> Result<()> {
+    const OP: &str = "conv2d_finish";
+    y.gpu().launch(
         names::CONV2D_FINISH_F32,
         LaunchShape::linear(y.len(), 256),
         &[
-            KernelArg::Ptr(product.ptr()),
+            KernelArg::Ptr(parts.ptr()),
             ptr(epi.bias),
-            KernelArg::Ptr(temb.ptr()),
+            ptr(epi.temb),
             ptr(epi.residual),
             KernelArg::Ptr(y.ptr()),
-            KernelArg::I32(shape.n),
-            KernelArg::I32(shape.co),
-            KernelArg::I64(hw_out as i64),
-            KernelArg::I32(1),
+            KernelArg::I32(check::int(OP, "rows", n)?),
+            KernelArg::I32(check::int(OP, "channels", co)?),
+            KernelArg::I64(hw as i64),
+            KernelArg::I32(check::int(OP, "splits", splits)?),
             KernelArg::F32(epi.scale),
         ],
-    )?;
-    Ok(y)
+    )
 }
 
 /// `kernels/conv.cu`'s `ConvBwdShape` (48 bytes).
@@ -627,18 +627,8 @@ struct ConvBwdShape {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct WgradGrid {
-    n: i32,
-    ci: i32,
-    h: i32,
-    w: i32,
-    co: i32,
-    k: i32,
-    stride: i32,
-    pad_top: i32,
-    pad_left: i32,
-    ho: i32,
-    wo: i32,
-    circular: i32,
+    /// The convolution's shape (the C++ struct derives from `ConvBwdShape`: it comes first).
+    conv: ConvBwdShape,
     hq: i32,
     wq: i32,
     cells: i64,
@@ -649,6 +639,7 @@ struct WgradGrid {
     wq_mul: u32,
     wq_shift: u32,
 }
+const _: () = assert!(std::mem::size_of::<WgradGrid>() == 96);
 
 /// Gradients of the convolution `y = conv(x, w) + b` (see the end of `kernels/conv.cu`): `(dx if
 /// need_dx, dw, db)` for `dy` `(n, co, ho, wo)`. The input gradient of a 3×3 or 1×1 stride-1
@@ -754,22 +745,10 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
     let k_len = cells.next_multiple_of(consts::GEMM_KC);
     let reach = (g.k - 1) / s * wq + (g.k - 1) / s;
     let ld = (k_len + reach).next_multiple_of(4);
-    let b = bwd_shape(g)?;
     let cells_div = check::fast_div(OP, "grid cells per sample", hq * wq)?;
     let wq_div = check::fast_div(OP, "grid columns", wq)?;
     let cells_grid = WgradGrid {
-        n: b.n,
-        ci: b.ci,
-        h: b.h,
-        w: b.w,
-        co: b.co,
-        k: b.k,
-        stride: b.stride,
-        pad_top: b.pad_top,
-        pad_left: b.pad_left,
-        ho: b.ho,
-        wo: b.wo,
-        circular: b.circular,
+        conv: bwd_shape(g)?,
         hq: check::int(OP, "grid rows", hq)?,
         wq: check::int(OP, "grid columns", wq)?,
         cells: i64::from(check::int(OP, "grid cells", cells)?),
@@ -845,27 +824,12 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
             ],
         )?;
         if let Some(parts) = parts {
-            gpu.launch(
-                names::CONV2D_FINISH_F32,
-                LaunchShape::linear(dw.len(), 256),
-                &[
-                    KernelArg::Ptr(parts.ptr()),
-                    KernelArg::Ptr(DevicePtr(0)),
-                    KernelArg::Ptr(DevicePtr(0)),
-                    KernelArg::Ptr(DevicePtr(0)),
-                    KernelArg::Ptr(dw.ptr()),
-                    KernelArg::I32(1),
-                    KernelArg::I32(1),
-                    KernelArg::I64(dw.len() as i64),
-                    KernelArg::I32(check::int(OP, "slices", splits)?),
-                    KernelArg::F32(1.0),
-                ],
-            )?;
+            finish(&parts, &dw, (1, 1, dw.len()), splits, &ConvEpilogue::NONE)?;
         }
         return Ok(dw);
     }
     let shape = GemmShape {
-        m: b.co,
+        m: cells_grid.conv.co,
         n: check::int(OP, "weight columns", n)?,
         k: check::int(OP, "reduction", k_len)?,
         lda: check::int(OP, "reduction", k_len)?,

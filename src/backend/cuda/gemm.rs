@@ -8,7 +8,7 @@
 
 use super::buffer::{ptr, Buffer};
 use super::check;
-use super::conv::{SMS, SPLIT_BATCH};
+use super::conv::{finish, ConvEpilogue, SMS, SPLIT_BATCH};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
 use super::norm::NormOnLoad;
@@ -334,22 +334,13 @@ impl TensorCore<'_> {
             } else {
                 (batch as usize * m, n, 1)
             };
-            gpu.launch(
-                names::CONV2D_FINISH_F32,
-                LaunchShape::linear(c.len(), 256),
-                &[
-                    KernelArg::Ptr(parts.ptr()),
-                    ptr(epilogue.bias),
-                    KernelArg::Ptr(DevicePtr(0)),
-                    ptr(epilogue.residual),
-                    KernelArg::Ptr(c.ptr()),
-                    KernelArg::I32(check::int("matmul", "rows", outer)?),
-                    KernelArg::I32(check::int("matmul", "columns", co)?),
-                    KernelArg::I64(hw as i64),
-                    KernelArg::I32(splits as i32),
-                    KernelArg::F32(epilogue.scale),
-                ],
-            )?;
+            let epi = ConvEpilogue {
+                bias: epilogue.bias,
+                temb: None,
+                residual: epilogue.residual,
+                scale: epilogue.scale,
+            };
+            finish(&parts, c, (outer, co, hw), splits, &epi)?;
         }
         Ok(())
     }
