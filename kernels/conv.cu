@@ -751,12 +751,12 @@ extern "C" __global__ void conv2d_col2im_f32(const float* __restrict__ cols,
 // The weight gradient's grid (see the top of the file): `cells` = n·hq·wq, each phase plane's
 // rows `ld` long (the cells rounded up to a slice, plus the largest shift), dyp's rows `k_len`
 // (the cells rounded up to a slice: the GEMM's K).
-struct WgradGrid {
-  int n, ci, h, w, co, k, stride, pad_top, pad_left, ho, wo, circular;
+struct WgradGrid : ConvBwdShape {  // the convolution's shape, then the grid's
   int hq, wq;
   long long cells, ld, k_len;  // cells below 2^31
   unsigned cells_mul, cells_shift, wq_mul, wq_shift;  // division by hq·wq and by wq (fast_div)
 };
+static_assert(sizeof(WgradGrid) == 96, "src/backend/cuda/conv.rs lays WgradGrid out so");
 
 // The packs: one thread per cell q, 256 per block, grid (⌈row length/256⌉, channels, s): a block's
 // cells of one channel (and, for the input, one phase row a: the thread writes phases (a, 0 … s−1)),
