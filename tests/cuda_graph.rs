@@ -7,6 +7,9 @@
 //!
 //! The tests share one device and its counters, so each one that reads the counters holds LOCK.
 
+mod common;
+
+use common::cuda_device;
 use dydiff::backend::cuda::{self, cache::MemoryStats};
 use dydiff::backend::step::StepRunner;
 use dydiff::backend::PadMode;
@@ -20,14 +23,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 static LOCK: Mutex<()> = Mutex::new(());
-
-fn device() -> Device {
-    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() != Ok("cuda") {
-        // SAFETY of the call: set before any device is opened; every test sets the same value.
-        std::env::set_var(cuda::EMULATOR_VAR, "1");
-    }
-    Device::parse("cuda:0").unwrap()
-}
 
 fn stats() -> MemoryStats {
     cuda::device(0).unwrap().memory_stats()
@@ -68,7 +63,7 @@ fn step<'a>(w: &'a Tensor, b: &'a Tensor) -> impl Fn(&[Tensor]) -> Result<Vec<Te
 #[test]
 fn replayed_steps_equal_the_cpu() {
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = device();
+    let dev = cuda_device();
     let shape = [2, 3, 5, 7];
     let n: usize = shape.iter().product();
     let on = |d: Device| {
@@ -120,7 +115,7 @@ fn replayed_steps_equal_the_cpu() {
 #[test]
 fn a_graphs_buffers_are_reserved_while_it_lives() {
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = device();
+    let dev = cuda_device();
     let shape = [1, 3, 4, 4];
     let n: usize = shape.iter().product();
     let w = Tensor::from_vec(values(4, 81), &[3, 3, 3, 3], dev).unwrap();
@@ -162,7 +157,7 @@ fn a_graphs_buffers_are_reserved_while_it_lives() {
 #[test]
 fn a_copy_to_the_host_inside_a_step_fails_the_capture_cleanly() {
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = device();
+    let dev = cuda_device();
     let x = Tensor::from_vec(values(7, 12), &[12], dev).unwrap();
     let reads = |x: &[Tensor]| -> Result<Vec<Tensor>> {
         let host = x[0].to_vec()?;
@@ -182,7 +177,7 @@ fn a_copy_to_the_host_inside_a_step_fails_the_capture_cleanly() {
 #[test]
 fn new_shapes_are_captured_again() {
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = device();
+    let dev = cuda_device();
     let double = |x: &[Tensor]| -> Result<Vec<Tensor>> { Ok(vec![x[0].scale(2.0)?]) };
     let mut runner = StepRunner::new(dev).unwrap();
     let before = stats();
@@ -202,7 +197,7 @@ fn new_shapes_are_captured_again() {
 #[test]
 fn the_sampler_replays_one_graph_per_batch() {
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = device();
+    let dev = cuda_device();
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sampler");
     let obs = dydiff::io::npy::read(&fixtures.join("obs.npy")).unwrap();
     let run = |device: Device| {
@@ -244,7 +239,7 @@ fn the_sampler_replays_one_graph_per_batch() {
 #[test]
 fn the_step_values_round_trip_through_device_memory() {
     let _l = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = device();
+    let dev = cuda_device();
     let schedule = dydiff::diffusion::schedule::Schedule::new(
         &dydiff::diffusion::schedule::SchedulerConfig::default(),
     );

@@ -6,44 +6,12 @@
 
 mod common;
 
-use common::rand_vec;
+use common::{cuda_device, cuda_precision, rand_vec, small_unet_config};
 use dydiff::autograd::{backward, Tape};
 use dydiff::backend::cuda::{self, Precision};
-use dydiff::nn::{ParamBuilder, UNet2D, UNet2DConfig};
+use dydiff::nn::{ParamBuilder, UNet2D};
 use dydiff::{Device, Tensor};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-
-/// The precision is one setting per process: each test holds it while it runs.
-fn precision(p: Precision) -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    cuda::set_precision(p);
-    g
-}
-
-fn gpu() -> Device {
-    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() != Ok("cuda") {
-        // set before any device is opened; every test sets the same value
-        std::env::set_var(cuda::EMULATOR_VAR, "1");
-    }
-    Device::parse("cuda:0").unwrap()
-}
-
-fn small_unet_config() -> UNet2DConfig {
-    UNet2DConfig {
-        in_channels: 3,
-        out_channels: 2,
-        block_out_channels: vec![8, 16],
-        down_block_types: vec!["DownBlock2D".into(), "AttnDownBlock2D".into()],
-        up_block_types: vec!["AttnUpBlock2D".into(), "UpBlock2D".into()],
-        layers_per_block: 1,
-        norm_num_groups: 4,
-        attention_head_dim: Some(8),
-        time_embedding_dim: Some(16),
-        ..UNet2DConfig::default()
-    }
-}
 
 /// The loss of the small network on fixed inputs, with the weights `arrays`, on `dev`.
 fn unet_loss(
@@ -74,7 +42,7 @@ fn unet_loss(
 
 #[test]
 fn whole_unet_gradient_on_the_device() {
-    let _p = precision(Precision::Fp32);
+    let _p = cuda_precision(Precision::Fp32);
     let model = UNet2D::init(small_unet_config(), 7, Device::Cpu).unwrap();
     let arrays: HashMap<String, (Vec<usize>, Vec<f32>)> = model
         .params()
@@ -82,7 +50,7 @@ fn whole_unet_gradient_on_the_device() {
         .map(|(n, t)| (n.clone(), (t.shape().to_vec(), t.to_vec().unwrap())))
         .collect();
     let (loss_c, grads_c) = unet_loss(&arrays, Device::Cpu, true);
-    let (loss_g, grads_g) = unet_loss(&arrays, gpu(), true);
+    let (loss_g, grads_g) = unet_loss(&arrays, cuda_device(), true);
     assert!(
         (loss_c - loss_g).abs() <= 1e-6 * loss_c,
         "{loss_c} vs {loss_g}"
@@ -122,7 +90,7 @@ fn whole_unet_gradient_on_the_device() {
         let eval = |delta: f32| {
             let mut a = arrays.clone();
             a.get_mut(name).unwrap().1[j] += delta;
-            unet_loss(&a, gpu(), false).0
+            unet_loss(&a, cuda_device(), false).0
         };
         let fd = ((eval(h) - eval(-h)) / (2.0 * f64::from(h))) as f32;
         assert!(
@@ -139,8 +107,8 @@ fn whole_unet_gradient_on_the_device() {
 #[test]
 fn training_steps_never_wait_for_the_device() {
     use dydiff::pipelines::train::{OptimizerSettings, State, Weights};
-    let _p = precision(Precision::Tf32);
-    let dev = gpu();
+    let _p = cuda_precision(Precision::Tf32);
+    let dev = cuda_device();
     let cfg = small_unet_config();
     let mut unet = UNet2D::init(cfg.clone(), 3, dev).unwrap();
     let mut state = State::fresh(&unet, dev).unwrap();

@@ -5,22 +5,17 @@
 //! most twice PyTorch's at the same precision on the same input (tf32.json, bf16.json:
 //! python/make_precision_fixtures.py).
 
+mod common;
+
+use common::cuda_device;
 use dydiff::backend::cuda::{self, Precision};
 use dydiff::io::npy;
 use dydiff::nn::UNet2D;
-use dydiff::{Device, Tensor};
+use dydiff::Tensor;
 use std::path::PathBuf;
 
-fn device() -> Device {
-    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() != Ok("cuda") {
-        // SAFETY of the call: set before any device is opened; every test sets the same value.
-        std::env::set_var(cuda::EMULATOR_VAR, "1");
-    }
-    Device::parse("cuda:0").unwrap()
-}
-
 fn check(name: &str, precision: Precision) {
-    let dev = device();
+    let dev = cuda_device();
     cuda::set_precision(precision);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -77,7 +72,7 @@ fn check(name: &str, precision: Precision) {
 /// After the first forward, a second one allocates and frees nothing on the device: every
 /// buffer comes from the caching allocator.
 fn steady_state_allocates_nothing(name: &str) {
-    let dev = device();
+    let dev = cuda_device();
     let gpu = cuda::device(0).unwrap();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -4,7 +4,7 @@
 //! `|fd − grad| ≤ 2e-2·|grad| + 2e-3·max|grad|` (f32 round-off in `L` over `h` dominates).
 
 mod common;
-use common::rand_vec;
+use common::{rand_vec, small_unet_config};
 use dydiff::autograd::{backward, Tape};
 use dydiff::backend::PadMode;
 use dydiff::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
@@ -207,21 +207,6 @@ fn no_tape_records_nothing() {
     let loss = p.mse(&t).unwrap();
     backward(&loss).unwrap();
     assert!(p.grad().is_none(), "without a tape no gradient flows");
-}
-
-fn small_unet_config() -> UNet2DConfig {
-    UNet2DConfig {
-        in_channels: 3,
-        out_channels: 2,
-        block_out_channels: vec![8, 16],
-        down_block_types: vec!["DownBlock2D".into(), "AttnDownBlock2D".into()],
-        up_block_types: vec!["AttnUpBlock2D".into(), "UpBlock2D".into()],
-        layers_per_block: 1,
-        norm_num_groups: 4,
-        attention_head_dim: Some(8),
-        time_embedding_dim: Some(16),
-        ..UNet2DConfig::default()
-    }
 }
 
 /// The whole network: the loss gradient with respect to parameters of every kind (convolution,

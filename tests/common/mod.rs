@@ -127,3 +127,39 @@ pub fn test_gpu() -> std::sync::Arc<dyn dydiff::backend::cuda::gpu::Gpu> {
         std::sync::Arc::new(dydiff::backend::cuda::emu::Emulator::default())
     }
 }
+
+/// `cuda:0` for the tests that go through [`Device`]: the emulator, or GPU 0 with
+/// `DYDIFF_TEST_DEVICE=cuda`.
+pub fn cuda_device() -> Device {
+    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() != Ok("cuda") {
+        // set before any device is opened; every test sets the same value
+        std::env::set_var(dydiff::backend::cuda::EMULATOR_VAR, "1");
+    }
+    Device::parse("cuda:0").unwrap()
+}
+
+/// The CUDA backend's precision is one setting per process: each test that depends on it holds
+/// this while it runs.
+pub fn cuda_precision(p: dydiff::backend::cuda::Precision) -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    dydiff::backend::cuda::set_precision(p);
+    g
+}
+
+/// A small network for whole-network gradient tests: two levels of 8 and 16 channels, attention
+/// at the second, one resnet per level.
+pub fn small_unet_config() -> dydiff::nn::UNet2DConfig {
+    dydiff::nn::UNet2DConfig {
+        in_channels: 3,
+        out_channels: 2,
+        block_out_channels: vec![8, 16],
+        down_block_types: vec!["DownBlock2D".into(), "AttnDownBlock2D".into()],
+        up_block_types: vec!["AttnUpBlock2D".into(), "UpBlock2D".into()],
+        layers_per_block: 1,
+        norm_num_groups: 4,
+        attention_head_dim: Some(8),
+        time_embedding_dim: Some(16),
+        ..dydiff::nn::UNet2DConfig::default()
+    }
+}

@@ -8,6 +8,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+pub use common::{cuda_device as device, cuda_precision as precision};
+
 mod attention;
 mod conv;
 mod elementwise;
@@ -18,10 +20,9 @@ mod process;
 
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::gpu::Gpu;
-use dydiff::backend::cuda::{self, Precision};
 use dydiff::backend::Storage;
 use dydiff::Device;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// The device the launcher-level tests run on (a fresh emulator, or GPU 0).
 pub fn gpu() -> Arc<dyn Gpu> {
@@ -31,22 +32,6 @@ pub fn gpu() -> Arc<dyn Gpu> {
 /// Values on the CPU backend, the reference.
 pub fn cpu(v: &[f32]) -> CpuStorage {
     CpuStorage::from_vec(v.to_vec())
-}
-
-/// The precision is one setting per process: each test holds it while it runs.
-pub fn precision(p: Precision) -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    cuda::set_precision(p);
-    g
-}
-
-pub fn device() -> Device {
-    if std::env::var("DYDIFF_TEST_DEVICE").as_deref() != Ok("cuda") {
-        // set before any device is opened; every test sets the same value
-        std::env::set_var(cuda::EMULATOR_VAR, "1");
-    }
-    Device::parse("cuda:0").unwrap()
 }
 
 /// The same values on the CPU and on the device.
