@@ -698,7 +698,7 @@ extern "C" __global__ void conv2d_im2col_f32(const float* __restrict__ x,
 // by the shapes, so a training step is the same bits on every run.
 //
 // Launch: conv2d_col2im_f32 one thread per output value, 256 per block; the packs one thread per
-// value, grid (⌈row length/256⌉, rows);
+// cell, 256 per block, grid (⌈row length/256⌉, channels, s for the input's phase rows, else 1);
 // conv2d_wgrad_tf32/bf16 as gemm_tf32 (grid (⌈ci·k²/64⌉, ⌈co/64⌉·splits, 1), 128 threads,
 // gemm_shared_bytes); conv2d_wgrad_f32 grid (⌈ci·k²/64⌉, ⌈co/64⌉, splits), 128 threads.
 // Benchmark: `dydiff bench train --device cuda` (per-kernel times), the GPU check script and
