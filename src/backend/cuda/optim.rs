@@ -180,7 +180,7 @@ pub fn adamw(
         .iter()
         .map(|b| KernelArg::Ptr(b.ptr()))
         .collect();
-    args.push(KernelArg::Struct(bytemuck::bytes_of(&hyper).to_vec()));
+    args.push(KernelArg::pod(&hyper));
     gpu.launch(names::ADAMW_FUSED_F32, blocks, &args)?;
     // written in place: what was derived from them (prepared convolution weights) is stale
     for b in [p, m, v, e] {
