@@ -21,8 +21,9 @@
 //
 //   - per slice, the input patch the tile reads — (7s + k)² pixels × the slice — is loaded once
 //     from global memory, normalised and activated once per element (a per-(sample, channel)
-//     scale/shift table built at the start of the block: one FMA; SiLU as x·σ(x) with the fast
-//     exponential and reciprocal on the tensor-core paths), rounded to the MMA's operand type,
+//     scale/shift table built at the start of the block: one FMA; SiLU as x·σ(x) with the
+//     special-function unit's exponential and reciprocal, `silu_fast`, on the tensor-core paths),
+//     rounded to the MMA's operand type,
 //     and stored channel-contiguous; every tap then reads its shifted window of the patch, so an
 //     input element is loaded and transformed once per slice instead of once per tap (k² times);
 //   - the weights come prepared (conv2d_weights_*: per slice and output channel, zero-padded,
@@ -55,9 +56,9 @@
 // network never uses them (src/backend/cuda/conv.rs says when each kernel runs).
 //
 // Launch (direct): grid (n·tiles_y·tiles_x, ⌈co/64⌉ (⌈co/128⌉ for 1×1), splits), 128 threads,
-// dynamic shared memory for the norm table (16 bytes per slice channel) and two buffers of
-// weights and patch (src/backend/cuda/conv.rs, `Direct::shared_bytes`). Columns: one thread per
-// value, 256 per block.
+// dynamic shared memory for the norm table (8 bytes per slice channel, 16 at float32) and two
+// buffers of weights and patch (src/backend/cuda/conv.rs, `Direct::shared_bytes`). Columns: one
+// thread per value, 256 per block.
 // Benchmark: `dydiff bench unet --device cuda`, the GPU check script (per-kernel times) and
 // python/sass_model.py (the model from the machine code).
 #include "gemm_tc.cuh"
@@ -90,6 +91,14 @@ __host__ __device__ constexpr int conv_slice_channels(int k) {
 #define CONV_BLOCK_K1 128
 __host__ __device__ constexpr int conv_block_channels(int k) {
   return k == 1 ? CONV_BLOCK_K1 : CONV_BLOCK_K3;
+}
+
+// Words of the norm table per slice channel: (scale, shift), and for float32, which normalises as
+// the CPU backend does, (scale, shift, mean, beta).
+#define CONV_TABLE_WORDS 2
+#define CONV_TABLE_WORDS_F32 4
+__host__ __device__ constexpr int conv_table_words(int mma) {
+  return mma == MMA_F32 ? CONV_TABLE_WORDS_F32 : CONV_TABLE_WORDS;
 }
 
 #define CONV_TILE 8       // output tile: 8×8 pixels of one image
@@ -153,8 +162,11 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
                                             unsigned* __restrict__ counters, const ConvShape& s) {
   using G = ConvGeo<MMA, KS, S>;
   DYDIFF_DYNAMIC_SHARED(unsigned, smem);
-  float4* table = reinterpret_cast<float4*>(smem);  // (scale, shift, mean, beta) per channel
-  unsigned* wbuf = smem + (ACT ? 4 * G::KC * s.slices : 0);
+  // the norm table, per slice channel: (scale, shift) — float32 normalises as the CPU backend
+  // does, (v − mean)·scale + beta, and holds (scale, shift, mean, beta)
+  constexpr int TW = conv_table_words(MMA);
+  float* table = reinterpret_cast<float*>(smem);
+  unsigned* wbuf = smem + (ACT ? TW * G::KC * s.slices : 0);
   unsigned* pbuf = wbuf + 2 * G::W_WORDS;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -201,7 +213,10 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
           b = be - m * a;
         }
       }
-      table[i] = make_float4(a, b, m, be);
+      if constexpr (TW == 4)
+        store_vec<float4>(table + 4 * i, make_float4(a, b, m, be));
+      else
+        store_vec<float2>(table + 2 * i, make_float2(a, b));
     }
     __syncthreads();
   }
@@ -229,56 +244,65 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
     }
   };
   auto store_patch = [&](int sl, unsigned* pb) {
+    const float* tb = table + TW * (sl * G::KC + chan0);
 #pragma unroll
     for (int q = 0; q < G::PPT; ++q) {
       int e = pix + q * G::PIX_THREADS;
       float v[G::CPT];
 #pragma unroll
-      for (int j = 0; j < G::CPT; ++j) {
+      for (int j = 0; j < G::CPT; j += 2) {
         v[j] = raw[q][j];
-        if constexpr (ACT) {
-          float4 tb = table[sl * G::KC + chan0 + j];
-          if constexpr (MMA == MMA_F32) {
-            v[j] = (v[j] - tb.z) * tb.x + tb.w;
-            v[j] = v[j] / (1.0f + expf(-v[j]));
-          } else {
-            v[j] = fmaf(v[j], tb.x, tb.y);
-            v[j] = __fdividef(v[j], 1.0f + __expf(-v[j]));
+        v[j + 1] = raw[q][j + 1];
+        if constexpr (ACT && MMA == MMA_F32) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float4 c = load_vec<float4>(tb + 4 * (j + h));
+            v[j + h] = (v[j + h] - c.z) * c.x + c.w;
+            v[j + h] = offs[q] >= 0 ? v[j + h] / (1.0f + expf(-v[j + h])) : 0.0f;
           }
-          v[j] = offs[q] >= 0 ? v[j] : 0.0f;  // padding is zero after the transform
+        } else if constexpr (ACT) {  // the padding is zeroed below, after the rounding
+          const float4 c = load_vec<float4>(tb + 2 * j);  // two channels' (scale, shift)
+          v[j] = silu_fast(fmaf(v[j], c.x, c.y));
+          v[j + 1] = silu_fast(fmaf(v[j + 1], c.z, c.w));
         }
       }
+      // the padding is zero after the transform: the operand words of a padding pixel cleared
+      const unsigned keep = !ACT || offs[q] >= 0 ? ~0u : 0u;
       if (e < G::PP) {
         unsigned* dst = pb + e * G::PS + chan0 / (MMA == MMA_BF16 ? 2 : 1);
         if constexpr (MMA == MMA_BF16) {
 #pragma unroll
           for (int j = 0; j < G::CPT; j += 8)
             store_vec<uint4>(dst + j / 2,
-                make_uint4(pack_bf16x2(v[j], v[j + 1]), pack_bf16x2(v[j + 2], v[j + 3]),
-                           pack_bf16x2(v[j + 4], v[j + 5]), pack_bf16x2(v[j + 6], v[j + 7])));
+                make_uint4(pack_bf16x2(v[j], v[j + 1]) & keep,
+                           pack_bf16x2(v[j + 2], v[j + 3]) & keep,
+                           pack_bf16x2(v[j + 4], v[j + 5]) & keep,
+                           pack_bf16x2(v[j + 6], v[j + 7]) & keep));
         } else {
           // TF32: each quad of channels stored (c, c+2, c+1, c+3), the B fragments' order
           constexpr int P1 = MMA == MMA_TF32 ? 2 : 1, P2 = MMA == MMA_TF32 ? 1 : 2;
 #pragma unroll
           for (int j = 0; j < G::CPT; j += 4)
             store_vec<uint4>(dst + j,
-                make_uint4(conv_word<MMA>(v[j]), conv_word<MMA>(v[j + P1]),
-                           conv_word<MMA>(v[j + P2]), conv_word<MMA>(v[j + 3])));
+                make_uint4(conv_word<MMA>(v[j]) & keep, conv_word<MMA>(v[j + P1]) & keep,
+                           conv_word<MMA>(v[j + P2]) & keep, conv_word<MMA>(v[j + 3]) & keep));
         }
       }
     }
   };
   // the weights of slice sl: the block's 64 rows, contiguous in the prepared weights (whose
   // rows are padded to a multiple of 64 with zeros)
+  // (this thread's 16-byte units: one pointer per slice, the units at constant offsets from it)
   const int co_pad = (s.co + G::BM - 1) / G::BM * G::BM;
+  const unsigned* wsrc = wp + ((long long)s_begin * co_pad + co0) * G::RS + 4 * tid;
+  const long long wstep = (long long)co_pad * G::RS;
   auto load_weights = [&](int sl, unsigned* wb) {
-    const unsigned* src = wp + ((long long)sl * co_pad + co0) * G::RS;
+    const unsigned* src = wsrc + (sl - s_begin) * wstep;
+    unsigned* dst = wb + 4 * tid;
     static_assert(G::W_WORDS % (4 * CONV_THREADS) == 0, "whole 16-byte copies per thread");
 #pragma unroll
-    for (int k = 0; k < G::W_WORDS / (4 * CONV_THREADS); ++k) {
-      const int i = tid + k * CONV_THREADS;
-      cp_async_16(wb + 4 * i, src + 4 * i);
-    }
+    for (int k = 0; k < G::W_WORDS / (4 * CONV_THREADS); ++k)
+      cp_async_16(dst + 4 * k * CONV_THREADS, src + 4 * k * CONV_THREADS);
     cp_async_commit();
   };
 
@@ -414,23 +438,52 @@ __device__ __forceinline__ void direct_conv(const float* __restrict__ x,
   };
   const bool split = gridDim.z > 1;
   float* out = split ? parts + blockIdx.z * plane : y;
+  // The block's BM channels × 8×8 pixels go through shared memory (the buffers are free: the
+  // loop ended at a barrier), channel-major with rows of ES words (≡ 8 mod 32: the warps' 8-byte
+  // writes free of bank conflicts), and leave as 16-byte accesses of 4 pixels of a row where the
+  // rows' length allows (wo a multiple of 4), a rolled loop. The terms a launch lacks are added
+  // as zeros (a split's partial sums take none, and a scale of 1), in `finish`'s order, so that
+  // both give the same sums.
+  constexpr int PIX = CONV_TILE * CONV_TILE, ES = PIX + 8;
+  static_assert(G::BM * ES <= 2 * (G::W_WORDS + G::P_WORDS), "the staging fits the buffers");
+  float* stage = reinterpret_cast<float*>(wbuf);
 #pragma unroll
   for (int i = 0; i < G::MT; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int co = co0 + wm + 16 * i + g + 8 * (r / 2);
-        const int oy = oy0 + wr + j, ox = ox0 + 2 * t + r % 2;
-        if (co >= s.co || oy >= s.ho || ox >= s.wo) continue;
-        const long long at = ((long long)n * s.co + co) * hw_out + (long long)oy * s.wo + ox;
-        out[at] = split ? acc[i][j][r] : finish(co, at, acc[i][j][r]);
-      }
+      for (int h = 0; h < 2; ++h)
+        store_vec<float2>(stage + (wm + 16 * i + g + 8 * h) * ES + (wr + j) * CONV_TILE + 2 * t,
+                          make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]));
+  __syncthreads();
+  const float* res = split ? nullptr : residual;
+  const float sc = split ? 1.0f : s.scale;
+  const bool quads = s.wo % 4 == 0;
+  for (int u = tid; u < G::BM * PIX / 4; u += CONV_THREADS) {
+    const int cl = u / (PIX / 4), r = u % (PIX / 4) / 2, c4 = 4 * (u % 2);
+    const int co = co0 + cl, oy = oy0 + r, ox = ox0 + c4;
+    if (co >= s.co || oy >= s.ho || ox >= s.wo) continue;
+    const float4 a = load_vec<float4>(stage + cl * ES + r * CONV_TILE + c4);
+    const float bv = bias && !split ? bias[co] : 0.0f;
+    const float tv = temb && !split ? temb[(long long)n * s.co + co] : 0.0f;
+    const long long at = ((long long)n * s.co + co) * hw_out + (long long)oy * s.wo + ox;
+    if (quads) {
+      const float4 rv = res ? load_vec<float4>(res + at) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      store_vec<float4>(out + at, make_float4((a.x + bv + tv + rv.x) * sc,
+                                              (a.y + bv + tv + rv.y) * sc,
+                                              (a.z + bv + tv + rv.z) * sc,
+                                              (a.w + bv + tv + rv.w) * sc));
+    } else {
+      const float v[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (ox + e < s.wo) out[at + e] = (v[e] + bv + tv + (res ? res[at + e] : 0.0f)) * sc;
+    }
+  }
   if (!split || !counters ||
       !splitk_arrive_last(counters + blockIdx.x + gridDim.x * blockIdx.y, gridDim.z))
     return;
   // the tile's BM channels × 8×8 pixels, a rolled loop (consecutive threads, consecutive pixels)
-  constexpr int PIX = CONV_TILE * CONV_TILE;
   for (int e = tid; e < G::BM * PIX; e += CONV_THREADS) {
     const int co = co0 + e / PIX, oy = oy0 + e % PIX / CONV_TILE, ox = ox0 + e % CONV_TILE;
     if (co >= s.co || oy >= s.ho || ox >= s.wo) continue;

@@ -63,6 +63,17 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
   return r;
 }
 
+// SiLU, x·σ(x) = x / (1 + 2^(−x·log₂e)), with the special-function unit's exponential and
+// reciprocal on float32 flushed to zero at subnormals (ex2.approx.ftz, rcp.approx.ftz: relative
+// errors about 2⁻²² each): four instructions where __expf and __fdividef take eight (their
+// subnormal fix-ups). For x → −∞ the exponential overflows to Inf and the result is −0.
+__device__ __forceinline__ float silu_fast(float x) {
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+  return x * r;
+}
+
 // d = a·b + c on the tensor cores, m16n8k8 with TF32 operands and f32 accumulators.
 __device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const unsigned a[4],
                                                  const unsigned b[2], const float c[4]) {
@@ -150,6 +161,8 @@ inline unsigned bf16_bits(float x) {
   return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // nearest, ties to even
 }
 inline unsigned pack_bf16x2(float lo, float hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
+
+inline float silu_fast(float x) { return x / (1.0f + std::exp(-x)); }
 
 inline unsigned f32_to_tf32(float x) {
   unsigned u = __float_as_uint(x);

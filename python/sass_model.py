@@ -22,9 +22,10 @@ The model of one launch of `G` blocks of `W` warps whose main loop (`I` instruct
   pessimistic `L = 4`; and a main loop that loads from global memory and then waits at a barrier
   (no multi-stage pipeline) leaves a load's latency exposed on every trip: 0, 300, 600 clocks.
   Issue time of the SM = `b·W·(n·I + P) / (4·min(1, w/L)) + ⌈b/R⌉·n·latency` clocks;
-- tensor pipe: an HMMA (m16n8k8 TF32 or m16n8k16 BF16: 1024 or 2048 multiply-adds) per clock per
-  SM at the dense peak; `mma.sync` is taken to reach 62% of it on Hopper. Time `b·W·n·H / 0.62`
-  clocks (TF32; half for BF16);
+- tensor pipe: an HMMA per clock per SM at the dense peak — an m16n8k8 TF32 one (1024
+  multiply-adds) or an m16n8k16 BF16 one (2048: bf16's dense peak, 989 TFLOP/s on an H100 SXM, is
+  twice TF32's 495); `mma.sync` is taken to reach 62% of it on Hopper. Time `b·W·n·H / 0.62`
+  clocks at either precision;
 - memory: the bytes the launch must move, from its shape for the products (inputs, weights and
   outputs once), from the kernel's global loads and stores per thread otherwise, at 90% of the
   bandwidth (3.35 TB/s H100 SXM, 4.8 TB/s H200);
@@ -181,8 +182,7 @@ def launch_time(launch, fig, gpu, scenario):
         # the blocks an SM holds at once wait together; the busiest SM runs ⌈b / R⌉ rounds
         waits = math.ceil(busiest / r) * n * exposed
     issue = (busiest * warps * per_warp / ipc + waits) / gpu["clock"]
-    per_mma = 0.5 if "bf16" in launch["kernel"] else 1.0
-    tensor = busiest * warps * n * hmma * per_mma / MMA_EFFICIENCY / gpu["clock"]
+    tensor = busiest * warps * n * hmma / MMA_EFFICIENCY / gpu["clock"]
     if bytes_ is None:
         mix = fig["mix_kernel"]
         bytes_ = 4 * blocks * threads * (mix.get("load_global", 0) + mix.get("store", 0))

@@ -212,7 +212,12 @@ impl Direct {
             wpc + wpc / 2
         };
         let words = self.block_co() * k * k * wpc + pc * pc * ps;
-        4 * (if act { 4 * kc * slices } else { 0 } + 2 * words)
+        let table = if precision == Precision::Fp32 {
+            consts::CONV_TABLE_WORDS_F32
+        } else {
+            consts::CONV_TABLE_WORDS
+        };
+        4 * (if act { table * kc * slices } else { 0 } + 2 * words)
     }
 }
 
