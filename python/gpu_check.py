@@ -10,7 +10,9 @@ in a few minutes:
    defaults (TF32 convolutions), eager under bf16 autocast, torch.compile; dydiff at tf32 and fp32 —
    and the sampler (Dynamical Diffusion, 10 DDIM steps, batch 8 on 32×32), with dydiff's time per
    kernel, and for the forward at batch 8 on 32×32 each kernel's measured time beside the
-   machine-code model's prediction (gpu-check/model.json from python/sass_model.py);
+   machine-code model's prediction (gpu-check/model.json from python/sass_model.py); and the
+   kernel lab (benches/kernel_lab.rs): each op family's versions timed beside the model's
+   prediction of each (gpu-check/lab_rows.json from python/kernel_lab.py);
 5. a training step side by side (the same DyDiff step: windows of the data, the forward process,
    the UNet forward and backward, clipping by global norm, AdamW, the weight EMA) at batch 16 on
    32×32 and batch 64 on 64×64: PyTorch eager (its defaults: TF32 convolutions), eager under bf16
@@ -363,6 +365,23 @@ def model_vs_measured(d, measured):
             "kernels": rows}
 
 
+def kernel_lab(d, out):
+    """The kernel lab on GPU 0 (benches/kernel_lab.rs, `DYDIFF_LAB_DEVICE=cuda`): each family's
+    versions timed, joined by python/kernel_lab.py to the rows gpu-prepare.sh wrote with the
+    model's predictions (gpu-check/lab_rows.json); the markdown table."""
+    lab, rows = d / "kernel_lab", d / "lab_rows.json"
+    if not lab.exists() or not rows.exists():
+        return {"skipped": "no gpu-check/kernel_lab or lab_rows.json"}
+    code, stdout, stderr, secs = run([str(lab)], 600, dict(os.environ, DYDIFF_LAB_DEVICE="cuda"))
+    if code != 0:
+        return {"error": stderr[-2000:], "seconds": secs}
+    measured = out / "lab_gpu.jsonl"
+    measured.write_text(stdout)
+    code, table, stderr, _ = run([sys.executable, str(ROOT / "python" / "kernel_lab.py"), "--rows", str(rows),
+                                  "--measured", str(measured), "--markdown"], 120)
+    return {"table": table, "holds": code == 0, "error": stderr[-2000:] if code else None, "seconds": secs}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default="gpu-check")
@@ -394,6 +413,8 @@ def main():
                                               for k, v in fwd[key].items()}))
     REPORT["forward"] = fwd
     REPORT["model_vs_measured"] = model_vs_measured(d, fwd.get("batch 8, 32x32", {}).get("dydiff tf32"))
+    REPORT["kernel_lab"] = kernel_lab(d, out)
+    log("kernel lab: " + json.dumps({k: v for k, v in REPORT["kernel_lab"].items() if k != "table"}))
     samp = {}
     for mode in ["eager", "compile"]:
         try:
@@ -449,6 +470,9 @@ def main():
         t = mvm["total_modelled"]
         lines.append(f"| total | | {mvm['total_measured_s'] * 1e6:.0f} | {t['optimistic_s'] * 1e6:.0f} / "
                      f"{t['central_s'] * 1e6:.0f} / {t['pessimistic_s'] * 1e6:.0f} |")
+    lab = REPORT["kernel_lab"]
+    lines += ["", "Kernel lab (benches/kernel_lab.rs, measured beside modelled):", "",
+              lab.get("table") or str(lab)[:300]]
     lines += ["", "| sampler, 10 steps, batch 8, 32x32 | s |", "|---|---|"]
     for k, v in samp.items():
         lines.append(f"| {k} | {v if not isinstance(v, dict) else v.get('network_s', v)} |")

@@ -33,4 +33,16 @@ json.dump({"manifest_dir": os.getcwd()}, open("gpu-check/manifest.json", "w"))
 # then python/sass_model.py on it (a few minutes on 2 cores).
 scripts/bench-plan.sh gpu-check/plan.jsonl
 python3 python/sass_model.py gpu-check/plan.jsonl --json gpu-check/model.json | tail -2
+# The kernel lab (benches/kernel_lab.rs): its binary, and its versions' errors on the emulator and
+# the model's prediction of each (gpu-check/lab_rows.json), which gpu_check.py joins to the times
+# it measures.
+cargo bench --features cuda --bench kernel_lab --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "kernel_lab":
+        shutil.copy(m["executable"], "gpu-check/kernel_lab")
+'
+python3 python/kernel_lab.py --json gpu-check/lab_rows.json | tail -3
 du -sh gpu-check

@@ -239,7 +239,33 @@ pub fn conv2d(
     epi: &ConvEpilogue,
     precision: Precision,
 ) -> Result<Buffer> {
-    convolve(input, w, false, g, epi, precision)
+    convolve(input, w, false, g, epi, precision, ConvRoute::Auto)
+}
+
+/// Which kernels compute a convolution: [`conv2d`]'s choice, or one of the versions it chooses
+/// among, for the kernel lab (benches/kernel_lab.rs) to run side by side on one geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvRoute {
+    /// [`conv2d`]'s rules.
+    Auto,
+    /// The direct kernels, a norm or SiLU on load applied by a separate pass before them (where
+    /// [`conv2d`] fuses it into the 3×3 stride-1 kernel).
+    DirectPass,
+    /// The transformed input's columns (`conv2d_im2col_f32`) and a batched GEMM, the path of
+    /// the geometries the direct kernels do not have.
+    Columns,
+}
+
+/// [`conv2d`] by the kernels of `route`.
+pub fn conv2d_by(
+    route: ConvRoute,
+    input: &ConvInput,
+    w: &Buffer,
+    g: &ConvGeom,
+    epi: &ConvEpilogue,
+    precision: Precision,
+) -> Result<Buffer> {
+    convolve(input, w, false, g, epi, precision, route)
 }
 
 /// The input gradient `dx` `(n, ci, h, w)` of the convolution `g` (weights `w` `(co, ci, k, k)`)
@@ -281,11 +307,12 @@ pub fn input_gradient(
         &adjoint,
         &ConvEpilogue::NONE,
         precision,
+        ConvRoute::Auto,
     )
     .map(Some)
 }
 
-/// [`conv2d`], the weights read as given or (`flipped`) transposed and rotated (see
+/// [`conv2d`] by `route`, the weights read as given or (`flipped`) transposed and rotated (see
 /// [`input_gradient`]).
 fn convolve(
     input: &ConvInput,
@@ -294,6 +321,7 @@ fn convolve(
     g: &ConvGeom,
     epi: &ConvEpilogue,
     precision: Precision,
+    route: ConvRoute,
 ) -> Result<Buffer> {
     const OP: &str = "conv2d";
     let (ho, wo) = (g.ho(), g.wo());
@@ -368,7 +396,8 @@ fn convolve(
         kc: 0,
     };
     // a slice's channel offsets are 32-bit in the kernels
-    let direct = Direct::of(g).filter(|d| d.kc() * stored < i32::MAX as usize);
+    let direct = Direct::of(g)
+        .filter(|d| d.kc() * stored < i32::MAX as usize && route != ConvRoute::Columns);
     let Some(direct) = direct else {
         if flipped {
             return Err(Error::shape(
@@ -382,6 +411,7 @@ fn convolve(
     // fused when the per-channel norm table fits beside the buffers in what the device gives a
     // block (ci up to about 8 000 on sm_90, 800 on sm_86/89)
     let fused = direct == Direct::K3S1
+        && route == ConvRoute::Auto
         && input.silu
         && direct.shared_bytes(precision, c1.div_ceil(16) + c2.div_ceil(16), true)
             <= gpu.max_shared_per_block().saturating_sub(STATIC_SHARED);
