@@ -7,6 +7,9 @@
 //!   normalising pass (`direct-pass`), and by the transformed input's columns and a GEMM
 //!   (`columns`); a 3×3 stride-2 convolution (the downsampler) direct and by columns; TF32 and
 //!   bf16 each (`src/backend/cuda/conv.rs`, `ConvRoute`);
+//! - `conv input gradient`: a 3×3 stride-1 convolution's, by the forward's direct kernel on the
+//!   transposed and rotated weights (`input_gradient`) and by a GEMM into columns gathered back
+//!   (`input_gradient_by_columns`, what stride 2 runs), TF32 and bf16;
 //! - `attention`: the float32 kernel (`attention_f32`) and the tensor-core one
 //!   (`attention_tf32_d*`, TF32 and bf16);
 //! - `gemm`: the product at float32 (FFMA), TF32 and bf16.
@@ -238,6 +241,52 @@ fn convolutions(lab: &Lab) -> dydiff::Result<()> {
     Ok(())
 }
 
+/// The input gradient of a 3×3 stride-1 convolution of 64 channels at 32×32, batch 4.
+fn input_gradients(lab: &Lab) -> dydiff::Result<()> {
+    let (n, c, side) = (4, 64, 32);
+    let g = ConvGeom {
+        n,
+        ci: c,
+        h: side,
+        w: side,
+        co: c,
+        k: 3,
+        stride: 1,
+        pad: [1, 1, 1, 1],
+        pad_mode: PadMode::Zeros,
+    };
+    let (x, w, dy) = (
+        values(n * c * side * side, 11),
+        values(c * c * 9, 12),
+        values(n * c * side * side, 13),
+    );
+    let cpu = |v: &[f32]| CpuStorage::from_vec(v.to_vec());
+    let (dx, _, _) = cpu(&x).conv2d_backward(&cpu(&w), &cpu(&dy), &g, true)?;
+    let want = dx.map_or(Ok(Vec::new()), |d| d.to_vec())?;
+    let (dw, ddy) = (
+        Buffer::from_f32(&lab.gpu, &w)?,
+        Buffer::from_f32(&lab.gpu, &dy)?,
+    );
+    let case = "3x3 64->64 32x32 batch 4";
+    for p in [Precision::Tf32, Precision::Bf16] {
+        let run: Run = Box::new(|| {
+            conv::input_gradient(&ddy, &dw, &g, p)?
+                .ok_or_else(|| dydiff::Error::shape("kernel_lab", "a direct kernel's geometry"))
+        });
+        lab.version(
+            "conv input gradient",
+            case,
+            "direct (flipped weights)",
+            p,
+            &want,
+            run,
+        );
+        let run: Run = Box::new(|| conv::input_gradient_by_columns(&ddy, &dw, &g, p));
+        lab.version("conv input gradient", case, "columns", p, &want, run);
+    }
+    Ok(())
+}
+
 /// Attention over the tokens of a 16×16 image: batch 4, 4 heads of 32.
 fn attentions(lab: &Lab) -> dydiff::Result<()> {
     let g = AttnGeom {
@@ -331,7 +380,7 @@ fn main() {
         timed,
         first: std::cell::RefCell::new(None),
     };
-    for family in [convolutions, attentions, products] {
+    for family in [convolutions, input_gradients, attentions, products] {
         if let Err(e) = family(&lab) {
             eprintln!("kernel_lab: {e}");
             std::process::exit(1);

@@ -725,8 +725,10 @@ fn bwd_shape(g: &ConvGeom) -> Result<ConvBwdShape> {
 }
 
 /// `dx` `(n, ci, h, w)` as the columns `G[n] = wᵀ·dy[n]` (`(ci·k², ho·wo)` per sample, a batched
-/// GEMM at `precision`) gathered back onto the input's pixels by `conv2d_col2im_f32`.
-fn input_gradient_by_columns(
+/// GEMM at `precision`) gathered back onto the input's pixels by `conv2d_col2im_f32`: what
+/// [`conv2d_backward`] runs where [`input_gradient`] has no direct kernel, and the kernel lab's
+/// second version of the input gradient where it has.
+pub fn input_gradient_by_columns(
     dy: &Buffer,
     w: &Buffer,
     g: &ConvGeom,
