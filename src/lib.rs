@@ -1,18 +1,16 @@
 //! dydiff: probabilistic spatiotemporal forecasting with diffusion models.
 //!
-//! Layers, from the bottom: [`backend`] (the primitive op set; CPU now, CUDA later),
-//! [`tensor`] (shape-checked tensors on a device), [`autograd`] (a tape for training),
-//! [`nn`] (diffusers-compatible `UNet2DModel`), [`io`] (NumPy and model files), and
+//! Layers, from the bottom: [`backend`] (the primitive op set on the CPU and on CUDA devices),
+//! [`tensor`] (shape-checked tensors on a device, their tape for training and the repeated
+//! step a CUDA graph replays), [`nn`] (diffusers-compatible `UNet2DModel`), [`io`] (NumPy and
+//! model files), [`model`] (the model folders of both methods and the built-in model), and
 //! [`pipelines`] (what the `dydiff` binary runs). The math, the file formats and the command-line
 //! contracts are described in the repository's `docs/` folder, starting at docs/README.md.
 
-pub mod autograd;
 pub mod backend;
 pub mod data;
-pub mod default_model;
 pub mod diffusion;
 pub mod distributed;
-pub mod dyffusion;
 pub mod error;
 pub mod io;
 pub mod memory;

@@ -630,10 +630,10 @@ fn run(cli: Cli) -> Result<()> {
                     "forecaster" => train_dyffusion::Stage::Forecaster,
                     _ => train_dyffusion::Stage::Both,
                 };
-                let forecaster_condition =
-                    dydiff::dyffusion::Condition::parse(&forecaster_condition).map_err(|m| {
-                        dydiff::Error::Invalid(format!("--forecaster-condition: {m}"))
-                    });
+                let forecaster_condition = dydiff::model::dyffusion::Condition::parse(
+                    &forecaster_condition,
+                )
+                .map_err(|m| dydiff::Error::Invalid(format!("--forecaster-condition: {m}")));
                 forecaster_condition.and_then(|forecaster_condition| {
                     train_dyffusion::run(
                         &options,

@@ -7,7 +7,6 @@
 //! allocation.
 
 use crate::error::{Error, Result};
-use crate::nn::UNet2DConfig;
 use std::path::Path;
 
 /// Bytes of an array of `dims` values of `elem` bytes each; `None` when the product overflows.
@@ -168,39 +167,6 @@ pub fn ensure(what: &str, need: Option<u64>) -> Result<()> {
     }
 }
 
-/// A lower bound on the activations a forward pass of `config` holds for `batch` fields of
-/// `height × width`, in bytes: at least two float32 maps of the first level's width at full
-/// size are alive together (the input convolution's output, kept for the skip connection, and
-/// the first block's output).
-pub fn unet_activations(
-    config: &UNet2DConfig,
-    batch: usize,
-    height: usize,
-    width: usize,
-) -> Option<u64> {
-    array(&[2, batch, config.block_out_channels[0], height, width], 4)
-}
-
-/// A lower bound on the parameter count of `config`: the input and output convolutions and the
-/// second 3×3 convolution of every resnet (`layers_per_block` per down level,
-/// `layers_per_block + 1` per up level), each mapping a level's width to itself.
-pub fn unet_params_lower_bound(config: &UNet2DConfig) -> Option<u64> {
-    let c = config;
-    let ch0 = c.block_out_channels[0] as u64;
-    let ends = (c.in_channels as u64)
-        .checked_add(c.out_channels as u64)?
-        .checked_mul(ch0)?
-        .checked_mul(9)?;
-    let per_level = (c.layers_per_block as u64)
-        .checked_mul(2)?
-        .checked_add(1)?
-        .checked_mul(9)?;
-    c.block_out_channels.iter().try_fold(ends, |a, &ch| {
-        let ch = ch as u64;
-        a.checked_add(ch.checked_mul(ch)?.checked_mul(per_level)?)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,23 +207,5 @@ mod tests {
             Some(12 * 1024)
         );
         assert_eq!(kib_field("A: 1\n", "VmSize:"), None);
-    }
-
-    #[test]
-    fn parameter_bound_does_not_exceed_the_network() {
-        let c = UNet2DConfig::from_json(&serde_json::json!({
-            "in_channels": 10, "out_channels": 6, "block_out_channels": [32, 64],
-            "norm_num_groups": 8, "layers_per_block": 1, "attention_head_dim": 16,
-            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-        }))
-        .unwrap();
-        let net = crate::nn::UNet2D::init(c.clone(), 0, crate::Device::Cpu).unwrap();
-        let bound = unet_params_lower_bound(&c).unwrap();
-        assert!(bound > 0 && bound <= net.num_params() as u64, "{bound}");
-        assert_eq!(
-            unet_activations(&c, 3, 16, 8),
-            Some(2 * 3 * 32 * 16 * 8 * 4)
-        );
     }
 }

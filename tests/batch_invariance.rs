@@ -7,9 +7,9 @@
 mod common;
 
 use common::{dydiff, fixture, rand_vec, Scratch};
-use dydiff::autograd::{backward, Tape};
 use dydiff::io::npy;
 use dydiff::nn::{UNet2D, UNet2DConfig};
+use dydiff::tensor::autograd::{backward, Tape};
 use dydiff::{Device, Tensor};
 use serde_json::{json, Value};
 

@@ -11,13 +11,13 @@ mod common;
 
 use common::cuda_device;
 use dydiff::backend::cuda::{self, cache::MemoryStats};
-use dydiff::backend::step::StepRunner;
 use dydiff::backend::PadMode;
 use dydiff::diffusion::ddim::{ddim_step_tensor, rows_tensor, StepValues};
 use dydiff::error::Result;
 use dydiff::model::Model;
 use dydiff::pipelines::sample::{forecast, SamplerSettings};
 use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
+use dydiff::tensor::step::StepRunner;
 use dydiff::{Device, Tensor};
 use std::path::PathBuf;
 use std::sync::Mutex;

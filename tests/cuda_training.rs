@@ -7,9 +7,9 @@
 mod common;
 
 use common::{cuda_device, cuda_precision, rand_vec, small_unet_config};
-use dydiff::autograd::{backward, Tape};
 use dydiff::backend::cuda::{self, Precision};
 use dydiff::nn::{ParamBuilder, UNet2D};
+use dydiff::tensor::autograd::{backward, Tape};
 use dydiff::{Device, Tensor};
 use std::collections::HashMap;
 

@@ -5,7 +5,6 @@
 
 mod common;
 use common::{assert_close, rand_vec};
-use dydiff::autograd::{backward, Tape};
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::buffer::Buffer;
 use dydiff::backend::cuda::process;
@@ -13,6 +12,7 @@ use dydiff::backend::{row_words, BackendStorage, BinaryOp, DropoutGeom};
 use dydiff::diffusion::ddim::rows_tensor;
 use dydiff::nn::{Dropout, UNet2D, UNet2DConfig};
 use dydiff::rng::{philox4x32_10, NoiseKey, NoiseRow, Purpose};
+use dydiff::tensor::autograd::{backward, Tape};
 use dydiff::{Device, Tensor};
 
 fn key(step: u32) -> NoiseKey {

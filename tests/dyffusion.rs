@@ -8,10 +8,10 @@
 
 mod common;
 use common::{assert_clean_failure, dydiff, fixture, Scratch};
-use dydiff::autograd::{backward, Tape};
-use dydiff::dyffusion::{forecaster_loss, CallKeys, Calls, DyffusionConfig};
 use dydiff::io::{npy, safetensors};
+use dydiff::model::dyffusion::{forecaster_loss, CallKeys, Calls, DyffusionConfig};
 use dydiff::rng::{NoiseRow, Purpose};
+use dydiff::tensor::autograd::{backward, Tape};
 use dydiff::{Device, Tensor};
 use serde_json::Value;
 use std::path::Path;

@@ -5,9 +5,9 @@
 
 mod common;
 use common::{rand_vec, small_unet_config};
-use dydiff::autograd::{backward, Tape};
 use dydiff::backend::PadMode;
 use dydiff::nn::{Dropout, ParamBuilder, UNet2D, UNet2DConfig};
+use dydiff::tensor::autograd::{backward, Tape};
 use dydiff::{Device, Result, Tensor};
 use std::collections::HashMap;
 

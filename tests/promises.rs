@@ -263,7 +263,7 @@ fn a_forecast_does_not_depend_on_the_sequences_after_it() {
 /// pictures in forecast_png/), the same as it forecasts that sequence of its demo.
 #[test]
 fn the_built_in_model_forecasts_a_given_input() {
-    let (_, demo) = dydiff::default_model::materialize().unwrap();
+    let (_, demo) = dydiff::model::default_model::materialize().unwrap();
     let d = npy::read(&demo).unwrap();
     assert_eq!(d.shape, [4, 10, 2, 32, 32], "4 demo sequences");
     let s = Scratch::new("p-builtin-input");
@@ -813,7 +813,7 @@ fn train_defaults_are_the_documented_values() {
     let lr = lines[0]["lr"].as_f64().unwrap();
     assert!((lr - 1e-3).abs() < 1e-18, "lr {lr}");
     // The default network is the built-in model's (README, reproduction: the default 3-level UNet).
-    let (builtin, _) = dydiff::default_model::materialize().unwrap();
+    let (builtin, _) = dydiff::model::default_model::materialize().unwrap();
     let ours = json_file(&s.path("a/unet/config.json"));
     let theirs = json_file(&builtin.join("unet/config.json"));
     assert_eq!(ours["block_out_channels"].as_array().unwrap().len(), 3);
@@ -1517,7 +1517,7 @@ fn only_the_cpu_device_is_accepted() {
 /// 4.7 MB).
 #[test]
 fn the_built_in_model_is_the_one_described() {
-    let (model, _) = dydiff::default_model::materialize().unwrap();
+    let (model, _) = dydiff::model::default_model::materialize().unwrap();
     let p = json_file(&model.join("dydiff.json"));
     for (key, want) in [
         ("method", serde_json::json!("dydiff")),

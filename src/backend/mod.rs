@@ -10,7 +10,6 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod step;
 
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
@@ -270,6 +269,45 @@ impl DynCoef {
         DynCoef {
             sqrt_g: gamma.sqrt() as f32,
             sqrt_1mg: (1.0 - gamma).max(0.0).sqrt() as f32,
+        }
+    }
+}
+
+/// What the network predicts (the diffusers scheduler's `prediction_type`; docs/process.md,
+/// “What the network predicts”): the noise `ε̃` (`epsilon`, the papers' parameterisation), or the
+/// velocity `v = √ᾱ_t·ε̃ − √(1−ᾱ_t)·D` (`v_prediction`, Salimans & Ho 2022), from which
+/// `ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂` and `D̂ = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    V,
+}
+
+impl Prediction {
+    /// The diffusers name: `epsilon` or `v_prediction`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prediction::Epsilon => "epsilon",
+            Prediction::V => "v_prediction",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Prediction> {
+        [Prediction::Epsilon, Prediction::V]
+            .into_iter()
+            .find(|p| p.name() == s)
+    }
+    /// `(a, b)` with the training target `a·ε̃ + b·D` at `ᾱ_t = ab`.
+    pub fn target(self, ab: f64) -> (f64, f64) {
+        match self {
+            Prediction::Epsilon => (1.0, 0.0),
+            Prediction::V => (ab.sqrt(), -(1.0 - ab).sqrt()),
+        }
+    }
+    /// `(a, b)` with `ε̂ = a·x_t + b·output` at `ᾱ_t = ab`.
+    pub fn epsilon(self, ab: f64) -> (f64, f64) {
+        match self {
+            Prediction::Epsilon => (0.0, 1.0),
+            Prediction::V => ((1.0 - ab).sqrt(), ab.sqrt()),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod blocks;
 pub mod config;
+pub mod memory;
 pub mod unet2d;
 
 pub use blocks::Dropout;

@@ -83,7 +83,7 @@ fn load(o: &BenchOptions, training: bool) -> Result<UNet2D> {
         output,
         if training { output } else { Some(0) },
         if training { state } else { Some(0) },
-        memory::unet_activations(c, b, h, w),
+        c.min_activation_bytes(b, h, w),
     ]);
     memory::ensure(
         &format!("--batch {b} --size {h}: the inputs and activations"),

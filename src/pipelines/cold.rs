@@ -1,5 +1,5 @@
 //! `dydiff sample` on a DYffusion model folder (docs/dyffusion.md, “Cold sampling”): every
-//! (sample, member) pair of a batch runs the cold-sampling loop of [`crate::dyffusion`], its
+//! (sample, member) pair of a batch runs the cold-sampling loop of [`crate::model::dyffusion`], its
 //! spread from the interpolator's dropout, whose masks are keyed by the pair, the window and the
 //! call (docs/random.md, “Dropout masks”), so the forecast does not depend on `--batch`, the
 //! thread count or the device beyond rounding. Roll-outs beyond the horizon go window by window
@@ -8,8 +8,8 @@
 use super::sample::{roll_out, SampleTimes, Window};
 use crate::backend::Device;
 use crate::distributed::world;
-use crate::dyffusion::{cold_sample, CallKeys, Calls, DyffusionConfig, DyffusionModel};
 use crate::error::{Error, Result};
+use crate::model::dyffusion::{cold_sample, CallKeys, Calls, DyffusionConfig, DyffusionModel};
 use crate::nn::UNet2D;
 use crate::rng::{NoiseRow, Purpose};
 use crate::tensor::Tensor;

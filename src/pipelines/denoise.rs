@@ -63,11 +63,7 @@ pub fn run(o: &DenoiseOptions) -> Result<()> {
             o.input.display()
         ),
         // the output, the bytes of its file, and the activations
-        memory::sum(&[
-            output,
-            output,
-            memory::unet_activations(&model.config, n, h, w),
-        ]),
+        memory::sum(&[output, output, model.config.min_activation_bytes(n, h, w)]),
     )?;
     let far = a.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let x = Tensor::from_vec(a.data, &a.shape, o.device)?;

@@ -10,7 +10,6 @@
 //! [`StepRunner`] (on a GPU, a CUDA graph replayed from the second step on); the final state's
 //! future frames are `x̂_0`, mapped back to data space.
 
-use crate::backend::step::StepRunner;
 use crate::backend::Device;
 use crate::data::channels::{self, Channel};
 use crate::diffusion::ddim::{ddim_step_tensor, rows_tensor, timesteps, StepValues};
@@ -23,6 +22,7 @@ use crate::memory;
 use crate::model::{Model, PROCESS_FILE};
 use crate::nn::UNet2D;
 use crate::rng::{NoiseKey, NoiseRow, Purpose, MAX_MEMBERS};
+use crate::tensor::step::StepRunner;
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -495,7 +495,7 @@ fn check_memory(model: &Model, n: usize, o: &SampleOptions) -> Result<()> {
         memory::array(&[n, p.history, e], 4),
         // per batch: the state, the noise, the network output and the step's result
         batch.and_then(|b| memory::array(&[4, b, frames, e], 4)),
-        batch.and_then(|b| memory::unet_activations(&model.unet.config, b, p.height, p.width)),
+        batch.and_then(|b| model.unet.config.min_activation_bytes(b, p.height, p.width)),
     ]);
     memory::ensure(
         &format!(
@@ -643,7 +643,7 @@ pub fn run(o: &SampleOptions) -> Result<SampleReport> {
             ))
         }
         (None, input) => {
-            let (m, demo) = crate::default_model::materialize()?;
+            let (m, demo) = crate::model::default_model::materialize()?;
             (m, input.clone().unwrap_or(demo))
         }
     };
@@ -893,7 +893,7 @@ fn write_forecast(
 
 /// Refuses a DYffusion folder whose interpolator is short of its recorded steps (the forecaster
 /// must be trained on the finished one), naming the command that finishes it.
-fn unfinished_interpolator(dir: &Path, c: &crate::dyffusion::DyffusionConfig) -> Result<()> {
+fn unfinished_interpolator(dir: &Path, c: &crate::model::dyffusion::DyffusionConfig) -> Result<()> {
     let planned = c
         .training
         .as_ref()
@@ -965,8 +965,7 @@ fn run_cold(
     let shape = [n, o.members, lead, c.channels, c.height, c.width];
     let forecast = memory::array(&shape, 4);
     let batch = n.checked_mul(o.members).map(|pairs| pairs.min(o.batch));
-    let net =
-        |u: &UNet2D| batch.and_then(|b| memory::unet_activations(&u.config, b, c.height, c.width));
+    let net = |u: &UNet2D| batch.and_then(|b| u.config.min_activation_bytes(b, c.height, c.width));
     memory::ensure(
         &format!(
             "--members {}: the forecast {shape:?} (float32) and the sampler's work arrays",

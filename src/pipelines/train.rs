@@ -14,7 +14,6 @@
 //! `train_state.safetensors` (weights, Adam moments, EMA and the step) and `train_log.jsonl`,
 //! written together at each checkpoint, so the folder always holds one whole checkpoint.
 
-use crate::autograd::{backward, Tape};
 use crate::backend::{AdamStep, Device, PadMode, Storage};
 use crate::diffusion::ddim::rows_tensor;
 use crate::diffusion::schedule::{Prediction, Schedule, SchedulerConfig};
@@ -30,6 +29,7 @@ use crate::pipelines::sample::{
     forecast, histories, SamplerSettings, DEFAULT_DDIM_ETA, DEFAULT_STEPS,
 };
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
+use crate::tensor::autograd::{backward, Tape};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -834,7 +834,7 @@ pub(crate) fn check_model_spread(
 
 /// Refuses a run whose weights, optimizer state and batch cannot fit in memory.
 fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> Result<()> {
-    let params = memory::unet_params_lower_bound(config);
+    let params = config.min_params();
     let (frames, e) = (p.frames(), p.frame_len());
     // this rank's share of the batch (all of it in a process of its own)
     let rows = o.batch.div_ceil(world().size());
@@ -844,7 +844,7 @@ fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> R
         // one batch: the clean windows and the network input, the noise and the target
         memory::array(&[2, rows, frames.max(p.input_frames()), e], 4),
         memory::array(&[2, rows, p.diffused(), e], 4),
-        memory::unet_activations(config, rows, p.height, p.width),
+        config.min_activation_bytes(rows, p.height, p.width),
     ]);
     let params = params.map_or("more than 2^64".to_string(), |n| n.to_string());
     memory::ensure(

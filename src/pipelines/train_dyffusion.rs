@@ -16,13 +16,13 @@ use super::train::{
 use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
 use crate::distributed::world;
-use crate::dyffusion::{
-    forecaster_loss, interpolator_loss, CallKeys, Calls, Condition, DyffusionConfig,
-    DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR,
-};
 use crate::error::{Error, Result};
 use crate::io::npy;
 use crate::io::outputs::Outputs;
+use crate::model::dyffusion::{
+    forecaster_loss, interpolator_loss, CallKeys, Calls, Condition, DyffusionConfig,
+    DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR,
+};
 use crate::model::PROCESS_FILE;
 use crate::nn::{Dropout, UNet2D};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};

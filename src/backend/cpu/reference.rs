@@ -2,8 +2,7 @@
 //! formulas with f64 accumulation. Tests compare every fast path against these; they are never
 //! used for real work.
 
-use crate::backend::{AttnGeom, ConvGeom, MatmulGeom, NormGeom, ProcessGeom, SeqGeom};
-use crate::diffusion::schedule::Prediction;
+use crate::backend::{AttnGeom, ConvGeom, MatmulGeom, NormGeom, Prediction, ProcessGeom, SeqGeom};
 
 /// Calls `f(xi, wi)` for every input element `x[xi]` and kernel weight `w[wi]` that output pixel
 /// `(oy, ox)` of image `n`, channel `co` multiplies (taps falling in the zero padding skipped;

@@ -12,7 +12,8 @@
 //! among blocks (`conv2d_finish_f32` does where the device has no tile counters left); a norm
 //! or SiLU the direct kernel does not fuse runs as a pass of its own first. Any other kernel size
 //! or stride writes the transformed input's columns (`conv2d_im2col_f32`) for a batched GEMM
-//! ([`super::gemm`]) at the same precision.
+//! ([`super::gemm`]) at the same precision. [`conv2d_by`] runs one of these routes by name (the
+//! kernel lab's versions, benches/kernel_lab.rs).
 //!
 //! Layout: NCHW, as on the CPU. The direct kernels load a patch's rows as consecutive pixels of a
 //! channel (coalesced) and store consecutive pixels of an output channel; they transpose to

@@ -21,7 +21,6 @@ pub mod elementwise;
 pub mod emu;
 pub mod gemm;
 pub mod gpu;
-pub mod graph;
 pub mod kernels;
 #[cfg(all(feature = "cuda", feature = "mpi"))]
 pub mod nccl;
@@ -169,7 +168,8 @@ pub struct CudaStorage {
 }
 
 impl CudaStorage {
-    fn wrap(&self, buf: Buffer) -> CudaStorage {
+    /// A storage on this one's device holding `buf`.
+    pub(crate) fn wrap(&self, buf: Buffer) -> CudaStorage {
         CudaStorage {
             buf: Arc::new(buf),
             ordinal: self.ordinal,

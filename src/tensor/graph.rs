@@ -5,8 +5,9 @@
 //! the inputs' values (a timestep, the DDIM step's coefficients and noise key are tensors), never
 //! a kernel's scalar argument or a shape.
 
-use super::gpu::{Gpu, GraphId};
-use super::CudaStorage;
+use crate::backend::cuda::buffer::Buffer;
+use crate::backend::cuda::gpu::{Gpu, GraphId};
+use crate::backend::cuda::{self, CudaStorage};
 use crate::backend::Storage;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -40,7 +41,7 @@ fn cuda_storage(t: &Tensor) -> Result<&CudaStorage> {
 fn duplicate(t: &Tensor) -> Result<Tensor> {
     let s = cuda_storage(t)?;
     let b = s.buffer();
-    let copy = super::buffer::Buffer::alloc(b.gpu(), b.len())?;
+    let copy = Buffer::alloc(b.gpu(), b.len())?;
     b.gpu().copy_on_device(copy.ptr(), b.ptr(), 4 * b.len())?;
     Tensor::from_storage(Storage::Cuda(s.wrap(copy)), t.shape())
 }
@@ -49,7 +50,7 @@ impl StepGraph {
     /// A step graph on CUDA device `ordinal` (nothing captured yet).
     pub fn new(ordinal: usize) -> Result<StepGraph> {
         Ok(StepGraph {
-            gpu: super::device(ordinal)?,
+            gpu: cuda::device(ordinal)?,
             runs: 0,
             captured: None,
         })

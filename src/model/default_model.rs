@@ -15,26 +15,26 @@ use std::path::PathBuf;
 const MODEL_FILES: [(&str, &[u8]); 4] = [
     (
         "dydiff.json",
-        include_bytes!("../assets/default/dydiff.json"),
+        include_bytes!("../../assets/default/dydiff.json"),
     ),
     (
         "scheduler/scheduler_config.json",
-        include_bytes!("../assets/default/scheduler/scheduler_config.json"),
+        include_bytes!("../../assets/default/scheduler/scheduler_config.json"),
     ),
     (
         "unet/config.json",
-        include_bytes!("../assets/default/unet/config.json"),
+        include_bytes!("../../assets/default/unet/config.json"),
     ),
     (
         "unet/diffusion_pytorch_model.safetensors",
-        include_bytes!("../assets/default/unet/diffusion_pytorch_model.safetensors"),
+        include_bytes!("../../assets/default/unet/diffusion_pytorch_model.safetensors"),
     ),
 ];
 
 /// Demo observations `(4, 10, 2, 32, 32)`: history and truth.
-const DEMO: &[u8] = include_bytes!("../assets/default/demo.npy");
+const DEMO: &[u8] = include_bytes!("../../assets/default/demo.npy");
 /// The demo's channel record: `u`, `v`.
-const DEMO_CHANNELS: &[u8] = include_bytes!("../assets/default/demo.channels.json");
+const DEMO_CHANNELS: &[u8] = include_bytes!("../../assets/default/demo.channels.json");
 
 /// FNV-1a over all embedded bytes: the folder name, so that another build never reuses it.
 fn content_hash() -> u64 {

@@ -9,6 +9,9 @@
 //! MODEL/unet/diffusion_pytorch_model.safetensors
 //! ```
 
+pub mod default_model;
+pub mod dyffusion;
+
 use crate::backend::{Device, PadMode};
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -305,11 +308,14 @@ pub fn method_of(dir: &Path) -> Result<String> {
 }
 
 /// Reads a DYffusion model folder (docs/dyffusion.md, “Model folder”).
-pub fn load_dyffusion(dir: &Path, device: Device) -> Result<crate::dyffusion::DyffusionModel> {
+pub fn load_dyffusion(
+    dir: &Path,
+    device: Device,
+) -> Result<crate::model::dyffusion::DyffusionModel> {
     let path = dir.join(PROCESS_FILE);
-    let config = crate::dyffusion::DyffusionConfig::from_json(&read_json(&path)?)
+    let config = crate::model::dyffusion::DyffusionConfig::from_json(&read_json(&path)?)
         .map_err(|m| Error::bad_file(&path, m))?;
-    crate::dyffusion::DyffusionModel::load(dir, config, device)
+    crate::model::dyffusion::DyffusionModel::load(dir, config, device)
 }
 
 /// A loaded model folder.

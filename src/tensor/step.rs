@@ -1,9 +1,9 @@
 //! A step run many times with new input values and the same shapes — the sampler's network
 //! evaluation and DDIM update: on the CPU simply run; on a CUDA device captured once as a CUDA
-//! graph and replayed ([`cuda::graph`](super::cuda::graph), docs/devices.md, “CUDA graphs”).
+//! graph and replayed ([`graph`](super::graph), docs/devices.md, “CUDA graphs”).
 
-use super::cuda::graph::StepGraph;
-use super::Device;
+use super::graph::StepGraph;
+use crate::backend::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
 

@@ -4,13 +4,17 @@
 //! [`autograd::Tape`] records on this thread and an input takes part in a gradient, append one
 //! node to the tape. Code here never asks which backend it is on.
 
-use crate::autograd::{self, Op};
+pub mod autograd;
+pub mod graph;
+pub mod step;
+
 use crate::backend::{
     AttnGeom, BinaryOp, ConvGeom, Device, DropoutGeom, FusedConv, FusedNorm, LossKind, NormGeom,
     PadMode, Storage,
 };
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
+use autograd::Op;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
