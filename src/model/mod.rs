@@ -276,9 +276,36 @@ pub(crate) fn json_padding_mode(
     }
 }
 
-/// The method a model folder's `dydiff.json` names: `"dydiff"` (the default when absent) or
-/// `"dyffusion"`; an error names the file.
-pub fn method_of(dir: &Path) -> Result<String> {
+/// The forecasting method a model folder holds (`dydiff.json`'s `"method"`; docs/model-folder.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Dynamical Diffusion (`"dydiff"`, the default); with `dyn_eta = 0` the standard diffusion
+    /// model. Sampled by DDIM.
+    Dydiff,
+    /// DYffusion (`"dyffusion"`): an interpolator and a forecaster (docs/dyffusion.md). Sampled
+    /// by cold sampling.
+    Dyffusion,
+}
+
+impl Method {
+    /// The name in `dydiff.json` and on the command line (`--method`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Dydiff => "dydiff",
+            Method::Dyffusion => "dyffusion",
+        }
+    }
+    /// The method named `s`, if there is one.
+    pub fn parse(s: &str) -> Option<Method> {
+        [Method::Dydiff, Method::Dyffusion]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
+}
+
+/// The method a model folder's `dydiff.json` names: [`Method::Dydiff`] (the default when absent)
+/// or [`Method::Dyffusion`]; an error names the file.
+pub fn method_of(dir: &Path) -> Result<Method> {
     let path = dir.join(PROCESS_FILE);
     if !dir.is_dir() {
         return Err(Error::bad_file(
@@ -298,12 +325,13 @@ pub fn method_of(dir: &Path) -> Result<String> {
     }
     let v = read_json(&path)?;
     match v.get("method") {
-        None => Ok("dydiff".into()),
-        Some(Value::String(m)) if m == "dydiff" || m == "dyffusion" => Ok(m.clone()),
-        Some(m) => Err(Error::bad_file(
-            &path,
-            format!("method = {m}: expected \"dydiff\" or \"dyffusion\""),
-        )),
+        None => Ok(Method::Dydiff),
+        Some(m) => m.as_str().and_then(Method::parse).ok_or_else(|| {
+            Error::bad_file(
+                &path,
+                format!("method = {m}: expected \"dydiff\" or \"dyffusion\""),
+            )
+        }),
     }
 }
 

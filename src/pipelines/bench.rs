@@ -322,7 +322,7 @@ pub fn noise_error(o: &NoiseOptions) -> Result<serde_json::Value> {
             o.batch, o.batches
         )));
     }
-    if crate::model::method_of(&o.model)? == "dyffusion" {
+    if crate::model::method_of(&o.model)? == crate::model::Method::Dyffusion {
         return Err(Error::bad_file(
             &o.model,
             "a DYffusion model (an interpolator and a forecaster, no noise prediction); bench noise measures the noise-prediction error of a DDIM model (Dynamical Diffusion or the standard model, method \"dydiff\")",

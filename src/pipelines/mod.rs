@@ -2,7 +2,6 @@
 //! a typed options struct.
 
 pub mod bench;
-pub mod cold;
 pub mod data;
 pub mod denoise;
 pub mod eval;
