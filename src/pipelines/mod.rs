@@ -7,4 +7,3 @@ pub mod denoise;
 pub mod eval;
 pub mod sample;
 pub mod train;
-pub mod train_dyffusion;

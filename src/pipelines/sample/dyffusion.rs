@@ -149,7 +149,7 @@ fn unfinished_interpolator(dir: &Path, c: &crate::model::dyffusion::DyffusionCon
         .training
         .as_ref()
         .and_then(|t| t["interpolator"]["steps"].as_u64());
-    let state = dir.join(crate::pipelines::train_dyffusion::STATE_I);
+    let state = dir.join(crate::pipelines::train::dyffusion::STATE_I);
     let reached = crate::pipelines::train::State::checkpoint_step(&state).ok();
     match (reached, planned) {
         (Some(k), Some(n)) if (k as u64) < n => Err(Error::bad_file(

@@ -2,13 +2,13 @@
 //! interpolator, stage 2 the forecaster with the interpolator frozen (its dropout active, the
 //! look-ahead loss's gradient flowing through it), each with the training loop, optimizer, EMA,
 //! validation, atomic checkpoints and exact `--resume` of every method
-//! (`train_loop` of [`super::train`]).
+//! (`train_loop.rs` of [`super`]).
 //!
 //! Files in `MODEL/`: the DYffusion folder (EMA weights), and per stage its training state and log
 //! (`train_state_interpolator.safetensors`, `train_log_interpolator.jsonl`, and the same for the
 //! forecaster), written together at each checkpoint.
 
-use super::train::{
+use super::{
     check_inputs, check_model_spread, data_stats, log_until, network_for, read_training_data,
     recipe, recipe_differences, rows_part, train_loop, validate, Checkpoint, Files, State,
     TrainOptions, Weights,
@@ -438,7 +438,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             };
             let (c, data_ref, val_ref) = (&config, &data, &val);
             let loss = |net: &UNet2D, step: usize, rows: Range<usize>| -> Result<Tensor> {
-                let drop_rows = rows_tensor(&super::train::batch_rows(rows.clone(), 0), device)?;
+                let drop_rows = rows_tensor(&super::batch_rows(rows.clone(), 0), device)?;
                 let drop = Dropout {
                     key: NoiseKey {
                         seed: o.seed,
