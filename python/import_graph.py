@@ -1,6 +1,6 @@
 """The crate's import graph: for every module of src/ (a file, or a folder's mod.rs), the modules
-it names through `crate::…` paths (in `use` items and in code), at a chosen depth, and the cycles
-among them (strongly connected components of more than one module).
+it names through `crate::…`, `super::…` and `self::…` paths (in `use` items and in code), at a
+chosen depth, and the cycles among them (strongly connected components of more than one module).
 
     python3 python/import_graph.py [--depth 2] [--dot OUT.dot] [--edges]
 
@@ -33,21 +33,34 @@ def cut(module: str, depth: int) -> str:
     return "::".join(module.split("::")[:depth])
 
 
-USE_BLOCK = re.compile(r"\buse\s+crate::\{([^;]*)\};", re.S)
-PATH = re.compile(r"\bcrate::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)")
+USE_BLOCK = re.compile(r"\buse\s+((?:crate|super|self)(?:::super)*)::\{([^;]*)\};", re.S)
+PATH = re.compile(r"\b((?:crate|super|self)(?:::super)*)::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)")
 
 
-def targets(text: str, modules: set):
-    """The longest module prefixes of every `crate::` path in `text`."""
+def base_of(me: str, is_mod_file: bool, anchor: str):
+    """The module an anchor (`crate`, `self`, `super`, `super::super`, …) names from module `me`
+    (its file a folder's mod.rs when `is_mod_file`)."""
+    if anchor == "crate":
+        return []
+    parts = me.split("::") if me not in ("lib", "main") else []
+    # a file's `self` is its module; `super` its parent
+    ups = anchor.split("::").count("super")
+    if anchor.startswith("self"):
+        return parts
+    return parts[: len(parts) - ups] if ups <= len(parts) else []
+
+
+def targets(text: str, modules: set, me: str, is_mod_file: bool):
+    """The longest module prefixes of every `crate::`, `self::` and `super::` path in `text`."""
     found = set()
-    paths = [m.group(1) for m in PATH.finditer(text)]
+    paths = [(m.group(1), m.group(2)) for m in PATH.finditer(text)]
     for block in USE_BLOCK.finditer(text):
-        # `use crate::{a::b, c::{d, e}}`: the first segment of each item is a top-level module
-        for item in re.split(r"[,{}\s]+", block.group(1)):
+        # `use super::{a::b, c::{d, e}}`: the first segment of each item
+        for item in re.split(r"[,{}\s]+", block.group(2)):
             if item:
-                paths.append(item)
-    for p in paths:
-        segs = p.split("::")
+                paths.append((block.group(1), item))
+    for anchor, p in paths:
+        segs = base_of(me, is_mod_file, anchor) + p.split("::")
         for n in range(len(segs), 0, -1):
             cand = "::".join(segs[:n])
             if cand in modules:
@@ -65,7 +78,7 @@ def graph(depth: int):
         if me == "main":
             continue
         text = re.sub(r"//[^\n]*", "", p.read_text())
-        for t in targets(text, modules):
+        for t in targets(text, modules, me, p.name == "mod.rs"):
             a, b = cut(me, depth), cut(t, depth)
             if a != b and not b.startswith(a + "::") and not a.startswith(b + "::"):
                 edges.setdefault(a, set()).add(b)

@@ -23,6 +23,11 @@ use std::path::Path;
 
 pub const INTERPOLATOR_DIR: &str = "interpolator";
 pub const FORECASTER_DIR: &str = "forecaster";
+/// The training state and log of each stage, beside the networks in the folder.
+pub const STATE_INTERPOLATOR: &str = "train_state_interpolator.safetensors";
+pub const LOG_INTERPOLATOR: &str = "train_log_interpolator.jsonl";
+pub const STATE_FORECASTER: &str = "train_state_forecaster.safetensors";
+pub const LOG_FORECASTER: &str = "train_log_forecaster.jsonl";
 
 /// What the forecaster sees besides its input `x̃` (docs/dyffusion.md, “Networks”).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,6 +25,23 @@ pub const PROCESS_FILE: &str = "dydiff.json";
 pub const SCHEDULER_FILE: &str = "scheduler/scheduler_config.json";
 pub const UNET_DIR: &str = "unet";
 
+/// The metadata key of a training-state file (`train_state*.safetensors` in a model folder)
+/// holding the step it was written at.
+pub const STEP_KEY: &str = "dydiff_train_step";
+
+/// The step of the training-state file `path`, from its metadata alone.
+pub fn checkpoint_step(path: &Path) -> Result<usize> {
+    let meta = crate::io::safetensors::read_metadata(path)?;
+    meta.get(STEP_KEY)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            Error::bad_file(
+                path,
+                "not a dydiff training state (no step in its metadata)",
+            )
+        })
+}
+
 /// The keys of `dydiff.json`.
 const PROCESS_KEYS: [&str; 12] = [
     "method",

@@ -16,22 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex};
 use std::thread::ThreadId;
 
-/// How often the device itself was asked to allocate and free, what the cache holds, how many
-/// graphs were captured and replayed, and how often the host waited for the device (a copy to
-/// the host or a synchronisation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryStats {
-    pub device_allocs: u64,
-    pub device_frees: u64,
-    pub reused: u64,
-    pub cached_bytes: usize,
-    pub captures: u64,
-    pub replays: u64,
-    pub host_waits: u64,
-    /// Device memory held now (in use or cached), and the most held at once.
-    pub reserved_bytes: usize,
-    pub peak_reserved_bytes: usize,
-}
+pub use super::gpu::MemoryStats;
 
 /// `G` with a cache of freed buffers.
 pub struct Cached<G: Gpu> {

@@ -30,6 +30,7 @@ use super::gemm::{strided, Epilogue, GemmShape, Layout, TensorCore};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
 use super::norm::{reduce_channels, NormOnLoad};
+use super::splitk::{finish, FinishTerms, SMS, SPLIT_BATCH};
 use super::Precision;
 use crate::backend::ConvGeom;
 use crate::error::{Error, Result};
@@ -97,6 +98,18 @@ pub struct ConvEpilogue<'a> {
     pub scale: f32,
 }
 
+impl<'a> ConvEpilogue<'a> {
+    /// The terms a finishing launch adds ([`finish`]).
+    fn terms(&self) -> FinishTerms<'a> {
+        FinishTerms {
+            bias: self.bias,
+            temb: self.temb,
+            residual: self.residual,
+            scale: self.scale,
+        }
+    }
+}
+
 impl ConvEpilogue<'_> {
     /// Nothing: `y = conv`.
     pub const NONE: ConvEpilogue<'static> = ConvEpilogue {
@@ -110,11 +123,6 @@ impl ConvEpilogue<'_> {
 /// Output tile of the direct kernels (pixels per side), threads per block (kernels/conv.cu).
 const TILE: usize = consts::CONV_TILE;
 const THREADS: u32 = consts::CONV_THREADS as u32;
-/// The split-K rule of the direct kernels (and kernels/gemm.cu's): enough slices' splits that a batch of 8 puts a block
-/// on each of an H100's or H200's 132 SMs. It depends on the layer's shape only — never on the
-/// batch — so that a sample's result does not depend on the batch it is in.
-pub(super) const SPLIT_BATCH: usize = 8;
-pub(super) const SMS: usize = 132;
 /// Static shared memory of the direct kernels (and the GEMMs): the split-K flag of
 /// kernels/splitk.cuh, 16-byte aligned.
 const STATIC_SHARED: usize = 16;
@@ -527,7 +535,7 @@ fn convolve(
         ],
     )?;
     if let (Some(parts), None) = (parts, counters) {
-        finish(&parts, &y, (g.n, g.co, ho * wo), splits, epi)?;
+        finish(&parts, &y, (g.n, g.co, ho * wo), splits, epi.terms())?;
     }
     Ok(y)
 }
@@ -607,38 +615,8 @@ fn generic(
     }
     let product = strided(w, &cols, &layout, Epilogue::NONE, precision)?;
     let y = Buffer::alloc(gpu, product.len())?;
-    finish(&product, &y, (g.n, g.co, hw_out), 1, epi)?;
+    finish(&product, &y, (g.n, g.co, hw_out), 1, epi.terms())?;
     Ok(y)
-}
-
-/// `conv2d_finish_f32`: `y = (Σ_z parts[z] + bias[c] + temb[n, c] + residual)·scale` over `y`
-/// `(n, co, hw)`, the `splits` planes of `parts` (each shaped like `y`) added in order — a split-K
-/// product's finish where the device's tile counters do not cover it, or an epilogue the product
-/// itself does not apply.
-pub(super) fn finish(
-    parts: &Buffer,
-    y: &Buffer,
-    (n, co, hw): (usize, usize, usize),
-    splits: usize,
-    epi: &ConvEpilogue,
-) -> Result<()> {
-    const OP: &str = "conv2d_finish";
-    y.gpu().launch(
-        names::CONV2D_FINISH_F32,
-        LaunchShape::linear(y.len(), 256),
-        &[
-            KernelArg::Ptr(parts.ptr()),
-            ptr(epi.bias),
-            ptr(epi.temb),
-            ptr(epi.residual),
-            KernelArg::Ptr(y.ptr()),
-            KernelArg::I32(check::int(OP, "rows", n)?),
-            KernelArg::I32(check::int(OP, "channels", co)?),
-            KernelArg::I64(hw as i64),
-            KernelArg::I32(check::int(OP, "splits", splits)?),
-            KernelArg::F32(epi.scale),
-        ],
-    )
 }
 
 /// `kernels/conv.cu`'s `ConvBwdShape` (48 bytes).
@@ -862,7 +840,7 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
             ],
         )?;
         if let Some(parts) = parts {
-            finish(&parts, &dw, (1, 1, dw.len()), splits, &ConvEpilogue::NONE)?;
+            finish(&parts, &dw, (1, 1, dw.len()), splits, FinishTerms::NONE)?;
         }
         return Ok(dw);
     }

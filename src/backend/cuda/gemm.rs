@@ -8,10 +8,10 @@
 
 use super::buffer::{ptr, Buffer};
 use super::check;
-use super::conv::{finish, ConvEpilogue, SMS, SPLIT_BATCH};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
 use super::norm::NormOnLoad;
+use super::splitk::{finish, FinishTerms, SMS, SPLIT_BATCH};
 use super::Precision;
 use crate::backend::MatmulGeom;
 use crate::error::{Error, Result};
@@ -334,13 +334,13 @@ impl TensorCore<'_> {
             } else {
                 (batch as usize * m, n, 1)
             };
-            let epi = ConvEpilogue {
+            let terms = FinishTerms {
                 bias: epilogue.bias,
                 temb: None,
                 residual: epilogue.residual,
                 scale: epilogue.scale,
             };
-            finish(&parts, c, (outer, co, hw), splits, &epi)?;
+            finish(&parts, c, (outer, co, hw), splits, terms)?;
         }
         Ok(())
     }

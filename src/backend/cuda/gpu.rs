@@ -5,7 +5,6 @@
 //! launch shapes, argument order, graph capture and replay — is the same code on both, so
 //! `cargo test` exercises it.
 
-use super::cache::MemoryStats;
 use crate::error::Result;
 
 /// An address in a [`Gpu`]'s memory (a `CUdeviceptr` on the GPU, a host address on the emulator).
@@ -163,4 +162,21 @@ pub fn sum_times(records: impl IntoIterator<Item = (String, f64)>) -> Vec<Kernel
         }
     }
     out
+}
+
+/// How often the device itself was asked to allocate and free, what the cache holds, how many
+/// graphs were captured and replayed, and how often the host waited for the device (a copy to
+/// the host or a synchronisation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub device_allocs: u64,
+    pub device_frees: u64,
+    pub reused: u64,
+    pub cached_bytes: usize,
+    pub captures: u64,
+    pub replays: u64,
+    pub host_waits: u64,
+    /// Device memory held now (in use or cached), and the most held at once.
+    pub reserved_bytes: usize,
+    pub peak_reserved_bytes: usize,
 }

@@ -27,6 +27,7 @@ pub mod nccl;
 pub mod norm;
 pub mod optim;
 pub mod process;
+mod splitk;
 
 use self::buffer::Buffer;
 use self::conv::{ConvEpilogue, ConvInput};

@@ -149,8 +149,8 @@ fn unfinished_interpolator(dir: &Path, c: &crate::model::dyffusion::DyffusionCon
         .training
         .as_ref()
         .and_then(|t| t["interpolator"]["steps"].as_u64());
-    let state = dir.join(crate::pipelines::train::dyffusion::STATE_I);
-    let reached = crate::pipelines::train::State::checkpoint_step(&state).ok();
+    let state = dir.join(crate::model::dyffusion::STATE_INTERPOLATOR);
+    let reached = crate::model::checkpoint_step(&state).ok();
     match (reached, planned) {
         (Some(k), Some(n)) if (k as u64) < n => Err(Error::bad_file(
             dir,

@@ -21,7 +21,8 @@ use crate::io::npy;
 use crate::io::outputs::Outputs;
 use crate::model::dyffusion::{
     forecaster_loss, interpolator_loss, CallKeys, Calls, Condition, DyffusionConfig,
-    DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR,
+    DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR, LOG_FORECASTER, LOG_INTERPOLATOR,
+    STATE_FORECASTER, STATE_INTERPOLATOR,
 };
 use crate::model::PROCESS_FILE;
 use crate::nn::{Dropout, UNet2D};
@@ -52,11 +53,6 @@ pub struct DyffusionOptions {
     pub lambda_1: f64,
     pub lambda_2: f64,
 }
-
-pub(crate) const STATE_I: &str = "train_state_interpolator.safetensors";
-const LOG_I: &str = "train_log_interpolator.jsonl";
-const STATE_F: &str = "train_state_forecaster.safetensors";
-const LOG_F: &str = "train_log_forecaster.jsonl";
 
 /// The most optimizer steps of a stage: the step has 30 bits of the call word `4·step + j`.
 const MAX_STEPS: usize = (1 << 30) - 1;
@@ -216,8 +212,8 @@ fn check_stages(
     training: &Value,
     steps_1: usize,
 ) -> Result<()> {
-    let step_1 = stage_step(&o.out.join(STATE_I))?;
-    let step_2 = stage_step(&o.out.join(STATE_F))?;
+    let step_1 = stage_step(&o.out.join(STATE_INTERPOLATOR))?;
+    let step_2 = stage_step(&o.out.join(STATE_FORECASTER))?;
     let run_1 = d.stage != Stage::Forecaster;
     let run_2 = d.stage != Stage::Interpolator;
     // a resumed stage continues its own recipe
@@ -252,7 +248,7 @@ fn check_stages(
                 _ => format!("--steps {steps_1}"),
             };
             return Err(Error::Invalid(format!(
-                "{flag}: the interpolator in {} is at step {k1}, and the forecaster beside it (at step {k2}) was trained on that interpolator; training the interpolator further would pair the forecaster with an interpolator it was never trained with. Train a new interpolator in another --out (or remove {FORECASTER_DIR}/, {STATE_F} and {LOG_F} to retrain the forecaster too)",
+                "{flag}: the interpolator in {} is at step {k1}, and the forecaster beside it (at step {k2}) was trained on that interpolator; training the interpolator further would pair the forecaster with an interpolator it was never trained with. Train a new interpolator in another --out (or remove {FORECASTER_DIR}/, {STATE_FORECASTER} and {LOG_FORECASTER} to retrain the forecaster too)",
                 o.out.display()
             )));
         }
@@ -287,7 +283,15 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             names.push(format!("{dir}/{f}"));
         }
     }
-    names.extend([STATE_I, LOG_I, STATE_F, LOG_F].map(String::from));
+    names.extend(
+        [
+            STATE_INTERPOLATOR,
+            LOG_INTERPOLATOR,
+            STATE_FORECASTER,
+            LOG_FORECASTER,
+        ]
+        .map(String::from),
+    );
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let folder = outputs.dir_with("--out", &o.out, &names)?;
     check_inputs(o, &outputs)?;
@@ -299,7 +303,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         unreachable!("checked 5-d")
     };
     let steps_1 = d.interpolator_steps.unwrap_or(o.steps);
-    let (s1, s2) = (o.out.join(STATE_I), o.out.join(STATE_F));
+    let (s1, s2) = (o.out.join(STATE_INTERPOLATOR), o.out.join(STATE_FORECASTER));
     let existing = o.out.join(PROCESS_FILE).is_file();
     let run_1 = d.stage != Stage::Forecaster;
     let run_2 = d.stage != Stage::Interpolator;
@@ -321,7 +325,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             flag: "--out".into(),
             path: o.out.clone(),
             expected: "a folder holding a DYffusion training run to continue (--resume)".into(),
-            found: format!("no {STATE_I} or {STATE_F} in it"),
+            found: format!("no {STATE_INTERPOLATOR} or {STATE_FORECASTER} in it"),
         });
     }
     let mut config = if existing {
@@ -419,7 +423,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             let step = state.step;
             (
                 state,
-                log_until(&o.out.join(LOG_I), step),
+                log_until(&o.out.join(LOG_INTERPOLATOR), step),
                 net.config.clone(),
             )
         } else {
@@ -431,8 +435,8 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         if state.step < steps_1 {
             let files = Files {
                 folder,
-                state: STATE_I,
-                log: LOG_I,
+                state: STATE_INTERPOLATOR,
+                log: LOG_INTERPOLATOR,
                 done: "trained the interpolator of",
                 weights: format!("EMA weights in {}", o.out.join(INTERPOLATOR_DIR).display()),
             };
@@ -521,7 +525,7 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         let step = state.step;
         (
             state,
-            log_until(&o.out.join(LOG_F), step),
+            log_until(&o.out.join(LOG_FORECASTER), step),
             net.config.clone(),
         )
     } else {
@@ -533,8 +537,8 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
     config.training = Some(training);
     let files = Files {
         folder,
-        state: STATE_F,
-        log: LOG_F,
+        state: STATE_FORECASTER,
+        log: LOG_FORECASTER,
         done: "trained the forecaster of",
         weights: format!("EMA weights in {}", o.out.join(FORECASTER_DIR).display()),
     };

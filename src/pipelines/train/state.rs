@@ -16,8 +16,7 @@ pub const STATE_FILE: &str = "train_state.safetensors";
 
 pub const LOG_FILE: &str = "train_log.jsonl";
 
-/// The metadata key of `train_state.safetensors` holding the step.
-pub const STEP_KEY: &str = "dydiff_train_step";
+pub use crate::model::STEP_KEY;
 
 /// Everything the optimizer carries between steps: the weights, Adam's moments and the weight
 /// EMA, each one contiguous array holding the parameters in order (on the GPU the network's
@@ -179,15 +178,7 @@ impl State {
 
     /// The step of the checkpoint in the state file `path`, from its metadata alone.
     pub(crate) fn checkpoint_step(path: &Path) -> Result<usize> {
-        let meta = safetensors::read_metadata(path)?;
-        meta.get(STEP_KEY)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Error::bad_file(
-                    path,
-                    "not a dydiff training state (no step in its metadata)",
-                )
-            })
+        crate::model::checkpoint_step(path)
     }
 
     pub(crate) fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
@@ -237,10 +228,7 @@ impl State {
 /// over the whole batch ([`rows_part`]), so the sums are the whole batch's gradients and loss.
 /// One sum of one array per step — the gradients and the loss side by side — with NCCL on GPUs,
 /// MPI on CPUs; in a process of its own, nothing is done.
-fn sum_over_ranks(
-    grads: Vec<Storage>,
-    loss: Storage,
-) -> Result<(Vec<Storage>, Storage)> {
+fn sum_over_ranks(grads: Vec<Storage>, loss: Storage) -> Result<(Vec<Storage>, Storage)> {
     if world().size() == 1 {
         return Ok((grads, loss));
     }
