@@ -9,8 +9,8 @@ use super::ensemble::{
     rank_progress, roll_out, SampleTimes, Window,
 };
 use super::{
-    histories, picture_channels, read_observations, window_record, write_forecast, Frames,
-    SampleOptions, SampleReport,
+    histories, picture_channels, read_observations, write_and_report, Frames, Made, SampleOptions,
+    SampleReport,
 };
 use crate::backend::Device;
 use crate::diffusion::ddim::{ddim_step_tensor, rows_tensor, timesteps, StepValues};
@@ -455,27 +455,18 @@ pub(super) fn run(
     )?;
     world().end_collectives();
     bar.finish_and_clear();
-    let clock = Instant::now();
-    if world().is_root() {
-        let window = window_record(o, model_dir, input, (&obs, &frames, lead), Some(steps));
-        let check = (p.data_scale, p.data_shift, causes_ddim(o, &model));
-        let files = (out, record, png);
-        write_forecast(
-            outputs,
-            files,
-            (&obs, &frames, &names),
-            (&fc, o.members, lead),
-            (&window, check),
-        )?;
-    }
-    Ok(SampleReport {
-        out: o.out.clone(),
-        samples: n,
-        members: o.members,
-        future: lead,
+    let check = (p.data_scale, p.data_shift, causes_ddim(o, &model));
+    let made = Made {
+        fc,
+        times,
+        lead,
+        steps: Some(steps),
         network_calls: steps * windows,
         load_s,
-        times,
-        write_s: clock.elapsed().as_secs_f64(),
-    })
+        check,
+        obs: &obs,
+        frames: &frames,
+        names: &names,
+    };
+    write_and_report(o, (model_dir, input), outputs, (out, record, png), made)
 }

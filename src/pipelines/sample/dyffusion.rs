@@ -10,8 +10,8 @@ use super::ensemble::{
     roll_out, SampleTimes, Window,
 };
 use super::{
-    histories, picture_channels, read_observations, window_record, write_forecast, Frames,
-    SampleOptions, SampleReport,
+    histories, picture_channels, read_observations, write_and_report, Frames, Made, SampleOptions,
+    SampleReport,
 };
 use crate::backend::Device;
 use crate::distributed::world;
@@ -238,27 +238,18 @@ pub(super) fn run(
     })?;
     world().end_collectives();
     bar.finish_and_clear();
-    let clock = Instant::now();
-    if world().is_root() {
-        let causes = "a network trained too briefly, or observations unlike the training data";
-        let check = (c.data_scale, c.data_shift, causes.to_string());
-        let record = window_record(o, model_dir, input, (&obs, &frames, lead), None);
-        write_forecast(
-            outputs,
-            files,
-            (&obs, &frames, &names),
-            (&fc, o.members, lead),
-            (&record, check),
-        )?;
-    }
-    Ok(SampleReport {
-        out: o.out.clone(),
-        samples: n,
-        members: o.members,
-        future: lead,
+    let causes = "a network trained too briefly, or observations unlike the training data";
+    let made = Made {
+        fc,
+        times,
+        lead,
+        steps: None,
         network_calls: calls * windows,
         load_s,
-        times,
-        write_s: clock.elapsed().as_secs_f64(),
-    })
+        check: (c.data_scale, c.data_shift, causes.to_string()),
+        obs: &obs,
+        frames: &frames,
+        names: &names,
+    };
+    write_and_report(o, (model_dir, input), outputs, files, made)
 }

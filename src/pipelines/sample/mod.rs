@@ -23,6 +23,7 @@ pub use ensemble::{SampleTimes, MAX_WINDOWS};
 
 use crate::backend::Device;
 use crate::data::channels::{self, Channel};
+use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, FileOutput, Outputs};
 use crate::io::{npy, picture};
@@ -243,6 +244,57 @@ fn picture_channels(input: &Path, count: usize, png: bool) -> Result<Vec<Channel
         None
     };
     Ok(recorded.unwrap_or_else(|| channels::numbered(count)))
+}
+
+/// A method's forecast `(N, M, lead, C·H·W)` (data space) and how it was made, for
+/// [`write_and_report`].
+struct Made<'a> {
+    fc: Vec<f32>,
+    times: SampleTimes,
+    lead: usize,
+    /// DDIM steps, in the window record (`None`: cold sampling).
+    steps: Option<usize>,
+    /// Network calls per member's forecast.
+    network_calls: usize,
+    /// Seconds reading the model and the inputs.
+    load_s: f64,
+    /// `(data_scale, data_shift)` and the likely causes of a forecast far beyond the data.
+    check: (f64, f64, String),
+    obs: &'a npy::Array,
+    frames: &'a Frames,
+    names: &'a [Channel],
+}
+
+/// Writes a method's forecast with its window record and pictures on the root rank (every rank
+/// has the whole forecast) and reports the run.
+fn write_and_report(
+    o: &SampleOptions,
+    (model_dir, input): (&Path, &Path),
+    outputs: Outputs,
+    files: (FileOutput, FileOutput, Option<DirOutput>),
+    m: Made,
+) -> Result<SampleReport> {
+    let clock = Instant::now();
+    if world().is_root() {
+        let record = window_record(o, model_dir, input, (m.obs, m.frames, m.lead), m.steps);
+        write_forecast(
+            outputs,
+            files,
+            (m.obs, m.frames, m.names),
+            (&m.fc, o.members, m.lead),
+            (&record, m.check),
+        )?;
+    }
+    Ok(SampleReport {
+        out: o.out.clone(),
+        samples: m.obs.shape[0],
+        members: o.members,
+        future: m.lead,
+        network_calls: m.network_calls,
+        load_s: m.load_s,
+        times: m.times,
+        write_s: clock.elapsed().as_secs_f64(),
+    })
 }
 
 /// Writes the forecast `(N, M, lead, C, H, W)`, its window record and, if asked, one picture per
