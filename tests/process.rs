@@ -6,7 +6,7 @@
 mod common;
 use common::{assert_close, rand_tensor, rand_vec};
 use dydiff::backend::cpu::reference::{self, DdimValues};
-use dydiff::backend::{ProcessGeom, SeqGeom};
+use dydiff::backend::{FrameScope, ProcessGeom, SeqGeom};
 use dydiff::diffusion::ddim::StepValues;
 use dydiff::diffusion::schedule::{gamma_bar, Prediction, Schedule, SchedulerConfig};
 use dydiff::rng::{NoiseKey, NoiseRow, Purpose};
@@ -54,6 +54,15 @@ fn dynamics_matches_the_naive_loop_and_inverts() {
     );
 }
 
+/// The frames of a sequence and which of them the process diffuses.
+fn scope(history: usize, future: usize, diffuse_history: bool) -> FrameScope {
+    FrameScope {
+        history,
+        future,
+        diffuse_history,
+    }
+}
+
 fn schedule() -> Schedule {
     Schedule::new(&SchedulerConfig::default())
 }
@@ -91,8 +100,15 @@ fn forward_process_matches_the_reference_in(diffuse_history: bool, prediction: P
     let eps = rand_tensor(&[batch, g.diffused() * elems], 4);
     let t = [0, 999, 500, 37];
     for dyn_eta in [0.0, 0.5, 1.0] {
-        let (input, target) =
-            Tensor::q_sample(&x0, &eps, history, future, diffuse_history, &s, dyn_eta, &t).unwrap();
+        let (input, target) = Tensor::q_sample(
+            &x0,
+            &eps,
+            scope(history, future, diffuse_history),
+            &s,
+            dyn_eta,
+            &t,
+        )
+        .unwrap();
         assert_eq!(input.shape(), [batch, g.state_frames() * elems]);
         let ab_gb: Vec<(f64, f64)> = t
             .iter()
@@ -178,9 +194,7 @@ fn correlated_noise_has_the_stated_statistics() {
             let (_, et) = Tensor::q_sample(
                 &x0,
                 &eps,
-                history,
-                future,
-                diffuse_history,
+                scope(history, future, diffuse_history),
                 &s,
                 dyn_eta,
                 &[t],
@@ -262,7 +276,12 @@ fn ddim_step_matches_the_reference_in(diffuse_history: bool, prediction: Predict
         let v = StepValues::new(&s, dyn_eta, ddim_eta, t, p);
         let zopt = (v.sigma > 0.0).then_some(&z);
         let next = state
-            .ddim_step(&eps_hat, zopt, history, future, diffuse_history, &v.coef())
+            .ddim_step(
+                &eps_hat,
+                zopt,
+                scope(history, future, diffuse_history),
+                &v.coef(),
+            )
             .unwrap();
         let want = reference::ddim_step(
             &state.to_vec().unwrap(),
@@ -307,7 +326,7 @@ fn standard_ddim_when_dyn_eta_is_zero() {
     for (ddim_eta, t, p) in [(0.0, 961, Some(941)), (1.0, 401, Some(381)), (0.5, 1, None)] {
         let v = StepValues::new(&s, 0.0, ddim_eta, t, p);
         let next = state
-            .ddim_step(&eps_hat, Some(&z), history, future, false, &v.coef())
+            .ddim_step(&eps_hat, Some(&z), scope(history, future, false), &v.coef())
             .unwrap()
             .to_vec()
             .unwrap();

@@ -143,6 +143,30 @@ pub struct SeqGeom {
     pub elems: usize,
 }
 
+/// Which frames a sequence holds and which the process diffuses: `history` known frames (`P + 1`)
+/// followed by `future` frames (`S`), the future diffused — or with `diffuse_history` every frame
+/// (docs/process.md, “Diffusing the history”). [`ProcessGeom`] without the batch and frame size,
+/// which an operation reads from its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameScope {
+    pub history: usize,
+    pub future: usize,
+    pub diffuse_history: bool,
+}
+
+impl FrameScope {
+    /// The geometry of `batch` sequences of frames of `elems` values in this scope.
+    pub fn geom(self, batch: usize, elems: usize) -> ProcessGeom {
+        ProcessGeom {
+            batch,
+            history: self.history,
+            future: self.future,
+            elems,
+            diffuse_history: self.diffuse_history,
+        }
+    }
+}
+
 /// Sequences of `history` known frames (`P + 1`) followed by `future` frames (`S`), each of
 /// `elems` values, `(batch, history + future, elems)`, and which of their frames the process
 /// diffuses: the future frames (docs/process.md, “Forward process”), or with

@@ -20,8 +20,8 @@ mod process;
 mod storage;
 
 pub use geom::{
-    check_dropout, AttnGeom, ConvGeom, DropoutGeom, MatmulGeom, NormGeom, PadMode, ProcessGeom,
-    SeqGeom,
+    check_dropout, AttnGeom, ConvGeom, DropoutGeom, FrameScope, MatmulGeom, NormGeom, PadMode,
+    ProcessGeom, SeqGeom,
 };
 pub use ops::{shortcut_geom, AdamStep, BackendStorage, BinaryOp, FusedConv, FusedNorm, LossKind};
 pub use process::{

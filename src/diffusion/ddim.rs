@@ -11,7 +11,7 @@
 
 use super::schedule::{gamma_bar, Prediction, Schedule, SchedulerConfig};
 use super::{seq_dims, untracked};
-use crate::backend::{row_words, DdimCoef, DdimStep, Device, DynCoef, ProcessGeom};
+use crate::backend::{row_words, DdimCoef, DdimStep, Device, DynCoef, FrameScope, ProcessGeom};
 use crate::error::{Error, Result};
 use crate::rng::{NoiseKey, NoiseRow};
 use crate::tensor::Tensor;
@@ -95,12 +95,10 @@ impl Tensor {
         &self,
         eps_hat: &Tensor,
         z: Option<&Tensor>,
-        history: usize,
-        future: usize,
-        diffuse_history: bool,
+        scope: FrameScope,
         c: &DdimCoef,
     ) -> Result<Tensor> {
-        let g = self.step_geom(eps_hat, z, (history, future, diffuse_history))?;
+        let g = self.step_geom(eps_hat, z, scope)?;
         if z.is_none() && c.sigma != 0.0 {
             return Err(Error::shape("ddim_step", "σ > 0 needs the noise z"));
         }
@@ -121,9 +119,9 @@ impl Tensor {
         eps_hat: &Tensor,
         step: &Tensor,
         rows: &Tensor,
-        (history, future, diffuse_history): (usize, usize, bool),
+        scope: FrameScope,
     ) -> Result<Tensor> {
-        let g = self.step_geom(eps_hat, None, (history, future, diffuse_history))?;
+        let g = self.step_geom(eps_hat, None, scope)?;
         if rows.shape() != [2 * g.batch] || step.shape() != [DdimStep::WORDS] {
             return Err(Error::shape(
                 "ddim_step",
@@ -151,16 +149,10 @@ impl Tensor {
         &self,
         eps_hat: &Tensor,
         z: Option<&Tensor>,
-        (history, future, diffuse_history): (usize, usize, bool),
+        scope: FrameScope,
     ) -> Result<ProcessGeom> {
         untracked(&[self, eps_hat], "ddim_step")?;
-        let mut g = ProcessGeom {
-            batch: 0,
-            history,
-            future,
-            elems: 0,
-            diffuse_history,
-        };
+        let mut g = scope.geom(0, 0);
         let (batch, elems) = seq_dims(self, g.state_frames(), "ddim_step")?;
         (g.batch, g.elems) = (batch, elems);
         for x in std::iter::once(eps_hat).chain(z) {

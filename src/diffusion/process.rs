@@ -8,7 +8,7 @@
 
 use super::schedule::{gamma_bar, Schedule};
 use super::{seq_dims, untracked};
-use crate::backend::{DynCoef, ProcessGeom, QSampleCoef};
+use crate::backend::{DynCoef, FrameScope, QSampleCoef};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -32,26 +32,17 @@ impl Tensor {
     /// docs/process.md, “Diffusing the history”) at timestep `t[b]` per sequence, in one pass:
     /// returns the network input `(B, (P+1+D)·…)` — the clean history, then `x_t` — and the
     /// target `ε̃` or `v` (the schedule's prediction; shaped like `eps`).
-    #[allow(clippy::too_many_arguments)]
     pub fn q_sample(
         x0: &Tensor,
         eps: &Tensor,
-        history: usize,
-        future: usize,
-        diffuse_history: bool,
+        scope: FrameScope,
         schedule: &Schedule,
         dyn_eta: f64,
         t: &[usize],
     ) -> Result<(Tensor, Tensor)> {
         untracked(&[x0, eps], "q_sample")?;
-        let (batch, elems) = seq_dims(x0, history + future, "q_sample")?;
-        let g = ProcessGeom {
-            batch,
-            history,
-            future,
-            elems,
-            diffuse_history,
-        };
+        let (batch, elems) = seq_dims(x0, scope.history + scope.future, "q_sample")?;
+        let g = scope.geom(batch, elems);
         if seq_dims(eps, g.diffused(), "q_sample")? != (batch, elems) {
             return Err(Error::shape(
                 "q_sample",

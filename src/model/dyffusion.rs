@@ -124,6 +124,13 @@ impl DyffusionConfig {
     pub fn frame_len(&self) -> usize {
         self.channels * self.height * self.width
     }
+    /// The mapping between data space and model space.
+    pub fn data_space(&self) -> super::DataSpace {
+        super::DataSpace {
+            scale: self.data_scale,
+            shift: self.data_shift,
+        }
+    }
     /// The number of forecaster steps `N = h + k`.
     pub fn n_steps(&self) -> usize {
         self.future + self.additional_steps

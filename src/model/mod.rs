@@ -12,7 +12,7 @@
 pub mod default_model;
 pub mod dyffusion;
 
-use crate::backend::{Device, PadMode};
+use crate::backend::{Device, FrameScope, PadMode};
 use crate::diffusion::schedule::{Schedule, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
@@ -115,6 +115,21 @@ impl ProcessConfig {
     pub fn frame_len(&self) -> usize {
         self.channels * self.height * self.width
     }
+    /// Which frames a sequence holds and which the process diffuses.
+    pub fn scope(&self) -> FrameScope {
+        FrameScope {
+            history: self.history,
+            future: self.future,
+            diffuse_history: self.diffuse_history,
+        }
+    }
+    /// The mapping between data space and model space.
+    pub fn data_space(&self) -> DataSpace {
+        DataSpace {
+            scale: self.data_scale,
+            shift: self.data_shift,
+        }
+    }
 
     /// Reads the object of `dydiff.json`; an error names the key, what was expected and what
     /// was found.
@@ -173,31 +188,25 @@ impl ProcessConfig {
     /// Refuses data whose model-space values `(x − data_shift) / data_scale` would overflow
     /// float32; `source` says where the scale and shift came from.
     pub fn check_model_space(&self, path: &Path, data: &[f32], source: &str) -> Result<()> {
-        check_model_space(path, data, self.data_scale, self.data_shift, source)
+        check_model_space(path, data, self.data_space(), source)
     }
 }
 
-/// Refuses data whose model-space values `(x − data_shift) / data_scale` would overflow float32;
-/// `source` says where the scale and shift came from.
-pub fn check_model_space(
-    path: &Path,
-    data: &[f32],
-    data_scale: f64,
-    data_shift: f64,
-    source: &str,
-) -> Result<()> {
+/// Refuses data whose model-space values (`space`) would overflow float32; `source` says where the
+/// scale and shift came from.
+pub fn check_model_space(path: &Path, data: &[f32], space: DataSpace, source: &str) -> Result<()> {
     let far = data
         .iter()
-        .map(|&v| (f64::from(v) - data_shift).abs())
+        .map(|&v| (f64::from(v) - space.shift).abs())
         .fold(0.0, f64::max);
-    let model = far / data_scale;
+    let model = far / space.scale;
     if model > f64::from(f32::MAX) {
         return Err(Error::bad_file(
                 path,
                 format!(
                     "values {far:.3e} away from data_shift = {:?} become {model:.3e} in model space with data_scale = {:?} ({source}): beyond float32 (at most {:.3e}); expected a larger data_scale",
-                    data_shift,
-                    data_scale,
+                    space.shift,
+                    space.scale,
                     f32::MAX
                 ),
             ));
@@ -290,6 +299,28 @@ pub(crate) fn json_padding_mode(
             .as_str()
             .and_then(PadMode::parse)
             .ok_or_else(|| format!("padding_mode = {v}: expected \"zeros\" or \"circular\"")),
+    }
+}
+
+/// The mapping between the data's space and the networks' (docs/data.md, “Model space and data
+/// space”): `x_model = (x_data − shift) / scale`, computed in f64 and rounded to float32 once, and
+/// back `x_data = x_model·scale + shift`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DataSpace {
+    /// `data_scale` of the model folder: positive and finite.
+    pub scale: f64,
+    /// `data_shift`: finite.
+    pub shift: f64,
+}
+
+impl DataSpace {
+    /// A data-space value in model space.
+    pub fn to_model(self, v: f32) -> f32 {
+        ((f64::from(v) - self.shift) / self.scale) as f32
+    }
+    /// A model-space value in data space.
+    pub fn to_data(self, v: f32) -> f32 {
+        (f64::from(v) * self.scale + self.shift) as f32
     }
 }
 

@@ -167,7 +167,7 @@ fn forecast_from(
             ),
         ));
     }
-    let (scale, shift) = (p.data_scale, p.data_shift);
+    let space = p.data_space();
     let ts = timesteps(&model.scheduler, s.steps)?;
     let members = s.members;
     let pairs = n * members;
@@ -184,7 +184,7 @@ fn forecast_from(
         let b = s.batch.min(mine.end - first);
         let rows = pair_rows(first, b, members);
         let clock = Instant::now();
-        let h_data = model_space_histories(obs, window, first, &rows, hist * e, (scale, shift));
+        let h_data = model_space_histories(obs, window, first, &rows, hist * e, space);
         let history = Tensor::from_vec(h_data, &[b, hist * c, h, w], s.device)?;
         let eps = match init_noise {
             Some(all) => Tensor::from_vec(
@@ -210,7 +210,7 @@ fn forecast_from(
         // One step — the network and the fused DDIM update, its fresh noise (σ > 0) drawn inside
         // — on (state, timesteps, the step's values, noise rows); on a GPU replayed as a CUDA
         // graph from the second step on.
-        let scope = (hist, fut, p.diffuse_history);
+        let scope = p.scope();
         let in_network = std::cell::Cell::new(0.0);
         let step = |x: &[Tensor]| -> Result<Vec<Tensor>> {
             let clock = Instant::now();
@@ -255,7 +255,7 @@ fn forecast_from(
             .slice_channels((hist + dn - fut) * c, (hist + dn) * c)?
             .to_vec()?;
         for (o, v) in out[first * fut * e..][..b * fut * e].iter_mut().zip(x0) {
-            *o = (f64::from(v) * scale + shift) as f32;
+            *o = space.to_data(v);
             if !v.is_finite() {
                 bad_model += 1;
             } else if !o.is_finite() {
@@ -275,7 +275,7 @@ fn forecast_from(
         &out,
         (bad_model, bad_data, far),
         init_noise,
-        (scale, source),
+        (space.scale, source),
     ))?;
     Ok((out, times))
 }
@@ -426,7 +426,7 @@ pub(super) fn run(
         height: p.height,
         width: p.width,
     };
-    let obs = read_observations(input, &frames, (p.data_scale, p.data_shift))?;
+    let obs = read_observations(input, &frames, p.data_space())?;
     let names = picture_channels(input, p.channels, png.is_some())?;
     let (n, e) = (obs.shape[0], p.frame_len());
     check_memory(&model, n, o)?;

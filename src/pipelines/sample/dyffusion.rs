@@ -83,7 +83,7 @@ fn window(
 ) -> Result<(Vec<f32>, SampleTimes)> {
     let c = &model.config;
     let (hist, fut, e) = (c.history, c.future, c.frame_len());
-    let (scale, shift) = (c.data_scale, c.data_shift);
+    let space = c.data_space();
     let pairs = n * s.members;
     let mut out = vec![0.0f32; pairs * fut * e];
     let mut times = SampleTimes::default();
@@ -96,7 +96,7 @@ fn window(
         let clock = Instant::now();
         let b = s.batch.min(mine.end - first);
         let rows = pair_rows(first, b, s.members);
-        let h_data = model_space_histories(obs, window, first, &rows, hist * e, (scale, shift));
+        let h_data = model_space_histories(obs, window, first, &rows, hist * e, space);
         let x0 = Tensor::from_vec(h_data, &[b, hist * c.channels, c.height, c.width], s.device)?;
         let keys = CallKeys {
             seed: s.seed,
@@ -123,7 +123,7 @@ fn window(
             for (r, row) in v.chunks(e).enumerate() {
                 let dst = &mut out[((first + r) * fut + j) * e..][..e];
                 for (o, &x) in dst.iter_mut().zip(row) {
-                    *o = (f64::from(x) * scale + shift) as f32;
+                    *o = space.to_data(x);
                     bad += usize::from(!o.is_finite());
                 }
             }
@@ -203,7 +203,7 @@ pub(super) fn run(
         height: c.height,
         width: c.width,
     };
-    let obs = read_observations(input, &frames, (c.data_scale, c.data_shift))?;
+    let obs = read_observations(input, &frames, c.data_space())?;
     let names = picture_channels(input, c.channels, files.2.is_some())?;
     let (n, e) = (obs.shape[0], c.frame_len());
     let lead = o.lead.unwrap_or(c.future);

@@ -5,6 +5,7 @@
 
 use crate::distributed::world;
 use crate::error::{Error, Result};
+use crate::model::DataSpace;
 use crate::rng::{NoiseRow, MAX_MEMBERS};
 
 /// Time spent, for the benchmark report.
@@ -172,8 +173,7 @@ pub(super) fn pair_rows(first: usize, b: usize, members: usize) -> Vec<NoiseRow>
         .collect()
 }
 
-/// The histories of the pairs `rows` (pair `first` onwards) in model space,
-/// `(x − data_shift) / data_scale`: `(b, P+1, C·H·W)` from `obs`, which holds one history of
+/// The histories of the pairs `rows` (pair `first` onwards) in model space (`space`): `(b, P+1, C·H·W)` from `obs`, which holds one history of
 /// `frames` values per sample, or in a roll-out's later windows one per pair.
 pub(super) fn model_space_histories(
     obs: &[f32],
@@ -181,7 +181,7 @@ pub(super) fn model_space_histories(
     first: usize,
     rows: &[NoiseRow],
     frames: usize,
-    (scale, shift): (f64, f64),
+    space: DataSpace,
 ) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * frames);
     for (i, r) in (first..).zip(rows) {
@@ -191,7 +191,7 @@ pub(super) fn model_space_histories(
             r.sample as usize
         };
         let src = &obs[row * frames..][..frames];
-        out.extend(src.iter().map(|&v| ((f64::from(v) - shift) / scale) as f32));
+        out.extend(src.iter().map(|&v| space.to_model(v)));
     }
     out
 }

@@ -27,7 +27,7 @@ use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::{DirOutput, FileOutput, Outputs};
 use crate::io::{npy, picture};
-use crate::model::Method;
+use crate::model::{DataSpace, Method};
 use ensemble::check_sample_count;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -158,8 +158,8 @@ pub(crate) fn histories(obs: &npy::Array, n: usize, history: usize, e: usize) ->
 }
 
 /// Reads the observations and checks them against the model's frames: `(N, L, C, H, W)` with
-/// `L ≥ P + 1`, finite, and within float32 in model space under `(data_scale, data_shift)`.
-fn read_observations(path: &Path, f: &Frames, (scale, shift): (f64, f64)) -> Result<npy::Array> {
+/// `L ≥ P + 1`, finite, and within float32 in model space (`space`).
+fn read_observations(path: &Path, f: &Frames, space: DataSpace) -> Result<npy::Array> {
     let a = npy::read(path)?;
     let ok = matches!(*a.shape, [n, l, c, h, w] if n > 0 && l >= f.history && c == f.channels && h == f.height && w == f.width);
     if !ok {
@@ -173,7 +173,7 @@ fn read_observations(path: &Path, f: &Frames, (scale, shift): (f64, f64)) -> Res
     }
     npy::check_finite(path, &a)?;
     check_sample_count(a.shape[0]).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    crate::model::check_model_space(path, &a.data, scale, shift, "from the model's dydiff.json")?;
+    crate::model::check_model_space(path, &a.data, space, "from the model's dydiff.json")?;
     Ok(a)
 }
 

@@ -6,7 +6,7 @@ use crate::backend::Device;
 use crate::diffusion::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::io::npy;
-use crate::model::ProcessConfig;
+use crate::model::{DataSpace, ProcessConfig};
 use crate::rng::{below, words, NoiseKey, NoiseRow};
 use crate::tensor::Tensor;
 use std::ops::Range;
@@ -76,6 +76,7 @@ pub(super) fn batch(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, l) = (data.shape[0], data.shape[1]);
     let (frames, e) = (p.frames(), p.frame_len());
+    let space = p.data_space();
     let noise_rows = batch_rows(rows, 0);
     let rows = noise_rows.len();
     let mut x0 = Vec::with_capacity(rows * frames * e);
@@ -88,24 +89,12 @@ pub(super) fn batch(
             below(w[2], schedule.len()),
         );
         let src = &data.data[(seq * l + start) * e..][..frames * e];
-        x0.extend(
-            src.iter()
-                .map(|&v| ((f64::from(v) - p.data_shift) / p.data_scale) as f32),
-        );
+        x0.extend(src.iter().map(|&v| space.to_model(v)));
         ts.push(fixed_t.unwrap_or(t));
     }
     let x0 = Tensor::from_vec(x0, &[rows, frames * e], device)?;
     let eps = Tensor::randn(key_noise, &noise_rows, &[rows, p.diffused() * e], device)?;
-    let (inp, target) = Tensor::q_sample(
-        &x0,
-        &eps,
-        p.history,
-        p.future,
-        p.diffuse_history,
-        schedule,
-        p.dyn_eta,
-        &ts,
-    )?;
+    let (inp, target) = Tensor::q_sample(&x0, &eps, p.scope(), schedule, p.dyn_eta, &ts)?;
     let (c, h, w) = (p.channels, p.height, p.width);
     let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect(), &[rows], device)?;
     Ok((
@@ -163,10 +152,10 @@ fn check_varies(path: &Path, data: &npy::Array) -> Result<()> {
 pub(crate) fn check_model_spread(
     path: &Path,
     data: &[f32],
-    (data_scale, data_shift): (f64, f64),
+    space: DataSpace,
     source: &str,
 ) -> Result<()> {
-    let to_model = |v: f32| f64::from(((f64::from(v) - data_shift) / data_scale) as f32);
+    let to_model = |v: f32| f64::from(space.to_model(v));
     let n = data.len() as f64;
     let mean = data.iter().map(|&v| to_model(v)).sum::<f64>() / n;
     let spread = (data
@@ -182,7 +171,7 @@ pub(crate) fn check_model_spread(
             path,
             format!(
                 "(x − data_shift {:e}) / data_scale {:e} ({source}) spreads only {spread:.3e} in float32 (values up to {magnitude:.3e}, resolution {resolution:.3e}): constant training data in model space; expected a data_scale near the data's standard deviation and a data_shift near its mean",
-                data_shift, data_scale
+                space.shift, space.scale
             ),
         ));
     }

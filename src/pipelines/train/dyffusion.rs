@@ -74,10 +74,7 @@ fn windows(
         let w = words(key, row(b));
         let (seq, start) = (below(w[0], n), below(w[1], l - frames + 1));
         let src = &data.data[(seq * l + start) * e..][..frames * e];
-        x.extend(
-            src.iter()
-                .map(|&v| ((f64::from(v) - c.data_shift) / c.data_scale) as f32),
-        );
+        x.extend(src.iter().map(|&v| c.data_space().to_model(v)));
         w2.push(w[2]);
     }
     (x, w2)
@@ -386,20 +383,9 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         .into_iter()
         .chain(o.val_data.iter().zip(&val))
     {
-        crate::model::check_model_space(
-            path,
-            &a.data,
-            config.data_scale,
-            config.data_shift,
-            source,
-        )?;
+        crate::model::check_model_space(path, &a.data, config.data_space(), source)?;
     }
-    check_model_spread(
-        &o.data,
-        &data.data,
-        (config.data_scale, config.data_shift),
-        source,
-    )?;
+    check_model_spread(&o.data, &data.data, config.data_space(), source)?;
     let mut training = config.training.clone().unwrap_or_else(|| json!({}));
     check_stages(o, d, &training, steps_1)?;
     let mut interpolator: Option<UNet2D> = None;

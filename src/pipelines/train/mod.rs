@@ -203,7 +203,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         check_model_spread(
             &o.data,
             &data.data,
-            (m.process.data_scale, m.process.data_shift),
+            m.process.data_space(),
             "from the model's dydiff.json",
         )?;
         check_memory(o, &m.unet.config, &m.process)?;
@@ -254,12 +254,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         {
             process.check_model_space(path, &a.data, &source)?;
         }
-        check_model_spread(
-            &o.data,
-            &data.data,
-            (process.data_scale, process.data_shift),
-            &source,
-        )?;
+        check_model_spread(&o.data, &data.data, process.data_space(), &source)?;
         check_memory(o, &config, &process)?;
         let scheduler = SchedulerConfig {
             prediction: o.prediction,
