@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use dydiff::backend::PadMode;
 use dydiff::diffusion::schedule::Prediction;
 use dydiff::distributed::{self, world};
+use dydiff::model::Method;
 use dydiff::pipelines::train::dyffusion as train_dyffusion;
 use dydiff::pipelines::{bench, data, denoise, eval, sample, train};
 use dydiff::{Device, Error, Result};
@@ -145,8 +146,8 @@ enum Command {
         future: usize,
         /// The method: dydiff (Dynamical Diffusion; with --dyn-eta 0 the standard diffusion
         /// model) or dyffusion (DYffusion: an interpolator, then a forecaster; see --stage).
-        #[arg(long, default_value = "dydiff", value_parser = ["dydiff", "dyffusion"])]
-        method: String,
+        #[arg(long, default_value = "dydiff", value_enum)]
+        method: Method,
         /// η of the dynamics schedule, in [0, 1]; 0 trains the standard diffusion model
         /// (--method dydiff).
         #[arg(long, default_value_t = 0.5)]
@@ -625,7 +626,7 @@ fn run(cli: Cli) -> Result<()> {
                 device,
                 progress: true,
             };
-            if method == "dyffusion" {
+            if method == Method::Dyffusion {
                 let stage = match stage.as_str() {
                     "interpolator" => train_dyffusion::Stage::Interpolator,
                     "forecaster" => train_dyffusion::Stage::Forecaster,
