@@ -18,14 +18,14 @@ use crate::diffusion::ddim::rows_tensor;
 use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::npy;
-use crate::io::outputs::Outputs;
+use crate::io::outputs::{DirOutput, Outputs};
 use crate::model::dyffusion::{
     forecaster_loss, interpolator_loss, CallKeys, Calls, Condition, DyffusionConfig,
     DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR, LOG_FORECASTER, LOG_INTERPOLATOR,
     STATE_FORECASTER, STATE_INTERPOLATOR,
 };
 use crate::model::PROCESS_FILE;
-use crate::nn::{Dropout, UNet2D};
+use crate::nn::{Dropout, UNet2D, UNet2DConfig};
 use crate::rng::{below, words, NoiseKey, NoiseRow, Purpose};
 use crate::tensor::Tensor;
 use serde_json::{json, Value};
@@ -389,103 +389,74 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
     let mut training = config.training.clone().unwrap_or_else(|| json!({}));
     check_stages(o, d, &training, steps_1)?;
     let mut interpolator: Option<UNet2D> = None;
+    let mut stages = StageFiles {
+        outputs: &mut outputs,
+        folder,
+    };
     // Stage 1.
     if run_1 {
         let mut want = recipe(o);
         want["steps"] = json!(steps_1);
         want["loss"] = json!("mse(I(x_0, x_h, i), x_{P+i})");
-        let net_config = {
+        let fresh = {
             let mut n = network_for(o, (config.interpolator_in(), ch), (height, width))?;
             n.dropout = config.interpolator_dropout;
             n
         };
-        let (mut state, log, net_config) = if o.resume && s1.exists() {
-            let net = UNet2D::from_pretrained_padded(
-                &o.out.join(INTERPOLATOR_DIR),
-                Device::Cpu,
-                o.padding_mode,
-            )?;
-            let state = State::load(&s1, &net, device)?;
-            let step = state.step;
-            (
-                state,
-                log_until(&o.out.join(LOG_INTERPOLATOR), step),
-                net.config.clone(),
-            )
-        } else {
-            let net = UNet2D::init(net_config.clone(), o.seed, Device::Cpu)?;
-            (State::fresh(&net, device)?, String::new(), net_config)
-        };
         training["interpolator"] = want;
         config.training = Some(training.clone());
-        if state.step < steps_1 {
-            let files = Files {
-                folder,
-                state: STATE_INTERPOLATOR,
-                log: LOG_INTERPOLATOR,
-                done: "trained the interpolator of",
-                weights: format!("EMA weights in {}", o.out.join(INTERPOLATOR_DIR).display()),
+        let c = &config;
+        let loss = |net: &UNet2D, data: &npy::Array, rows: Range<usize>, phase: Phase| {
+            let (key, drop_rows) = match phase {
+                Phase::Train(step) => (
+                    NoiseKey {
+                        seed: o.seed,
+                        purpose: Purpose::TrainBatch,
+                        step: step as u32,
+                    },
+                    Some(rows_tensor(&super::batch_rows(rows.clone(), 0), device)?),
+                ),
+                Phase::Validation(k) => (
+                    NoiseKey {
+                        seed: o.seed,
+                        purpose: Purpose::ValBatch,
+                        step: k,
+                    },
+                    None,
+                ),
             };
-            let (c, data_ref, val_ref) = (&config, &data, &val);
-            let loss = |net: &UNet2D, step: usize, rows: Range<usize>| -> Result<Tensor> {
-                let drop_rows = rows_tensor(&super::batch_rows(rows.clone(), 0), device)?;
-                let drop = Dropout {
+            let drop = match (phase, &drop_rows) {
+                (Phase::Train(step), Some(rows)) => Some(Dropout {
                     key: NoiseKey {
                         seed: o.seed,
                         purpose: Purpose::TrainDropout,
                         step: 4 * step as u32,
                     },
-                    rows: &drop_rows,
-                };
-                let key = NoiseKey {
-                    seed: o.seed,
-                    purpose: Purpose::TrainBatch,
-                    step: step as u32,
-                };
-                interpolator_batch_loss(net, c, data_ref, (rows, o.batch), key, Some(&drop), device)
+                    rows,
+                }),
+                _ => None,
             };
-            let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
-                let val_loss = match val_ref {
-                    Some(v) => {
-                        let mut total = 0.0;
-                        for k in 0..4u32 {
-                            let key = NoiseKey {
-                                seed: o.seed,
-                                purpose: Purpose::ValBatch,
-                                step: k,
-                            };
-                            total += f64::from(
-                                interpolator_batch_loss(
-                                    &ema,
-                                    c,
-                                    v,
-                                    (0..o.batch, o.batch),
-                                    key,
-                                    None,
-                                    device,
-                                )?
-                                .scalar()?,
-                            );
-                        }
-                        Some(total / 4.0)
-                    }
-                    None => None,
-                };
-                let m = DyffusionModel {
-                    config: c.clone(),
-                    interpolator: ema,
-                    forecaster: None,
-                };
-                Ok((val_loss, m.files()?))
-            };
-            train_loop(
-                o,
-                (steps_1, &mut state, &net_config),
-                (&mut outputs, &files, log),
-                loss,
-                checkpoint,
-            )?;
-        }
+            interpolator_batch_loss(net, c, data, (rows, o.batch), key, drop.as_ref(), device)
+        };
+        let model = |ema: UNet2D| -> Result<DyffusionModel> {
+            Ok(DyffusionModel {
+                config: c.clone(),
+                interpolator: ema,
+                forecaster: None,
+            })
+        };
+        let spec = StageSpec {
+            dir: INTERPOLATOR_DIR,
+            state: STATE_INTERPOLATOR,
+            log: LOG_INTERPOLATOR,
+            done: "trained the interpolator of",
+            fresh: (&|| Ok(fresh.clone()), o.seed),
+            steps: steps_1,
+            // a finished interpolator is not trained again when the forecaster's stage follows
+            skip_finished: true,
+        };
+        let (state, net_config) =
+            run_stage(o, &spec, &mut stages, (&data, val.as_ref()), &loss, &model)?;
         interpolator = Some(state.network(&net_config, device, Weights::Ema)?);
     }
     if !run_2 {
@@ -501,107 +472,168 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
     let frozen = interpolator.frozen()?;
     let mut want = recipe(o);
     want["loss"] = json!("lambda_1·L1 + lambda_2·L2 (look-ahead through the interpolator)");
-    let (mut state, log, net_config) = if o.resume && s2.exists() {
-        let net = UNet2D::from_pretrained_padded(
-            &o.out.join(FORECASTER_DIR),
-            Device::Cpu,
-            o.padding_mode,
-        )?;
-        let state = State::load(&s2, &net, device)?;
-        let step = state.step;
-        (
-            state,
-            log_until(&o.out.join(LOG_FORECASTER), step),
-            net.config.clone(),
-        )
-    } else {
-        let nc = network_for(o, (config.forecaster_in(), ch), (height, width))?;
-        let net = UNet2D::init(nc.clone(), o.seed.wrapping_add(1), Device::Cpu)?;
-        (State::fresh(&net, device)?, String::new(), nc)
-    };
+    let forecaster_in = config.forecaster_in();
+    let fresh = || network_for(o, (forecaster_in, ch), (height, width));
     training["forecaster"] = want;
     config.training = Some(training);
-    let files = Files {
-        folder,
-        state: STATE_FORECASTER,
-        log: LOG_FORECASTER,
-        done: "trained the forecaster of",
-        weights: format!("EMA weights in {}", o.out.join(FORECASTER_DIR).display()),
-    };
-    let (c, data_ref, val_ref) = (&config, &data, &val);
-    let loss = |net: &UNet2D, step: usize, rows: Range<usize>| -> Result<Tensor> {
-        let keys = CallKeys {
-            seed: o.seed,
-            dropout: Purpose::TrainDropout,
-            noise: Purpose::TrainNoise,
-            base: 4 * step as u32,
-        };
-        let key = NoiseKey {
-            seed: o.seed,
-            purpose: Purpose::TrainBatch,
-            step: step as u32,
+    let c = &config;
+    let loss = |net: &UNet2D, data: &npy::Array, rows: Range<usize>, phase: Phase| {
+        let (keys, key, dropout) = match phase {
+            Phase::Train(step) => (
+                CallKeys {
+                    seed: o.seed,
+                    dropout: Purpose::TrainDropout,
+                    noise: Purpose::TrainNoise,
+                    base: 4 * step as u32,
+                },
+                NoiseKey {
+                    seed: o.seed,
+                    purpose: Purpose::TrainBatch,
+                    step: step as u32,
+                },
+                true,
+            ),
+            Phase::Validation(k) => (
+                CallKeys {
+                    seed: o.seed,
+                    dropout: Purpose::ValDropout,
+                    noise: Purpose::ValNoise,
+                    base: 4 * k,
+                },
+                NoiseKey {
+                    seed: o.seed,
+                    purpose: Purpose::ValBatch,
+                    step: k,
+                },
+                false,
+            ),
         };
         forecaster_batch_loss(
             &frozen,
             net,
             c,
-            data_ref,
+            data,
             (rows, o.batch),
             key,
             keys,
-            true,
+            dropout,
             device,
         )
     };
+    let model = |ema: UNet2D| -> Result<DyffusionModel> {
+        Ok(DyffusionModel {
+            config: c.clone(),
+            interpolator: interpolator.frozen()?,
+            forecaster: Some(ema),
+        })
+    };
+    let spec = StageSpec {
+        dir: FORECASTER_DIR,
+        state: STATE_FORECASTER,
+        log: LOG_FORECASTER,
+        done: "trained the forecaster of",
+        fresh: (&fresh, o.seed.wrapping_add(1)),
+        steps: o.steps,
+        skip_finished: false,
+    };
+    run_stage(o, &spec, &mut stages, (&data, val.as_ref()), &loss, &model).map(|_| ())
+}
+
+/// Where a stage's loss is taken: a training step (its dropout and noise keyed by the step), or
+/// validation batch `k` of four (keyed by `k`, dropout off).
+#[derive(Clone, Copy)]
+enum Phase {
+    Train(usize),
+    Validation(u32),
+}
+
+/// A stage's loss of a network on rows of a batch of the given data, at a [`Phase`].
+type StageLoss<'a> = dyn Fn(&UNet2D, &npy::Array, Range<usize>, Phase) -> Result<Tensor> + 'a;
+
+/// What differs between DYffusion's two training stages, for [`run_stage`]: the network's folder,
+/// state and log files, the summary's verb, a fresh network (its configuration, made only when
+/// the stage starts afresh, and its seed) and the stage's steps.
+struct StageSpec<'a> {
+    dir: &'static str,
+    state: &'static str,
+    log: &'static str,
+    done: &'static str,
+    fresh: (&'a dyn Fn() -> Result<UNet2DConfig>, u64),
+    steps: usize,
+    /// Leave the loop out when the state has reached `steps` already (the interpolator, whose
+    /// checkpoint the forecaster's stage goes on from).
+    skip_finished: bool,
+}
+
+/// The outputs both stages write into: the run's pending outputs and the model folder's.
+struct StageFiles<'a> {
+    outputs: &'a mut Outputs,
+    folder: DirOutput,
+}
+
+/// One stage of `dydiff train --method dyffusion`: its network and state resumed from the folder
+/// (`--resume`, when its state file exists) or fresh, then the training loop of every method on
+/// `loss`, validated on four batches of the validation data at each checkpoint, the folder's
+/// networks at a checkpoint given by `model` from the EMA network. Returns the state and the
+/// network's configuration.
+fn run_stage(
+    o: &TrainOptions,
+    spec: &StageSpec,
+    files: &mut StageFiles,
+    (data, val): (&npy::Array, Option<&npy::Array>),
+    loss: &StageLoss,
+    model: &dyn Fn(UNet2D) -> Result<DyffusionModel>,
+) -> Result<(State, UNet2DConfig)> {
+    let device = o.device;
+    let state_path = o.out.join(spec.state);
+    let (mut state, log, net_config) = if o.resume && state_path.exists() {
+        let net =
+            UNet2D::from_pretrained_padded(&o.out.join(spec.dir), Device::Cpu, o.padding_mode)?;
+        let state = State::load(&state_path, &net, device)?;
+        let step = state.step;
+        (
+            state,
+            log_until(&o.out.join(spec.log), step),
+            net.config.clone(),
+        )
+    } else {
+        let (config, seed) = (spec.fresh.0()?, spec.fresh.1);
+        let net = UNet2D::init(config.clone(), seed, Device::Cpu)?;
+        (State::fresh(&net, device)?, String::new(), config)
+    };
+    if spec.skip_finished && state.step >= spec.steps {
+        return Ok((state, net_config));
+    }
+    let loop_files = Files {
+        folder: files.folder,
+        state: spec.state,
+        log: spec.log,
+        done: spec.done,
+        weights: format!("EMA weights in {}", o.out.join(spec.dir).display()),
+    };
+    let train =
+        |net: &UNet2D, step: usize, rows: Range<usize>| loss(net, data, rows, Phase::Train(step));
     let checkpoint = |ema: UNet2D| -> Result<Checkpoint> {
-        let val_loss = match val_ref {
+        let val_loss = match val {
             Some(v) => {
                 let mut total = 0.0;
                 for k in 0..4u32 {
-                    let keys = CallKeys {
-                        seed: o.seed,
-                        dropout: Purpose::ValDropout,
-                        noise: Purpose::ValNoise,
-                        base: 4 * k,
-                    };
-                    let key = NoiseKey {
-                        seed: o.seed,
-                        purpose: Purpose::ValBatch,
-                        step: k,
-                    };
-                    total += f64::from(
-                        forecaster_batch_loss(
-                            &frozen,
-                            &ema,
-                            c,
-                            v,
-                            (0..o.batch, o.batch),
-                            key,
-                            keys,
-                            false,
-                            device,
-                        )?
-                        .scalar()?,
-                    );
+                    total += f64::from(loss(&ema, v, 0..o.batch, Phase::Validation(k))?.scalar()?);
                 }
                 Some(total / 4.0)
             }
             None => None,
         };
-        let m = DyffusionModel {
-            config: c.clone(),
-            interpolator: interpolator.frozen()?,
-            forecaster: Some(ema),
-        };
-        Ok((val_loss, m.files()?))
+        Ok((val_loss, model(ema)?.files()?))
     };
     train_loop(
         o,
-        (o.steps, &mut state, &net_config),
-        (&mut outputs, &files, log),
-        loss,
+        (spec.steps, &mut state, &net_config),
+        (files.outputs, &loop_files, log),
+        train,
         checkpoint,
-    )
+    )?;
+    Ok((state, net_config))
 }
 
 /// The flags of `--method dyffusion` within their ranges.
