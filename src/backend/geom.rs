@@ -155,6 +155,22 @@ pub struct FrameScope {
 }
 
 impl FrameScope {
+    /// Frames of a whole sequence, `P + 1 + S`.
+    pub fn frames(self) -> usize {
+        self.history + self.future
+    }
+    /// Frames the process diffuses: `S`, or `P + 1 + S` with `diffuse_history`.
+    pub fn diffused(self) -> usize {
+        if self.diffuse_history {
+            self.frames()
+        } else {
+            self.future
+        }
+    }
+    /// Frames of the network input and the sampler state: the history, then the diffused frames.
+    pub fn state_frames(self) -> usize {
+        self.history + self.diffused()
+    }
     /// The geometry of `batch` sequences of frames of `elems` values in this scope.
     pub fn geom(self, batch: usize, elems: usize) -> ProcessGeom {
         ProcessGeom {
@@ -183,21 +199,25 @@ pub struct ProcessGeom {
 }
 
 impl ProcessGeom {
-    /// Frames of a whole sequence, `P + 1 + S`.
-    pub fn frames(&self) -> usize {
-        self.history + self.future
-    }
-    /// Frames the process diffuses: `S`, or `P + 1 + S` with `diffuse_history`.
-    pub fn diffused(&self) -> usize {
-        if self.diffuse_history {
-            self.frames()
-        } else {
-            self.future
+    /// Which frames the sequences hold and which the process diffuses.
+    pub fn scope(&self) -> FrameScope {
+        FrameScope {
+            history: self.history,
+            future: self.future,
+            diffuse_history: self.diffuse_history,
         }
     }
-    /// Frames of the network input and the sampler state: the history, then the diffused frames.
+    /// Frames of a whole sequence, `P + 1 + S` ([`FrameScope::frames`]).
+    pub fn frames(&self) -> usize {
+        self.scope().frames()
+    }
+    /// Frames the process diffuses ([`FrameScope::diffused`]).
+    pub fn diffused(&self) -> usize {
+        self.scope().diffused()
+    }
+    /// Frames of the network input and the sampler state ([`FrameScope::state_frames`]).
     pub fn state_frames(&self) -> usize {
-        self.history + self.diffused()
+        self.scope().state_frames()
     }
 }
 

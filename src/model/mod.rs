@@ -97,19 +97,15 @@ pub struct ProcessConfig {
 impl ProcessConfig {
     /// Frames of a whole sequence, `P + 1 + S`.
     pub fn frames(&self) -> usize {
-        self.history + self.future
+        self.scope().frames()
     }
     /// Frames the process diffuses: `S`, or with `diffuse_history` all `P + 1 + S`.
     pub fn diffused(&self) -> usize {
-        if self.diffuse_history {
-            self.frames()
-        } else {
-            self.future
-        }
+        self.scope().diffused()
     }
     /// Frames of the network input: the clean history, then the diffused frames.
     pub fn input_frames(&self) -> usize {
-        self.history + self.diffused()
+        self.scope().state_frames()
     }
     /// Values per frame, `C·H·W`.
     pub fn frame_len(&self) -> usize {

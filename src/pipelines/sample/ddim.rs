@@ -420,12 +420,7 @@ pub(super) fn run(
     let model = Model::load(model_dir, o.device)?;
     timesteps(&model.scheduler, settings.steps)?;
     let p = &model.process;
-    let frames = Frames {
-        history: p.history,
-        channels: p.channels,
-        height: p.height,
-        width: p.width,
-    };
+    let frames = Frames::of(p.history, (p.channels, p.height, p.width));
     let obs = read_observations(input, &frames, p.data_space())?;
     let names = picture_channels(input, p.channels, png.is_some())?;
     let (n, e) = (obs.shape[0], p.frame_len());

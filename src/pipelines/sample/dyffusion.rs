@@ -197,12 +197,7 @@ pub(super) fn run(
     }
     let forecaster = model.forecaster(model_dir)?;
     let c = &model.config;
-    let frames = Frames {
-        history: c.history,
-        channels: c.channels,
-        height: c.height,
-        width: c.width,
-    };
+    let frames = Frames::of(c.history, (c.channels, c.height, c.width));
     let obs = read_observations(input, &frames, c.data_space())?;
     let names = picture_channels(input, c.channels, files.2.is_some())?;
     let (n, e) = (obs.shape[0], c.frame_len());

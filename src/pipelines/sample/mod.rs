@@ -147,6 +147,18 @@ struct Frames {
     width: usize,
 }
 
+impl Frames {
+    /// `history` frames of `(channels, height, width)`.
+    fn of(history: usize, (channels, height, width): (usize, usize, usize)) -> Frames {
+        Frames {
+            history,
+            channels,
+            height,
+            width,
+        }
+    }
+}
+
 /// The first `history` frames of the first `n` sequences of `obs` `(N, L, …)`, `(n, history, e)`.
 pub(crate) fn histories(obs: &npy::Array, n: usize, history: usize, e: usize) -> Vec<f32> {
     let l = obs.shape[1];
