@@ -260,33 +260,7 @@ enum Command {
     /// Scores an ensemble forecast against the truth (defined in docs/metrics.md): fair and
     /// standard CRPS, pooled CRPS, CSI and FSS at thresholds and windows 1, 3, 5, RMSE and MAE of
     /// the ensemble mean, spread, spread-skill ratio, PSNR and SSIM; overall and per lead time.
-    Eval {
-        /// Forecast (N, M, S, C, H, W), data space (as written by dydiff sample).
-        #[arg(long)]
-        forecast: PathBuf,
-        /// Truth (N, S, C, H, W), or (N, L, C, H, W) numbered like the sampler's input, of which
-        /// the frames that were forecast are scored: those FORECAST.window.json names (sample
-        /// writes it beside the forecast), or those --truth-start selects.
-        #[arg(long)]
-        truth: PathBuf,
-        /// The truth frame (0-based) that lead 1 of the forecast predicts, for a truth longer
-        /// than the forecast: overrides the forecast's window record, and is needed without one.
-        #[arg(long)]
-        truth_start: Option<usize>,
-        /// Event thresholds of CSI and FSS, comma-separated finite numbers (default: the
-        /// truth's 75th and 95th percentiles).
-        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
-        thresholds: Vec<f64>,
-        /// Also write the report as JSON: {"overall": {...}, "per_lead": [{...}, ...]}, in an
-        /// existing directory (the table is printed first, then this file and the --png pictures
-        /// are written together).
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Directory for crps.png and spread_skill.png (against lead time); an existing one keeps
-        /// its other files, a new one needs an existing parent.
-        #[arg(long)]
-        png: Option<PathBuf>,
-    },
+    Eval(eval::EvalOptions),
     /// Data generators.
     #[command(subcommand)]
     Data(DataCommand),
@@ -501,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
     )?;
     let device = world().agree(setup(&cli))?;
     let cpu_only = match &cli.command {
-        Command::Eval { .. } => Some("eval"),
+        Command::Eval(_) => Some("eval"),
         Command::Data(_) => Some("data"),
         _ => None,
     };
@@ -654,22 +628,7 @@ fn run(cli: Cli) -> Result<()> {
                 train::run(&options)
             }
         }
-        Command::Eval {
-            forecast,
-            truth,
-            thresholds,
-            json,
-            png,
-            truth_start,
-        } => eval::run(&eval::EvalOptions {
-            forecast,
-            truth,
-            thresholds,
-            json,
-            png,
-            truth_start,
-        })
-        .map(|_| ()),
+        Command::Eval(o) => eval::run(&o).map(|_| ()),
         Command::Data(DataCommand::NavierStokes {
             out,
             samples,

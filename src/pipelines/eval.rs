@@ -11,18 +11,34 @@ use crate::metrics::{self, Dims, EvalSettings};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// Options of `dydiff eval`.
-#[derive(Clone, Debug)]
+/// Options of `dydiff eval`: its flags, declared here once (the doc comments are the `--help`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct EvalOptions {
+    /// Forecast (N, M, S, C, H, W), data space (as written by dydiff sample).
+    #[arg(long)]
     pub forecast: PathBuf,
+    /// Truth (N, S, C, H, W), or (N, L, C, H, W) numbered like the sampler's input, of which
+    /// the frames that were forecast are scored: those FORECAST.window.json names (sample
+    /// writes it beside the forecast), or those --truth-start selects.
+    #[arg(long)]
     pub truth: PathBuf,
-    /// Event thresholds; empty: the truth's 75th and 95th percentiles.
-    pub thresholds: Vec<f64>,
-    pub json: Option<PathBuf>,
-    pub png: Option<PathBuf>,
-    /// The truth frame of lead 1 (0-based) in a truth longer than the forecast; `None`: from
-    /// the forecast's window record.
+    /// The truth frame (0-based) that lead 1 of the forecast predicts, for a truth longer
+    /// than the forecast: overrides the forecast's window record, and is needed without one.
+    #[arg(long)]
     pub truth_start: Option<usize>,
+    /// Event thresholds of CSI and FSS, comma-separated finite numbers (default: the
+    /// truth's 75th and 95th percentiles).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub thresholds: Vec<f64>,
+    /// Also write the report as JSON: {"overall": {...}, "per_lead": [{...}, ...]}, in an
+    /// existing directory (the table is printed first, then this file and the --png pictures
+    /// are written together).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Directory for crps.png and spread_skill.png (against lead time); an existing one keeps
+    /// its other files, a new one needs an existing parent.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
 }
 
 /// The `q`-quantile of `v` (linear interpolation between order statistics, as numpy's default).
