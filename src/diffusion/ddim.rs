@@ -152,11 +152,9 @@ impl Tensor {
         scope: FrameScope,
     ) -> Result<ProcessGeom> {
         untracked(&[self, eps_hat], "ddim_step")?;
-        let mut g = scope.geom(0, 0);
-        let (batch, elems) = seq_dims(self, g.state_frames(), "ddim_step")?;
-        (g.batch, g.elems) = (batch, elems);
+        let (batch, elems) = seq_dims(self, scope.state_frames(), "ddim_step")?;
         for x in std::iter::once(eps_hat).chain(z) {
-            if seq_dims(x, g.diffused(), "ddim_step")? != (batch, elems) {
+            if seq_dims(x, scope.diffused(), "ddim_step")? != (batch, elems) {
                 return Err(Error::shape(
                     "ddim_step",
                     format!(
@@ -167,7 +165,7 @@ impl Tensor {
                 ));
             }
         }
-        Ok(g)
+        Ok(scope.geom(batch, elems))
     }
 }
 

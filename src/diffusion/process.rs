@@ -41,7 +41,7 @@ impl Tensor {
         t: &[usize],
     ) -> Result<(Tensor, Tensor)> {
         untracked(&[x0, eps], "q_sample")?;
-        let (batch, elems) = seq_dims(x0, scope.history + scope.future, "q_sample")?;
+        let (batch, elems) = seq_dims(x0, scope.frames(), "q_sample")?;
         let g = scope.geom(batch, elems);
         if seq_dims(eps, g.diffused(), "q_sample")? != (batch, elems) {
             return Err(Error::shape(

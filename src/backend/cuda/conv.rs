@@ -30,7 +30,8 @@ use super::gemm::{strided, Epilogue, GemmShape, Layout, TensorCore};
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
 use super::norm::{reduce_channels, NormOnLoad};
-use super::splitk::{finish, FinishTerms, SMS, SPLIT_BATCH};
+pub use super::splitk::ConvEpilogue;
+use super::splitk::{finish, SMS, SPLIT_BATCH};
 use super::Precision;
 use crate::backend::ConvGeom;
 use crate::error::{Error, Result};
@@ -87,37 +88,6 @@ impl<'a> ConvInput<'a> {
             silu: false,
         }
     }
-}
-
-/// The epilogue: `y = (conv + bias[co] + temb[n, co] + residual) · scale`.
-#[derive(Clone, Copy, Debug)]
-pub struct ConvEpilogue<'a> {
-    pub bias: Option<&'a Buffer>,
-    pub temb: Option<&'a Buffer>,
-    pub residual: Option<&'a Buffer>,
-    pub scale: f32,
-}
-
-impl<'a> ConvEpilogue<'a> {
-    /// The terms a finishing launch adds ([`finish`]).
-    fn terms(&self) -> FinishTerms<'a> {
-        FinishTerms {
-            bias: self.bias,
-            temb: self.temb,
-            residual: self.residual,
-            scale: self.scale,
-        }
-    }
-}
-
-impl ConvEpilogue<'_> {
-    /// Nothing: `y = conv`.
-    pub const NONE: ConvEpilogue<'static> = ConvEpilogue {
-        bias: None,
-        temb: None,
-        residual: None,
-        scale: 1.0,
-    };
 }
 
 /// Output tile of the direct kernels (pixels per side), threads per block (kernels/conv.cu).
@@ -535,7 +505,7 @@ fn convolve(
         ],
     )?;
     if let (Some(parts), None) = (parts, counters) {
-        finish(&parts, &y, (g.n, g.co, ho * wo), splits, epi.terms())?;
+        finish(&parts, &y, (g.n, g.co, ho * wo), splits, epi)?;
     }
     Ok(y)
 }
@@ -615,7 +585,7 @@ fn generic(
     }
     let product = strided(w, &cols, &layout, Epilogue::NONE, precision)?;
     let y = Buffer::alloc(gpu, product.len())?;
-    finish(&product, &y, (g.n, g.co, hw_out), 1, epi.terms())?;
+    finish(&product, &y, (g.n, g.co, hw_out), 1, epi)?;
     Ok(y)
 }
 
@@ -840,7 +810,7 @@ fn weight_gradient(x: &Buffer, dy: &Buffer, g: &ConvGeom, precision: Precision) 
             ],
         )?;
         if let Some(parts) = parts {
-            finish(&parts, &dw, (1, 1, dw.len()), splits, FinishTerms::NONE)?;
+            finish(&parts, &dw, (1, 1, dw.len()), splits, &ConvEpilogue::NONE)?;
         }
         return Ok(dw);
     }

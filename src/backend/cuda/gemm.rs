@@ -11,7 +11,7 @@ use super::check;
 use super::gpu::{DevicePtr, KernelArg, LaunchShape, TILE_COUNTERS};
 use super::kernels::{consts, names};
 use super::norm::NormOnLoad;
-use super::splitk::{finish, FinishTerms, SMS, SPLIT_BATCH};
+use super::splitk::{finish, ConvEpilogue, SMS, SPLIT_BATCH};
 use super::Precision;
 use crate::backend::MatmulGeom;
 use crate::error::{Error, Result};
@@ -334,13 +334,13 @@ impl TensorCore<'_> {
             } else {
                 (batch as usize * m, n, 1)
             };
-            let terms = FinishTerms {
+            let epi = ConvEpilogue {
                 bias: epilogue.bias,
                 temb: None,
                 residual: epilogue.residual,
                 scale: epilogue.scale,
             };
-            finish(&parts, c, (outer, co, hw), splits, terms)?;
+            finish(&parts, c, (outer, co, hw), splits, &epi)?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! The split-K rule the direct convolutions and the GEMMs share, and the finishing launch of a
-//! split product whose blocks do not add their partial sums themselves (kernels/splitk.cuh: a
-//! device without tile counters left, or an epilogue the product does not apply).
+//! The split-K rule the direct convolutions and the GEMMs share, the convolutions' epilogue, and
+//! the finishing launch of a split product whose blocks do not add their partial sums themselves
+//! (kernels/splitk.cuh: a device without tile counters left, or an epilogue the product does not
+//! apply).
 
 use super::buffer::{ptr, Buffer};
 use super::check;
@@ -15,19 +16,19 @@ use crate::error::Result;
 pub(super) const SPLIT_BATCH: usize = 8;
 pub(super) const SMS: usize = 132;
 
-/// What [`finish`] adds to the sum of the planes: `bias[c]`, `temb[row, c]` and `residual`
-/// (each optional), then the `scale`.
+/// The epilogue of a convolution, and of a split product's finishing launch
+/// (`conv2d_finish_f32`): `y = (conv + bias[co] + temb[n, co] + residual) · scale`.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct FinishTerms<'a> {
+pub struct ConvEpilogue<'a> {
     pub bias: Option<&'a Buffer>,
     pub temb: Option<&'a Buffer>,
     pub residual: Option<&'a Buffer>,
     pub scale: f32,
 }
 
-impl FinishTerms<'_> {
-    /// The plain sum.
-    pub const NONE: FinishTerms<'static> = FinishTerms {
+impl ConvEpilogue<'_> {
+    /// Nothing: `y = conv`.
+    pub const NONE: ConvEpilogue<'static> = ConvEpilogue {
         bias: None,
         temb: None,
         residual: None,
@@ -44,7 +45,7 @@ pub(super) fn finish(
     y: &Buffer,
     (n, co, hw): (usize, usize, usize),
     splits: usize,
-    epi: FinishTerms,
+    epi: &ConvEpilogue,
 ) -> Result<()> {
     const OP: &str = "conv2d_finish";
     y.gpu().launch(

@@ -194,7 +194,7 @@ fn forecaster_batch_loss(
 /// The checkpoint step of a stage's state file, if it exists.
 fn stage_step(path: &Path) -> Result<Option<usize>> {
     path.exists()
-        .then(|| State::checkpoint_step(path))
+        .then(|| crate::model::checkpoint_step(path))
         .transpose()
 }
 
@@ -406,37 +406,32 @@ pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
         training["interpolator"] = want;
         config.training = Some(training.clone());
         let c = &config;
-        let loss = |net: &UNet2D, data: &npy::Array, rows: Range<usize>, phase: Phase| {
-            let (key, drop_rows) = match phase {
-                Phase::Train(step) => (
-                    NoiseKey {
-                        seed: o.seed,
-                        purpose: Purpose::TrainBatch,
-                        step: step as u32,
-                    },
-                    Some(rows_tensor(&super::batch_rows(rows.clone(), 0), device)?),
-                ),
-                Phase::Validation(k) => (
-                    NoiseKey {
-                        seed: o.seed,
-                        purpose: Purpose::ValBatch,
-                        step: k,
-                    },
-                    None,
-                ),
-            };
-            let drop = match (phase, &drop_rows) {
-                (Phase::Train(step), Some(rows)) => Some(Dropout {
+        let loss = |net: &UNet2D, data: &npy::Array, rows: Range<usize>, phase: Phase| match phase {
+            Phase::Train(step) => {
+                let drop_rows = rows_tensor(&super::batch_rows(rows.clone(), 0), device)?;
+                let drop = Dropout {
                     key: NoiseKey {
                         seed: o.seed,
                         purpose: Purpose::TrainDropout,
                         step: 4 * step as u32,
                     },
-                    rows,
-                }),
-                _ => None,
-            };
-            interpolator_batch_loss(net, c, data, (rows, o.batch), key, drop.as_ref(), device)
+                    rows: &drop_rows,
+                };
+                let key = NoiseKey {
+                    seed: o.seed,
+                    purpose: Purpose::TrainBatch,
+                    step: step as u32,
+                };
+                interpolator_batch_loss(net, c, data, (rows, o.batch), key, Some(&drop), device)
+            }
+            Phase::Validation(k) => {
+                let key = NoiseKey {
+                    seed: o.seed,
+                    purpose: Purpose::ValBatch,
+                    step: k,
+                };
+                interpolator_batch_loss(net, c, data, (rows, o.batch), key, None, device)
+            }
         };
         let model = |ema: UNet2D| -> Result<DyffusionModel> {
             Ok(DyffusionModel {

@@ -176,13 +176,8 @@ impl State {
         safetensors::encode(path, &tensors, &[(STEP_KEY, &step)])
     }
 
-    /// The step of the checkpoint in the state file `path`, from its metadata alone.
-    pub(crate) fn checkpoint_step(path: &Path) -> Result<usize> {
-        crate::model::checkpoint_step(path)
-    }
-
     pub(crate) fn load(path: &Path, unet: &UNet2D, device: Device) -> Result<State> {
-        let step = State::checkpoint_step(path)?;
+        let step = crate::model::checkpoint_step(path)?;
         let mut arrays = safetensors::read(path)?;
         let (names, shapes): (Vec<String>, Vec<Vec<usize>>) = unet
             .params()
