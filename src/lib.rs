@@ -7,6 +7,21 @@
 //! [`pipelines`] (what the `dydiff` binary runs). The math, the file formats and the command-line
 //! contracts are described in the repository's `docs/` folder, starting at docs/README.md.
 
+/// `clap::ValueEnum` for an enum whose command-line values are its `name()`s (`--method`,
+/// `--stage`, `--padding-mode`, …): the flag lists the names and parses them back.
+macro_rules! value_enum_by_name {
+    ($t:ty, [$($v:expr),+ $(,)?]) => {
+        impl clap::ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($v),+]
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.name()))
+            }
+        }
+    };
+}
+
 pub mod backend;
 pub mod data;
 pub mod diffusion;

@@ -68,8 +68,9 @@ fn assert_loss_falls(out: &Path) {
 
 /// `dydiff train --out OUT --resume` with only the step count (30, checkpoints every 15) and
 /// `extra`: every other flag the run's own.
-fn resume_to_30(out: &Path, extra: &[&str]) -> (bool, String) {
-    let mut args = vec![
+fn resume_to_30(global: &[&str], out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = global.to_vec();
+    args.extend([
         "train",
         "--out",
         out.to_str().unwrap(),
@@ -78,7 +79,7 @@ fn resume_to_30(out: &Path, extra: &[&str]) -> (bool, String) {
         "30",
         "--checkpoint-every",
         "15",
-    ];
+    ]);
     args.extend(extra);
     dydiff(&args)
 }
@@ -371,7 +372,7 @@ fn diffusing_the_history_trains_resumes_and_samples() {
     assert!(ok, "{err}");
     // `--resume` alone continues the run with its recorded flags (data, frames, process and
     // recipe: --diffuse-history among them), here to the 30 steps of the uninterrupted run
-    let (ok, err) = resume_to_30(&b, &[]);
+    let (ok, err) = resume_to_30(&[], &b, &[]);
     assert!(ok, "{err}");
     assert_same_files(&a, &b, &RUN_FILES);
     let f = sample_folder(&s, &a, &d, &["--ddim-eta", "0.5"]);
@@ -407,12 +408,13 @@ fn velocity_prediction_trains_resumes_and_samples() {
     assert_loss_falls(&a);
     let (ok, err) = train(&d, &b, &[&v[..], &["--steps", "15"]].concat());
     assert!(ok, "{err}");
-    let (ok, err) = resume_to_30(&b, &["--prediction-type", "epsilon"]);
+    let (ok, err) = resume_to_30(&[], &b, &["--prediction-type", "epsilon"]);
     assert!(
         !ok && err.contains("--prediction-type epsilon (the run: v_prediction)"),
         "{err}"
     );
-    let (ok, err) = resume_to_30(&b, &[]);
+    // global flags before the command do not hide the recorded ones
+    let (ok, err) = resume_to_30(&["--threads", "2", "--device=cpu"], &b, &[]);
     assert!(ok, "{err}");
     assert_same_files(&a, &b, &RUN_FILES);
     let f = sample_folder(&s, &a, &d, &[]);

@@ -16,6 +16,8 @@ pub enum PadMode {
     Circular,
 }
 
+value_enum_by_name!(PadMode, [PadMode::Zeros, PadMode::Circular]);
+
 impl PadMode {
     /// The model folder's name of the mode (`dydiff.json`'s `padding_mode`, PyTorch's names).
     pub fn name(self) -> &'static str {

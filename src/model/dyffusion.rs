@@ -40,6 +40,11 @@ pub enum Condition {
     DataNoise,
 }
 
+value_enum_by_name!(
+    Condition,
+    [Condition::Data, Condition::None, Condition::DataNoise]
+);
+
 impl Condition {
     /// The name in `dydiff.json` and on the command line.
     pub fn name(self) -> &'static str {

@@ -347,15 +347,7 @@ impl Method {
     }
 }
 
-/// `--method` on the command line takes the methods' names.
-impl clap::ValueEnum for Method {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[Method::Dydiff, Method::Dyffusion]
-    }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.name()))
-    }
-}
+value_enum_by_name!(Method, [Method::Dydiff, Method::Dyffusion]);
 
 /// The method a model folder's `dydiff.json` names: [`Method::Dydiff`] (the default when absent)
 /// or [`Method::Dyffusion`]; an error names the file.

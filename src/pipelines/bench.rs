@@ -14,15 +14,28 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Options of `dydiff bench unet`.
-#[derive(Clone, Debug)]
+/// Options of `dydiff bench unet` and `dydiff bench train`: their flags, declared here once (the
+/// doc comments are the `--help`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
+    /// Model folder (config.json + diffusion_pytorch_model.safetensors); a folder with only
+    /// config.json is timed with seeded random weights (the time does not depend on them).
+    #[arg(long)]
     pub unet: PathBuf,
+    /// Batch size, at least 1.
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    pub height: usize,
-    pub width: usize,
+    /// Spatial size (square), a positive multiple of the network's downsampling factor.
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Timed repetitions (the median is reported), at least 1.
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Untimed repetitions first.
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Where the network runs (the global `--device`).
+    #[arg(skip = Device::Cpu)]
     pub device: Device,
 }
 
@@ -37,11 +50,7 @@ fn random(shape: &[usize], seed: u64, device: Device) -> Result<Tensor> {
 
 /// Checks the flags before anything is loaded.
 fn validate(o: &BenchOptions) -> Result<()> {
-    for (flag, v) in [
-        ("--batch", o.batch),
-        ("--size", o.height.min(o.width)),
-        ("--reps", o.reps),
-    ] {
+    for (flag, v) in [("--batch", o.batch), ("--size", o.size), ("--reps", o.reps)] {
         if v == 0 {
             return Err(Error::Invalid(format!(
                 "{flag}: expected at least 1, found 0"
@@ -66,14 +75,14 @@ fn load(o: &BenchOptions, training: bool) -> Result<UNet2D> {
     };
     let c = &model.config;
     let m = c.size_multiple();
-    if !o.height.is_multiple_of(m) || !o.width.is_multiple_of(m) {
+    if !o.size.is_multiple_of(m) {
         return Err(Error::Invalid(format!(
             "--size {}: expected a multiple of {m}, the downsampling factor of the network in {}",
-            o.height,
+            o.size,
             o.unet.display()
         )));
     }
-    let (b, h, w) = (o.batch, o.height, o.width);
+    let (b, h, w) = (o.batch, o.size, o.size);
     let input = memory::array(&[b, c.in_channels, h, w], 4);
     let output = memory::array(&[b, c.out_channels, h, w], 4);
     // Training adds the target, the gradients, Adam's two moments and the EMA.
@@ -154,7 +163,7 @@ fn measure(
         })
         .collect();
     let mut report = json!({
-        "batch": o.batch, "height": o.height, "width": o.width,
+        "batch": o.batch, "height": o.size, "width": o.size,
         "threads": rayon::current_num_threads(),
         "params": params,
         "median_s": median, "min_s": times[0], "times_s": in_order,
@@ -173,7 +182,7 @@ fn measure(
 pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
     let model = load(o, false)?;
     let x = random(
-        &[o.batch, model.config.in_channels, o.height, o.width],
+        &[o.batch, model.config.in_channels, o.size, o.size],
         0,
         o.device,
     )?;
@@ -187,8 +196,8 @@ pub fn run(o: &BenchOptions) -> Result<serde_json::Value> {
 pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
     let model = load(o, true)?;
     let c = model.config.clone();
-    let x = random(&[o.batch, c.in_channels, o.height, o.width], 0, o.device)?;
-    let y = random(&[o.batch, c.out_channels, o.height, o.width], 1, o.device)?;
+    let x = random(&[o.batch, c.in_channels, o.size, o.size], 0, o.device)?;
+    let y = random(&[o.batch, c.out_channels, o.size, o.size], 1, o.device)?;
     let ts: Vec<f32> = (0..o.batch).map(|i| (i * 997 % 1000) as f32).collect();
     let t = Tensor::from_vec(ts, &[o.batch], o.device)?;
     let mut state = train::State::fresh(&model, o.device)?;
@@ -296,14 +305,30 @@ fn fma_chains(iters: usize) -> f32 {
     acc.iter().sum()
 }
 
-/// Options of `dydiff bench noise`.
+/// Options of `dydiff bench noise`: its flags, declared here once (the doc comments are the
+/// `--help`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct NoiseOptions {
+    /// Model folder (dydiff.json, scheduler/, unet/).
+    #[arg(long)]
     pub model: PathBuf,
+    /// Sequences (N, L, C, H, W) in data space, L ≥ history + future, float32 .npy/.npz.
+    #[arg(long)]
     pub data: PathBuf,
+    /// Timesteps t, comma-separated, each below the schedule's length.
+    #[arg(long, value_delimiter = ',', default_value = "50,250,500,750,950")]
     pub timesteps: Vec<usize>,
+    /// Windows per batch, at least 1.
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Batches per timestep, 1 to 1000.
+    #[arg(long, default_value_t = 4)]
     pub batches: u32,
+    /// Seed of the windows and the noise.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where the network runs (the global `--device`).
+    #[arg(skip = Device::Cpu)]
     pub device: Device,
 }
 

@@ -31,27 +31,52 @@ fn at_least_one(flags: &[(&str, usize)]) -> Result<()> {
     }
 }
 
-/// Options of `dydiff data navier-stokes`.
-#[derive(Clone, Debug)]
+/// Options of `dydiff data navier-stokes`: its flags, declared here once (the doc comments are
+/// the `--help`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct NavierStokesOptions {
+    /// Output .npy in an existing directory, written atomically.
+    #[arg(long)]
     pub out: PathBuf,
+    /// Sequences N, 1 to 4294967296 (the file must fit in memory).
+    #[arg(long)]
     pub samples: usize,
+    /// Frames L per sequence, at least 1.
+    #[arg(long)]
     pub frames: usize,
-    /// Output grid points per side.
+    /// Grid points R per side of the written frames, even and ≥ 8.
+    #[arg(long, default_value_t = 64)]
     pub resolution: usize,
-    /// The solver runs on `oversample · resolution` points per side; frames keep the modes the
-    /// output grid holds.
-    pub oversample: usize,
+    /// Seed of the initial fields; sample n's field depends only on (seed, n).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Kinematic viscosity ν, ≥ 0.
+    #[arg(long, default_value_t = 1e-3)]
     pub viscosity: f64,
+    /// Linear drag μ, ≥ 0.
+    #[arg(long, default_value_t = 0.1)]
     pub drag: f64,
+    /// Forcing amplitude A, finite.
+    #[arg(long, default_value_t = 1.0)]
     pub forcing: f64,
+    /// Forcing wavenumber k_f, 1 to a third of the solver grid (oversample × R / 3).
+    #[arg(long, default_value_t = 4)]
     pub forcing_wavenumber: usize,
+    /// Solver time step, positive.
+    #[arg(long, default_value_t = 0.01)]
     pub dt: f64,
-    /// Solver steps between written frames.
+    /// Solver steps between frames, at least 1.
+    #[arg(long, default_value_t = 20)]
     pub frame_stride: usize,
-    /// Solver steps run and discarded before the first frame.
+    /// Solver steps discarded before the first frame.
+    #[arg(long, default_value_t = 4000)]
     pub warmup: usize,
+    /// The solver runs on oversample × R points per side (oversample ≥ 1); frames keep the
+    /// Fourier modes an R-point grid holds.
+    #[arg(long, default_value_t = 2)]
+    pub oversample: usize,
+    /// Draw a progress bar on stderr (when it is a terminal; the command line always asks).
+    #[arg(skip = true)]
     pub progress: bool,
 }
 
@@ -217,24 +242,35 @@ pub fn navier_stokes(o: &NavierStokesOptions) -> Result<()> {
     Ok(())
 }
 
-/// Options of `dydiff data spring-mesh` (docs/cli.md, “data spring-mesh”).
-#[derive(Clone, Debug)]
+/// Options of `dydiff data spring-mesh` (docs/cli.md, “data spring-mesh”): its flags, declared
+/// here once (the doc comments are the `--help`). The output is `(samples, frames, 4, 10, 10)`
+/// float32; the integrator's step is `dt / substeps`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct SpringMeshOptions {
-    /// The `.npy` to write, `(samples, frames, 4, 10, 10)` float32.
+    /// Output .npy in an existing directory, written atomically.
+    #[arg(long)]
     pub out: PathBuf,
-    /// Sequences `N`, 1 to 2³².
+    /// Sequences N, 1 to 4294967296 (the file must fit in memory). The default, 16, is a
+    /// 21 MB file of 805 snapshots each, generated in seconds.
+    #[arg(long, default_value_t = 16)]
     pub samples: usize,
-    /// Snapshots `L` per sequence, the first the initial state; at least 1.
+    /// Snapshots L per sequence, at least 1; the first is the initial state.
+    #[arg(long, default_value_t = 805)]
     pub frames: usize,
-    /// Seed of the initial displacements.
+    /// Seed of the initial displacements; sample n's depend only on (seed, n).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Damping coefficient `γ` (force `−γ·q̇`), finite and ≥ 0.
+    /// Damping coefficient γ (force −γ·velocity), ≥ 0; 0 conserves the energy.
+    #[arg(long, default_value_t = 0.1)]
     pub damping: f64,
-    /// Integrator steps per snapshot interval, at least 1; the step is `dt / substeps`.
+    /// Integrator steps per snapshot interval, at least 1 (step dt / substeps).
+    #[arg(long, default_value_t = 128)]
     pub substeps: usize,
-    /// Time between snapshots `Δt`, positive and finite.
+    /// Time between snapshots, positive; the default is 2π/804, so 805 snapshots span 2π.
+    #[arg(long, default_value_t = std::f64::consts::TAU / 804.0)]
     pub dt: f64,
-    /// Draw a progress bar (on a terminal).
+    /// Draw a progress bar on stderr (when it is a terminal; the command line always asks).
+    #[arg(skip = true)]
     pub progress: bool,
 }
 

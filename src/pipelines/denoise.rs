@@ -10,14 +10,25 @@ use crate::nn::UNet2D;
 use crate::tensor::Tensor;
 use std::path::PathBuf;
 
-/// Options of `dydiff denoise`.
-#[derive(Clone, Debug)]
+/// Options of `dydiff denoise`: its flags, declared here once (the doc comments are the `--help`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct DenoiseOptions {
-    /// A diffusers `UNet2DModel` folder.
+    /// Model folder with config.json and diffusion_pytorch_model.safetensors (as written by
+    /// diffusers' save_pretrained).
+    #[arg(long)]
     pub unet: PathBuf,
+    /// Network input, float32 .npy of shape (N, in_channels, H, W).
+    #[arg(long)]
     pub input: PathBuf,
+    /// Diffusion timestep given to the network's timestep embedding (e.g. 0–999); any
+    /// finite float32.
+    #[arg(long)]
     pub timestep: f32,
+    /// Output .npy in an existing directory, written atomically.
+    #[arg(long)]
     pub out: PathBuf,
+    /// Where the network runs (the global `--device`).
+    #[arg(skip = Device::Cpu)]
     pub device: Device,
 }
 

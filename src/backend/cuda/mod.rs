@@ -54,6 +54,11 @@ pub enum Precision {
     Bf16,
 }
 
+value_enum_by_name!(
+    Precision,
+    [Precision::Fp32, Precision::Tf32, Precision::Bf16]
+);
+
 impl Precision {
     /// `fp32`, `tf32` or `bf16`.
     pub fn name(self) -> &'static str {

@@ -36,29 +36,69 @@ use std::time::Instant;
 /// Default number of (sample, member) pairs per network call.
 pub const DEFAULT_BATCH: usize = 8;
 
-/// Options of `dydiff sample`.
-#[derive(Clone, Debug)]
+/// Options of `dydiff sample`: its flags, declared here once (the doc comments are the `--help`).
+/// `model: None` is the built-in model, `input: None` its demo observations (only without
+/// `model`); `steps` and `ddim_eta` default to [`DEFAULT_STEPS`] and [`DEFAULT_DDIM_ETA`] and
+/// are refused for a DYffusion model when given.
+#[derive(Clone, Debug, clap::Args)]
 pub struct SampleOptions {
-    /// The model folder; `None`: the built-in model.
+    /// Model folder: dydiff.json, scheduler/scheduler_config.json, unet/ (diffusers).
+    /// Default: the built-in demo model (trained on generated turbulence) and, without
+    /// --input, its demo observations.
+    #[arg(long)]
     pub model: Option<PathBuf>,
-    /// The observations; `None`: the built-in model's demo observations (only without `model`).
+    /// Observations, float32 .npy/.npz of shape (N, L, C, H, W) with L ≥ P+1.
+    #[arg(long)]
     pub input: Option<PathBuf>,
+    /// Forecast .npy to write, shape (N, M, S, C, H, W), in an existing directory.
+    #[arg(long, default_value = "forecast.npy")]
     pub out: PathBuf,
+    /// Ensemble members M per sample, 1 to 16777216 (the forecast must fit in memory).
+    #[arg(long, default_value_t = 8)]
     pub members: usize,
-    /// DDIM steps; `None`: [`DEFAULT_STEPS`] (refused for a DYffusion model when given).
+    /// DDIM steps K (default 20, chosen with --ddim-eta 1 on validation data for the built-in
+    /// model), from 1 to about the model's training timesteps T
+    /// (timesteps (k−1)·⌊T/K⌋ + steps_offset, all below T). Not for a DYffusion model: its
+    /// cold sampling makes N = horizon + additional_steps forecaster calls, 2N − 3
+    /// interpolator calls and, with refinement, horizon − 1 more per window (the summary
+    /// line states the count).
+    #[arg(long)]
     pub steps: Option<usize>,
+    /// Seed of the noise; each value depends only on (seed, sample, member, step, element).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// `None`: [`DEFAULT_DDIM_ETA`] (refused for a DYffusion model when given).
+    /// DDIM stochasticity in [0, 1] (default 1): 0 deterministic given the initial noise,
+    /// 1 DDPM-like. Not for a DYffusion model, whose members differ by the interpolator's
+    /// dropout masks (keyed by seed, sample, member, call and layer).
+    #[arg(long)]
     pub ddim_eta: Option<f64>,
+    /// Initial noise ε (N, M, S, C, H, W) in model space, instead of the seeded generator.
+    #[arg(long)]
     pub init_noise: Option<PathBuf>,
+    /// (sample, member) pairs per network call, at least 1; bounds memory, never changes the
+    /// result.
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
+    /// Directory for one PNG per sample: history, truth, members, ensemble mean and spread
+    /// (an existing directory keeps its other files; a new one needs an existing parent).
+    #[arg(long)]
     pub png: Option<PathBuf>,
-    /// Frames to forecast, rolled out over windows of `S`; `None`: one window, `S` frames.
+    /// Frames to forecast (default: the model's S). Beyond S the forecast rolls out in
+    /// windows of S: each next window's history is the last P+1 frames of the member's own
+    /// trajectory; the output is (N, M, LEAD, C, H, W), at most 256 windows. --init-noise
+    /// gives the first window's noise; later windows draw theirs from the seed.
+    #[arg(long)]
     pub lead: Option<usize>,
+    /// Where the networks run (the global `--device`).
+    #[arg(skip = Device::Cpu)]
     pub device: Device,
-    /// Draw a progress bar on stderr (when it is a terminal).
+    /// Draw a progress bar on stderr (when it is a terminal; the command line always asks).
+    #[arg(skip = true)]
     pub progress: bool,
 }
+
+/// Where the built-in model's demo puts its pictures when no `--png` is given (docs/cli.md).
+pub const DEMO_PNG: &str = "forecast_png";
 
 /// What a run did and where its time went.
 #[derive(Clone, Debug)]
@@ -98,17 +138,19 @@ impl std::fmt::Display for SampleReport {
 
 /// Runs `dydiff sample`: checks the locations of `--out` and `--png`, reads the model and
 /// observations, samples (DDIM for a Dynamical Diffusion or standard model, cold sampling for a
-/// DYffusion one), and writes the forecast `(N, M, S, C, H, W)` and, with `--png`, one picture per
-/// sample, all together.
+/// DYffusion one), and writes the forecast `(N, M, S, C, H, W)` and, with `--png` (for the
+/// built-in model by default, in [`DEMO_PNG`]), one picture per sample, all together.
 pub fn run(o: &SampleOptions) -> Result<SampleReport> {
     let clock = Instant::now();
     let mut outputs = Outputs::new();
     let out = outputs.npy_file("--out", &o.out)?;
     let record = outputs.file("--out", &window_record_path(&o.out))?;
+    let demo_png = o.model.is_none().then(|| PathBuf::from(DEMO_PNG));
     let png = o
         .png
-        .as_ref()
-        .map(|d| outputs.dir("--png", d))
+        .clone()
+        .or(demo_png)
+        .map(|d| outputs.dir("--png", &d))
         .transpose()?;
     for (flag, input) in [
         ("--model", &o.model),

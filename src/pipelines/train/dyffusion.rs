@@ -10,8 +10,8 @@
 
 use super::{
     check_inputs, check_model_spread, data_stats, log_until, network_for, read_training_data,
-    recipe, recipe_differences, rows_part, train_loop, validate, Checkpoint, Files, State,
-    TrainOptions, Weights,
+    recipe, recipe_differences, rows_part, train_loop, validate, Checkpoint, DyffusionOptions,
+    Files, Stage, State, TrainOptions, Weights,
 };
 use crate::backend::Device;
 use crate::diffusion::ddim::rows_tensor;
@@ -20,9 +20,9 @@ use crate::error::{Error, Result};
 use crate::io::npy;
 use crate::io::outputs::{DirOutput, Outputs};
 use crate::model::dyffusion::{
-    forecaster_loss, interpolator_loss, CallKeys, Calls, Condition, DyffusionConfig,
-    DyffusionModel, FORECASTER_DIR, INTERPOLATOR_DIR, LOG_FORECASTER, LOG_INTERPOLATOR,
-    STATE_FORECASTER, STATE_INTERPOLATOR,
+    forecaster_loss, interpolator_loss, CallKeys, Calls, DyffusionConfig, DyffusionModel,
+    FORECASTER_DIR, INTERPOLATOR_DIR, LOG_FORECASTER, LOG_INTERPOLATOR, STATE_FORECASTER,
+    STATE_INTERPOLATOR,
 };
 use crate::model::PROCESS_FILE;
 use crate::nn::{Dropout, UNet2D, UNet2DConfig};
@@ -31,28 +31,6 @@ use crate::tensor::Tensor;
 use serde_json::{json, Value};
 use std::ops::Range;
 use std::path::Path;
-
-/// Which stages a run trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Stage 1, then stage 2.
-    Both,
-    Interpolator,
-    Forecaster,
-}
-
-/// The settings of `--method dyffusion`.
-#[derive(Clone, Debug)]
-pub struct DyffusionOptions {
-    pub stage: Stage,
-    /// Stage 1's steps when both stages run (default: `--steps`).
-    pub interpolator_steps: Option<usize>,
-    pub additional_steps: usize,
-    pub forecaster_condition: Condition,
-    pub interpolator_dropout: f64,
-    pub lambda_1: f64,
-    pub lambda_2: f64,
-}
 
 /// The most optimizer steps of a stage: the step has 30 bits of the call word `4·step + j`.
 const MAX_STEPS: usize = (1 << 30) - 1;
@@ -224,7 +202,7 @@ fn check_stages(
         let stored = &training[name];
         let mut want = recipe(o);
         want["steps"] = json!(steps);
-        if !o.cosine {
+        if !o.cosine() {
             // the schedule does not depend on the total, so a stage may be extended
             want["steps"] = stored["steps"].clone();
         }
@@ -271,8 +249,9 @@ fn check_stages(
     Ok(())
 }
 
-/// Runs `dydiff train --method dyffusion`.
-pub fn run(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
+/// Runs `dydiff train --method dyffusion` with `o`'s DYffusion settings.
+pub fn run(o: &TrainOptions) -> Result<()> {
+    let d = &o.dyffusion;
     let mut outputs = Outputs::new();
     let mut names = vec![PROCESS_FILE.to_string()];
     for dir in [INTERPOLATOR_DIR, FORECASTER_DIR] {
@@ -639,11 +618,11 @@ fn check_options(o: &TrainOptions, d: &DyffusionOptions) -> Result<()> {
             o.prediction.name()
         )));
     }
-    if let Some(n) = d.interpolator_steps.filter(|&n| n < o.warmup_steps) {
+    if let Some(n) = d.interpolator_steps.filter(|&n| n < o.warmup()) {
         if d.stage != Stage::Forecaster {
             return Err(Error::Invalid(format!(
                 "--warmup-steps {}: longer than the interpolator's run (--interpolator-steps {n}), whose learning rate would never reach --lr; expected at most {n}",
-                o.warmup_steps
+                o.warmup()
             )));
         }
     }

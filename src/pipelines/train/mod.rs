@@ -27,8 +27,8 @@ mod train_loop;
 
 pub use batch::{batch_rows, rows_part};
 pub use options::{
-    default_warmup, learning_rate, recorded_flags, TrainOptions, DEFAULT_TRAIN_STEPS,
-    DEFAULT_WARMUP,
+    default_warmup, learning_rate, recorded_flags, DyffusionOptions, Stage, TrainOptions,
+    DEFAULT_TRAIN_STEPS, DEFAULT_WARMUP,
 };
 pub use state::{OptimizerSettings, State, StepResult, Weights, LOG_FILE, STATE_FILE, STEP_KEY};
 pub(crate) use train_loop::clock_time;
@@ -41,7 +41,7 @@ use crate::distributed::world;
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
 use crate::memory;
-use crate::model::{Model, ProcessConfig, UNET_DIR};
+use crate::model::{Method, Model, ProcessConfig, UNET_DIR};
 use crate::nn::{Dropout, UNet2D, UNet2DConfig};
 use crate::rng::{NoiseKey, Purpose};
 use crate::tensor::Tensor;
@@ -91,11 +91,20 @@ fn check_memory(o: &TrainOptions, config: &UNet2DConfig, p: &ProcessConfig) -> R
     )
 }
 
-/// Runs `dydiff train`. `--out` is checked first (a new path in an existing directory or a
-/// directory without a run; with `--resume`, a directory holding one); the folder is written
-/// only at checkpoints, each one whole: the model, the training state and the log up to that
-/// step, committed together.
+/// Runs `dydiff train`: Dynamical Diffusion (or the standard model) below, DYffusion by
+/// [`dyffusion::run`], as `o.method` says.
 pub fn run(o: &TrainOptions) -> Result<()> {
+    match o.method {
+        Method::Dydiff => run_dydiff(o),
+        Method::Dyffusion => dyffusion::run(o),
+    }
+}
+
+/// Trains a Dynamical Diffusion model. `--out` is checked first (a new path in an existing
+/// directory or a directory without a run; with `--resume`, a directory holding one); the folder
+/// is written only at checkpoints, each one whole: the model, the training state and the log up
+/// to that step, committed together.
+fn run_dydiff(o: &TrainOptions) -> Result<()> {
     let mut outputs = Outputs::new();
     // The files of every checkpoint, so that one that could not be placed is refused now.
     let mut names = Model::folder_files();
@@ -134,7 +143,7 @@ pub fn run(o: &TrainOptions) -> Result<()> {
         let m = Model::load(&o.out, Device::Cpu)?;
         let stored = m.process.training.clone().unwrap_or(Value::Null);
         let mut want = recipe(o);
-        if !o.cosine {
+        if !o.cosine() {
             // The schedule does not depend on the total, so a run may be extended.
             want["steps"] = stored["steps"].clone();
         }

@@ -6,52 +6,212 @@ use crate::backend::{Device, PadMode};
 use crate::diffusion::schedule::Prediction;
 use crate::distributed::world;
 use crate::error::{Error, Result};
+use crate::model::dyffusion::Condition;
+use crate::model::Method;
 use crate::nn::UNet2DConfig;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-/// Options of `dydiff train`.
-#[derive(Clone, Debug)]
+/// Options of `dydiff train`: its flags, declared here once (the doc comments are the `--help`).
+/// `warmup_steps: None` is [`TrainOptions::warmup`]'s default; `cosine_given` is the accepted,
+/// effect-free `--cosine` (the schedule decays unless `constant_lr`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct TrainOptions {
+    /// Training sequences, float32 .npy (N, L, C, H, W), L ≥ history + future, finite and
+    /// not constant.
+    #[arg(long)]
     pub data: PathBuf,
+    /// Model folder to write, in an existing directory; it always holds one whole
+    /// checkpoint.
+    #[arg(long)]
     pub out: PathBuf,
-    /// `P + 1`.
+    /// History frames P+1 given to the network, at least 1.
+    #[arg(long)]
     pub history: usize,
-    /// `S`.
+    /// Future frames S to forecast, at least 1.
+    #[arg(long)]
     pub future: usize,
+    /// The method: dydiff (Dynamical Diffusion; with --dyn-eta 0 the standard diffusion
+    /// model) or dyffusion (DYffusion: an interpolator, then a forecaster; see --stage).
+    #[arg(long, default_value = "dydiff", value_enum)]
+    pub method: Method,
+    /// η of the dynamics schedule, in [0, 1]; 0 trains the standard diffusion model
+    /// (--method dydiff).
+    #[arg(long, default_value_t = 0.5)]
     pub dyn_eta: f64,
-    /// Diffuse the history frames too (docs/process.md, “Diffusing the history”).
+    /// The settings of `--method dyffusion` (ignored by `dydiff`).
+    #[command(flatten)]
+    pub dyffusion: DyffusionOptions,
+    /// Diffuse the history frames too, as the reference implementation does: the noise
+    /// chain starts at the oldest frame, the network sees the clean history as a separate
+    /// condition and predicts the noise of all P+1+S frames (in (P+1+L)·C channels, out
+    /// L·C). Stored as "diffuse_history": true in dydiff.json; the sampler follows it.
+    #[arg(long)]
     pub diffuse_history: bool,
+    /// A diffusers UNet2DModel config.json (in/out channels filled in from the data, or
+    /// checked). Default: a small 3-level network.
+    #[arg(long)]
     pub unet_config: Option<PathBuf>,
-    /// What the network's convolutions read outside the frame (`circular` for periodic data).
+    /// What the network's convolutions read outside the frame: zeros (diffusers' default)
+    /// or circular (the frame wrapped around: the right choice for periodic fields such as
+    /// `data navier-stokes`; zero padding there makes the border pixels diverge as DDIM
+    /// takes more steps). Stored as "padding_mode" in dydiff.json; the sampler follows it.
+    #[arg(long, default_value = "zeros", value_enum)]
     pub padding_mode: PadMode,
-    /// What the network predicts (the scheduler's `prediction_type`; DDIM models only).
+    /// What the network learns to predict: epsilon (the noise ε̃, the papers' choice) or
+    /// v_prediction (the velocity v = √ᾱ·ε̃ − √(1−ᾱ)·D, whose error does not grow as 1/√ᾱ
+    /// at the noisiest timesteps: sampling with many DDIM steps stays stable). Stored as
+    /// diffusers' "prediction_type" in scheduler/scheduler_config.json; the sampler follows
+    /// it.
+    #[arg(
+        long = "prediction-type",
+        value_name = "PREDICTION_TYPE",
+        default_value = "epsilon",
+        value_parser = prediction_type
+    )]
     pub prediction: Prediction,
-    /// Total optimizer steps (a resumed run continues up to this many).
+    /// Total optimizer steps, 1 to 4294967295. The default, with the other defaults (batch
+    /// 16, lr 1e-3, 100 warm-up steps, cosine decay), is the recipe of the built-in model:
+    /// about 15 minutes on 2 CPU cores for its 32×32 turbulence; far fewer steps give a model
+    /// that does not beat persistence (see --val-data).
+    #[arg(long, default_value_t = DEFAULT_TRAIN_STEPS)]
     pub steps: usize,
+    /// Windows per step, 1 to 4294967295 (the batch must fit in memory). Under mpirun or
+    /// srun (mpi feature) the global batch: each rank takes its share, at least one row.
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Peak learning rate (AdamW), positive and within float32.
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    pub warmup_steps: usize,
-    pub cosine: bool,
+    /// Linear warm-up steps, at most --steps (default: 100, or --steps and
+    /// --interpolator-steps when fewer; with --resume, the run's own).
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Cosine decay of the learning rate to 0 at --steps after the warm-up (the default;
+    /// the flag is accepted for older scripts).
+    #[arg(long = "cosine", conflicts_with = "constant_lr")]
+    pub cosine_given: bool,
+    /// Keep the peak learning rate after the warm-up instead of the cosine decay.
+    #[arg(long)]
+    pub constant_lr: bool,
+    /// AdamW weight decay, ≥ 0.
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
-    /// Maximum global gradient norm.
+    /// Maximum global gradient norm, positive.
+    #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
+    /// Decay of the weights' moving average (the saved weights), in [0, 1).
+    #[arg(long, default_value_t = 0.999)]
     pub ema_decay: f64,
+    /// Seed of the initial weights, the windows, timesteps and noise.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Validation sequences; their loss is logged at every checkpoint.
+    #[arg(long)]
     pub val_data: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (same flags).
+    #[arg(long)]
     pub resume: bool,
+    /// data_scale, x_model = (x_data − data_shift) / data_scale: positive and finite
+    /// (default: the training data's standard deviation).
+    #[arg(long)]
     pub data_scale: Option<f64>,
+    /// data_shift, see --data-scale: finite (default: the training data's mean).
+    #[arg(long, allow_hyphen_values = true)]
     pub data_shift: Option<f64>,
+    /// Steps between log lines, at least 1.
+    #[arg(long, default_value_t = 50)]
     pub log_every: usize,
+    /// Steps between checkpoints, at least 1.
+    #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: usize,
+    /// Where the network trains (the global `--device`).
+    #[arg(skip = Device::Cpu)]
     pub device: Device,
+    /// Draw a progress bar on stderr (when it is a terminal; the command line always asks).
+    #[arg(skip = true)]
     pub progress: bool,
+}
+
+impl TrainOptions {
+    /// The warm-up steps: `--warmup-steps`, else [`default_warmup`] of the shortest stage (with
+    /// `--resume` the command line adds the run's own, [`recorded_flags`]).
+    pub fn warmup(&self) -> usize {
+        let shortest = self
+            .steps
+            .min(self.dyffusion.interpolator_steps.unwrap_or(self.steps));
+        self.warmup_steps
+            .unwrap_or_else(|| default_warmup(shortest))
+    }
+
+    /// Whether the learning rate decays on a cosine after the warm-up (unless `--constant-lr`).
+    pub fn cosine(&self) -> bool {
+        !self.constant_lr
+    }
+}
+
+/// Which stages a DYffusion run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Stage 1, then stage 2.
+    Both,
+    Interpolator,
+    Forecaster,
+}
+
+value_enum_by_name!(Stage, [Stage::Both, Stage::Interpolator, Stage::Forecaster]);
+
+impl Stage {
+    /// The name on the command line (`--stage`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Both => "both",
+            Stage::Interpolator => "interpolator",
+            Stage::Forecaster => "forecaster",
+        }
+    }
+}
+
+/// The settings of `--method dyffusion` (docs/dyffusion.md): flags of `dydiff train`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DyffusionOptions {
+    /// DYffusion: which stages to train — both (the interpolator for --interpolator-steps,
+    /// then the forecaster for --steps), interpolator, or forecaster (on a folder whose
+    /// interpolator is trained). --resume continues whichever is unfinished.
+    #[arg(long, default_value = "both", value_enum)]
+    pub stage: Stage,
+    /// DYffusion: the interpolator's optimizer steps (default: --steps).
+    #[arg(long)]
+    pub interpolator_steps: Option<usize>,
+    /// DYffusion: k ≥ 0 interpolation steps before the first whole time step (the
+    /// forecaster runs N = future + k steps).
+    #[arg(long, default_value_t = 0)]
+    pub additional_steps: usize,
+    /// DYffusion: the forecaster's condition besides its input — data (the history), none,
+    /// or data+noise (the history blended with fresh noise, more history as n grows).
+    #[arg(long, default_value = "data", value_enum)]
+    pub forecaster_condition: Condition,
+    /// DYffusion: the interpolator's dropout, 0 ≤ p < 1; active in training and at
+    /// inference, where it makes the ensemble's spread.
+    #[arg(long, default_value_t = 0.15)]
+    pub interpolator_dropout: f64,
+    /// DYffusion: the weight λ₁ of the forecaster's loss on its first forecast.
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda_1: f64,
+    /// DYffusion: the weight λ₂ of the look-ahead loss (through the interpolator).
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda_2: f64,
+}
+
+/// `--prediction-type`: `epsilon` or `v_prediction`.
+fn prediction_type(s: &str) -> std::result::Result<Prediction, String> {
+    Prediction::parse(s).ok_or_else(|| format!("expected epsilon or v_prediction, found {s:?}"))
 }
 
 /// The recipe stored in `dydiff.json`; a resumed run must match it.
 pub(crate) fn recipe(o: &TrainOptions) -> Value {
     let mut r = json!({
-        "batch": o.batch, "lr": o.lr, "warmup_steps": o.warmup_steps, "cosine": o.cosine,
+        "batch": o.batch, "lr": o.lr, "warmup_steps": o.warmup(), "cosine": o.cosine(),
         "weight_decay": o.weight_decay, "clip": o.clip, "ema_decay": o.ema_decay, "seed": o.seed,
         "steps": o.steps, "data": o.data.display().to_string(), "loss": "mse(eps_hat, eps_tilde)",
         "optimizer": "adamw(0.9, 0.999, 1e-8)",
@@ -106,14 +266,15 @@ pub(crate) fn recipe_differences(stored: &Value, want: &Value) -> Vec<String> {
 /// The learning rate at `step` (1-based) of a run of `steps` steps: linear warm-up, then
 /// constant or cosine to 0.
 pub fn learning_rate(o: &TrainOptions, step: usize, steps: usize) -> f64 {
-    if step <= o.warmup_steps {
-        return o.lr * step as f64 / o.warmup_steps.max(1) as f64;
+    let warmup = o.warmup();
+    if step <= warmup {
+        return o.lr * step as f64 / warmup.max(1) as f64;
     }
-    if !o.cosine {
+    if !o.cosine() {
         return o.lr;
     }
-    let span = (steps.saturating_sub(o.warmup_steps)).max(1) as f64;
-    let f = ((step - o.warmup_steps) as f64 / span).min(1.0);
+    let span = (steps.saturating_sub(warmup)).max(1) as f64;
+    let f = ((step - warmup) as f64 / span).min(1.0);
     o.lr * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
 }
 
@@ -261,10 +422,10 @@ pub(crate) fn validate(o: &TrainOptions) -> Result<()> {
             o.dyn_eta
         )));
     }
-    if o.warmup_steps > o.steps {
+    if o.warmup() > o.steps {
         return Err(Error::Invalid(format!(
             "--warmup-steps {}: longer than the run (--steps {}), whose learning rate would never reach --lr; expected at most {}",
-            o.warmup_steps, o.steps, o.steps
+            o.warmup(), o.steps, o.steps
         )));
     }
     // The optimizer computes in float32: --lr must stay positive and --weight-decay finite there.
