@@ -2,7 +2,7 @@
 // the fused forward process, the fused DDIM step with its σ-noise drawn in the kernel, and the
 // normals of docs/random.md. Plain references: src/backend/cpu/reference.rs; the CPU's fast
 // versions: src/backend/cpu/dynamics.rs. Test: `cargo test --release --features cuda --test
-// cuda_ops process` (on the emulator, or the GPU with DYDIFF_TEST_DEVICE=cuda).
+// ops cuda::process` (on the emulator, or the GPU with DYDIFF_TEST_DEVICE=cuda).
 //
 // Layout: sequences (batch, frames, elems), frame-major; one thread per (sequence b, element e)
 // walks the frames, keeping the running sums of the scan in registers, so every input element is

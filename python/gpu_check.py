@@ -97,7 +97,8 @@ def tests(d, env):
     results = []
     for t in sorted((d / "tests").iterdir()):
         t.chmod(0o755)
-        rc, out, err, secs = run([str(t), "--test-threads", "1"], 300, env)
+        # the crates' CUDA modules: ops::cuda::*, network::cuda_*, cli::cuda
+        rc, out, err, secs = run([str(t), "cuda", "--test-threads", "1"], 300, env)
         summary = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", out)
         failures = re.findall(r"---- (\S+) stdout ----", out)
         results.append({"binary": t.name, "rc": rc, "seconds": round(secs, 1), "summary": summary,
@@ -114,8 +115,8 @@ def sanitizer(d, env):
     if not tool:
         return {"skipped": "compute-sanitizer not found"}
     out = {}
-    for filt in ["gemm::products_match", "conv::plain_convolutions"]:
-        rc, o, e, secs = run([tool, "--tool", "memcheck", "--error-exitcode", "1", str(d / "tests" / "cuda_ops"),
+    for filt in ["cuda::gemm::products_match", "cuda::conv::plain_convolutions"]:
+        rc, o, e, secs = run([tool, "--tool", "memcheck", "--error-exitcode", "1", str(d / "tests" / "ops"),
                               filt, "--test-threads", "1"], 240, env)
         out[filt] = {"rc": rc, "seconds": round(secs, 1), "tail": (o + e)[-2000:]}
         log(f"compute-sanitizer {filt}: rc {rc} ({secs:.1f} s)")

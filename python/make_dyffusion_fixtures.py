@@ -1,4 +1,4 @@
-"""Generates the DYffusion fixtures of tests/dyffusion.rs (docs/dyffusion.md).
+"""Generates the DYffusion fixtures of tests/cli/dyffusion.rs (docs/dyffusion.md).
 
 An independent implementation of the method from its formulas, over diffusers networks with
 random weights (dropout 0, so every call is deterministic; forecaster condition "data"):

@@ -1,4 +1,4 @@
-"""Generates the `dydiff eval` fixtures of tests/eval.rs (docs/metrics.md).
+"""Generates the `dydiff eval` fixtures of tests/cli/eval.rs (docs/metrics.md).
 
 A forecast (N=3, M=5, S=4, C=2, 20x24) and a truth (N, L=6, ...) of which the last S frames are
 scored (frames 2 to 5: the forecasts' window records, forecast*.window.json, say so as

@@ -1,4 +1,4 @@
-"""Generates the .npz reading fixtures of tests/npz.rs (docs/data.md, “NumPy archives”:
+"""Generates the .npz reading fixtures of tests/ops/npz.rs (docs/data.md, “NumPy archives”:
 .npz with one array).
 
 tests/fixtures/npz/: one (2, 3, 2, 4, 5) float32 array saved as array.npy and as

@@ -1,4 +1,4 @@
-"""Generates the sampler fixtures of tests/sample.rs (docs/process.md, docs/random.md,
+"""Generates the sampler fixtures of tests/cli/sample.rs (docs/process.md, docs/random.md,
 docs/model-folder.md).
 
 Writes two model folders sharing one small random UNet2DModel (2 history and 3 future frames of

@@ -20,7 +20,7 @@ cargo test --release --features cuda --no-run --message-format=json 2>/dev/null 
 import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"].startswith("cuda_"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("ops", "network", "cli"):
         shutil.copy(m["executable"], "gpu-check/tests/" + m["target"]["name"])
         print(m["target"]["name"])
 '

@@ -1,4 +1,4 @@
-// Kernels that exercise the emulator itself (tests/emulator.rs): the CUDA features the real kernels
+// Kernels that exercise the emulator itself (tests/ops/emulator.rs): the CUDA features the real kernels
 // rely on, the PTX instructions of kernels/ptx.cuh, and the faults the emulator must catch.
 // Compiled only for the emulator.
 #include "ptx.cuh"

@@ -1,7 +1,11 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod line;
 pub mod training;
+
+#[allow(unused_imports)]
+pub(crate) use line::{refusal, Line};
 
 use dydiff::{Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -138,11 +142,16 @@ pub fn cuda_device() -> Device {
     Device::parse("cuda:0").unwrap()
 }
 
-/// The CUDA backend's precision is one setting per process: each test that depends on it holds
-/// this while it runs.
-pub fn cuda_precision(p: dydiff::backend::cuda::Precision) -> std::sync::MutexGuard<'static, ()> {
+/// The CUDA backend's process-wide state — its precision, and `cuda:0` with its counters — is
+/// shared by the tests of a crate: each test that depends on it holds this while it runs.
+pub fn cuda_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`cuda_lock`], with the precision set to `p`.
+pub fn cuda_precision(p: dydiff::backend::cuda::Precision) -> std::sync::MutexGuard<'static, ()> {
+    let g = cuda_lock();
     dydiff::backend::cuda::set_precision(p);
     g
 }

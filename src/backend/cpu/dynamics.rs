@@ -3,7 +3,7 @@
 //! per element, so the work is split into (sequence, run of `RUN` elements) tasks; a task walks
 //! the frames once, keeping its running sums for the run in registers and short arrays, so every
 //! input is read once and every output written once. The plain versions are in
-//! [`super::reference`]; `cargo test --release --test process` compares the two.
+//! [`super::reference`]; `cargo test --release --test ops process::` compares the two.
 
 use super::matmul::SendPtr;
 use crate::backend::{DdimCoef, DynCoef, ProcessGeom, QSampleCoef, SeqGeom};

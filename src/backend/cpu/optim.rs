@@ -1,6 +1,6 @@
 //! The optimizer's element-wise update (AdamW with a weight EMA, see
 //! [`crate::backend::AdamStep`]) in one pass over the five arrays, the squared norm used for
-//! gradient clipping, and the losses. Reference: the formulas, evaluated in f64 in `tests/ops.rs`.
+//! gradient clipping, and the losses. Reference: the formulas, evaluated in f64 in `tests/ops/cpu.rs`.
 
 use super::elementwise::CHUNK;
 use crate::backend::{AdamStep, LossKind};

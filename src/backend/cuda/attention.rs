@@ -1,7 +1,7 @@
 //! Launchers of `kernels/attention.cu`: fused softmax attention (FlashAttention-2-style on the
 //! tensor cores, or in float32) and its gradient, the scores recomputed from per-row statistics —
 //! the semantics of [`crate::backend::BackendStorage::attention`] and its backward. `cargo test
-//! --release --features cuda --test cuda_ops attention` compares them with the CPU backend.
+//! --release --features cuda --test ops cuda::attention` compares them with the CPU backend.
 
 use super::buffer::Buffer;
 use super::check;

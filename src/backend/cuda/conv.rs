@@ -1,7 +1,7 @@
 //! Launchers of `kernels/conv.cu`: convolutions with the group norm (+ SiLU) of their input applied
 //! as it is loaded, the skip concatenation and the 2× upsampling read in place, and bias, time
 //! embedding, residual and output scale in the epilogue; and their gradients ([`conv2d_backward`]).
-//! `cargo test --release --features cuda --test cuda_ops conv` compares them with the CPU backend's
+//! `cargo test --release --features cuda --test ops cuda::conv` compares them with the CPU backend's
 //! unfused operations.
 //!
 //! Which kernel runs: the network's geometries (3×3 at stride 1 and 2, 1×1 at stride 1) run the

@@ -2,7 +2,7 @@
 //! channel) bias, nearest 2× upsampling, the (n, a, b) transpose, concatenation and slicing along
 //! channels, the timestep embedding, and the gradients of SiLU, upsampling and slicing — the
 //! semantics of the [`crate::backend::BackendStorage`] operations of the same names. `cargo test
-//! --release --features cuda --test cuda_ops elementwise` compares them with the CPU backend.
+//! --release --features cuda --test ops cuda::elementwise` compares them with the CPU backend.
 
 use super::buffer::Buffer;
 use super::check;

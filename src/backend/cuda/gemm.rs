@@ -4,7 +4,7 @@
 //! with FFMA in float32; and [`pack`], an operand rewritten K-contiguous, group-normalised on the
 //! way. The semantics of [`crate::backend::BackendStorage::matmul`] and
 //! [`crate::backend::BackendStorage::linear`]; `cargo test --release --features cuda --test
-//! cuda_ops gemm` compares them with the CPU backend.
+//! ops cuda::gemm` compares them with the CPU backend.
 
 use super::buffer::{ptr, Buffer};
 use super::check;

@@ -1,7 +1,7 @@
 //! Launchers of `kernels/norm.cu`: group-norm statistics, the plain group norm (the convolutions
 //! apply the norm as they load, [`NormOnLoad`]) and its gradient, and the channel sums a bias
 //! gradient is — the semantics of the [`crate::backend::BackendStorage`] operations of the same
-//! names. `cargo test --release --features cuda --test cuda_ops norm` compares them with the CPU
+//! names. `cargo test --release --features cuda --test ops cuda::norm` compares them with the CPU
 //! backend.
 
 use super::buffer::{ptr, Buffer};

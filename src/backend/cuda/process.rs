@@ -2,8 +2,8 @@
 //! with its σ-noise drawn on the device, and the normals and raw words of docs/random.md. Each
 //! checks its operands' sizes, then launches one thread per (sequence, element)
 //! (`LaunchShape::linear`, 256 threads per block). The semantics are the CPU backend's
-//! (src/backend/cpu/dynamics.rs, src/rng.rs); `cargo test --release --features cuda --test cuda_ops
-//! process` compares them.
+//! (src/backend/cpu/dynamics.rs, src/rng.rs); `cargo test --release --features cuda --test ops
+//! cuda::process` compares them.
 
 use super::buffer::Buffer;
 use super::check;
