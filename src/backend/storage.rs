@@ -87,6 +87,14 @@ fn inner<'a, S>(
     s.map(|s| pick(s).ok_or_else(device_mismatch)).transpose()
 }
 
+/// The backend storages of `parts`, all of which must be on the backend `pick` accepts.
+fn all<'a, S>(parts: &[&'a Storage], pick: fn(&'a Storage) -> Option<&'a S>) -> Result<Vec<&'a S>> {
+    parts
+        .iter()
+        .map(|p| pick(p).ok_or_else(device_mismatch))
+        .collect()
+}
+
 /// Dispatches a method to the backend of `self`; every other storage argument must be on the
 /// same backend. `$s` names the receiver's inner storage; the listed arguments are unwrapped
 /// the same way (`opt` for `Option<&Storage>`).
@@ -438,35 +446,13 @@ impl Storage {
         cs: &[usize],
         hw: usize,
     ) -> Result<Storage> {
-        /// The inner storages of `parts`, all of which must be on the backend `pick` accepts.
-        fn all<'a, S>(
-            parts: &[&'a Storage],
-            pick: fn(&'a Storage) -> Option<&'a S>,
-        ) -> Result<Vec<&'a S>> {
-            parts
-                .iter()
-                .map(|p| pick(p).ok_or_else(device_mismatch))
-                .collect()
-        }
         match parts.first() {
             Some(Storage::Cpu(_)) => {
-                let ps = all(parts, |p| {
-                    if let Storage::Cpu(x) = p {
-                        Some(x)
-                    } else {
-                        None
-                    }
-                })?;
+                let ps = all(parts, Storage::as_cpu)?;
                 cpu::CpuStorage::concat_channels(&ps, n, cs, hw).map(Storage::Cpu)
             }
             Some(Storage::Cuda(_)) => {
-                let ps = all(parts, |p| {
-                    if let Storage::Cuda(x) = p {
-                        Some(x)
-                    } else {
-                        None
-                    }
-                })?;
+                let ps = all(parts, Storage::as_cuda)?;
                 cuda::CudaStorage::concat_channels(&ps, n, cs, hw).map(Storage::Cuda)
             }
             None => Err(Error::shape("concat", "nothing to concatenate")),
@@ -551,15 +537,6 @@ impl Storage {
         loss: &Storage,
         h: &AdamStep,
     ) -> Result<Storage> {
-        fn all<'a, S>(
-            grads: &[&'a Storage],
-            pick: fn(&'a Storage) -> Option<&'a S>,
-        ) -> Result<Vec<&'a S>> {
-            grads
-                .iter()
-                .map(|g| pick(g).ok_or_else(device_mismatch))
-                .collect()
-        }
         match (self, m, v, ema, loss) {
             (
                 Storage::Cpu(p),

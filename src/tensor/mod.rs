@@ -90,6 +90,21 @@ fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// The group norm `(γ, β, groups, ε)` a fused operation applies to its input.
+fn fused_norm<'a>(
+    gamma: &'a Tensor,
+    beta: &'a Tensor,
+    groups: usize,
+    eps: f32,
+) -> FusedNorm<'a, Storage> {
+    FusedNorm {
+        gamma: gamma.storage(),
+        beta: beta.storage(),
+        groups,
+        eps,
+    }
+}
+
 impl Tensor {
     fn make(storage: Storage, shape: Vec<usize>, tracked: bool, param: bool) -> Tensor {
         Tensor(Arc::new(Inner {
@@ -453,12 +468,7 @@ impl Tensor {
                         ),
                     ));
                 }
-                Some(FusedNorm {
-                    gamma: gamma.storage(),
-                    beta: beta.storage(),
-                    groups,
-                    eps,
-                })
+                Some(fused_norm(gamma, beta, groups, eps))
             }
             None => None,
         };
@@ -526,12 +536,7 @@ impl Tensor {
                         "inference only: no gradient flows through it",
                     ));
                 }
-                Some(FusedNorm {
-                    gamma: gamma.storage(),
-                    beta: beta.storage(),
-                    groups,
-                    eps,
-                })
+                Some(fused_norm(gamma, beta, groups, eps))
             }
             None => None,
         };
