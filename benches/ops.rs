@@ -149,6 +149,47 @@ fn linear(c: &mut Criterion) {
     g.finish();
 }
 
+/// Products at the CPU's two precisions (`backend::cpu::bf16`, `--precision bf16`): a 1×1
+/// convolution's product (256 → 256 channels over 8 × 16 × 16 pixels), the attention block's
+/// projection, and a 3×3 convolution on the direct path, in float32 and with bf16 operands
+/// (skipped where the CPU has no AVX512-BF16).
+fn bf16(c: &mut Criterion) {
+    use dydiff::backend::cpu;
+    use dydiff::backend::Precision;
+    let mut g = c.benchmark_group("bf16");
+    g.sample_size(10);
+    let a = rand(&[8, 256, 16, 16], 1);
+    let w = rand(&[256, 256, 1, 1], 2);
+    let x = rand(&[8, 1024, 128], 3);
+    let (wl, bl) = (rand(&[128, 128], 4), rand(&[128], 5));
+    let xc = rand(&[8, 64, 32, 32], 6);
+    let wc = rand(&[64, 64, 3, 3], 7);
+    let geom = same_3x3(8, 64, 32, 64);
+    let precisions: &[Precision] = if cpu::bf16::available() {
+        &[Precision::Fp32, Precision::Bf16]
+    } else {
+        &[Precision::Fp32]
+    };
+    for &p in precisions {
+        cpu::set_precision(p);
+        g.throughput(Throughput::Elements(2 * 8 * 256 * 256 * 256));
+        g.bench_function(BenchmarkId::new("conv1x1_8x256x16x16", p.name()), |bench| {
+            bench.iter(|| a.conv2d(&w, None, 1, [0; 4], PadMode::Zeros).unwrap())
+        });
+        g.throughput(Throughput::Elements(2 * 8 * 1024 * 128 * 128));
+        g.bench_function(
+            BenchmarkId::new("linear_8x1024tok_128to128", p.name()),
+            |bench| bench.iter(|| x.linear(&wl, Some(&bl)).unwrap()),
+        );
+        g.throughput(Throughput::Elements(geom.flops() as u64));
+        g.bench_function(BenchmarkId::new("conv3x3_8x64x32x32", p.name()), |bench| {
+            bench.iter(|| xc.conv2d(&wc, None, 1, [1; 4], PadMode::Zeros).unwrap())
+        });
+    }
+    cpu::set_precision(Precision::Fp32);
+    g.finish();
+}
+
 /// The layout decision of `backend::cpu::conv`: the same 3×3 convolutions as NCHW im2col+gemm
 /// (dydiff's direct path), as NHWC nine accumulated per-tap products over a padded input (the
 /// usual channels-last scheme), and as NCHW Winograd (dydiff's path for 3×3 stride 1). Two
@@ -228,6 +269,7 @@ criterion_group!(
     conv_layout,
     attention,
     group_norm,
-    linear
+    linear,
+    bf16
 );
 criterion_main!(benches);

@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -148,7 +149,8 @@ def sampler_bench(args, env, tmp: pathlib.Path) -> None:
         out = subprocess.run(ours_cmd, check=True, capture_output=True, text=True, env=env)
         t_ours.append(time.perf_counter() - t0)
         line = out.stderr.strip().splitlines()[-1]
-        part = lambda key: float(line.split(key + " ")[1].split(" s")[0])  # noqa: E731
+        # the summary's split "…: load X s, network X s, sampler other X s, write X s"
+        part = lambda key: float(re.search(rf"[:,] {key} ([0-9.]+) s", line).group(1))  # noqa: E731
         splits.append(dict(network=part("network"), other=part("sampler other"), load=part("load"),
                            write=part("write")))
     mem_torch = peak_rss_mb(torch_cmd, env)

@@ -29,9 +29,10 @@ struct Common {
     /// Compute device: cpu or cuda:N.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
-    /// How the GPU multiplies in the network: fp32, tf32 (tensor cores, operands rounded to 10
-    /// mantissa bits) or bf16 (operands rounded to 7 mantissa bits), float32 accumulation.
-    /// Storage is float32; the CPU always computes in float32.
+    /// How the network's products multiply: fp32, tf32 (the GPU's tensor cores, operands rounded
+    /// to 10 mantissa bits) or bf16 (operands rounded to 7 mantissa bits: the GPU's tensor cores,
+    /// and CPUs with AVX512-BF16), float32 accumulation. Storage is float32; the CPU computes
+    /// tf32 as fp32, and bf16 too where it lacks AVX512-BF16 (dydiff info says).
     #[arg(long, global = true, default_value = "tf32", value_enum)]
     precision: Precision,
 }
@@ -134,16 +135,26 @@ fn setup(cli: &Cli) -> Result<Device> {
             .map_err(|e| Error::Invalid(format!("--threads: {e}")))?;
     }
     dydiff::backend::cuda::set_precision(cli.common.precision);
+    dydiff::backend::cpu::set_precision(cli.common.precision);
     let size = world().size();
     if size > 1 && !matches!(cli.command, Command::Train(_) | Command::Sample(_)) {
         return Err(Error::Invalid(format!(
             "started as {size} ranks: only `dydiff train` and `dydiff sample` run on several ranks (docs/distributed.md); run this command as one process"
         )));
     }
-    match cli.command {
-        Command::Info => Ok(Device::Cpu),
-        _ => Device::parse(&cli.common.device),
+    let device = match cli.command {
+        Command::Info => return Ok(Device::Cpu),
+        _ => Device::parse(&cli.common.device)?,
+    };
+    let cpu_precision = dydiff::backend::cpu::precision();
+    if device == Device::Cpu
+        && cli.common.precision == Precision::Bf16
+        && cpu_precision != Precision::Bf16
+        && world().is_root()
+    {
+        eprintln!("dydiff: note: --precision bf16: this CPU has no AVX512-BF16, so it computes in float32");
     }
+    Ok(device)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -202,6 +213,14 @@ fn print_info() -> Result<()> {
         if cores == 1 { "" } else { "s" },
         std::env::consts::ARCH
     )];
+    lines.push(format!(
+        "cpu: bf16 products (--precision bf16): {}",
+        if dydiff::backend::cpu::bf16::available() {
+            "AVX512-BF16 (vdpbf16ps)"
+        } else {
+            "none on this CPU (float32 instead)"
+        }
+    ));
     lines.extend(dydiff::backend::cuda::info_lines());
     dydiff::io::print_stdout(&(lines.join("\n") + "\n"))
 }

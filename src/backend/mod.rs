@@ -7,7 +7,7 @@
 //! `cfg` leaks upward: creating a CUDA device returns a "built without CUDA" error.
 //!
 //! One job a file: `storage.rs` the device and the dispatch, `ops.rs` the operation set,
-//! `geom.rs` the operations' shapes, `process.rs` the process's coefficients and a captured
+//! `geom.rs` the operations' shapes, `precision.rs` how the products multiply, `process.rs` the process's coefficients and a captured
 //! step's words — all of them named from here (`backend::ConvGeom`).
 //!
 //! Layout: all image tensors are NCHW, row-major (see [`cpu::conv`] for why).
@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod cuda;
 mod geom;
 mod ops;
+mod precision;
 mod process;
 mod storage;
 
@@ -24,6 +25,7 @@ pub use geom::{
     ProcessGeom, SeqGeom,
 };
 pub use ops::{shortcut_geom, AdamStep, BackendStorage, BinaryOp, FusedConv, FusedNorm, LossKind};
+pub use precision::Precision;
 pub use process::{
     row_words, rows_from_words, DdimCoef, DdimStep, DynCoef, Prediction, QSampleCoef,
 };

@@ -325,7 +325,8 @@ fn denoise_row_does_not_depend_on_the_others() {
 }
 
 /// `dydiff sample` gives the same bytes for every `--batch` from 1 to 17 and 1–3 threads, on
-/// small networks (a model folder around each network of the sweep).
+/// small networks (a model folder around each network of the sweep); and with `--precision
+/// bf16` on a CPU with AVX512-BF16, for batches 2, 3, 7 and 17 against 1.
 #[test]
 fn sample_is_the_same_for_every_batch() {
     let s = Scratch::new("sample-invariance");
@@ -358,9 +359,11 @@ fn sample_is_the_same_for_every_batch() {
             &rand_vec(shape.iter().product(), 90 + j as u64),
         )
         .unwrap();
-        let run = |batch: usize, threads: usize| {
+        let run = |batch: usize, threads: usize, precision: &str| {
             let out = s.path("fc.npy");
             let (ok, err) = dydiff([
+                "--precision",
+                precision,
                 "--threads",
                 &threads.to_string(),
                 "sample",
@@ -382,17 +385,30 @@ fn sample_is_the_same_for_every_batch() {
             assert!(ok, "{}: {err}", case.name);
             npy::read(&out).unwrap().data
         };
-        let reference = run(1, 1);
-        for batch in 2..=POOL {
-            let got = run(batch, 1 + batch % 3);
+        let bf16 = dydiff::backend::cpu::bf16::available();
+        let runs = (2..=POOL).map(|b| (b, "fp32")).chain(
+            [2, 3, 7, POOL]
+                .into_iter()
+                .filter(|_| bf16)
+                .map(|b| (b, "bf16")),
+        );
+        let reference = |precision: &str| run(1, 1, precision);
+        let (fp32, bf) = (reference("fp32"), bf16.then(|| reference("bf16")));
+        for (batch, precision) in runs {
+            let reference = if precision == "bf16" {
+                bf.as_ref().unwrap()
+            } else {
+                &fp32
+            };
+            let got = run(batch, 1 + batch % 3, precision);
             let diff = got
                 .iter()
-                .zip(&reference)
+                .zip(reference)
                 .filter(|(a, b)| a.to_bits() != b.to_bits())
                 .count();
             assert!(
                 diff == 0,
-                "{}: --batch {batch} differs from --batch 1 in {diff} of {} values",
+                "{} {precision}: --batch {batch} differs from --batch 1 in {diff} of {} values",
                 case.name,
                 got.len()
             );

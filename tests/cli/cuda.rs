@@ -35,20 +35,31 @@ fn info_lists_the_cpu_and_what_cuda_has() {
         lines[0].starts_with("cpu: ") && lines[0].contains(" core"),
         "{out}"
     );
+    // the CPU's bf16 products, as the library detects them
+    let bf16 = if dydiff::backend::cpu::bf16::available() {
+        "AVX512-BF16 (vdpbf16ps)"
+    } else {
+        "none on this CPU (float32 instead)"
+    };
+    assert_eq!(
+        lines[1],
+        format!("cpu: bf16 products (--precision bf16): {bf16}"),
+        "{out}"
+    );
     if cfg!(feature = "cuda") {
         assert!(
-            lines[1] == "cuda kernels: machine code for sm_80, sm_90, PTX for compute_90"
-                || lines[1].starts_with("cuda kernels: machine code for sm_")
-                || lines[1] == "cuda kernels: none (nvcc was not found when this binary was built)",
+            lines[2] == "cuda kernels: machine code for sm_80, sm_90, PTX for compute_90"
+                || lines[2].starts_with("cuda kernels: machine code for sm_")
+                || lines[2] == "cuda kernels: none (nvcc was not found when this binary was built)",
             "{out}"
         );
         assert!(
-            lines.len() >= 3,
+            lines.len() >= 4,
             "a line per GPU, or why there is none: {out}"
         );
     } else {
         assert_eq!(
-            lines[1], "cuda: this binary was built without CUDA (--features cuda)",
+            lines[2], "cuda: this binary was built without CUDA (--features cuda)",
             "{out}"
         );
     }

@@ -49,6 +49,76 @@ fn denoise_matches_diffusers() {
     assert!(err <= 1e-4 * scale, "max error {err}");
 }
 
+/// `--precision bf16` on a CPU with AVX512-BF16 (docs/devices.md, “Precision”): the products'
+/// operands rounded to bf16 — the output differs from float32's — and the error against
+/// diffusers' float32 output at most twice PyTorch's own bf16 error on the same input (largest
+/// and root-mean-square, bf16.json: python/make_precision_fixtures.py), for every fixture and
+/// the timesteps given to all samples alike. Elsewhere the flag computes in float32, which the
+/// note on stderr says.
+#[test]
+fn bf16_products_stay_within_pytorchs_bf16_error() {
+    let s = Scratch::new("bf16");
+    let run = |dir: &Path, t: &str, precision: &str, out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_dydiff"))
+            .args(["--precision", precision, "denoise", "--unet"])
+            .arg(dir)
+            .arg("--input")
+            .arg(dir.join("x.npy"))
+            .args(["--timestep", t, "--out"])
+            .arg(out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        (npy::read(out).unwrap(), err)
+    };
+    if !dydiff::backend::cpu::bf16::available() {
+        let dir = fixture("unet_a");
+        let (_, note) = run(&dir, "500", "bf16", &s.path("y.npy"));
+        assert!(
+            note.contains("no AVX512-BF16") && note.contains("float32"),
+            "{note}"
+        );
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    for name in ["unet_a", "unet_b", "unet_c", "unet_d", "unet_e"] {
+        let dir = fixture(name);
+        let pytorch: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("bf16.json")).unwrap()).unwrap();
+        for (k, t) in [(0, "0"), (1, "1"), (2, "500"), (3, "999")] {
+            let (bf16, note) = run(&dir, t, "bf16", &s.path("b.npy"));
+            assert!(note.is_empty(), "{note}");
+            let (fp32, _) = run(&dir, t, "fp32", &s.path("f.npy"));
+            let want = npy::read(&dir.join(format!("out{k}.npy"))).unwrap();
+            assert_ne!(
+                bf16.data, fp32.data,
+                "{name} t={t}: bf16 gave float32's bits"
+            );
+            let errs: Vec<f64> = bf16
+                .data
+                .iter()
+                .zip(&want.data)
+                .map(|(a, b)| f64::from(a - b).abs())
+                .collect();
+            let max = errs.iter().fold(0.0f64, |m, &e| m.max(e));
+            let rms = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt();
+            let (pt_max, pt_rms) = (
+                pytorch["max_err"][k].as_f64().unwrap(),
+                pytorch["rms_err"][k].as_f64().unwrap(),
+            );
+            assert!(
+                max <= 2.0 * pt_max,
+                "{name} t={t}: max error {max}, PyTorch's {pt_max}"
+            );
+            assert!(
+                rms <= 2.0 * pt_rms,
+                "{name} t={t}: RMS error {rms}, PyTorch's {pt_rms}"
+            );
+        }
+    }
+}
+
 #[test]
 fn output_does_not_depend_on_thread_count() {
     let s = Scratch::new("threads");

@@ -6,7 +6,7 @@
 //! every thread has work; no `l × l` matrix is ever held whole. Reference:
 //! [`super::reference::attention`]. Bench: `cargo bench --bench ops -- attention`.
 
-use super::matmul::{gemm1, Mat, SendPtr};
+use super::matmul::{gemm1_fp32, Mat, SendPtr};
 use super::scratch;
 use super::simd::{self, simd_fn};
 use crate::backend::AttnGeom;
@@ -64,7 +64,7 @@ fn scores(
     // SAFETY: q rows r0.. of head h: (rows × d) with row stride c; k_hᵀ: (d × l), element
     // (i, j) = k[j·c + h·d + i]; s is rows × l.
     unsafe {
-        gemm1(
+        gemm1_fp32(
             rows,
             g.l,
             g.d,
@@ -101,7 +101,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], g: &AttnGeom) -> Vec<f32> {
                 // SAFETY: this task owns rows r0..r0+rows, columns h·d..(h+1)·d of sample n.
                 unsafe {
                     let o = op.get().add(dst);
-                    gemm1(
+                    gemm1_fp32(
                         rows,
                         g.d,
                         g.l,
@@ -157,7 +157,7 @@ pub fn attention_backward(
         // SAFETY (all four products): head h of sample n is (l × d) with row stride c and is
         // written by this task only; p and dp are l × l row-major.
         unsafe {
-            gemm1(
+            gemm1_fp32(
                 l,
                 l,
                 g.d,
@@ -169,7 +169,7 @@ pub fn attention_backward(
                 head_t(v),
                 1.0,
             );
-            gemm1(
+            gemm1_fp32(
                 l,
                 g.d,
                 l,
@@ -189,7 +189,7 @@ pub fn attention_backward(
                 .for_each(|(d, &pv)| *d = pv * (*d - dot));
         }
         unsafe {
-            gemm1(
+            gemm1_fp32(
                 l,
                 g.d,
                 l,
@@ -201,7 +201,7 @@ pub fn attention_backward(
                 head(k),
                 g.scale,
             );
-            gemm1(
+            gemm1_fp32(
                 l,
                 g.d,
                 l,

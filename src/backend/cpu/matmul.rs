@@ -76,13 +76,37 @@ const KC: usize = 512;
 /// element-wise kernel when `k ≤ 2` (which applies `alpha` to one operand or the other). So here
 /// the `k` sum is split into equal runs of at most [`KC`] terms, a product that would leave the
 /// general kernel is computed on a copy that keeps it there (an operand re-laid out, a second
-/// zero row or column), and sums of one or two terms are computed directly. Tested below.
+/// zero row or column), and sums of one or two terms are computed directly. Tested below. With
+/// the CPU's precision at bf16 ([`super::set_precision`]) the product is [`super::bf16::gemm`]'s,
+/// which keeps the same promise.
 ///
 /// # Safety
 /// Every operand must be valid for the index ranges its strides describe, and `dst` must not
 /// alias `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm1(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    alpha: f32,
+) {
+    if super::precision() == crate::backend::Precision::Bf16 && m > 0 && n > 0 && k > 0 {
+        return super::bf16::gemm(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha);
+    }
+    gemm1_fp32(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs, alpha)
+}
+
+/// [`gemm1`] in float32 whatever the CPU's precision: the Winograd convolutions' products (see
+/// [`super::winograd`] for why) and attention's, one small product per head and sample, where
+/// packing bf16 operands costs more than it saves. Safety as [`gemm1`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm1_fp32(
     m: usize,
     n: usize,
     k: usize,

@@ -1,9 +1,10 @@
 //! The CPU backend: the reference implementation of the op set, multithreaded with rayon and
-//! vectorised (the `gemm` crate for products, run-time dispatched AVX-512/AVX2 loops elsewhere).
-//! One file per op family; [`reference`](mod@reference) holds the plain versions the tests compare
-//! against.
+//! vectorised (the `gemm` crate for products, run-time dispatched AVX-512/AVX2 loops elsewhere;
+//! bf16 products on AVX512-BF16 with `--precision bf16`, [`bf16`]). One file per op family;
+//! [`reference`](mod@reference) holds the plain versions the tests compare against.
 
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod dropout;
 pub mod dynamics;
@@ -19,13 +20,32 @@ pub mod winograd;
 use crate::backend::{
     check_dropout, rows_from_words, shortcut_geom, AdamStep, AttnGeom, BackendStorage, BinaryOp,
     ConvGeom, DdimCoef, DdimStep, DropoutGeom, DynCoef, FusedConv, FusedNorm, LossKind, MatmulGeom,
-    NormGeom, ProcessGeom, QSampleCoef, SeqGeom,
+    NormGeom, Precision, ProcessGeom, QSampleCoef, SeqGeom,
 };
 use crate::error::{Error, Result};
 use crate::profile::scope;
 use crate::rng::{self, NoiseKey, NoiseRow};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+static BF16_PRODUCTS: AtomicBool = AtomicBool::new(false);
+
+/// Sets how the CPU multiplies in the network's products: [`Precision::Bf16`] rounds the operands
+/// to bf16 where the CPU has AVX512-BF16 ([`bf16::available`]); anything else, and bf16 on other
+/// CPUs, computes in float32 (there is no TF32 on a CPU). The default is float32.
+pub fn set_precision(p: Precision) {
+    BF16_PRODUCTS.store(p == Precision::Bf16 && bf16::available(), Ordering::Relaxed);
+}
+
+/// How the CPU multiplies in the network's products: [`Precision::Bf16`] or [`Precision::Fp32`].
+pub fn precision() -> Precision {
+    if BF16_PRODUCTS.load(Ordering::Relaxed) {
+        Precision::Bf16
+    } else {
+        Precision::Fp32
+    }
+}
 
 /// Host memory. Storages are never mutated after creation, so a clone shares the values (the
 /// training loop hands its weights and gradients around by storage: deep copies cost 2 × 64 MB

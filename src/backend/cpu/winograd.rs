@@ -27,6 +27,13 @@
 //! its own output tiles, keeping `V` and `M` in cache. Reference: [`super::reference::conv2d`]
 //! (tests compare at `1e-6·Ci·9 + 1e-4·|ref|`). Bench: `cargo bench --bench ops -- conv`.
 //!
+//! The products stay in float32 whatever the CPU's precision ([`gemm1_fp32`]): with bf16 operands
+//! (`--precision bf16`) the Winograd-domain values `Bᵀ d B` and `G g Gᵀ`, rounded, took the parity
+//! fixtures' error against diffusers to 3.4× PyTorch's own bf16 error (largest error 0.36 against
+//! 0.11 on tests/fixtures/unet_a at t = 0), and rounding the plain operands instead (the direct
+//! path) matches PyTorch's error but runs 0.84× as fast as this path in float32 on AVX512-BF16
+//! (`cargo bench --bench ops -- bf16`): 3.24× the arithmetic at twice the rate.
+//!
 //! The backward pass ([`conv2d_backward`]) runs the same algorithm in reverse: one transform of
 //! the output gradient feeds both the kernel gradient (products over tiles) and the input
 //! gradient (products with the cached `U`), so no second kernel transform and no im2col.
@@ -34,7 +41,7 @@
 // Index loops mirror the matrix formulas of the transforms.
 #![allow(clippy::needless_range_loop)]
 
-use super::matmul::{gemm1, Mat, SendPtr};
+use super::matmul::{gemm1_fp32, Mat, SendPtr};
 use super::scratch::{self, Workspace};
 use super::simd::simd_fn;
 use crate::backend::{ConvGeom, PadMode};
@@ -360,7 +367,7 @@ fn conv2d_phased(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom, total: 
         // SAFETY: columns o0..o1 of M[ξ] belong to this task; V[ξ] (ntp × ci) and U[ξ]
         // (ci × co) are row-major with row strides cp and co.
         unsafe {
-            gemm1(
+            gemm1_fp32(
                 ntp,
                 o1 - o0,
                 ci,
@@ -410,7 +417,7 @@ pub fn conv2d(x: &[f32], f: &Filter, b: Option<&[f32]>, g: &ConvGeom) -> Vec<f32
                 // SAFETY: V[ξ] (nt × ci), U[ξ] (ci × co) and M[ξ] (nt × co) are row-major with
                 // row strides cp, co and cop.
                 unsafe {
-                    gemm1(
+                    gemm1_fp32(
                         nt,
                         co,
                         ci,
@@ -613,7 +620,7 @@ fn backward_in_chunks(
             // belong to this task; dM[ξ]ᵀ is co × ntp with element (o, t) at t·cop + o, V[ξ]
             // ntp × ci with row stride cp.
             unsafe {
-                gemm1(
+                gemm1_fp32(
                     o1 - o0,
                     ci,
                     ntp,
@@ -641,7 +648,7 @@ fn backward_in_chunks(
             // task; U[ξ] is ci × co row-major; dM[ξ]ᵀ is co × ntp with element (o, t) at
             // t·cop + o.
             unsafe {
-                gemm1(
+                gemm1_fp32(
                     c1 - c0,
                     ntp,
                     co,
@@ -694,7 +701,7 @@ fn backward_in_chunks(
     dw.par_chunks_mut(ci * 9).enumerate().for_each(|(o, dwo)| {
         // SAFETY: dwo is ci × 9; dU[o] is ci × 25 with element (c, ξ) at ξ·ci + c.
         unsafe {
-            gemm1(
+            gemm1_fp32(
                 ci,
                 9,
                 T * T,

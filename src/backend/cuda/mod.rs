@@ -44,30 +44,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// How the GPU multiplies in the network's products (docs/devices.md, “Precision”): float32
-/// with FFMA, or on the tensor cores with operands rounded to TF32 or to bf16 and float32
-/// accumulation. Storage is float32 either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    Fp32,
-    Tf32,
-    Bf16,
-}
-
-value_enum_by_name!(
-    Precision,
-    [Precision::Fp32, Precision::Tf32, Precision::Bf16]
-);
+pub use crate::backend::Precision;
 
 impl Precision {
-    /// `fp32`, `tf32` or `bf16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        }
-    }
     /// The kernels' code for this way of multiplying (`kernels/gemm_core.cuh`: `MMA_F32` 0,
     /// `MMA_TF32` 1, `MMA_BF16` 2).
     pub fn mma_code(self) -> u8 {
