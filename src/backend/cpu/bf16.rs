@@ -12,9 +12,9 @@
 //! each); the register tile is `MR × NR`: 24 accumulators of 16 lanes, each row's pair word
 //! broadcast against the panel's two vectors. Every element of the product is one chain of `vdpbf16ps` over its pairs in
 //! order, whatever its position, the shape or the thread: the same bits for any batch, as the
-//! float32 path ([`super::matmul::gemm1`]).
+//! float32 path (`matmul::gemm1`).
 //!
-//! Reference: [`reference`] (the rounded operands, products summed in f64). Bench: `cargo bench
+//! Reference: [`reference()`] (the rounded operands, products summed in f64). Bench: `cargo bench
 //! --bench ops -- bf16`.
 
 use super::matmul::Mat;

@@ -27,7 +27,7 @@
 //! its own output tiles, keeping `V` and `M` in cache. Reference: [`super::reference::conv2d`]
 //! (tests compare at `1e-6·Ci·9 + 1e-4·|ref|`). Bench: `cargo bench --bench ops -- conv`.
 //!
-//! The products stay in float32 whatever the CPU's precision ([`gemm1_fp32`]): with bf16 operands
+//! The products stay in float32 whatever the CPU's precision (`matmul::gemm1_fp32`): with bf16 operands
 //! (`--precision bf16`) the Winograd-domain values `Bᵀ d B` and `G g Gᵀ`, rounded, took the parity
 //! fixtures' error against diffusers to 3.4× PyTorch's own bf16 error (largest error 0.36 against
 //! 0.11 on tests/fixtures/unet_a at t = 0), and rounding the plain operands instead (the direct
