@@ -2,7 +2,7 @@
 //! bad input gives one line on stderr naming the problem, a non-zero exit, no panic and no
 //! output file.
 
-use crate::common::{assert_clean_failure, fixture, Scratch};
+use crate::common::{assert_clean_failure, assert_within_twice_pytorch, fixture, Scratch};
 use dydiff::io::npy;
 use std::path::Path;
 use std::process::Command;
@@ -95,26 +95,8 @@ fn bf16_products_stay_within_pytorchs_bf16_error() {
                 bf16.data, fp32.data,
                 "{name} t={t}: bf16 gave float32's bits"
             );
-            let errs: Vec<f64> = bf16
-                .data
-                .iter()
-                .zip(&want.data)
-                .map(|(a, b)| f64::from(a - b).abs())
-                .collect();
-            let max = errs.iter().fold(0.0f64, |m, &e| m.max(e));
-            let rms = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt();
-            let (pt_max, pt_rms) = (
-                pytorch["max_err"][k].as_f64().unwrap(),
-                pytorch["rms_err"][k].as_f64().unwrap(),
-            );
-            assert!(
-                max <= 2.0 * pt_max,
-                "{name} t={t}: max error {max}, PyTorch's {pt_max}"
-            );
-            assert!(
-                rms <= 2.0 * pt_rms,
-                "{name} t={t}: RMS error {rms}, PyTorch's {pt_rms}"
-            );
+            let what = format!("{name} t={t}");
+            assert_within_twice_pytorch(&bf16.data, &want.data, &pytorch, k, &what);
         }
     }
 }

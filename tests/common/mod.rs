@@ -122,6 +122,38 @@ pub fn assert_clean_failure(ok: bool, err: &str, needles: &[&str], out: &Path, s
     assert!(s.leftovers().is_empty(), "temporary files left behind");
 }
 
+/// The rule for the network at TF32 or bf16 (docs/devices.md, “Precision”): the largest and the
+/// root-mean-square error of `got` against diffusers' float32 output `want` each at most twice
+/// PyTorch's at the same precision on the same input (`pytorch`: a fixture's tf32.json or
+/// bf16.json, case `k`).
+pub fn assert_within_twice_pytorch(
+    got: &[f32],
+    want: &[f32],
+    pytorch: &serde_json::Value,
+    k: usize,
+    what: &str,
+) {
+    let errs: Vec<f64> = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| f64::from(a - b).abs())
+        .collect();
+    let max = errs.iter().fold(0.0f64, |m, &e| m.max(e));
+    let rms = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt();
+    let (pt_max, pt_rms) = (
+        pytorch["max_err"][k].as_f64().unwrap(),
+        pytorch["rms_err"][k].as_f64().unwrap(),
+    );
+    assert!(
+        max <= 2.0 * pt_max,
+        "{what}: max error {max}, PyTorch's {pt_max}"
+    );
+    assert!(
+        rms <= 2.0 * pt_rms,
+        "{what}: RMS error {rms}, PyTorch's {pt_rms}"
+    );
+}
+
 /// The device the CUDA kernel tests run on: the emulator, or GPU 0 through the driver when
 /// `DYDIFF_TEST_DEVICE=cuda` (the same test bodies on a real GPU).
 pub fn test_gpu() -> std::sync::Arc<dyn dydiff::backend::cuda::gpu::Gpu> {

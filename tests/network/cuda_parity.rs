@@ -5,7 +5,7 @@
 //! most twice PyTorch's at the same precision on the same input (tf32.json, bf16.json:
 //! python/make_precision_fixtures.py).
 
-use crate::common::{cuda_device, cuda_lock};
+use crate::common::{assert_within_twice_pytorch, cuda_device, cuda_lock};
 use dydiff::backend::cuda::{self, Precision};
 use dydiff::io::npy;
 use dydiff::nn::UNet2D;
@@ -32,36 +32,21 @@ fn check(name: &str, precision: Precision) {
         let got = model.forward(&xt, &tt).unwrap();
         assert_eq!(got.shape(), want.shape.as_slice());
         let got = got.to_vec().unwrap();
-        let errs: Vec<f64> = got
-            .iter()
-            .zip(&want.data)
-            .map(|(a, b)| f64::from(a - b).abs())
-            .collect();
-        let max = errs.iter().fold(0.0f64, |m, &e| m.max(e));
-        let rms = (errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64).sqrt();
         let what = format!("{name} {precision:?} t={:?}", t.data);
         match precision {
             Precision::Fp32 => {
                 let scale = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let max = got
+                    .iter()
+                    .zip(&want.data)
+                    .fold(0.0f64, |m, (a, b)| m.max(f64::from(a - b).abs()));
                 assert!(
                     max <= 1e-4 * f64::from(scale),
                     "{what}: max error {max} vs max |diffusers| {scale}"
                 );
             }
             Precision::Tf32 | Precision::Bf16 => {
-                let pt = pytorch.as_ref().unwrap();
-                let (pt_max, pt_rms) = (
-                    pt["max_err"][k].as_f64().unwrap(),
-                    pt["rms_err"][k].as_f64().unwrap(),
-                );
-                assert!(
-                    max <= 2.0 * pt_max,
-                    "{what}: max error {max}, PyTorch's {pt_max}"
-                );
-                assert!(
-                    rms <= 2.0 * pt_rms,
-                    "{what}: RMS error {rms}, PyTorch's {pt_rms}"
-                );
+                assert_within_twice_pytorch(&got, &want.data, pytorch.as_ref().unwrap(), k, &what)
             }
         }
     }
