@@ -22,7 +22,8 @@
 # SENS_SEEDS, LONGER (runs PROCESS:DYN_ETA:SEED to train for LONGER_STEPS steps, default twice
 # STEPS, into folders ending in _steps{N}; none to skip them), RES, TRAIN_SEQ, TEST_SEQ, BIN (a
 # dydiff binary to use instead of building one, e.g. a copy that later rebuilds cannot change) and
-# PY (a Python with matplotlib for the figures, default: python/env.sh's). Finished runs are kept;
+# PY (a Python with matplotlib for the figures, default: python/env.sh's) and NO_REPORT (set: the
+# runs only, no tables or figures). Finished runs are kept;
 # an interrupted one resumes. The tables go to OUT/table.md, the figures to OUT/figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +92,8 @@ for cell in $LONGER; do
   IFS=: read -r process eta seed <<< "$cell"
   run "$process" "$eta" "$seed" "$LONGER_STEPS"
 done
+# NO_REPORT: runs only (a study with its own report, e.g. experiments/decisive.sh)
+[ -z "${NO_REPORT:-}" ] || exit 0
 
 python3 experiments/table.py "$OUT" "$ETAS" "$SENS_PROCESS" | tee "$OUT/table.md"
 PY=${PY:-$(python/env.sh | tail -1)}
