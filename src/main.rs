@@ -215,7 +215,9 @@ fn print_info() -> Result<()> {
     )];
     lines.push(format!(
         "cpu: bf16 products (--precision bf16): {}",
-        if dydiff::backend::cpu::bf16::available() {
+        if dydiff::backend::cpu::amx::available() {
+            "AMX-BF16 tiles (tdpbf16ps)"
+        } else if dydiff::backend::cpu::bf16::available() {
             "AVX512-BF16 (vdpbf16ps)"
         } else {
             "none on this CPU (float32 instead)"

@@ -36,7 +36,9 @@ fn info_lists_the_cpu_and_what_cuda_has() {
         "{out}"
     );
     // the CPU's bf16 products, as the library detects them
-    let bf16 = if dydiff::backend::cpu::bf16::available() {
+    let bf16 = if dydiff::backend::cpu::amx::available() {
+        "AMX-BF16 tiles (tdpbf16ps)"
+    } else if dydiff::backend::cpu::bf16::available() {
         "AVX512-BF16 (vdpbf16ps)"
     } else {
         "none on this CPU (float32 instead)"

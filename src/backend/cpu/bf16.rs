@@ -14,6 +14,9 @@
 //! order, whatever its position, the shape or the thread: the same bits for any batch, as the
 //! float32 path (`matmul::gemm1`).
 //!
+//! Where the CPU has AMX-BF16 (Intel Sapphire Rapids and later), the same packed operands go to
+//! the tile unit instead ([`super::amx`]): the same roundings and float32 sums, other tiles.
+//!
 //! Reference: [`reference()`] (the rounded operands, products summed in f64). Bench: `cargo bench
 //! --bench ops -- bf16`.
 
@@ -84,7 +87,8 @@ thread_local! {
 }
 
 /// `dst (m×n) = [dst +] alpha · lhs (m×k) · rhs (k×n)` on one thread with bf16 operands (see the
-/// module's documentation); `m, n, k ≥ 1`. Only where [`available`].
+/// module's documentation); `m, n, k ≥ 1`. Only where [`available`]. On a CPU with AMX-BF16
+/// ([`super::amx::available`]) the tiles are AMX's, elsewhere `vdpbf16ps` register tiles.
 ///
 /// # Safety
 /// As [`super::matmul::gemm1`]: every operand valid for the ranges its strides describe, `dst`
@@ -102,29 +106,74 @@ pub(crate) unsafe fn gemm(
     rhs: Mat,
     alpha: f32,
 ) {
+    let engine = if super::amx::available() {
+        Engine::Amx(super::amx::tile)
+    } else {
+        Engine::Avx512
+    };
+    let out = Out {
+        dst,
+        rs: dst_rs,
+        cs: dst_cs,
+        accumulate,
+        alpha,
+    };
+    gemm_with(engine, (m, n, k), lhs, rhs, out);
+}
+
+/// What computes the products' tiles.
+#[derive(Clone, Copy)]
+pub(super) enum Engine {
+    /// `vdpbf16ps` on an [`MR`] × [`NR`] register tile.
+    Avx512,
+    /// AMX-BF16 tiles ([`super::amx`]) through this tile function: [`super::amx::tile`], or in
+    /// tests the instruction's model.
+    Amx(super::amx::TileFn),
+}
+
+/// [`gemm`] with the given engine.
+pub(super) unsafe fn gemm_with(
+    engine: Engine,
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    out: Out,
+) {
     PACKS.with(|cell| {
         let (a, b) = &mut *cell.borrow_mut();
-        b.resize(n.div_ceil(NR) * NR * k.div_ceil(2), 0);
-        pack_rhs(rhs, k, n, b);
-        let out = Out {
-            dst,
-            rs: dst_rs,
-            cs: dst_cs,
-            accumulate,
-            alpha,
+        let kp = match engine {
+            Engine::Avx512 => k.div_ceil(2),
+            Engine::Amx(_) => super::amx::pair_rows(k),
         };
-        product(m, n, k, lhs, a, b, out);
+        b.resize(n.div_ceil(NR) * NR * kp, 0);
+        pack_rhs(rhs, k, n, kp, b);
+        match engine {
+            Engine::Avx512 => product(m, n, k, lhs, a, b, out),
+            Engine::Amx(tile) => super::amx::product((m, n, k), lhs, a, b, out, tile),
+        }
     })
 }
 
 /// Where a product goes: `dst[i·rs + j·cs] = [dst +] alpha · Σ`.
 #[derive(Clone, Copy, Debug)]
-struct Out {
-    dst: *mut f32,
-    rs: isize,
-    cs: isize,
-    accumulate: bool,
-    alpha: f32,
+pub(super) struct Out {
+    pub dst: *mut f32,
+    pub rs: isize,
+    pub cs: isize,
+    pub accumulate: bool,
+    pub alpha: f32,
+}
+
+impl Out {
+    /// The same destination from its element `(row, col)` on.
+    pub unsafe fn corner(&self, row: usize, col: usize) -> Out {
+        Out {
+            dst: self
+                .dst
+                .offset(row as isize * self.rs + col as isize * self.cs),
+            ..*self
+        }
+    }
 }
 
 /// The product of `lhs (m×k)`, packed into `a`, with the packed panels of the right operand.
@@ -140,14 +189,19 @@ unsafe fn product(
     debug_assert!(available() && m > 0 && n > 0 && k > 0);
     let kp = k.div_ceil(2);
     a.resize(m.div_ceil(MR) * MR * kp, 0);
-    pack_lhs(lhs, m, k, a);
+    // word p of row i at (⌊i/MR⌋·kp + p)·MR + i mod MR: blocks of MR rows, pair-major
+    let place = |i: usize, p: usize| (i / MR * kp + p) * MR + i % MR;
+    pack_lhs(lhs, m, k, place, a);
+    // the last block's missing rows multiply as zeros
+    for i in m..m.div_ceil(MR) * MR {
+        for p in 0..kp {
+            a[place(i, p)] = 0;
+        }
+    }
     for (panel, cols) in panels.chunks_exact(kp * NR).zip((0..n).step_by(NR)) {
         for rows in (0..m).step_by(MR) {
-            let d = out
-                .dst
-                .offset(rows as isize * out.rs + cols as isize * out.cs);
-            let corner = Out { dst: d, ..out };
             let block = &a[rows * kp..(rows + MR) * kp];
+            let corner = out.corner(rows, cols);
             #[cfg(target_arch = "x86_64")]
             tile(
                 kp,
@@ -162,9 +216,16 @@ unsafe fn product(
     }
 }
 
-/// Packs `lhs (m×k)` as pair words in blocks of [`MR`] rows: word `p` of row `i` at
-/// `out[(⌊i/MR⌋·kp + p)·MR + i mod MR]` (`kp = ⌈k/2⌉`), rows past `m` zero. Every word is written.
-unsafe fn pack_lhs(lhs: Mat, m: usize, k: usize, out: &mut [u32]) {
+/// Packs `lhs (m×k)` as pair words, word `p` of row `i` (values `2p` and `2p + 1`, an odd `k`
+/// ending with a zero) at `out[place(i, p)]`, for `i < m` and `p < ⌈k/2⌉`; the caller zeroes
+/// any padding.
+pub(super) unsafe fn pack_lhs(
+    lhs: Mat,
+    m: usize,
+    k: usize,
+    place: impl Fn(usize, usize) -> usize,
+    out: &mut [u32],
+) {
     let kp = k.div_ceil(2);
     let at = |i: usize, t: usize| {
         if t < k {
@@ -174,28 +235,19 @@ unsafe fn pack_lhs(lhs: Mat, m: usize, k: usize, out: &mut [u32]) {
         }
     };
     #[cfg(target_arch = "x86_64")]
-    let mut row: Vec<u32> = Vec::new();
-    for i in 0..m {
-        let block = &mut out[i / MR * kp * MR + i % MR..];
-        #[cfg(target_arch = "x86_64")]
-        if lhs.cs == 1 {
-            row.resize(kp, 0);
+    if lhs.cs == 1 {
+        // rows are contiguous: convert each whole, then place its words
+        let mut row = vec![0u32; kp];
+        for i in 0..m {
             contiguous_pairs(lhs.ptr.offset(i as isize * lhs.rs), k, &mut row);
             for (p, &w) in row.iter().enumerate() {
-                block[p * MR] = w;
+                out[place(i, p)] = w;
             }
-            continue;
         }
-        #[cfg(target_arch = "x86_64")]
-        if lhs.rs == 1 {
-            continue; // below, 16 rows a conversion
-        }
-        for p in 0..kp {
-            block[p * MR] = pair(at(i, 2 * p), at(i, 2 * p + 1));
-        }
+        return;
     }
     #[cfg(target_arch = "x86_64")]
-    if lhs.cs != 1 && lhs.rs == 1 {
+    if lhs.rs == 1 {
         // columns are contiguous: the pair words of 16 rows from two columns at once
         let mut words = [0u32; 16];
         for p in 0..kp {
@@ -211,28 +263,29 @@ unsafe fn pack_lhs(lhs: Mat, m: usize, k: usize, out: &mut [u32]) {
                     }
                 }
                 for (q, &w) in words.iter().enumerate().take(rows) {
-                    let i = i0 + q;
-                    out[(i / MR * kp + p) * MR + i % MR] = w;
+                    out[place(i0 + q, p)] = w;
                 }
             }
         }
+        return;
     }
-    // the last block's missing rows multiply as zeros
-    for i in m..m.div_ceil(MR) * MR {
-        let block = &mut out[i / MR * kp * MR + i % MR..];
+    for i in 0..m {
         for p in 0..kp {
-            block[p * MR] = 0;
+            out[place(i, p)] = pair(at(i, 2 * p), at(i, 2 * p + 1));
         }
     }
 }
 
-/// Packs `rhs (k×n)` in panels of [`NR`] columns: word `(p, j)` of panel `q` (pair `p` of column
-/// `q·NR + j`) at `out[(q·kp + p)·NR + j]`, columns past `n` zero. Every word is written.
-unsafe fn pack_rhs(rhs: Mat, k: usize, n: usize, out: &mut [u32]) {
-    let kp = k.div_ceil(2);
+/// Packs `rhs (k×n)` in panels of [`NR`] columns and `kp ≥ ⌈k/2⌉` pair rows: word `(p, j)` of
+/// panel `q` (pair `p` of column `q·NR + j`) at `out[(q·kp + p)·NR + j]`, columns past `n` and
+/// pairs past `⌈k/2⌉` zero. Every word is written.
+unsafe fn pack_rhs(rhs: Mat, k: usize, n: usize, kp: usize, out: &mut [u32]) {
+    for panel in out[..n.div_ceil(NR) * kp * NR].chunks_exact_mut(kp * NR) {
+        panel[k.div_ceil(2) * NR..].fill(0);
+    }
     for j in n..n.div_ceil(NR) * NR {
         let panel = &mut out[(j / NR) * kp * NR..];
-        for p in 0..kp {
+        for p in 0..k.div_ceil(2) {
             panel[p * NR + j % NR] = 0;
         }
     }
@@ -246,7 +299,7 @@ unsafe fn pack_rhs(rhs: Mat, k: usize, n: usize, out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if rhs.rs == 1 {
         // each column is contiguous along k: convert it whole, then place its words
-        let mut col = vec![0u32; kp];
+        let mut col = vec![0u32; k.div_ceil(2)];
         for j in 0..n {
             contiguous_pairs(rhs.ptr.offset(j as isize * rhs.cs), k, &mut col);
             let panel = &mut out[(j / NR) * kp * NR..];
@@ -261,7 +314,7 @@ unsafe fn pack_rhs(rhs: Mat, k: usize, n: usize, out: &mut [u32]) {
     #[cfg(not(target_arch = "x86_64"))]
     let vectors = 0;
     #[cfg(target_arch = "x86_64")]
-    for p in 0..kp {
+    for p in 0..k.div_ceil(2) {
         // rows 2p and 2p + 1 are contiguous: 16 columns a conversion
         let r0 = rhs.ptr.offset(2 * p as isize * rhs.rs);
         let r1 = (2 * p + 1 < k).then(|| r0.offset(rhs.rs));
@@ -276,7 +329,7 @@ unsafe fn pack_rhs(rhs: Mat, k: usize, n: usize, out: &mut [u32]) {
     }
     for j in vectors..n {
         let panel = &mut out[(j / NR) * kp * NR..];
-        for p in 0..kp {
+        for p in 0..k.div_ceil(2) {
             panel[p * NR + j % NR] = pair(at(2 * p, j), at(2 * p + 1, j));
         }
     }
@@ -286,7 +339,7 @@ unsafe fn pack_rhs(rhs: Mat, k: usize, n: usize, out: &mut [u32]) {
 /// without a second row) in the high half.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn interleave_rows(lo: *const f32, hi: Option<*const f32>, out: *mut u32) {
+pub(super) unsafe fn interleave_rows(lo: *const f32, hi: Option<*const f32>, out: *mut u32) {
     use std::arch::x86_64::*;
     let half = |x: *const f32| -> __m512i {
         let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(x)));
@@ -302,7 +355,7 @@ unsafe fn interleave_rows(lo: *const f32, hi: Option<*const f32>, out: *mut u32)
 /// The pair words of `k` contiguous values at `src` (an odd `k` ends with a zero), 32 values a
 /// conversion.
 #[cfg(target_arch = "x86_64")]
-unsafe fn contiguous_pairs(src: *const f32, k: usize, out: &mut [u32]) {
+pub(super) unsafe fn contiguous_pairs(src: *const f32, k: usize, out: &mut [u32]) {
     let whole = k / 32 * 32;
     convert_runs(src, whole, out.as_mut_ptr());
     for (p, w) in out
@@ -332,8 +385,8 @@ unsafe fn convert_runs(src: *const f32, len: usize, out: *mut u32) {
 }
 
 /// One `MR × NR` tile, `Σₚ pairs a[p][r] · panel[p][c]` over `kp` pair words (`a` a block of
-/// [`pack_lhs`]), of which the first `rows × cols` go to `out` (its corner): `alpha ·` the sum,
-/// plus what `out` held when accumulating — the same two roundings whichever way it is stored.
+/// [`pack_lhs`] in `product`'s layout), of which the first `rows × cols` go to `out` (its
+/// corner) through [`store`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tile(kp: usize, a: &[u32], panel: &[u32], out: &Out, (rows, cols): (usize, usize)) {
@@ -349,6 +402,20 @@ unsafe fn tile(kp: usize, a: &[u32], panel: &[u32], out: &Out, (rows, cols): (us
             cr[1] = _mm512_dpbf16_ps(cr[1], w, b1);
         }
     }
+    let mut acc = [0.0f32; MR * NR];
+    for (row, cr) in acc.chunks_exact_mut(NR).zip(&c) {
+        _mm512_storeu_ps(row.as_mut_ptr(), cr[0]);
+        _mm512_storeu_ps(row.as_mut_ptr().add(16), cr[1]);
+    }
+    store(out, &acc, (rows, cols));
+}
+
+/// Writes the first `rows × cols` of the sums `acc` (rows of [`NR`]) to `out`: `alpha ·` the sum,
+/// plus what `out` held when accumulating — the same two roundings whichever way it is stored.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn store(out: &Out, acc: &[f32], (rows, cols): (usize, usize)) {
+    use std::arch::x86_64::*;
     let alpha = _mm512_set1_ps(out.alpha);
     if out.cs == 1 {
         // rows of the destination are contiguous: masked vector stores
@@ -356,14 +423,14 @@ unsafe fn tile(kp: usize, a: &[u32], panel: &[u32], out: &Out, (rows, cols): (us
             let n = cols.saturating_sub(from).min(16);
             ((1u32 << n) - 1) as __mmask16
         };
-        let (m0, m1) = (mask(0), mask(16));
-        for (r, cr) in c.iter().enumerate().take(rows) {
+        for (r, row) in acc.chunks_exact(NR).enumerate().take(rows) {
             let d = out.dst.offset(r as isize * out.rs);
-            for (half, m) in [(0, m0), (1, m1)] {
+            for half in 0..NR / 16 {
+                let m = mask(16 * half);
                 if m == 0 {
                     continue; // no column of this half: not even its address is formed
                 }
-                let mut v = _mm512_mul_ps(alpha, cr[half]);
+                let mut v = _mm512_mul_ps(alpha, _mm512_loadu_ps(row.as_ptr().add(16 * half)));
                 if out.accumulate {
                     v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, d.add(16 * half)), v);
                 }
@@ -372,13 +439,9 @@ unsafe fn tile(kp: usize, a: &[u32], panel: &[u32], out: &Out, (rows, cols): (us
         }
         return;
     }
-    let mut acc = [[0.0f32; NR]; MR];
-    for (row, cr) in acc.iter_mut().zip(&c) {
-        _mm512_storeu_ps(row.as_mut_ptr(), _mm512_mul_ps(alpha, cr[0]));
-        _mm512_storeu_ps(row.as_mut_ptr().add(16), _mm512_mul_ps(alpha, cr[1]));
-    }
-    for (r, row) in acc.iter().enumerate().take(rows) {
-        for (j, &v) in row.iter().enumerate().take(cols) {
+    for (r, row) in acc.chunks_exact(NR).enumerate().take(rows) {
+        for (j, &sum) in row.iter().enumerate().take(cols) {
+            let v = out.alpha * sum;
             let d = out.dst.offset(r as isize * out.rs + j as isize * out.cs);
             *d = if out.accumulate { *d + v } else { v };
         }
@@ -397,9 +460,35 @@ mod tests {
             .collect()
     }
 
-    /// A product through [`gemm`] of row-major `a (m×k)` and `b (k×n)`, each laid out as `lay`
-    /// says: 0 row-major, 1 column-major, 2 strided in both (every other element).
-    fn product(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), lay: (u8, u8)) -> Vec<f32> {
+    /// The engines to test, each with its name: `vdpbf16ps` tiles, AMX tiles through the model of
+    /// `tdpbf16ps`, and through the instruction where the CPU has AMX (else said to be skipped).
+    fn engines() -> Vec<(&'static str, Engine)> {
+        let mut e = vec![
+            ("vdpbf16ps", Engine::Avx512),
+            (
+                "AMX tiles (model)",
+                Engine::Amx(crate::backend::cpu::amx::model),
+            ),
+        ];
+        if crate::backend::cpu::amx::available() {
+            e.push(("AMX tiles", Engine::Amx(crate::backend::cpu::amx::tile)));
+        } else {
+            eprintln!(
+                "skipped on this CPU (no AMX-BF16, or no tile permission): the AMX instructions"
+            );
+        }
+        e
+    }
+
+    /// A product through [`gemm_with`] of row-major `a (m×k)` and `b (k×n)`, each laid out as
+    /// `lay` says: 0 row-major, 1 column-major, 2 strided in both (every other element).
+    fn product(
+        engine: Engine,
+        a: &[f32],
+        b: &[f32],
+        (m, k, n): (usize, usize, usize),
+        lay: (u8, u8),
+    ) -> Vec<f32> {
         let layout = |x: &[f32], rows: usize, cols: usize, l: u8| -> (Vec<f32>, isize, isize) {
             match l {
                 0 => (x.to_vec(), cols as isize, 1),
@@ -431,14 +520,22 @@ mod tests {
             rs: brs,
             cs: bcs,
         };
+        let out = Out {
+            dst: y.as_mut_ptr(),
+            rs: n as isize,
+            cs: 1,
+            accumulate: false,
+            alpha: 0.5,
+        };
         // SAFETY: the operands hold the described ranges; y is separate.
-        unsafe { gemm(m, n, k, y.as_mut_ptr(), n as isize, 1, false, lhs, rhs, 0.5) };
+        unsafe { gemm_with(engine, (m, n, k), lhs, rhs, out) };
         y
     }
 
-    /// Products of every layout against the reference (the rounded operands, summed in f64):
-    /// `|y − ref| ≤ 4·k·2⁻²⁴·Σ|aᵢ·bᵢ|` (float32 accumulation), and against the float32 product
-    /// within bf16's rounding, `2⁻⁷·Σ|aᵢ·bᵢ|`; odd `k`, edges of the register tile, `k` of 1 and 2.
+    /// Products of every engine and layout against the reference (the rounded operands, summed in
+    /// f64): `|y − ref| ≤ 4·k·2⁻²⁴·Σ|aᵢ·bᵢ|` (float32 accumulation), and against the float32
+    /// product within bf16's rounding, `2⁻⁷·Σ|aᵢ·bᵢ|`; odd `k`, edges of the register and AMX
+    /// tiles (12 and 32 rows, 32 columns, 32 values of `k`), `k` of 1 and 2.
     #[test]
     fn products_match_the_reference() {
         if !available() {
@@ -453,14 +550,22 @@ mod tests {
             (5, 40, 23),
             (25, 301, 70),
             (40, 1024, 7),
+            (33, 32, 64),
+            (64, 65, 31),
         ] {
             let (a, b) = (values(m * k, 1), values(k * n, 2));
             let want = reference(&a, &b, m, k, n, 0.5);
-            let first = product(&a, &b, (m, k, n), (0, 0));
-            for lay in [(0, 0), (1, 1), (0, 1), (1, 0), (2, 2)] {
-                let y = product(&a, &b, (m, k, n), lay);
+            for ((name, engine), lay) in engines()
+                .into_iter()
+                .flat_map(|e| [(0, 0), (1, 1), (0, 1), (1, 0), (2, 2)].map(|l| (e, l)))
+            {
+                let first = product(engine, &a, &b, (m, k, n), (0, 0));
+                let y = product(engine, &a, &b, (m, k, n), lay);
                 // every packing path gives the same words, so the same bits
-                assert_eq!(y, first, "{m}×{k}×{n} layout {lay:?} against row-major");
+                assert_eq!(
+                    y, first,
+                    "{name} {m}×{k}×{n} layout {lay:?} against row-major"
+                );
                 for i in 0..m {
                     for j in 0..n {
                         let mag: f64 = (0..k)
@@ -475,12 +580,12 @@ mod tests {
                         let bound = 4.0 * k as f64 * 2f64.powi(-24) * mag + 1e-30;
                         assert!(
                             (got - f64::from(want[i * n + j])).abs() <= bound,
-                            "{m}×{k}×{n} layout {lay:?} [{i}, {j}]: {got} vs reference {}",
+                            "{name} {m}×{k}×{n} layout {lay:?} [{i}, {j}]: {got} vs reference {}",
                             want[i * n + j]
                         );
                         assert!(
                             (got - exact).abs() <= 2f64.powi(-7) * mag + 1e-30,
-                            "{got} vs exact {exact}"
+                            "{name}: {got} vs exact {exact}"
                         );
                     }
                 }
@@ -498,9 +603,12 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        for &(m, k, n) in &[(7, 19, 23), (13, 8, 5), (12, 50, 32)] {
+        let shapes = [(7, 19, 23), (13, 8, 5), (12, 50, 32), (40, 33, 17)];
+        for ((name, engine), (m, k, n)) in
+            engines().into_iter().flat_map(|e| shapes.map(|s| (e, s)))
+        {
             let (a, b, c) = (values(m * k, 6), values(k * n, 7), values(m * n, 8));
-            let fresh = product(&a, &b, (m, k, n), (0, 0));
+            let fresh = product(engine, &a, &b, (m, k, n), (0, 0));
             let lhs = Mat {
                 ptr: a.as_ptr(),
                 rs: k as isize,
@@ -519,15 +627,22 @@ mod tests {
                         d[at(i, j)] = c[i * n + j];
                     }
                 }
+                let out = Out {
+                    dst: d.as_mut_ptr(),
+                    rs,
+                    cs,
+                    accumulate: true,
+                    alpha: 0.5,
+                };
                 // SAFETY: d holds m × n values in the described layout; operands separate.
-                unsafe { gemm(m, n, k, d.as_mut_ptr(), rs, cs, true, lhs, rhs, 0.5) };
+                unsafe { gemm_with(engine, (m, n, k), lhs, rhs, out) };
                 for i in 0..m {
                     for j in 0..n {
                         let want = c[i * n + j] + fresh[i * n + j];
                         assert_eq!(
                             d[at(i, j)].to_bits(),
                             want.to_bits(),
-                            "{m}×{k}×{n} ({rs}, {cs}) [{i}, {j}]"
+                            "{name} {m}×{k}×{n} ({rs}, {cs}) [{i}, {j}]"
                         );
                     }
                 }
@@ -543,18 +658,20 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        let (m, k, n) = (29, 77, 45);
+        let (m, k, n) = (45, 77, 45);
         let (a, b) = (values(m * k, 3), values(k * n, 4));
-        let whole = product(&a, &b, (m, k, n), (0, 0));
-        for i in [0, 11, 12, 28] {
-            let row = product(&a[i * k..(i + 1) * k], &b, (1, k, n), (0, 0));
-            assert_eq!(row, whole[i * n..(i + 1) * n], "row {i}");
-        }
-        for j in [0, 31, 32, 44] {
-            let col: Vec<f32> = (0..k).map(|t| b[t * n + j]).collect();
-            let y = product(&a, &col, (m, k, 1), (0, 0));
-            let want: Vec<f32> = (0..m).map(|i| whole[i * n + j]).collect();
-            assert_eq!(y, want, "column {j}");
+        for (name, engine) in engines() {
+            let whole = product(engine, &a, &b, (m, k, n), (0, 0));
+            for i in [0, 11, 12, 28, 31, 32, 44] {
+                let row = product(engine, &a[i * k..(i + 1) * k], &b, (1, k, n), (0, 0));
+                assert_eq!(row, whole[i * n..(i + 1) * n], "{name} row {i}");
+            }
+            for j in [0, 31, 32, 44] {
+                let col: Vec<f32> = (0..k).map(|t| b[t * n + j]).collect();
+                let y = product(engine, &a, &col, (m, k, 1), (0, 0));
+                let want: Vec<f32> = (0..m).map(|i| whole[i * n + j]).collect();
+                assert_eq!(y, want, "{name} column {j}");
+            }
         }
     }
 

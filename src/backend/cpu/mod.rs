@@ -3,6 +3,7 @@
 //! bf16 products on AVX512-BF16 with `--precision bf16`, [`bf16`]). One file per op family;
 //! [`reference`](mod@reference) holds the plain versions the tests compare against.
 
+pub mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod conv;
@@ -32,7 +33,8 @@ use std::sync::{Arc, Mutex};
 static BF16_PRODUCTS: AtomicBool = AtomicBool::new(false);
 
 /// Sets how the CPU multiplies in the network's products: [`Precision::Bf16`] rounds the operands
-/// to bf16 where the CPU has AVX512-BF16 ([`bf16::available`]); anything else, and bf16 on other
+/// to bf16 where the CPU has AVX512-BF16 ([`bf16::available`]; on AMX tiles where it also has
+/// those, [`amx::available`]); anything else, and bf16 on other
 /// CPUs, computes in float32 (there is no TF32 on a CPU). The default is float32.
 pub fn set_precision(p: Precision) {
     BF16_PRODUCTS.store(p == Precision::Bf16 && bf16::available(), Ordering::Relaxed);
@@ -146,6 +148,15 @@ impl CpuStorage {
     }
 }
 
+/// Whether a convolution takes the Winograd path: every 3×3 stride-1 convolution
+/// ([`winograd::applicable`]), except when its products are bf16 on AMX tiles, whose rate
+/// (16 × 32 × 16 multiply-adds an instruction) outruns Winograd's 3.24× saving in float32, and
+/// whose bf16 operands keep the direct path's error (Winograd-domain operands in bf16 do not:
+/// [`winograd`]'s documentation).
+fn winograd_route(g: &ConvGeom) -> bool {
+    winograd::applicable(g) && !(precision() == Precision::Bf16 && amx::available())
+}
+
 fn wrap(v: Vec<f32>) -> Result<CpuStorage> {
     Ok(CpuStorage::from_vec(v))
 }
@@ -172,7 +183,7 @@ impl BackendStorage for CpuStorage {
     fn conv2d(&self, w: &Self, b: Option<&Self>, g: &ConvGeom) -> Result<Self> {
         let _s = scope("conv2d", g.flops());
         let b = b.map(|b| b.as_slice());
-        if winograd::applicable(g) {
+        if winograd_route(g) {
             wrap(winograd::conv2d(
                 &self.data,
                 &w.winograd_filter(g.co, g.ci),
@@ -243,7 +254,7 @@ impl BackendStorage for CpuStorage {
         // 3×3 stride-1 padding-1 convolutions by the adjoint of their Winograd forward (the
         // benchmark UNet's training step at 32×32, batch 8: convolution backward 562–573 ms
         // with im2col for dw and a second Winograd convolution for dx, 250–270 ms now).
-        let (dx, dw, db) = if winograd::applicable(g) {
+        let (dx, dw, db) = if winograd_route(g) {
             let f = w.winograd_filter(g.co, g.ci);
             let (dx, dw) = winograd::conv2d_backward(&self.data, &f, &dy.data, g, need_dx);
             (dx, dw, conv::bias_grad(&dy.data, g))
