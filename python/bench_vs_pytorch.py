@@ -35,9 +35,17 @@ algorithm in PyTorch over the same diffusers networks (the interpolator in train
 dropout, a fresh mask per call), timed inside its process after loading.
 
     cargo build --release && $PY python/bench_vs_pytorch.py --dyffusion [--rounds 5]
+
+With --bf16 (any of the above): PyTorch's network under `torch.autocast("cpu", torch.bfloat16)` (its
+one-line bf16 path: bf16 convolutions and matrix products through oneDNN, outputs cast back to
+float32 for the sampler's arithmetic; training's backward and AdamW as autocast leaves them) against
+`dydiff --precision bf16` (docs/devices.md, "Precision").
+
+    cargo build --release && $PY python/bench_vs_pytorch.py --bf16 --sampler [--rounds 5]
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -52,6 +60,18 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def autocast():
+    """PyTorch's bf16 autocast in a child process when the parent runs with --bf16, else nothing."""
+    if os.environ.get("BENCH_BF16") == "1":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def ours(args, *rest) -> list:
+    """A dydiff command line on the benchmark's threads (and precision)."""
+    return [args.dydiff, "--threads", str(args.threads), *(["--precision", "bf16"] if args.bf16 else []), *rest]
 CONFIG = dict(
     in_channels=20, out_channels=12, block_out_channels=(64, 128, 256), layers_per_block=2,
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
@@ -71,7 +91,7 @@ def torch_forward_once(model_dir: str, input_path: str) -> None:
     """Child-process entry for the memory measurement: one forward in PyTorch."""
     model = UNet2DModel.from_pretrained(model_dir).eval()
     x = torch.from_numpy(np.load(input_path))
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         model(x, 500).sample
 
 
@@ -114,7 +134,8 @@ def torch_sample(model_dir: str, obs_path: str) -> None:
             a_p = float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0
             g_t, g_p = gb(a_t), gb(a_p)
             inp = torch.cat([hist, x], 1).reshape(b, -1, SIZE, SIZE)
-            e = net(inp, t).sample.reshape(b, FUT, CH, SIZE, SIZE)
+            with autocast():
+                e = net(inp, t).sample.float().reshape(b, FUT, CH, SIZE, SIZE)
             y = (x - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
             x0 = inv_dyn(torch.cat([dyn(hist, g_t)[:, -1:], y], 1), g_t)[:, 1:]
             ew = inv_dyn(e, g_t)
@@ -137,9 +158,9 @@ def sampler_bench(args, env, tmp: pathlib.Path) -> None:
         width=SIZE, data_scale=4.0, data_shift=0.0)))
     obs = tmp / "obs.npy"
     np.save(obs, np.random.default_rng(0).standard_normal((SAMPLES, HIST, CH, SIZE, SIZE)).astype(np.float32))
-    ours_cmd = [args.dydiff, "--threads", str(args.threads), "sample", "--model", str(mdir), "--input", str(obs),
-                "--out", str(tmp / "forecast.npy"), "--members", str(MEMBERS), "--steps", str(STEPS),
-                "--batch", str(SAMPLES * MEMBERS)]
+    ours_cmd = ours(args, "sample", "--model", str(mdir), "--input", str(obs),
+                    "--out", str(tmp / "forecast.npy"), "--members", str(MEMBERS), "--steps", str(STEPS),
+                    "--batch", str(SAMPLES * MEMBERS))
     torch_cmd = [sys.executable, __file__, "--torch-sample", str(mdir), str(obs)]
     t_torch, t_ours, splits = [], [], []
     for _ in range(args.rounds):
@@ -179,7 +200,7 @@ def torch_cold(model_dir: str, obs_path: str) -> None:
     fnet = UNet2DModel.from_pretrained(mdir / "forecaster").eval()
     obs = torch.from_numpy(np.load(obs_path))
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         b = SAMPLES * MEMBERS
         x0 = (obs[:, :HIST] / 4.0).repeat_interleave(MEMBERS, 0).reshape(b, HIST * CH, SIZE, SIZE)
         tt = lambda i: torch.full((b,), float(i))  # noqa: E731
@@ -192,7 +213,7 @@ def torch_cold(model_dir: str, obs_path: str) -> None:
                 break
             x = x - (x if s == 0 else interp(xh, s)) + interp(xh, s + 1)
         leads = [interp(xh, j) for j in range(1, FUT)] + [xh]
-        forecast = (torch.stack(leads, 1) * 4.0).reshape(SAMPLES, MEMBERS, FUT, CH, SIZE, SIZE).numpy()
+        forecast = (torch.stack(leads, 1).float() * 4.0).reshape(SAMPLES, MEMBERS, FUT, CH, SIZE, SIZE).numpy()
     print(json.dumps({"loop_s": time.perf_counter() - t0, "shape": list(forecast.shape)}))
 
 
@@ -208,8 +229,8 @@ def cold_bench(args, env, tmp: pathlib.Path) -> None:
         interpolator_dropout=0.15, refine=True, lambda_1=0.5, lambda_2=0.5)))
     obs = tmp / "obs.npy"
     np.save(obs, np.random.default_rng(0).standard_normal((SAMPLES, HIST, CH, SIZE, SIZE)).astype(np.float32))
-    ours_cmd = [args.dydiff, "--threads", str(args.threads), "sample", "--model", str(mdir), "--input", str(obs),
-                "--out", str(tmp / "forecast.npy"), "--members", str(MEMBERS), "--batch", str(SAMPLES * MEMBERS)]
+    ours_cmd = ours(args, "sample", "--model", str(mdir), "--input", str(obs),
+                    "--out", str(tmp / "forecast.npy"), "--members", str(MEMBERS), "--batch", str(SAMPLES * MEMBERS))
     torch_cmd = [sys.executable, __file__, "--torch-cold", str(mdir), str(obs)]
     t_torch, t_ours, lines = [], [], []
     for _ in range(args.rounds):
@@ -246,7 +267,8 @@ def torch_train(model_dir: str, size: int, batch: int, reps: int) -> None:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(model(x, t).sample, y)
+        with autocast():
+            loss = torch.nn.functional.mse_loss(model(x, t).sample.float(), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -268,8 +290,8 @@ def train_bench(args, env, tmp: pathlib.Path) -> None:
     model.save_pretrained(tmp / "unet")
     for size in args.sizes:
         torch_cmd = [sys.executable, __file__, "--torch-train", str(tmp / "unet"), str(size), str(args.batch), str(args.reps)]
-        ours_cmd = [args.dydiff, "--threads", str(args.threads), "bench", "train", "--unet", str(tmp / "unet"),
-                    "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps)]
+        ours_cmd = ours(args, "bench", "train", "--unet", str(tmp / "unet"),
+                        "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps))
         t_torch, t_ours, rep = [], [], None
         for _ in range(args.rounds):
             out = subprocess.run(torch_cmd, check=True, capture_output=True, text=True, env=env)
@@ -298,7 +320,7 @@ def peak_rss_mb(cmd, env) -> float:
 
 def time_torch(model, x, reps: int) -> list:
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         model(x, 500)
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -338,9 +360,12 @@ def main() -> None:
     ap.add_argument("--sampler", action="store_true", help="the sampler benchmark instead of the forward")
     ap.add_argument("--train", action="store_true", help="the training-step benchmark instead of the forward")
     ap.add_argument("--dyffusion", action="store_true", help="DYffusion's cold sampling instead of the forward")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16: PyTorch under CPU autocast against dydiff --precision bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    env = dict(os.environ, BENCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, BENCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+               BENCH_BF16="1" if args.bf16 else "0")
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="dydiff-bench-"))
     if args.sampler:
@@ -372,8 +397,8 @@ def main() -> None:
                                  check=True, capture_output=True, text=True, env=env)
             torch_times += json.loads(out.stdout.strip().splitlines()[-1])
             out = subprocess.run(
-                [args.dydiff, "--threads", str(args.threads), "bench", "unet", "--unet", str(tmp / "unet"),
-                 "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps)],
+                ours(args, "bench", "unet", "--unet", str(tmp / "unet"),
+                     "--batch", str(args.batch), "--size", str(size), "--reps", str(args.reps)),
                 check=True, capture_output=True, text=True, env=env,
             )
             rep = json.loads(out.stdout)
@@ -382,8 +407,8 @@ def main() -> None:
         conv = rep["ops"]["conv2d"]
         mem_torch = peak_rss_mb([sys.executable, __file__, "--torch-once", str(tmp / "unet"), str(xin)], env)
         mem_ours = peak_rss_mb(
-            [args.dydiff, "--threads", str(args.threads), "denoise", "--unet", str(tmp / "unet"),
-             "--input", str(xin), "--timestep", "500", "--out", str(tmp / "y.npy")], env)
+            ours(args, "denoise", "--unet", str(tmp / "unet"),
+                 "--input", str(xin), "--timestep", "500", "--out", str(tmp / "y.npy")), env)
         rows.append(dict(
             size=size, gflop=rep["gflop"], torch_s=t_torch, dydiff_s=t_ours,
             torch_min=min(torch_times), dydiff_min=min(ours_times),
