@@ -7,8 +7,6 @@
 //!   padding `w / 2` counted in the window), `FSS = 1 − Σ(p − o)² / Σ(p² + o²)` over members
 //!   and pixels.
 
-use super::EVENT_WINDOWS;
-
 /// Pools an `(h, w)` field with a `k × k` window at `stride`, with `pad` pixels of padding on
 /// each side: the maximum over the window's pixels inside the field, or their sum divided by
 /// `k²` (padding counts as zeros). Returns the field and its size. Separable: rows, then
@@ -67,7 +65,7 @@ fn accumulate<'a>(acc: &mut [f64], vals: impl Iterator<Item = &'a f64>, max: boo
     }
 }
 
-/// Sums for every (threshold, window), indexed `q · 3 + window`.
+/// Sums for every (threshold, window), indexed `q · windows + window`.
 pub struct Events {
     /// (TP, FP, FN).
     pub csi: Vec<[f64; 3]>,
@@ -75,9 +73,16 @@ pub struct Events {
     pub fss: Vec<[f64; 2]>,
 }
 
-/// The event sums of one `(h, w)` field: every member against the truth. The fields are
-/// binarised from the values themselves (`x ≥ q` compared exactly in `f64`).
-pub fn events(members: &[&[f32]], truth: &[f32], h: usize, w: usize, thresholds: &[f64]) -> Events {
+/// The event sums of one `(h, w)` field at each threshold and window (the default report's are
+/// [`super::EVENT_WINDOWS`]): every member against the truth. The fields are binarised from the
+/// values themselves (`x ≥ q` compared exactly in `f64`).
+pub fn events(
+    members: &[&[f32]],
+    truth: &[f32],
+    (h, w): (usize, usize),
+    thresholds: &[f64],
+    windows: &[usize],
+) -> Events {
     let mut ev = Events {
         csi: Vec::new(),
         fss: Vec::new(),
@@ -90,7 +95,7 @@ pub fn events(members: &[&[f32]], truth: &[f32], h: usize, w: usize, thresholds:
     for &q in thresholds {
         let o = binary(truth, q);
         let bm: Vec<Vec<f64>> = members.iter().map(|m| binary(m, q)).collect();
-        for &k in &EVENT_WINDOWS {
+        for &k in windows {
             let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
             let csi_pool = |a: &[f64]| {
                 if k == 1 {

@@ -15,6 +15,7 @@
 pub mod categorical;
 pub mod crps;
 pub mod fields;
+pub mod turbulence;
 
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
@@ -29,6 +30,27 @@ pub struct Dims {
     pub h: usize,
     pub w: usize,
 }
+
+/// Which evaluation protocol `dydiff eval` follows (docs/metrics.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// dydiff's: every pixel, data units, exact pixel averages (this module).
+    Dydiff,
+    /// Dynamical Diffusion's reference implementation for turbulence ([`turbulence`]).
+    ReferenceTurbulence,
+}
+
+impl Protocol {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Dydiff => "dydiff",
+            Protocol::ReferenceTurbulence => "reference-turbulence",
+        }
+    }
+}
+
+value_enum_by_name!(Protocol, [Protocol::Dydiff, Protocol::ReferenceTurbulence]);
 
 /// Windows of the pooled CRPS (those that fit the field are reported).
 pub const POOL_WINDOWS: [usize; 4] = [2, 4, 8, 16];
@@ -193,7 +215,13 @@ fn slice_sums(x: &[f32], y: &[f32], d: &Dims, n: usize, s: usize, cfg: &EvalSett
             }
         }
         let raw: Vec<&[f32]> = (0..d.m).map(|m| &member(m)[plane.clone()]).collect();
-        let events = categorical::events(&raw, &truth[plane], d.h, d.w, &cfg.thresholds);
+        let events = categorical::events(
+            &raw,
+            &truth[plane],
+            (d.h, d.w),
+            &cfg.thresholds,
+            &EVENT_WINDOWS,
+        );
         if out.csi.is_empty() {
             out.csi = vec![[0.0; 3]; events.csi.len()];
             out.fss = vec![[0.0; 2]; events.fss.len()];
@@ -280,28 +308,155 @@ fn report(t: &Sums, d: &Dims, cfg: &EvalSettings) -> Map<String, Value> {
 /// scored in parallel and their sums added in a fixed order, so the report does not depend on
 /// the thread count.
 pub fn evaluate(x: &[f32], y: &[f32], d: &Dims, cfg: &EvalSettings) -> Value {
+    SampleScores::report(&score(x, y, d, cfg))
+}
+
+/// Scores that can be formed from any multiset of a forecast's samples: what the per-sample
+/// report and the paired bootstrap ([`compare`]) need, whatever the protocol.
+pub trait SampleScores: Sync {
+    /// The number of samples `N`.
+    fn samples(&self) -> usize;
+    /// The overall scores of the samples `idx` (a repeated index counts repeatedly), with the
+    /// keys of the report's `"overall"`.
+    fn overall_of(&self, idx: &[usize]) -> Map<String, Value>;
+    /// The full report: `{"overall": {...}, "per_lead": [{...}, ...]}` and what the protocol adds.
+    fn report(&self) -> Value;
+    /// Each sample's overall scores, `[{"sample": n, ...}, ...]`.
+    fn per_sample(&self) -> Vec<Value> {
+        (0..self.samples())
+            .map(|n| {
+                let mut r = self.overall_of(&[n]);
+                r.insert("sample".into(), json!(n));
+                Value::Object(r)
+            })
+            .collect()
+    }
+}
+
+/// The sums of every `(sample, lead)` slice of one forecast (docs/metrics.md's protocol).
+pub struct Scores {
+    /// Slice `(n, s)` at `s·N + n`.
+    slices: Vec<Sums>,
+    /// Sample `n`'s slices added in lead order.
+    per_sample: Vec<Sums>,
+    d: Dims,
+    cfg: EvalSettings,
+}
+
+/// Scores every slice of the forecast `x (N, M, S, C, H, W)` against the truth `y (N, S, C, H, W)`.
+pub fn score(x: &[f32], y: &[f32], d: &Dims, cfg: &EvalSettings) -> Scores {
     let slices: Vec<Sums> = (0..d.s * d.n)
         .into_par_iter()
         .map(|i| slice_sums(x, y, d, i % d.n, i / d.n, cfg))
         .collect();
-    let per: Vec<Sums> = (0..d.s)
-        .map(|s| {
-            slices[s * d.n..(s + 1) * d.n]
-                .iter()
-                .fold(Sums::default(), |a, b| a.add(b))
+    let per_sample = (0..d.n)
+        .map(|n| (0..d.s).fold(Sums::default(), |a, s| a.add(&slices[s * d.n + n])))
+        .collect();
+    Scores {
+        slices,
+        per_sample,
+        d: *d,
+        cfg: cfg.clone(),
+    }
+}
+
+impl SampleScores for Scores {
+    fn samples(&self) -> usize {
+        self.d.n
+    }
+
+    fn overall_of(&self, idx: &[usize]) -> Map<String, Value> {
+        let t = idx
+            .iter()
+            .fold(Sums::default(), |t, &i| t.add(&self.per_sample[i]));
+        report(&t, &self.d, &self.cfg)
+    }
+
+    fn report(&self) -> Value {
+        let (d, cfg) = (&self.d, &self.cfg);
+        let per: Vec<Sums> = (0..d.s)
+            .map(|s| {
+                self.slices[s * d.n..(s + 1) * d.n]
+                    .iter()
+                    .fold(Sums::default(), |a, b| a.add(b))
+            })
+            .collect();
+        let total = per.iter().fold(Sums::default(), |a, b| a.add(b));
+        let per_lead: Vec<Value> = per
+            .iter()
+            .enumerate()
+            .map(|(s, t)| {
+                let mut r = report(t, d, cfg);
+                r.insert("lead".into(), json!(s + 1));
+                Value::Object(r)
+            })
+            .collect();
+        json!({"overall": Value::Object(report(&total, d, cfg)), "per_lead": per_lead})
+    }
+}
+
+/// The paired bootstrap of forecast `a` against forecast `b` of the same truth (docs/metrics.md,
+/// "Comparing two forecasts"): for each overall score `k` both define, the change
+/// `a_k / b_k − 1`, and its 95% percentile interval over `resamples` resamples of the `N`
+/// samples with replacement, the same samples for both forecasts (indices from a SplitMix64
+/// stream seeded with `seed`). A resample that leaves a score undefined (no events, no
+/// unmasked pixel) is left out of that score's interval; `"resamples"` counts those used.
+pub fn compare(a: &dyn SampleScores, b: &dyn SampleScores, resamples: usize, seed: u64) -> Value {
+    let n = a.samples();
+    debug_assert_eq!(n, b.samples());
+    let all: Vec<usize> = (0..n).collect();
+    let (ra, rb) = (a.overall_of(&all), b.overall_of(&all));
+    let change = |x: &Value, y: &Value| match (x.as_f64(), y.as_f64()) {
+        (Some(x), Some(y)) if y != 0.0 && (x / y).is_finite() => Some(x / y - 1.0),
+        _ => None,
+    };
+    let keys: Vec<&String> = ra
+        .keys()
+        .filter(|k| change(&ra[*k], &rb[*k]).is_some())
+        .collect();
+    let mut rng = crate::nn::InitRng::new(seed);
+    let draws: Vec<Vec<usize>> = (0..resamples)
+        .map(|_| {
+            (0..n)
+                .map(|_| ((rng.uniform() * n as f64) as usize).min(n - 1))
+                .collect()
         })
         .collect();
-    let total = per.iter().fold(Sums::default(), |a, b| a.add(b));
-    let per_lead: Vec<Value> = per
-        .iter()
-        .enumerate()
-        .map(|(s, t)| {
-            let mut r = report(t, d, cfg);
-            r.insert("lead".into(), json!(s + 1));
-            Value::Object(r)
+    let changes: Vec<Vec<Option<f64>>> = draws
+        .par_iter()
+        .map(|idx| {
+            let (ba, bb) = (a.overall_of(idx), b.overall_of(idx));
+            keys.iter().map(|k| change(&ba[*k], &bb[*k])).collect()
         })
         .collect();
-    json!({"overall": Value::Object(report(&total, d, cfg)), "per_lead": per_lead})
+    let mut out = Map::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        let mut d: Vec<f64> = changes.iter().filter_map(|c| c[i]).collect();
+        d.sort_unstable_by(f64::total_cmp);
+        let ci = if d.is_empty() {
+            Value::Null
+        } else {
+            json!([percentile(&d, 0.025), percentile(&d, 0.975)])
+        };
+        out.insert(
+            k.clone(),
+            json!({
+                "this": ra[k],
+                "other": rb[k],
+                "change": change(&ra[k], &rb[k]),
+                "ci95": ci,
+                "resamples": d.len(),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+/// The `q`-quantile of sorted `v`, linear between order statistics (numpy's default).
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let pos = q * (v.len() - 1) as f64;
+    let (i, f) = (pos.floor() as usize, pos.fract());
+    v[i] * (1.0 - f) + v[(i + 1).min(v.len() - 1)] * f
 }
 
 #[cfg(test)]

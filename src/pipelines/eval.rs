@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::io::outputs::Outputs;
 use crate::io::{npy, picture};
-use crate::metrics::{self, Dims, EvalSettings};
+use crate::metrics::{self, Dims, EvalSettings, Protocol, SampleScores};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -26,8 +26,14 @@ pub struct EvalOptions {
     /// than the forecast: overrides the forecast's window record, and is needed without one.
     #[arg(long)]
     pub truth_start: Option<usize>,
+    /// The evaluation protocol: dydiff's (every pixel, data units, docs/metrics.md), or that of
+    /// Dynamical Diffusion's reference code for turbulence (data / 4, only truth ≥ 0 scored,
+    /// samples with an unscored field left out, CSI at 0; docs/metrics.md, "The reference's
+    /// turbulence protocol").
+    #[arg(long, value_enum, default_value = "dydiff")]
+    pub protocol: Protocol,
     /// Event thresholds of CSI and FSS, comma-separated finite numbers (default: the
-    /// truth's 75th and 95th percentiles).
+    /// truth's 75th and 95th percentiles; with --protocol reference-turbulence, 0).
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub thresholds: Vec<f64>,
     /// Also write the report as JSON: {"overall": {...}, "per_lead": [{...}, ...]}, in an
@@ -39,6 +45,18 @@ pub struct EvalOptions {
     /// its other files, a new one needs an existing parent.
     #[arg(long)]
     pub png: Option<PathBuf>,
+    /// Also each sample's overall scores in the JSON report ("per_sample"), for analyses of
+    /// one's own (the CRPS averages over them to the overall one).
+    #[arg(long)]
+    pub per_sample: bool,
+    /// A second forecast of the same truth (any number of members) to compare with: each
+    /// overall score's change, this / OTHER − 1, with its 95% interval from a paired bootstrap
+    /// over the samples; printed after the table, and in the JSON report ("compare").
+    #[arg(long, value_name = "OTHER")]
+    pub compare: Option<PathBuf>,
+    /// Resamples of the bootstrap of --compare.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub resamples: usize,
 }
 
 /// The `q`-quantile of `v` (linear interpolation between order statistics, as numpy's default).
@@ -199,27 +217,86 @@ fn num(v: &Value) -> String {
         .map_or_else(|| "—".to_string(), |x| format!("{x:.4}"))
 }
 
+/// The seed of `--compare`'s bootstrap: fixed, so a comparison is reproducible.
+const BOOTSTRAP_SEED: u64 = 0;
+
+/// The comparison's lines: the main scores of both forecasts, the change and its interval.
+fn compare_table(c: &Value, other: &Path) -> String {
+    let mut out = format!(
+        "compared with {} (paired bootstrap over {} samples, {} resamples): change = this / other - 1\n{:>16} {:>10} {:>10} {:>9} {:>21}\n",
+        other.display(),
+        c["samples"],
+        c["resamples"],
+        "score",
+        "this",
+        "other",
+        "change",
+        "95% interval"
+    );
+    let scores = &c["scores"];
+    let pct = |v: &Value| {
+        v.as_f64()
+            .map_or("—".into(), |x| format!("{:+.1}%", 100.0 * x))
+    };
+    for (k, v) in scores.as_object().into_iter().flatten() {
+        let main = [
+            "crps",
+            "crps_standard",
+            "rmse",
+            "mae",
+            "spread",
+            "ssr",
+            "ssim",
+        ];
+        if !(main.contains(&k.as_str()) || k.starts_with("crps_pool")) {
+            continue;
+        }
+        let ci = match v["ci95"].as_array() {
+            Some(b) => format!("[{}, {}]", pct(&b[0]), pct(&b[1])),
+            None => "—".into(),
+        };
+        out += &format!(
+            "{k:>16} {:>10} {:>10} {:>9} {ci:>21}\n",
+            num(&v["this"]),
+            num(&v["other"]),
+            pct(&v["change"])
+        );
+    }
+    out
+}
+
 /// A table of the main metrics, overall and per lead time.
 fn table(r: &Value) -> String {
-    let keys = [
-        "crps",
-        "crps_standard",
-        "rmse",
-        "mae",
-        "spread",
-        "ssr",
-        "psnr",
-        "ssim",
-    ];
+    let keys: &[&str] = if r["protocol"] == "reference-turbulence" {
+        &[
+            "crps",
+            "crps_pool2_avg",
+            "crps_pool2_max",
+            "crps_pool8_avg",
+            "crps_pool8_max",
+        ]
+    } else {
+        &[
+            "crps",
+            "crps_standard",
+            "rmse",
+            "mae",
+            "spread",
+            "ssr",
+            "psnr",
+            "ssim",
+        ]
+    };
     let mut out = format!("{:>8}", "lead");
+    let width = keys.iter().map(|k| k.len()).max().unwrap_or(0).max(13);
     for k in keys {
-        out += &format!(" {k:>13}");
+        out += &format!(" {k:>width$}");
     }
     out.push('\n');
     let mut row = |name: String, o: &Value| {
         out += &format!("{name:>8}");
         for k in keys {
-            out += &format!(" {:>13}", num(&o[k]));
+            out += &format!(" {:>width$}", num(&o[*k]));
         }
         out.push('\n');
     };
@@ -259,6 +336,14 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         .transpose()?;
     outputs.check_input("--forecast", &o.forecast)?;
     outputs.check_input("--truth", &o.truth)?;
+    if let Some(other) = &o.compare {
+        outputs.check_input("--compare", other)?;
+    }
+    if o.resamples == 0 {
+        return Err(Error::Invalid(
+            "--resamples: expected at least 1 resample, found 0".into(),
+        ));
+    }
     if let Some(q) = o.thresholds.iter().find(|q| !q.is_finite()) {
         return Err(Error::Invalid(format!(
             "--thresholds: expected finite numbers, found {q}"
@@ -271,18 +356,86 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
     };
     let y = read_truth(&o.truth, &d, start)?;
     let names = crate::data::channels::read(&o.truth, d.c)?;
-    let thresholds = if o.thresholds.is_empty() {
-        vec![quantile(&y, 0.75), quantile(&y, 0.95)]
-    } else {
+    let reference = o.protocol == Protocol::ReferenceTurbulence;
+    if reference && png_out.is_some() {
+        return Err(Error::Invalid(
+            "--png: the reference-turbulence protocol has no spread or standard CRPS to plot; score with --protocol dydiff for pictures".into(),
+        ));
+    }
+    let thresholds = if !o.thresholds.is_empty() {
         // −0 is the threshold 0 (one key, not `q0` and `q-0`)
         o.thresholds.iter().map(|&q| q + 0.0).collect()
+    } else if reference {
+        vec![0.0]
+    } else {
+        vec![quantile(&y, 0.75), quantile(&y, 0.95)]
     };
     let cfg = EvalSettings {
         thresholds,
         data_range: value_range(&y),
     };
-    let mut report = metrics::evaluate(&x.data, &y, &d, &cfg);
-    if d.c > 1 {
+    let score = |x: &[f32], d: &Dims| -> Box<dyn SampleScores> {
+        if reference {
+            Box::new(metrics::turbulence::score(x, &y, d, &cfg.thresholds))
+        } else {
+            Box::new(metrics::score(x, &y, d, &cfg))
+        }
+    };
+    let scores = score(&x.data, &d);
+    let mut report = scores.report();
+    if o.per_sample {
+        report["per_sample"] = Value::Array(scores.per_sample());
+    }
+    let mut compared = None;
+    if let Some(other) = &o.compare {
+        let (xo, dother) = read_forecast(other)?;
+        if (dother.n, dother.s, dother.c, dother.h, dother.w) != (d.n, d.s, d.c, d.h, d.w) {
+            return Err(Error::bad_file(
+                other,
+                format!(
+                    "expected a forecast of the same truth as {}: shape (N, M, S, C, H, W) = ({}, M, {}, {}, {}, {}), found {:?}",
+                    o.forecast.display(),
+                    d.n,
+                    d.s,
+                    d.c,
+                    d.h,
+                    d.w,
+                    xo.shape
+                ),
+            ));
+        }
+        if o.truth_start.is_none() {
+            let mine = recorded_start(&o.forecast, &d)?.map(|r| r.0);
+            let theirs = recorded_start(other, &dother)?.map(|r| r.0);
+            if let (Some(a), Some(b)) = (mine, theirs) {
+                if a != b {
+                    return Err(Error::bad_file(
+                        other,
+                        format!(
+                            "its window record starts at truth frame {b}, {}'s at frame {a}: they forecast different frames (or pass --truth-start K for both)",
+                            o.forecast.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let theirs = score(&xo.data, &dother);
+        let c = metrics::compare(
+            scores.as_ref(),
+            theirs.as_ref(),
+            o.resamples,
+            BOOTSTRAP_SEED,
+        );
+        report["compare"] = serde_json::json!({
+            "other": other.display().to_string(),
+            "samples": d.n,
+            "resamples": o.resamples,
+            "seed": BOOTSTRAP_SEED,
+            "scores": c,
+        });
+        compared = Some(other.clone());
+    }
+    if d.c > 1 && !reference {
         // channels of different units pool badly (a threshold of one is meaningless for the
         // other): each channel scored alone too, with its own default thresholds
         let per_channel: Vec<Value> = (0..d.c)
@@ -356,7 +509,11 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         }
     }
     // Printed first: a table that cannot be printed leaves no file.
-    crate::io::print_stdout(&table(&report))?;
+    let mut text = table(&report);
+    if let Some(other) = compared {
+        text += &compare_table(&report["compare"], &other);
+    }
+    crate::io::print_stdout(&text)?;
     outputs.commit()?;
     Ok(report)
 }

@@ -221,3 +221,169 @@ fn each_channel_is_scored_alone_too() {
     let pooled = scaled["overall"]["crps"].as_f64().unwrap();
     assert!(pooled > 10.0 * ch0["overall"]["crps"].as_f64().unwrap());
 }
+
+/// `--protocol reference-turbulence` against `python/make_turbulence_protocol_fixture.py` (the
+/// reference implementation's evaluation written independently in torch): every score overall and
+/// per lead, the samples each score kept, and `--compare`'s paired bootstrap (the same resamples:
+/// change and interval of every score) — all to 1e-6 relative.
+#[test]
+fn the_reference_turbulence_protocol_and_the_paired_bootstrap() {
+    let s = Scratch::new("eval-reference");
+    let dir = fixture("turbulence_protocol");
+    let json = s.path("r.json");
+    let (ok, err) = dydiff([
+        "eval",
+        "--forecast",
+        dir.join("forecast.npy").to_str().unwrap(),
+        "--truth",
+        dir.join("truth.npy").to_str().unwrap(),
+        "--protocol",
+        "reference-turbulence",
+        "--compare",
+        dir.join("forecast_b.npy").to_str().unwrap(),
+        "--resamples",
+        "300",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let ours: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let report = &want["report"];
+    compare(&ours["overall"], &report["overall"], "overall");
+    for (i, (a, b)) in ours["per_lead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(report["per_lead"].as_array().unwrap())
+        .enumerate()
+    {
+        compare(a, b, &format!("lead {}", i + 1));
+    }
+    assert_eq!(ours["scored_samples"], report["scored_samples"]);
+    let (got, expected) = (
+        ours["compare"]["scores"].as_object().unwrap(),
+        want["compare"].as_object().unwrap(),
+    );
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in expected {
+        let g = &got[k];
+        for field in ["this", "other", "change"] {
+            let (a, b) = (g[field].as_f64().unwrap(), w[field].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1e-3),
+                "{k} {field}: {a} vs {b}"
+            );
+        }
+        for i in 0..2 {
+            let (a, b) = (
+                g["ci95"][i].as_f64().unwrap(),
+                w["ci95"][i].as_f64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1e-3),
+                "{k} ci95[{i}]: {a} vs {b}"
+            );
+        }
+        assert_eq!(g["resamples"], w["resamples"], "{k}");
+    }
+}
+
+/// `--per-sample`: each sample's overall scores, whose CRPS and pooled CRPS average to the
+/// overall ones; `--compare` of a forecast with itself changes nothing, with an interval of 0.
+#[test]
+fn per_sample_scores_and_a_forecast_against_itself() {
+    let s = Scratch::new("eval-per-sample");
+    let f = fixture("eval/forecast.npy");
+    let report = run_eval(
+        &s,
+        "forecast.npy",
+        &[
+            "--per-sample",
+            "--compare",
+            f.to_str().unwrap(),
+            "--resamples",
+            "50",
+        ],
+    );
+    let samples = report["per_sample"].as_array().unwrap();
+    assert_eq!(samples.len(), 3);
+    for key in [
+        "crps",
+        "crps_standard",
+        "crps_pool2_avg",
+        "crps_pool8_max",
+        "mae",
+    ] {
+        let mean = samples
+            .iter()
+            .map(|r| r[key].as_f64().unwrap())
+            .sum::<f64>()
+            / 3.0;
+        let overall = report["overall"][key].as_f64().unwrap();
+        assert!(
+            (mean - overall).abs() <= 1e-12 * overall.abs(),
+            "{key}: {mean} vs {overall}"
+        );
+    }
+    for (k, c) in report["compare"]["scores"].as_object().unwrap() {
+        assert_eq!(c["change"].as_f64(), Some(0.0), "{k}");
+        assert_eq!(c["ci95"], serde_json::json!([0.0, 0.0]), "{k}");
+    }
+}
+
+/// What `--protocol`, `--compare` and `--resamples` refuse, in one line each, writing nothing.
+#[test]
+fn protocol_and_comparison_refusals() {
+    let s = Scratch::new("eval-compare-bad");
+    let out = s.path("r.json");
+    let f = fixture("eval/forecast.npy");
+    let t = fixture("eval/truth.npy");
+    let other = fixture("turbulence_protocol/forecast.npy");
+    let fails = |extra: &[&str], needles: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--forecast",
+            f.to_str().unwrap(),
+            "--truth",
+            t.to_str().unwrap(),
+            "--json",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        let (ok, err) = dydiff(&a);
+        assert!(!ok && err.trim_end().lines().count() == 1, "{err}");
+        for n in needles {
+            assert!(err.contains(n), "{err:?} lacks {n:?}");
+        }
+        assert!(!out.exists());
+    };
+    let pics = s.path("pics");
+    fails(
+        &[
+            "--protocol",
+            "reference-turbulence",
+            "--png",
+            pics.to_str().unwrap(),
+        ],
+        &["--png", "reference-turbulence"],
+    );
+    fails(
+        &["--protocol", "wmo"],
+        &["--protocol", "reference-turbulence"],
+    );
+    fails(
+        &["--compare", other.to_str().unwrap()],
+        &["forecast.npy", "same truth", "(3, M, 4, 2, 20, 24)"],
+    );
+    fails(
+        &["--compare", f.to_str().unwrap(), "--resamples", "0"],
+        &["--resamples"],
+    );
+    let missing = s.path("missing.npy");
+    fails(&["--compare", missing.to_str().unwrap()], &["missing.npy"]);
+}
