@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pre-registered decisive experiment (README, "Pre-registered: the reference process at 8 000
+# The pre-registered decisive experiment (docs/reproduction.md, "Pre-registered: the reference process at 8 000
 # steps on three seeds"): the reference-process pair (train --diffuse-history; DyDiff dyn_eta 0.5
 # against the standard model, dyn_eta 0) at 8 000 steps on seeds 0, 1 and 2, with the
 # reproduction's data and recipe (experiments/reproduce.sh), each run forecast, scored and its

@@ -1,4 +1,4 @@
-"""The outcome of the pre-registered experiment (README, "Pre-registered: the reference process at
+"""The outcome of the pre-registered experiment (docs/reproduction.md, "Pre-registered: the reference process at
 8 000 steps on three seeds"; experiments/decisive.sh), from the runs in OUT.
 
 For each seed s with both runs (OUT/reference_eta0.5_seed{s} and OUT/reference_eta0_seed{s}),

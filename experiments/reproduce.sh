@@ -2,7 +2,7 @@
 # Dynamical Diffusion against the standard diffusion model (dyn_eta 0) on generated 2-D
 # turbulence, end to end: data, training (same network, budget and seeds for every model), 8-member
 # forecasts with 50 DDIM steps on held-out sequences, scores, the networks' noise-prediction error,
-# and the tables and figures of README.md. By default, the 2×2 comparison of {the paper's process
+# and the tables and figures of docs/reproduction.md. By default, the 2×2 comparison of {the paper's process
 # (docs/process.md, "Forward process": only the future diffused), the reference implementation's
 # (docs/process.md, "Diffusing the history": train --diffuse-history)} × {DyDiff dyn_eta 0.5,
 # standard dyn_eta 0} on seeds 0 and 1, then the sensitivity to dyn_eta (the paper's Figure 7c:
@@ -15,7 +15,7 @@
 #                                            # the paper's process only (about 80 minutes)
 #   STEPS=1500 TRAIN_SEQ=192 TEST_SEQ=16 PROCESSES=paper SENS_ETAS= LONGER= \
 #     OUT=experiments/out_short experiments/reproduce.sh
-#                                            # the README's shorter budget (about 30 minutes)
+#                                            # the shorter budget of docs/reproduction.md (about 30 minutes)
 #
 # Settings (environment): OUT, STEPS, BATCH, LR, SEEDS, ETAS, PROCESSES (paper, reference),
 # SENS_ETAS (the further dyn_eta values of the sensitivity study, none to skip it), SENS_PROCESS,
