@@ -7,10 +7,18 @@
 # one network; a DYffusion interpolator step the same; a forecaster step about 3.3 of them (an
 # interpolator forward, two forecaster forward/backward passes and an interpolator forward/backward
 # pass for the look-ahead loss). So DYffusion trains its interpolator for 3/8 and its forecaster
-# for 3/16 of the others' STEPS (4000 → 1500 + 750). Each model forecasts 8 members of every
-# held-out sequence (DDIM: 50 steps; DYffusion: cold sampling, 20 network calls per window), and is
-# scored by dydiff eval; the sampling time per forecast is taken from dydiff sample's summary line
-# of a separate run of the first seed's models, one after another, at the end.
+# for 3/16 of the others' STEPS (4000 → 1500 + 750). Each model forecasts MEMBERS (20, as
+# DYffusion's reference configurations use 20-50) members of every held-out sequence (DDIM: 50
+# steps; DYffusion: cold sampling, 20 network calls per window), and is scored by dydiff eval (fair
+# and standard CRPS); the sampling time per forecast is taken from dydiff sample's summary line of a
+# separate run of the first seed's models, one after another, at the end.
+#
+# DYffusion's settings follow its reference configurations where they differ from dydiff's
+# defaults: no forecaster condition on the turbulence (--forecaster-condition none), interpolator
+# dropout 0.05 on the spring mesh. The DDIM models of the spring mesh predict v
+# (--prediction-type v_prediction): with noise prediction they diverge under DDIM on this data
+# (docs/comparison.md, "Spring mesh"), and v-prediction's error does not grow as 1/√ᾱ at the
+# noisiest timesteps (the built-in model's reason, experiments/builtin.sh).
 #
 #   experiments/compare.sh                      # everything, into experiments/out_compare
 #   STUDY=experiments/out experiments/compare.sh
@@ -18,7 +26,7 @@
 #                                               # paper-process DyDiff/standard models
 #
 # Settings (environment): OUT, STUDY (a reproduce.sh output folder to reuse), SEEDS, STEPS
-# (turbulence), MESH_STEPS, BATCH, LR, BIN (a fixed dydiff binary), PY (python with numpy). Finished
+# (turbulence), MESH_STEPS, MEMBERS, BATCH, LR, BIN (a fixed dydiff binary), PY (python with numpy). Finished
 # runs are kept; an interrupted training run resumes. Tables: python3 experiments/compare_table.py OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +35,7 @@ STUDY=${STUDY:-}
 SEEDS=${SEEDS:-"0 1"}
 STEPS=${STEPS:-4000}
 MESH_STEPS=${MESH_STEPS:-3000}
+MEMBERS=${MEMBERS:-20}
 BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
 if [ -z "${BIN:-}" ]; then
@@ -70,6 +79,12 @@ run() {
     standard) train_flags=(--dyn-eta 0 --steps "$steps"); sample_flags=(--steps 50 --ddim-eta 0) ;;
     dyffusion) train_flags=(--method dyffusion --interpolator-steps $((steps * 3 / 8)) --steps $((steps * 3 / 16))) ;;
   esac
+  # the reference configurations' DYffusion settings, and v-prediction for the mesh's DDIM models
+  case $ds:$method in
+    ns:dyffusion) train_flags+=(--forecaster-condition none) ;;
+    mesh:dyffusion) train_flags+=(--interpolator-dropout 0.05) ;;
+    mesh:*) train_flags+=(--prediction-type v_prediction) ;;
+  esac
   # reuse reproduce.sh's paper-process models for the turbulence (same data, network and budget)
   if [ "$ds" = ns ] && [ "$method" != dyffusion ] && [ -n "$STUDY" ]; then
     local eta=0.5
@@ -91,7 +106,7 @@ run() {
   fi
   if [ ! -f "$OUT/$ds/${method}_seed${seed}.eval.json" ]; then
     $BIN sample --model "$dir" --input "$OUT/$ds/test.npy" --out "$OUT/$ds/${method}_seed${seed}.forecast.npy" \
-      --members 8 --lead 12 --seed "$seed" --batch 16 "${sample_flags[@]}" 2> "$OUT/$ds/${method}_seed${seed}.sample.txt"
+      --members "$MEMBERS" --lead 12 --seed "$seed" --batch 16 "${sample_flags[@]}" 2> "$OUT/$ds/${method}_seed${seed}.sample.txt"
     $BIN eval --forecast "$OUT/$ds/${method}_seed${seed}.forecast.npy" --truth "$OUT/$ds/test.npy" \
       --json "$OUT/$ds/${method}_seed${seed}.eval.json" > /dev/null
   fi
@@ -114,7 +129,7 @@ for ds in ns mesh; do
     flags=()
     [ "$method" != dyffusion ] && flags=(--steps 50)
     $BIN sample --model "$OUT/$ds/${method}_seed${seed}" --input "$OUT/$ds/test.npy" --out "$OUT/$ds/timing.npy" \
-      --members 8 --lead 12 --seed "$seed" --batch 16 "${flags[@]}" 2> "$timing"
+      --members "$MEMBERS" --lead 12 --seed "$seed" --batch 16 "${flags[@]}" 2> "$timing"
     rm -f "$OUT/$ds/timing.npy"
   done
 done

@@ -78,11 +78,12 @@ def main(out):
             evals = sorted(d.glob(f"{key}_seed*.eval.json"))
             if not evals:
                 continue
-            crps, rmse, ssr, per_lead, secs, calls, tr = [], [], [], [], [], None, None
+            crps, crps_std, rmse, ssr, per_lead, secs, calls, tr = [], [], [], [], [], [], None, None
             for e in evals:
                 seed = e.name.split(".")[0]
                 v = json.loads(e.read_text())
                 crps.append(v["overall"]["crps"])
+                crps_std.append(v["overall"]["crps_standard"])
                 rmse.append(v["overall"]["rmse"])
                 ssr.append(v["overall"]["ssr"])
                 per_lead.append([l["crps"] for l in v["per_lead"]])
@@ -94,12 +95,12 @@ def main(out):
                 tr = training(d / seed)
             leads[name] = [statistics.mean(x) for x in zip(*per_lead)]
             p, steps, wall = tr
-            rows.append(f"| {name} | {fmt(crps)} | {fmt(rmse)} | {fmt(ssr, 2)} | {calls} | "
+            rows.append(f"| {name} | {fmt(crps)} | {fmt(crps_std)} | {fmt(rmse)} | {fmt(ssr, 2)} | {calls} | "
                         f"{statistics.mean(secs):.2f} | {p / 1e6:.2f} M | {steps} | {wall / 60:.0f} min | {len(evals)} |")
         print(f"### {title}\n")
-        print("| model | fair CRPS | RMSE | SSR | network calls per member | s per forecast (8 members) "
+        print("| model | fair CRPS | standard CRPS | RMSE | SSR | network calls per member | s per forecast "
               "| parameters | training steps | training time | seeds |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
         print("\nFair CRPS per lead (mean over seeds):\n")
         n_leads = max(len(v) for v in leads.values())
