@@ -239,16 +239,7 @@ fn compare_table(c: &Value, other: &Path) -> String {
             .map_or("—".into(), |x| format!("{:+.1}%", 100.0 * x))
     };
     for (k, v) in scores.as_object().into_iter().flatten() {
-        let main = [
-            "crps",
-            "crps_standard",
-            "rmse",
-            "mae",
-            "spread",
-            "ssr",
-            "ssim",
-        ];
-        if !(main.contains(&k.as_str()) || k.starts_with("crps_pool")) {
+        if !(TABLE_KEYS.contains(&k.as_str()) || k.starts_with("crps_pool")) {
             continue;
         }
         let ci = match v["ci95"].as_array() {
@@ -265,27 +256,33 @@ fn compare_table(c: &Value, other: &Path) -> String {
     out
 }
 
+/// The table's columns: the main scores of dydiff's protocol.
+const TABLE_KEYS: [&str; 8] = [
+    "crps",
+    "crps_standard",
+    "rmse",
+    "mae",
+    "spread",
+    "ssr",
+    "psnr",
+    "ssim",
+];
+
+/// The table's columns under the reference's turbulence protocol.
+const REFERENCE_TABLE_KEYS: [&str; 5] = [
+    "crps",
+    "crps_pool2_avg",
+    "crps_pool2_max",
+    "crps_pool8_avg",
+    "crps_pool8_max",
+];
+
 /// A table of the main metrics, overall and per lead time.
 fn table(r: &Value) -> String {
     let keys: &[&str] = if r["protocol"] == "reference-turbulence" {
-        &[
-            "crps",
-            "crps_pool2_avg",
-            "crps_pool2_max",
-            "crps_pool8_avg",
-            "crps_pool8_max",
-        ]
+        &REFERENCE_TABLE_KEYS
     } else {
-        &[
-            "crps",
-            "crps_standard",
-            "rmse",
-            "mae",
-            "spread",
-            "ssr",
-            "psnr",
-            "ssim",
-        ]
+        &TABLE_KEYS
     };
     let mut out = format!("{:>8}", "lead");
     let width = keys.iter().map(|k| k.len()).max().unwrap_or(0).max(13);
