@@ -201,13 +201,15 @@ pub fn run_train(o: &BenchOptions) -> Result<serde_json::Value> {
     let ts: Vec<f32> = (0..o.batch).map(|i| (i * 997 % 1000) as f32).collect();
     let t = Tensor::from_vec(ts, &[o.batch], o.device)?;
     let mut state = train::State::fresh(&model, o.device)?;
+    let params = model.num_params();
+    // the state holds the weights now: the loaded copy is not kept through the steps
+    drop(model);
     let mut unet = state.network(&c, o.device, train::Weights::Current)?;
     let settings = train::OptimizerSettings {
         weight_decay: 0.0,
         clip: 1.0,
         ema_decay: 0.999,
     };
-    let params = model.num_params();
     measure(o, params, || {
         state.train_step(
             &unet,

@@ -62,7 +62,9 @@ impl State {
     pub fn fresh(unet: &UNet2D, device: Device) -> Result<State> {
         let mut names = vec![];
         let mut shapes = vec![];
-        let mut flat = Vec::new();
+        // sized once: grown by doubling, the vector (kept as the EMA's storage) would hold up to
+        // half as much again as the weights
+        let mut flat = Vec::with_capacity(unet.params().iter().map(|(_, t)| t.elem_count()).sum());
         for (name, t) in unet.params() {
             names.push(name.clone());
             shapes.push(t.shape().to_vec());
