@@ -25,13 +25,14 @@
 #                                               # reuse reproduce.sh's turbulence data and its
 #                                               # paper-process DyDiff/standard models
 #
-# Settings (environment): OUT, STUDY (a reproduce.sh output folder to reuse), SEEDS, STEPS
-# (turbulence), MESH_STEPS, MEMBERS, BATCH, LR, BIN (a fixed dydiff binary), PY (python with numpy). Finished
+# Settings (environment): OUT, DATASETS (ns and/or mesh), STUDY (a reproduce.sh output folder to
+# reuse), SEEDS, STEPS (turbulence), MESH_STEPS, MEMBERS, BATCH, LR, BIN (a fixed dydiff binary), PY (python with numpy). Finished
 # runs are kept; an interrupted training run resumes. Tables: python3 experiments/compare_table.py OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out_compare}
 STUDY=${STUDY:-}
+DATASETS=${DATASETS:-"ns mesh"}
 SEEDS=${SEEDS:-"0 1"}
 STEPS=${STEPS:-4000}
 MESH_STEPS=${MESH_STEPS:-3000}
@@ -47,17 +48,21 @@ mkdir -p "$OUT/ns" "$OUT/mesh"
 # ---- data -------------------------------------------------------------------------------------
 # Turbulence: reproduce.sh's training sequences (768 × 16 frames at 32²) and 64 held-out sequences
 # of 4 + 12 frames (the same flows as reproduce.sh's test set, run 6 frames further).
-if [ -n "$STUDY" ] && [ -f "$STUDY/train.npy" ]; then
-  [ -f "$OUT/ns/train.npy" ] || ln -s "$(realpath "$STUDY/train.npy")" "$OUT/ns/train.npy"
-else
-  [ -f "$OUT/ns/train.npy" ] || $BIN data navier-stokes --out "$OUT/ns/train.npy" --samples 768 --frames 16 --resolution 32 --seed 1
+if [[ " $DATASETS " == *" ns "* ]]; then
+  if [ -n "$STUDY" ] && [ -f "$STUDY/train.npy" ]; then
+    [ -f "$OUT/ns/train.npy" ] || ln -s "$(realpath "$STUDY/train.npy")" "$OUT/ns/train.npy"
+  else
+    [ -f "$OUT/ns/train.npy" ] || $BIN data navier-stokes --out "$OUT/ns/train.npy" --samples 768 --frames 16 --resolution 32 --seed 1
+  fi
+  [ -f "$OUT/ns/test.npy" ] || $BIN data navier-stokes --out "$OUT/ns/test.npy" --samples 64 --frames 16 --resolution 32 --seed 2
 fi
-[ -f "$OUT/ns/test.npy" ] || $BIN data navier-stokes --out "$OUT/ns/test.npy" --samples 64 --frames 16 --resolution 32 --seed 2
 # Spring mesh: a snapshot every 10 of the benchmark's Δt (the same Δτ: 1280 substeps), 81 frames
 # per training trajectory (64 of them), 2 + 12 frames from the start of 32 held-out trajectories.
-MESH_DT=$(python3 -c 'import math; print(10 * 2 * math.pi / 804)')
-[ -f "$OUT/mesh/train.npy" ] || $BIN data spring-mesh --out "$OUT/mesh/train.npy" --samples 64 --frames 81 --dt "$MESH_DT" --substeps 1280 --seed 1
-[ -f "$OUT/mesh/test.npy" ] || $BIN data spring-mesh --out "$OUT/mesh/test.npy" --samples 32 --frames 14 --dt "$MESH_DT" --substeps 1280 --seed 2
+if [[ " $DATASETS " == *" mesh "* ]]; then
+  MESH_DT=$(python3 -c 'import math; print(10 * 2 * math.pi / 804)')
+  [ -f "$OUT/mesh/train.npy" ] || $BIN data spring-mesh --out "$OUT/mesh/train.npy" --samples 64 --frames 81 --dt "$MESH_DT" --substeps 1280 --seed 1
+  [ -f "$OUT/mesh/test.npy" ] || $BIN data spring-mesh --out "$OUT/mesh/test.npy" --samples 32 --frames 14 --dt "$MESH_DT" --substeps 1280 --seed 2
+fi
 # The spring mesh's 10×10 frames need a two-level network (10 = 2 × 5).
 cat > "$OUT/mesh/unet.json" <<'JSON'
 {"block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8,
@@ -112,7 +117,7 @@ run() {
   fi
 }
 
-for ds in ns mesh; do
+for ds in $DATASETS; do
   for seed in $SEEDS; do
     for method in dyffusion dydiff standard; do
       run "$ds" "$method" "$seed"
@@ -121,7 +126,7 @@ for ds in ns mesh; do
 done
 # Sampling time on an otherwise idle machine: the first seed's models again, one after another,
 # after everything else (the runs above may overlap other work).
-for ds in ns mesh; do
+for ds in $DATASETS; do
   seed=${SEEDS%% *}
   for method in dyffusion dydiff standard; do
     timing="$OUT/$ds/${method}_seed${seed}.timing.txt"

@@ -97,6 +97,8 @@ def main(out):
             p, steps, wall = tr
             rows.append(f"| {name} | {fmt(crps)} | {fmt(crps_std)} | {fmt(rmse)} | {fmt(ssr, 2)} | {calls} | "
                         f"{statistics.mean(secs):.2f} | {p / 1e6:.2f} M | {steps} | {wall / 60:.0f} min | {len(evals)} |")
+        if not rows:
+            continue
         print(f"### {title}\n")
         print("| model | fair CRPS | standard CRPS | RMSE | SSR | network calls per member | s per forecast "
               "| parameters | training steps | training time | seeds |")
