@@ -396,24 +396,26 @@ impl SampleScores for Scores {
 }
 
 /// The paired bootstrap of forecast `a` against forecast `b` of the same truth (docs/metrics.md,
-/// "Comparing two forecasts"): for each overall score `k` both define, the change
-/// `a_k / b_k − 1`, and its 95% percentile interval over `resamples` resamples of the `N`
-/// samples with replacement, the same samples for both forecasts (indices from a SplitMix64
-/// stream seeded with `seed`). A resample that leaves a score undefined (no events, no
-/// unmasked pixel) is left out of that score's interval; `"resamples"` counts those used.
+/// "Comparing two forecasts"): for every overall score `k` either defines, both values and the
+/// change `(a_k − b_k) / |b_k|` (negative: `a` lower, whatever the scores' sign; `null` where
+/// undefined), with its 95% percentile interval over `resamples` resamples of the `N` samples with
+/// replacement, the same samples for both forecasts (indices from a SplitMix64 stream seeded with
+/// `seed`). A resample that leaves the change undefined (no events, no unmasked pixel) is left
+/// out of that score's interval; `"resamples"` counts those used.
 pub fn compare(a: &dyn SampleScores, b: &dyn SampleScores, resamples: usize, seed: u64) -> Value {
     let n = a.samples();
     debug_assert_eq!(n, b.samples());
     let all: Vec<usize> = (0..n).collect();
     let (ra, rb) = (a.overall_of(&all), b.overall_of(&all));
     let change = |x: &Value, y: &Value| match (x.as_f64(), y.as_f64()) {
-        (Some(x), Some(y)) if y != 0.0 && (x / y).is_finite() => Some(x / y - 1.0),
+        (Some(x), Some(y)) if y != 0.0 && ((x - y) / y.abs()).is_finite() => {
+            Some((x - y) / y.abs())
+        }
         _ => None,
     };
-    let keys: Vec<&String> = ra
-        .keys()
-        .filter(|k| change(&ra[*k], &rb[*k]).is_some())
-        .collect();
+    let mut keys: Vec<&String> = ra.keys().chain(rb.keys()).collect();
+    keys.sort();
+    keys.dedup();
     let mut rng = crate::nn::InitRng::new(seed);
     let draws: Vec<Vec<usize>> = (0..resamples)
         .map(|_| {
@@ -422,28 +424,41 @@ pub fn compare(a: &dyn SampleScores, b: &dyn SampleScores, resamples: usize, see
                 .collect()
         })
         .collect();
+    let get = |r: &Map<String, Value>, k: &str| r.get(k).cloned().unwrap_or(Value::Null);
+    let defined: Vec<&String> = keys
+        .iter()
+        .copied()
+        .filter(|k| change(&get(&ra, k), &get(&rb, k)).is_some())
+        .collect();
     let changes: Vec<Vec<Option<f64>>> = draws
         .par_iter()
         .map(|idx| {
             let (ba, bb) = (a.overall_of(idx), b.overall_of(idx));
-            keys.iter().map(|k| change(&ba[*k], &bb[*k])).collect()
+            defined
+                .iter()
+                .map(|k| change(&get(&ba, k), &get(&bb, k)))
+                .collect()
         })
         .collect();
     let mut out = Map::new();
-    for (i, k) in keys.into_iter().enumerate() {
-        let mut d: Vec<f64> = changes.iter().filter_map(|c| c[i]).collect();
+    for k in keys {
+        let at = defined.iter().position(|d| *d == k);
+        let mut d: Vec<f64> = at.map_or(Vec::new(), |i| {
+            changes.iter().filter_map(|c| c[i]).collect()
+        });
         d.sort_unstable_by(f64::total_cmp);
         let ci = if d.is_empty() {
             Value::Null
         } else {
             json!([percentile(&d, 0.025), percentile(&d, 0.975)])
         };
+        let (this, other) = (get(&ra, k), get(&rb, k));
         out.insert(
             k.clone(),
             json!({
-                "this": ra[k],
-                "other": rb[k],
-                "change": change(&ra[k], &rb[k]),
+                "change": change(&this, &other),
+                "this": this,
+                "other": other,
                 "ci95": ci,
                 "resamples": d.len(),
             }),
@@ -461,7 +476,58 @@ fn percentile(v: &[f64], q: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{fmt_g, threshold_labels};
+    use super::{compare, fmt_g, threshold_labels, SampleScores};
+    use serde_json::{json, Map, Value};
+
+    /// Scores given per sample: "s" the mean over the samples, "gone" only where `defined`.
+    struct Given {
+        s: Vec<f64>,
+        defined: bool,
+    }
+
+    impl SampleScores for Given {
+        fn samples(&self) -> usize {
+            self.s.len()
+        }
+        fn overall_of(&self, idx: &[usize]) -> Map<String, Value> {
+            let mean = idx.iter().map(|&i| self.s[i]).sum::<f64>() / idx.len() as f64;
+            let mut r = Map::new();
+            r.insert("s".into(), json!(mean));
+            if self.defined {
+                r.insert("gone".into(), json!(1.0));
+            }
+            r
+        }
+        fn report(&self) -> Value {
+            Value::Null
+        }
+    }
+
+    /// The change's sign says which forecast is lower whatever the scores' sign (a PSNR of
+    /// −12.5 dB against −6.6 dB is lower, not 90% higher), and a score only one forecast defines
+    /// is reported with a null change rather than left out.
+    #[test]
+    fn the_change_is_signed_by_which_is_lower_and_nothing_is_dropped() {
+        let a = Given {
+            s: vec![-12.0, -13.0, -12.5],
+            defined: true,
+        };
+        let b = Given {
+            s: vec![-6.5, -6.6, -6.7],
+            defined: false,
+        };
+        let c = compare(&a, &b, 200, 0);
+        let s = &c["s"];
+        let want = (-12.5 - -6.6) / 6.6;
+        assert!((s["change"].as_f64().unwrap() - want).abs() < 1e-12, "{s}");
+        assert!(s["change"].as_f64().unwrap() < 0.0);
+        let ci = s["ci95"].as_array().unwrap();
+        assert!(ci[1].as_f64().unwrap() < 0.0, "{s}");
+        assert_eq!(c["gone"]["this"], json!(1.0));
+        assert_eq!(c["gone"]["other"], Value::Null);
+        assert_eq!(c["gone"]["change"], Value::Null);
+        assert_eq!(c["gone"]["ci95"], Value::Null);
+    }
 
     #[test]
     fn percent_g_like_python() {

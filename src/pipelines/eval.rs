@@ -55,7 +55,7 @@ pub struct EvalOptions {
     #[arg(long, value_name = "OTHER")]
     pub compare: Option<PathBuf>,
     /// Resamples of the bootstrap of --compare.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 10_000, value_name = "N", requires = "compare")]
     pub resamples: usize,
 }
 
@@ -147,8 +147,8 @@ fn recorded_start(forecast: &Path, d: &Dims) -> Result<Option<(usize, String)>> 
 
 /// The truth frames that were forecast, `(N, S, C, H, W)`: all of a truth of `S` frames, or of a
 /// longer one the `S` frames from `start` (`--truth-start`, else the forecast's window record);
-/// a longer truth with neither is refused.
-fn read_truth(path: &Path, d: &Dims, start: Option<(usize, String)>) -> Result<Vec<f32>> {
+/// a longer truth with neither is refused. Also the truth's number of frames.
+fn read_truth(path: &Path, d: &Dims, start: Option<(usize, String)>) -> Result<(Vec<f32>, usize)> {
     let a = npy::read(path)?;
     let ok = matches!(*a.shape, [n, l, c, h, w] if n == d.n && l >= d.s && c == d.c && h == d.h && w == d.w);
     if !ok {
@@ -186,13 +186,14 @@ fn read_truth(path: &Path, d: &Dims, start: Option<(usize, String)>) -> Result<V
         }
         Some((k, _)) => k,
     };
-    Ok((0..d.n)
+    let y = (0..d.n)
         .flat_map(|i| {
             a.data[(i * l + first) * frame..][..d.s * frame]
                 .iter()
                 .copied()
         })
-        .collect())
+        .collect();
+    Ok((y, l))
 }
 
 /// The largest value less the smallest.
@@ -234,26 +235,45 @@ fn compare_table(c: &Value, other: &Path) -> String {
         "95% interval"
     );
     let scores = &c["scores"];
-    let pct = |v: &Value| {
-        v.as_f64()
-            .map_or("—".into(), |x| format!("{:+.1}%", 100.0 * x))
-    };
+    let requested = c["resamples"].as_u64().unwrap_or(0);
     for (k, v) in scores.as_object().into_iter().flatten() {
         if !(TABLE_KEYS.contains(&k.as_str()) || k.starts_with("crps_pool")) {
             continue;
         }
-        let ci = match v["ci95"].as_array() {
-            Some(b) => format!("[{}, {}]", pct(&b[0]), pct(&b[1])),
+        let mut ci = match v["ci95"].as_array() {
+            Some(b) => format!("[{}, {}]", percent(&b[0]), percent(&b[1])),
             None => "—".into(),
         };
+        let counted = v["resamples"].as_u64().unwrap_or(0);
+        if counted < requested && v["ci95"].is_array() {
+            ci += &format!(" ({counted} counted)");
+        }
         out += &format!(
             "{k:>16} {:>10} {:>10} {:>9} {ci:>21}\n",
             num(&v["this"]),
             num(&v["other"]),
-            pct(&v["change"])
+            percent(&v["change"])
         );
     }
     out
+}
+
+/// A relative change as a signed percentage, with decimals enough for two significant digits
+/// (at most four): `+0.0004%`, `-1.5%`; `—` when undefined.
+fn percent(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) => {
+            let p = 100.0 * x;
+            let decimals = match p.abs() {
+                a if a >= 1.0 || a == 0.0 => 1,
+                a if a >= 0.1 => 2,
+                a if a >= 0.01 => 3,
+                _ => 4,
+            };
+            format!("{p:+.decimals$}%")
+        }
+        None => "—".into(),
+    }
 }
 
 /// The table's columns: the main scores of dydiff's protocol.
@@ -351,9 +371,18 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         Some(k) => Some((k, format!("--truth-start {k}"))),
         None => recorded_start(&o.forecast, &d)?,
     };
-    let y = read_truth(&o.truth, &d, start)?;
+    let (y, truth_frames) = read_truth(&o.truth, &d, start)?;
     let names = crate::data::channels::read(&o.truth, d.c)?;
     let reference = o.protocol == Protocol::ReferenceTurbulence;
+    if reference && d.m < 2 {
+        return Err(Error::bad_file(
+            &o.forecast,
+            format!(
+                "--protocol reference-turbulence: its fair CRPS needs at least 2 members, found {}",
+                d.m
+            ),
+        ));
+    }
     if reference && png_out.is_some() {
         return Err(Error::Invalid(
             "--png: the reference-turbulence protocol has no spread or standard CRPS to plot; score with --protocol dydiff for pictures".into(),
@@ -401,20 +430,29 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
                 ),
             ));
         }
-        if o.truth_start.is_none() {
+        if o.truth_start.is_none() && truth_frames > d.s {
+            // which truth frames each forecast predicts: both records must say the same
             let mine = recorded_start(&o.forecast, &d)?.map(|r| r.0);
             let theirs = recorded_start(other, &dother)?.map(|r| r.0);
-            if let (Some(a), Some(b)) = (mine, theirs) {
-                if a != b {
-                    return Err(Error::bad_file(
-                        other,
-                        format!(
-                            "its window record starts at truth frame {b}, {}'s at frame {a}: they forecast different frames (or pass --truth-start K for both)",
-                            o.forecast.display()
-                        ),
-                    ));
-                }
+            if theirs != mine {
+                let said = theirs.map_or("no window record".to_string(), |b| {
+                    format!("a window record starting at truth frame {b}")
+                });
+                return Err(Error::bad_file(
+                    other,
+                    format!(
+                        "has {said}, but {} starts at truth frame {}: which frames it forecasts is not those (pass --truth-start K to score both from frame K)",
+                        o.forecast.display(),
+                        mine.map_or("?".to_string(), |a| a.to_string())
+                    ),
+                ));
             }
+        }
+        if reference && dother.m < 2 {
+            return Err(Error::bad_file(
+                other,
+                format!("--protocol reference-turbulence: its fair CRPS needs at least 2 members, found {}", dother.m),
+            ));
         }
         let theirs = score(&xo.data, &dother);
         let c = metrics::compare(

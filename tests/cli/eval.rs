@@ -384,6 +384,32 @@ fn protocol_and_comparison_refusals() {
         &["--compare", f.to_str().unwrap(), "--resamples", "0"],
         &["--resamples"],
     );
+    fails(&["--resamples", "50"], &["--compare"]);
+    // a compared forecast without a window record, for a truth longer than the forecasts
+    let bare = s.path("bare.npy");
+    std::fs::copy(&f, &bare).unwrap();
+    fails(
+        &["--compare", bare.to_str().unwrap()],
+        &["bare.npy", "no window record", "--truth-start"],
+    );
+    // one member: the reference protocol's fair CRPS needs two
+    let one = fixture("eval/forecast_one.npy");
+    let (ok, err) = dydiff([
+        "eval",
+        "--forecast",
+        one.to_str().unwrap(),
+        "--truth",
+        t.to_str().unwrap(),
+        "--protocol",
+        "reference-turbulence",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.trim_end().lines().count() == 1, "{err}");
+    for n in ["forecast_one.npy", "at least 2 members", "found 1"] {
+        assert!(err.contains(n), "{err:?} lacks {n:?}");
+    }
+    assert!(!out.exists());
     let missing = s.path("missing.npy");
     fails(&["--compare", missing.to_str().unwrap()], &["missing.npy"]);
 }
