@@ -84,10 +84,15 @@ pub(super) unsafe fn product(
     tile: TileFn,
 ) {
     let kp = pair_rows(k);
-    // row-major pair words, rows and k padded with zeros to whole tiles
-    a.clear();
+    // row-major pair words, rows and k padded to whole tiles. The packing writes every word of
+    // the rows and pairs that exist; each row's pairs past ⌈k/2⌉ meet zero rows of the panel but
+    // are zeroed too (a stale non-finite word times zero is NaN); rows past `m` are computed and
+    // discarded, so whatever the reused buffer holds there is never seen.
     a.resize(m.div_ceil(MT) * MT * kp, 0);
     bf16::pack_lhs(lhs, m, k, |i, p| i * kp + p, a);
+    for row in a[..m * kp].chunks_exact_mut(kp) {
+        row[k.div_ceil(2)..].fill(0);
+    }
     let mut c = [0.0f32; MT * NR];
     for (panel, cols) in panels.chunks_exact(kp * NR).zip((0..n).step_by(NR)) {
         for rows in (0..m).step_by(MT) {
