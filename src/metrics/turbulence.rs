@@ -35,22 +35,23 @@ const POOL_WINDOWS: [usize; 2] = [2, 8];
 /// The reference's CSI windows.
 const CSI_WINDOWS: [usize; 4] = [1, 3, 5, 7];
 
-/// The CRPS scores of the protocol, in report order: the pixels, then each window's average and
-/// maximum pooling.
-fn crps_keys() -> Vec<String> {
-    let mut k = vec!["crps".to_string()];
-    for w in POOL_WINDOWS {
-        k.push(format!("crps_pool{w}_avg"));
-        k.push(format!("crps_pool{w}_max"));
-    }
-    k
-}
+/// The CRPS scores of the protocol, in report order: the pixels, then each window of
+/// [`POOL_WINDOWS`] with average and then maximum pooling (the order [`score`] computes them in).
+pub const CRPS_KEYS: [&str; 1 + 2 * POOL_WINDOWS.len()] = [
+    "crps",
+    "crps_pool2_avg",
+    "crps_pool2_max",
+    "crps_pool8_avg",
+    "crps_pool8_max",
+];
 
 /// One sample's field values: `crps[k][s·C + c]` the masked mean of CRPS score `k` (NaN where
-/// no pixel or window is scored), `csi[(s·C + c)·W + w]` the CSI counts (TP, FP, FN) of window
-/// `w` at each threshold in turn.
+/// no pixel or window is scored), whether every field has score `k` (`defined[k]`: else the
+/// sample is left out of it), `csi[(s·C + c)·W + w]` the CSI counts (TP, FP, FN) of window `w`
+/// at each threshold in turn.
 struct Sample {
     crps: Vec<Vec<f64>>,
+    defined: Vec<bool>,
     csi: Vec<[f64; 3]>,
 }
 
@@ -105,14 +106,14 @@ pub fn score(x: &[f32], y: &[f32], d: &Dims, thresholds: &[f64]) -> TurbulenceSc
                         .collect();
                     let keep: Vec<bool> = t.iter().map(|&v| v >= 0.0).collect();
                     let mut crps = vec![masked_crps(&members, &t, &keep)];
+                    // windows whose truth is ≥ 0 throughout: their minimum, by max-pooling −y
+                    let neg: Vec<f64> = t.iter().map(|&v| -v).collect();
                     for &w in &POOL_WINDOWS {
                         if w > d.h || w > d.w {
                             crps.extend([f64::NAN; 2]);
                             continue;
                         }
                         let stride = ((w + 2) / 4).max(1);
-                        // windows whose truth is ≥ 0 throughout: their minimum, by max-pooling −y
-                        let neg: Vec<f64> = t.iter().map(|&v| -v).collect();
                         let (lowest, _, _) = pool2d(&neg, d.h, d.w, w, stride, 0, true);
                         let keep: Vec<bool> = lowest.iter().map(|&v| v <= 0.0).collect();
                         for max in [false, true] {
@@ -125,11 +126,15 @@ pub fn score(x: &[f32], y: &[f32], d: &Dims, thresholds: &[f64]) -> TurbulenceSc
                     (crps, counts)
                 })
                 .collect();
-            let crps = (0..1 + 2 * POOL_WINDOWS.len())
+            let crps: Vec<Vec<f64>> = (0..CRPS_KEYS.len())
                 .map(|k| per_field.iter().map(|p| p.0[k]).collect())
                 .collect();
+            let defined = crps
+                .iter()
+                .map(|f| f.iter().all(|v| v.is_finite()))
+                .collect();
             let csi = per_field.into_iter().flat_map(|p| p.1).collect();
-            Sample { crps, csi }
+            Sample { crps, defined, csi }
         })
         .collect();
     TurbulenceScores {
@@ -145,13 +150,15 @@ impl TurbulenceScores {
     fn scores(&self, idx: &[usize], fields: &[usize]) -> (Map<String, Value>, Vec<usize>) {
         let mut r = Map::new();
         let mut kept = Vec::new();
-        for (k, key) in crps_keys().iter().enumerate() {
-            let all = 0..self.d.s * self.d.c;
-            let defined = |n: usize| all.clone().all(|f| self.samples[n].crps[k][f].is_finite());
-            let keep: Vec<usize> = idx.iter().copied().filter(|&n| defined(n)).collect();
+        for (k, key) in CRPS_KEYS.iter().enumerate() {
+            let keep: Vec<usize> = idx
+                .iter()
+                .copied()
+                .filter(|&n| self.samples[n].defined[k])
+                .collect();
             kept.push(keep.len());
             if keep.is_empty() {
-                r.insert(key.clone(), Value::Null);
+                r.insert(key.to_string(), Value::Null);
                 continue;
             }
             // the mean over kept samples of each field, then over the fields
@@ -163,7 +170,7 @@ impl TurbulenceScores {
             };
             let v = fields.iter().map(|&f| per_field(f)).sum::<f64>() / fields.len() as f64;
             r.insert(
-                key.clone(),
+                key.to_string(),
                 if v.is_finite() { json!(v) } else { Value::Null },
             );
         }
@@ -217,10 +224,10 @@ impl SampleScores for TurbulenceScores {
                 Value::Object(r)
             })
             .collect();
-        let scored: Map<String, Value> = crps_keys()
-            .into_iter()
+        let scored: Map<String, Value> = CRPS_KEYS
+            .iter()
             .zip(kept)
-            .map(|(k, n)| (k, json!(n)))
+            .map(|(k, n)| (k.to_string(), json!(n)))
             .collect();
         json!({
             "protocol": "reference-turbulence",

@@ -50,8 +50,8 @@ pub struct EvalOptions {
     #[arg(long)]
     pub per_sample: bool,
     /// A second forecast of the same truth (any number of members) to compare with: each
-    /// overall score's change, this / OTHER − 1, with its 95% interval from a paired bootstrap
-    /// over the samples; printed after the table, and in the JSON report ("compare").
+    /// overall score's change, (this − OTHER) / |OTHER|, with its 95% interval from a paired
+    /// bootstrap over the samples; printed after the table, and in the JSON report ("compare").
     #[arg(long, value_name = "OTHER")]
     pub compare: Option<PathBuf>,
     /// Resamples of the bootstrap of --compare.
@@ -218,13 +218,27 @@ fn num(v: &Value) -> String {
         .map_or_else(|| "—".to_string(), |x| format!("{x:.4}"))
 }
 
+/// That the forecast at `path` has the two members the reference protocol's fair CRPS needs.
+fn two_members(path: &Path, d: &Dims) -> Result<()> {
+    if d.m >= 2 {
+        return Ok(());
+    }
+    Err(Error::bad_file(
+        path,
+        format!(
+            "--protocol reference-turbulence: its fair CRPS needs at least 2 members, found {}",
+            d.m
+        ),
+    ))
+}
+
 /// The seed of `--compare`'s bootstrap: fixed, so a comparison is reproducible.
 const BOOTSTRAP_SEED: u64 = 0;
 
 /// The comparison's lines: the main scores of both forecasts, the change and its interval.
 fn compare_table(c: &Value, other: &Path) -> String {
     let mut out = format!(
-        "compared with {} (paired bootstrap over {} samples, {} resamples): change = this / other - 1\n{:>16} {:>10} {:>10} {:>9} {:>21}\n",
+        "compared with {} (paired bootstrap over {} samples, {} resamples): change = (this - other) / |other|\n{:>16} {:>10} {:>10} {:>9} {:>21}\n",
         other.display(),
         c["samples"],
         c["resamples"],
@@ -288,19 +302,11 @@ const TABLE_KEYS: [&str; 8] = [
     "ssim",
 ];
 
-/// The table's columns under the reference's turbulence protocol.
-const REFERENCE_TABLE_KEYS: [&str; 5] = [
-    "crps",
-    "crps_pool2_avg",
-    "crps_pool2_max",
-    "crps_pool8_avg",
-    "crps_pool8_max",
-];
-
 /// A table of the main metrics, overall and per lead time.
 fn table(r: &Value) -> String {
+    // under the reference's turbulence protocol, its CRPS scores
     let keys: &[&str] = if r["protocol"] == "reference-turbulence" {
-        &REFERENCE_TABLE_KEYS
+        &metrics::turbulence::CRPS_KEYS
     } else {
         &TABLE_KEYS
     };
@@ -371,17 +377,16 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         Some(k) => Some((k, format!("--truth-start {k}"))),
         None => recorded_start(&o.forecast, &d)?,
     };
+    // the first forecast frame the forecast's own record names (without --truth-start)
+    let recorded = start
+        .as_ref()
+        .filter(|_| o.truth_start.is_none())
+        .map(|r| r.0);
     let (y, truth_frames) = read_truth(&o.truth, &d, start)?;
     let names = crate::data::channels::read(&o.truth, d.c)?;
     let reference = o.protocol == Protocol::ReferenceTurbulence;
-    if reference && d.m < 2 {
-        return Err(Error::bad_file(
-            &o.forecast,
-            format!(
-                "--protocol reference-turbulence: its fair CRPS needs at least 2 members, found {}",
-                d.m
-            ),
-        ));
+    if reference {
+        two_members(&o.forecast, &d)?;
     }
     if reference && png_out.is_some() {
         return Err(Error::Invalid(
@@ -432,9 +437,8 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
         }
         if o.truth_start.is_none() && truth_frames > d.s {
             // which truth frames each forecast predicts: both records must say the same
-            let mine = recorded_start(&o.forecast, &d)?.map(|r| r.0);
             let theirs = recorded_start(other, &dother)?.map(|r| r.0);
-            if theirs != mine {
+            if theirs != recorded {
                 let said = theirs.map_or("no window record".to_string(), |b| {
                     format!("a window record starting at truth frame {b}")
                 });
@@ -443,16 +447,13 @@ pub fn run(o: &EvalOptions) -> Result<Value> {
                     format!(
                         "has {said}, but {} starts at truth frame {}: which frames it forecasts is not those (pass --truth-start K to score both from frame K)",
                         o.forecast.display(),
-                        mine.map_or("?".to_string(), |a| a.to_string())
+                        recorded.map_or("?".to_string(), |a| a.to_string())
                     ),
                 ));
             }
         }
-        if reference && dother.m < 2 {
-            return Err(Error::bad_file(
-                other,
-                format!("--protocol reference-turbulence: its fair CRPS needs at least 2 members, found {}", dother.m),
-            ));
+        if reference {
+            two_members(other, &dother)?;
         }
         let theirs = score(&xo.data, &dother);
         let c = metrics::compare(
