@@ -14,12 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out_decisive}
 mkdir -p "$OUT"
-if [ -z "${BIN:-}" ]; then
-  if [ ! -x "$OUT/dydiff" ]; then
-    cargo build --release --quiet
-    cp target/release/dydiff "$OUT/dydiff"
-  fi
-  BIN=$OUT/dydiff
-fi
+# shellcheck source=frozen_bin.sh
+source experiments/frozen_bin.sh
 OUT=$OUT BIN=$BIN STEPS=8000 SEEDS=${SEEDS:-"0 1 2"} ETAS="0.5 0" PROCESSES=reference \
   SENS_ETAS= LONGER= NO_REPORT=1 experiments/reproduce.sh

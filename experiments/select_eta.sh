@@ -19,13 +19,8 @@ ETAS=${ETAS:-"0 0.1 0.5 0.9"}
 STEPS=${STEPS:-4000}
 VAL_SEQ=${VAL_SEQ:-64}
 mkdir -p "$OUT"
-if [ -z "${BIN:-}" ]; then
-  if [ ! -x "$OUT/dydiff" ]; then
-    cargo build --release --quiet
-    cp target/release/dydiff "$OUT/dydiff"
-  fi
-  BIN=$OUT/dydiff
-fi
+# shellcheck source=frozen_bin.sh
+source experiments/frozen_bin.sh
 
 [ -f "$OUT/train.npy" ] || $BIN data navier-stokes --out "$OUT/train.npy" --samples 768 --frames 16 --resolution 32 --seed 1
 [ -f "$OUT/val.npy" ] || $BIN data navier-stokes --out "$OUT/val.npy" --samples "$VAL_SEQ" --frames 10 --resolution 32 --seed 3
