@@ -1357,6 +1357,107 @@ fn eval_fixture(name: &str) -> PathBuf {
 }
 
 refusal!(
+    /// The reference protocol has no spread or standard CRPS to draw.
+    eval_reference_protocol_without_pictures,
+    |s| eval(
+        &s,
+        &eval_fixture("forecast.npy"),
+        &eval_fixture("truth.npy"),
+        &["--protocol", "reference-turbulence"]
+    )
+    .path("--png", &s.path("pics")),
+    &["--png", "reference-turbulence"]
+);
+
+refusal!(
+    eval_unknown_protocol,
+    |s| eval(
+        &s,
+        &eval_fixture("forecast.npy"),
+        &eval_fixture("truth.npy"),
+        &["--protocol", "wmo"]
+    ),
+    &["--protocol", "reference-turbulence"]
+);
+
+refusal!(
+    /// The reference protocol's fair CRPS needs two members.
+    eval_reference_protocol_one_member,
+    |s| eval(
+        &s,
+        &eval_fixture("forecast_one.npy"),
+        &eval_fixture("truth.npy"),
+        &["--protocol", "reference-turbulence"]
+    ),
+    &["forecast_one.npy", "at least 2 members", "found 1"]
+);
+
+refusal!(
+    eval_compare_another_truths_forecast,
+    |s| eval(
+        &s,
+        &eval_fixture("forecast.npy"),
+        &eval_fixture("truth.npy"),
+        &[]
+    )
+    .path("--compare", &fixture("turbulence_protocol/forecast.npy")),
+    &["forecast.npy", "same truth", "(3, M, 4, 2, 20, 24)"]
+);
+
+refusal!(
+    /// For a truth longer than the forecasts, which frames a compared forecast predicts is its
+    /// window record's: one without is refused.
+    eval_compare_without_window_record,
+    |s| {
+        let bare = s.path("bare.npy");
+        std::fs::copy(eval_fixture("forecast.npy"), &bare).unwrap();
+        eval(
+            &s,
+            &eval_fixture("forecast.npy"),
+            &eval_fixture("truth.npy"),
+            &[],
+        )
+        .path("--compare", &bare)
+    },
+    &["bare.npy", "no window record", "--truth-start"]
+);
+
+refusal!(
+    eval_compare_missing,
+    |s| eval(
+        &s,
+        &eval_fixture("forecast.npy"),
+        &eval_fixture("truth.npy"),
+        &[]
+    )
+    .path("--compare", &s.path("missing.npy")),
+    &["missing.npy"]
+);
+
+refusal!(
+    eval_resamples_zero,
+    |s| eval(
+        &s,
+        &eval_fixture("forecast.npy"),
+        &eval_fixture("truth.npy"),
+        &["--resamples", "0"]
+    )
+    .path("--compare", &eval_fixture("forecast.npy")),
+    &["--resamples"]
+);
+
+refusal!(
+    eval_resamples_without_compare,
+    |s| eval(
+        &s,
+        &eval_fixture("forecast.npy"),
+        &eval_fixture("truth.npy"),
+        &["--resamples", "50"]
+    ),
+    &["--compare"]
+);
+
+refusal!(
     eval_thresholds_nan,
     |s| eval(
         &s,
