@@ -36,7 +36,8 @@ const POOL_WINDOWS: [usize; 2] = [2, 8];
 const CSI_WINDOWS: [usize; 4] = [1, 3, 5, 7];
 
 /// The CRPS scores of the protocol, in report order: the pixels, then each window of
-/// [`POOL_WINDOWS`] with average and then maximum pooling (the order [`score`] computes them in).
+/// the reference's (2 and 8) with average and then maximum pooling (the order [`score`] computes
+/// them in).
 pub const CRPS_KEYS: [&str; 1 + 2 * POOL_WINDOWS.len()] = [
     "crps",
     "crps_pool2_avg",
