@@ -58,6 +58,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_PATH");
     println!("cargo:rerun-if-env-changed=DYDIFF_CUDA_ARCHS");
     let mut resources = Resources::new();
+    let mut fatbin_built = None;
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         let archs = std::env::var("DYDIFF_CUDA_ARCHS").unwrap_or_else(|_| "80;90".into());
         println!("cargo:rustc-env=DYDIFF_CUDA_ARCHS={archs}");
@@ -72,6 +73,7 @@ fn main() {
                 let selftest = out.join("selftest.cubin");
                 let top = compile_selftest(&nvcc, &archs, &kernels, &selftest);
                 resources = read_resources(&nvcc, &[(&fatbin, 0), (&selftest, top)]);
+                fatbin_built = Some(fatbin);
             }
         }
     }
@@ -147,6 +149,93 @@ fn main() {
     write_if_changed(&find_unit, &find);
     build.file(&find_unit);
     build.compile("dydiff_emu");
+
+    if let Some(fatbin) = fatbin_built {
+        build_standin(&out, &kernels, &fatbin);
+    }
+}
+
+/// The stand-in driver library for tests (`kernels/emu/libcuda.cpp`, docs/devices.md, "The
+/// stand-in driver"): `OUT_DIR/standin/libcuda.so`, the emulator linked in whole and only the
+/// `cu*` entry points exported (`kernels/emu/libcuda.map`), told the size and FNV-1a hash of the
+/// fatbin it is to accept; and `OUT_DIR/standin-partial/libcuda.so`, the same without
+/// `cuGraphLaunch`, for the test of a driver library that lacks an entry point. The folders
+/// become `DYDIFF_STANDIN_DIR` and `DYDIFF_STANDIN_PARTIAL_DIR` for the crate's tests. Linux
+/// only; a failure is a cargo warning (the stand-in is for tests, never part of what is built
+/// for use).
+fn build_standin(out: &Path, kernels: &Path, fatbin: &Path) {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    let emu = kernels.join("emu");
+    let image = std::fs::read(fatbin).unwrap_or_default();
+    let fnv = image.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let object = out.join("libcuda_standin.o");
+    let mut compile = compiler.to_command();
+    compile
+        .args(["-c", "-fPIC", "-O2", "-std=c++17", "-fvisibility=hidden"])
+        .arg("-I")
+        .arg(&emu)
+        .arg(format!("-DDYDIFF_FATBIN_BYTES={}ull", image.len()))
+        .arg(format!("-DDYDIFF_FATBIN_FNV={fnv}ull"))
+        .arg(emu.join("libcuda.cpp"))
+        .arg("-o")
+        .arg(&object);
+    let partial_map = out.join("libcuda_partial.map");
+    write_if_changed(
+        &partial_map,
+        "{\n  global: cu*;\n  local: cuGraphLaunch; *;\n};\n",
+    );
+    let link = |folder: &str, map: &Path| {
+        let dir = out.join(folder);
+        let _ = std::fs::create_dir_all(&dir);
+        let mut cmd = compiler.to_command();
+        cmd.arg("-shared")
+            .arg(&object)
+            .arg("-Wl,--whole-archive")
+            .arg(out.join("libdydiff_emu.a"))
+            .arg("-Wl,--no-whole-archive")
+            .arg(format!("-Wl,--version-script={}", map.display()))
+            .args([
+                "-Wl,-soname,libcuda.so.1",
+                "-Wl,--no-undefined",
+                "-lpthread",
+                "-o",
+            ])
+            .arg(dir.join("libcuda.so"));
+        (cmd, dir)
+    };
+    let (full, dir) = link("standin", &emu.join("libcuda.map"));
+    let (partial, partial_dir) = link("standin-partial", &partial_map);
+    for (mut cmd, what) in [
+        (compile, "compile"),
+        (full, "link"),
+        (partial, "link (partial)"),
+    ] {
+        match cmd.output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stderr);
+                let line = text.lines().find(|l| l.contains("error")).unwrap_or("");
+                println!("cargo:warning=the stand-in driver library (kernels/emu/libcuda.cpp) did not {what}: {line}");
+                return;
+            }
+            Err(e) => {
+                println!(
+                    "cargo:warning=the stand-in driver library: cannot run the C++ compiler: {e}"
+                );
+                return;
+            }
+        }
+    }
+    println!("cargo:rustc-env=DYDIFF_STANDIN_DIR={}", dir.display());
+    println!(
+        "cargo:rustc-env=DYDIFF_STANDIN_PARTIAL_DIR={}",
+        partial_dir.display()
+    );
 }
 
 /// Per kernel: registers per thread and static shared bytes of its machine code, the most over

@@ -72,17 +72,17 @@ fn a_gpu_that_cannot_be_used_is_refused_with_the_reason() {
     let (_, listing) = info();
     let s = Scratch::new("cuda-cli");
     let out = s.path("f.npy");
+    let reason = if !cfg!(feature = "cuda") {
+        "dydiff was built without CUDA (rebuild with --features cuda)"
+    } else if listing.contains("cuda kernels: none") {
+        "this dydiff holds no CUDA kernels"
+    } else if listing.contains("no CUDA driver") {
+        "no CUDA driver on this machine (libcuda not found)"
+    } else {
+        return; // a machine with a usable GPU (or the stand-in driver): nothing to refuse
+    };
     for device in ["cuda", "cuda:1"] {
         let (ok, err) = dydiff(["--device", device, "sample", "--out", out.to_str().unwrap()]);
-        let reason = if !cfg!(feature = "cuda") {
-            "dydiff was built without CUDA (rebuild with --features cuda)"
-        } else if listing.contains("cuda kernels: none") {
-            "this dydiff holds no CUDA kernels"
-        } else if listing.contains("no CUDA driver") {
-            "no CUDA driver on this machine (libcuda not found)"
-        } else {
-            return; // a machine with a usable GPU: nothing to refuse
-        };
         assert_clean_failure(
             ok,
             &err,

@@ -2,7 +2,8 @@
 //! handed out again, so that a sampler, which allocates the same shapes at every step, reaches a
 //! steady state with no device allocation or free at all (cudaMalloc and cudaFree synchronise the
 //! device; the emulator's guard pages stay exact because sizes are never rounded). When the device
-//! runs out of memory the cache is released and the allocation tried once more.
+//! runs out of memory the cache is released and the allocation tried once more — except while a
+//! graph is captured, where freeing is not permitted (the allocation fails instead).
 //!
 //! Graphs (docs/devices.md, “CUDA graphs”): the buffers a capture allocates form the graph's
 //! pool. A replay writes them again, so none of them is handed to an allocation outside the
@@ -11,7 +12,7 @@
 //! the graph: the device has one stream).
 
 use super::gpu::{DevicePtr, Gpu, GraphId, KernelArg, KernelTime, LaunchShape};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex};
 use std::thread::ThreadId;
@@ -168,7 +169,17 @@ impl<G: Gpu> Gpu for Cached<G> {
         }
         let p = match self.inner.alloc(bytes) {
             Ok(p) => p,
-            Err(_) => {
+            Err(e) => {
+                let s = self.lock();
+                if s.capturing.is_some() {
+                    // freeing synchronises the device, which a capture does not permit (it would
+                    // be invalidated): the cache stays until the capture ends
+                    return Err(Error::Backend(format!(
+                        "{e} (while a graph is captured the {} cached bytes are not returned to the device)",
+                        s.stats.cached_bytes
+                    )));
+                }
+                drop(s);
                 self.release()?;
                 self.inner.alloc(bytes)?
             }

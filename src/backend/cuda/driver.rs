@@ -71,19 +71,110 @@ fn cuda(what: impl std::fmt::Display, e: DriverError) -> Error {
     Error::Backend(format!("CUDA: {what}: {e}"))
 }
 
+/// A failed synchronisation, named by its cause: a kernel of the stream, or a synchronisation
+/// the stream's graph capture does not permit (the driver then invalidates the capture).
+fn sync_failed(e: DriverError) -> Error {
+    use sys::cudaError_enum as E;
+    match e.0 {
+        E::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+        | E::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+        | E::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+        | E::CUDA_ERROR_CAPTURED_EVENT => cuda(
+            "synchronising the stream while it captures a graph (not permitted; the capture is lost)",
+            e,
+        ),
+        _ => cuda("a kernel failed", e),
+    }
+}
+
 /// Whether the CUDA driver library can be loaded (never panics).
 pub fn driver_present() -> bool {
     // SAFETY: only tries to open the shared library.
     unsafe { sys::is_culib_present() }
 }
 
+/// The driver entry points this backend calls through cudarc (with its `cuda-13000` bindings;
+/// `cuDeviceGetUuid_v2` for NCCL's many-process jobs). cudarc looks each up at its first call
+/// and panics where the library lacks it, so they are all looked up first, when the driver is.
+const ENTRY_POINTS: [&str; 38] = [
+    "cuInit",
+    "cuDriverGetVersion",
+    "cuGetErrorString",
+    "cuDeviceGetCount",
+    "cuDeviceGet",
+    "cuDeviceGetAttribute",
+    "cuDeviceGetName",
+    "cuDeviceTotalMem_v2",
+    "cuDeviceGetUuid_v2",
+    "cuDevicePrimaryCtxRetain",
+    "cuDevicePrimaryCtxRelease_v2",
+    "cuCtxGetCurrent",
+    "cuCtxSetCurrent",
+    "cuCtxSynchronize",
+    "cuModuleLoadData",
+    "cuModuleGetFunction",
+    "cuFuncSetAttribute",
+    "cuMemAlloc_v2",
+    "cuMemFree_v2",
+    "cuMemGetInfo_v2",
+    "cuMemcpyHtoDAsync_v2",
+    "cuMemcpyDtoH_v2",
+    "cuMemcpyDtoDAsync_v2",
+    "cuLaunchKernel",
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuStreamSynchronize",
+    "cuStreamBeginCapture_v2",
+    "cuStreamIsCapturing",
+    "cuStreamEndCapture",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphLaunch",
+    "cuGraphExecDestroy",
+    "cuGraphDestroy",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventElapsedTime_v2",
+    "cuEventDestroy_v2",
+];
+
+/// The driver library, loaded and holding every entry point of [`ENTRY_POINTS`]; otherwise the
+/// one-line reason (checked once).
+fn driver_library() -> Result<()> {
+    static CHECKED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            if !driver_present() {
+                return Err(
+                    "no CUDA driver on this machine (libcuda not found); use --device cpu".into(),
+                );
+            }
+            // SAFETY: the library is present (above); loading it runs no code of ours.
+            let lib = unsafe { sys::culib() };
+            let missing: Vec<&str> = ENTRY_POINTS
+                .into_iter()
+                .filter(|name| {
+                    let symbol = format!("{name}\0");
+                    // SAFETY: only looks the name up; the symbol is not called.
+                    unsafe { lib.get::<unsafe extern "C" fn()>(symbol.as_bytes()) }.is_err()
+                })
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the CUDA driver library lacks {} (a driver older than CUDA 13.0?); use --device cpu",
+                    missing.join(", ")
+                ))
+            }
+        })
+        .clone()
+        .map_err(Error::Backend)
+}
+
 /// The number of GPUs the driver sees.
 pub fn device_count() -> Result<usize> {
-    if !driver_present() {
-        return Err(Error::Backend(
-            "no CUDA driver on this machine (libcuda not found); use --device cpu".into(),
-        ));
-    }
+    driver_library()?;
     CudaContext::device_count()
         .map(|n| n.max(0) as usize)
         .map_err(|e| cuda("cannot initialise the driver", e))
@@ -91,6 +182,7 @@ pub fn device_count() -> Result<usize> {
 
 /// The driver's CUDA version as `major.minor`.
 pub fn driver_version() -> Result<String> {
+    driver_library()?;
     let mut v = 0i32;
     // SAFETY: writes one integer.
     unsafe { sys::cuDriverGetVersion(&mut v) }
@@ -251,9 +343,7 @@ impl Gpu for Driver {
 
     fn copy_from_device(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         self.bind()?;
-        self.stream
-            .synchronize()
-            .map_err(|e| cuda("a kernel failed", e))?;
+        self.stream.synchronize().map_err(sync_failed)?;
         // SAFETY: as in `copy_to_device`, with the roles swapped.
         unsafe { result::memcpy_dtoh_sync(dst, src.0) }.map_err(|e| cuda("copy from the device", e))
     }
@@ -261,11 +351,18 @@ impl Gpu for Driver {
     fn launch(&self, name: &str, shape: LaunchShape, args: &[KernelArg]) -> Result<()> {
         self.bind()?;
         let f = self.function(name, shape.shared_bytes)?;
-        let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
-        let mut params: Vec<*mut c_void> = values
-            .iter_mut()
-            .map(|v| v.as_mut_ptr().cast::<c_void>())
-            .collect();
+        // one parameter block with its size, which the driver checks against the kernel's
+        let mut block = KernelArg::packed(args);
+        let mut size = block.len();
+        // the driver's markers are small integers in pointer form (cuda.h's `CU_LAUNCH_PARAM_*`)
+        let marker = |m: u32| std::ptr::without_provenance_mut::<c_void>(m as usize);
+        let mut extra: [*mut c_void; 5] = [
+            marker(sys::CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT),
+            block.as_mut_ptr().cast(),
+            marker(sys::CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT),
+            (&mut size as *mut usize).cast(),
+            marker(sys::CU_LAUNCH_PARAM_END_AS_INT),
+        ];
         let g = shape.grid;
         let b = shape.block;
         let mut timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
@@ -278,20 +375,26 @@ impl Gpu for Driver {
             unsafe { result::event::record(start.0, self.stream.cu_stream()) }
                 .map_err(|e| cuda("event", e))?;
         }
-        // SAFETY: `f` is a kernel of the loaded module; `params[i]` points at the bytes of argument
-        // i, in the order and with the sizes of the kernel's parameters (the launchers are tested
-        // against the same kernels on the emulator, which checks both); the values outlive the
-        // call, which copies them.
+        // SAFETY: `f` is a kernel of the loaded module; `extra` gives the parameter block and its
+        // size (the driver refuses a block of another size than the kernel's parameters; the
+        // launchers are tested against the same kernels on the emulator, which also checks each
+        // argument's size); block and size outlive the call, which copies them.
         unsafe {
-            result::launch_kernel(
+            sys::cuLaunchKernel(
                 f.0,
-                (g[0], g[1], g[2]),
-                (b[0], b[1], b[2]),
+                g[0],
+                g[1],
+                g[2],
+                b[0],
+                b[1],
+                b[2],
                 shape.shared_bytes,
                 self.stream.cu_stream(),
-                &mut params,
+                std::ptr::null_mut(),
+                extra.as_mut_ptr(),
             )
         }
+        .result()
         .map_err(|e| cuda(format!("kernel {name}"), e))?;
         if let (Some((start, end)), Some(list)) = (events, timing.as_mut()) {
             // SAFETY: as for the start event.
@@ -333,9 +436,7 @@ impl Gpu for Driver {
 
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
-        self.stream
-            .synchronize()
-            .map_err(|e| cuda("a kernel failed", e))
+        self.stream.synchronize().map_err(sync_failed)
     }
 
     fn begin_capture(&self) -> Result<()> {
@@ -383,7 +484,13 @@ impl Gpu for Driver {
             .0
             .remove(&graph.0);
         match removed {
-            Some(_) => Ok(()),
+            Some(g) => {
+                // cudarc's destructor keeps a failure for the context's next call: say it here
+                drop(g);
+                self.ctx
+                    .check_err()
+                    .map_err(|e| cuda(format!("destroying graph {}", graph.0), e))
+            }
             None => Err(Error::Backend(format!(
                 "CUDA: graph {} does not exist",
                 graph.0

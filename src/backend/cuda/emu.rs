@@ -147,7 +147,7 @@ impl Emulator {
                 KernelArg::I64(v) => (*v).into(),
                 KernelArg::U64(v) => (*v).into(),
                 KernelArg::F32(v) => f64::from(*v).into(),
-                KernelArg::Struct(b) => b
+                KernelArg::Struct { bytes, .. } => bytes
                     .chunks(4)
                     .map(|w| {
                         let mut word = [0u8; 4];

@@ -16,7 +16,7 @@ pub struct DevicePtr(pub u64);
 pub struct GraphId(pub u64);
 
 /// One kernel argument, passed by value as `cuLaunchKernel` reads it: a device pointer (8 bytes),
-/// a 4- or 8-byte scalar, or a struct of 4-byte fields (its bytes).
+/// a 4- or 8-byte scalar, or a struct (its bytes and its alignment).
 #[derive(Clone, Debug, PartialEq)]
 pub enum KernelArg {
     Ptr(DevicePtr),
@@ -25,13 +25,37 @@ pub enum KernelArg {
     I64(i64),
     U64(u64),
     F32(f32),
-    Struct(Vec<u8>),
+    Struct { bytes: Vec<u8>, align: usize },
 }
 
 impl KernelArg {
     /// A `#[repr(C)]` structure passed by value (the kernels' shape parameters).
     pub fn pod<T: bytemuck::Pod>(s: &T) -> KernelArg {
-        KernelArg::Struct(bytemuck::bytes_of(s).to_vec())
+        KernelArg::Struct {
+            bytes: bytemuck::bytes_of(s).to_vec(),
+            align: std::mem::align_of::<T>(),
+        }
+    }
+
+    /// The argument's alignment in the kernel's parameter block, in bytes.
+    pub fn align(&self) -> usize {
+        match self {
+            KernelArg::Ptr(_) | KernelArg::I64(_) | KernelArg::U64(_) => 8,
+            KernelArg::I32(_) | KernelArg::U32(_) | KernelArg::F32(_) => 4,
+            KernelArg::Struct { align, .. } => *align,
+        }
+    }
+
+    /// `args` laid out as a kernel's parameter block holds them (what `cuLaunchKernel` takes as
+    /// `CU_LAUNCH_PARAM_BUFFER_POINTER`): each at the next multiple of its alignment, the block
+    /// ending with the last argument.
+    pub fn packed(args: &[KernelArg]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for a in args {
+            block.resize(block.len().next_multiple_of(a.align()), 0);
+            block.extend_from_slice(&a.bytes());
+        }
+        block
     }
 
     /// The argument's bytes, as the kernel's parameter holds them.
@@ -43,7 +67,7 @@ impl KernelArg {
             KernelArg::I64(v) => v.to_ne_bytes().to_vec(),
             KernelArg::U64(v) => v.to_ne_bytes().to_vec(),
             KernelArg::F32(v) => v.to_ne_bytes().to_vec(),
-            KernelArg::Struct(ref b) => b.clone(),
+            KernelArg::Struct { ref bytes, .. } => bytes.clone(),
         }
     }
 }
@@ -179,4 +203,42 @@ pub struct MemoryStats {
     /// Device memory held now (in use or cached), and the most held at once.
     pub reserved_bytes: usize,
     pub peak_reserved_bytes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parameter block of `(u32, ptr, f32, struct of two u32, u64, u32, struct of a u64)`:
+    /// the pointer, the u64 and the 8-byte-aligned struct at multiples of 8 after padding, the
+    /// 4-byte values packed, no padding after the last.
+    #[test]
+    fn arguments_are_packed_at_their_alignment() {
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        #[repr(C)]
+        struct Pair(u32, u32);
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        #[repr(C)]
+        struct Wide(u64);
+        let block = KernelArg::packed(&[
+            KernelArg::U32(7),
+            KernelArg::Ptr(DevicePtr(0x1122_3344_5566_7788)),
+            KernelArg::F32(1.5),
+            KernelArg::pod(&Pair(9, 10)),
+            KernelArg::U64(3),
+            KernelArg::U32(5),
+            KernelArg::pod(&Wide(11)),
+        ]);
+        let word = |at: usize| u32::from_ne_bytes(block[at..at + 4].try_into().unwrap());
+        let long = |at: usize| u64::from_ne_bytes(block[at..at + 8].try_into().unwrap());
+        assert_eq!(block.len(), 56);
+        assert_eq!(word(0), 7);
+        assert_eq!(word(4), 0, "padding before the pointer");
+        assert_eq!(long(8), 0x1122_3344_5566_7788);
+        assert_eq!(f32::from_bits(word(16)), 1.5);
+        assert_eq!((word(20), word(24)), (9, 10));
+        assert_eq!(long(32), 3);
+        assert_eq!((word(40), word(44)), (5, 0));
+        assert_eq!(long(48), 11);
+    }
 }

@@ -14,6 +14,8 @@ mod gemm;
 mod norm;
 mod optim;
 mod process;
+#[cfg(feature = "cuda")]
+mod standin;
 
 use dydiff::backend::cpu::CpuStorage;
 use dydiff::backend::cuda::gpu::Gpu;
