@@ -546,12 +546,14 @@ API CUresult cuInit(unsigned flags) {
 }
 
 API CUresult cuDriverGetVersion(int* version) {
+  CHECK_FAULT("cuDriverGetVersion");
   if (!version) return INVALID_VALUE;
   *version = 13000;
   return OK;
 }
 
 API CUresult cuDeviceGetCount(int* count) {
+  CHECK_FAULT("cuDeviceGetCount");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (!count) return INVALID_VALUE;
   *count = 1;
@@ -559,6 +561,7 @@ API CUresult cuDeviceGetCount(int* count) {
 }
 
 API CUresult cuDeviceGet(CUdevice* device, int ordinal) {
+  CHECK_FAULT("cuDeviceGet");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (!device) return INVALID_VALUE;
   if (ordinal != 0) return INVALID_DEVICE;
@@ -567,6 +570,7 @@ API CUresult cuDeviceGet(CUdevice* device, int ordinal) {
 }
 
 API CUresult cuDeviceGetAttribute(int* value, int attribute, CUdevice device) {
+  CHECK_FAULT("cuDeviceGetAttribute");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (!value) return INVALID_VALUE;
   if (device != 0) return INVALID_DEVICE;
@@ -588,6 +592,7 @@ API CUresult cuDeviceGetAttribute(int* value, int attribute, CUdevice device) {
 }
 
 API CUresult cuDeviceGetName(char* name, int len, CUdevice device) {
+  CHECK_FAULT("cuDeviceGetName");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (!name || len <= 0) return INVALID_VALUE;
   if (device != 0) return INVALID_DEVICE;
@@ -596,6 +601,7 @@ API CUresult cuDeviceGetName(char* name, int len, CUdevice device) {
 }
 
 API CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
+  CHECK_FAULT("cuDeviceTotalMem_v2");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (!bytes) return INVALID_VALUE;
   if (device != 0) return INVALID_DEVICE;
@@ -604,6 +610,7 @@ API CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
 }
 
 API CUresult cuDeviceGetUuid_v2(unsigned char* uuid, CUdevice device) {
+  CHECK_FAULT("cuDeviceGetUuid_v2");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (!uuid) return INVALID_VALUE;
   if (device != 0) return INVALID_DEVICE;
@@ -624,6 +631,7 @@ API CUresult cuDevicePrimaryCtxRetain(Context** ctx, CUdevice device) {
 }
 
 API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) {
+  CHECK_FAULT("cuDevicePrimaryCtxRelease_v2");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (device != 0) return INVALID_DEVICE;
   if (g_context.refs == 0) return INVALID_CONTEXT;
@@ -632,6 +640,7 @@ API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) {
 }
 
 API CUresult cuCtxGetCurrent(Context** ctx) {
+  CHECK_FAULT("cuCtxGetCurrent");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (!ctx) return INVALID_VALUE;
   *ctx = t_current;
@@ -639,6 +648,7 @@ API CUresult cuCtxGetCurrent(Context** ctx) {
 }
 
 API CUresult cuCtxSetCurrent(Context* ctx) {
+  CHECK_FAULT("cuCtxSetCurrent");
   if (!g_init.load()) return NOT_INITIALIZED;
   if (ctx && ctx != &g_context) return INVALID_CONTEXT;
   t_current = ctx;
@@ -646,6 +656,7 @@ API CUresult cuCtxSetCurrent(Context* ctx) {
 }
 
 API CUresult cuCtxSynchronize() {
+  CHECK_FAULT("cuCtxSynchronize");
   NEED_CONTEXT();
   if (CUresult r = capture_rules("cuCtxSynchronize", false)) return r;
   for (Stream* s : streams()) s->drain();
@@ -695,6 +706,7 @@ API CUresult cuMemFree_v2(CUdeviceptr ptr) {
 }
 
 API CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+  CHECK_FAULT("cuMemGetInfo_v2");
   NEED_CONTEXT();
   if (!free_bytes || !total_bytes) return INVALID_VALUE;
   std::lock_guard<std::mutex> lock(g_mem);
@@ -768,6 +780,7 @@ API CUresult cuModuleLoadData(Module** module, const void* image) {
 }
 
 API CUresult cuModuleGetFunction(Function** f, Module* module, const char* name) {
+  CHECK_FAULT("cuModuleGetFunction");
   NEED_CONTEXT();
   if (!f || !module || !name) return INVALID_VALUE;
   auto it = module->functions.find(name);
@@ -777,6 +790,7 @@ API CUresult cuModuleGetFunction(Function** f, Module* module, const char* name)
 }
 
 API CUresult cuFuncSetAttribute(Function* f, int attribute, int value) {
+  CHECK_FAULT("cuFuncSetAttribute");
   NEED_CONTEXT();
   if (!f) return INVALID_HANDLE;
   if (attribute != 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
@@ -930,6 +944,7 @@ API CUresult cuStreamBeginCapture_v2(Stream* s, int mode) {
 }
 
 API CUresult cuStreamIsCapturing(Stream* s, int* status) {
+  CHECK_FAULT("cuStreamIsCapturing");
   NEED_CONTEXT();
   if (!s || !status) return INVALID_VALUE;
   std::lock_guard<std::mutex> lock(s->m);
@@ -1027,6 +1042,7 @@ API CUresult cuEventRecord(Event* e, Stream* s) {
 }
 
 API CUresult cuEventElapsedTime_v2(float* ms, Event* a, Event* b) {
+  CHECK_FAULT("cuEventElapsedTime_v2");
   NEED_CONTEXT();
   if (!ms || !a || !b) return INVALID_HANDLE;
   if ((a->flags | b->flags) & 2) return INVALID_HANDLE;  // CU_EVENT_DISABLE_TIMING
@@ -1043,6 +1059,7 @@ API CUresult cuEventElapsedTime_v2(float* ms, Event* a, Event* b) {
 
 // ---------------------------------------------------------------- errors
 API CUresult cuGetErrorString(CUresult r, const char** text) {
+  CHECK_FAULT("cuGetErrorString");
   if (!text) return INVALID_VALUE;
   *text = error_string(r);
   return *text ? OK : INVALID_VALUE;
