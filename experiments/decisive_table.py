@@ -17,8 +17,11 @@ not part of the rule); then:
 
     python3 experiments/decisive_table.py [OUT] [BIN]    # default experiments/out_decisive, target/release/dydiff
 
-Standard library only. Writes OUT/{run}/eval_rule.json and eval_reference.json once (delete them
-to score again).
+Standard library only. Each finished run's per-sample scores and noise errors are kept in
+experiments/results/decisive/{run}/ (eval_rule.json, eval_reference.json, noise.json; small, and
+committed): the study's runs span machines whose output folders are not kept, and the table is
+computed from what is kept there, scoring a run's forecast in OUT only where its scores are not yet
+kept (delete them to score again).
 """
 
 import json
@@ -30,37 +33,50 @@ import sys
 
 OUT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/out_decisive")
 BIN = sys.argv[2] if len(sys.argv) > 2 else "target/release/dydiff"
+KEPT = pathlib.Path(__file__).resolve().parent / "results" / "decisive"
+FILES = {"dydiff": "eval_rule.json", "reference-turbulence": "eval_reference.json"}
 SEEDS = [0, 1, 2]
 KEYS = [("crps", "pixel CRPS"), ("crps_pool8_avg", "CRPS w8 avg"), ("crps_pool8_max", "CRPS w8 max")]
 RESAMPLES = 10_000
 MODELS = [("0.5", "DyDiff (dyn_eta 0.5)"), ("0", "standard (dyn_eta 0)")]
 
 
+def keep(run: str) -> bool:
+    """Scores OUT/run's finished forecast under both protocols into KEPT/run, with its noise errors;
+    false where neither the kept scores nor a finished run is there."""
+    kept, out = KEPT / run, OUT / run
+    if all((kept / f).exists() for f in [*FILES.values(), "noise.json"]):
+        return True
+    if not all((out / f).exists() for f in ["forecast.npy", "eval.json", "noise.json"]):
+        return False
+    kept.mkdir(parents=True, exist_ok=True)
+    for protocol, name in FILES.items():
+        if not (kept / name).exists():
+            subprocess.run([BIN, "eval", "--forecast", str(out / "forecast.npy"), "--truth", str(OUT / "test.npy"),
+                            "--protocol", protocol, "--per-sample", "--json", str(kept / name)],
+                           check=True, stdout=subprocess.DEVNULL)
+    (kept / "noise.json").write_text((out / "noise.json").read_text())
+    return True
+
+
 def scored(run: pathlib.Path, protocol: str) -> dict:
-    name = "eval_rule.json" if protocol == "dydiff" else "eval_reference.json"
-    path = run / name
-    if not path.exists():
-        subprocess.run([BIN, "eval", "--forecast", str(run / "forecast.npy"), "--truth", str(OUT / "test.npy"),
-                        "--protocol", protocol, "--per-sample", "--json", str(path)],
-                       check=True, stdout=subprocess.DEVNULL)
-    return json.loads(path.read_text())
+    return json.loads((run / FILES[protocol]).read_text())
 
 
 def main() -> None:
     runs = {}
     for seed in SEEDS:
-        pair = [OUT / f"reference_eta{eta}_seed{seed}" for eta, _ in MODELS]
-        if all((r / "forecast.npy").exists() and (r / "eval.json").exists() for r in pair):
-            runs[seed] = pair
+        names = [f"reference_eta{eta}_seed{seed}" for eta, _ in MODELS]
+        if all([keep(name) for name in names]):
+            runs[seed] = [KEPT / name for name in names]
     if not runs:
-        sys.exit(f"{OUT}: no seed with both runs finished yet")
+        sys.exit(f"{KEPT} and {OUT}: no seed with both runs finished yet")
     seeds = sorted(runs)
     print(f"Seeds with both runs: {seeds} (of {SEEDS})\n")
 
     rule = {s: [scored(r, "dydiff") for r in runs[s]] for s in seeds}
     ref = {s: [scored(r, "reference-turbulence") for r in runs[s]] for s in seeds}
-    noise = {s: [json.loads((r / "noise.json").read_text()) if (r / "noise.json").exists() else None
-                 for r in runs[s]] for s in seeds}
+    noise = {s: [json.loads((r / "noise.json").read_text()) for r in runs[s]] for s in seeds}
 
     print("| seed | model | " + " | ".join(label for _, label in KEYS)
           + " | reference protocol: CRPS | w8 avg | w8 max | noise error t = 50 / 250 / 500 / 750 / 950 |")
@@ -69,7 +85,7 @@ def main() -> None:
         for i, (_, label) in enumerate(MODELS):
             o, r = rule[s][i]["overall"], ref[s][i]["overall"]
             nz = noise[s][i]
-            nerr = " / ".join(f"{e['mse_future']:.4f}" for e in nz["timesteps"]) if nz else "—"
+            nerr = " / ".join(f"{e['mse_future']:.4f}" for e in nz["timesteps"])
             refs = " | ".join("—" if r[k] is None else f"{r[k]:.4f}" for k, _ in KEYS)
             print(f"| {s} | {label} | " + " | ".join(f"{o[k]:.4f}" for k, _ in KEYS) + f" | {refs} | {nerr} |")
 
