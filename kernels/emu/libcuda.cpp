@@ -529,6 +529,13 @@ const char* error_string(CUresult r) {
   }
 }
 
+// The checks every query of the device makes: cuInit first, somewhere to write, device 0.
+CUresult device_query(const void* out, CUdevice device) {
+  if (!g_init.load()) return NOT_INITIALIZED;
+  if (!out) return INVALID_VALUE;
+  return device == 0 ? OK : INVALID_DEVICE;
+}
+
 }  // namespace
 
 #define CHECK_FAULT(name) \
@@ -571,9 +578,7 @@ API CUresult cuDeviceGet(CUdevice* device, int ordinal) {
 
 API CUresult cuDeviceGetAttribute(int* value, int attribute, CUdevice device) {
   CHECK_FAULT("cuDeviceGetAttribute");
-  if (!g_init.load()) return NOT_INITIALIZED;
-  if (!value) return INVALID_VALUE;
-  if (device != 0) return INVALID_DEVICE;
+  if (CUresult r = device_query(value, device)) return r;
   switch (attribute) {
     case 1: *value = 1024; return OK;                 // max threads per block
     case 8: *value = 48 * 1024; return OK;            // shared memory per block
@@ -593,27 +598,22 @@ API CUresult cuDeviceGetAttribute(int* value, int attribute, CUdevice device) {
 
 API CUresult cuDeviceGetName(char* name, int len, CUdevice device) {
   CHECK_FAULT("cuDeviceGetName");
-  if (!g_init.load()) return NOT_INITIALIZED;
-  if (!name || len <= 0) return INVALID_VALUE;
-  if (device != 0) return INVALID_DEVICE;
+  if (CUresult r = device_query(name, device)) return r;
+  if (len <= 0) return INVALID_VALUE;
   std::snprintf(name, size_t(len), "dydiff stand-in driver (CPU emulator, sm_%u)", kArch);
   return OK;
 }
 
 API CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
   CHECK_FAULT("cuDeviceTotalMem_v2");
-  if (!g_init.load()) return NOT_INITIALIZED;
-  if (!bytes) return INVALID_VALUE;
-  if (device != 0) return INVALID_DEVICE;
+  if (CUresult r = device_query(bytes, device)) return r;
   *bytes = total_memory();
   return OK;
 }
 
 API CUresult cuDeviceGetUuid_v2(unsigned char* uuid, CUdevice device) {
   CHECK_FAULT("cuDeviceGetUuid_v2");
-  if (!g_init.load()) return NOT_INITIALIZED;
-  if (!uuid) return INVALID_VALUE;
-  if (device != 0) return INVALID_DEVICE;
+  if (CUresult r = device_query(uuid, device)) return r;
   static const char bytes[16] = {'d', 'y', 'd', 'i', 'f', 'f', '-', 's', 't', 'a', 'n', 'd', '-', 'i', 'n', '0'};
   std::memcpy(uuid, bytes, 16);
   return OK;
@@ -622,9 +622,7 @@ API CUresult cuDeviceGetUuid_v2(unsigned char* uuid, CUdevice device) {
 // ---------------------------------------------------------------- contexts
 API CUresult cuDevicePrimaryCtxRetain(Context** ctx, CUdevice device) {
   CHECK_FAULT("cuDevicePrimaryCtxRetain");
-  if (!g_init.load()) return NOT_INITIALIZED;
-  if (!ctx) return INVALID_VALUE;
-  if (device != 0) return INVALID_DEVICE;
+  if (CUresult r = device_query(ctx, device)) return r;
   ++g_context.refs;
   *ctx = &g_context;
   return OK;
