@@ -71,7 +71,7 @@ fn main() {
                 compile_fatbin(&nvcc, &archs, &device, &kernels, &fatbin);
                 println!("cargo:rustc-cfg=dydiff_kernels");
                 let selftest = out.join("selftest.cubin");
-                let top = compile_selftest(&nvcc, &archs, &kernels, &selftest);
+                let top = compile_selftest(&nvcc, &kernels, &selftest);
                 resources = read_resources(&nvcc, &[(&fatbin, 0), (&selftest, top)]);
                 fatbin_built = Some(fatbin);
             }
@@ -151,7 +151,7 @@ fn main() {
     build.compile("dydiff_emu");
 
     if let Some(fatbin) = fatbin_built {
-        build_standin(&out, &kernels, &fatbin);
+        build_standin(&out, &kernels, &fatbin, &archs_built());
     }
 }
 
@@ -161,10 +161,18 @@ fn main() {
 /// fatbin it is to accept; and `OUT_DIR/standin-partial/libcuda.so`, the same without
 /// `cuGraphLaunch`, for the test of a driver library that lacks an entry point. The folders
 /// become `DYDIFF_STANDIN_DIR` and `DYDIFF_STANDIN_PARTIAL_DIR` for the crate's tests. Linux
-/// only; a failure is a cargo warning (the stand-in is for tests, never part of what is built
-/// for use).
-fn build_standin(out: &Path, kernels: &Path, fatbin: &Path) {
+/// only, and only where the fatbin holds sm_90 (the device the stand-in models); a failure is a
+/// cargo warning (the stand-in is for tests, never part of what is built for use), and leaves no
+/// earlier build's library behind.
+fn build_standin(out: &Path, kernels: &Path, fatbin: &Path, archs: &[u32]) {
+    for folder in ["standin", "standin-partial"] {
+        let _ = std::fs::remove_dir_all(out.join(folder));
+    }
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    if !archs.contains(&90) {
+        println!("cargo:warning=no stand-in driver library: DYDIFF_CUDA_ARCHS has no sm_90, the device it models");
         return;
     }
     let emu = kernels.join("emu");
@@ -238,6 +246,15 @@ fn build_standin(out: &Path, kernels: &Path, fatbin: &Path) {
     );
 }
 
+/// The architectures of `DYDIFF_CUDA_ARCHS` (default `80;90`), as [`compile_fatbin`] reads them.
+fn archs_built() -> Vec<u32> {
+    std::env::var("DYDIFF_CUDA_ARCHS")
+        .unwrap_or_else(|_| "80;90".into())
+        .split([';', ','])
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
 /// Per kernel: registers per thread and static shared bytes of its machine code, the most over
 /// the architectures built.
 type Resources = std::collections::HashMap<String, (u32, u32)>;
@@ -265,10 +282,7 @@ fn find_nvcc() -> Option<PathBuf> {
 /// One translation unit including every kernel source, compiled to `fatbin` with machine code
 /// for each architecture of `archs` (`80;90`) and PTX of the highest.
 fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[PathBuf], kernels: &Path, fatbin: &Path) {
-    let mut list: Vec<u32> = archs
-        .split([';', ','])
-        .filter_map(|a| a.trim().parse().ok())
-        .collect();
+    let mut list = archs_built();
     list.sort_unstable();
     list.dedup();
     if list.is_empty() {
@@ -299,14 +313,10 @@ fn compile_fatbin(nvcc: &Path, archs: &str, sources: &[PathBuf], kernels: &Path,
 }
 
 /// The emulator's test kernels (`kernels/emu/selftest.cu`) as a cubin for the highest
-/// architecture of `archs`, only for their resource figures (they are never loaded on a GPU).
+/// architecture of `DYDIFF_CUDA_ARCHS`, only for their resource figures (never loaded on a GPU).
 /// Returns that architecture.
-fn compile_selftest(nvcc: &Path, archs: &str, kernels: &Path, cubin: &Path) -> u32 {
-    let top = archs
-        .split([';', ','])
-        .filter_map(|a| a.trim().parse().ok())
-        .max()
-        .unwrap_or(90);
+fn compile_selftest(nvcc: &Path, kernels: &Path, cubin: &Path) -> u32 {
+    let top = archs_built().into_iter().max().unwrap_or(90);
     let mut cmd = std::process::Command::new(nvcc);
     cmd.args(["-cubin", "-O3", "-std=c++17"])
         .arg(format!("-arch=sm_{top}"))

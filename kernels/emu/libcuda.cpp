@@ -104,6 +104,10 @@ constexpr int kComputeMajor = 9, kComputeMinor = 0;
 constexpr unsigned kArch = 90;
 constexpr size_t kMaxSharedOptin = 227 * 1024;  // an H100's opt-in shared memory per block
 constexpr size_t kDefaultShared = 48 * 1024;    // without cuFuncSetAttribute
+// what sm_90's `.nv.shared.NAME` sections hold beyond the kernel's own static shared memory: the
+// 1 KiB each block reserves for the system (CUDA C++ Programming Guide, "Shared Memory",
+// compute capability 9.0; build.rs subtracts it from cuobjdump's figures too)
+constexpr unsigned kReservedShared = 1024;
 constexpr unsigned kRegistersPerSm = 65536;
 constexpr int kSmCount = 132;
 
@@ -168,7 +172,9 @@ struct Function {
   std::vector<Param> params;            // by ordinal
   unsigned param_bytes = 0;             // the parameter block
   unsigned registers = 0, static_shared = 0, max_threads = 0;
-  size_t allowed_shared = kDefaultShared;
+  // the dynamic shared memory a launch may take: what is left of the default 48 KiB beside the
+  // static, unless cuFuncSetAttribute raised it (set at load)
+  std::atomic<size_t> allowed_shared{0};
 };
 
 struct Module {
@@ -190,14 +196,15 @@ T read(const unsigned char* p) {
 
 // The kernels of a cubin (64-bit ELF): per kernel, from its `.nv.info.NAME` section the
 // parameters (EIATTR_KPARAM_INFO), the parameter block (EIATTR_CBANK_PARAM_SIZE) and the launch
-// bounds (EIATTR_MAX_THREADS); from `.nv.shared.NAME` its static shared memory; from the global
+// bounds (EIATTR_MAX_THREADS); from `.nv.shared.NAME` its static shared memory (less the block's
+// reserved 1 KiB the section includes on sm_90); from the global
 // `.nv.info` its registers (EIATTR_REGCOUNT, by symbol). Empty string on success.
 std::string parse_cubin(const unsigned char* e, size_t len, Module& m) {
   if (len < 64 || std::memcmp(e, "\x7f" "ELF", 4) != 0 || e[4] != 2) return "not a 64-bit ELF cubin";
   const uint64_t shoff = read<uint64_t>(e + 0x28);
   const unsigned shentsize = read<uint16_t>(e + 0x3a), shnum = read<uint16_t>(e + 0x3c),
                  shstrndx = read<uint16_t>(e + 0x3e);
-  if (shoff + uint64_t(shnum) * shentsize > len || shstrndx >= shnum) return "truncated cubin";
+  if (shentsize < 0x40 || shoff + uint64_t(shnum) * shentsize > len || shstrndx >= shnum) return "truncated cubin";
   struct Section {
     std::string name;
     uint32_t type;
@@ -230,6 +237,7 @@ std::string parse_cubin(const unsigned char* e, size_t len, Module& m) {
   std::vector<std::string> symbols;
   for (const Section& s : secs) {
     if (s.type != 2) continue;  // SHT_SYMTAB
+    if (s.link >= secs.size()) return "bad symbol table";
     const Section& str = secs[s.link];
     for (uint64_t p = s.offset; p + 24 <= s.offset + s.size; p += 24)
       symbols.push_back(reinterpret_cast<const char*>(e + str.offset + read<uint32_t>(e + p)));
@@ -237,7 +245,8 @@ std::string parse_cubin(const unsigned char* e, size_t len, Module& m) {
   const std::string info = ".nv.info.", shared = ".nv.shared.";
   for (const Section& s : secs) {
     if (s.name.compare(0, shared.size(), shared) == 0 && s.name.find(".reserved") == std::string::npos) {
-      kernel(s.name.substr(shared.size())).static_shared = unsigned(s.size);
+      kernel(s.name.substr(shared.size())).static_shared =
+          s.size > kReservedShared ? unsigned(s.size) - kReservedShared : 0;
       continue;
     }
     const bool global = s.name == ".nv.info";
@@ -298,6 +307,7 @@ CUresult load_image(const void* image, Module& m) {
   for (size_t off = header; off + 32 <= bytes;) {
     const unsigned kind = read<uint16_t>(b + off);
     const size_t eh = read<uint32_t>(b + off + 4), payload = read<uint64_t>(b + off + 8);
+    if (eh < 32) break;  // not an entry header
     if (kind == 2 && read<uint32_t>(b + off + 28) == kArch) {
       cubin = b + off + eh;
       cubin_len = payload;
@@ -325,6 +335,20 @@ CUresult load_image(const void* image, Module& m) {
       note("cuModuleLoadData: kernel %s: the cubin's parameters differ from the emulator's build of it", name.c_str());
       return INVALID_IMAGE;
     }
+    // the resources read from the cubin against build.rs's (cuobjdump's, the most over the
+    // architectures; 0 where nvcc's figures were not read): a misread figure would disable a check
+    const emu::Kernel& k = *f->kernel;
+    const bool figures = f->registers > 0 && (!k.registers || f->registers <= k.registers) &&
+                         (!k.registers || f->static_shared <= k.static_shared) &&
+                         (!k.max_threads || f->max_threads == k.max_threads);
+    if (!figures) {
+      note("cuModuleLoadData: kernel %s: the cubin's resources (%u registers, %u static shared bytes, launch "
+           "bounds %u) disagree with the build's (%u, %u, %u)",
+           name.c_str(), f->registers, f->static_shared, f->max_threads, k.registers, k.static_shared,
+           k.max_threads);
+      return INVALID_IMAGE;
+    }
+    f->allowed_shared = f->static_shared < kDefaultShared ? kDefaultShared - f->static_shared : 0;
   }
   return OK;
 }
@@ -337,6 +361,7 @@ using Clock = std::chrono::steady_clock;
 struct EventState {
   std::mutex m;
   bool recorded = false, done = false, captured = false;
+  unsigned long long record = 0;  // the latest record's number: an earlier one marks nothing
   Clock::time_point at;
 };
 struct Event {
@@ -389,12 +414,6 @@ struct Stream {
       cv.notify_all();
     }
   }
-  void enqueue(Op op) {
-    std::lock_guard<std::mutex> lock(m);
-    unsynced.insert(op.touches.begin(), op.touches.end());
-    queue.push_back(std::move(op));
-    cv.notify_all();
-  }
   // Waits until the queued work is done (the host synchronises with the stream).
   void drain() {
     std::unique_lock<std::mutex> lock(m);
@@ -420,7 +439,7 @@ struct Context {
 };
 
 std::mutex g_streams_mutex;
-std::set<Stream*> g_streams;
+std::map<Stream*, std::shared_ptr<Stream>> g_streams;  // by handle
 Context g_context;
 thread_local Context* t_current = nullptr;
 
@@ -430,9 +449,12 @@ CUresult need_context() {
   return t_current ? OK : INVALID_CONTEXT;
 }
 
-std::vector<Stream*> streams() {
+// The streams, each kept alive while the caller uses it (another thread may destroy its handle).
+std::vector<std::shared_ptr<Stream>> streams() {
   std::lock_guard<std::mutex> lock(g_streams_mutex);
-  return std::vector<Stream*>(g_streams.begin(), g_streams.end());
+  std::vector<std::shared_ptr<Stream>> all;
+  for (auto& entry : g_streams) all.push_back(entry.second);
+  return all;
 }
 
 // What stream capture forbids: `call` by this thread. `unsafe`: a "potentially unsafe" call
@@ -441,7 +463,7 @@ std::vector<Stream*> streams() {
 // breaks are invalidated.
 CUresult capture_rules(const char* call, bool unsafe) {
   CUresult r = OK;
-  for (Stream* s : streams()) {
+  for (const auto& s : streams()) {
     std::lock_guard<std::mutex> lock(s->m);
     if (!s->capturing) continue;
     const bool mine = s->capture_thread == std::this_thread::get_id();
@@ -449,23 +471,26 @@ CUresult capture_rules(const char* call, bool unsafe) {
     if (!forbidden) continue;
     static const char* modes[] = {"global", "thread-local", "relaxed"};
     note("%s while stream %p captures (%s mode): not permitted; the capture is invalidated", call,
-         static_cast<void*>(s), modes[s->mode]);
+         static_cast<void*>(s.get()), modes[s->mode]);
     s->invalidated = true;
     r = CAPTURE_UNSUPPORTED;
   }
   return r;
 }
 
-// Records `op` into `s`'s capture, or queues it.
-void submit(Stream* s, Op op) {
-  {
-    std::lock_guard<std::mutex> lock(s->m);
-    if (s->capturing) {
-      s->graph->ops.push_back(std::move(op));
-      return;
-    }
+// Records `op` into `s`'s capture, or queues it (under one lock: a capture cannot begin between
+// the two). Work sent to an invalidated capture is refused, as the driver does.
+CUresult submit(Stream* s, Op op) {
+  std::lock_guard<std::mutex> lock(s->m);
+  if (s->capturing) {
+    if (s->invalidated) return CAPTURE_INVALIDATED;
+    s->graph->ops.push_back(std::move(op));
+    return OK;
   }
-  s->enqueue(std::move(op));
+  s->unsynced.insert(op.touches.begin(), op.touches.end());
+  s->queue.push_back(std::move(op));
+  s->cv.notify_all();
+  return OK;
 }
 
 bool capturing(Stream* s) {
@@ -476,8 +501,9 @@ bool capturing(Stream* s) {
 // A kernel's failure: sticky, as on a GPU, and said once on stderr.
 void kernel_failed(const char* message) {
   // the emulator's words for an access outside memory (kernels/emu/emu.cpp)
-  const bool address = std::strstr(message, "invalid access") || std::strstr(message, "outside") ||
-                       std::strstr(message, "past the end") || std::strstr(message, "past its end");
+  const bool address = std::strstr(message, "invalid access") || std::strstr(message, "outside an allocation") ||
+                       std::strstr(message, "outside every allocation") || std::strstr(message, "past the end") ||
+                       std::strstr(message, "past its end");
   int expected = 0;
   if (g_sticky.compare_exchange_strong(expected, address ? ILLEGAL_ADDRESS : LAUNCH_FAILED))
     note("%s", message);
@@ -487,7 +513,7 @@ void kernel_failed(const char* message) {
 // synchronised with it touches `allocation` (the legacy stream does not wait for such work: on a
 // GPU the copy races with it, whether or not it happens to have finished).
 CUresult race_check(const char* call, uintptr_t allocation) {
-  for (Stream* s : streams()) {
+  for (const auto& s : streams()) {
     if (!(s->flags & 1)) {
       s->drain();  // a blocking stream: the legacy stream waits for it
       continue;
@@ -495,7 +521,7 @@ CUresult race_check(const char* call, uintptr_t allocation) {
     if (s->unsynchronised(allocation)) {
       note("%s: touches an allocation that work queued on non-blocking stream %p uses, and the stream "
            "was not synchronised since: a race on a GPU",
-           call, static_cast<void*>(s));
+           call, static_cast<void*>(s.get()));
       return ILLEGAL_STATE;
     }
   }
@@ -657,7 +683,7 @@ API CUresult cuCtxSynchronize() {
   CHECK_FAULT("cuCtxSynchronize");
   NEED_CONTEXT();
   if (CUresult r = capture_rules("cuCtxSynchronize", false)) return r;
-  for (Stream* s : streams()) s->drain();
+  for (const auto& s : streams()) s->drain();
   return CUresult(g_sticky.load());
 }
 
@@ -688,7 +714,7 @@ API CUresult cuMemFree_v2(CUdeviceptr ptr) {
   NEED_CONTEXT();
   // cuMemFree synchronises the context: it conflicts with every capture
   if (CUresult r = capture_rules("cuMemFree_v2", false)) return r;
-  for (Stream* s : streams()) s->drain();
+  for (const auto& s : streams()) s->drain();
   {
     std::lock_guard<std::mutex> lock(g_mem);
     auto it = g_allocs.find(uintptr_t(ptr));
@@ -735,9 +761,10 @@ API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes
   // from pageable memory the call returns once the source is staged
   auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
                                                              static_cast<const unsigned char*>(src) + bytes);
-  s->enqueue(Op{[dst, staged] { std::memcpy(reinterpret_cast<void*>(uintptr_t(dst)), staged->data(), staged->size()); },
-                {a}});
-  return OK;
+  return submit(s, Op{[dst, staged] {
+                        std::memcpy(reinterpret_cast<void*>(uintptr_t(dst)), staged->data(), staged->size());
+                      },
+                      {a}});
 }
 
 API CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
@@ -758,12 +785,11 @@ API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes
   uintptr_t a, b;
   if (CUresult r = device_range("cuMemcpyDtoDAsync_v2 (destination)", dst, bytes, &a)) return r;
   if (CUresult r = device_range("cuMemcpyDtoDAsync_v2 (source)", src, bytes, &b)) return r;
-  submit(s, Op{[dst, src, bytes] {
-                 std::memmove(reinterpret_cast<void*>(uintptr_t(dst)), reinterpret_cast<const void*>(uintptr_t(src)),
-                              bytes);
-               },
-               {a, b}});
-  return OK;
+  return submit(s, Op{[dst, src, bytes] {
+                        std::memmove(reinterpret_cast<void*>(uintptr_t(dst)),
+                                     reinterpret_cast<const void*>(uintptr_t(src)), bytes);
+                      },
+                      {a, b}});
 }
 
 // ---------------------------------------------------------------- modules and launches
@@ -785,6 +811,20 @@ API CUresult cuModuleGetFunction(Function** f, Module* module, const char* name)
   if (it == module->functions.end()) return NOT_FOUND;
   *f = it->second.get();
   return OK;
+}
+
+API CUresult cuFuncGetAttribute(int* value, int attribute, Function* f) {
+  CHECK_FAULT("cuFuncGetAttribute");
+  NEED_CONTEXT();
+  if (!f) return INVALID_HANDLE;
+  if (!value) return INVALID_VALUE;
+  switch (attribute) {
+    case 1: *value = int(f->static_shared); return OK;             // CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
+    case 8: *value = int(f->allowed_shared.load()); return OK;     // MAX_DYNAMIC_SHARED_SIZE_BYTES
+    default:
+      note("cuFuncGetAttribute: attribute %d is not modelled", attribute);
+      return INVALID_VALUE;
+  }
 }
 
 API CUresult cuFuncSetAttribute(Function* f, int attribute, int value) {
@@ -824,19 +864,24 @@ API CUresult cuLaunchKernel(Function* f, unsigned gx, unsigned gy, unsigned gz, 
          f->registers, threads);
     return LAUNCH_OUT_OF_RESOURCES;
   }
-  if (shared > f->allowed_shared) {
+  if (shared > f->allowed_shared.load()) {
     note("cuLaunchKernel: %s: %u bytes of dynamic shared memory, the kernel is allowed %zu "
          "(cuFuncSetAttribute raises it)",
-         f->name.c_str(), shared, f->allowed_shared);
+         f->name.c_str(), shared, f->allowed_shared.load());
     return INVALID_VALUE;
   }
   // the arguments, copied now (the caller may reuse its values once the call returns)
   auto block = std::make_shared<std::vector<unsigned char>>(f->param_bytes);
-  if ((params == nullptr) == (extra == nullptr)) {
-    note("cuLaunchKernel: %s: give kernelParams or extra, one of the two", f->name.c_str());
+  if (params && extra) {
+    note("cuLaunchKernel: %s: give kernelParams or extra, not both", f->name.c_str());
     return INVALID_VALUE;
   }
-  if (params) {
+  if (!params && !extra) {
+    if (!f->params.empty()) {
+      note("cuLaunchKernel: %s: no arguments for its %zu parameters", f->name.c_str(), f->params.size());
+      return INVALID_VALUE;
+    }
+  } else if (params) {
     for (size_t i = 0; i < f->params.size(); ++i)
       std::memcpy(block->data() + f->params[i].offset, params[i], f->params[i].size);
   } else {
@@ -845,19 +890,19 @@ API CUresult cuLaunchKernel(Function* f, unsigned gx, unsigned gy, unsigned gz, 
     bool have_size = false;
     for (size_t i = 0; extra[i] != nullptr; i += 2) {  // CU_LAUNCH_PARAM_END is 0
       const uintptr_t key = reinterpret_cast<uintptr_t>(extra[i]);
-      if (key == 1) buffer = extra[i + 1];  // CU_LAUNCH_PARAM_BUFFER_POINTER
-      else if (key == 2) {                  // CU_LAUNCH_PARAM_BUFFER_SIZE
+      if (key == 1) buffer = extra[i + 1];     // CU_LAUNCH_PARAM_BUFFER_POINTER
+      else if (key == 2 && extra[i + 1]) {  // CU_LAUNCH_PARAM_BUFFER_SIZE
         bytes = *static_cast<const size_t*>(extra[i + 1]);
         have_size = true;
       } else
         return INVALID_VALUE;
     }
-    if (!buffer || !have_size || bytes != f->param_bytes) {
+    if (!have_size || (bytes && !buffer) || bytes != f->param_bytes) {
       note("cuLaunchKernel: %s: an argument buffer of %zu bytes, the kernel's parameters take %u", f->name.c_str(),
            bytes, f->param_bytes);
       return INVALID_VALUE;
     }
-    std::memcpy(block->data(), buffer, bytes);
+    if (bytes) std::memcpy(block->data(), buffer, bytes);
   }
   // the allocations the arguments point into
   std::vector<uintptr_t> touches;
@@ -868,7 +913,7 @@ API CUresult cuLaunchKernel(Function* f, unsigned gx, unsigned gy, unsigned gz, 
     }
   const Function* fn = f;
   const unsigned grid[3] = {gx, gy, gz}, dims[3] = {bx, by, bz};
-  submit(s, Op{[fn, block, grid = std::vector<unsigned>(grid, grid + 3), dims = std::vector<unsigned>(dims, dims + 3),
+  return submit(s, Op{[fn, block, grid = std::vector<unsigned>(grid, grid + 3), dims = std::vector<unsigned>(dims, dims + 3),
                 shared] {
                  std::vector<void*> args;
                  std::vector<size_t> sizes;
@@ -882,7 +927,6 @@ API CUresult cuLaunchKernel(Function* f, unsigned gx, unsigned gy, unsigned gz, 
                    kernel_failed(err);
                },
                touches});
-  return OK;
 }
 
 // ---------------------------------------------------------------- streams
@@ -890,11 +934,11 @@ API CUresult cuStreamCreate(Stream** s, unsigned flags) {
   CHECK_FAULT("cuStreamCreate");
   NEED_CONTEXT();
   if (!s || flags > 1) return INVALID_VALUE;
-  auto* stream = new Stream;
+  auto stream = std::make_shared<Stream>();
   stream->flags = flags;
   std::lock_guard<std::mutex> lock(g_streams_mutex);
-  g_streams.insert(stream);
-  *s = stream;
+  g_streams[stream.get()] = stream;
+  *s = stream.get();
   return OK;
 }
 
@@ -902,12 +946,15 @@ API CUresult cuStreamDestroy_v2(Stream* s) {
   CHECK_FAULT("cuStreamDestroy_v2");
   NEED_CONTEXT();
   if (!s) return INVALID_HANDLE;
+  std::shared_ptr<Stream> stream;
   {
     std::lock_guard<std::mutex> lock(g_streams_mutex);
-    if (!g_streams.erase(s)) return INVALID_HANDLE;
+    auto it = g_streams.find(s);
+    if (it == g_streams.end()) return INVALID_HANDLE;
+    stream = std::move(it->second);
+    g_streams.erase(it);
   }
-  s->drain();  // its work completes first, as on a GPU
-  delete s;
+  stream->drain();  // its work completes first, as on a GPU; the last holder ends its thread
   return OK;
 }
 
@@ -981,7 +1028,19 @@ API CUresult cuGraphLaunch(Graph* exec, Stream* s) {
   NEED_CONTEXT();
   if (!exec) return INVALID_HANDLE;
   if (!s) return INVALID_HANDLE;
-  for (const Op& op : exec->ops) submit(s, op);
+  // a graph's launches and copies use the allocations they were captured with: one freed since
+  // is an invalid access when the graph runs
+  for (const Op& op : exec->ops)
+    for (uintptr_t a : op.touches)
+      if (!allocation_of(a, 1)) {
+        int expected = 0;
+        if (g_sticky.compare_exchange_strong(expected, ILLEGAL_ADDRESS))
+          note("cuGraphLaunch: the graph uses an allocation freed since its capture (%#llx)",
+               (unsigned long long)a);
+        return OK;  // the failure shows at the next call, as a kernel's does
+      }
+  for (const Op& op : exec->ops)
+    if (CUresult r = submit(s, op)) return r;
   return OK;
 }
 
@@ -1024,19 +1083,29 @@ API CUresult cuEventRecord(Event* e, Stream* s) {
   NEED_CONTEXT();
   if (!e || !s) return INVALID_HANDLE;
   std::shared_ptr<EventState> st = e->state;
+  if (capturing(s)) {
+    // a record in a capture is no node of the graph (no CU_EVENT_RECORD_EXTERNAL): the event is
+    // a captured one, usable only for dependencies inside the capture
+    std::lock_guard<std::mutex> lock(st->m);
+    st->recorded = true;
+    st->captured = true;
+    return OK;
+  }
+  unsigned long long number;
   {
     std::lock_guard<std::mutex> lock(st->m);
     st->recorded = true;
     st->done = false;
-    st->captured = capturing(s);
+    st->captured = false;
+    number = ++st->record;
   }
-  submit(s, Op{[st] {
-                 std::lock_guard<std::mutex> lock(st->m);
-                 st->at = Clock::now();
-                 st->done = true;
-               },
-               {}});
-  return OK;
+  return submit(s, Op{[st, number] {
+                        std::lock_guard<std::mutex> lock(st->m);
+                        if (st->record != number) return;  // recorded again since
+                        st->at = Clock::now();
+                        st->done = true;
+                      },
+                      {}});
 }
 
 API CUresult cuEventElapsedTime_v2(float* ms, Event* a, Event* b) {

@@ -96,7 +96,7 @@ pub fn driver_present() -> bool {
 /// The driver entry points this backend calls through cudarc (with its `cuda-13000` bindings;
 /// `cuDeviceGetUuid_v2` for NCCL's many-process jobs). cudarc looks each up at its first call
 /// and panics where the library lacks it, so they are all looked up first, when the driver is.
-const ENTRY_POINTS: [&str; 38] = [
+const ENTRY_POINTS: [&str; 39] = [
     "cuInit",
     "cuDriverGetVersion",
     "cuGetErrorString",
@@ -113,6 +113,7 @@ const ENTRY_POINTS: [&str; 38] = [
     "cuCtxSynchronize",
     "cuModuleLoadData",
     "cuModuleGetFunction",
+    "cuFuncGetAttribute",
     "cuFuncSetAttribute",
     "cuMemAlloc_v2",
     "cuMemFree_v2",
@@ -266,8 +267,10 @@ impl Driver {
             .map_err(|e| cuda("cannot bind the context", e))
     }
 
-    /// Kernel `name`, allowed at least `shared_bytes` of dynamic shared memory: above the default
-    /// 48 KiB a kernel must opt in (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`), once.
+    /// Kernel `name`, allowed at least `shared_bytes` of dynamic shared memory: without opting in
+    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`) a block's static and dynamic shared
+    /// memory together must fit in 48 KiB, so a kernel with static shared memory opts in below
+    /// 48 KiB of dynamic.
     fn function(&self, name: &str, shared_bytes: u32) -> Result<Function> {
         const DEFAULT_SHARED: u32 = 48 * 1024;
         let mut cache = self.functions.lock().unwrap_or_else(|e| e.into_inner());
@@ -279,7 +282,16 @@ impl Driver {
                 // SAFETY: the module is loaded and stays loaded for the driver's lifetime.
                 let f = unsafe { result::module::get_function(self.module.0, c) }
                     .map_err(|e| cuda(format!("kernel {name}"), e))?;
-                (Function(f), DEFAULT_SHARED)
+                // SAFETY: `f` is a kernel of the loaded module.
+                let static_bytes = unsafe {
+                    result::function::get_function_attribute(
+                        f,
+                        sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                    )
+                }
+                .map_err(|e| cuda(format!("kernel {name}: its static shared memory"), e))?;
+                let static_bytes = u32::try_from(static_bytes).unwrap_or(0);
+                (Function(f), DEFAULT_SHARED.saturating_sub(static_bytes))
             }
         };
         let allowed = if shared_bytes > allowed {
