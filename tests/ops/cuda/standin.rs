@@ -38,11 +38,18 @@ fn child(name: &str, dir: &str, env: &[(&str, &str)]) -> (bool, String) {
     (o.status.success() && text.contains("1 passed"), text)
 }
 
+/// A stand-in's folder as build.rs gave it, or `None` with the test's skip said.
+fn built(dir: Option<&'static str>) -> Option<&'static str> {
+    if dir.is_none() {
+        eprintln!("skipped: no stand-in driver library in this build (it needs nvcc and Linux)");
+    }
+    dir
+}
+
 /// Runs child `name` on the full stand-in and asserts it passed; false where there is no
 /// stand-in (the test is then skipped, and says so).
 fn passes(name: &str, env: &[(&str, &str)]) -> bool {
-    let Some(dir) = option_env!("DYDIFF_STANDIN_DIR") else {
-        eprintln!("skipped: no stand-in driver library in this build (it needs nvcc and Linux)");
+    let Some(dir) = built(option_env!("DYDIFF_STANDIN_DIR")) else {
         return false;
     };
     let (ok, text) = child(name, dir, env);
@@ -179,8 +186,7 @@ fn child_graph_destruction_fails() {
 /// opened, naming it (cudarc would panic at the first call).
 #[test]
 fn a_driver_without_an_entry_point_is_refused_when_opened() {
-    let Some(dir) = option_env!("DYDIFF_STANDIN_PARTIAL_DIR") else {
-        eprintln!("skipped: no stand-in driver library in this build (it needs nvcc and Linux)");
+    let Some(dir) = built(option_env!("DYDIFF_STANDIN_PARTIAL_DIR")) else {
         return;
     };
     let (ok, text) = child("child_missing_entry_point", dir, &[]);
@@ -240,8 +246,7 @@ fn child_race_and_fault() {
 #[test]
 fn the_driver_and_the_emulator_seam_write_the_same_bytes() {
     use crate::common::training::{run_flags, small_net, write_sequences};
-    let Some(dir) = option_env!("DYDIFF_STANDIN_DIR") else {
-        eprintln!("skipped: no stand-in driver library in this build (it needs nvcc and Linux)");
+    let Some(dir) = built(option_env!("DYDIFF_STANDIN_DIR")) else {
         return;
     };
     let s = crate::common::Scratch::new("standin-same");
