@@ -1,0 +1,77 @@
+"""The figure of the pre-registered experiment (docs/reproduction.md, "Pre-registered: the reference
+process at 8 000 steps on three seeds"), from the kept per-sample scores in
+experiments/results/decisive/ (experiments/decisive_table.py keeps them), as DIR/decisive.png:
+
+- left: each seed's paired change Δ_s = DyDiff_s / standard_s − 1 of pixel CRPS, CRPS w8 avg and
+  CRPS w8 max (dydiff's protocol), with the mean over the seeds and the rule's thresholds (−10%
+  for the first two, 0 for w8 max);
+- right: the fair CRPS per lead time of each seed's pair (DyDiff solid, the standard model dashed).
+
+    $PY experiments/decisive_plot.py DIR      # PY=$(python/env.sh | tail -1)
+
+Needs matplotlib (in python/requirements.txt).
+"""
+
+import pathlib
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from decisive_table import KEPT, KEYS, MODELS, SEEDS, scored  # noqa: E402
+
+MARKERS = ["o", "s", "^"]
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: decisive_plot.py DIR")
+    out = pathlib.Path(sys.argv[1])
+    runs = {}
+    for seed in SEEDS:
+        dirs = [KEPT / f"reference_eta{eta}_seed{seed}" for eta, _ in MODELS]
+        if all((d / "eval_rule.json").exists() for d in dirs):
+            runs[seed] = [scored(d, "dydiff") for d in dirs]
+    if not runs:
+        sys.exit(f"{KEPT}: no seed with both runs kept")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (key, label) in enumerate(KEYS):
+        changes = [100 * (runs[s][0]["overall"][key] / runs[s][1]["overall"][key] - 1) for s in runs]
+        for j, (s, c) in enumerate(zip(runs, changes)):
+            left.scatter(i + 0.08 * (j - 1), c, marker=MARKERS[j % len(MARKERS)], color="tab:blue",
+                         label=f"seed {s}" if i == 0 else None, zorder=3)
+        mean = statistics.mean(changes)
+        left.hlines(mean, i - 0.25, i + 0.25, color="black", label="mean over seeds" if i == 0 else None)
+        threshold = 0 if key == "crps_pool8_max" else -10
+        left.hlines(threshold, i - 0.35, i + 0.35, color="tab:red", linestyles="dotted",
+                    label="the rule's threshold" if i == 0 else None)
+    left.axhline(0, color="grey", linewidth=0.5)
+    left.set_xticks(range(len(KEYS)), [label for _, label in KEYS])
+    left.set_ylabel("DyDiff / standard − 1 (%)")
+    left.set_title("paired change per seed (negative: DyDiff better)")
+    left.legend(fontsize=8)
+
+    for j, s in enumerate(runs):
+        for m, ((_, label), style) in enumerate(zip(MODELS, ["-", "--"])):
+            leads = runs[s][m]["per_lead"]
+            right.plot([e["lead"] for e in leads], [e["crps"] for e in leads], style,
+                       marker=MARKERS[j % len(MARKERS)], color=f"C{j}", label=f"seed {s}, {label}")
+    right.set_xlabel("lead time (frames)")
+    right.set_ylabel("fair CRPS")
+    right.set_title("fair CRPS per lead time")
+    right.legend(fontsize=7)
+
+    fig.suptitle("Reference process, 8 000 steps: DyDiff (dyn_eta 0.5) against the standard model")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "decisive.png", dpi=110)
+    print(out / "decisive.png")
+
+
+if __name__ == "__main__":
+    main()
