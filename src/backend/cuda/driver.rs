@@ -71,8 +71,10 @@ fn cuda(what: impl std::fmt::Display, e: DriverError) -> Error {
     Error::Backend(format!("CUDA: {what}: {e}"))
 }
 
-/// A failed synchronisation, named by its cause: a kernel of the stream, or a synchronisation
-/// the stream's graph capture does not permit (the driver then invalidates the capture).
+/// A failed synchronisation, named by its cause: a kernel of the stream (the faults a kernel
+/// leaves for the next synchronise, which lose the context), a synchronisation the stream's graph
+/// capture does not permit (the driver then invalidates the capture), or any other error the
+/// synchronise returns (an earlier asynchronous call's, the device's) under its own code.
 fn sync_failed(e: DriverError) -> Error {
     use sys::cudaError_enum as E;
     match e.0 {
@@ -83,7 +85,19 @@ fn sync_failed(e: DriverError) -> Error {
             "synchronising the stream while it captures a graph (not permitted; the capture is lost)",
             e,
         ),
-        _ => cuda("a kernel failed", e),
+        E::CUDA_ERROR_ILLEGAL_ADDRESS
+        | E::CUDA_ERROR_LAUNCH_FAILED
+        | E::CUDA_ERROR_ILLEGAL_INSTRUCTION
+        | E::CUDA_ERROR_MISALIGNED_ADDRESS
+        | E::CUDA_ERROR_INVALID_ADDRESS_SPACE
+        | E::CUDA_ERROR_INVALID_PC
+        | E::CUDA_ERROR_HARDWARE_STACK_ERROR
+        | E::CUDA_ERROR_ASSERT
+        | E::CUDA_ERROR_LAUNCH_TIMEOUT => cuda("a kernel failed", e),
+        _ => cuda(
+            "synchronising the stream failed (not a kernel's fault: an earlier call's or the device's error)",
+            e,
+        ),
     }
 }
 

@@ -129,6 +129,29 @@ fn child_synchronise_while_capturing() {
     assert!(gpu.end_capture().is_err(), "the capture is invalidated");
 }
 
+/// A synchronise that fails with an error no kernel left (here the stand-in's injected
+/// CUDA_ERROR_UNKNOWN) is reported under its own code, not as a failed kernel.
+#[test]
+fn a_synchronise_error_that_no_kernel_left_is_not_called_a_kernel_fault() {
+    passes(
+        "child_synchronise_fails",
+        &[("DYDIFF_STANDIN_FAIL", "cuStreamSynchronize")],
+    );
+}
+
+#[test]
+#[ignore = "run by a_synchronise_error_that_no_kernel_left_is_not_called_a_kernel_fault on the stand-in"]
+fn child_synchronise_fails() {
+    let gpu = driver();
+    let err = gpu.synchronize().unwrap_err().to_string();
+    assert!(
+        err.contains("not a kernel's fault") && err.contains("CUDA_ERROR_UNKNOWN"),
+        "{err}"
+    );
+    gpu.synchronize()
+        .expect("the injected error does not stick");
+}
+
 /// Running out of device memory while a graph is captured returns nothing to the device (a free
 /// is not permitted during a capture, and would invalidate it): the allocation fails with its own
 /// message and the capture goes on.
