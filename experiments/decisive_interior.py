@@ -32,13 +32,11 @@ import sys
 import tempfile
 from array import array
 
-OUT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/out_decisive")
-BIN = sys.argv[2] if len(sys.argv) > 2 else "target/release/dydiff"
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from decisive_table import BIN, KEPT, KEYS, MODELS, OUT, SEEDS, scored  # noqa: E402  (OUT, BIN: argv 1, 2)
+
 MARGIN = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-KEPT = pathlib.Path(__file__).resolve().parent / "results" / "decisive"
-SEEDS = [0, 1, 2]
-ETAS = ["0.5", "0"]
-KEYS = [("crps", "pixel CRPS"), ("crps_pool8_avg", "CRPS w8 avg"), ("crps_pool8_max", "CRPS w8 max")]
+ETAS = [eta for eta, _ in MODELS]
 FAR = 10 * 0.99  # the sampler's warning: 10 × the data scale (the training data's standard deviation)
 
 
@@ -121,9 +119,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in SEEDS:
             reports = [interior(f"reference_eta{eta}_seed{seed}", pathlib.Path(tmp)) for eta in ETAS]
-            whole = [KEPT / f"reference_eta{eta}_seed{seed}" / "eval_rule.json" for eta in ETAS]
-            if all(reports) and all(p.exists() for p in whole):
-                rows[seed] = (reports, [json.loads(p.read_text())["overall"] for p in whole])
+            whole = [KEPT / f"reference_eta{eta}_seed{seed}" for eta in ETAS]
+            if all(reports) and all((d / "eval_rule.json").exists() for d in whole):
+                rows[seed] = (reports, [scored(d, "dydiff")["overall"] for d in whole])
     if not rows:
         sys.exit(f"{OUT} and {KEPT}: no seed with both forecasts (or their interior scores)")
     print(f"Interior: {MARGIN} border pixels left out on every side; far: |value| > {FAR:.2f}\n")
