@@ -26,8 +26,10 @@
 #                                               # paper-process DyDiff/standard models
 #
 # Settings (environment): OUT, DATASETS (ns and/or mesh), STUDY (a reproduce.sh output folder to
-# reuse), SEEDS, STEPS (turbulence), MESH_STEPS, MEMBERS, BATCH, LR, BIN (a fixed dydiff binary), PY (python with numpy). Finished
-# runs are kept; an interrupted training run resumes. Tables: python3 experiments/compare_table.py OUT.
+# reuse), SEEDS, STEPS (turbulence), MESH_STEPS, MEMBERS, BATCH, LR, BIN (a dydiff binary; default
+# a copy of a fresh release build kept in OUT, so that an interrupted study resumes with the same
+# binary). Finished runs are kept; an interrupted training run resumes.
+# Tables: python3 experiments/compare_table.py OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out_compare}
@@ -39,11 +41,9 @@ MESH_STEPS=${MESH_STEPS:-3000}
 MEMBERS=${MEMBERS:-20}
 BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet
-  BIN=target/release/dydiff
-fi
 mkdir -p "$OUT/ns" "$OUT/mesh"
+# shellcheck source=frozen_bin.sh
+source experiments/frozen_bin.sh
 
 # ---- data -------------------------------------------------------------------------------------
 # Turbulence: reproduce.sh's training sequences (768 × 16 frames at 32²) and 64 held-out sequences
