@@ -29,7 +29,8 @@
 # reuse), SEEDS, STEPS (turbulence), MESH_STEPS, MEMBERS, BATCH, LR, BIN (a dydiff binary; default
 # a copy of a fresh release build kept in OUT, so that an interrupted study resumes with the same
 # binary). Finished runs are kept; an interrupted training run resumes.
-# Tables: python3 experiments/compare_table.py OUT.
+# Tables: python3 experiments/compare_table.py OUT BIN (the runs' summaries and paired comparisons are kept
+# in experiments/results/compare/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out_compare}
@@ -138,5 +139,5 @@ for ds in $DATASETS; do
     rm -f "$OUT/$ds/timing.npy"
   done
 done
-python3 experiments/compare_table.py "$OUT" > "$OUT/table.md"
+python3 experiments/compare_table.py "$OUT" "$BIN" > "$OUT/table.md"
 cat "$OUT/table.md"
