@@ -24,3 +24,4 @@ source experiments/frozen_bin.sh
 OUT=$OUT BIN=$BIN STEPS=8000 SEEDS=0 ETAS="0.5 0" PROCESSES=reference SENS_PROCESS=reference \
   SENS_ETAS="$SWEEP" LONGER= NO_REPORT=1 experiments/reproduce.sh
 python3 experiments/sweep_table.py "$OUT" "$BIN" | tee "$OUT/sweep_table.md"
+# the figure (matplotlib): $PY experiments/sweep_plot.py docs/figures
