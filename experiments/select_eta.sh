@@ -11,7 +11,9 @@
 #   experiments/select_eta.sh          # into experiments/out_select (about 1.5 hours on 2 cores)
 #
 # Settings (environment): OUT, ETAS, STEPS, VAL_SEQ, BIN (a dydiff binary; default a copy of a
-# fresh release build kept in OUT). Finished runs are kept; an interrupted one resumes.
+# fresh release build kept in OUT). Finished runs are kept; an interrupted one resumes. The scores,
+# the comparisons and the table are kept in experiments/results/select_eta/ (small, committed: an
+# output folder does not outlive its machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out_select}
@@ -45,16 +47,25 @@ done
 best=$(for eta in $ETAS; do
   printf '%s %s\n' "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["overall"]["crps"])' "$OUT/eta$eta/val_eval.json")" "$eta"
 done | sort -g | head -1 | cut -d' ' -f2)
+KEPT=experiments/results/select_eta
+mkdir -p "$KEPT"
+{
 echo "| dyn_eta | validation CRPS | change against dyn_eta $best | 95% interval |"
 echo "|---|---|---|---|"
 for eta in $ETAS; do
   $BIN eval --forecast "$OUT/eta$eta/val_forecast.npy" --truth "$OUT/val.npy" \
     --compare "$OUT/eta$best/val_forecast.npy" --json "$OUT/eta$eta/val_compare.json" > /dev/null
-  python3 - "$OUT/eta$eta/val_compare.json" "$eta" <<'PY'
+  python3 - "$OUT/eta$eta/val_compare.json" "$eta" "$best" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))["compare"]["scores"]["crps"]
 lo, hi = c["ci95"]
-print(f"| {sys.argv[2]} | {c['this']:.4f} | {100 * c['change']:+.1f}% | [{100 * lo:+.1f}%, {100 * hi:+.1f}%] |")
+if sys.argv[2] == sys.argv[3]:
+    print(f"| {sys.argv[2]} | {c['this']:.4f} | — | — |")
+else:
+    print(f"| {sys.argv[2]} | {c['this']:.4f} | {100 * c['change']:+.1f}% | [{100 * lo:+.1f}%, {100 * hi:+.1f}%] |")
 PY
+  mkdir -p "$KEPT/eta$eta"
+  cp "$OUT/eta$eta/val_eval.json" "$OUT/eta$eta/val_compare.json" "$KEPT/eta$eta/"
 done
-echo "chosen on validation: dyn_eta $best (to install: experiments/builtin.sh with that dyn_eta)"
+echo "chosen on validation: dyn_eta $best (to install: DYN_ETA=$best experiments/builtin.sh)"
+} | tee "$KEPT/table.md"
