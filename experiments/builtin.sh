@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The built-in model (assets/default): Dynamical Diffusion (dyn_eta DYN_ETA, 0.1, the paper's process) on
+# The built-in model (assets/default): the DyDiff recipe at dyn_eta DYN_ETA (0: the standard diffusion
+# model, chosen on validation data by experiments/select_eta.sh; the paper's process) on
 # generated 2-D turbulence at 32×32 with circular padding (the flow is periodic), the network
 # predicting the velocity v (prediction_type v_prediction: its error does not grow as 1/√ᾱ at the
 # noisiest timesteps, so more DDIM steps stay stable; README, “Sampling steps”), trained by the
@@ -12,7 +13,7 @@
 #   experiments/builtin.sh                  # into experiments/out_builtin
 #   OUT=DIR STEPS=N experiments/builtin.sh  # elsewhere, or another budget
 #
-# Settings (environment): OUT, STEPS, DYN_ETA (default 0.1; experiments/select_eta.sh chooses it on
+# Settings (environment): OUT, STEPS, DYN_ETA (default 0, chosen by experiments/select_eta.sh on
 # validation data), PADDING (circular or zeros), PREDICTION (v_prediction or epsilon), BIN (a dydiff binary to use
 # instead of building one), SWEEP_STEPS, SWEEP_ETAS, VAL_SEQ, BEFORE (see below). Finished parts are kept; an
 # interrupted training run resumes. To install the result: copy OUT/model/{dydiff.json,
@@ -21,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-experiments/out_builtin}
 STEPS=${STEPS:-4000}
-DYN_ETA=${DYN_ETA:-0.1}
+DYN_ETA=${DYN_ETA:-0}
 PADDING=${PADDING:-circular}
 PREDICTION=${PREDICTION:-v_prediction}
 SWEEP_STEPS=${SWEEP_STEPS:-"10 20 50 100 200"}
