@@ -70,16 +70,21 @@ def main() -> None:
             leads = runs[s][m]["per_lead"]
             right.plot([e["lead"] for e in leads], [e["crps"] for e in leads], style,
                        marker=MARKERS[s], color=f"C{s}", label=f"seed {s}, {label}")
-    right.set_xlabel("lead time (frames)")
-    right.set_ylabel("fair CRPS")
-    right.set_title("fair CRPS per lead time")
-    right.legend(fontsize=7)
+    finish(fig, right, "Reference process, 8 000 steps: DyDiff (dyn_eta 0.5) against the standard model",
+           out / "decisive.png", legend_size=7)
 
-    fig.suptitle("Reference process, 8 000 steps: DyDiff (dyn_eta 0.5) against the standard model")
+
+def finish(fig, leads, title: str, path: pathlib.Path, legend_size: int) -> None:
+    """Labels the axes `leads` of fair CRPS per lead time, titles the figure and writes it to `path`."""
+    leads.set_xlabel("lead time (frames)")
+    leads.set_ylabel("fair CRPS")
+    leads.set_title("fair CRPS per lead time")
+    leads.legend(fontsize=legend_size)
+    fig.suptitle(title)
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "decisive.png", dpi=110)
-    print(out / "decisive.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from decisive_plot import finish  # noqa: E402
 from sweep_table import BASE, ETAS, KEPT, KEYS, run  # noqa: E402
 
 
@@ -52,16 +53,8 @@ def main() -> None:
     for e, r in reports.items():
         right.plot([p["lead"] for p in r["per_lead"]], [p["crps"] for p in r["per_lead"]], marker="o",
                    linestyle="--" if e == BASE else "-", label=f"dyn_eta {e}")
-    right.set_xlabel("lead time (frames)")
-    right.set_ylabel("fair CRPS")
-    right.set_title("fair CRPS per lead time")
-    right.legend(fontsize=8)
-
-    fig.suptitle("Sensitivity to dyn_eta, reference process, 8 000 steps, seed 0")
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "dyn_eta_reference.png", dpi=110)
-    print(f"wrote {out / 'dyn_eta_reference.png'}")
+    finish(fig, right, "Sensitivity to dyn_eta, reference process, 8 000 steps, seed 0",
+           out / "dyn_eta_reference.png", legend_size=8)
 
 
 if __name__ == "__main__":
