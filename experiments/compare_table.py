@@ -111,6 +111,12 @@ def compared(d, kept, this, other, seed, binary):
     return json.loads(path.read_text())
 
 
+def interval(c):
+    """An `eval --compare` score entry as "change% [low, high]" (percent)."""
+    lo, hi = c["ci95"]
+    return f"{100 * c['change']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def fmt(values, digits=4):
     if not values:
         return "–"
@@ -174,11 +180,7 @@ def main(out, binary):
                 row = []
                 for s in seeds:
                     c = cells.get((a, b, s))
-                    if c is None:
-                        row.append("–")
-                        continue
-                    lo, hi = c["crps"]["ci95"]
-                    row.append(f"{100 * c['crps']['change']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+                    row.append("–" if c is None else interval(c["crps"]))
                 print(f"| {names[a]} against {names[b]} | " + " | ".join(row) + " |")
         print()
 

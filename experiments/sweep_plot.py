@@ -36,14 +36,16 @@ def main() -> None:
     etas = [e for e in reports if e != BASE]
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    largest = 0.0
     for i, (key, label) in enumerate(KEYS):
         x = [float(e) + 0.01 * (i - 1) for e in etas]
         c = [reports[e]["compare"]["scores"][key] for e in etas]
         y = [100 * v["change"] for v in c]
+        largest = max(largest, *map(abs, y))
         err = [[100 * (v["change"] - v["ci95"][0]) for v in c], [100 * (v["ci95"][1] - v["change"]) for v in c]]
         left.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
     left.axhline(0, color="grey", linewidth=0.5)
-    if max(abs(100 * reports[e]["compare"]["scores"][k]["change"]) for e in etas for k, _ in KEYS) > 100:
+    if largest > 100:
         left.set_yscale("symlog", linthresh=50)  # a diverging value (the paper process's dyn_eta 1 was +1 270%)
     left.set_xlabel("dyn_eta")
     left.set_ylabel(f"change against dyn_eta {BASE} (%)")

@@ -19,6 +19,9 @@ import pathlib
 import subprocess
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from compare_table import interval  # noqa: E402
+
 OUT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/out_decisive")
 BIN = sys.argv[2] if len(sys.argv) > 2 else "target/release/dydiff"
 KEPT = pathlib.Path(__file__).resolve().parent / "results" / "sweep_reference"
@@ -45,12 +48,6 @@ def kept(eta: str):
     return json.loads(path.read_text())
 
 
-def change(report, key: str) -> str:
-    c = report["compare"]["scores"][key]
-    lo, hi = c["ci95"]
-    return f"{100 * c['change']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def main():
     reports = {e: r for e in ETAS if (r := kept(e)) is not None}
     if BASE not in reports:
@@ -62,7 +59,7 @@ def main():
     for e, r in reports.items():
         o = r["overall"]
         cells = [e] + [f"{o[k]:.4f}" for k, _ in KEYS] + [f"{o['rmse']:.4f}", f"{o['ssr']:.2f}"]
-        cells += ["—" if e == BASE else change(r, k) for k, _ in KEYS]
+        cells += ["—" if e == BASE else interval(r["compare"]["scores"][k]) for k, _ in KEYS]
         print("| " + " | ".join(cells) + " |")
     print("\nFair CRPS per lead:\n")
     print("| dyn_eta | " + " | ".join(str(i + 1) for i in range(leads)) + " |")
